@@ -1,0 +1,46 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// C libraries come from the system through pkg-config; `scripts/install-deps`
+/// installs the Debian packages named in each `providers` list.
+func systemLibrary(_ name: String, pkgConfig: String, apt: String) -> Target {
+    .systemLibrary(name: name, pkgConfig: pkgConfig, providers: [.apt([apt])])
+}
+
+let package = Package(
+    name: "sync-agent",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "sync-agent", targets: ["SyncAgent"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        systemLibrary("CCurl", pkgConfig: "libcurl", apt: "libcurl4-openssl-dev"),
+        systemLibrary("COpenSSL", pkgConfig: "openssl", apt: "libssl-dev"),
+        systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
+        systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
+
+        .target(
+            name: "S3Client",
+            dependencies: ["CCurl", "COpenSSL", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(name: "Crypto", dependencies: ["CSodium"]),
+        .target(name: "SessionArchive", dependencies: ["CArchive", "Crypto"]),
+        .executableTarget(
+            name: "SyncAgent",
+            dependencies: [
+                "S3Client", "Crypto", "SessionArchive",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        .testTarget(name: "S3ClientTests", dependencies: ["S3Client"]),
+        .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
+        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto"]),
+        .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent"]),
+    ]
+)

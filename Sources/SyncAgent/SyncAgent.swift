@@ -1,0 +1,6 @@
+import ArgumentParser
+
+@main
+struct SyncAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sync-agent")
+}
