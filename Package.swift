@@ -9,7 +9,6 @@ func systemLibrary(_ name: String, pkgConfig: String, apt: String) -> Target {
 
 let package = Package(
     name: "sync-agent",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "sync-agent", targets: ["SyncAgent"]),
     ],
