@@ -11,6 +11,7 @@ let package = Package(
     name: "sync-agent",
     products: [
         .executable(name: "sync-agent", targets: ["SyncAgent"]),
+        .executable(name: "sync-agent-bench", targets: ["SyncAgentBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,6 +35,13 @@ let package = Package(
                 "S3Client", "Crypto", "SessionArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "SyncAgentBench",
+            dependencies: [
+                "S3Client", "Crypto", "SessionArchive",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 

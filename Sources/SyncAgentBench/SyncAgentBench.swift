@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import S3Client
+
+/// The benchmark driver: each subcommand does one measured job with the project's own
+/// code, so `bench/` scripts can time it beside a baseline tool on the same data.
+@main
+struct SyncAgentBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync-agent-bench",
+        abstract: "Measured jobs for the benchmarks in bench/.",
+        subcommands: [S3Upload.self, S3Download.self])
+}
+
+struct S3Options: ParsableArguments {
+    @Option(help: "S3 endpoint, e.g. http://127.0.0.1:8333.") var endpoint: String
+    @Option(help: "Bucket.") var bucket: String
+    @Option(help: "Key prefix.") var prefix: String = ""
+    @Option(help: "Requests in flight at once.") var concurrency = 32
+
+    func client() throws -> S3Client {
+        var configuration = try S3Configuration.resolve(
+            bucket: bucket, endpoint: endpoint, environment: ProcessInfo.processInfo.environment)
+        configuration.maxConnections = concurrency
+        return S3Client(configuration: configuration)
+    }
+}
+
+/// Runs `job` over `items` with at most `limit` in flight.
+func forEach<Item: Sendable>(_ items: [Item], limit: Int, _ job: @escaping @Sendable (Item) async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        var iterator = items.makeIterator()
+        for _ in 0..<limit {
+            guard let item = iterator.next() else { break }
+            group.addTask { try await job(item) }
+        }
+        while try await group.next() != nil {
+            if let item = iterator.next() { group.addTask { try await job(item) } }
+        }
+    }
+}
+
+struct S3Upload: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "s3-upload", abstract: "Upload every file of a directory.")
+    @OptionGroup var s3: S3Options
+    @Argument(help: "Directory whose files are uploaded.") var directory: String
+
+    func run() async throws {
+        let client = try s3.client()
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        let prefix = s3.prefix
+        try await forEach(names, limit: s3.concurrency) { name in
+            try await client.putObject(key: prefix + name, fileAt: "\(directory)/\(name)")
+        }
+    }
+}
+
+struct S3Download: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "s3-download", abstract: "Download every object under a prefix.")
+    @OptionGroup var s3: S3Options
+    @Argument(help: "Directory the objects are written to.") var directory: String
+
+    func run() async throws {
+        let client = try s3.client()
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let objects = try await client.listObjects(prefix: s3.prefix).objects
+        let prefix = s3.prefix
+        try await forEach(objects, limit: s3.concurrency) { object in
+            let name = String(object.key.dropFirst(prefix.count))
+            try await client.downloadObject(key: object.key, toFileAt: "\(directory)/\(name)")
+        }
+    }
+}

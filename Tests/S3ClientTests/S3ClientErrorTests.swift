@@ -1,0 +1,168 @@
+import Foundation
+import S3Client
+import Testing
+
+/// Bad input gets a clear, typed error: wrong credentials, missing bucket, unreachable or
+/// misbehaving endpoints, TLS that does not verify.
+@Suite("S3 client errors")
+struct S3ClientErrorTests {
+    @Test(arguments: TestS3Server.all)
+    func wrongSecretIsACredentialsError(server: TestS3Server) async throws {
+        let good = try await server.freshBucket()
+        var configuration = good.configuration
+        configuration.credentials = AWSCredentials(accessKeyID: try server.accessKey, secretAccessKey: "not-the-secret")
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: configuration).putObject(key: "k", bytes: [1])
+        }
+        #expect(error?.serviceKind == .invalidCredentials || error?.serviceKind == .accessDenied)
+        #expect(error?.description.contains("403") == true)
+        #expect(error?.description.contains("not-the-secret") == false)
+    }
+
+    @Test(arguments: TestS3Server.all)
+    func unknownAccessKeyIsACredentialsError(server: TestS3Server) async throws {
+        let good = try await server.freshBucket()
+        var configuration = good.configuration
+        configuration.credentials = AWSCredentials(accessKeyID: "AKUNKNOWN", secretAccessKey: try server.secretKey)
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: configuration).getObject(key: "k")
+        }
+        #expect(error?.serviceKind == .invalidCredentials || error?.serviceKind == .accessDenied)
+    }
+
+    @Test(arguments: TestS3Server.all)
+    func missingBucketSaysSo(server: TestS3Server) async throws {
+        let client = S3Client(configuration: try server.configuration(bucket: "missing-" + randomHex(6)))
+        let error = await #expect(throws: S3ClientError.self) { try await client.putObject(key: "k", bytes: [1]) }
+        #expect(error?.serviceKind == .noSuchBucket)
+        #expect(error?.description.contains("NoSuchBucket") == true)
+        let head = await #expect(throws: S3ClientError.self) { try await client.headBucket() }
+        #expect(head?.isNotFound == true || head?.serviceKind == .noSuchBucket)
+    }
+
+    @Test func unreachableEndpointIsATransportErrorAfterBoundedRetries() async throws {
+        let port = try closedPort()
+        var configuration = S3Configuration(
+            endpoint: .init(scheme: "http", host: "127.0.0.1", port: port), bucket: "bucket",
+            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
+        configuration.retry.maxAttempts = 3
+        configuration.retry.baseDelay = .milliseconds(1)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: configuration).getObject(key: "k")
+        }
+        guard case .transport(let transport) = error else {
+            Issue.record("expected a transport error, got \(String(describing: error))")
+            return
+        }
+        #expect(transport.code == 7)  // CURLE_COULDNT_CONNECT
+        #expect(ContinuousClock.now - started < .seconds(30))
+    }
+
+    /// A fake server (fault injection only): it promises a body and closes half way.
+    @Test func serverClosingMidBodyIsRetriedThenReported() async throws {
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"x\"\r\n\r\n0123456789")
+        var configuration = S3Configuration(
+            endpoint: .init(scheme: "http", host: "127.0.0.1", port: server.port), bucket: "bucket",
+            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
+        configuration.retry.maxAttempts = 2
+        configuration.retry.baseDelay = .milliseconds(1)
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: configuration).getObject(key: "k")
+        }
+        guard case .transport(let transport) = error else {
+            Issue.record("expected a transport error, got \(String(describing: error))")
+            return
+        }
+        #expect(transport.code == 18)  // CURLE_PARTIAL_FILE
+        #expect(server.connectionCount == 2)
+    }
+
+    /// A fake server answering 200 with a body that is not XML where XML is due.
+    @Test func malformedXMLIsAnInvalidResponse() async throws {
+        let body = "<ListBucketResult><Contents><Key>unterminated"
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        let configuration = S3Configuration(
+            endpoint: .init(scheme: "http", host: "127.0.0.1", port: server.port), bucket: "bucket",
+            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: configuration).listObjects()
+        }
+        guard case .invalidResponse(let reason) = error else {
+            Issue.record("expected an invalid response, got \(String(describing: error))")
+            return
+        }
+        #expect(reason.contains("malformed XML"))
+    }
+
+    @Test func certificateThatDoesNotVerifyIsATLSErrorUnlessItsCAIsGiven() async throws {
+        let directory = try TemporaryDirectory()
+        try run("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", directory.file("key.pem"), "-out", directory.file("cert.pem"),
+        ])
+        let port = try closedPort()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        server.arguments = ["s_server", "-quiet", "-www", "-accept", "127.0.0.1:\(port)",
+                            "-cert", directory.file("cert.pem"), "-key", directory.file("key.pem")]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate(); server.waitUntilExit() }
+        try await waitForPort(port)
+
+        var configuration = S3Configuration(
+            endpoint: .init(scheme: "https", host: "127.0.0.1", port: port), bucket: "bucket",
+            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
+        configuration.retry.maxAttempts = 1
+        let error = await #expect(throws: S3ClientError.self) { try await S3Client(configuration: configuration).headBucket() }
+        guard case .transport(let transport) = error else {
+            Issue.record("expected a transport error, got \(String(describing: error))")
+            return
+        }
+        #expect(transport.code == 60)  // CURLE_PEER_FAILED_VERIFICATION
+
+        configuration.tls.caBundlePath = directory.file("cert.pem")
+        // The TLS handshake now verifies; `openssl s_server -www` answers any request with 200.
+        try await S3Client(configuration: configuration).headBucket()
+    }
+}
+
+/// A port nothing listens on.
+func closedPort() throws -> Int {
+    let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(socket) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    try withUnsafeMutablePointer(to: &address) { pointer in
+        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            guard bind(socket, raw, length) == 0, getsockname(socket, raw, &length) == 0 else {
+                throw ProcessFailure(description: "bind failed")
+            }
+        }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+func waitForPort(_ port: Int) async throws {
+    for _ in 0..<100 {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+        close(socket)
+        if connected { return }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw ProcessFailure(description: "nothing listens on port \(port)")
+}
