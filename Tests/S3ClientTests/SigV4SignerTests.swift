@@ -140,7 +140,7 @@ final class SigV4SignerTests: XCTestCase {
             method: "PUT",
             host: "h",
             path: "/bucket/a key",
-            query: [(name: "partNumber", value: "3"), (name: "uploadId", value: "u/1")]
+            query: [("partNumber", "3"), ("uploadId", "u/1")]
         )
         let presigned = signer.presign(request, expiresIn: 3600, date: date)
         let canonicalQuery = presigned.calculation.canonicalRequest.split(separator: "\n", omittingEmptySubsequences: false)[2]
@@ -165,6 +165,16 @@ final class SigV4SignerTests: XCTestCase {
             XCTAssertFalse(text.contains("session/token"), text)
             XCTAssertTrue(text.contains("AKIDEXAMPLE"), text)
             XCTAssertTrue(text.contains("<redacted>"), text)
+        }
+    }
+
+    func testSignerTextRedactsTheCredentials() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        var dumped = ""
+        dump(signer, to: &dumped)
+        for text in ["\(signer)", String(reflecting: signer), dumped] {
+            XCTAssertFalse(text.contains(credentials.secretAccessKey), text)
+            XCTAssertFalse(text.contains("session/token"), text)
         }
     }
 
