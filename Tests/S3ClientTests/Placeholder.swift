@@ -1,3 +1,0 @@
-import XCTest
-
-final class S3ClientTestsPlaceholder: XCTestCase {}

@@ -1,0 +1,188 @@
+import Foundation
+import S3Client
+import XCTest
+
+final class SigV4SignerTests: XCTestCase {
+    private let credentials = AWSCredentials(
+        accessKeyID: "AKIDEXAMPLE",
+        secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        sessionToken: "session/token+with=specials"
+    )
+    /// 2013-05-24T00:00:00Z
+    private let date = Date(timeIntervalSince1970: 1_369_353_600)
+
+    // MARK: - URI encoding
+
+    func testUnreservedCharactersStayAsTheyAre() {
+        let unreserved = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+        XCTAssertEqual(SigV4Signer.uriEncode(unreserved, encodeSlash: true), unreserved)
+    }
+
+    func testReservedCharactersAreEncodedWithUppercaseHex() {
+        XCTAssertEqual(SigV4Signer.uriEncode(" ", encodeSlash: true), "%20")
+        XCTAssertEqual(SigV4Signer.uriEncode("+", encodeSlash: true), "%2B")
+        XCTAssertEqual(SigV4Signer.uriEncode("=", encodeSlash: true), "%3D")
+        XCTAssertEqual(SigV4Signer.uriEncode("*", encodeSlash: true), "%2A")
+        XCTAssertEqual(SigV4Signer.uriEncode("%", encodeSlash: true), "%25")
+        XCTAssertEqual(SigV4Signer.uriEncode("$&,:;?@!'()#[]", encodeSlash: true), "%24%26%2C%3A%3B%3F%40%21%27%28%29%23%5B%5D")
+    }
+
+    func testSlashIsKeptInPathsAndEncodedElsewhere() {
+        XCTAssertEqual(SigV4Signer.uriEncode("/a/b c/", encodeSlash: false), "/a/b%20c/")
+        XCTAssertEqual(SigV4Signer.uriEncode("/a/b c/", encodeSlash: true), "%2Fa%2Fb%20c%2F")
+    }
+
+    func testNonASCIIIsEncodedAsUTF8Bytes() {
+        XCTAssertEqual(SigV4Signer.uriEncode("é", encodeSlash: true), "%C3%A9")
+        XCTAssertEqual(SigV4Signer.uriEncode("日本", encodeSlash: true), "%E6%97%A5%E6%9C%AC")
+        XCTAssertEqual(SigV4Signer.uriEncode("😀", encodeSlash: true), "%F0%9F%98%80")
+    }
+
+    func testRequestEncodesItsUnencodedPathOnce() {
+        let request = SigV4Request(method: "GET", host: "h", path: "/bucket/some key+é/a%b")
+        XCTAssertEqual(request.encodedPath, "/bucket/some%20key%2B%C3%A9/a%25b")
+    }
+
+    // MARK: - Canonical parts
+
+    func testCanonicalQueryStringSortsByEncodedNameThenValue() {
+        let query = SigV4Signer.canonicalQueryString([
+            (name: "b", value: "2"), (name: "a", value: "z"), (name: "a", value: "y"),
+            (name: "list-type", value: "2"), (name: "prefix", value: "dir/sub dir/"), (name: "uploads", value: ""),
+        ])
+        XCTAssertEqual(query, "a=y&a=z&b=2&list-type=2&prefix=dir%2Fsub%20dir%2F&uploads=")
+        XCTAssertEqual(SigV4Signer.canonicalQueryString([]), "")
+    }
+
+    func testS3RulesSignThePathExactlyAsSent() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        XCTAssertEqual(signer.canonicalURI(encodedPath: "/b/./k//x/../y%20z"), "/b/./k//x/../y%20z")
+        XCTAssertEqual(signer.canonicalURI(encodedPath: ""), "/")
+    }
+
+    func testGenericRulesNormaliseAndEncodeThePathAgain() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1", service: "service", rules: .generic)
+        XCTAssertEqual(signer.canonicalURI(encodedPath: "/a/./b//c/../d%20e"), "/a/b/d%2520e")
+        XCTAssertEqual(signer.canonicalURI(encodedPath: "/a/b/.."), "/a/")
+        XCTAssertEqual(signer.canonicalURI(encodedPath: "/../.."), "/")
+    }
+
+    func testCanonicalHeadersTrimCollapseMergeAndSort() {
+        let headers = CanonicalHeaders([
+            (name: "X-Amz-Meta-B", value: "  two   words\t "),
+            (name: "Host", value: "example.com"),
+            (name: "x-amz-meta-b", value: "second"),
+            (name: "Content-MD5", value: "1B2M2Y8AsgTpgAmY7PhCfg=="),
+        ])
+        XCTAssertEqual(
+            headers.canonicalHeaders,
+            "content-md5:1B2M2Y8AsgTpgAmY7PhCfg==\nhost:example.com\nx-amz-meta-b:two words,second\n"
+        )
+        XCTAssertEqual(headers.signedHeaders, "content-md5;host;x-amz-meta-b")
+    }
+
+    func testSigningKeyMatchesTheAWSDerivationExample() {
+        // "Examples of how to derive a signing key for Signature Version 4" (IAM, 2012-02-15).
+        let signer = SigV4Signer(
+            credentials: AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            region: "us-east-1",
+            service: "iam",
+            rules: .generic
+        )
+        XCTAssertEqual(
+            signer.signingKey(date: Date(timeIntervalSince1970: 1_329_264_000)).lowercaseHex,
+            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+        )
+    }
+
+    func testFractionsOfASecondDoNotChangeTheTimestamp() {
+        let signer = SigV4Signer(credentials: credentials, region: "eu-west-1")
+        let request = SigV4Request(method: "GET", host: "h", path: "/")
+        XCTAssertEqual(
+            signer.signHeaders(request, payload: .empty, date: date.addingTimeInterval(0.999)).headersToAdd.first?.value,
+            "20130524T000000Z"
+        )
+        XCTAssertEqual(signer.credentialScope(date: date), "20130524/eu-west-1/s3/aws4_request")
+    }
+
+    // MARK: - Payload and session tokens
+
+    func testEmptyPayloadIsTheHashOfNothing() {
+        XCTAssertEqual(SigV4Payload.empty, SigV4Payload.hashing([UInt8]()))
+    }
+
+    func testUnsignedPayloadIsSentAndSignedAsSuch() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        let signed = signer.signHeaders(
+            SigV4Request(method: "PUT", host: "127.0.0.1:9000", path: "/bucket/key"),
+            payload: .unsigned,
+            date: date
+        )
+        XCTAssertTrue(signed.headersToAdd.contains { $0.name == "x-amz-content-sha256" && $0.value == "UNSIGNED-PAYLOAD" })
+        XCTAssertTrue(signed.calculation.canonicalRequest.hasSuffix("\nUNSIGNED-PAYLOAD"))
+        XCTAssertTrue(signed.calculation.canonicalRequest.contains("\nhost:127.0.0.1:9000\n"))
+    }
+
+    func testSessionTokenIsASignedHeader() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        let signed = signer.signHeaders(SigV4Request(method: "GET", host: "h", path: "/"), payload: .empty, date: date)
+        XCTAssertEqual(
+            signed.headersToAdd.map(\.name),
+            ["x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"]
+        )
+        XCTAssertTrue(signed.calculation.canonicalRequest.contains("\nx-amz-security-token:session/token+with=specials\n"))
+        XCTAssertTrue(signed.headersToAdd.last!.value.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"))
+    }
+
+    func testSessionTokenIsASignedQueryParameterWhenPresigning() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        let request = SigV4Request(
+            method: "PUT",
+            host: "h",
+            path: "/bucket/a key",
+            query: [("partNumber", "3"), ("uploadId", "u/1")]
+        )
+        let presigned = signer.presign(request, expiresIn: 3600, date: date)
+        let canonicalQuery = presigned.calculation.canonicalRequest.split(separator: "\n", omittingEmptySubsequences: false)[2]
+        XCTAssertEqual(
+            canonicalQuery,
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+                + "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=3600"
+                + "&X-Amz-Security-Token=session%2Ftoken%2Bwith%3Dspecials&X-Amz-SignedHeaders=host"
+                + "&partNumber=3&uploadId=u%2F1"
+        )
+        XCTAssertEqual(presigned.queryString, "\(canonicalQuery)&X-Amz-Signature=\(presigned.calculation.signature)")
+        XCTAssertTrue(presigned.calculation.canonicalRequest.hasPrefix("PUT\n/bucket/a%20key\n"))
+    }
+
+    // MARK: - Credentials never show their secrets
+
+    func testCredentialTextRedactsSecretAndToken() {
+        var dumped = ""
+        dump(credentials, to: &dumped)
+        for text in ["\(credentials)", String(describing: credentials), String(reflecting: credentials), credentials.debugDescription, dumped] {
+            XCTAssertFalse(text.contains(credentials.secretAccessKey), text)
+            XCTAssertFalse(text.contains("session/token"), text)
+            XCTAssertTrue(text.contains("AKIDEXAMPLE"), text)
+            XCTAssertTrue(text.contains("<redacted>"), text)
+        }
+    }
+
+    func testSignerTextRedactsTheCredentials() {
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        var dumped = ""
+        dump(signer, to: &dumped)
+        for text in ["\(signer)", String(reflecting: signer), dumped] {
+            XCTAssertFalse(text.contains(credentials.secretAccessKey), text)
+            XCTAssertFalse(text.contains("session/token"), text)
+        }
+    }
+
+    func testCredentialTextSaysWhenThereIsNoToken() {
+        let permanent = AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "secret-value")
+        XCTAssertEqual(
+            permanent.description,
+            "AWSCredentials(accessKeyID: AKIDEXAMPLE, secretAccessKey: <redacted>, sessionToken: none)"
+        )
+    }
+}
