@@ -13,6 +13,7 @@ public enum CryptoError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The object does not start with the magic bytes.
     case notAnEncryptedObject
     case invalidKey(reason: String)
+    /// `mode` is the permission bits (`st_mode & 0o7777`).
     case insecureKeyFile(path: String, mode: UInt32)
     case keyFileUnreadable(path: String, reason: String)
     case noKeyConfigured
@@ -48,7 +49,7 @@ public enum CryptoError: Error, CustomStringConvertible, Equatable, Sendable {
     }
 
     private func octal(_ mode: UInt32) -> String {
-        let digits = String(mode & 0o7777, radix: 8)
+        let digits = String(mode, radix: 8)
         return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
     }
 }

@@ -64,7 +64,7 @@ public struct Keyring: Sendable {
             throw CryptoError.keyFileUnreadable(path: path, reason: "it is not a regular file")
         }
         guard status.st_mode & 0o077 == 0 else {
-            throw CryptoError.insecureKeyFile(path: path, mode: status.st_mode)
+            throw CryptoError.insecureKeyFile(path: path, mode: status.st_mode & 0o7777)
         }
 
         // One byte more than allowed, to tell a full buffer from a file that is too big.
