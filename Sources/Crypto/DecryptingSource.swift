@@ -39,6 +39,7 @@ public final class DecryptingSource: ByteSource {
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        precondition(!buffer.isEmpty, "reading into an empty buffer would look like the end of the stream")
         while unread.isEmpty {
             if verifiedEnd { return 0 }
             try openNextChunk()

@@ -54,7 +54,8 @@ public struct Keyring: Sendable {
     /// the opened file, so a symlink is judged by its target and cannot be swapped between
     /// the check and the read.
     private static func readKeyFile(_ path: String) throws -> WipedBuffer {
-        let fileDescriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
+        let fileDescriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fileDescriptor >= 0 else { throw unreadable(path, errno: errno) }
         defer { close(fileDescriptor) }
 

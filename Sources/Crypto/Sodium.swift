@@ -182,6 +182,7 @@ final class KeyedHash {
     /// The state type is 64-byte aligned in C, which Swift does not import: it is opaque here.
     private let state: OpaquePointer
     private let outputByteCount: Int
+    private var finalized = false
 
     init(key: UnsafeRawBufferPointer, outputByteCount: Int) {
         Sodium.ensureInitialized()
@@ -194,15 +195,18 @@ final class KeyedHash {
     }
 
     func update(_ bytes: UnsafeRawBufferPointer) {
+        precondition(!finalized, "hash updated after finalize()")
         guard let start = bytes.baseAddress else { return }
         crypto_generichash_update(state, start.assumingMemoryBound(to: UInt8.self), UInt64(bytes.count))
     }
 
     /// Finishes the hash; the state cannot be updated afterwards.
     func finalize() -> [UInt8] {
+        precondition(!finalized, "hash finalized twice")
+        finalized = true
         var digest = [UInt8](repeating: 0, count: outputByteCount)
         let status = crypto_generichash_final(state, &digest, outputByteCount)
-        precondition(status == 0, "crypto_generichash_final called twice")
+        precondition(status == 0, "crypto_generichash_final failed")
         return digest
     }
 }

@@ -167,6 +167,10 @@ final class KeyTests: XCTestCase {
             assertNoSubstring(of: "not-a-key", in: "\(error)")
         }
 
+        let fifo = directory + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        assertThrows(.keyFileUnreadable(path: fifo, reason: "it is not a regular file")) { try Keyring.keys(fromKeyFile: fifo) }
+
         let huge = directory + "/huge"
         try writeFile(huge, String(repeating: "#\n", count: 40_000), mode: 0o600)
         XCTAssertThrowsError(try Keyring.keys(fromKeyFile: huge)) { error in
