@@ -22,9 +22,9 @@ public struct Keyring: Sendable {
     }
 
     /// The keys of every key file in order, then those of `environmentValue` (the value of
-    /// `SESSION_ENCRYPTION_KEY`; nil or blank when unset). The first of them is the primary:
-    /// the first key of the first key file if any was given, otherwise the first key of the
-    /// environment value. See `keys(fromList:)` and `keys(fromKeyFile:)` for the syntax.
+    /// `SESSION_ENCRYPTION_KEY`, nil when unset: keys separated by commas, blank entries and
+    /// entries starting with `#` ignored). The first of them is the primary: the first key of
+    /// the first key file if any was given, otherwise the first key of the environment value.
     public static func load(keyFiles: [String], environmentValue: String?) throws -> Keyring {
         var keys = try keyFiles.flatMap { try Self.keys(fromKeyFile: $0) }
         if var environmentValue {
@@ -42,18 +42,18 @@ public struct Keyring: Sendable {
     /// The file (after following symlinks) must be a regular file that neither group nor
     /// others may access, and must hold at least one key.
     public static func keys(fromKeyFile path: String) throws -> [EncryptionKey] {
-        let contents = try readKeyFile(path)
-        let keys = try parseKeys(UnsafeRawBufferPointer(contents.bytes), separator: UInt8(ascii: "\n")) {
+        let (contents, count) = try readKeyFile(path)
+        let keys = try parseKeys(UnsafeRawBufferPointer(contents.slice(0..<count)), separator: UInt8(ascii: "\n")) {
             "key file \(path), line \($0)"
         }
         guard !keys.isEmpty else { throw CryptoError.invalidKey(reason: "key file \(path) contains no key") }
         return keys
     }
 
-    /// The file's bytes, in memory that is wiped when released. Permissions are checked on
+    /// The file's bytes (the first `count` of `contents`), in memory that is wiped when released. Permissions are checked on
     /// the opened file, so a symlink is judged by its target and cannot be swapped between
     /// the check and the read.
-    private static func readKeyFile(_ path: String) throws -> WipedBuffer {
+    private static func readKeyFile(_ path: String) throws -> (contents: WipedBuffer, count: Int) {
         // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
         let fileDescriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fileDescriptor >= 0 else { throw unreadable(path, errno: errno) }
@@ -81,9 +81,7 @@ public struct Keyring: Sendable {
             throw CryptoError.keyFileUnreadable(
                 path: path, reason: "it is larger than \(maximumKeyFileByteCount / 1024) KiB, so not a key file")
         }
-        let contents = WipedBuffer(count: count)
-        contents.bytes.copyMemory(from: UnsafeRawBufferPointer(buffer.slice(0..<count)))
-        return contents
+        return (buffer, count)
     }
 
     private static func unreadable(_ path: String, errno: Int32) -> CryptoError {
