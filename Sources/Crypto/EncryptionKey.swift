@@ -85,10 +85,6 @@ public final class EncryptionKey: @unchecked Sendable {
         Sodium.encodeBase64(UnsafeRawBufferPointer(storage.slice(0..<Self.byteCount)))
     }
 
-    var masterKey: UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(storage.slice(0..<Self.byteCount))
-    }
-
     var streamKey: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(storage.slice(Self.byteCount..<2 * Self.byteCount))
     }
