@@ -20,7 +20,7 @@ enum SwapStep: String, CaseIterable, Sendable {
 }
 
 /// What `recoverLeftovers` did, for the log.
-public enum RecoveryAction: Equatable, Sendable {
+public enum RecoveryAction: Hashable, Sendable {
     /// The target was missing and its complete previous version was renamed back.
     case restoredPrevious(session: String)
     case removed(name: String)
