@@ -38,6 +38,8 @@ public final class ArchiveReader {
         archive_read_support_filter_zstd(archive)
         archive_read_support_format_tar(archive)
         let status = archive_read_open(archive, Unmanaged.passUnretained(input).toOpaque(), nil, readFromSource, nil)
+        if status != ARCHIVE_OK, let error = input.takeError() { throw error }
+        if status != ARCHIVE_OK && input.isEmpty { throw ArchiveError(.truncated, detail: "empty payload") }
         try check(status, entry: nil)
         // A plain tar would also open (libarchive's "none" filter); the format says zstd.
         guard archive_filter_count(archive) == 2, archive_filter_code(archive, 0) == ARCHIVE_FILTER_ZSTD else {
@@ -202,6 +204,7 @@ private struct EntryValidator {
 private final class ReaderInput {
     let source: ByteSource
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
+    private(set) var isEmpty = true
     private var error: Error?
 
     init(source: ByteSource) {
@@ -214,7 +217,9 @@ private final class ReaderInput {
 
     func read() -> Int {
         do {
-            return try source.read(into: buffer)
+            let count = try source.read(into: buffer)
+            if count > 0 { isEmpty = false }
+            return count
         } catch {
             self.error = error
             return -1

@@ -86,7 +86,7 @@ final class HostileArchiveTests: XCTestCase {
         cuts += [archive.count - 1, archive.count - 2, archive.count - 8]
         for cut in cuts {
             XCTAssertThrowsError(try ArchiveReader(source: BufferSource(Array(archive[..<cut]))).forEachEntry { _, _ in }, "cut at \(cut)") { error in
-                XCTAssertTrue(error is ArchiveError, "cut at \(cut): \(error)")
+                XCTAssertEqual((error as? ArchiveError)?.reason, .truncated, "cut at \(cut): \(error)")
             }
         }
     }
