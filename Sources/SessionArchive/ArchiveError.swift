@@ -17,6 +17,8 @@ public struct ArchiveError: Error, CustomStringConvertible, Equatable, Sendable 
         case truncated
         /// libarchive refused the data (bad header, bad zstd frame...); its message is in `detail`.
         case corrupt
+        /// libarchive could not write the archive; its message is in `detail`.
+        case writeFailed
         /// A file being archived shrank between stat and read: it is being rewritten, try again.
         case sourceChanged
         case invalidCompressionLevel(Int)
@@ -45,6 +47,7 @@ public struct ArchiveError: Error, CustomStringConvertible, Equatable, Sendable 
         case .unsupportedFormat: message = "not a zstd-compressed tar archive"
         case .truncated: message = "archive is truncated"
         case .corrupt: message = "archive is corrupt"
+        case .writeFailed: message = "could not write the archive"
         case .sourceChanged: message = "file changed while being archived"
         case .invalidCompressionLevel(let level): message = "invalid zstd compression level \(level) (1...22)"
         }

@@ -85,22 +85,25 @@ public final class ArchiveReader {
 
     fileprivate func readData(into buffer: UnsafeMutableRawBufferPointer, entry: String) throws -> Int {
         let count = archive_read_data(archive, buffer.baseAddress, buffer.count)
-        if count < 0 { try check(Int32(truncatingIfNeeded: count), entry: entry) }
+        if count < 0 { throw failure(entry: entry) }
         return count
     }
 
-    /// Anything but ARCHIVE_OK fails (a warning means libarchive had to guess). A source error is
-    /// rethrown as itself rather than as libarchive's message.
+    /// Anything but ARCHIVE_OK fails: a warning means libarchive had to guess.
     private func check(_ status: Int32, entry: String?) throws {
-        if status == ARCHIVE_OK { return }
-        if let error = input.takeError() { throw error }
+        if status != ARCHIVE_OK { throw failure(entry: entry) }
+    }
+
+    /// A source error is rethrown as itself rather than as libarchive's message about it.
+    private func failure(entry: String?) -> Error {
+        if let error = input.takeError() { return error }
         let message = libarchiveMessage(archive)
         // libarchive has no error code for this; its messages say "Truncated tar archive",
         // "Truncated input file", etc.
         if message?.lowercased().contains("truncated") == true {
-            throw ArchiveError(.truncated, entry: entry, detail: message)
+            return ArchiveError(.truncated, entry: entry, detail: message)
         }
-        throw ArchiveError(.corrupt, entry: entry, detail: message)
+        return ArchiveError(.corrupt, entry: entry, detail: message)
     }
 }
 

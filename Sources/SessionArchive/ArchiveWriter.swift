@@ -92,8 +92,10 @@ public final class ArchiveWriter {
         var remaining = chunk
         while !remaining.isEmpty {
             let written = archive_write_data(archive, remaining.baseAddress, remaining.count)
-            guard written > 0 else { try check(Int32(truncatingIfNeeded: written), entry: entry); return }
-            remaining = UnsafeRawBufferPointer(rebasing: remaining[Int(written)...])
+            if written < 0 { throw failure(Int32(truncatingIfNeeded: written), entry: entry) }
+            // libarchive silently drops data past the size in the header; we never write any.
+            guard written > 0 else { throw ArchiveError(.writeFailed, entry: entry, detail: "data longer than the entry size") }
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
         }
     }
 
@@ -101,12 +103,14 @@ public final class ArchiveWriter {
         try check(archive_write_finish_entry(archive), entry: relativePath)
     }
 
-    /// Anything but ARCHIVE_OK fails: a warning means libarchive changed what we asked for. A sink
-    /// error is rethrown as itself rather than as libarchive's message.
+    /// Anything but ARCHIVE_OK fails: a warning means libarchive changed what we asked for.
     private func check(_ status: Int32, entry: String? = nil) throws {
-        if status == ARCHIVE_OK { return }
-        if let error = output.takeError() { throw error }
-        throw ArchiveError(.corrupt, entry: entry, detail: libarchiveMessage(archive))
+        if status != ARCHIVE_OK { throw failure(status, entry: entry) }
+    }
+
+    /// A sink error is rethrown as itself rather than as libarchive's message about it.
+    private func failure(_ status: Int32, entry: String?) -> Error {
+        output.takeError() ?? ArchiveError(.writeFailed, entry: entry, detail: libarchiveMessage(archive))
     }
 }
 

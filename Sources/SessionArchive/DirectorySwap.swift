@@ -133,6 +133,8 @@ public enum DirectorySwap {
                 actions.append(.restoredPrevious(session: leftover.target))
             }
         }
+        // The renamed-back directory must be durable before anything else that could hold a copy is removed.
+        if !renamedBack.isEmpty { try directory.sync() }
         for leftover in leftovers where !renamedBack.contains(leftover.name) {
             try directory.removeTree(at: leftover.name)
             actions.append(.removed(name: leftover.name))
