@@ -1,0 +1,102 @@
+/// Why an archive could not be written or read. The description names the entry concerned
+/// (quoted and escaped, since hostile names may hold control characters) but never file contents.
+public struct ArchiveError: Error, CustomStringConvertible, Equatable, Sendable {
+    public enum Reason: Equatable, Sendable {
+        /// Absolute, empty, `.`/`..` component, empty component, or too long.
+        case unsafePath
+        /// Symlink, hard link, device, FIFO, socket: only regular files and directories are allowed.
+        case forbiddenEntryType(String)
+        /// The same path twice, or a path below an entry that is a file.
+        case duplicateEntry
+        case entryTooLarge(limit: Int64)
+        case totalSizeExceeded(limit: Int64)
+        case tooManyEntries(limit: Int)
+        /// The payload is not zstd-compressed tar.
+        case unsupportedFormat
+        /// The stream ends before the tar end-of-archive marker, or mid-entry.
+        case truncated
+        /// libarchive refused the data (bad header, bad zstd frame...); its message is in `detail`.
+        case corrupt
+        /// libarchive could not write the archive; its message is in `detail`.
+        case writeFailed
+        /// A file being archived shrank between stat and read: it is being rewritten, try again.
+        case sourceChanged
+        case invalidCompressionLevel(Int)
+    }
+
+    public let reason: Reason
+    /// The archive path of the entry concerned, when there is one.
+    public let entry: String?
+    public let detail: String?
+
+    init(_ reason: Reason, entry: String? = nil, detail: String? = nil) {
+        self.reason = reason
+        self.entry = entry
+        self.detail = detail
+    }
+
+    public var description: String {
+        var message: String
+        switch reason {
+        case .unsafePath: message = "unsafe path (absolute, empty, '.' or '..' component, or too long)"
+        case .forbiddenEntryType(let type): message = "forbidden entry type \(type) (only regular files and directories)"
+        case .duplicateEntry: message = "duplicate entry, or entry below a file"
+        case .entryTooLarge(let limit): message = "entry larger than the limit of \(limit) bytes"
+        case .totalSizeExceeded(let limit): message = "archive expands past the limit of \(limit) bytes"
+        case .tooManyEntries(let limit): message = "archive has more than \(limit) entries"
+        case .unsupportedFormat: message = "not a zstd-compressed tar archive"
+        case .truncated: message = "archive is truncated"
+        case .corrupt: message = "archive is corrupt"
+        case .writeFailed: message = "could not write the archive"
+        case .sourceChanged: message = "file changed while being archived"
+        case .invalidCompressionLevel(let level): message = "invalid zstd compression level \(level) (1...22)"
+        }
+        if let entry { message = "archive entry \(String(reflecting: entry)): " + message }
+        if let detail { message += " (\(detail))" }
+        return message
+    }
+}
+
+/// Bounds on what a reader accepts, checked against each header before its data is
+/// decompressed, so a decompression bomb is stopped while streaming.
+public struct ExtractionLimits: Equatable, Sendable {
+    public var maxTotalBytes: Int64
+    public var maxEntryCount: Int
+    public var maxEntryBytes: Int64
+
+    public init(maxTotalBytes: Int64 = 1 << 30, maxEntryCount: Int = 200_000, maxEntryBytes: Int64 = 64 << 20) {
+        self.maxTotalBytes = maxTotalBytes
+        self.maxEntryCount = maxEntryCount
+        self.maxEntryBytes = maxEntryBytes
+    }
+
+    /// Generous for Baileys session directories (tens of thousands of small JSON files).
+    public static let sessionDirectory = ExtractionLimits()
+}
+
+/// The path rules shared by the writer (so we never produce what the reader refuses) and the reader.
+enum ArchivePath {
+    static let maxPathBytes = 1024
+    static let maxComponentBytes = 255
+
+    /// The path's components if it is a safe relative path, nil otherwise. A single trailing
+    /// slash is tolerated (tar writers mark directories that way).
+    static func components(of path: String) -> [Substring]? {
+        guard !path.isEmpty, path.utf8.count <= maxPathBytes, !path.utf8.contains(0), !path.hasPrefix("/") else {
+            return nil
+        }
+        let trimmed = path.hasSuffix("/") ? path.dropLast() : Substring(path)
+        let components = trimmed.split(separator: "/", omittingEmptySubsequences: false)
+        for component in components {
+            if component.isEmpty || component == "." || component == ".." || component.utf8.count > maxComponentBytes {
+                return nil
+            }
+        }
+        return components
+    }
+
+    static func validatedComponents(of path: String) throws -> [Substring] {
+        guard let components = components(of: path) else { throw ArchiveError(.unsafePath, entry: path) }
+        return components
+    }
+}

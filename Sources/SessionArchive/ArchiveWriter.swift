@@ -1,0 +1,147 @@
+import CArchive
+import Crypto
+import Glibc
+
+/// Writes a zstd-compressed POSIX pax tar to a `ByteSink`, one entry at a time, streaming file
+/// contents in chunks so memory stays bounded whatever the archive size.
+///
+/// Entries carry no owner, group or host permissions: files are stored as 0600 and directories as
+/// 0700 with uid/gid 0 and empty user/group names, so an archive reveals nothing about the host and
+/// the same files and times always give the same bytes. The caller chooses the entry order (sorted,
+/// for reproducibility).
+public final class ArchiveWriter {
+    private let archive: OpaquePointer
+    private let output: WriterOutput
+    private var finished = false
+
+    /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest).
+    public init(sink: ByteSink, compressionLevel: Int = 3) throws {
+        guard (1...22).contains(compressionLevel) else {
+            throw ArchiveError(.invalidCompressionLevel(compressionLevel))
+        }
+        guard let archive = archive_write_new() else { fatalError("libarchive: out of memory") }
+        self.archive = archive
+        self.output = WriterOutput(sink: sink)
+        try check(archive_write_set_format_pax(archive))
+        try check(archive_write_add_filter_zstd(archive))
+        try check(archive_write_set_filter_option(archive, "zstd", "compression-level", String(compressionLevel)))
+        // No zero padding after the last zstd frame: the tar layer already ends with its own marker.
+        try check(archive_write_set_bytes_in_last_block(archive, 1))
+        try check(archive_write_open(archive, Unmanaged.passUnretained(output).toOpaque(), nil, writeToSink, nil))
+    }
+
+    deinit {
+        // Abandoned without finish(): free without emitting an end-of-archive marker, so the sink
+        // never receives something that looks like a complete archive.
+        output.isDiscarding = true
+        archive_write_free(archive)
+    }
+
+    /// Adds a regular file whose contents are read from `fileDescriptor` (from its current offset).
+    /// Reads exactly `size` bytes; if the file has become shorter, throws `sourceChanged`.
+    public func addFile(relativePath: String, fileDescriptor: Int32, size: Int64, modificationTime: Int64) throws {
+        try addEntry(relativePath: relativePath, type: S_IFREG, permissions: 0o600, size: size, modificationTime: modificationTime)
+        try readChunks(of: fileDescriptor, size: size, entry: relativePath) { chunk in
+            try writeData(chunk, entry: relativePath)
+        }
+        try finishEntry(relativePath)
+    }
+
+    public func addFile(relativePath: String, contents: [UInt8], modificationTime: Int64) throws {
+        try addEntry(relativePath: relativePath, type: S_IFREG, permissions: 0o600, size: Int64(contents.count), modificationTime: modificationTime)
+        try contents.withUnsafeBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let end = min(offset + fileChunkSize, bytes.count)
+                try writeData(UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), entry: relativePath)
+                offset = end
+            }
+        }
+        try finishEntry(relativePath)
+    }
+
+    public func addDirectory(relativePath: String, modificationTime: Int64) throws {
+        try addEntry(relativePath: relativePath, type: S_IFDIR, permissions: 0o700, size: 0, modificationTime: modificationTime)
+        try finishEntry(relativePath)
+    }
+
+    /// Writes the tar end-of-archive marker and ends the zstd frame. The archive is complete only
+    /// after this returns.
+    public func finish() throws {
+        guard !finished else { return }
+        finished = true
+        try check(archive_write_close(archive))
+    }
+
+    private func addEntry(relativePath: String, type: mode_t, permissions: mode_t, size: Int64, modificationTime: Int64) throws {
+        precondition(!finished, "ArchiveWriter used after finish()")
+        let components = try ArchivePath.validatedComponents(of: relativePath)
+        guard let entry = archive_entry_new2(archive) else { fatalError("libarchive: out of memory") }
+        defer { archive_entry_free(entry) }
+        archive_entry_set_pathname_utf8(entry, components.joined(separator: "/"))
+        archive_entry_set_filetype(entry, UInt32(type))
+        archive_entry_set_perm(entry, permissions)
+        archive_entry_set_size(entry, size)
+        archive_entry_set_mtime(entry, time_t(modificationTime), 0)
+        archive_entry_set_uid(entry, 0)
+        archive_entry_set_gid(entry, 0)
+        try check(archive_write_header(archive, entry), entry: relativePath)
+    }
+
+    private func writeData(_ chunk: UnsafeRawBufferPointer, entry: String) throws {
+        var remaining = chunk
+        while !remaining.isEmpty {
+            let written = archive_write_data(archive, remaining.baseAddress, remaining.count)
+            if written < 0 { throw failure(Int32(truncatingIfNeeded: written), entry: entry) }
+            // libarchive silently drops data past the size in the header; we never write any.
+            guard written > 0 else { throw ArchiveError(.writeFailed, entry: entry, detail: "data longer than the entry size") }
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
+        }
+    }
+
+    private func finishEntry(_ relativePath: String) throws {
+        try check(archive_write_finish_entry(archive), entry: relativePath)
+    }
+
+    /// Anything but ARCHIVE_OK fails: a warning means libarchive changed what we asked for.
+    private func check(_ status: Int32, entry: String? = nil) throws {
+        if status != ARCHIVE_OK { throw failure(status, entry: entry) }
+    }
+
+    /// A sink error is rethrown as itself rather than as libarchive's message about it.
+    private func failure(_ status: Int32, entry: String?) -> Error {
+        output.takeError() ?? ArchiveError(.writeFailed, entry: entry, detail: libarchiveMessage(archive))
+    }
+}
+
+/// The libarchive client: what the write callback reaches through its context pointer.
+private final class WriterOutput {
+    let sink: ByteSink
+    var isDiscarding = false
+    private var error: Error?
+
+    init(sink: ByteSink) {
+        self.sink = sink
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) -> Int {
+        if isDiscarding { return bytes.count }
+        do {
+            try sink.write(bytes)
+            return bytes.count
+        } catch {
+            self.error = error
+            return -1
+        }
+    }
+
+    func takeError() -> Error? {
+        defer { error = nil }
+        return error
+    }
+}
+
+private func writeToSink(_: OpaquePointer?, context: UnsafeMutableRawPointer?, buffer: UnsafeRawPointer?, length: Int) -> la_ssize_t {
+    let output = Unmanaged<WriterOutput>.fromOpaque(context!).takeUnretainedValue()
+    return output.write(UnsafeRawBufferPointer(start: buffer, count: length))
+}

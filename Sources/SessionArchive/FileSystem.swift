@@ -1,0 +1,157 @@
+import Crypto
+import Glibc
+
+/// An open file or directory, closed in deinit. Everything below a directory is reached with
+/// the *at() calls and O_NOFOLLOW, so a symlink planted in a staging or session directory is
+/// never followed.
+final class FileDescriptor {
+    let raw: Int32
+    /// For error messages only.
+    let path: String
+
+    private init(raw: Int32, path: String) {
+        self.raw = raw
+        self.path = path
+    }
+
+    deinit {
+        close(raw)
+    }
+
+    /// Opens a directory given by the caller (the parent of a session directory), following symlinks
+    /// in that path as the caller's configuration asks.
+    static func openDirectory(_ path: String) throws -> FileDescriptor {
+        let raw = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard raw >= 0 else { throw SystemError("open", path: path) }
+        return FileDescriptor(raw: raw, path: path)
+    }
+
+    private func childPath(_ name: String) -> String {
+        path + "/" + name
+    }
+
+    func openDirectory(at name: String) throws -> FileDescriptor {
+        let raw = openat(self.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard raw >= 0 else { throw SystemError("open", path: childPath(name)) }
+        return FileDescriptor(raw: raw, path: childPath(name))
+    }
+
+    func openFile(at name: String) throws -> FileDescriptor {
+        let raw = openat(self.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard raw >= 0 else { throw SystemError("open", path: childPath(name)) }
+        return FileDescriptor(raw: raw, path: childPath(name))
+    }
+
+    /// Creates a new directory (never reuses one) with exactly 0700, whatever the umask.
+    func makeDirectory(at name: String) throws -> FileDescriptor {
+        guard mkdirat(raw, name, 0o700) == 0 else { throw SystemError("mkdir", path: childPath(name)) }
+        let directory = try openDirectory(at: name)
+        try directory.setMode(0o700)
+        return directory
+    }
+
+    /// Creates a new file (O_EXCL: never opens an existing file or a symlink) with exactly 0600.
+    func createFile(at name: String) throws -> FileDescriptor {
+        let raw = openat(self.raw, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard raw >= 0 else { throw SystemError("create", path: childPath(name)) }
+        let file = FileDescriptor(raw: raw, path: childPath(name))
+        try file.setMode(0o600)
+        return file
+    }
+
+    func setMode(_ mode: mode_t) throws {
+        guard fchmod(raw, mode) == 0 else { throw SystemError("chmod", path: path) }
+    }
+
+    func sync() throws {
+        guard fsync(raw) == 0 else { throw SystemError("fsync", path: path) }
+    }
+
+    /// Whether `name` exists in this directory (without following a symlink).
+    func contains(_ name: String) throws -> Bool {
+        var info = stat()
+        if fstatat(raw, name, &info, AT_SYMLINK_NOFOLLOW) == 0 { return true }
+        if errno == ENOENT { return false }
+        throw SystemError("stat", path: childPath(name))
+    }
+
+    func entryNames() throws -> [String] {
+        let duplicate = dup(raw)
+        guard duplicate >= 0 else { throw SystemError("dup", path: path) }
+        guard let stream = fdopendir(duplicate) else {
+            close(duplicate)
+            throw SystemError("opendir", path: path)
+        }
+        defer { closedir(stream) }
+        rewinddir(stream)
+        var names: [String] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(stream) else {
+                if errno != 0 { throw SystemError("readdir", path: path) }
+                return names
+            }
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { bytes in
+                String(cString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+    }
+
+    /// Removes `name` and, if it is a directory, everything below it; symlinks are removed, not followed.
+    /// A missing `name` is not an error, so an interrupted removal can simply be run again.
+    func removeTree(at name: String) throws {
+        if unlinkat(raw, name, 0) == 0 || errno == ENOENT { return }
+        guard errno == EISDIR else { throw SystemError("unlink", path: childPath(name)) }
+        let directory = try openDirectory(at: name)
+        for child in try directory.entryNames() {
+            try directory.removeTree(at: child)
+        }
+        guard unlinkat(raw, name, AT_REMOVEDIR) == 0 || errno == ENOENT else {
+            throw SystemError("rmdir", path: childPath(name))
+        }
+    }
+
+    func rename(_ from: String, to: String) throws {
+        guard renameat(raw, from, raw, to) == 0 else { throw SystemError("rename", path: childPath(from)) }
+    }
+
+    /// Atomically swaps two names in this directory with renameat2(RENAME_EXCHANGE). Returns false when
+    /// the kernel or file system does not support it, so the caller can fall back to two renames.
+    func exchange(_ first: String, _ second: String) throws -> Bool {
+        guard let renameat2 = renameat2Function else { return false }
+        if renameat2(raw, first, raw, second, renameExchangeFlag) == 0 { return true }
+        if errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP { return false }
+        throw SystemError("renameat2", path: childPath(first))
+    }
+}
+
+/// Glibc declares renameat2 only under _GNU_SOURCE, which the Swift Glibc module does not set,
+/// so it is looked up at run time (glibc ≥ 2.28).
+private typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>?, Int32, UnsafePointer<CChar>?, UInt32) -> Int32
+private let renameExchangeFlag: UInt32 = 1 << 1
+private let renameat2Function: RenameAt2? = {
+    guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, "renameat2") else { return nil }
+    return unsafeBitCast(symbol, to: RenameAt2.self)
+}()
+
+/// Reads an open file in chunks and hands each to `body`; throws `sourceChanged` if the file
+/// holds fewer than `size` bytes (it is being rewritten), and never reads past `size`.
+func readChunks(of fileDescriptor: Int32, size: Int64, entry: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
+    defer { buffer.deallocate() }
+    var remaining = size
+    while remaining > 0 {
+        let wanted = Int(min(Int64(buffer.count), remaining))
+        let count = read(fileDescriptor, buffer.baseAddress, wanted)
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw SystemError("read", path: entry)
+        }
+        if count == 0 { throw ArchiveError(.sourceChanged, entry: entry) }
+        try body(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+        remaining -= Int64(count)
+    }
+}
+
+let fileChunkSize = 64 * 1024

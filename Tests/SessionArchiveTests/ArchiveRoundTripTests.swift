@@ -1,0 +1,150 @@
+import Crypto
+import Foundation
+import Glibc
+@testable import SessionArchive
+import XCTest
+
+final class ArchiveRoundTripTests: XCTestCase {
+    func testEveryFixtureSessionRestoresByteIdenticalWithPrivateModes() throws {
+        let root = try makeTemporaryDirectory(for: self)
+        var restored: [String] = []
+        for name in Fixtures.sessionNames {
+            let original = try XCTUnwrap(try TreeSnapshot(Fixtures.session(name)))
+            let archive = try archiveBytes(of: Fixtures.session(name))
+            let target = root + "/" + name
+            try ArchiveExtractor().restore(from: BufferSource(archive), replacing: target)
+            XCTAssertEqual(try TreeSnapshot(target), original.normalized, name)
+            restored.append(name)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root).sorted(), restored.sorted(), "no leftovers")
+            var info = stat()
+            XCTAssertEqual(lstat(target, &info), 0)
+            XCTAssertEqual(info.st_mode & 0o7777, 0o700, "restored session directory mode")
+        }
+    }
+
+    func testOneLevelOfSubdirectoriesRoundTrips() throws {
+        let root = try makeTemporaryDirectory(for: self)
+        try writeTree(["creds.json": Array("{}".utf8), "keys/pre-key-1.json": [1, 2, 3], "keys/empty.json": []], at: root + "/source")
+        try FileManager.default.createDirectory(atPath: root + "/source/empty-dir", withIntermediateDirectories: false)
+        try ArchiveExtractor().restore(from: BufferSource(try archiveBytes(of: root + "/source")), replacing: root + "/target")
+        XCTAssertEqual(try TreeSnapshot(root + "/target"), try XCTUnwrap(try TreeSnapshot(root + "/source")).normalized)
+    }
+
+    func testArchivesAreReproducibleAndCarryNoHostDetails() throws {
+        let session = Fixtures.session("small")
+        let first = try archiveBytes(of: session)
+        XCTAssertEqual(first, try archiveBytes(of: session))
+        XCTAssertEqual(Array(first.prefix(4)), [0x28, 0xB5, 0x2F, 0xFD], "starts with a zstd frame")
+
+        // An independent reader (zstd CLI + Python's tarfile) sees the documented format.
+        let root = try makeTemporaryDirectory(for: self)
+        try Data(first).write(to: URL(fileURLWithPath: root + "/small.tar.zst"))
+        let listing = try run("/bin/sh", ["-c", """
+            zstd -dc "$1" | python3 -c '
+            import sys, tarfile
+            with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as t:
+                for m in t:
+                    print(m.name, m.type.decode(), oct(m.mode), m.uid, m.gid, repr(m.uname), repr(m.gname), m.size)
+            '
+            """, "sh", root + "/small.tar.zst"])
+        let lines = listing.split(separator: "\n")
+        let names = try FileManager.default.contentsOfDirectory(atPath: session).sorted()
+        XCTAssertEqual(lines.map { String($0.split(separator: " ")[0]) }, names)
+        for line in lines {
+            XCTAssertEqual(line.split(separator: " ").dropFirst().dropLast().joined(separator: " "), "0 0o600 0 0 '' ''", String(line))
+        }
+    }
+
+    func testVisitingEntriesStreamsContentsWithoutWritingToDisk() throws {
+        let session = Fixtures.session("medium")
+        let reader = try ArchiveReader(source: BufferSource(try archiveBytes(of: session)))
+        var visited: [String: [UInt8]] = [:]
+        var skipped = 0
+        try reader.forEachEntry { entry, data in
+            XCTAssertEqual(entry.kind, .file)
+            // Leaving data unread is allowed: the reader skips it.
+            if entry.path.hasPrefix("pre-key-") { skipped += 1; return }
+            let sink = BufferSink()
+            try copy(from: data, to: sink)
+            XCTAssertEqual(Int64(sink.bytes.count), entry.size)
+            visited[entry.path] = sink.bytes
+        }
+        XCTAssertGreaterThan(skipped, 100)
+        for (path, contents) in visited {
+            XCTAssertEqual(contents, [UInt8](try Data(contentsOf: URL(fileURLWithPath: session + "/" + path))), path)
+        }
+    }
+
+    func testSinkErrorsPropagateAsThemselves() throws {
+        final class FailingSink: ByteSink {
+            var budget: Int
+            init(budget: Int) { self.budget = budget }
+            func write(_ bytes: UnsafeRawBufferPointer) throws {
+                budget -= bytes.count
+                if budget < 0 { throw SystemError("write", path: "upload body", errno: ENOSPC) }
+            }
+        }
+        XCTAssertThrowsError(try archiveDirectory(Fixtures.session("medium"), to: FailingSink(budget: 100_000))) { error in
+            XCTAssertEqual(error as? SystemError, SystemError("write", path: "upload body", errno: ENOSPC))
+        }
+    }
+
+    func testSourceErrorsPropagateAsThemselves() throws {
+        final class FailingSource: ByteSource {
+            let wrapped: ByteSource
+            var budget: Int
+            init(_ wrapped: ByteSource, budget: Int) { self.wrapped = wrapped; self.budget = budget }
+            func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+                let count = try wrapped.read(into: buffer)
+                budget -= count
+                if budget < 0 { throw SystemError("read", path: "download", errno: ECONNRESET) }
+                return count
+            }
+        }
+        let archive = try archiveBytes(of: Fixtures.session("medium"))
+        let root = try makeTemporaryDirectory(for: self)
+        XCTAssertThrowsError(try ArchiveExtractor().restore(from: FailingSource(BufferSource(archive), budget: archive.count / 2), replacing: root + "/target")) { error in
+            XCTAssertEqual(error as? SystemError, SystemError("read", path: "download", errno: ECONNRESET))
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root), [])
+    }
+
+    func testFileShrinkingWhileArchivedIsReported() throws {
+        let root = try makeTemporaryDirectory(for: self)
+        try writeTree(["creds.json": Array(repeating: 7, count: 1000)], at: root)
+        let descriptor = open(root + "/creds.json", O_RDONLY)
+        defer { close(descriptor) }
+        let writer = try ArchiveWriter(sink: BufferSink())
+        assertArchiveError(try writer.addFile(relativePath: "creds.json", fileDescriptor: descriptor, size: 2000, modificationTime: 0), .sourceChanged)
+    }
+
+    func testWriterRefusesWhatTheReaderWouldRefuse() throws {
+        let writer = try ArchiveWriter(sink: BufferSink())
+        for path in ["", "/etc/passwd", "../x", "a/../b", "./a", "a//b", String(repeating: "x", count: 256)] {
+            assertArchiveError(try writer.addFile(relativePath: path, contents: [], modificationTime: 0), .unsafePath)
+        }
+        assertArchiveError(try ArchiveWriter(sink: BufferSink(), compressionLevel: 0), .invalidCompressionLevel(0))
+    }
+
+    func testAbandonedWriterEmitsNoCompleteArchive() throws {
+        let sink = BufferSink()
+        do {
+            let writer = try ArchiveWriter(sink: sink)
+            try writer.addFile(relativePath: "creds.json", contents: Array("{}".utf8), modificationTime: 0)
+        }
+        XCTAssertThrowsError(try ArchiveReader(source: BufferSource(sink.bytes)).forEachEntry { _, _ in })
+    }
+
+    private func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0)
+        return String(decoding: data, as: UTF8.self)
+    }
+}

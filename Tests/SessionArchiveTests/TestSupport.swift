@@ -1,0 +1,150 @@
+import Crypto
+import Foundation
+import Glibc
+import SessionArchive
+import XCTest
+
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("fixtures")
+    static let sessionNames = ["small", "medium"]
+
+    static func session(_ name: String) -> String {
+        root.appendingPathComponent("sessions/\(name)").path
+    }
+
+    static func hostile(_ name: String) throws -> [UInt8] {
+        try [UInt8](Data(contentsOf: root.appendingPathComponent("hostile/\(name)")))
+    }
+}
+
+/// A directory tree as comparable values: relative path → what is there.
+struct TreeSnapshot: Equatable, CustomStringConvertible {
+    enum Node: Equatable {
+        case file(mode: mode_t, contents: [UInt8])
+        case directory(mode: mode_t)
+    }
+
+    var nodes: [String: Node]
+
+    /// nil when `path` does not exist.
+    init?(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        nodes = [:]
+        try collect(path, prefix: "")
+    }
+
+    init(nodes: [String: Node]) {
+        self.nodes = nodes
+    }
+
+    private mutating func collect(_ directory: String, prefix: String) throws {
+        for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
+            let path = directory + "/" + name
+            var info = stat()
+            guard lstat(path, &info) == 0 else { throw SystemError("lstat", path: path) }
+            let mode = info.st_mode & 0o7777
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                nodes[prefix + name] = .directory(mode: mode)
+                try collect(path, prefix: prefix + name + "/")
+            case S_IFREG:
+                nodes[prefix + name] = .file(mode: mode, contents: [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))))
+            default:
+                XCTFail("unexpected file type at \(path)")
+            }
+        }
+    }
+
+    /// The same tree with every file 0600 and every directory 0700, as a restore produces it.
+    var normalized: TreeSnapshot {
+        TreeSnapshot(nodes: nodes.mapValues { node in
+            switch node {
+            case .file(_, let contents): .file(mode: 0o600, contents: contents)
+            case .directory: .directory(mode: 0o700)
+            }
+        })
+    }
+
+    var description: String {
+        "\(nodes.count) entries: " + nodes.keys.sorted().prefix(5).joined(separator: ", ")
+    }
+}
+
+/// A fresh directory under the system temp dir, removed by the returned test's teardown.
+func makeTemporaryDirectory(for test: XCTestCase) throws -> String {
+    let path = NSTemporaryDirectory() + "session-archive-tests-" + UUID().uuidString
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+    test.addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
+    return path
+}
+
+/// Archives a directory tree in sorted order the way the sync engine does: file contents streamed
+/// from open descriptors.
+func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: Int = 3) throws {
+    let writer = try ArchiveWriter(sink: sink, compressionLevel: compressionLevel)
+    let paths = try FileManager.default.subpathsOfDirectory(atPath: directory).sorted()
+    for relativePath in paths {
+        let path = directory + "/" + relativePath
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw SystemError("lstat", path: path) }
+        if info.st_mode & S_IFMT == S_IFDIR {
+            try writer.addDirectory(relativePath: relativePath, modificationTime: Int64(info.st_mtim.tv_sec))
+            continue
+        }
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw SystemError("open", path: path) }
+        defer { close(descriptor) }
+        try writer.addFile(
+            relativePath: relativePath, fileDescriptor: descriptor, size: Int64(info.st_size),
+            modificationTime: Int64(info.st_mtim.tv_sec)
+        )
+    }
+    try writer.finish()
+}
+
+func archiveBytes(of directory: String, compressionLevel: Int = 3) throws -> [UInt8] {
+    let sink = BufferSink()
+    try archiveDirectory(directory, to: sink, compressionLevel: compressionLevel)
+    return sink.bytes
+}
+
+/// Writes files (relative path → contents) into a new directory at `path`.
+func writeTree(_ files: [String: [UInt8]], at path: String) throws {
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    for (relativePath, contents) in files {
+        let url = URL(fileURLWithPath: path + "/" + relativePath)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try Data(contents).write(to: url)
+    }
+}
+
+/// Counts what is pulled from the wrapped source, to show refusal happens mid-stream.
+final class CountingSource: ByteSource {
+    private let wrapped: ByteSource
+    private(set) var bytesRead = 0
+
+    init(_ wrapped: ByteSource) {
+        self.wrapped = wrapped
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = try wrapped.read(into: buffer)
+        bytesRead += count
+        return count
+    }
+}
+
+func assertArchiveError<T>(
+    _ expression: @autoclosure () throws -> T, _ reason: ArchiveError.Reason,
+    file: StaticString = #filePath, line: UInt = #line
+) {
+    XCTAssertThrowsError(try expression(), file: file, line: line) { error in
+        guard let error = error as? ArchiveError else {
+            return XCTFail("expected ArchiveError(\(reason)), got \(error)", file: file, line: line)
+        }
+        XCTAssertEqual(error.reason, reason, "\(error)", file: file, line: line)
+    }
+}
