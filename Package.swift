@@ -16,6 +16,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
     ],
     targets: [
         systemLibrary("CCurl", pkgConfig: "libcurl", apt: "libcurl4-openssl-dev"),
@@ -45,7 +46,12 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "S3ClientTests", dependencies: ["S3Client"]),
+        .target(
+            name: "TestSupport",
+            dependencies: ["S3Client", .product(name: "Subprocess", package: "swift-subprocess")],
+            path: "Tests/TestSupport"
+        ),
+        .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto"]),
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent"]),

@@ -73,7 +73,8 @@ struct CurlResponse: Sendable {
     var bodyLength: Int64
     /// MD5 of the delivered body, for checking against a single-part ETag.
     var bodyMD5: [UInt8]
-    /// True when a range was requested and the server answered with the whole object.
+    /// True when a range was requested and the server answered with the whole object, so
+    /// the range was cut out here.
     var rangeIgnoredByServer: Bool
 
     func header(_ name: String) -> String? {
@@ -133,7 +134,13 @@ private final class CurlTransfer: @unchecked Sendable {
             let parts = trimmed.split(separator: " ", maxSplits: 2)
             status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
             headers = []
-            rangeIgnored = request.requestedRange != nil && status == 200
+            rangeIgnored = false
+        } else if trimmed.isEmpty {
+            // End of the header block. A 200 to a range request carries only the range when
+            // it has Content-Range (rclone); without it, it is the whole object.
+            rangeIgnored = request.requestedRange != nil && status == 200 && !headers.contains {
+                $0.name.lowercased() == "content-range"
+            }
         } else if let colon = trimmed.firstIndex(of: ":") {
             let name = String(trimmed[..<colon])
             let value = trimmed[trimmed.index(after: colon)...].trimmingCharacters(in: .whitespaces)
@@ -349,10 +356,10 @@ final class CurlMultiLoop: @unchecked Sendable {
             set(sa_curl_easy_setopt_long(handle, CURLOPT_NOBODY, 1))
         case "PUT":
             set(sa_curl_easy_setopt_long(handle, CURLOPT_UPLOAD, 1))
-            set(sa_curl_easy_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, request.body.length))
+            set(sa_curl_easy_setopt_off_t(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(request.body.length)))
         case "POST":
             set(sa_curl_easy_setopt_long(handle, CURLOPT_POST, 1))
-            set(sa_curl_easy_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, request.body.length))
+            set(sa_curl_easy_setopt_off_t(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(request.body.length)))
         default:
             set(sa_curl_easy_setopt_string(handle, CURLOPT_CUSTOMREQUEST, request.method))
         }

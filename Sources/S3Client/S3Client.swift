@@ -87,7 +87,7 @@ public final class S3Client: Sendable {
         -> String
     {
         var request = Request(method: "PUT", key: key, body: .bytes(bytes))
-        request.payloadHash = SHA256.hash(bytes).lowercaseHex
+        request.payload = .hashing(bytes)
         request.headers.append(("Content-MD5", MD5.hash(bytes).base64))
         request.headers += condition?.headers ?? []
         let response = try await send(request)
@@ -164,7 +164,7 @@ public final class S3Client: Sendable {
             let objects = batch.map { "<Object><Key>\(xmlEscaped($0))</Key></Object>" }.joined()
             let body = Array("<Delete><Quiet>true</Quiet>\(objects)</Delete>".utf8)
             var request = Request(method: "POST", key: nil, query: [("delete", "")], body: .bytes(body))
-            request.payloadHash = SHA256.hash(body).lowercaseHex
+            request.payload = .hashing(body)
             request.headers.append(("Content-MD5", MD5.hash(body).base64))
             request.headers.append(("Content-Type", "application/xml"))
             let response = try await send(request)
@@ -226,11 +226,10 @@ public final class S3Client: Sendable {
     /// A URL anyone holding it may use until it expires (at most seven days, as in S3).
     public func presignedURL(_ method: PresignMethod, key: String, expiresIn: Duration, date: Date = Date()) -> String {
         let target = target(forKey: key)
-        let seconds = Int(min(max(expiresIn.components.seconds, 1), 604_800))
-        let query = signer.presignedQuery(
-            method: method.rawValue, host: target.host, path: target.path, query: [],
-            headers: [], expires: seconds, date: date)
-        return "\(configuration.endpoint.scheme)://\(target.host)\(signer.canonicalURI(target.path))?\(query)"
+        let seconds = Int(min(max(expiresIn.components.seconds, 1), Int64(SigV4Signer.presignedExpiryRange.upperBound)))
+        let request = SigV4Request(method: method.rawValue, host: target.host, path: target.path)
+        let signed = signer.presign(request, expiresIn: seconds, date: date)
+        return "\(configuration.endpoint.scheme)://\(target.host)\(request.encodedPath)?\(signed.queryString)"
     }
 
     // MARK: Multipart
@@ -242,14 +241,14 @@ public final class S3Client: Sendable {
         guard let uploadID = try XMLElement.parse(created.body).text(of: "UploadId"), !uploadID.isEmpty else {
             throw .invalidResponse("CreateMultipartUpload answered without an UploadId")
         }
-        do {
+        do throws(S3ClientError) {
             let parts = try await uploadParts(key: key, uploadID: uploadID, file: file)
             let list = parts.enumerated().map { index, etag in
                 "<Part><PartNumber>\(index + 1)</PartNumber><ETag>\"\(xmlEscaped(etag))\"</ETag></Part>"
             }.joined()
             let body = Array("<CompleteMultipartUpload>\(list)</CompleteMultipartUpload>".utf8)
             var complete = Request(method: "POST", key: key, query: [("uploadId", uploadID)], body: .bytes(body))
-            complete.payloadHash = SHA256.hash(body).lowercaseHex
+            complete.payload = .hashing(body)
             complete.headers.append(("Content-Type", "application/xml"))
             complete.headers += condition?.headers ?? []
             let response = try await send(complete)
@@ -309,22 +308,23 @@ public final class S3Client: Sendable {
     struct Request: Sendable {
         var method: String
         var key: String?
-        var query: [(String, String)] = []
-        var headers: [(String, String)] = []
+        var query: [(name: String, value: String)] = []
+        var headers: [(name: String, value: String)] = []
         var body: RequestBody = .empty
-        /// The SHA-256 of the body; file bodies are sent unsigned and protected by Content-MD5.
-        var payloadHash = "UNSIGNED-PAYLOAD"
+        /// File bodies are sent unsigned (hashing them would read them twice more) and are
+        /// protected by Content-MD5 instead.
+        var payload = SigV4Payload.unsigned
         var destination: ResponseDestination = .memory
         var range: ClosedRange<Int64>?
 
-        init(method: String, key: String?, query: [(String, String)] = [], body: RequestBody = .empty,
+        init(method: String, key: String?, query: [(name: String, value: String)] = [], body: RequestBody = .empty,
              range: ClosedRange<Int64>? = nil) {
             self.method = method
             self.key = key
             self.query = query
             self.body = body
             self.range = range
-            if case .empty = body { payloadHash = SHA256.hash([UInt8]()).lowercaseHex }
+            if case .empty = body { payload = .empty }
             if let range { headers.append(("Range", "bytes=\(range.lowerBound)-\(range.upperBound)")) }
         }
     }
@@ -349,20 +349,20 @@ public final class S3Client: Sendable {
     private func send(_ request: Request) async throws(S3ClientError) -> Response {
         let target = target(forKey: request.key)
         let resource = request.key.map { "\(configuration.bucket)/\($0)" } ?? configuration.bucket
-        let encodedQuery = signer.canonicalQueryString(request.query)
-        let url = "\(configuration.endpoint.scheme)://\(target.host)\(signer.canonicalURI(target.path))"
-            + (encodedQuery.isEmpty ? "" : "?\(encodedQuery)")
+        let unsigned = SigV4Request(
+            method: request.method, host: target.host, path: target.path, query: request.query,
+            headers: request.headers)
+        let url = "\(configuration.endpoint.scheme)://\(target.host)\(unsigned.encodedPath)"
+            + (unsigned.encodedQuery.isEmpty ? "" : "?\(unsigned.encodedQuery)")
         var fileStart: off_t = 0
         if case .file(let descriptor) = request.destination { fileStart = lseek(descriptor, 0, SEEK_CUR) }
 
         var attempt = 1
         while true {
             // Signed again on every attempt: a signature is only valid for 15 minutes.
-            let signed = signer.signedHeaders(
-                method: request.method, host: target.host, path: target.path, query: request.query,
-                headers: request.headers, payloadHash: request.payloadHash, date: Date())
+            let signed = signer.signHeaders(unsigned, payload: request.payload, date: Date())
             let curlRequest = CurlRequest(
-                method: request.method, url: url, headers: request.headers + signed, body: request.body,
+                method: request.method, url: url, headers: request.headers + signed.headersToAdd, body: request.body,
                 destination: request.destination, requestedRange: request.range,
                 timeouts: configuration.timeouts, tls: configuration.tls)
             let started = ContinuousClock.now

@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import TestSupport
 import Testing
 
 /// The S3 client against every real server the suite starts: the same tests, unchanged,
@@ -164,9 +165,9 @@ struct S3ClientConformanceTests {
         try Data("presigned body".utf8).write(to: URL(fileURLWithPath: directory.file("up")))
 
         let putURL = client.presignedURL(.put, key: "shared/file", expiresIn: .seconds(300))
-        try run("/usr/bin/curl", ["-sSf", "-X", "PUT", "--upload-file", directory.file("up"), putURL])
+        try await runProgram("/usr/bin/curl", ["-sSf", "-X", "PUT", "--upload-file", directory.file("up"), putURL])
         let getURL = client.presignedURL(.get, key: "shared/file", expiresIn: .seconds(300))
-        #expect(try run("/usr/bin/curl", ["-sSf", getURL]) == "presigned body")
+        #expect(try await runProgram("/usr/bin/curl", ["-sSf", getURL]) == "presigned body")
         #expect(!getURL.contains(try server.secretKey))
     }
 
@@ -200,11 +201,11 @@ struct AWSCLIInteropTests {
             try Data(bytes).write(to: URL(fileURLWithPath: path))
 
             try await client.putObject(key: "ours/\(name)", fileAt: path)
-            try server.aws(["s3api", "get-object", "--bucket", bucket, "--key", "ours/\(name)", directory.file("\(name).aws")])
+            try await server.aws(["s3api", "get-object", "--bucket", bucket, "--key", "ours/\(name)", directory.file("\(name).aws")])
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory.file("\(name).aws")))) == bytes)
 
             // `aws s3 cp` goes multipart above 8 MiB by default.
-            try server.aws(["s3", "cp", path, "s3://\(bucket)/theirs/\(name)"])
+            try await server.aws(["s3", "cp", path, "s3://\(bucket)/theirs/\(name)"])
             try await client.downloadObject(key: "theirs/\(name)", toFileAt: directory.file("\(name).ours"))
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory.file("\(name).ours")))) == bytes)
         }

@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import TestSupport
 import Testing
 
 /// Bad input gets a clear, typed error: wrong credentials, missing bucket, unreachable or
@@ -33,11 +34,13 @@ struct S3ClientErrorTests {
     @Test(arguments: TestS3Server.all)
     func missingBucketSaysSo(server: TestS3Server) async throws {
         let client = S3Client(configuration: try server.configuration(bucket: "missing-" + randomHex(6)))
-        let error = await #expect(throws: S3ClientError.self) { try await client.putObject(key: "k", bytes: [1]) }
-        #expect(error?.serviceKind == .noSuchBucket)
-        #expect(error?.description.contains("NoSuchBucket") == true)
         let head = await #expect(throws: S3ClientError.self) { try await client.headBucket() }
+        // HEAD answers carry no error document, so only the status tells.
         #expect(head?.isNotFound == true || head?.serviceKind == .noSuchBucket)
+        let get = await #expect(throws: S3ClientError.self) { try await client.getObject(key: "k") }
+        #expect(get?.serviceKind == .noSuchBucket)
+        #expect(get?.description.contains("NoSuchBucket") == true)
+        #expect(get?.description.contains("create the bucket first") == true)
     }
 
     @Test func unreachableEndpointIsATransportErrorAfterBoundedRetries() async throws {
@@ -97,36 +100,36 @@ struct S3ClientErrorTests {
 
     @Test func certificateThatDoesNotVerifyIsATLSErrorUnlessItsCAIsGiven() async throws {
         let directory = try TemporaryDirectory()
-        try run("/usr/bin/openssl", [
+        try await runProgram("/usr/bin/openssl", [
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
             "-addext", "subjectAltName=IP:127.0.0.1",
             "-keyout", directory.file("key.pem"), "-out", directory.file("cert.pem"),
         ])
         let port = try closedPort()
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        server.arguments = ["s_server", "-quiet", "-www", "-accept", "127.0.0.1:\(port)",
-                            "-cert", directory.file("cert.pem"), "-key", directory.file("key.pem")]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer { server.terminate(); server.waitUntilExit() }
-        try await waitForPort(port)
-
         var configuration = S3Configuration(
             endpoint: .init(scheme: "https", host: "127.0.0.1", port: port), bucket: "bucket",
             credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
         configuration.retry.maxAttempts = 1
-        let error = await #expect(throws: S3ClientError.self) { try await S3Client(configuration: configuration).headBucket() }
-        guard case .transport(let transport) = error else {
-            Issue.record("expected a transport error, got \(String(describing: error))")
-            return
-        }
-        #expect(transport.code == 60)  // CURLE_PEER_FAILED_VERIFICATION
-
+        configuration.timeouts.idle = .seconds(5)
+        let untrusting = configuration
         configuration.tls.caBundlePath = directory.file("cert.pem")
-        // The TLS handshake now verifies; `openssl s_server -www` answers any request with 200.
-        try await S3Client(configuration: configuration).headBucket()
+        let trusting = configuration
+
+        try await withProgram("/usr/bin/openssl", [
+            "s_server", "-quiet", "-www", "-accept", "127.0.0.1:\(port)",
+            "-cert", directory.file("cert.pem"), "-key", directory.file("key.pem"),
+        ]) {
+            try await waitForPort(port)
+            let error = await #expect(throws: S3ClientError.self) { try await S3Client(configuration: untrusting).getObject(key: "k") }
+            guard case .transport(let transport) = error else {
+                Issue.record("expected a transport error, got \(String(describing: error))")
+                return
+            }
+            #expect(transport.code == 60)  // CURLE_PEER_FAILED_VERIFICATION
+            // The handshake verifies once the CA is given; `openssl s_server -www` answers a GET with a page.
+            let page = try await S3Client(configuration: trusting).getObject(key: "k")
+            #expect(!page.bytes.isEmpty)
+        }
     }
 }
 
@@ -141,7 +144,7 @@ func closedPort() throws -> Int {
     try withUnsafeMutablePointer(to: &address) { pointer in
         try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
             guard bind(socket, raw, length) == 0, getsockname(socket, raw, &length) == 0 else {
-                throw ProcessFailure(description: "bind failed")
+                throw ProgramFailure("bind failed")
             }
         }
     }
@@ -164,5 +167,5 @@ func waitForPort(_ port: Int) async throws {
         if connected { return }
         try await Task.sleep(for: .milliseconds(50))
     }
-    throw ProcessFailure(description: "nothing listens on port \(port)")
+    throw ProgramFailure("nothing listens on port \(port)")
 }

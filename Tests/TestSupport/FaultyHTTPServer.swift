@@ -3,14 +3,14 @@ import Synchronization
 
 /// A fake HTTP server for fault injection only: it answers every connection with the same
 /// raw bytes and closes, so a test can send what no real S3 server would.
-final class FaultyHTTPServer: Sendable {
-    let port: Int
+public final class FaultyHTTPServer: Sendable {
+    public let port: Int
     private let listener: Int32
     private let connections = Mutex(0)
 
-    var connectionCount: Int { connections.withLock { $0 } }
+    public var connectionCount: Int { connections.withLock { $0 } }
 
-    init(response: String) throws {
+    public init(response: String) throws {
         listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -21,7 +21,7 @@ final class FaultyHTTPServer: Sendable {
             try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
                 guard bind(listener, raw, length) == 0, listen(listener, 16) == 0,
                       getsockname(listener, raw, &length) == 0
-                else { throw ProcessFailure(description: "cannot listen: \(errno)") }
+                else { throw ProgramFailure("cannot listen: \(errno)") }
             }
         }
         port = Int(UInt16(bigEndian: address.sin_port))

@@ -1,0 +1,67 @@
+import Foundation
+import Subprocess
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
+
+public struct ProgramFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Runs a program to completion and returns its standard output; throws with its standard
+/// error when it exits non-zero.
+@discardableResult
+public func runProgram(_ path: String, _ arguments: [String], environment: [String: String] = [:]) async throws
+    -> String
+{
+    let result = try await run(
+        .path(FilePath(path)), arguments: Arguments(arguments),
+        environment: .inherit.updating(environment.reduce(into: [:]) { $0[.init(rawValue: $1.key)!] = $1.value }),
+        output: .string(limit: 16 << 20), error: .string(limit: 1 << 20))
+    guard result.terminationStatus.isSuccess else {
+        throw ProgramFailure("\(path) \(arguments.joined(separator: " ")) ended with \(result.terminationStatus): \(result.standardError)")
+    }
+    return result.standardOutput
+}
+
+/// Runs `body` while a long-lived program (a server) runs, then stops it with SIGTERM.
+public func withProgram<Result: Sendable>(
+    _ path: String, _ arguments: [String], _ body: @Sendable () async throws -> Result
+) async throws -> Result {
+    let execution = try await run(
+        .path(FilePath(path)), arguments: Arguments(arguments), input: .none, output: .discarded, error: .discarded
+    ) { execution in
+        defer { try? execution.send(signal: .terminate) }
+        return try await body()
+    }
+    return execution.closureResult
+}
+
+public func randomHex(_ byteCount: Int) -> String {
+    (0..<byteCount).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+}
+
+public func randomBytes(_ count: Int) -> [UInt8] {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+}
+
+/// A temporary directory removed when the value is released.
+public final class TemporaryDirectory: Sendable {
+    public let path: String
+
+    public init() throws {
+        var template = Array("\(NSTemporaryDirectory())/sync-agent-test.XXXXXX".utf8CString)
+        guard let created = mkdtemp(&template) else { throw ProgramFailure("mkdtemp failed") }
+        path = String(cString: created)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    public func file(_ name: String) -> String { "\(path)/\(name)" }
+}
