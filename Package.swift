@@ -30,10 +30,17 @@ let package = Package(
         ),
         .target(name: "Crypto", dependencies: ["CSodium"]),
         .target(name: "SessionArchive", dependencies: ["CArchive", "Crypto"]),
+        .target(
+            name: "SyncEngine",
+            dependencies: [
+                "S3Client", "Crypto", "SessionArchive",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "SyncAgent",
             dependencies: [
-                "S3Client", "Crypto", "SessionArchive",
+                "SyncEngine", "S3Client", "Crypto", "SessionArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -41,7 +48,7 @@ let package = Package(
         .executableTarget(
             name: "SyncAgentBench",
             dependencies: [
-                "S3Client", "Crypto", "SessionArchive",
+                "SyncEngine", "S3Client", "Crypto", "SessionArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -54,6 +61,7 @@ let package = Package(
         .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto"]),
-        .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent"]),
+        .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "TestSupport"]),
+        .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
 )

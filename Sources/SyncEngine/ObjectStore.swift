@@ -1,0 +1,108 @@
+import Foundation
+import S3Client
+
+/// The storage seam, like litestream's ReplicaClient: everything the engine needs from a
+/// backend, nothing more. `FileSystemStore` (local mode) and `S3ObjectStore` implement it,
+/// and one conformance suite runs unchanged against each.
+///
+/// Keys are relative ("sessions/abc/head"): components separated by "/", none empty, none
+/// "." or "..". A store maps them under its own root or prefix.
+public protocol ObjectStore: Sendable {
+    /// Where the objects live, for logs and errors: "s3://bucket/prefix", "file:///dir".
+    var location: String { get }
+
+    /// Writes a whole object: a reader sees the old object or the new one, never a part.
+    /// Returns the new object's ETag. A failed `condition` throws `.preconditionFailed`.
+    @discardableResult
+    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String
+
+    /// Writes a file's content as an object, streamed from disk.
+    @discardableResult
+    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String
+
+    /// The object, or the bytes of `range` of it; nil when there is no such object.
+    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject?
+
+    /// Streams the object into a new file at `path` (mode 0600); nil when there is no such object.
+    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo?
+
+    /// nil when there is no such object.
+    func head(_ key: String) async throws(StoreError) -> StoredObjectInfo?
+
+    /// Every object whose key starts with `prefix`, sorted by key. ETags may be empty here.
+    func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo]
+
+    /// Deletes the keys; keys that do not exist are not an error.
+    func delete(_ keys: [String]) async throws(StoreError)
+
+    /// Whether the backend enforces `WriteCondition`s (rclone's S3 server ignores them).
+    /// Fencing relies on them, so the engine checks once at start and warns when they are off.
+    func probeConditionalWrites() async throws(StoreError) -> Bool
+}
+
+extension ObjectStore {
+    @discardableResult
+    public func put(_ key: String, bytes: [UInt8]) async throws(StoreError) -> String {
+        try await put(key, bytes: bytes, condition: nil)
+    }
+
+    public func get(_ key: String) async throws(StoreError) -> StoredObject? {
+        try await get(key, range: nil)
+    }
+}
+
+public struct StoredObjectInfo: Sendable, Equatable {
+    public var key: String
+    public var size: Int64
+    /// Opaque version tag for `WriteCondition.ifMatch`; may be empty in listings.
+    public var etag: String
+    public var lastModified: Date?
+
+    public init(key: String, size: Int64, etag: String, lastModified: Date?) {
+        self.key = key
+        self.size = size
+        self.etag = etag
+        self.lastModified = lastModified
+    }
+}
+
+public struct StoredObject: Sendable {
+    public var info: StoredObjectInfo
+    public var bytes: [UInt8]
+
+    public init(info: StoredObjectInfo, bytes: [UInt8]) {
+        self.info = info
+        self.bytes = bytes
+    }
+}
+
+/// How a store operation failed, sorted by what the caller should do about it.
+public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The store could not be reached or failed (network, 5xx, throttling): try again later;
+    /// nothing is lost, the change stays pending.
+    case unavailable(String)
+    /// A conditional write lost: another writer changed the object first.
+    case preconditionFailed(key: String)
+    /// The store refused the request in a way retrying cannot fix (credentials, missing
+    /// bucket, permissions, a malformed key): an operator must act.
+    case rejected(String)
+    /// A local file could not be read or written.
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .unavailable(let reason): "store unavailable: \(reason)"
+        case .preconditionFailed(let key): "\(key) was changed by another writer"
+        case .rejected(let reason): "store refused the request: \(reason)"
+        case .io(let reason): reason
+        }
+    }
+}
+
+/// Checks a relative key: "/"-separated components, none empty, "." or "..", no NUL.
+func validateKey(_ key: String) throws(StoreError) {
+    let components = key.split(separator: "/", omittingEmptySubsequences: false)
+    guard !key.isEmpty, !key.contains("\0"), components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
+        throw .rejected("invalid object key \"\(key)\"")
+    }
+}
