@@ -6,6 +6,8 @@
 /// authenticated and the upstream proved to end right after it. Until then, treat what
 /// was read as provisional (a later `read` may still throw `.truncated` or `.tampered`).
 public final class DecryptingSource: ByteSource {
+    /// The key the object names, which also keyed the content ids of what it holds.
+    public let key: EncryptionKey
     private let upstream: ByteSource
     private let stream: SecretStream
     private let associatedData: [UInt8]
@@ -32,6 +34,7 @@ public final class DecryptingSource: ByteSource {
 
         let keyID = KeyID(bytes: Array(header[ObjectFormat.keyIDOffset..<ObjectFormat.streamHeaderOffset]))
         guard let key = keyring.key(for: keyID) else { throw CryptoError.unknownKeyID(keyID) }
+        self.key = key
         stream = SecretStream.pull(
             key: key.streamKey,
             header: UnsafeRawBufferPointer(rebasing: header[ObjectFormat.streamHeaderOffset...]))

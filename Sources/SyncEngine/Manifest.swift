@@ -1,0 +1,143 @@
+import Foundation
+import S3Client
+
+/// How a file looked on disk when it was read: if it still looks the same, its content is
+/// taken as unchanged without reading it again.
+public struct FileFingerprint: Codable, Hashable, Sendable {
+    public var size: Int64
+    public var modificationTimeNanoseconds: Int64
+    public var inode: UInt64
+}
+
+/// One file of a session as a snapshot knows it.
+public struct FileRecord: Codable, Hashable, Sendable {
+    public var size: Int64
+    /// Keyed BLAKE2b of the content (hex): reveals nothing about the content without the key.
+    public var contentID: String
+    public var fingerprint: FileFingerprint?
+}
+
+/// The full set of files of a session at one point: file name → record.
+public typealias SessionState = [String: FileRecord]
+
+/// What one snapshot holds, stored encrypted as the last entry of its archive.
+public struct SnapshotManifest: Codable, Sendable {
+    public static let currentFormatVersion = 1
+    /// The archive entry that carries the manifest; file contents are under `filePrefix`.
+    static let entryName = "manifest.json"
+    static let filePrefix = "files/"
+
+    public var formatVersion = SnapshotManifest.currentFormatVersion
+    public var session: String
+    public var id: SnapshotID
+    public var kind: SnapshotKind
+    /// The snapshot this one follows; nil for the first of a session.
+    public var parent: SnapshotID?
+    public var createdAt: Date
+    /// A base: every file. A delta: the files created or changed since `parent`.
+    public var files: [String: FileRecord]
+    /// A delta: the names removed since `parent`.
+    public var deleted: [String]
+    /// The whole session after this snapshot, so a restore can check what it rebuilt.
+    public var stateFileCount: Int
+    public var stateByteCount: Int64
+    public var stateDigest: String
+
+    /// The session state after applying this snapshot on top of `previous`.
+    public func applied(to previous: SessionState) -> SessionState {
+        switch kind {
+        case .base: return files
+        case .tombstone: return [:]
+        case .delta:
+            var state = previous
+            for name in deleted { state.removeValue(forKey: name) }
+            state.merge(files) { _, new in new }
+            return state
+        }
+    }
+
+    func encoded() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return Array(try encoder.encode(self))
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        let manifest = try decoder.decode(SnapshotManifest.self, from: Data(bytes))
+        guard manifest.formatVersion == currentFormatVersion else {
+            throw SnapshotError.corrupt("manifest format version \(manifest.formatVersion) is not supported")
+        }
+        return manifest
+    }
+}
+
+/// A digest of a whole session state, independent of fingerprints: two directories with
+/// the same names and contents have the same digest.
+func stateDigest(_ state: SessionState) -> String {
+    let digest = StreamingDigest(.sha256)
+    for name in state.keys.sorted() {
+        let record = state[name]!
+        digest.update(Array("\(name)\0\(record.size)\0\(record.contentID)\n".utf8))
+    }
+    return digest.finalize().lowercaseHex
+}
+
+/// The per-session commit point. A snapshot exists for readers only once the head names it.
+/// `generation` is the ownership claim used for fencing: an agent that starts serving a
+/// session raises it, and a writer whose generation is no longer the head's has been fenced.
+public struct SessionHead: Codable, Sendable, Equatable {
+    public static let currentFormatVersion = 1
+
+    public var formatVersion = SessionHead.currentFormatVersion
+    public var generation: UInt64
+    /// Who claimed the session: "host/pid/random", for the message a fenced agent prints.
+    public var owner: String
+    public var latest: SnapshotID?
+    public var latestKind: SnapshotKind?
+    /// The base the latest snapshot's chain starts from.
+    public var base: SnapshotID?
+    public var updatedAt: Date
+
+    public var isTombstoned: Bool { latestKind == .tombstone }
+
+    func encoded() throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return Array(try encoder.encode(self))
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> SessionHead {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        let head = try decoder.decode(SessionHead.self, from: Data(bytes))
+        guard head.formatVersion == currentFormatVersion else {
+            throw SnapshotError.corrupt("head format version \(head.formatVersion) is not supported")
+        }
+        return head
+    }
+}
+
+/// What can go wrong with a session's snapshots, beyond the store itself.
+public enum SnapshotError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// An object did not decrypt, did not parse, or did not match its manifest.
+    case corrupt(String)
+    /// Another agent claimed the session: this one must stop writing it.
+    case fenced(session: String, by: String)
+    /// The session has no committed snapshot.
+    case notFound(String)
+    /// A local file or directory could not be read or written.
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .corrupt(let reason): "corrupt snapshot: \(reason)"
+        case .fenced(let session, let owner): "session \(session) was claimed by another agent (\(owner)); this agent stopped writing it"
+        case .notFound(let reason): reason
+        case .io(let reason): reason
+        }
+    }
+}

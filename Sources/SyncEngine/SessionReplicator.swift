@@ -1,0 +1,228 @@
+import Crypto
+import Foundation
+import Logging
+import S3Client
+
+/// When a new base replaces a growing chain of deltas.
+public struct CompactionPolicy: Sendable {
+    /// A new base once the deltas since the last base add up to this share of its size.
+    public var deltaToBaseRatio = 1.0
+    /// A new base after this many deltas whatever their size, to bound restore work.
+    public var maxChainLength = 500
+    /// Chains kept behind the current one; older snapshots are deleted.
+    public var keptOldChains = 1
+
+    public init() {}
+}
+
+/// What one sync of a session did.
+public enum SyncResult: Sendable, Equatable {
+    case unchanged
+    case uploaded(SnapshotID, SnapshotKind, bytes: Int64, unsettled: [String])
+}
+
+/// Keeps one session's snapshots in a store up to date with its directory, as the one
+/// writer of that session: it claims the session by raising the head's generation, writes
+/// each snapshot object, then commits it by a conditional write of the head. A head whose
+/// generation moved means another agent claimed the session: this one stops (fenced).
+public actor SessionReplicator {
+    public nonisolated let session: SessionID
+    public nonisolated let directory: String
+    private let sessionStore: SessionStore
+    private let writer: SnapshotWriter
+    private let owner: String
+    private let policy: CompactionPolicy
+    private let conditionalWrites: Bool
+    private let logger: Logger
+
+    private var head: (head: SessionHead, etag: String)?
+    private var state: SessionState = [:]
+    private var baseBytes: Int64 = 0
+    private var deltaBytes: Int64 = 0
+    private var deltaCount = 0
+    public private(set) var fencedBy: String?
+
+    public init(
+        session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
+        conditionalWrites: Bool, compressionLevel: Int = 3, policy: CompactionPolicy = CompactionPolicy(),
+        logger: Logger
+    ) {
+        self.session = session
+        self.directory = directory
+        self.sessionStore = sessionStore
+        self.writer = SnapshotWriter(
+            keyring: sessionStore.keyring, compressionLevel: compressionLevel, reader: SessionFileReader())
+        self.owner = owner
+        self.policy = policy
+        self.conditionalWrites = conditionalWrites
+        self.logger = logger
+    }
+
+    /// The committed snapshot this writer last wrote or loaded.
+    public var latest: SnapshotID? { head?.head.latest }
+
+    /// Claims the session (generation + 1) and loads the state of its latest snapshot, so
+    /// the next sync uploads only what changed since, including changes made while no
+    /// agent ran.
+    public func claim() async throws {
+        while true {
+            let current = try await sessionStore.head(session)
+            var claimed = current?.head ?? SessionHead(
+                generation: 0, owner: owner, latest: nil, latestKind: nil, base: nil, updatedAt: Date())
+            claimed.generation += 1
+            claimed.owner = owner
+            claimed.updatedAt = Date()
+            let condition: WriteCondition? =
+                conditionalWrites ? (current.map { .ifMatch(etag: $0.etag) } ?? .ifAbsent) : nil
+            do {
+                let etag = try await sessionStore.writeHead(claimed, session: session, condition: condition)
+                head = (claimed, etag)
+                try await loadState()
+                fencedBy = nil
+                return
+            } catch StoreError.preconditionFailed {
+                continue  // another claim landed in between: read the head again and claim over it
+            }
+        }
+    }
+
+    private func loadState() async throws {
+        state = [:]
+        baseBytes = 0
+        deltaBytes = 0
+        deltaCount = 0
+        guard let head = head?.head, head.latest != nil, !head.isTombstoned else { return }
+        let chain = try await sessionStore.chain(session, head: head)
+        let reader = SnapshotReader(keyring: sessionStore.keyring, limits: .sessionDirectory)
+        for entry in chain {
+            let bytes = try await sessionStore.snapshotBytes(session, entry)
+            let manifest = try reader.manifest(of: BufferSource(bytes), session: session, id: entry.id, kind: entry.kind)
+            state = manifest.applied(to: state)
+            if entry.kind == .base {
+                baseBytes = entry.size
+            } else {
+                deltaBytes += entry.size
+                deltaCount += 1
+            }
+        }
+    }
+
+    /// Uploads what changed since the last snapshot, if anything; a base when the chain
+    /// has grown past the compaction policy or `forceBase` is set.
+    public func sync(forceBase: Bool = false) async throws -> SyncResult {
+        if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
+        if head == nil { try await claim() }
+        while true {
+            let current = head!
+            let previous = current.head.latest
+            let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
+            var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
+            let sink = BufferSink()
+            var outcome: SnapshotWriter.Outcome?
+            do {
+                outcome = try writer.write(
+                    session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
+                    openSink: { sink })
+            } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
+                // Files mid-write cannot go into a base; a delta keeps their last good version.
+                kind = .delta
+                outcome = try writer.write(
+                    session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
+                    openSink: { sink })
+            }
+            guard let outcome else { return .unchanged }
+
+            try await sessionStore.putSnapshot(session, id, kind: kind, bytes: sink.bytes)
+            var next = current.head
+            next.latest = id
+            next.latestKind = kind
+            next.base = kind == .base ? id : current.head.base
+            next.updatedAt = Date()
+            do {
+                let etag = try await sessionStore.writeHead(
+                    next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
+                head = (next, etag)
+            } catch StoreError.preconditionFailed {
+                try await headMoved()
+                continue
+            }
+            state = outcome.state
+            let size = Int64(sink.bytes.count)
+            if kind == .base {
+                (baseBytes, deltaBytes, deltaCount) = (size, 0, 0)
+                await pruneOldChains()
+            } else {
+                deltaBytes += size
+                deltaCount += 1
+            }
+            return .uploaded(id, kind, bytes: size, unsettled: outcome.unsettled)
+        }
+    }
+
+    /// Records that the session directory is gone (logout), so no restore brings it back.
+    public func tombstone() async throws {
+        if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
+        if head == nil { try await claim() }
+        while true {
+            let current = head!
+            guard !current.head.isTombstoned else { return }
+            let previous = current.head.latest
+            let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
+            let sink = BufferSink()
+            _ = try writer.tombstone(session: session, id: id, parent: previous, to: sink)
+            try await sessionStore.putSnapshot(session, id, kind: .tombstone, bytes: sink.bytes)
+            var next = current.head
+            next.latest = id
+            next.latestKind = .tombstone
+            next.updatedAt = Date()
+            do {
+                let etag = try await sessionStore.writeHead(
+                    next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
+                head = (next, etag)
+                state = [:]
+                return
+            } catch StoreError.preconditionFailed {
+                try await headMoved()
+            }
+        }
+    }
+
+    /// The head changed under us. A new generation means another agent claimed the session:
+    /// stop. The same generation means a cooperating writer on our side (a `backup` run)
+    /// committed a snapshot: continue from it.
+    private func headMoved() async throws {
+        guard let current = try await sessionStore.head(session) else {
+            throw SnapshotError.corrupt("the head of session \(session) disappeared")
+        }
+        guard current.head.generation == head?.head.generation else {
+            fencedBy = current.head.owner
+            logger.error("session claimed by another agent; no longer writing it", metadata: [
+                "session": "\(session)", "owner": "\(current.head.owner)",
+                "generation": "\(current.head.generation)",
+            ])
+            throw SnapshotError.fenced(session: session.rawValue, by: current.head.owner)
+        }
+        head = current
+        try await loadState()
+    }
+
+    private var compactionDue: Bool {
+        deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
+    }
+
+    /// Deletes the snapshots of chains older than the kept ones. Best effort: a failure
+    /// leaves extra objects, never a broken chain, and the next base tries again.
+    private func pruneOldChains() async {
+        do {
+            let entries = try await sessionStore.snapshots(session)
+            let bases = entries.filter { $0.kind == .base && $0.id <= head!.head.latest! }.map(\.id)
+            guard bases.count > policy.keptOldChains + 1 else { return }
+            let oldestKept = bases[bases.count - policy.keptOldChains - 1]
+            let doomed = entries.filter { $0.id.sequence < oldestKept.sequence }
+                .map { SessionLayout.snapshotKey(session, $0.id, kind: $0.kind) }
+            try await sessionStore.store.delete(doomed)
+        } catch {
+            logger.warning("could not delete old snapshots", metadata: ["session": "\(session)", "error": "\(error)"])
+        }
+    }
+}

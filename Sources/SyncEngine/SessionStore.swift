@@ -1,0 +1,101 @@
+import Crypto
+import Foundation
+import S3Client
+
+/// One snapshot object as a listing shows it.
+public struct SnapshotEntry: Sendable, Equatable {
+    public var id: SnapshotID
+    public var kind: SnapshotKind
+    public var size: Int64
+    public var lastModified: Date?
+}
+
+/// A session's objects in one store: its head and snapshots, encrypted and decrypted here.
+public struct SessionStore: Sendable {
+    public let store: any ObjectStore
+    public let keyring: Keyring
+
+    public init(store: any ObjectStore, keyring: Keyring) {
+        self.store = store
+        self.keyring = keyring
+    }
+
+    /// Every session that has objects in the store.
+    public func sessions() async throws(StoreError) -> [SessionID] {
+        SessionLayout.sessionIDs(in: try await store.list(prefix: SessionLayout.root).map(\.key))
+    }
+
+    /// The head and its ETag, or nil when the session was never committed.
+    public func head(_ session: SessionID) async throws -> (head: SessionHead, etag: String)? {
+        guard let object = try await store.get(SessionLayout.headKey(session)) else { return nil }
+        let identity = SessionLayout.identity(session, objectName: "head")
+        do {
+            return (try SessionHead.decode(try decrypt(object.bytes, keyring: keyring, identity: identity)), object.info.etag)
+        } catch let error as CryptoError {
+            throw SnapshotError.corrupt("head of session \(session): \(error)")
+        }
+    }
+
+    /// Writes the head; with a condition, it is the fencing and commit step.
+    @discardableResult
+    public func writeHead(_ head: SessionHead, session: SessionID, condition: WriteCondition?) async throws -> String {
+        let identity = SessionLayout.identity(session, objectName: "head")
+        let bytes = encrypt(try head.encoded(), key: keyring.primary, identity: identity)
+        return try await store.put(SessionLayout.headKey(session), bytes: bytes, condition: condition)
+    }
+
+    /// Every snapshot object of the session, committed or not, oldest first.
+    public func snapshots(_ session: SessionID) async throws(StoreError) -> [SnapshotEntry] {
+        try await store.list(prefix: SessionLayout.snapshotsPrefix(session)).compactMap { info in
+            SessionLayout.parseSnapshotKey(info.key, session: session).map {
+                SnapshotEntry(id: $0.0, kind: $0.1, size: info.size, lastModified: info.lastModified)
+            }
+        }.sorted { $0.id < $1.id }
+    }
+
+    /// The snapshots a restore of `target` (default: the head's latest) applies, base first.
+    ///
+    /// Only what the head committed counts: sequences up to the head's, and for each
+    /// sequence the newest generation not newer than the head's (a fenced or crashed writer
+    /// can leave an object at a sequence its successor then wrote again).
+    public func chain(_ session: SessionID, head: SessionHead, upTo target: SnapshotID? = nil) async throws
+        -> [SnapshotEntry]
+    {
+        guard let latest = head.latest else { throw SnapshotError.notFound("session \(session) has no snapshot") }
+        let goal = target ?? latest
+        var committed: [UInt64: SnapshotEntry] = [:]
+        for entry in try await snapshots(session)
+        where entry.id.sequence <= goal.sequence && entry.id.generation <= head.generation {
+            if let existing = committed[entry.id.sequence], existing.id.generation >= entry.id.generation { continue }
+            committed[entry.id.sequence] = entry
+        }
+        guard let last = committed[goal.sequence], target == nil || last.id == goal else {
+            throw SnapshotError.notFound("snapshot \(goal) of session \(session) is not in the store")
+        }
+        var chain: [SnapshotEntry] = [last]
+        var sequence = goal.sequence
+        while chain.last!.kind == .delta {
+            guard sequence > 0, let previous = committed[sequence - 1] else {
+                throw SnapshotError.corrupt("session \(session): the chain to \(goal) has a gap before \(sequence)")
+            }
+            chain.append(previous)
+            sequence -= 1
+        }
+        return chain.reversed()
+    }
+
+    public func putSnapshot(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind, bytes: [UInt8]) async throws(StoreError) {
+        try await store.put(SessionLayout.snapshotKey(session, id, kind: kind), bytes: bytes, condition: nil)
+    }
+
+    public func putSnapshot(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind, fileAt path: String) async throws(StoreError) {
+        try await store.put(SessionLayout.snapshotKey(session, id, kind: kind), fileAt: path, condition: nil)
+    }
+
+    public func snapshotBytes(_ session: SessionID, _ entry: SnapshotEntry) async throws -> [UInt8] {
+        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind)) else {
+            throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
+        }
+        return object.bytes
+    }
+}

@@ -1,0 +1,101 @@
+import Crypto
+import Foundation
+import SessionArchive
+
+/// Reads snapshot objects back: decrypts, unpacks and checks each file against the manifest.
+struct SnapshotReader {
+    let keyring: Keyring
+    let limits: ExtractionLimits
+
+    /// Reads only the manifest (the last entry), checking every file entry against it.
+    func manifest(of object: ByteSource, session: SessionID, id: SnapshotID, kind: SnapshotKind) throws
+        -> SnapshotManifest
+    {
+        try read(object, session: session, id: id, kind: kind) { _, data in
+            try drain(data)
+        }
+    }
+
+    /// Streams every file entry to `visit` (name and content) and returns the manifest once
+    /// the whole object has authenticated and every file matched its record. Whatever
+    /// `visit` wrote must be thrown away if this throws.
+    func read(
+        _ object: ByteSource, session: SessionID, id: SnapshotID, kind: SnapshotKind,
+        visit: (String, ByteSource) throws -> Void
+    ) throws -> SnapshotManifest {
+        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
+        var contentIDs: [String: String] = [:]
+        var manifest: SnapshotManifest?
+        do {
+            let decrypted = try DecryptingSource(keyring: keyring, identity: identity, upstream: object)
+            let archive = try ArchiveReader(source: decrypted, limits: limits)
+            try archive.forEachEntry { entry, data in
+                guard manifest == nil else {
+                    throw SnapshotError.corrupt("entry \(entry.path) follows the manifest")
+                }
+                if entry.path == SnapshotManifest.entryName {
+                    manifest = try SnapshotManifest.decode(try readAll(data, limit: limits.maxEntryBytes))
+                } else if entry.path.hasPrefix(SnapshotManifest.filePrefix), entry.kind == .file {
+                    let name = String(entry.path.dropFirst(SnapshotManifest.filePrefix.count))
+                    // Content ids are keyed by the key that wrote the snapshot, which may be an older one.
+                    let hasher = ContentHasher(key: decrypted.key)
+                    try visit(name, TeeSource(upstream: data, tee: hasher))
+                    contentIDs[name] = hasher.finalize().description
+                } else {
+                    throw SnapshotError.corrupt("unexpected entry \(entry.path)")
+                }
+            }
+            // The authentication tag of the final chunk is only checked at end of stream.
+            try drain(decrypted)
+        } catch let error as SnapshotError {
+            throw error
+        } catch {
+            throw SnapshotError.corrupt("\(SessionLayout.snapshotName(id, kind: kind)) of session \(session): \(error)")
+        }
+        guard let manifest else { throw SnapshotError.corrupt("snapshot \(id) has no manifest") }
+        guard manifest.session == session.rawValue, manifest.id == id, manifest.kind == kind else {
+            throw SnapshotError.corrupt("snapshot \(id)'s manifest names another snapshot")
+        }
+        guard Set(contentIDs.keys) == Set(manifest.files.keys) else {
+            throw SnapshotError.corrupt("snapshot \(id)'s files do not match its manifest")
+        }
+        for (name, record) in manifest.files where contentIDs[name] != record.contentID {
+            // Same key id but another content key would also land here, so say both.
+            throw SnapshotError.corrupt("\(name) in snapshot \(id) does not match its recorded content hash")
+        }
+        return manifest
+    }
+}
+
+/// Passes bytes through while feeding a copy to a second sink (a hasher).
+private final class TeeSource: ByteSource {
+    let upstream: ByteSource
+    let tee: ByteSink
+
+    init(upstream: ByteSource, tee: ByteSink) {
+        self.upstream = upstream
+        self.tee = tee
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let count = try upstream.read(into: buffer)
+        try tee.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        return count
+    }
+}
+
+func drain(_ source: ByteSource) throws {
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    while try buffer.withUnsafeMutableBytes({ try source.read(into: $0) }) > 0 {}
+}
+
+func readAll(_ source: ByteSource, limit: Int64) throws -> [UInt8] {
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    while true {
+        let count = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
+        if count == 0 { return bytes }
+        bytes += buffer[0..<count]
+        if bytes.count > limit { throw SnapshotError.corrupt("an entry is larger than \(limit) bytes") }
+    }
+}

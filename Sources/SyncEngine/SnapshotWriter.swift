@@ -1,0 +1,103 @@
+import Crypto
+import Foundation
+import SessionArchive
+
+/// Turns a session directory into one snapshot: a zstd pax tar of the files it includes
+/// (`files/<name>`), then the manifest, encrypted as it is written.
+///
+/// Files are read one at a time and only when they may have changed (their fingerprint
+/// moved), so a delta costs what changed, and memory stays one file deep whatever the
+/// session's size. A file that is being written (unstable, or JSON that does not parse) is
+/// never captured: the snapshot keeps its previous good version and the caller retries.
+struct SnapshotWriter {
+    let keyring: Keyring
+    let compressionLevel: Int
+    let reader: SessionFileReader
+
+    struct Outcome {
+        var manifest: SnapshotManifest
+        /// The session state after this snapshot.
+        var state: SessionState
+        /// Files that could not be captured consistently this time.
+        var unsettled: [String]
+    }
+
+    enum Failure: Error {
+        /// A base needs every file, but some were mid-write; retry or write a delta.
+        case baseIncomplete(unsettled: [String])
+    }
+
+    /// Writes the snapshot to `sink` (opened lazily through `openSink`) and returns what it
+    /// holds, or nil when a delta would be empty (nothing changed).
+    func write(
+        session: SessionID, directory: String, previous: SessionState, kind: SnapshotKind,
+        id: SnapshotID, parent: SnapshotID?, openSink: () throws -> ByteSink
+    ) throws -> Outcome? {
+        precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
+        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
+        var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
+        func archiveWriter() throws -> ArchiveWriter {
+            if let archive { return archive.writer }
+            let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
+            let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
+            archive = (writer, encryption)
+            return writer
+        }
+
+        var state: SessionState = [:]
+        var included: SessionState = [:]
+        var unsettled: [String] = []
+        for (name, fingerprint) in try reader.scan(directory).sorted(by: { $0.key < $1.key }) {
+            let previousRecord = previous[name]
+            if kind == .delta, let previousRecord, previousRecord.fingerprint == fingerprint {
+                state[name] = previousRecord
+                continue
+            }
+            switch try reader.read(directory: directory, name: name) {
+            case .settled(let bytes, let fingerprint):
+                let record = FileRecord(
+                    size: Int64(bytes.count), contentID: keyring.primary.contentID(of: bytes).description,
+                    fingerprint: fingerprint)
+                state[name] = record
+                if kind == .delta, previousRecord?.contentID == record.contentID { continue }
+                try archiveWriter().addFile(
+                    relativePath: SnapshotManifest.filePrefix + name, contents: bytes, modificationTime: 0)
+                included[name] = record
+            case .unsettled:
+                unsettled.append(name)
+                if let previousRecord { state[name] = previousRecord }
+            case .vanished:
+                continue
+            }
+        }
+        if kind == .base, unsettled.contains(where: { previous[$0] != nil }) {
+            throw Failure.baseIncomplete(unsettled: unsettled)
+        }
+        let deleted = previous.keys.filter { state[$0] == nil }.sorted()
+        if kind == .delta, included.isEmpty, deleted.isEmpty { return nil }
+
+        let manifest = SnapshotManifest(
+            session: session.rawValue, id: id, kind: kind, parent: parent, createdAt: Date(),
+            files: included, deleted: kind == .delta ? deleted : [], stateFileCount: state.count,
+            stateByteCount: state.values.reduce(0) { $0 + $1.size }, stateDigest: stateDigest(state))
+        let writer = try archiveWriter()
+        try writer.addFile(relativePath: SnapshotManifest.entryName, contents: try manifest.encoded(), modificationTime: 0)
+        try writer.finish()
+        try archive!.encryption.finish()
+        return Outcome(manifest: manifest, state: state, unsettled: unsettled)
+    }
+
+    /// A tombstone: an archive with only a manifest saying the session is gone.
+    func tombstone(session: SessionID, id: SnapshotID, parent: SnapshotID?, to sink: ByteSink) throws -> SnapshotManifest {
+        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: .tombstone))
+        let manifest = SnapshotManifest(
+            session: session.rawValue, id: id, kind: .tombstone, parent: parent, createdAt: Date(), files: [:],
+            deleted: [], stateFileCount: 0, stateByteCount: 0, stateDigest: stateDigest([:]))
+        let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: sink)
+        let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
+        try writer.addFile(relativePath: SnapshotManifest.entryName, contents: try manifest.encoded(), modificationTime: 0)
+        try writer.finish()
+        try encryption.finish()
+        return manifest
+    }
+}
