@@ -33,6 +33,7 @@ public actor SessionReplicator {
     private let owner: String
     private let policy: CompactionPolicy
     private let conditionalWrites: Bool
+    private let claimsOwnership: Bool
     private let logger: Logger
 
     private var head: (head: SessionHead, etag: String)?
@@ -42,10 +43,13 @@ public actor SessionReplicator {
     private var deltaCount = 0
     public private(set) var fencedBy: String?
 
+    /// `claimsOwnership`: the sidecar claims its sessions (fencing any other writer); a
+    /// scheduled `backup` beside it joins the current owner's generation instead, so the
+    /// two cooperate through the head's conditional writes rather than fence each other.
     public init(
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
-        conditionalWrites: Bool, compressionLevel: Int = 3, policy: CompactionPolicy = CompactionPolicy(),
-        logger: Logger
+        conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
+        policy: CompactionPolicy = CompactionPolicy(), logger: Logger
     ) {
         self.session = session
         self.directory = directory
@@ -55,18 +59,25 @@ public actor SessionReplicator {
         self.owner = owner
         self.policy = policy
         self.conditionalWrites = conditionalWrites
+        self.claimsOwnership = claimsOwnership
         self.logger = logger
     }
 
     /// The committed snapshot this writer last wrote or loaded.
     public var latest: SnapshotID? { head?.head.latest }
 
-    /// Claims the session (generation + 1) and loads the state of its latest snapshot, so
+    /// Claims the session (generation + 1; or joins the current generation when not
+    /// `claimsOwnership`) and loads the state of its latest snapshot, so
     /// the next sync uploads only what changed since, including changes made while no
     /// agent ran.
     public func claim() async throws {
         while true {
             let current = try await sessionStore.head(session)
+            if let current, !claimsOwnership {
+                head = current
+                try await loadState()
+                return
+            }
             var claimed = current?.head ?? SessionHead(
                 generation: 0, owner: owner, latest: nil, latestKind: nil, base: nil, updatedAt: Date())
             claimed.generation += 1

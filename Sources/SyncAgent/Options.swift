@@ -1,0 +1,145 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import Logging
+import S3Client
+import SyncEngine
+
+/// Reads an environment variable, treating an empty value as unset.
+func environment(_ names: String...) -> String? {
+    let values = ProcessInfo.processInfo.environment
+    return names.lazy.compactMap { values[$0] }.first { !$0.isEmpty }
+}
+
+/// Where sessions live and where their snapshots go: the options every command shares.
+/// Each flag has an environment variable; the flag wins.
+struct StorageOptions: ParsableArguments {
+    @Option(help: "Directory with one subdirectory per session id (env SESSIONS_DIR; default ./sessions).")
+    var sessionsDir: String?
+
+    @Option(help: "local, cloud or hybrid (env SESSION_STORAGE_TYPE; default local).")
+    var mode: String?
+
+    @Option(help: "Local snapshot store directory (env SYNC_AGENT_LOCAL_STORE; default ~/.local/state/sync-agent/store).")
+    var localStore: String?
+
+    @Option(help: "S3 bucket (env STORAGE_BUCKET).")
+    var bucket: String?
+
+    @Option(help: "Key prefix inside the bucket (env SYNC_AGENT_PREFIX).")
+    var prefix: String?
+
+    @Option(help: "S3 endpoint URL (env AWS_ENDPOINT_URL or MINIO_ENDPOINT); default AWS.")
+    var endpoint: String?
+
+    @Option(help: "S3 region (env AWS_REGION; default us-east-1).")
+    var region: String?
+
+    @Option(help: "path or virtual-hosted (default path for custom endpoints, virtual-hosted for AWS).")
+    var addressing: String?
+
+    @Option(help: "CA bundle for the S3 endpoint's TLS certificate (env SYNC_AGENT_CA_BUNDLE).")
+    var caBundle: String?
+
+    @Option(help: "File with encryption keys, one per line, the first one writes (repeatable; env SESSION_ENCRYPTION_KEY holds keys inline).")
+    var keyFile: [String] = []
+
+    var resolvedSessionsDir: String { sessionsDir ?? environment("SESSIONS_DIR") ?? "./sessions" }
+
+    var resolvedMode: StorageMode {
+        get throws {
+            let text = mode ?? environment("SESSION_STORAGE_TYPE") ?? "local"
+            guard let mode = StorageMode(rawValue: text.lowercased()) else {
+                throw ValidationError("unknown mode \"\(text)\": use local, cloud or hybrid")
+            }
+            return mode
+        }
+    }
+
+    var resolvedLocalStore: String {
+        localStore ?? environment("SYNC_AGENT_LOCAL_STORE")
+            ?? "\(FileManager.default.homeDirectoryForCurrentUser.path)/.local/state/sync-agent/store"
+    }
+
+    func validate() throws {
+        _ = try resolvedMode
+        if let addressing, S3Configuration.Addressing(rawValue: addressing) == nil {
+            throw ValidationError("unknown addressing \"\(addressing)\": use path or virtual-hosted")
+        }
+    }
+
+    /// Resolves every option and the keys, failing with one clear line for a bad value.
+    func storageConfiguration() throws -> StorageConfiguration {
+        let mode = try resolvedMode
+        let keyValue = environment(Keyring.environmentVariable)
+        let keyring: Keyring
+        if keyFile.isEmpty && keyValue == nil {
+            guard mode == .local else {
+                throw ValidationError("\(mode.rawValue) mode needs an encryption key: set SESSION_ENCRYPTION_KEY or pass --key-file (make one with `sync-agent keygen`)")
+            }
+            keyring = try StorageConfiguration.localKeyring(store: resolvedLocalStore)
+        } else {
+            keyring = try Keyring.load(keyFiles: keyFile, environmentValue: keyValue)
+        }
+        var s3: S3Configuration?
+        if mode != .local {
+            guard let bucket = bucket ?? environment("STORAGE_BUCKET") else {
+                throw ValidationError("\(mode.rawValue) mode needs a bucket: pass --bucket or set STORAGE_BUCKET")
+            }
+            var configuration = try S3Configuration.resolve(
+                bucket: bucket, endpoint: endpoint, region: region,
+                addressing: addressing.flatMap(S3Configuration.Addressing.init(rawValue:)),
+                environment: ProcessInfo.processInfo.environment)
+            configuration.tls.caBundlePath = caBundle ?? environment("SYNC_AGENT_CA_BUNDLE")
+            s3 = configuration
+        }
+        return StorageConfiguration(
+            mode: mode, localStore: resolvedLocalStore, s3: s3,
+            prefix: prefix ?? environment("SYNC_AGENT_PREFIX") ?? "", keyring: keyring)
+    }
+}
+
+struct LoggingOptions: ParsableArguments {
+    @Option(help: "trace, debug, info, notice, warning, error or critical (env SYNC_AGENT_LOG_LEVEL; default info).")
+    var logLevel: String?
+
+    func validate() throws {
+        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("unknown log level \"\(logLevel)\"")
+        }
+    }
+
+    func makeLogger(_ label: String) -> Logger {
+        var logger = Logger(label: label)
+        logger.logLevel = (logLevel ?? environment("SYNC_AGENT_LOG_LEVEL")).flatMap(Logger.Level.init(rawValue:)) ?? .info
+        return logger
+    }
+}
+
+/// "host/pid/random": who claimed a session, as a fenced agent's message names it.
+func agentIdentity() -> String {
+    let host = ProcessInfo.processInfo.hostName
+    return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
+}
+
+/// Session directories under the root, by id; names that cannot be ids are skipped loudly.
+func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
+    let names: [String]
+    do {
+        names = try FileManager.default.contentsOfDirectory(atPath: root)
+    } catch {
+        throw ValidationError("cannot read the sessions directory \(root): \(error.localizedDescription)")
+    }
+    var sessions: [SessionID] = []
+    for name in names.sorted() where !name.hasPrefix(".") {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory), isDirectory.boolValue
+        else { continue }
+        guard let id = SessionID(name) else {
+            logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
+            continue
+        }
+        sessions.append(id)
+    }
+    return sessions
+}

@@ -1,0 +1,15 @@
+import ArgumentParser
+
+@main
+struct SyncAgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync-agent",
+        abstract: "Keeps WhatsApp gateway session directories safe across worker restarts.",
+        discussion: """
+            watch     run beside a worker: snapshot every change of every session
+            restore   run before a worker recovers sessions: bring their directories back
+            backup    run from cron or a timer: take a full snapshot of every session
+            keygen    print a new encryption key
+            """,
+        subcommands: [WatchCommand.self, RestoreCommand.self, BackupCommand.self, KeygenCommand.self])
+}

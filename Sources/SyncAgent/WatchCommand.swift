@@ -1,0 +1,116 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import SyncEngine
+
+struct WatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Run beside a worker: snapshot every change of every session as it settles.",
+        discussion: """
+            Durations take a unit (250ms, 5s, 1m); a bare number is milliseconds, as in the
+            environment variables. On SIGTERM or SIGINT the agent stops taking events, flushes
+            every pending change within --shutdown-timeout, and exits 0 when all were flushed,
+            otherwise 1 naming the sessions left.
+            """)
+
+    @OptionGroup var storage: StorageOptions
+    @OptionGroup var logging: LoggingOptions
+
+    @Option(help: "Quiet time after the last write before a session is uploaded (default 250ms).")
+    var quietPeriod: String?
+    @Option(help: "Longest a continuously written session waits for its upload (env SESSION_BACKUP_INTERVAL; default 5s).")
+    var maxDelay: String?
+    @Option(help: "Time to flush pending changes on SIGTERM (env GRACEFUL_SHUTDOWN_TIMEOUT; default 10s).")
+    var shutdownTimeout: String?
+    @Option(help: "When a session directory disappears: tombstone, keep or purge (default tombstone).")
+    var onDelete: String = DeletePolicy.tombstone.rawValue
+    @Option(help: "Sessions uploading at once (default 8).")
+    var concurrency = 8
+
+    func validate() throws {
+        guard DeletePolicy(rawValue: onDelete) != nil else {
+            throw ValidationError("unknown --on-delete \"\(onDelete)\": use tombstone, keep or purge")
+        }
+        guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
+        _ = try settings()
+    }
+
+    func settings() throws -> (WatchSettings, shutdownTimeout: Duration) {
+        var settings = WatchSettings()
+        settings.onDelete = DeletePolicy(rawValue: onDelete) ?? .tombstone
+        settings.concurrency = concurrency
+        settings.watcher.quietPeriod = try parseDuration(quietPeriod, name: "--quiet-period") ?? .milliseconds(250)
+        settings.watcher.maxDelay = try parseDuration(
+            maxDelay ?? environment("SESSION_BACKUP_INTERVAL"), name: "--max-delay") ?? .seconds(5)
+        guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
+            throw ValidationError("--max-delay must not be shorter than --quiet-period")
+        }
+        let timeout = try parseDuration(
+            shutdownTimeout ?? environment("GRACEFUL_SHUTDOWN_TIMEOUT"), name: "--shutdown-timeout") ?? .seconds(10)
+        return (settings, timeout)
+    }
+
+    func run() async throws {
+        let logger = logging.makeLogger("sync-agent.watch")
+        let (settings, shutdownTimeout) = try settings()
+        let root = storage.resolvedSessionsDir
+        guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
+            throw ValidationError("cannot read the sessions directory \(root)")
+        }
+        let configuration = try storage.storageConfiguration()
+        let store = try configuration.openStore(logger: logger)
+        // Read-only first: a missing bucket or bad credentials stop the agent before it writes.
+        _ = try await store.list(prefix: "sessions/.sync-agent-check")
+        let conditional = try await store.probeConditionalWrites()
+        if !conditional {
+            logger.warning("the store ignores conditional writes: fencing is off, two agents on one session could overwrite each other", metadata: ["store": "\(store.location)"])
+        }
+        let sync = SyncService(
+            root: root, sessionStore: SessionStore(store: store, keyring: configuration.keyring), owner: agentIdentity(),
+            conditionalWrites: conditional, settings: settings, logger: logger)
+        logger.info("watching", metadata: [
+            "sessions_dir": "\(root)", "mode": "\(configuration.mode.rawValue)", "store": "\(store.location)",
+        ])
+        let sidecar = SidecarService(sync: sync, shutdownTimeout: shutdownTimeout)
+        let group = ServiceGroup(services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+        let unflushed = await sidecar.outcome.unflushed
+        guard unflushed.isEmpty else {
+            logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(unflushed.map(\.rawValue))"])
+            throw ExitCode(1)
+        }
+        logger.info("stopped; every change uploaded")
+    }
+}
+
+/// Runs the sync engine under ServiceLifecycle: a graceful shutdown (SIGTERM, SIGINT)
+/// cancels the watch, and the engine then flushes what is pending.
+struct SidecarService: Service {
+    actor Outcome {
+        var unflushed: [SessionID] = []
+        func set(_ sessions: [SessionID]) { unflushed = sessions }
+    }
+
+    let sync: SyncService
+    let shutdownTimeout: Duration
+    let outcome = Outcome()
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { [sync, shutdownTimeout, outcome] in
+            await outcome.set(try await sync.run(shutdownTimeout: shutdownTimeout))
+        }
+    }
+}
+
+/// "250ms", "5s", "1m", or a bare number of milliseconds.
+func parseDuration(_ text: String?, name: String) throws -> Duration? {
+    guard let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
+    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000)]
+    for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
+        if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return .milliseconds(value * milliseconds) }
+    }
+    if let value = Int64(text), value >= 0 { return .milliseconds(value) }
+    throw ValidationError("\(name) \"\(text)\": expected a duration such as 250ms, 5s or 1m")
+}

@@ -1,0 +1,263 @@
+import Foundation
+import Logging
+
+/// What to do with a session's snapshots when its directory disappears (a logout).
+public enum DeletePolicy: String, Sendable, CaseIterable {
+    /// Write a tombstone so no restore brings the logged-out session back.
+    case tombstone
+    /// Leave the snapshots as they are.
+    case keep
+    /// Delete every object of the session.
+    case purge
+}
+
+public struct WatchSettings: Sendable {
+    public var watcher = SessionWatcher.Configuration()
+    /// Sessions uploading at once.
+    public var concurrency = 8
+    public var onDelete = DeletePolicy.tombstone
+    /// Backoff between attempts while the store is down.
+    public var retryBaseDelay: Duration = .milliseconds(500)
+    public var retryMaxDelay: Duration = .seconds(30)
+    public var compaction = CompactionPolicy()
+    public var compressionLevel = 3
+
+    public init() {}
+}
+
+/// The sidecar's engine: watches every session under the root and keeps each one's
+/// snapshots current, one upload in flight per session (the newest state wins), a global
+/// limit on concurrent uploads, and retries with backoff while the store is down, so an
+/// outage delays uploads but never drops them.
+public actor SyncService {
+    private struct Session {
+        let replicator: SessionReplicator
+        var pending = false
+        var running = false
+        var failures = 0
+        var retry: Task<Void, Never>?
+        var lastError: String?
+        var fenced = false
+    }
+
+    public nonisolated let root: String
+    private let sessionStore: SessionStore
+    private let owner: String
+    private let conditionalWrites: Bool
+    private let settings: WatchSettings
+    private let logger: Logger
+    private var sessions: [SessionID: Session] = [:]
+    private var waiting: [SessionID] = []
+    private var runningCount = 0
+    private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(
+        root: String, sessionStore: SessionStore, owner: String, conditionalWrites: Bool,
+        settings: WatchSettings = WatchSettings(), logger: Logger
+    ) {
+        self.root = root
+        self.sessionStore = sessionStore
+        self.owner = owner
+        self.conditionalWrites = conditionalWrites
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// Watches and uploads until the task is cancelled (SIGTERM), then stops taking events
+    /// and flushes every pending change. Returns the sessions left unflushed.
+    public func run(shutdownTimeout: Duration) async throws -> [SessionID] {
+        let watcher = try SessionWatcher(root: root, configuration: settings.watcher)
+        // The watcher is live before this scan, so a change made during it is not missed;
+        // the scan uploads what changed while no agent ran.
+        rescan()
+        await withTaskCancellationHandler {
+            for await event in watcher.events {
+                handle(event)
+            }
+        } onCancel: {
+            watcher.stop()
+        }
+        return await flush(timeout: shutdownTimeout)
+    }
+
+    private func handle(_ event: WatchEvent) {
+        switch event {
+        case .changed(let name, _):
+            if let id = sessionID(name) { schedule(id) }
+        case .sessionRemoved(let name):
+            if let id = sessionID(name) { removed(id) }
+        case .rescanNeeded(let reason):
+            logger.notice("rescanning every session", metadata: ["reason": "\(reason)"])
+            rescan()
+        case .watchFailed(let error):
+            logger.error("watching failed; rescanning", metadata: ["error": "\(error)"])
+            rescan()
+        }
+    }
+
+    private func sessionID(_ name: String) -> SessionID? {
+        guard let id = SessionID(name) else {
+            logger.warning("ignoring a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
+            return nil
+        }
+        return id
+    }
+
+    private func rescan() {
+        do {
+            for name in try SessionFiles.sessionIDs(inRoot: root) {
+                if let id = sessionID(name) { schedule(id) }
+            }
+        } catch {
+            logger.error("cannot list the sessions directory", metadata: ["root": "\(root)", "error": "\(error)"])
+        }
+    }
+
+    private func session(_ id: SessionID) -> Session {
+        if let existing = sessions[id] { return existing }
+        let created = Session(replicator: SessionReplicator(
+            session: id, directory: "\(root)/\(id.rawValue)", sessionStore: sessionStore, owner: owner,
+            conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
+            policy: settings.compaction, logger: logger))
+        sessions[id] = created
+        return created
+    }
+
+    /// Marks the session dirty and starts its upload when a slot is free. A session already
+    /// uploading runs once more afterwards, so the newest state always gets uploaded.
+    private func schedule(_ id: SessionID) {
+        var entry = session(id)
+        guard !entry.fenced else { return }
+        entry.retry?.cancel()
+        entry.retry = nil
+        let alreadyQueued = entry.pending
+        entry.pending = true
+        sessions[id] = entry
+        if !entry.running && !alreadyQueued { waiting.append(id) }
+        startWaiting()
+    }
+
+    private func startWaiting() {
+        while runningCount < settings.concurrency, !waiting.isEmpty {
+            let id = waiting.removeFirst()
+            guard var entry = sessions[id], entry.pending, !entry.running else { continue }
+            entry.pending = false
+            entry.running = true
+            sessions[id] = entry
+            runningCount += 1
+            let replicator = entry.replicator
+            Task { await self.upload(id, replicator) }
+        }
+    }
+
+    private func upload(_ id: SessionID, _ replicator: SessionReplicator) async {
+        let started = ContinuousClock.now
+        var retryAfter: Duration?
+        do {
+            // A directory gone since it was scheduled is the removal's business, not an upload's.
+            guard FileManager.default.fileExists(atPath: replicator.directory) else { throw CancellationError() }
+            let result = try await replicator.sync()
+            if case .uploaded(let snapshot, let kind, let bytes, let unsettled) = result {
+                logger.info("uploaded", metadata: [
+                    "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
+                    "duration": "\(ContinuousClock.now - started)",
+                ])
+                // Files caught mid-write kept their last good version; look again shortly.
+                if !unsettled.isEmpty { retryAfter = settings.watcher.quietPeriod }
+            }
+            sessions[id]?.failures = 0
+            sessions[id]?.lastError = nil
+        } catch is CancellationError {
+            sessions[id]?.pending = false
+        } catch let error as SnapshotError {
+            if case .fenced = error {
+                sessions[id]?.fenced = true
+                sessions[id]?.pending = false
+            } else {
+                retryAfter = failed(id, error)
+            }
+        } catch {
+            retryAfter = failed(id, error)
+        }
+        sessions[id]?.running = false
+        runningCount -= 1
+        if let retryAfter, sessions[id]?.fenced == false {
+            sessions[id]?.retry = Task {
+                try? await Task.sleep(for: retryAfter)
+                guard !Task.isCancelled else { return }
+                self.schedule(id)
+            }
+        } else if sessions[id]?.pending == true {
+            waiting.append(id)
+        }
+        startWaiting()
+        if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
+    }
+
+    /// Records a failed upload and returns how long to wait before the next attempt.
+    private func failed(_ id: SessionID, _ error: any Error) -> Duration {
+        let failures = (sessions[id]?.failures ?? 0) + 1
+        sessions[id]?.failures = failures
+        sessions[id]?.lastError = "\(error)"
+        sessions[id]?.pending = true
+        let ceiling = min(settings.retryMaxDelay, settings.retryBaseDelay * (1 << min(failures - 1, 16)))
+        let delay = ceiling / 2 + (ceiling / 2) * Double.random(in: 0...1)
+        logger.warning("upload failed; will retry", metadata: [
+            "session": "\(id)", "error": "\(error)", "attempt": "\(failures)", "retry_in": "\(delay)",
+        ])
+        return delay
+    }
+
+    private func removed(_ id: SessionID) {
+        var entry = session(id)
+        entry.retry?.cancel()
+        entry.pending = false
+        sessions[id] = entry
+        let replicator = entry.replicator
+        let policy = settings.onDelete
+        Task {
+            do {
+                switch policy {
+                case .keep:
+                    return
+                case .tombstone:
+                    try await replicator.tombstone()
+                case .purge:
+                    let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
+                    try await sessionStore.store.delete(keys)
+                }
+                logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "\(policy.rawValue)"])
+            } catch {
+                logger.error("could not record the removed session", metadata: ["session": "\(id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Runs every pending upload now, without the debounce, until all are done or the
+    /// timeout passes; returns the sessions still not uploaded.
+    private func flush(timeout: Duration) async -> [SessionID] {
+        for (id, entry) in sessions where entry.retry != nil {
+            entry.retry?.cancel()
+            sessions[id]?.retry = nil
+            if !entry.running { waiting.append(id) }
+        }
+        startWaiting()
+        let deadline = Task {
+            try? await Task.sleep(for: timeout)
+            self.releaseIdleWaiters()
+        }
+        await waitUntilIdle()
+        deadline.cancel()
+        return sessions.filter { $0.value.pending || $0.value.running }.map(\.key).sorted()
+    }
+
+    private func releaseIdleWaiters() {
+        for waiter in idleWaiters { waiter.resume() }
+        idleWaiters = []
+    }
+
+    private func waitUntilIdle() async {
+        if runningCount == 0 && waiting.isEmpty { return }
+        await withCheckedContinuation { idleWaiters.append($0) }
+    }
+}
