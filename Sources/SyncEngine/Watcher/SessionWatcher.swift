@@ -148,7 +148,9 @@ final class WatchLoop {
     private let finish: () -> Void
     private var rootWatch: Int32 = -1
     private var directoryByWatch: [Int32: WatchedDirectory] = [:]
-    private var watchByDirectory: [WatchedDirectory: Int32] = [:]
+    private(set) var watchByDirectory: [WatchedDirectory: Int32] = [:]
+    /// Session directories seen and not yet found gone: only those can be reported removed.
+    private var knownSessions: Set<String> = []
     /// Watches removed by us (their IN_IGNORED is expected, not a lost watch).
     private var droppedWatches: Set<Int32> = []
 
@@ -169,8 +171,6 @@ final class WatchLoop {
         debouncer.discardAll()
         emit(.rescanNeeded(.started))
     }
-
-    var watchedDirectories: Set<WatchedDirectory> { Set(watchByDirectory.keys) }
 
     func run() {
         guard let wakeUp else { return }
@@ -258,6 +258,7 @@ final class WatchLoop {
     private func reconcile(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
         var paths: [String] = []
         if watch(directory) {
+            if directory.subdirectory == nil { knownSessions.insert(directory.session) }
             // Listed after the watch is in place, so that nothing falls between the two.
             let entries = (try? SessionFiles.entries(of: path(of: directory))) ?? []
             for entry in entries where !SessionFiles.isIgnoredName(entry.name) {
@@ -280,6 +281,8 @@ final class WatchLoop {
             unwatch(directory)
             paths.append(subdirectory)
         } else {
+            // A name in the root that never was a session directory (a plain file) is nothing to report.
+            guard knownSessions.remove(directory.session) != nil else { return }
             for stale in watchByDirectory.keys where stale.session == directory.session { unwatch(stale) }
         }
         debouncer.record(directory.session, paths: paths, at: now)
@@ -325,6 +328,7 @@ final class WatchLoop {
             rootWatch = try inotify.addWatch(root, mask: Self.rootMask)
             let sessions = Set(try SessionFiles.sessionIDs(inRoot: root))
             for directory in watchByDirectory.keys where !sessions.contains(directory.session) { unwatch(directory) }
+            knownSessions.formIntersection(sessions)
             for session in sessions.sorted() { reconcile(WatchedDirectory(session: session), at: .now) }
         } catch {
             emit(.watchFailed(error))
