@@ -65,18 +65,16 @@ final class Inotify {
         _ = inotify_rm_watch(descriptor, watch)
     }
 
-    /// Every event queued now; empty when none is (the descriptor never blocks).
+    /// The events of one read(2), at most a buffer's worth, so that a flood of events cannot keep
+    /// the caller from its other work; empty when none is queued (the descriptor never blocks).
     func readEvents() throws(WatcherError) -> [InotifyEvent] {
-        var events: [InotifyEvent] = []
         while true {
             let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { return events }
-                throw .lastSystemError("read", path: "inotify")
+            if count >= 0 {
+                return buffer.withUnsafeBytes { Inotify.decode(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
             }
-            if count == 0 { return events }
-            events += buffer.withUnsafeBytes { Inotify.decode(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return [] }
+            if errno != EINTR { throw .lastSystemError("read", path: "inotify") }
         }
     }
 
