@@ -1,0 +1,52 @@
+/// Coalesces changes per session: a session is due once it has been quiet for `quietPeriod`, or
+/// `maxDelay` after its first unreported change, whichever comes first, so a session written
+/// continuously is still reported every `maxDelay`. Time is passed in, which keeps it testable
+/// without sleeping.
+struct ChangeDebouncer {
+    struct Pending: Equatable {
+        var first: ContinuousClock.Instant
+        var last: ContinuousClock.Instant
+        var paths: Set<String>
+
+        func deadline(quietPeriod: Duration, maxDelay: Duration) -> ContinuousClock.Instant {
+            min(last + quietPeriod, first + maxDelay)
+        }
+    }
+
+    let quietPeriod: Duration
+    let maxDelay: Duration
+    private(set) var pending: [String: Pending] = [:]
+
+    init(quietPeriod: Duration, maxDelay: Duration) {
+        self.quietPeriod = quietPeriod
+        self.maxDelay = maxDelay
+    }
+
+    /// Records activity in `session`; `paths` may be empty (the directory itself changed).
+    mutating func record(_ session: String, paths: some Sequence<String>, at now: ContinuousClock.Instant) {
+        pending[session, default: Pending(first: now, last: now, paths: [])].last = now
+        pending[session]!.paths.formUnion(paths)
+    }
+
+    /// When the earliest pending session falls due; nil when nothing is pending.
+    var nextDeadline: ContinuousClock.Instant? {
+        pending.values.map { $0.deadline(quietPeriod: quietPeriod, maxDelay: maxDelay) }.min()
+    }
+
+    /// Removes and returns the sessions due at `now`, sorted by session id.
+    mutating func takeDue(at now: ContinuousClock.Instant) -> [(session: String, paths: Set<String>)] {
+        let due = pending.filter { $0.value.deadline(quietPeriod: quietPeriod, maxDelay: maxDelay) <= now }
+        for session in due.keys { pending[session] = nil }
+        return due.map { ($0.key, $0.value.paths) }.sorted { $0.session < $1.session }
+    }
+
+    /// Removes and returns every pending session, due or not (at shutdown).
+    mutating func takeAll() -> [(session: String, paths: Set<String>)] {
+        defer { pending = [:] }
+        return pending.map { ($0.key, $0.value.paths) }.sorted { $0.session < $1.session }
+    }
+
+    mutating func discardAll() {
+        pending = [:]
+    }
+}

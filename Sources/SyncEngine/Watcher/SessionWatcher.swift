@@ -1,0 +1,354 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// What the watcher tells the engine.
+public enum WatchEvent: Sendable, Equatable {
+    /// Files of the session changed: `paths` (relative to the session directory, "name" or
+    /// "subdirectory/name") were closed after writing, moved in or out, deleted, or had their
+    /// mode changed. They are hints: a path may name a file or subdirectory that is gone again;
+    /// the consumer reads the current state of each (or scans the session). Empty when only the
+    /// directory itself changed (it was replaced, or created empty).
+    case changed(session: String, paths: Set<String>)
+    /// The session directory no longer exists (after the quiet period, so a directory replaced by
+    /// a restore is reported as changed, not removed).
+    case sessionRemoved(session: String)
+    /// Events may have been lost: compare every session directory, and every session in the store,
+    /// with the last manifest. Pending changes are folded into it. The stream starts with
+    /// `.rescanNeeded(.started)` once every watch is in place, so the start-up comparison misses
+    /// nothing that happened before and events cover everything after.
+    case rescanNeeded(RescanReason)
+    /// A directory could not be watched (the inotify watch limit, typically). Its session is still
+    /// reported when its directory changes, not when its files do; the next rescan tries again.
+    case watchFailed(WatcherError)
+}
+
+public enum RescanReason: Sendable, Equatable {
+    case started
+    /// The kernel's event queue overflowed (IN_Q_OVERFLOW).
+    case queueOverflow
+    /// The kernel dropped a watch the watcher did not remove (the file system was unmounted, or
+    /// the sessions root itself was moved or deleted).
+    case watchLost(path: String)
+}
+
+/// Watches a sessions root and every session directory in it with inotify, and reports changes
+/// coalesced per session (see `ChangeDebouncer`).
+///
+/// Runs from `init` until `stop()` on a thread of its own, blocked in poll(2) on the inotify
+/// descriptor and a wake-up socket, with a timeout only while a session is pending: no polling,
+/// and Swift's cooperative pool never blocks.
+public final class SessionWatcher: Sendable {
+    public struct Configuration: Sendable {
+        /// A session is reported once no event has come for this long...
+        public var quietPeriod: Duration
+        /// ...or this long after its first unreported event, whichever is first.
+        public var maxDelay: Duration
+
+        public init(quietPeriod: Duration = .milliseconds(250), maxDelay: Duration = .seconds(5)) {
+            self.quietPeriod = quietPeriod
+            self.maxDelay = maxDelay
+        }
+    }
+
+    public let root: String
+    public let events: AsyncStream<WatchEvent>
+    /// The wake-up socket's sending end; nil once stopped.
+    private let wakeUp: Mutex<OwnedDescriptor?>
+    private let finished = DispatchSemaphore(value: 0)
+    private let loop: LoopOwner
+
+    /// Watches `root` and the sessions in it, then starts reporting. Throws when the root cannot be
+    /// watched (missing, not a directory, unreadable, or the inotify limits reached).
+    public init(root: String, configuration: Configuration = Configuration()) throws(WatcherError) {
+        self.root = root
+        let (events, continuation) = AsyncStream.makeStream(of: WatchEvent.self)
+        self.events = events
+        let (receiving, sending) = try OwnedDescriptor.socketPair()
+        let loop = try WatchLoop(
+            root: root, configuration: configuration, wakeUp: receiving,
+            emit: { continuation.yield($0) }, finish: { continuation.finish() })
+        self.loop = LoopOwner(loop)
+        wakeUp = Mutex(sending)
+        let owner = self.loop
+        let finished = self.finished
+        let thread = Thread {
+            owner.loop?.run()
+            // Closes the inotify descriptor and the wake-up socket's receiving end.
+            owner.loop = nil
+            finished.signal()
+        }
+        thread.name = "sync-agent inotify"
+        thread.start()
+    }
+
+    deinit {
+        stop()
+    }
+
+    /// Reports every pending change at once, finishes `events`, and returns once the thread has
+    /// ended and closed its descriptors. Idempotent.
+    public func stop() {
+        guard let sending = wakeUp.withLock({ $0.take() }) else { return }
+        sending.writeByte()
+        finished.wait()
+    }
+
+    /// Whether the thread has ended and released the loop, for tests.
+    var isLoopReleased: Bool { loop.loop == nil }
+}
+
+/// Hands the loop to its thread. Only that thread touches the loop once it started, and `stop()`
+/// reads `loop` only after the thread signalled its end.
+private final class LoopOwner: @unchecked Sendable {
+    var loop: WatchLoop?
+    init(_ loop: WatchLoop) { self.loop = loop }
+}
+
+/// A descriptor closed in deinit.
+final class OwnedDescriptor: Sendable {
+    let raw: Int32
+
+    init(_ raw: Int32) { self.raw = raw }
+
+    deinit { close(raw) }
+
+    static func socketPair() throws(WatcherError) -> (OwnedDescriptor, OwnedDescriptor) {
+        var pair: [Int32] = [-1, -1]
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        guard socketpair(AF_UNIX, type, 0, &pair) == 0 else { throw .lastSystemError("socketpair", path: "wake-up socket") }
+        return (OwnedDescriptor(pair[0]), OwnedDescriptor(pair[1]))
+    }
+
+    func writeByte() {
+        var byte: UInt8 = 1
+        _ = write(raw, &byte, 1)
+    }
+}
+
+/// A directory under watch: a session directory, or one of its first-level subdirectories.
+struct WatchedDirectory: Hashable {
+    var session: String
+    var subdirectory: String?
+}
+
+/// The watcher's state and event handling, confined to the watcher thread (tests drive it directly).
+final class WatchLoop {
+    static let rootMask: InotifyMask = [.create, .delete, .movedFrom, .movedTo, .deleteSelf, .moveSelf, .onlyDirectory]
+    static let sessionMask: InotifyMask = [
+        .closeWrite, .movedTo, .movedFrom, .delete, .create, .attributes, .deleteSelf, .moveSelf,
+        .onlyDirectory, .dontFollow, .excludeUnlinked,
+    ]
+
+    let root: String
+    let inotify: Inotify
+    private let wakeUp: OwnedDescriptor?
+    private var debouncer: ChangeDebouncer
+    private let emit: (WatchEvent) -> Void
+    private let finish: () -> Void
+    private var rootWatch: Int32 = -1
+    private var directoryByWatch: [Int32: WatchedDirectory] = [:]
+    private(set) var watchByDirectory: [WatchedDirectory: Int32] = [:]
+    /// Session directories seen and not yet found gone: only those can be reported removed.
+    private var knownSessions: Set<String> = []
+    /// Watches removed by us (their IN_IGNORED is expected, not a lost watch).
+    private var droppedWatches: Set<Int32> = []
+
+    init(
+        root: String, configuration: SessionWatcher.Configuration, wakeUp: OwnedDescriptor?,
+        emit: @escaping (WatchEvent) -> Void, finish: @escaping () -> Void = {}
+    ) throws(WatcherError) {
+        self.root = root
+        inotify = try Inotify()
+        self.wakeUp = wakeUp
+        debouncer = ChangeDebouncer(quietPeriod: configuration.quietPeriod, maxDelay: configuration.maxDelay)
+        self.emit = emit
+        self.finish = finish
+        rootWatch = try inotify.addWatch(root, mask: Self.rootMask)
+        for session in try SessionFiles.sessionIDs(inRoot: root) {
+            reconcile(WatchedDirectory(session: session), at: .now)
+        }
+        debouncer.discardAll()
+        emit(.rescanNeeded(.started))
+    }
+
+    func run() {
+        guard let wakeUp else { return }
+        var descriptors = [
+            pollfd(fd: inotify.descriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wakeUp.raw, events: Int16(POLLIN), revents: 0),
+        ]
+        while descriptors[1].revents == 0 {
+            descriptors[0].revents = 0
+            let ready = poll(&descriptors, 2, pollTimeout(at: .now))
+            if ready < 0 && errno != EINTR {
+                emit(.watchFailed(.lastSystemError("poll", path: root)))
+                break
+            }
+            if ready > 0 && descriptors[0].revents != 0 {
+                do {
+                    handle(try inotify.readEvents(), at: .now)
+                } catch {
+                    emit(.watchFailed(error))
+                    break
+                }
+            }
+            report(debouncer.takeDue(at: .now))
+        }
+        report(debouncer.takeAll())
+        finish()
+    }
+
+    /// Milliseconds until the next session is due, rounded up; -1 (wait for ever) when none is pending.
+    private func pollTimeout(at now: ContinuousClock.Instant) -> Int32 {
+        guard let deadline = debouncer.nextDeadline else { return -1 }
+        let (seconds, attoseconds) = max(deadline - now, .zero).components
+        let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        return Int32(clamping: milliseconds)
+    }
+
+    func handle(_ events: [InotifyEvent], at now: ContinuousClock.Instant) {
+        var rescan: RescanReason?
+        for event in events {
+            if event.mask.contains(.queueOverflow) {
+                rescan = .queueOverflow
+            } else if event.watch == rootWatch {
+                if !event.mask.isDisjoint(with: [.deleteSelf, .moveSelf, .unmount, .ignored]) {
+                    rescan = .watchLost(path: root)
+                } else if let name = event.name, SessionFiles.isSessionDirectoryName(name) {
+                    reconcile(WatchedDirectory(session: name), at: now)
+                }
+            } else if let directory = directoryByWatch[event.watch] {
+                if event.mask.contains(.ignored) {
+                    unmap(event.watch)
+                    rescan = .watchLost(path: path(of: directory))
+                } else {
+                    handle(event, in: directory, at: now)
+                }
+            } else if event.mask.contains(.ignored) {
+                droppedWatches.remove(event.watch)
+            }
+            // Anything else belongs to a watch already dropped: its directory was reconciled then.
+        }
+        if let rescan { resynchronize(rescan) }
+    }
+
+    private func handle(_ event: InotifyEvent, in directory: WatchedDirectory, at now: ContinuousClock.Instant) {
+        if !event.mask.isDisjoint(with: [.deleteSelf, .moveSelf, .unmount]) {
+            reconcile(directory, at: now)
+            return
+        }
+        guard let name = event.name, !SessionFiles.isIgnoredName(name) else { return }
+        if event.mask.contains(.isDirectory) {
+            // A subdirectory of a session came or went; deeper levels are not part of a session.
+            if directory.subdirectory == nil {
+                reconcile(WatchedDirectory(session: directory.session, subdirectory: name), at: now)
+            }
+            return
+        }
+        // IN_CREATE alone is a file being written: it is reported when closed.
+        guard !event.mask.isDisjoint(with: [.closeWrite, .movedTo, .movedFrom, .delete, .attributes]) else { return }
+        let path = directory.subdirectory.map { $0 + "/" + name } ?? name
+        debouncer.record(directory.session, paths: [path], at: now)
+    }
+
+    /// Brings the watches for `directory` in line with what is on disk now: watched (and scanned,
+    /// so files created before the watch existed are reported) if it is a directory, unwatched with
+    /// its subdirectories if not. Records the session as changed either way.
+    private func reconcile(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
+        var paths: [String] = []
+        if watch(directory) {
+            if directory.subdirectory == nil { knownSessions.insert(directory.session) }
+            // Listed after the watch is in place, so that nothing falls between the two.
+            let entries = (try? SessionFiles.entries(of: path(of: directory))) ?? []
+            for entry in entries where !SessionFiles.isIgnoredName(entry.name) {
+                let path = directory.subdirectory.map { $0 + "/" + entry.name } ?? entry.name
+                switch entry.kind {
+                case .file: paths.append(path)
+                case .directory where directory.subdirectory == nil:
+                    reconcile(WatchedDirectory(session: directory.session, subdirectory: entry.name), at: now)
+                default: continue
+                }
+            }
+            if directory.subdirectory == nil {
+                let present = Set(entries.filter { $0.kind == .directory }.map(\.name))
+                for stale in watchByDirectory.keys
+                where stale.session == directory.session && stale.subdirectory.map({ !present.contains($0) }) == true {
+                    unwatch(stale)
+                }
+            }
+        } else if let subdirectory = directory.subdirectory {
+            unwatch(directory)
+            paths.append(subdirectory)
+        } else {
+            // A name in the root that never was a session directory (a plain file) is nothing to report.
+            guard knownSessions.remove(directory.session) != nil else { return }
+            for stale in watchByDirectory.keys where stale.session == directory.session { unwatch(stale) }
+        }
+        debouncer.record(directory.session, paths: paths, at: now)
+    }
+
+    /// Watches `directory` if it is one; false when it is not (any more).
+    private func watch(_ directory: WatchedDirectory) -> Bool {
+        let path = path(of: directory)
+        guard SessionFiles.isDirectory(path) else { return false }
+        let watch: Int32
+        do {
+            watch = try inotify.addWatch(path, mask: Self.sessionMask)
+        } catch {
+            if case .system(_, let code) = error.reason, code == ENOENT || code == ENOTDIR { return false }
+            emit(.watchFailed(error))
+            return true
+        }
+        if let previous = watchByDirectory[directory], previous != watch { unwatch(directory) }
+        // The same inode under a new name (a rename we have not handled yet): it now belongs here.
+        if let other = directoryByWatch[watch], other != directory { watchByDirectory[other] = nil }
+        directoryByWatch[watch] = directory
+        watchByDirectory[directory] = watch
+        return true
+    }
+
+    private func unwatch(_ directory: WatchedDirectory) {
+        guard let watch = watchByDirectory[directory] else { return }
+        inotify.removeWatch(watch)
+        unmap(watch)
+        droppedWatches.insert(watch)
+    }
+
+    private func unmap(_ watch: Int32) {
+        if let directory = directoryByWatch.removeValue(forKey: watch), watchByDirectory[directory] == watch {
+            watchByDirectory[directory] = nil
+        }
+    }
+
+    /// After lost events: re-establishes the root watch and one watch per session directory, drops
+    /// the watches of directories that are gone, and asks the consumer to compare everything.
+    private func resynchronize(_ reason: RescanReason) {
+        do {
+            rootWatch = try inotify.addWatch(root, mask: Self.rootMask)
+            let sessions = Set(try SessionFiles.sessionIDs(inRoot: root))
+            for directory in watchByDirectory.keys where !sessions.contains(directory.session) { unwatch(directory) }
+            knownSessions.formIntersection(sessions)
+            for session in sessions.sorted() { reconcile(WatchedDirectory(session: session), at: .now) }
+        } catch {
+            emit(.watchFailed(error))
+        }
+        debouncer.discardAll()
+        emit(.rescanNeeded(reason))
+    }
+
+    private func report(_ sessions: [(session: String, paths: Set<String>)]) {
+        for (session, paths) in sessions {
+            let exists = SessionFiles.isDirectory(path(of: WatchedDirectory(session: session)))
+            emit(exists ? .changed(session: session, paths: paths) : .sessionRemoved(session: session))
+        }
+    }
+
+    private func path(of directory: WatchedDirectory) -> String {
+        root + "/" + directory.session + (directory.subdirectory.map { "/" + $0 } ?? "")
+    }
+}
+
+extension WatchedDirectory {
+    init(session: String) { self.init(session: session, subdirectory: nil) }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import Glibc
+
+/// A file's complete content together with the state it had throughout the read.
+public struct StableFile: Sendable, Equatable {
+    public var bytes: [UInt8]
+    public var state: FileState
+}
+
+/// The outcome of a read that can be told apart from a failure: every case but `.stable` means
+/// "keep the previous good version and try again on the next event".
+public enum StableRead: Sendable, Equatable {
+    case stable(StableFile)
+    /// The file changed (size, mtime or inode) while it was read, or was replaced by another:
+    /// a writer is at work and its close will bring another event.
+    case unstable
+    /// A `*.json` file whose bytes do not parse: half-written, or empty.
+    case invalidJSON(FileState)
+    /// The file does not exist (any more): its removal brings, or brought, its own event.
+    case missing
+}
+
+/// Reads session files so that a half-written one never passes for a complete one.
+///
+/// Baileys rewrites files in place (O_TRUNC, write, close, no fsync), so a read can see a
+/// truncated or half-written file. The reader takes a file only when its size, mtime and inode
+/// were the same before and after the read (and the path still names the same inode), and a
+/// `*.json` file only when its bytes parse as JSON. A rewrite that keeps the size within one mtime
+/// tick can slip past the first check; the writer's close then brings another event, and the
+/// newer read wins.
+public struct StableFileReader: Sendable {
+    public var maxFileSize: Int
+    /// Runs between the read and the second stat, so tests can change the file exactly there.
+    var afterRead: (@Sendable (String) -> Void)?
+
+    public init(maxFileSize: Int = 64 << 20) {
+        self.maxFileSize = maxFileSize
+    }
+
+    public func read(_ path: String) throws(WatcherError) -> StableRead {
+        // O_NONBLOCK so that a FIFO planted in a session does not block the open; it is refused below.
+        let descriptor = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        guard descriptor >= 0 else {
+            switch errno {
+            case ENOENT: return .missing
+            case ELOOP: throw WatcherError(.notRegularFile, path: path)
+            default: throw .lastSystemError("open", path: path)
+            }
+        }
+        defer { close(descriptor) }
+
+        let before = try status(of: descriptor, path: path)
+        guard before.st_mode & S_IFMT == S_IFREG else { throw WatcherError(.notRegularFile, path: path) }
+        guard before.st_size <= maxFileSize else { throw WatcherError(.fileTooLarge(limit: maxFileSize), path: path) }
+
+        // One byte past the limit tells a file that grew past it during the read.
+        guard let bytes = try readAll(descriptor, path: path, expected: Int(before.st_size), limit: maxFileSize + 1) else {
+            return .unstable
+        }
+        afterRead?(path)
+
+        let after = try status(of: descriptor, path: path)
+        var current = stat()
+        guard lstat(path, &current) == 0 else {
+            if errno == ENOENT { return .unstable }
+            throw .lastSystemError("stat", path: path)
+        }
+        let state = FileState(before)
+        guard bytes.count == before.st_size, FileState(after) == state, FileState(current) == state else {
+            return .unstable
+        }
+        if path.hasSuffix(".json") && !StableFileReader.isValidJSON(bytes) { return .invalidJSON(state) }
+        return .stable(StableFile(bytes: bytes, state: state))
+    }
+
+    /// Whether `bytes` are one complete JSON value (a top-level scalar is allowed, trailing bytes are not).
+    static func isValidJSON(_ bytes: [UInt8]) -> Bool {
+        guard !bytes.isEmpty else { return false }
+        return (try? JSONSerialization.jsonObject(with: Data(bytes), options: .fragmentsAllowed)) != nil
+    }
+
+    private func status(of descriptor: Int32, path: String) throws(WatcherError) -> stat {
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else { throw .lastSystemError("stat", path: path) }
+        return status
+    }
+
+    /// Reads to end of file; nil when the file holds more than `limit` bytes.
+    private func readAll(_ descriptor: Int32, path: String, expected: Int, limit: Int) throws(WatcherError) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: min(max(expected + 1, 4096), limit))
+        var count = 0
+        while true {
+            if count == bytes.count {
+                guard bytes.count < limit else { return nil }
+                bytes += [UInt8](repeating: 0, count: min(bytes.count, limit - bytes.count))
+            }
+            let result = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress! + count, $0.count - count) }
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw .lastSystemError("read", path: path)
+            }
+            if result == 0 { break }
+            count += result
+        }
+        bytes.removeSubrange(count...)
+        return bytes
+    }
+}

@@ -1,0 +1,348 @@
+import Foundation
+import Glibc
+import SessionArchive
+import Synchronization
+@testable import SyncEngine
+import TestSupport
+import Testing
+
+/// Real inotify on real directories. Bounds are generous (seconds) so that two loaded cores do not
+/// make them flaky; nothing here measures speed.
+@Suite("SessionWatcher")
+struct WatcherTests {
+    @Test func changesInTwoSessionsAreCoalescedIntoOneNotificationEach() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "alice", files: ["creds.json"])
+        try makeSession(root, "bob", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(500)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+        await recorder.wait { $0.first == .rescanNeeded(.started) }
+
+        try write(#"{"me":1}"#, to: root.file("alice/creds.json"))
+        try write(#"{"me":2}"#, to: root.file("alice/creds.json"))
+        try write("{}", to: root.file("alice/pre-key-1.json"))
+        unlink(root.file("alice/pre-key-1.json"))
+        // An atomic writer: temporary, then rename over the name.
+        try write("{}", to: root.file("bob/session-x.json.tmp"))
+        rename(root.file("bob/session-x.json.tmp"), root.file("bob/session-x.json"))
+        try write("{}", to: root.file("bob/.hidden"))
+        try write("{}", to: root.file("bob/notes.swp"))
+
+        await recorder.wait { $0.changes(of: "alice").count == 1 && $0.changes(of: "bob").count == 1 }
+        try await Task.sleep(for: .seconds(1))
+        let events = recorder.events
+        #expect(events.changes(of: "alice") == [["creds.json", "pre-key-1.json"]])
+        #expect(events.changes(of: "bob") == [["session-x.json"]])
+        #expect(events.count == 3)
+    }
+
+    @Test func aNewSessionIsPickedUpWithTheFilesWrittenRightAfterItsMkdir() async throws {
+        let root = try TemporaryDirectory()
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(200)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        let names = (0..<30).map { "pre-key-\($0).json" }
+        try makeSession(root, "new-session", files: names)
+        await recorder.wait { Set(names).isSubset(of: $0.changedPaths(of: "new-session")) }
+
+        let settled = recorder.events.count
+        try write("{}", to: root.file("new-session/creds.json"))
+        await recorder.wait { $0.dropFirst(settled).contains(.changed(session: "new-session", paths: ["creds.json"])) }
+        #expect(!recorder.events.contains { if case .rescanNeeded(let reason) = $0 { reason != .started } else { false } })
+    }
+
+    @Test func aRemovedSessionIsReportedOnceAndNoWatchCountsAsLost() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "gone", files: ["creds.json", "pre-key-1.json"])
+        try makeSession(root, "stays", files: ["creds.json"])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(200)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        try FileManager.default.removeItem(atPath: root.file("gone"))
+        await recorder.wait { $0.contains(.sessionRemoved(session: "gone")) }
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(recorder.events == [.rescanNeeded(.started), .sessionRemoved(session: "gone")])
+    }
+
+    /// A restore swaps a complete new directory in (with RENAME_EXCHANGE where it can): the session
+    /// is changed, never removed, and its staging directories are never taken for sessions.
+    @Test func aSessionReplacedByARestoreIsChangedNotRemoved() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "restored", files: ["creds.json"])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(300)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        try DirectorySwap.replace(root.file("restored")) { staging in
+            for name in ["creds.json", "app-state-sync-key-1.json"] {
+                try staging.writeFile(relativePath: name) { sink in
+                    try Array("{}".utf8).withUnsafeBytes { try sink.write($0) }
+                }
+            }
+        }
+        await recorder.wait { !$0.changes(of: "restored").isEmpty }
+        try await Task.sleep(for: .milliseconds(800))
+        #expect(recorder.events.allSatisfy { event in
+            switch event {
+            case .rescanNeeded(.started): true
+            case .changed(let session, _): session == "restored"
+            default: false
+            }
+        })
+        #expect(recorder.events.changedPaths(of: "restored").contains("app-state-sync-key-1.json"))
+
+        // Watching goes on in the new directory.
+        let settled = recorder.events.count
+        try write("{}", to: root.file("restored/creds.json"))
+        await recorder.wait { $0.dropFirst(settled).contains(.changed(session: "restored", paths: ["creds.json"])) }
+    }
+
+    @Test func temporariesAndDotDirectoriesAreIgnored() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "quiet", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(100)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        try makeSession(root, ".quiet.sync-agent-staging-0123456789abcdef", files: ["creds.json"])
+        try makeSession(root, ".trash", files: ["x.json"])
+        for name in ["a.tmp", "b.swp", "c.json~", ".#creds.json", ".hidden"] {
+            try write("{", to: root.file("quiet/\(name)"))
+        }
+        try write("not a session", to: root.file("file-in-root"))
+        try await Task.sleep(for: .milliseconds(800))
+        #expect(recorder.events == [.rescanNeeded(.started)])
+    }
+
+    @Test func filesOneSubdirectoryDownAreWatched() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "nested", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(200)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        mkdir(root.file("nested/keys"), 0o700)
+        try write("{}", to: root.file("nested/keys/a.json"))
+        await recorder.wait { $0.changedPaths(of: "nested").contains("keys/a.json") }
+        let settled = recorder.events.count
+        try write("{}", to: root.file("nested/keys/b.json"))
+        await recorder.wait { $0.dropFirst(settled).contains(.changed(session: "nested", paths: ["keys/b.json"])) }
+    }
+
+    @Test func aFileIsNotReportedUntilItIsClosed() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "writer", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(100)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        let descriptor = open(root.file("writer/creds.json"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        #expect(descriptor >= 0)
+        _ = Glibc.write(descriptor, "{\"half\":", 8)
+        try await Task.sleep(for: .milliseconds(700))
+        #expect(recorder.events == [.rescanNeeded(.started)])
+
+        _ = Glibc.write(descriptor, "1}", 2)
+        close(descriptor)
+        await recorder.wait { $0.contains(.changed(session: "writer", paths: ["creds.json"])) }
+    }
+
+    /// Written every 50 ms for 2 s, the session never falls quiet; the maximum delay still reports it.
+    @Test func aSessionWrittenContinuouslyIsReportedEveryMaxDelay() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "busy", files: [])
+        let watcher = try SessionWatcher(
+            root: root.path, configuration: .init(quietPeriod: .milliseconds(250), maxDelay: .milliseconds(500)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        let start = ContinuousClock.now
+        var index = 0
+        while ContinuousClock.now - start < .seconds(2) {
+            try write("{\"n\":\(index)}", to: root.file("busy/creds.json"))
+            index += 1
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let times = recorder.timedEvents.filter { $0.event != .rescanNeeded(.started) }.map(\.time)
+        // Every 500 ms makes about four in 2 s; three leaves room for a loaded machine.
+        #expect(times.count >= 3, "\(times.count) notifications in 2 s")
+        let gaps = zip(times.dropFirst(), times).map { $0 - $1 }
+        #expect(gaps.allSatisfy { $0 < .milliseconds(1500) }, "gaps \(gaps)")
+    }
+
+    @Test func stopFlushesPendingChangesFinishesTheStreamAndReleasesTheLoop() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "pending", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .seconds(30), maxDelay: .seconds(60)))
+        try write("{}", to: root.file("pending/creds.json"))
+        watcher.stop()
+        #expect(watcher.isLoopReleased)
+        var events: [WatchEvent] = []
+        for await event in watcher.events { events.append(event) }
+        #expect(events == [.rescanNeeded(.started), .changed(session: "pending", paths: ["creds.json"])])
+        watcher.stop()
+    }
+
+    @Test func aMissingRootIsAClearError() throws {
+        let root = try TemporaryDirectory()
+        let error = #expect(throws: WatcherError.self) { try SessionWatcher(root: root.file("nowhere")) }
+        #expect(error?.description.contains("nowhere") == true)
+    }
+
+    @Test func theWatchLimitErrorSaysWhatToRaise() {
+        errno = ENOSPC
+        let error = WatcherError.lastSystemError("inotify_add_watch", path: "/data/sessions/abc")
+        #expect(error.reason == .watchLimitReached)
+        #expect(error.description.contains("/proc/sys/fs/inotify/max_user_watches"))
+        #expect(error.description.contains("sysctl fs.inotify.max_user_watches="))
+    }
+}
+
+/// The event handling driven directly with synthetic inotify records, for what cannot be made to
+/// happen on demand (a queue overflow, a watch dropped by the kernel).
+@Suite("WatchLoop with synthetic events")
+struct WatcherEventHandlingTests {
+    @Test func recordsDecodeAsTheKernelLaysThemOut() {
+        let events = [
+            InotifyEvent(watch: 1, mask: [.closeWrite], cookie: 0, name: "creds.json"),
+            InotifyEvent(watch: 2, mask: [.create, .isDirectory], cookie: 0, name: String(repeating: "n", count: 255)),
+            InotifyEvent(watch: 3, mask: [.deleteSelf], cookie: 0, name: nil),
+            InotifyEvent(watch: -1, mask: [.queueOverflow], cookie: 0, name: nil),
+            InotifyEvent(watch: 1, mask: [.movedFrom], cookie: 77, name: "abcdefghijklmnop"),
+        ]
+        let bytes = Inotify.encode(events)
+        #expect(bytes.withUnsafeBytes { Inotify.decode($0) } == events)
+        // A record cut short is dropped, never read past.
+        #expect(bytes.dropLast(3).withUnsafeBytes { Inotify.decode($0) } == Array(events.dropLast()))
+    }
+
+    @Test func aQueueOverflowDropsPendingChangesAndAsksForARescan() throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "a", files: ["creds.json"])
+        let recorded = Mutex<[WatchEvent]>([])
+        let loop = try WatchLoop(
+            root: root.path, configuration: .init(), wakeUp: nil, emit: { event in recorded.withLock { $0.append(event) } })
+        let watch = try #require(loop.watchByDirectory[WatchedDirectory(session: "a")])
+
+        loop.handle(decoded([InotifyEvent(watch: watch, mask: .closeWrite, cookie: 0, name: "creds.json")]), at: .now)
+        try makeSession(root, "b", files: [])
+        loop.handle(decoded([InotifyEvent(watch: -1, mask: .queueOverflow, cookie: 0, name: nil)]), at: .now)
+
+        #expect(recorded.withLock { $0 } == [.rescanNeeded(.started), .rescanNeeded(.queueOverflow)])
+        // The rescan re-established the watches, including the session created meanwhile.
+        #expect(Set(loop.watchByDirectory.keys) == [WatchedDirectory(session: "a"), WatchedDirectory(session: "b")])
+    }
+
+    @Test func aWatchDroppedByTheKernelAsksForARescanAndIsReplaced() throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "a", files: [])
+        let recorded = Mutex<[WatchEvent]>([])
+        let loop = try WatchLoop(
+            root: root.path, configuration: .init(), wakeUp: nil, emit: { event in recorded.withLock { $0.append(event) } })
+        let watch = try #require(loop.watchByDirectory[WatchedDirectory(session: "a")])
+        loop.inotify.removeWatch(watch)
+
+        loop.handle(decoded([InotifyEvent(watch: watch, mask: .ignored, cookie: 0, name: nil)]), at: .now)
+        #expect(recorded.withLock { $0 } == [.rescanNeeded(.started), .rescanNeeded(.watchLost(path: root.file("a")))])
+        let replacement = try #require(loop.watchByDirectory[WatchedDirectory(session: "a")])
+        #expect(replacement != watch)
+    }
+
+    private func decoded(_ events: [InotifyEvent]) -> [InotifyEvent] {
+        Inotify.encode(events).withUnsafeBytes { Inotify.decode($0) }
+    }
+}
+
+@Suite("ChangeDebouncer")
+struct ChangeDebouncerTests {
+    let start = ContinuousClock.now
+
+    func at(_ milliseconds: Int) -> ContinuousClock.Instant { start + .milliseconds(milliseconds) }
+
+    @Test func aSessionIsDueAfterTheQuietPeriodWithAllItsPaths() {
+        var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .seconds(5))
+        #expect(debouncer.nextDeadline == nil)
+        debouncer.record("a", paths: ["x"], at: at(0))
+        debouncer.record("a", paths: ["y"], at: at(200))
+        debouncer.record("b", paths: [], at: at(100))
+        #expect(debouncer.nextDeadline == at(350))
+        #expect(debouncer.takeDue(at: at(349)).isEmpty)
+        #expect(debouncer.takeDue(at: at(350)).map(\.session) == ["b"])
+        #expect(debouncer.nextDeadline == at(450))
+        let due = debouncer.takeDue(at: at(450))
+        #expect(due.map(\.session) == ["a"])
+        #expect(due.first?.paths == ["x", "y"])
+        #expect(debouncer.nextDeadline == nil)
+    }
+
+    @Test func aSessionNeverQuietIsDueAtTheMaximumDelay() {
+        var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .milliseconds(1000))
+        for milliseconds in stride(from: 0, through: 950, by: 50) {
+            debouncer.record("busy", paths: ["creds.json"], at: at(milliseconds))
+            #expect(debouncer.takeDue(at: at(milliseconds)).isEmpty)
+        }
+        #expect(debouncer.nextDeadline == at(1000))
+        #expect(debouncer.takeDue(at: at(1000)).map(\.session) == ["busy"])
+        // The next change starts a new maximum delay.
+        debouncer.record("busy", paths: ["creds.json"], at: at(1010))
+        #expect(debouncer.nextDeadline == at(1260))
+    }
+
+    @Test func takeAllReturnsEveryPendingSession() {
+        var debouncer = ChangeDebouncer(quietPeriod: .seconds(10), maxDelay: .seconds(10))
+        debouncer.record("b", paths: ["1"], at: at(0))
+        debouncer.record("a", paths: ["2"], at: at(5))
+        #expect(debouncer.takeAll().map(\.session) == ["a", "b"])
+        #expect(debouncer.nextDeadline == nil)
+    }
+}
+
+/// Collects a watcher's events as they come, with the time each arrived.
+final class EventRecorder: Sendable {
+    private let recorded = Mutex<[(time: ContinuousClock.Instant, event: WatchEvent)]>([])
+
+    /// Records until the watcher stops and its stream finishes.
+    init(_ watcher: SessionWatcher) {
+        let stream = watcher.events
+        Task { [self] in
+            for await event in stream { recorded.withLock { $0.append((.now, event)) } }
+        }
+    }
+
+    var timedEvents: [(time: ContinuousClock.Instant, event: WatchEvent)] { recorded.withLock { $0 } }
+    var events: [WatchEvent] { timedEvents.map(\.event) }
+
+    /// Waits until `condition` holds for the events so far; records an issue after `timeout`.
+    func wait(
+        timeout: Duration = .seconds(10), sourceLocation: SourceLocation = #_sourceLocation,
+        _ condition: ([WatchEvent]) -> Bool
+    ) async {
+        let deadline = ContinuousClock.now + timeout
+        while !condition(events) {
+            guard ContinuousClock.now < deadline else {
+                Issue.record("condition not met within \(timeout); events: \(events)", sourceLocation: sourceLocation)
+                return
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
+extension [WatchEvent] {
+    func changes(of session: String) -> [Set<String>] {
+        compactMap { if case .changed(session, let paths) = $0 { paths } else { nil } }
+    }
+
+    func changedPaths(of session: String) -> Set<String> {
+        changes(of: session).reduce(into: []) { $0.formUnion($1) }
+    }
+}
+
+/// Creates `root/session` and writes `{}` to each file right after the mkdir.
+func makeSession(_ root: TemporaryDirectory, _ session: String, files: [String]) throws {
+    guard mkdir(root.file(session), 0o700) == 0 else { throw ProgramFailure("mkdir \(session)") }
+    for name in files { try write("{}", to: root.file("\(session)/\(name)")) }
+}
