@@ -37,8 +37,8 @@ struct BackupCommand: AsyncParsableCommand {
                 case .uploaded(let snapshot, _, let bytes, _):
                     report.backedUp.append(.init(sessionId: id.rawValue, snapshot: "\(snapshot)", bytes: bytes))
                     logger.info("backed up", metadata: ["session": "\(id)", "snapshot": "\(snapshot)", "bytes": "\(bytes)"])
-                case .unchanged:
-                    break
+                case .unchanged(let unsettled):
+                    report.failed.append(.init(sessionId: id.rawValue, error: "files being written: \(unsettled.count)"))
                 }
             } catch {
                 report.failed.append(.init(sessionId: id.rawValue, error: "\(error)"))

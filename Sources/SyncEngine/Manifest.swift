@@ -1,20 +1,15 @@
 import Foundation
 import S3Client
 
-/// How a file looked on disk when it was read: if it still looks the same, its content is
-/// taken as unchanged without reading it again.
-public struct FileFingerprint: Codable, Hashable, Sendable {
-    public var size: Int64
-    public var modificationTimeNanoseconds: Int64
-    public var inode: UInt64
-}
-
 /// One file of a session as a snapshot knows it.
 public struct FileRecord: Codable, Hashable, Sendable {
     public var size: Int64
     /// Keyed BLAKE2b of the content (hex): reveals nothing about the content without the key.
     public var contentID: String
-    public var fingerprint: FileFingerprint?
+    /// How the file looked on disk when it was read: while it still looks the same, its
+    /// content is taken as unchanged without reading it again. Nil when the file was read
+    /// too soon after its last write for its mtime to be trusted (see `SnapshotWriter`).
+    public var fingerprint: FileState?
 }
 
 /// The full set of files of a session at one point: file name → record.

@@ -17,7 +17,8 @@ public struct CompactionPolicy: Sendable {
 
 /// What one sync of a session did.
 public enum SyncResult: Sendable, Equatable {
-    case unchanged
+    /// Nothing to upload; `unsettled` files were mid-write and kept their last good version.
+    case unchanged(unsettled: [String])
     case uploaded(SnapshotID, SnapshotKind, bytes: Int64, unsettled: [String])
 }
 
@@ -54,8 +55,7 @@ public actor SessionReplicator {
         self.session = session
         self.directory = directory
         self.sessionStore = sessionStore
-        self.writer = SnapshotWriter(
-            keyring: sessionStore.keyring, compressionLevel: compressionLevel, reader: SessionFileReader())
+        self.writer = SnapshotWriter(keyring: sessionStore.keyring, compressionLevel: compressionLevel)
         self.owner = owner
         self.policy = policy
         self.conditionalWrites = conditionalWrites
@@ -129,7 +129,7 @@ public actor SessionReplicator {
             let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
             var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
             let sink = BufferSink()
-            var outcome: SnapshotWriter.Outcome?
+            let outcome: SnapshotWriter.Outcome
             do {
                 outcome = try writer.write(
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
@@ -141,7 +141,7 @@ public actor SessionReplicator {
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
                     openSink: { sink })
             }
-            guard let outcome else { return .unchanged }
+            guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
 
             try await sessionStore.putSnapshot(session, id, kind: kind, bytes: sink.bytes)
             var next = current.head

@@ -94,13 +94,22 @@ public struct SessionRestorer: Sendable {
         reader: SnapshotReader, expected: SnapshotManifest
     ) throws {
         var decided = Set<String>()
+        var written = Set<String>()
         var manifests: [SnapshotManifest] = []
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(BufferSource(objects[index]), session: session, id: entry.id, kind: entry.kind) {
                 name, data in
                 if decided.contains(name) { return try drain(data) }
+                if let slash = name.lastIndex(of: "/") {
+                    let parent = String(name[..<slash])
+                    if !written.contains(parent + "/") {
+                        try staging.makeDirectory(relativePath: parent)
+                        written.insert(parent + "/")
+                    }
+                }
                 try staging.writeFile(relativePath: name) { sink in try copy(data, to: sink) }
+                written.insert(name)
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if entry.kind == .delta, manifest.parent != expectedParent {
@@ -114,8 +123,7 @@ public struct SessionRestorer: Sendable {
         guard stateDigest(state) == expected.stateDigest, state.count == expected.stateFileCount else {
             throw SnapshotError.corrupt("the rebuilt session \(session) does not match snapshot \(expected.id)'s manifest")
         }
-        let written = Set(try FileManager.default.contentsOfDirectory(atPath: staging.path))
-        guard written == Set(state.keys) else {
+        guard written.filter({ !$0.hasSuffix("/") }) == Set(state.keys) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(expected.id) lists")
         }
     }
@@ -128,14 +136,14 @@ public struct SessionRestorer: Sendable {
     /// The directory's current state, by content (fingerprints differ between machines).
     private func localState(_ directory: String) throws -> SessionState {
         var state: SessionState = [:]
-        let reader = SessionFileReader()
-        for name in try reader.scan(directory).keys {
-            guard case .settled(let bytes, _) = try reader.read(directory: directory, name: name) else {
+        let reader = StableFileReader()
+        for name in try SessionFiles.scan(sessionDirectory: directory).keys {
+            guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
                 throw SnapshotError.io("\(name) is being written")
             }
             state[name] = FileRecord(
-                size: Int64(bytes.count), contentID: sessionStore.keyring.primary.contentID(of: bytes).description,
-                fingerprint: nil)
+                size: Int64(file.bytes.count),
+                contentID: sessionStore.keyring.primary.contentID(of: file.bytes).description, fingerprint: nil)
         }
         return state
     }

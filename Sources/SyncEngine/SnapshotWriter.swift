@@ -12,10 +12,16 @@ import SessionArchive
 struct SnapshotWriter {
     let keyring: Keyring
     let compressionLevel: Int
-    let reader: SessionFileReader
+    let reader = StableFileReader()
+
+    /// A file modified this recently may be rewritten again within one mtime tick with the
+    /// same size, which its fingerprint could not tell apart (git's "racy" problem); such a
+    /// file gets no fingerprint, so the next snapshot reads and hashes it again.
+    static let fingerprintSettleTime: Int64 = 2_000_000_000
 
     struct Outcome {
-        var manifest: SnapshotManifest
+        /// Nil when a delta would be empty: nothing to upload.
+        var manifest: SnapshotManifest?
         /// The session state after this snapshot.
         var state: SessionState
         /// Files that could not be captured consistently this time.
@@ -27,12 +33,12 @@ struct SnapshotWriter {
         case baseIncomplete(unsettled: [String])
     }
 
-    /// Writes the snapshot to `sink` (opened lazily through `openSink`) and returns what it
-    /// holds, or nil when a delta would be empty (nothing changed).
+    /// Writes the snapshot to `sink` (opened lazily through `openSink`, so an empty delta
+    /// writes nothing) and returns what it holds.
     func write(
         session: SessionID, directory: String, previous: SessionState, kind: SnapshotKind,
         id: SnapshotID, parent: SnapshotID?, openSink: () throws -> ByteSink
-    ) throws -> Outcome? {
+    ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
         var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
@@ -47,26 +53,28 @@ struct SnapshotWriter {
         var state: SessionState = [:]
         var included: SessionState = [:]
         var unsettled: [String] = []
-        for (name, fingerprint) in try reader.scan(directory).sorted(by: { $0.key < $1.key }) {
+        let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
+        for (name, fingerprint) in try SessionFiles.scan(sessionDirectory: directory).sorted(by: { $0.key < $1.key }) {
             let previousRecord = previous[name]
             if kind == .delta, let previousRecord, previousRecord.fingerprint == fingerprint {
                 state[name] = previousRecord
                 continue
             }
-            switch try reader.read(directory: directory, name: name) {
-            case .settled(let bytes, let fingerprint):
+            switch try reader.read("\(directory)/\(name)") {
+            case .stable(let file):
+                let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
-                    size: Int64(bytes.count), contentID: keyring.primary.contentID(of: bytes).description,
-                    fingerprint: fingerprint)
+                    size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes).description,
+                    fingerprint: settled ? file.state : nil)
                 state[name] = record
                 if kind == .delta, previousRecord?.contentID == record.contentID { continue }
                 try archiveWriter().addFile(
-                    relativePath: SnapshotManifest.filePrefix + name, contents: bytes, modificationTime: 0)
+                    relativePath: SnapshotManifest.filePrefix + name, contents: file.bytes, modificationTime: 0)
                 included[name] = record
-            case .unsettled:
+            case .unstable, .invalidJSON:
                 unsettled.append(name)
                 if let previousRecord { state[name] = previousRecord }
-            case .vanished:
+            case .missing:
                 continue
             }
         }
@@ -74,7 +82,9 @@ struct SnapshotWriter {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
         let deleted = previous.keys.filter { state[$0] == nil }.sorted()
-        if kind == .delta, included.isEmpty, deleted.isEmpty { return nil }
+        if kind == .delta, included.isEmpty, deleted.isEmpty {
+            return Outcome(manifest: nil, state: state, unsettled: unsettled)
+        }
 
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: kind, parent: parent, createdAt: Date(),

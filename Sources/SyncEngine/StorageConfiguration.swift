@@ -40,7 +40,7 @@ public struct StorageConfiguration: Sendable {
             throw StoreError.rejected("hybrid mode is not available yet: use local or cloud")
         case .cloud:
             guard let s3 else { throw StoreError.rejected("\(mode.rawValue) mode needs a bucket (--bucket or STORAGE_BUCKET)") }
-            return S3ObjectStore(client: S3Client(configuration: s3, logger: logger), prefix: prefix)
+            return try S3ObjectStore(client: S3Client(configuration: s3, logger: logger), prefix: prefix)
         }
     }
 

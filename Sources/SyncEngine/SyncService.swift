@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SessionArchive
 
 /// What to do with a session's snapshots when its directory disappears (a logout).
 public enum DeletePolicy: String, Sendable, CaseIterable {
@@ -66,10 +67,11 @@ public actor SyncService {
     /// Watches and uploads until the task is cancelled (SIGTERM), then stops taking events
     /// and flushes every pending change. Returns the sessions left unflushed.
     public func run(shutdownTimeout: Duration) async throws -> [SessionID] {
+        // A restore killed mid-swap leaves working directories; finish or undo them first.
+        try DirectorySwap.recoverLeftovers(in: root)
+        // The watcher's first event is a rescan once every watch is in place, so changes
+        // made while no agent ran are uploaded and none made during the scan is missed.
         let watcher = try SessionWatcher(root: root, configuration: settings.watcher)
-        // The watcher is live before this scan, so a change made during it is not missed;
-        // the scan uploads what changed while no agent ran.
-        rescan()
         await withTaskCancellationHandler {
             for await event in watcher.events {
                 handle(event)
@@ -156,15 +158,19 @@ public actor SyncService {
         do {
             // A directory gone since it was scheduled is the removal's business, not an upload's.
             guard FileManager.default.fileExists(atPath: replicator.directory) else { throw CancellationError() }
-            let result = try await replicator.sync()
-            if case .uploaded(let snapshot, let kind, let bytes, let unsettled) = result {
+            let unsettled: [String]
+            switch try await replicator.sync() {
+            case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
                 logger.info("uploaded", metadata: [
                     "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
                     "duration": "\(ContinuousClock.now - started)",
                 ])
-                // Files caught mid-write kept their last good version; look again shortly.
-                if !unsettled.isEmpty { retryAfter = settings.watcher.quietPeriod }
+                unsettled = stillWriting
+            case .unchanged(let stillWriting):
+                unsettled = stillWriting
             }
+            // Files caught mid-write kept their last good version; look again shortly.
+            if !unsettled.isEmpty { retryAfter = settings.watcher.quietPeriod }
             sessions[id]?.failures = 0
             sessions[id]?.lastError = nil
         } catch is CancellationError {

@@ -1,0 +1,207 @@
+import Crypto
+import Foundation
+import Logging
+import SyncEngine
+import TestSupport
+import Testing
+
+/// The snapshot engine end to end on the filesystem store: chains of bases and deltas,
+/// torn files, tombstones, fencing and tampering, checked by restoring into a new root.
+@Suite("Snapshot chains")
+struct SnapshotChainTests {
+    let workspace: TemporaryDirectory
+    let sessionsRoot: String
+    let sessionStore: SessionStore
+    let session = SessionID("4915112345678")!
+    var directory: String { "\(sessionsRoot)/\(session.rawValue)" }
+
+    init() throws {
+        workspace = try TemporaryDirectory()
+        sessionsRoot = workspace.file("sessions")
+        try FileManager.default.createDirectory(atPath: sessionsRoot, withIntermediateDirectories: true)
+        sessionStore = SessionStore(
+            store: try FileSystemStore(root: workspace.file("store")), keyring: Keyring(primary: .generate()))
+    }
+
+    func replicator(owner: String = "agent-a", claimsOwnership: Bool = true) -> SessionReplicator {
+        SessionReplicator(
+            session: session, directory: directory, sessionStore: sessionStore, owner: owner,
+            conditionalWrites: true, claimsOwnership: claimsOwnership, logger: Logger(label: "test"))
+    }
+
+    func copyFixture(_ name: String) throws {
+        try FileManager.default.copyItem(atPath: fixturePath("sessions/\(name)"), toPath: directory)
+    }
+
+    /// Restores the session into a fresh root and returns that directory's files.
+    func restored(target: SnapshotID? = nil) async throws -> (RestoreOutcome, [String: [UInt8]]) {
+        let root = workspace.file("restored-\(randomHex(4))")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let outcome = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root, target: target)
+        return (outcome, try directoryContents("\(root)/\(session.rawValue)"))
+    }
+
+    @Test func baseThenDeltasRestoreExactlyEachTime() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        guard case .uploaded(let first, .base, _, let unsettled) = try await writer.sync() else {
+            Issue.record("the first snapshot should be a base")
+            return
+        }
+        #expect(unsettled.isEmpty)
+        #expect(try await restored().1 == directoryContents(directory))
+
+        try write("{\"rewritten\":true}", to: "creds.json")
+        try write("{\"id\":1}", to: "pre-key-9999.json")
+        try FileManager.default.removeItem(atPath: "\(directory)/app-state-sync-version-regular.json")
+        guard case .uploaded(let second, .delta, let bytes, _) = try await writer.sync() else {
+            Issue.record("a change should upload a delta")
+            return
+        }
+        #expect(bytes < 2_000)
+        let (outcome, files) = try await restored()
+        #expect(outcome.status == .restored)
+        #expect(outcome.snapshot == second)
+        #expect(files == (try directoryContents(directory)))
+
+        #expect(try await writer.sync() == .unchanged(unsettled: []))
+        // An earlier point is still there.
+        let (old, oldFiles) = try await restored(target: first)
+        #expect(old.snapshot == first)
+        #expect(oldFiles["creds.json"] != Array("{\"rewritten\":true}".utf8))
+    }
+
+    @Test func oneSmallChangeInALargeSessionUploadsOnlyTheChange() async throws {
+        try copyFixture("medium")
+        let writer = replicator()
+        guard case .uploaded(_, .base, let baseBytes, _) = try await writer.sync() else {
+            Issue.record("expected a base")
+            return
+        }
+        try write(String(repeating: "{\"k\":\"v\"}", count: 1) + String(repeating: " ", count: 5_000), to: "session-changed.json")
+        guard case .uploaded(_, .delta, let deltaBytes, _) = try await writer.sync() else {
+            Issue.record("expected a delta")
+            return
+        }
+        #expect(deltaBytes < 3_000, "a 5 KB change uploaded \(deltaBytes) bytes (base \(baseBytes))")
+    }
+
+    @Test func aTornFileIsNeverCapturedAndItsLastGoodVersionIsKept() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        let good = try directoryContents(directory)["creds.json"]
+        try write("{\"noiseKey\":{\"private\":", to: "creds.json")
+        #expect(try await writer.sync() == .unchanged(unsettled: ["creds.json"]))
+        try write("{\"fresh\":1}", to: "pre-key-1.json")
+        guard case .uploaded(_, _, _, let unsettled) = try await writer.sync() else {
+            Issue.record("the other change should upload")
+            return
+        }
+        #expect(unsettled == ["creds.json"])
+        #expect(try await restored().1["creds.json"] == good)
+    }
+
+    @Test func aRemovedSessionIsTombstonedAndNotRestored() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try FileManager.default.removeItem(atPath: directory)
+        try await writer.tombstone()
+        let (outcome, _) = try await restoredOutcomeOnly()
+        #expect(outcome.status == .loggedOut)
+    }
+
+    private func restoredOutcomeOnly() async throws -> (RestoreOutcome, Void) {
+        let root = workspace.file("restored-\(randomHex(4))")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        return (try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root), ())
+    }
+
+    @Test func aSecondAgentFencesTheFirstWhichThenNeverOverwrites() async throws {
+        try copyFixture("small")
+        let first = replicator(owner: "agent-a")
+        _ = try await first.sync()
+        let second = replicator(owner: "agent-b")
+        try await second.claim()
+        try write("{\"by\":\"b\"}", to: "creds.json")
+        _ = try await second.sync()
+        let newest = try await restored().1
+
+        try write("{\"by\":\"a, stale\"}", to: "creds.json")
+        let error = await #expect(throws: SnapshotError.self) { try await first.sync() }
+        guard case .fenced(_, let owner) = error else {
+            Issue.record("expected fencing, got \(String(describing: error))")
+            return
+        }
+        #expect(owner == "agent-b")
+        #expect(try await restored().1 == newest)
+    }
+
+    @Test func aBackupBesideTheWatcherDoesNotFenceIt() async throws {
+        try copyFixture("small")
+        let watcher = replicator(owner: "watch")
+        _ = try await watcher.sync()
+        let backup = replicator(owner: "backup", claimsOwnership: false)
+        guard case .uploaded(_, .base, _, _) = try await backup.sync(forceBase: true) else {
+            Issue.record("the backup should write a base")
+            return
+        }
+        try write("{\"after\":\"backup\"}", to: "creds.json")
+        guard case .uploaded = try await watcher.sync() else {
+            Issue.record("the watcher should continue after the backup")
+            return
+        }
+        #expect(try await restored().1 == directoryContents(directory))
+    }
+
+    @Test func aTamperedSnapshotFailsAndLeavesTheDirectoryUntouched() async throws {
+        try copyFixture("small")
+        _ = try await replicator().sync()
+        let store = sessionStore.store
+        let key = try #require(try await store.list(prefix: "sessions/").map(\.key).first { $0.hasSuffix(".base") })
+        var bytes = try #require(try await store.get(key)).bytes
+        bytes[bytes.count / 2] ^= 0x01
+        try await store.put(key, bytes: bytes)
+
+        let root = workspace.file("existing")
+        try FileManager.default.createDirectory(atPath: "\(root)/\(session.rawValue)", withIntermediateDirectories: true)
+        try Data("keep me".utf8).write(to: URL(fileURLWithPath: "\(root)/\(session.rawValue)/creds.json"))
+        let error = await #expect(throws: SnapshotError.self) {
+            try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root)
+        }
+        guard case .corrupt = error else {
+            Issue.record("expected corrupt, got \(String(describing: error))")
+            return
+        }
+        #expect(try directoryContents("\(root)/\(session.rawValue)") == ["creds.json": Array("keep me".utf8)])
+    }
+
+    @Test func restoringOverAnIdenticalDirectoryLeavesItAlone() async throws {
+        try copyFixture("small")
+        _ = try await replicator().sync()
+        let outcome = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: sessionsRoot)
+        #expect(outcome.status == .upToDate)
+    }
+
+    private func write(_ text: String, to name: String) throws {
+        try Data(text.utf8).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
+    }
+}
+
+func fixturePath(_ relative: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("fixtures/\(relative)").path
+}
+
+/// Every regular file below a directory (one level of subdirectories), name → content.
+func directoryContents(_ directory: String) throws -> [String: [UInt8]] {
+    var files: [String: [UInt8]] = [:]
+    let enumerator = FileManager.default.enumerator(atPath: directory)
+    while let name = enumerator?.nextObject() as? String {
+        var isDirectory: ObjCBool = false
+        FileManager.default.fileExists(atPath: "\(directory)/\(name)", isDirectory: &isDirectory)
+        if !isDirectory.boolValue { files[name] = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)"))) }
+    }
+    return files
+}
