@@ -110,17 +110,13 @@ public struct FileSystemStore: ObjectStore {
     }
 
     public func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo] {
-        try validatePrefix(prefix)
+        let (directory, namePrefix) = try validatePrefix(prefix)
+        if isReserved(directory) { return [] }
         return try await blocking { () throws(StoreError) in
-            // The prefix may end part way through a name: list the directory it ends in and
-            // keep the entries that start with the rest.
-            let directory = prefix.split(separator: "/", omittingEmptySubsequences: false).dropLast()
-                .joined(separator: "/")
-            let namePrefix = prefix.utf8.dropFirst(directory.isEmpty ? 0 : directory.utf8.count + 1)
             var objects: [StoredObjectInfo] = []
-            for name in try entries(of: directory) where name.utf8.starts(with: namePrefix) {
-                if directory.isEmpty && (name == Self.temporaryName || name == Self.lockName) { continue }
-                try collect(directory.isEmpty ? name : directory + "/" + name, into: &objects)
+            for name in try entries(of: directory) where name.utf8.starts(with: namePrefix.utf8) {
+                let key = directory.isEmpty ? name : directory + "/" + name
+                if !isReserved(key) { try collect(key, into: &objects) }
             }
             return objects.sortedByKey()
         }
@@ -294,10 +290,13 @@ public struct FileSystemStore: ObjectStore {
 
     private func checkKey(_ key: String) throws(StoreError) {
         try validateKey(key)
+        if isReserved(key) { throw .rejected("object key \"\(key)\" is reserved in \(location)") }
+    }
+
+    /// Whether `key` is, or is below, one of the store's own files.
+    private func isReserved(_ key: String) -> Bool {
         let first = key.prefix { $0 != "/" }
-        if first == Self.temporaryName || first == Self.lockName {
-            throw .rejected("object key \"\(key)\" is reserved in \(location)")
-        }
+        return first == Self.temporaryName || first == Self.lockName
     }
 
     /// Runs blocking file work (fsync can take a while) off the cooperative thread pool.

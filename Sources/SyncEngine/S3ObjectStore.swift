@@ -22,7 +22,7 @@ public struct S3ObjectStore: ObjectStore {
     @discardableResult
     public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
         try validateKey(key)
-        return try await storeErrors(key: key) { () async throws(S3ClientError) in
+        return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
             try await client.putObject(key: prefix + key, bytes: bytes, condition: condition)
         }
     }
@@ -30,7 +30,7 @@ public struct S3ObjectStore: ObjectStore {
     @discardableResult
     public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
         try validateKey(key)
-        return try await storeErrors(key: key) { () async throws(S3ClientError) in
+        return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
             try await client.putObject(key: prefix + key, fileAt: path, condition: condition)
         }
     }
@@ -109,6 +109,19 @@ public struct S3ObjectStore: ObjectStore {
         StoredObjectInfo(key: key, size: info.size, etag: info.etag, lastModified: info.lastModified)
     }
 
+    private func putErrors(
+        key: String, condition: WriteCondition?, _ put: () async throws(S3ClientError) -> String
+    ) async throws(StoreError) -> String {
+        do {
+            return try await put()
+        } catch .service(let error) where error.kind == .notFound && condition != nil {
+            // AWS answers If-Match on a missing key with 404 NoSuchKey: the condition failed.
+            throw .preconditionFailed(key: key)
+        } catch {
+            throw StoreError(error, key: key)
+        }
+    }
+
     private func storeErrors<Result>(
         key: String, _ operation: () async throws(S3ClientError) -> Result
     ) async throws(StoreError) -> Result {
@@ -127,6 +140,8 @@ extension StoreError {
         case .service(let failure):
             switch failure.kind {
             case .preconditionFailed: self = .preconditionFailed(key: key)
+            // AWS: a conditional write raced another; retrying decides who won.
+            case _ where failure.code == "ConditionalRequestConflict": self = .unavailable(failure.description)
             case .throttled, .serverError: self = .unavailable(failure.description)
             case .notFound, .noSuchBucket, .notModified, .accessDenied, .invalidCredentials, .clientError:
                 self = .rejected(failure.description)

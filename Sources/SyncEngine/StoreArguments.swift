@@ -1,13 +1,18 @@
-/// Checks a listing prefix: empty, or a key that may end with "/" or part way through a
-/// component ("sessions/ab" lists "sessions/abc/x"). The same rules as keys, so a prefix can
-/// never reach outside a store's root either.
-func validatePrefix(_ prefix: String) throws(StoreError) {
-    guard !prefix.isEmpty else { return }
+/// Checks a listing prefix, which may end part way through a name ("sessions/ab" lists
+/// "sessions/abc/x"), and splits it at its last "/": the directory, whole components that
+/// follow the key rules (so a prefix never reaches outside a store's root), and the start of
+/// the names to list in it, which only filters.
+@discardableResult
+func validatePrefix(_ prefix: String) throws(StoreError) -> (directory: String, namePrefix: String) {
+    guard !prefix.contains("\0") else { throw .rejected("invalid listing prefix \"\(prefix)\"") }
+    guard let slash = prefix.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", prefix) }
+    let directory = String(decoding: prefix.utf8[..<slash], as: UTF8.self)
     do {
-        try validateKey(prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix)
+        try validateKey(directory)
     } catch {
         throw .rejected("invalid listing prefix \"\(prefix)\"")
     }
+    return (directory, String(decoding: prefix.utf8[prefix.utf8.index(after: slash)...], as: UTF8.self))
 }
 
 /// Checks a byte range for `get`: it may run past the end (cut there, as HTTP does), but
