@@ -1,0 +1,426 @@
+import Dispatch
+import Foundation
+import Glibc
+import S3Client
+
+/// The `local` mode store: each object is a file under a root directory, at the path of its
+/// key. Objects are written to `<root>/.tmp/`, fsynced and renamed into place, so a crash
+/// leaves the old object or the new one; conditional writes are enforced under an flock on
+/// `<root>/.lock`, which holds across processes on one host (`backup` beside `watch`).
+///
+/// A key cannot be both an object and a directory of others here ("a" and "a/b"), which S3
+/// allows; the engine's layout never does that. The first components `.tmp` and `.lock` are
+/// the store's own.
+public struct FileSystemStore: ObjectStore {
+    /// Absolute, without a trailing "/".
+    public let root: String
+    public var location: String { "file://\(root)" }
+
+    private var temporaryDirectory: String { root + "/" + Self.temporaryName }
+    private static let temporaryName = ".tmp"
+    private static let lockName = ".lock"
+
+    /// Creates `root` (and any missing parents, 0700) when it does not exist.
+    public init(root: String) throws(StoreError) {
+        var absolute = root.hasPrefix("/") ? root : FileManager.default.currentDirectoryPath + "/" + root
+        absolute = "/" + absolute.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
+        self.root = absolute
+        try makeDirectories(absolute)
+        guard access(absolute, R_OK | W_OK | X_OK) == 0 else {
+            throw .rejected("cannot use \(absolute) as the local store: \(systemMessage())")
+        }
+        try makeDirectories(temporaryDirectory)
+    }
+
+    @discardableResult
+    public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+        try checkKey(key)
+        return try await blocking { () throws(StoreError) in
+            try writeObject(key, condition: condition) { file throws(StoreError) in
+                try file.write(bytes[...])
+                return MD5.hash(bytes)
+            }
+        }
+    }
+
+    @discardableResult
+    public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
+        try checkKey(key)
+        return try await blocking { () throws(StoreError) in
+            guard let source = Descriptor(opening: path, flags: O_RDONLY) else {
+                throw .io("cannot open \(path): \(systemMessage())")
+            }
+            return try writeObject(key, condition: condition) { file throws(StoreError) in
+                let digest = StreamingDigest(.md5)
+                try source.readAll(readFailure: { .io("cannot read \(path): \(systemMessage())") }) { chunk, _ throws(StoreError) in
+                    digest.update(chunk)
+                    try file.write(chunk)
+                }
+                return digest.finalize()
+            }
+        }
+    }
+
+    public func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+        try checkKey(key)
+        try validateRange(range)
+        return try await blocking { () throws(StoreError) in
+            guard let (file, status) = try openObject(key) else { return nil }
+            var bytes: [UInt8] = []
+            // The ETag covers the whole object, so the whole file is read even for a range.
+            let digest = StreamingDigest(.md5)
+            let wanted = range ?? 0...Int64.max
+            try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset in
+                digest.update(chunk)
+                let start = max(wanted.lowerBound, offset)
+                let end = min(wanted.upperBound, offset + Int64(chunk.count) - 1)
+                if start <= end { bytes += chunk[Int(start - offset)...Int(end - offset)] }
+            }
+            return StoredObject(info: info(key, status, etag: digest.finalize().lowercaseHex), bytes: bytes)
+        }
+    }
+
+    public func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+        try checkKey(key)
+        return try await blocking { () throws(StoreError) in
+            guard let (file, status) = try openObject(key) else { return nil }
+            guard let destination = Descriptor(creating: path, flags: O_TRUNC) else {
+                throw .io("cannot create \(path): \(systemMessage())")
+            }
+            do throws(StoreError) {
+                let digest = StreamingDigest(.md5)
+                try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, _ throws(StoreError) in
+                    digest.update(chunk)
+                    try destination.write(chunk, failure: { .io("cannot write \(path): \(systemMessage())") })
+                }
+                return info(key, status, etag: digest.finalize().lowercaseHex)
+            } catch {
+                unlink(path)
+                throw error
+            }
+        }
+    }
+
+    public func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? {
+        try checkKey(key)
+        return try await blocking { () throws(StoreError) in
+            guard let (file, status) = try openObject(key) else { return nil }
+            return info(key, status, etag: try file.md5Hex())
+        }
+    }
+
+    public func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo] {
+        let (directory, namePrefix) = try validatePrefix(prefix)
+        if isReserved(directory) { return [] }
+        return try await blocking { () throws(StoreError) in
+            var objects: [StoredObjectInfo] = []
+            for name in try entries(of: directory) where name.utf8.starts(with: namePrefix.utf8) {
+                let key = directory.isEmpty ? name : directory + "/" + name
+                if !isReserved(key) { try collect(key, into: &objects) }
+            }
+            return objects.sortedByKey()
+        }
+    }
+
+    public func delete(_ keys: [String]) async throws(StoreError) {
+        for key in keys { try checkKey(key) }
+        try await blocking { () throws(StoreError) in
+            try withLock { () throws(StoreError) in
+                var changedDirectories: Set<String> = []
+                for key in keys {
+                    let path = root + "/" + key
+                    guard unlink(path) == 0 else {
+                        // A directory at the key holds other objects; it is not an object.
+                        if [ENOENT, ENOTDIR, EISDIR].contains(errno) { continue }
+                        throw storeFailure("delete", path)
+                    }
+                    var directory = parentPath(path)
+                    while directory != root, rmdir(directory) == 0 {
+                        directory = parentPath(directory)
+                    }
+                    changedDirectories.insert(directory)
+                }
+                // A directory emptied by a later key is gone; its surviving parent is in the set.
+                for directory in changedDirectories where access(directory, F_OK) == 0 {
+                    try syncDirectory(directory)
+                }
+            }
+        }
+    }
+
+    public func probeConditionalWrites() async throws(StoreError) -> Bool {
+        true
+    }
+
+    // MARK: Writing
+
+    /// Writes a new file in `.tmp` with `fill` (which returns the content's MD5), makes it
+    /// durable, then, under the lock, checks `condition` and renames it into place.
+    private func writeObject(
+        _ key: String, condition: WriteCondition?, fill: (Descriptor) throws(StoreError) -> [UInt8]
+    ) throws(StoreError) -> String {
+        let path = root + "/" + key
+        let temporaryPath = "\(temporaryDirectory)/\(String(UInt64.random(in: .min ... .max), radix: 16))"
+        guard let file = Descriptor(creating: temporaryPath, flags: O_EXCL) else {
+            throw storeFailure("create", temporaryPath)
+        }
+        var renamed = false
+        defer { if !renamed { unlink(temporaryPath) } }
+        let etag = try fill(file).lowercaseHex
+        guard fsync(file.raw) == 0 else { throw storeFailure("fsync", temporaryPath) }
+
+        try withLock { () throws(StoreError) in
+            switch condition {
+            case nil: break
+            case .ifAbsent:
+                if try openObject(key) != nil { throw .preconditionFailed(key: key) }
+            case .ifMatch(let expected):
+                guard let (current, _) = try openObject(key), try current.md5Hex() == expected else {
+                    throw .preconditionFailed(key: key)
+                }
+            }
+            try makeParentDirectories(of: key)
+            guard rename(temporaryPath, path) == 0 else {
+                if errno == EISDIR {
+                    throw .rejected("cannot store \(key) in \(location): other objects are stored below it")
+                }
+                throw storeFailure("rename into", path)
+            }
+            renamed = true
+            try syncDirectory(parentPath(path))
+        }
+        return etag
+    }
+
+    /// Creates the missing directories above `key`'s file, each 0700 and made durable in its parent.
+    private func makeParentDirectories(of key: String) throws(StoreError) {
+        var directory = root
+        var components: [Substring] = []
+        for component in key.split(separator: "/").dropLast() {
+            let parent = directory
+            directory += "/" + component
+            components.append(component)
+            if mkdir(directory, 0o700) == 0 {
+                guard chmod(directory, 0o700) == 0 else { throw storeFailure("chmod", directory) }
+                try syncDirectory(parent)
+                continue
+            }
+            guard errno == EEXIST else { throw storeFailure("create directory", directory) }
+            var status = stat()
+            guard lstat(directory, &status) == 0 else { throw storeFailure("stat", directory) }
+            guard status.st_mode & S_IFMT == S_IFDIR else {
+                throw .rejected("cannot store \(key) in \(location): \(components.joined(separator: "/")) is an object")
+            }
+        }
+    }
+
+    /// Serialises writers, in this process and others, for the span of `body`.
+    private func withLock<Value>(_ body: () throws(StoreError) -> Value) throws(StoreError) -> Value {
+        let lockPath = root + "/" + Self.lockName
+        guard let lock = Descriptor(opening: lockPath, flags: O_RDWR | O_CREAT) else {
+            throw storeFailure("open", lockPath)
+        }
+        while flock(lock.raw, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw storeFailure("lock", lockPath) }
+        }
+        // Closing the descriptor (when `lock` goes) releases the lock.
+        return try body()
+    }
+
+    // MARK: Reading
+
+    /// The object's open file and status; nil when no regular file is at the key.
+    private func openObject(_ key: String) throws(StoreError) -> (Descriptor, stat)? {
+        let path = root + "/" + key
+        guard let file = Descriptor(opening: path, flags: O_RDONLY | O_NOFOLLOW) else {
+            if errno == ENOENT || errno == ENOTDIR { return nil }
+            throw storeFailure("open", path)
+        }
+        var status = stat()
+        guard fstat(file.raw, &status) == 0 else { throw storeFailure("stat", path) }
+        return status.st_mode & S_IFMT == S_IFREG ? (file, status) : nil
+    }
+
+    /// Adds the object at `key`, or every object below it when it is a directory.
+    private func collect(_ key: String, into objects: inout [StoredObjectInfo]) throws(StoreError) {
+        let path = root + "/" + key
+        var status = stat()
+        guard lstat(path, &status) == 0 else {
+            // Deleted while the listing ran.
+            if errno == ENOENT { return }
+            throw storeFailure("stat", path)
+        }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: objects.append(info(key, status, etag: ""))
+        case S_IFDIR:
+            for name in try entries(of: key) { try collect(key + "/" + name, into: &objects) }
+        default: break
+        }
+    }
+
+    /// The names in the directory at `key` ("" for the root); none when it does not exist.
+    private func entries(of key: String) throws(StoreError) -> [String] {
+        let path = key.isEmpty ? root : root + "/" + key
+        guard let stream = opendir(path) else {
+            if errno == ENOENT || errno == ENOTDIR { return [] }
+            throw storeFailure("open directory", path)
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(stream) else {
+                if errno != 0 { throw storeFailure("read directory", path) }
+                return names
+            }
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { bytes in
+                String(cString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+    }
+
+    private func info(_ key: String, _ status: stat, etag: String) -> StoredObjectInfo {
+        let modified = Double(status.st_mtim.tv_sec) + Double(status.st_mtim.tv_nsec) / 1e9
+        return StoredObjectInfo(
+            key: key, size: Int64(status.st_size), etag: etag, lastModified: Date(timeIntervalSince1970: modified))
+    }
+
+    // MARK: Helpers
+
+    private func checkKey(_ key: String) throws(StoreError) {
+        try validateStoreKey(key)
+        if isReserved(key) { throw .rejected("object key \"\(key)\" is reserved in \(location)") }
+    }
+
+    /// Whether `key` is, or is below, one of the store's own files.
+    private func isReserved(_ key: String) -> Bool {
+        let first = key.prefix { $0 != "/" }
+        return first == Self.temporaryName || first == Self.lockName
+    }
+
+    /// Runs blocking file work (fsync can take a while) off the cooperative thread pool.
+    private func blocking<Value: Sendable>(
+        _ work: @escaping @Sendable () throws(StoreError) -> Value
+    ) async throws(StoreError) -> Value {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, StoreError>, Never>) in
+            fileWorkQueue.async {
+                continuation.resume(returning: Result { () throws(StoreError) in try work() })
+            }
+        }
+        return try result.get()
+    }
+}
+
+private let fileWorkQueue = DispatchQueue(label: "sync-agent.file-system-store", attributes: .concurrent)
+
+/// A failure of the store's own files, sorted like a server's: permissions, a read-only file
+/// system or a clash of names need an operator; a full disk or an I/O error may pass.
+private func storeFailure(_ operation: String, _ path: String) -> StoreError {
+    let reason = "cannot \(operation) \(path): \(systemMessage())"
+    switch errno {
+    case EACCES, EPERM, EROFS, ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP: return .rejected(reason)
+    default: return .unavailable(reason)
+    }
+}
+
+private func systemMessage() -> String {
+    String(cString: strerror(errno))
+}
+
+private func parentPath(_ path: String) -> String {
+    String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+}
+
+/// Makes the directory's entries (a rename, a new or removed name) durable.
+private func syncDirectory(_ path: String) throws(StoreError) {
+    guard let directory = Descriptor(opening: path, flags: O_RDONLY | O_DIRECTORY) else {
+        throw storeFailure("open directory", path)
+    }
+    guard fsync(directory.raw) == 0 else { throw storeFailure("fsync", path) }
+}
+
+/// Creates `path` and any missing parents, each 0700 and made durable in its parent.
+private func makeDirectories(_ path: String) throws(StoreError) {
+    var status = stat()
+    if stat(path, &status) == 0 {
+        guard status.st_mode & S_IFMT == S_IFDIR else { throw .rejected("\(path) exists and is not a directory") }
+        return
+    }
+    guard errno == ENOENT else { throw storeFailure("stat", path) }
+    let parent = parentPath(path)
+    try makeDirectories(parent.isEmpty ? "/" : parent)
+    guard mkdir(path, 0o700) == 0 || errno == EEXIST else { throw storeFailure("create directory", path) }
+    guard chmod(path, 0o700) == 0 else { throw storeFailure("chmod", path) }
+    try syncDirectory(parent.isEmpty ? "/" : parent)
+}
+
+/// An open file descriptor, closed in deinit.
+private final class Descriptor {
+    let raw: Int32
+    /// For error messages.
+    let path: String
+
+    /// nil with `errno` set when the file cannot be opened.
+    init?(opening path: String, flags: Int32) {
+        raw = open(path, flags | O_CLOEXEC, 0o600)
+        self.path = path
+        if raw < 0 { return nil }
+    }
+
+    /// A file written with exactly 0600, whatever the umask; nil with `errno` set on failure.
+    init?(creating path: String, flags: Int32) {
+        raw = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0o600)
+        self.path = path
+        if raw < 0 { return nil }
+        if fchmod(raw, 0o600) != 0 { return nil }
+    }
+
+    deinit {
+        if raw >= 0 { close(raw) }
+    }
+
+    func write(_ bytes: ArraySlice<UInt8>) throws(StoreError) {
+        try write(bytes, failure: { storeFailure("write", path) })
+    }
+
+    func write(_ bytes: ArraySlice<UInt8>, failure: () -> StoreError) throws(StoreError) {
+        let written = bytes.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let count = Glibc.write(raw, buffer.baseAddress! + offset, buffer.count - offset)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                offset += count
+            }
+            return true
+        }
+        if !written { throw failure() }
+    }
+
+    /// Hands every chunk of the file, from its start to its end, to `body` with its offset.
+    func readAll(
+        readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
+    ) throws(StoreError) {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var offset: Int64 = 0
+        while true {
+            let count = buffer.withUnsafeMutableBytes { pread(raw, $0.baseAddress, $0.count, off_t(offset)) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw readFailure()
+            }
+            if count == 0 { return }
+            try body(buffer[0..<count], offset)
+            offset += Int64(count)
+        }
+    }
+
+    func md5Hex() throws(StoreError) -> String {
+        let digest = StreamingDigest(.md5)
+        try readAll(readFailure: { storeFailure("read", path) }) { chunk, _ in digest.update(chunk) }
+        return digest.finalize().lowercaseHex
+    }
+}

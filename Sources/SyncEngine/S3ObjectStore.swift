@@ -1,0 +1,154 @@
+import Foundation
+import S3Client
+
+/// The objects of a store under a key prefix of one S3 bucket.
+public struct S3ObjectStore: ObjectStore {
+    public let client: S3Client
+    /// Empty, or ending with "/"; every store key is appended to it.
+    public let prefix: String
+    public let location: String
+
+    /// `prefix` follows the key rules ("backups/prod"); a missing trailing "/" is added.
+    public init(client: S3Client, prefix: String = "") throws(StoreError) {
+        let trimmed = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
+        if !trimmed.isEmpty {
+            do { try validateStoreKey(trimmed) } catch { throw .rejected("invalid key prefix \"\(prefix)\"") }
+        }
+        self.client = client
+        self.prefix = trimmed.isEmpty ? "" : trimmed + "/"
+        self.location = "s3://\(client.configuration.bucket)" + (trimmed.isEmpty ? "" : "/\(trimmed)")
+    }
+
+    @discardableResult
+    public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+        try validateStoreKey(key)
+        return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
+            try await client.putObject(key: prefix + key, bytes: bytes, condition: condition)
+        }
+    }
+
+    @discardableResult
+    public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
+        try validateStoreKey(key)
+        return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
+            try await client.putObject(key: prefix + key, fileAt: path, condition: condition)
+        }
+    }
+
+    public func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+        try validateStoreKey(key)
+        try validateRange(range)
+        do {
+            let object = try await client.getObject(key: prefix + key, range: range)
+            return StoredObject(info: storedInfo(object.info, key: key), bytes: object.bytes)
+        } catch .service(let error) where error.kind == .notFound {
+            return nil
+        } catch .service(let error) where error.status == 416 {
+            // The range starts at or past the end (an empty object has no satisfiable range):
+            // HTTP refuses it, the store answers with the bytes that are there, none.
+            return try await head(key).map { StoredObject(info: $0, bytes: []) }
+        } catch {
+            throw StoreError(error, key: key)
+        }
+    }
+
+    public func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+        try validateStoreKey(key)
+        do {
+            return storedInfo(try await client.downloadObject(key: prefix + key, toFileAt: path), key: key)
+        } catch {
+            // The client created (or truncated) the file before the request; what is left is
+            // no object, or part of one.
+            unlink(path)
+            if error.isNotFound { return nil }
+            throw StoreError(error, key: key)
+        }
+    }
+
+    public func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? {
+        try validateStoreKey(key)
+        do {
+            return storedInfo(try await client.headObject(key: prefix + key), key: key)
+        } catch where error.isNotFound {
+            return nil
+        } catch {
+            throw StoreError(error, key: key)
+        }
+    }
+
+    public func list(prefix listed: String) async throws(StoreError) -> [StoredObjectInfo] {
+        try validatePrefix(listed)
+        let page = try await storeErrors(key: listed) { () async throws(S3ClientError) in
+            try await client.listObjects(prefix: prefix + listed)
+        }
+        return page.objects.map { object in
+            storedInfo(object, key: String(decoding: object.key.utf8.dropFirst(prefix.utf8.count), as: UTF8.self))
+        }.sortedByKey()
+    }
+
+    public func delete(_ keys: [String]) async throws(StoreError) {
+        for key in keys { try validateStoreKey(key) }
+        guard !keys.isEmpty else { return }
+        let refused = try await storeErrors(key: keys[0]) { () async throws(S3ClientError) in
+            try await client.deleteObjects(keys: keys.map { prefix + $0 })
+        }
+        guard refused.isEmpty else {
+            let reasons = refused.sorted { $0.key < $1.key }.prefix(3).map { "\($0.key): \($0.value)" }
+            throw .rejected("\(refused.count) of \(keys.count) deletions refused in \(location) (\(reasons.joined(separator: "; ")))")
+        }
+    }
+
+    public func probeConditionalWrites() async throws(StoreError) -> Bool {
+        let key = ".sync-agent-probe-\(UInt64.random(in: .min ... .max))"
+        return try await storeErrors(key: key) { () async throws(S3ClientError) in
+            try await client.probeConditionalWrites(key: prefix + key)
+        }
+    }
+
+    private func storedInfo(_ info: ObjectInfo, key: String) -> StoredObjectInfo {
+        StoredObjectInfo(key: key, size: info.size, etag: info.etag, lastModified: info.lastModified)
+    }
+
+    private func putErrors(
+        key: String, condition: WriteCondition?, _ put: () async throws(S3ClientError) -> String
+    ) async throws(StoreError) -> String {
+        do {
+            return try await put()
+        } catch .service(let error) where error.kind == .notFound && condition != nil {
+            // AWS answers If-Match on a missing key with 404 NoSuchKey: the condition failed.
+            throw .preconditionFailed(key: key)
+        } catch {
+            throw StoreError(error, key: key)
+        }
+    }
+
+    private func storeErrors<Result>(
+        key: String, _ operation: () async throws(S3ClientError) -> Result
+    ) async throws(StoreError) -> Result {
+        do {
+            return try await operation()
+        } catch {
+            throw StoreError(error, key: key)
+        }
+    }
+}
+
+extension StoreError {
+    /// Sorts a client failure, after the client's own retries, by what the engine should do.
+    init(_ error: S3ClientError, key: String) {
+        switch error {
+        case .service(let failure):
+            switch failure.kind {
+            case .preconditionFailed: self = .preconditionFailed(key: key)
+            // AWS: a conditional write raced another; retrying decides who won.
+            case _ where failure.code == "ConditionalRequestConflict": self = .unavailable(failure.description)
+            case .throttled, .serverError: self = .unavailable(failure.description)
+            case .notFound, .noSuchBucket, .notModified, .accessDenied, .invalidCredentials, .clientError:
+                self = .rejected(failure.description)
+            }
+        case .transport, .integrity: self = .unavailable(error.description)
+        case .invalidResponse: self = .rejected(error.description)
+        case .io(let reason): self = .io(reason)
+        }
+    }
+}

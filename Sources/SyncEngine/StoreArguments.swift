@@ -1,0 +1,43 @@
+/// `validateKey` splits keys into Characters, and "/" followed by a combining mark is one
+/// Character, so it takes "../\u{301}x" for a single component although a file system sees
+/// ".." in it and leaves the root. The stores also check the UTF-8 components, until
+/// `validateKey` splits on them itself.
+func validateStoreKey(_ key: String) throws(StoreError) {
+    try validateKey(key)
+    let components = key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+    guard components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) }) else {
+        throw .rejected("invalid object key \"\(key)\"")
+    }
+}
+
+/// Checks a listing prefix, which may end part way through a name ("sessions/ab" lists
+/// "sessions/abc/x"), and splits it at its last "/": the directory, whole components that
+/// follow the key rules (so a prefix never reaches outside a store's root), and the start of
+/// the names to list in it, which only filters.
+@discardableResult
+func validatePrefix(_ prefix: String) throws(StoreError) -> (directory: String, namePrefix: String) {
+    guard !prefix.contains("\0") else { throw .rejected("invalid listing prefix \"\(prefix)\"") }
+    guard let slash = prefix.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", prefix) }
+    let directory = String(decoding: prefix.utf8[..<slash], as: UTF8.self)
+    do {
+        try validateStoreKey(directory)
+    } catch {
+        throw .rejected("invalid listing prefix \"\(prefix)\"")
+    }
+    return (directory, String(decoding: prefix.utf8[prefix.utf8.index(after: slash)...], as: UTF8.self))
+}
+
+/// Checks a byte range for `get`: it may run past the end (cut there, as HTTP does), but
+/// cannot start before the beginning.
+func validateRange(_ range: ClosedRange<Int64>?) throws(StoreError) {
+    if let range, range.lowerBound < 0 {
+        throw .rejected("invalid byte range \(range)")
+    }
+}
+
+extension Array<StoredObjectInfo> {
+    /// In S3's order: by the UTF-8 bytes of the key.
+    func sortedByKey() -> [StoredObjectInfo] {
+        sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+    }
+}
