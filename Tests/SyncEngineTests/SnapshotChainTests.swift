@@ -200,7 +200,7 @@ func directoryContents(_ directory: String) throws -> [String: [UInt8]] {
     let enumerator = FileManager.default.enumerator(atPath: directory)
     while let name = enumerator?.nextObject() as? String {
         var isDirectory: ObjCBool = false
-        FileManager.default.fileExists(atPath: "\(directory)/\(name)", isDirectory: &isDirectory)
+        _ = FileManager.default.fileExists(atPath: "\(directory)/\(name)", isDirectory: &isDirectory)
         if !isDirectory.boolValue { files[name] = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)"))) }
     }
     return files
