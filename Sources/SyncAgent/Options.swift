@@ -99,6 +99,10 @@ struct StorageOptions: ParsableArguments {
     }
 }
 
+/// Logs go to standard error, so standard output carries only a command's result
+/// (the `--json` reports).
+private let logsToStandardError: Void = LoggingSystem.bootstrap(StreamLogHandler.standardError)
+
 struct LoggingOptions: ParsableArguments {
     @Option(help: "trace, debug, info, notice, warning, error or critical (env SYNC_AGENT_LOG_LEVEL; default info).")
     var logLevel: String?
@@ -110,6 +114,7 @@ struct LoggingOptions: ParsableArguments {
     }
 
     func makeLogger(_ label: String) -> Logger {
+        _ = logsToStandardError
         var logger = Logger(label: label)
         logger.logLevel = (logLevel ?? environment("SYNC_AGENT_LOG_LEVEL")).flatMap(Logger.Level.init(rawValue:)) ?? .info
         return logger
