@@ -289,7 +289,7 @@ public struct FileSystemStore: ObjectStore {
     // MARK: Helpers
 
     private func checkKey(_ key: String) throws(StoreError) {
-        try validateStoreKey(key)
+        try validateKey(key)
         if isReserved(key) { throw .rejected("object key \"\(key)\" is reserved in \(location)") }
     }
 

@@ -100,9 +100,13 @@ public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
 }
 
 /// Checks a relative key: "/"-separated components, none empty, "." or "..", no NUL.
+/// Components are split on the UTF-8 bytes, as a file system sees them: split into
+/// Characters, "/" followed by a combining mark would be one Character and hide a "..".
 func validateKey(_ key: String) throws(StoreError) {
-    let components = key.split(separator: "/", omittingEmptySubsequences: false)
-    guard !key.isEmpty, !key.contains("\0"), components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
+    let components = key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+    guard !key.isEmpty, !key.utf8.contains(0),
+        components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) })
+    else {
         throw .rejected("invalid object key \"\(key)\"")
     }
 }

@@ -12,7 +12,7 @@ public struct S3ObjectStore: ObjectStore {
     public init(client: S3Client, prefix: String = "") throws(StoreError) {
         let trimmed = prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix
         if !trimmed.isEmpty {
-            do { try validateStoreKey(trimmed) } catch { throw .rejected("invalid key prefix \"\(prefix)\"") }
+            do { try validateKey(trimmed) } catch { throw .rejected("invalid key prefix \"\(prefix)\"") }
         }
         self.client = client
         self.prefix = trimmed.isEmpty ? "" : trimmed + "/"
@@ -21,7 +21,7 @@ public struct S3ObjectStore: ObjectStore {
 
     @discardableResult
     public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
-        try validateStoreKey(key)
+        try validateKey(key)
         return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
             try await client.putObject(key: prefix + key, bytes: bytes, condition: condition)
         }
@@ -29,14 +29,14 @@ public struct S3ObjectStore: ObjectStore {
 
     @discardableResult
     public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
-        try validateStoreKey(key)
+        try validateKey(key)
         return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
             try await client.putObject(key: prefix + key, fileAt: path, condition: condition)
         }
     }
 
     public func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
-        try validateStoreKey(key)
+        try validateKey(key)
         try validateRange(range)
         do {
             let object = try await client.getObject(key: prefix + key, range: range)
@@ -53,7 +53,7 @@ public struct S3ObjectStore: ObjectStore {
     }
 
     public func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
-        try validateStoreKey(key)
+        try validateKey(key)
         do {
             return storedInfo(try await client.downloadObject(key: prefix + key, toFileAt: path), key: key)
         } catch {
@@ -66,7 +66,7 @@ public struct S3ObjectStore: ObjectStore {
     }
 
     public func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? {
-        try validateStoreKey(key)
+        try validateKey(key)
         do {
             return storedInfo(try await client.headObject(key: prefix + key), key: key)
         } catch where error.isNotFound {
@@ -87,7 +87,7 @@ public struct S3ObjectStore: ObjectStore {
     }
 
     public func delete(_ keys: [String]) async throws(StoreError) {
-        for key in keys { try validateStoreKey(key) }
+        for key in keys { try validateKey(key) }
         guard !keys.isEmpty else { return }
         let refused = try await storeErrors(key: keys[0]) { () async throws(S3ClientError) in
             try await client.deleteObjects(keys: keys.map { prefix + $0 })

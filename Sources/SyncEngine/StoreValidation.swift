@@ -1,15 +1,3 @@
-/// `validateKey` splits keys into Characters, and "/" followed by a combining mark is one
-/// Character, so it takes "../\u{301}x" for a single component although a file system sees
-/// ".." in it and leaves the root. The stores also check the UTF-8 components, until
-/// `validateKey` splits on them itself.
-func validateStoreKey(_ key: String) throws(StoreError) {
-    try validateKey(key)
-    let components = key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-    guard components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) }) else {
-        throw .rejected("invalid object key \"\(key)\"")
-    }
-}
-
 /// Checks a listing prefix, which may end part way through a name ("sessions/ab" lists
 /// "sessions/abc/x"), and splits it at its last "/": the directory, whole components that
 /// follow the key rules (so a prefix never reaches outside a store's root), and the start of
@@ -20,7 +8,7 @@ func validatePrefix(_ prefix: String) throws(StoreError) -> (directory: String, 
     guard let slash = prefix.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", prefix) }
     let directory = String(decoding: prefix.utf8[..<slash], as: UTF8.self)
     do {
-        try validateStoreKey(directory)
+        try validateKey(directory)
     } catch {
         throw .rejected("invalid listing prefix \"\(prefix)\"")
     }
