@@ -65,25 +65,6 @@ final class StoreFixture: Sendable {
     }
 }
 
-/// Incompressible bytes for megabyte-sized objects: `randomBytes` asks the system for every
-/// byte, which takes seconds for a few megabytes in a debug build.
-func noiseBytes(_ count: Int) -> [UInt8] {
-    var state = UInt64.random(in: .min ... .max)
-    var bytes = [UInt8](repeating: 0, count: count)
-    bytes.withUnsafeMutableBytes { buffer in
-        for offset in stride(from: 0, to: count, by: 8) {
-            // SplitMix64.
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var mixed = (state ^ (state >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            mixed = (mixed ^ (mixed >> 27)) &* 0x94d0_49bb_1331_11eb
-            mixed ^= mixed >> 31
-            withUnsafeBytes(of: mixed.littleEndian) { word in
-                buffer[offset..<min(offset + 8, count)].copyBytes(from: word.prefix(count - offset))
-            }
-        }
-    }
-    return bytes
-}
 
 /// The `ObjectStore` contract, run unchanged against every backend.
 @Suite("Object stores conform to ObjectStore")
@@ -91,7 +72,7 @@ struct ObjectStoreConformanceTests {
     @Test(arguments: StoreBackend.all)
     func bytesRoundTripThroughPutGetHeadDelete(backend: StoreBackend) async throws {
         let fixture = try await backend.makeStore()
-        let bytes = noiseBytes(3 << 20)
+        let bytes = randomBytes(3 << 20)
         let etag = try await fixture.store.put("sessions/abc/base-1", bytes: bytes)
         #expect(etag == MD5.hash(bytes).lowercaseHex)
 
@@ -116,7 +97,7 @@ struct ObjectStoreConformanceTests {
     func filesRoundTripThroughPutAndDownload(backend: StoreBackend) async throws {
         let fixture = try await backend.makeStore()
         for (name, size) in [("large", (4 << 20) + 17), ("empty", 0)] {
-            let bytes = noiseBytes(size)
+            let bytes = randomBytes(size)
             let etag = try await fixture.store.put("files/\(name)", fileAt: try fixture.writeFile(name, bytes), condition: nil)
             let info = try #require(try await fixture.store.download("files/\(name)", toFileAt: fixture.scratch.file("\(name).back")))
             #expect(info.size == Int64(size))
@@ -131,7 +112,7 @@ struct ObjectStoreConformanceTests {
     @Test(arguments: StoreBackend.all)
     func rangeReadsAreCutAtTheEndLikeHTTP(backend: StoreBackend) async throws {
         let fixture = try await backend.makeStore()
-        let bytes = noiseBytes(70_000)
+        let bytes = randomBytes(70_000)
         let etag = try await fixture.store.put("ranged", bytes: bytes)
 
         let middle = try #require(try await fixture.store.get("ranged", range: 10...19))
@@ -362,7 +343,7 @@ struct FileSystemStoreTests {
     func putsLeaveNoTemporaryFiles() async throws {
         let scratch = try TemporaryDirectory()
         let store = try FileSystemStore(root: scratch.file("store"))
-        let etag = try await store.put("a/b/c", bytes: noiseBytes(100_000))
+        let etag = try await store.put("a/b/c", bytes: randomBytes(100_000))
         try await store.put("a/b/c", bytes: [1], condition: .ifMatch(etag: etag))
         _ = try? await store.put("a/b/c", bytes: [2], condition: .ifMatch(etag: etag))
         _ = try? await store.put("a/b/c", bytes: [3], condition: .ifAbsent)

@@ -40,13 +40,17 @@ start_seaweedfs() {
   cat >"$dir/identities.json" <<JSON
 {"identities":[{"name":"test","credentials":[{"accessKey":"$access_key","secretKey":"$secret_key"}],"actions":["Admin","Read","List","Tagging","Write"]}]}
 JSON
+  # Every bucket gets volumes of its own, and by default their number follows the free disk
+  # space divided by 128 MB: small volumes and an explicit cap let a test run make hundreds
+  # of buckets even on a machine with little free disk.
   local s3_port master_port volume_port filer_port admin_port
   s3_port=$(free_port); master_port=$(free_port); volume_port=$(free_port)
   filer_port=$(free_port); admin_port=$(free_port)
   "$S3_TOOLS/weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
     -s3.config="$dir/identities.json" -s3.port="$s3_port" -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.port="$master_port" -volume.port="$volume_port" -filer.port="$filer_port" \
-    -admin.port="$admin_port" -webdav=false -admin.ui=false >"$dir/server.log" 2>&1 &
+    -admin.port="$admin_port" -webdav=false -admin.ui=false \
+    -master.volumeSizeLimitMB=32 -volume.max=1000 >"$dir/server.log" 2>&1 &
   local pid=$!
   S3_SERVER_PIDS+=("$pid")
   wait_for_http "http://127.0.0.1:$s3_port/" "SeaweedFS" "$dir/server.log"
