@@ -70,7 +70,7 @@ public enum DirectorySwap {
             let staging = StagingDirectory(path: parent.path + "/" + stagingName, root: root)
             try populate(staging)
             onStep(.stagingPopulated)
-            try staging.syncDirectories()
+            try staging.sync()
             onStep(.stagingSynced)
             try parent.rename(stagingName, to: readyName)
             try parent.sync()

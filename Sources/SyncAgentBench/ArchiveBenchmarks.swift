@@ -80,7 +80,7 @@ struct ArchivePack: ParsableCommand {
 struct ArchiveUnpack: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "archive-unpack",
-        abstract: "Decrypt, decompress and extract an object into a directory, as a restore does (staging, fsync, swap).")
+        abstract: "Decrypt, decompress and extract an object into a directory, as a restore does (staging, syncfs, swap).")
     @OptionGroup var key: KeyOptions
     @Argument(help: "Object file to read.") var object: String
     @Argument(help: "Directory to restore into (replaced atomically if it exists).") var directory: String
