@@ -31,7 +31,7 @@ public enum RecoveryAction: Hashable, Sendable {
 ///
 /// Working directories live next to the target and are named `.<target>.sync-agent-<kind>-<16 hex>`:
 /// - `staging`: being filled; never complete, always safe to remove;
-/// - `ready`: complete and fsynced (sealed by rename). Before the exchange it holds the new contents,
+/// - `ready`: complete and durable (sealed by rename). Before the exchange it holds the new contents,
 ///   after it the old ones; either way, once the target exists it is a leftover;
 /// - `old`: the previous target, moved aside (only without RENAME_EXCHANGE).
 ///
