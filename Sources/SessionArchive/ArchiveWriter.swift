@@ -25,6 +25,10 @@ public final class ArchiveWriter {
         try check(archive_write_set_format_pax(archive))
         try check(archive_write_add_filter_zstd(archive))
         try check(archive_write_set_filter_option(archive, "zstd", "compression-level", String(compressionLevel)))
+        // One zstd worker thread: compression overlaps reading files, tar framing and encryption on
+        // the calling thread, as in `tar | zstd`. The output is still one frame, the same bytes for the
+        // same input and level; memory stays bounded (a few zstd jobs of a few MiB each).
+        try check(archive_write_set_filter_option(archive, "zstd", "threads", "1"))
         // No zero padding after the last zstd frame: the tar layer already ends with its own marker.
         try check(archive_write_set_bytes_in_last_block(archive, 1))
         try check(archive_write_open(archive, Unmanaged.passUnretained(output).toOpaque(), nil, writeToSink, nil))

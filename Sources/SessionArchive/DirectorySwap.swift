@@ -31,7 +31,7 @@ public enum RecoveryAction: Hashable, Sendable {
 ///
 /// Working directories live next to the target and are named `.<target>.sync-agent-<kind>-<16 hex>`:
 /// - `staging`: being filled; never complete, always safe to remove;
-/// - `ready`: complete and fsynced (sealed by rename). Before the exchange it holds the new contents,
+/// - `ready`: complete and durable (sealed by rename). Before the exchange it holds the new contents,
 ///   after it the old ones; either way, once the target exists it is a leftover;
 /// - `old`: the previous target, moved aside (only without RENAME_EXCHANGE).
 ///
@@ -70,7 +70,7 @@ public enum DirectorySwap {
             let staging = StagingDirectory(path: parent.path + "/" + stagingName, root: root)
             try populate(staging)
             onStep(.stagingPopulated)
-            try staging.syncDirectories()
+            try staging.sync()
             onStep(.stagingSynced)
             try parent.rename(stagingName, to: readyName)
             try parent.sync()

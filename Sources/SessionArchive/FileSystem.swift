@@ -67,6 +67,12 @@ final class FileDescriptor {
         guard fsync(raw) == 0 else { throw SystemError("fsync", path: path) }
     }
 
+    /// syncfs(2): flushes everything written on the file system this descriptor is on, and reports
+    /// any write-back error there since this descriptor was opened (Linux ≥ 5.8).
+    func syncFileSystem() throws {
+        guard syncfsFunction(raw) == 0 else { throw SystemError("syncfs", path: path) }
+    }
+
     /// Whether `name` exists in this directory (without following a symlink).
     func contains(_ name: String) throws -> Bool {
         var info = stat()
@@ -126,13 +132,22 @@ final class FileDescriptor {
     }
 }
 
-/// Glibc declares renameat2 only under _GNU_SOURCE, which the Swift Glibc module does not set,
-/// so it is looked up at run time (glibc ≥ 2.28).
+/// Glibc declares renameat2 and syncfs only under _GNU_SOURCE, which the Swift Glibc module does not
+/// set, so they are looked up at run time: renameat2 may be missing (glibc < 2.28), syncfs is in
+/// every glibc since 2.14.
+private func glibcFunction<Function>(_ name: String, as type: Function.Type) -> Function? {
+    guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, name) else { return nil }
+    return unsafeBitCast(symbol, to: type)
+}
+
 private typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>?, Int32, UnsafePointer<CChar>?, UInt32) -> Int32
 private let renameExchangeFlag: UInt32 = 1 << 1
-private let renameat2Function: RenameAt2? = {
-    guard let process = dlopen(nil, RTLD_NOW), let symbol = dlsym(process, "renameat2") else { return nil }
-    return unsafeBitCast(symbol, to: RenameAt2.self)
+private let renameat2Function = glibcFunction("renameat2", as: RenameAt2.self)
+
+private typealias SyncFS = @convention(c) (Int32) -> Int32
+private let syncfsFunction: SyncFS = {
+    guard let function = glibcFunction("syncfs", as: SyncFS.self) else { fatalError("glibc without syncfs(2)") }
+    return function
 }()
 
 /// Reads an open file in chunks and hands each to `body`; throws `sourceChanged` if the file

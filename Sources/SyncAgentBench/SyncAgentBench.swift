@@ -9,7 +9,10 @@ struct SyncAgentBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync-agent-bench",
         abstract: "Measured jobs for the benchmarks in bench/.",
-        subcommands: [S3Upload.self, S3Download.self])
+        subcommands: [
+            S3Upload.self, S3Download.self,
+            ArchivePack.self, ArchiveUnpack.self, SecretstreamEncrypt.self, SecretstreamDecrypt.self,
+        ])
 }
 
 struct S3Options: ParsableArguments {
