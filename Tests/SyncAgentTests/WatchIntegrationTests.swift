@@ -32,7 +32,7 @@ struct WatchIntegrationTests {
             try write("{}", to: "\(directory)/creds.json.tmp")
         }
 
-        let restored = try await workspace.waitUntilStoreMatches(runner, ignoring: ["creds.json.tmp"])
+        let restored = try await workspace.waitUntilStoreMatches(runner, ignoring: ["creds.json.tmp"], agent: agent)
         for session in ["small", "medium"] {
             #expect(!FileManager.default.fileExists(atPath: "\(restored)/\(session)/creds.json.tmp"))
         }
@@ -73,7 +73,7 @@ struct WatchIntegrationTests {
             }
             try await Task.sleep(for: .milliseconds(150))
         }
-        _ = try await workspace.waitUntilStoreMatches(runner)
+        _ = try await workspace.waitUntilStoreMatches(runner, agent: agent)
 
         let snapshots = agent.uploads.filter { $0.session == "small" }.map(\.snapshot)
         #expect(snapshots.count >= 2)
@@ -111,7 +111,7 @@ struct WatchIntegrationTests {
         #expect(agent.process.isRunning)
 
         try await server.start()
-        _ = try await workspace.waitUntilStoreMatches(runner, timeout: .seconds(120))
+        _ = try await workspace.waitUntilStoreMatches(runner, timeout: .seconds(120), agent: agent)
         #expect(agent.process.isRunning, "the agent exited during the outage: \(agent.log)")
         #expect(try await agent.terminate() == .exited(0))
     }
@@ -140,7 +140,7 @@ struct WatchIntegrationTests {
         try write(#"{"offline":true}"#, to: "\(workspace.session("small"))/offline.json")
 
         let second = try runner.watch(workspace.sessions)
-        _ = try await workspace.waitUntilStoreMatches(runner)
+        _ = try await workspace.waitUntilStoreMatches(runner, agent: second)
         #expect(second.process.isRunning)
         #expect(try await second.terminate() == .exited(0))
     }
@@ -184,7 +184,7 @@ struct WatchIntegrationTests {
             try write(#"{"round":\#(round),"me":"\#(randomHex(8))"}"#, to: "\(directory)/creds.json")
             try await Task.sleep(for: .milliseconds(400))
         }
-        _ = try await workspace.waitUntilStoreMatches(runner)
+        _ = try await workspace.waitUntilStoreMatches(runner, agent: second)
 
         // Fenced is loud, and final: the first agent uploads nothing after it.
         let firstLines = first.logLines
@@ -349,11 +349,15 @@ struct Workspace {
     /// Restores every session into fresh directories until one equals the sessions root (minus
     /// `ignoring`, names the agent must leave out); returns it.
     func waitUntilStoreMatches(
-        _ runner: SyncAgentRunner, ignoring ignored: Set<String> = [], timeout: Duration = .seconds(90)
+        _ runner: SyncAgentRunner, ignoring ignored: Set<String> = [], timeout: Duration = .seconds(90),
+        agent: RunningAgent? = nil
     ) async throws -> String {
         var last = ""
         var restored = ""
-        try await waitUntil(timeout: timeout, every: .milliseconds(300), "the store never matched the directory: \(last)") {
+        try await waitUntil(
+            timeout: timeout, every: .milliseconds(300),
+            "the store never matched the directory: \(last)\nthe agent's log:\n\(agent?.log ?? "-")"
+        ) {
             restored = try freshDirectory()
             let result = try await runner.run("restore", ["--sessions-dir", restored, "--all"])
             guard result.termination == .exited(0) else {
