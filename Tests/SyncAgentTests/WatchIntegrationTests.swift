@@ -37,6 +37,11 @@ struct WatchIntegrationTests {
             #expect(!FileManager.default.fileExists(atPath: "\(restored)/\(session)/creds.json.tmp"))
         }
         try expectPrivateModes(restored)
+        // Object keys carry the session id only, never a file name from inside the session.
+        let keys = try await bucket.listObjects(prefix: "sessions/").objects.map(\.key)
+        #expect(!keys.isEmpty)
+        #expect(keys.allSatisfy { !$0.contains("creds") && !$0.contains("key") && !$0.contains("1555") }, "\(keys)")
+        #expect(!agent.log.contains(runner.environment["SESSION_ENCRYPTION_KEY"]!))
         #expect(agent.process.isRunning)
         #expect(try await agent.terminate() == .exited(0))
     }
@@ -123,11 +128,13 @@ struct WatchIntegrationTests {
         let first = try runner.watch(workspace.sessions, ["--quiet-period", "50ms", "--max-delay", "200ms"])
         try await first.waitUntilWatching()
 
-        // A burst of writes keeps uploads in flight; the kill lands in the middle of them.
+        // A steady burst of writes keeps uploads in flight (one every --max-delay); the kill
+        // lands in the middle of them, once the burst's first upload is through.
         let directory = workspace.session("medium")
         for index in 0..<120 {
             try write(#"{"keyData":"\#(randomHex(64))","n":\#(index)}"#, to: "\(directory)/sender-key-burst-\(index).json")
-            if index == 60 { try await first.waitForLog("] uploaded") }
+            if index == 60 { try await first.waitForLog("] uploaded", count: 3) }
+            try await Task.sleep(for: .milliseconds(5))
         }
         try await first.process.kill()
         #expect(first.process.exitStatus == .signaled(SIGKILL))
@@ -193,6 +200,7 @@ struct WatchIntegrationTests {
         #expect(firstLines[fencedAt...].compactMap(UploadLine.init).isEmpty, "\(first.log)")
         #expect(first.process.isRunning)
         #expect(!second.uploads.isEmpty)
+        #expect(!second.log.contains("claimed by another agent"), "\(second.log)")
         #expect(try await second.terminate() == .exited(0))
         _ = try await first.terminate()
     }
@@ -287,7 +295,7 @@ struct WatchIntegrationTests {
         let plainFile = workspace.logs + "/not-a-directory"
         try write("", to: plainFile)
 
-        let cases: [(String, SyncAgentRunner, String, String)] = [
+        var cases: [(String, SyncAgentRunner, String, String)] = [
             ("unknown --mode", unknownMode, workspace.sessions, "unknown mode \"clowd\""),
             ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
             ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
@@ -295,6 +303,13 @@ struct WatchIntegrationTests {
             ("a missing sessions root", local, workspace.logs + "/no-such-dir", "cannot read the sessions directory"),
             ("a sessions root that is a file", local, plainFile, "cannot read the sessions directory"),
         ]
+        // Root reads any directory whatever its mode.
+        if geteuid() != 0 {
+            let unreadable = workspace.logs + "/unreadable"
+            try FileManager.default.createDirectory(atPath: unreadable, withIntermediateDirectories: false)
+            chmod(unreadable, 0)
+            cases.append(("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"))
+        }
         for (name, runner, sessions, expected) in cases {
             let agent = try runner.watch(sessions)
             let termination = try await agent.process.waitForExit(timeout: .seconds(60))
