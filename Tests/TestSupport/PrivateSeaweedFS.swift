@@ -1,19 +1,19 @@
 import Foundation
 import Glibc
 import S3Client
+import Synchronization
 
 /// A SeaweedFS of one test's own (`weed mini`, as scripts/lib/s3-servers.sh starts the shared
 /// one), which the test can stop and start again on the same ports and data directory to
 /// simulate an outage. Stopped when released.
-public final class PrivateSeaweedFS: @unchecked Sendable {
+public final class PrivateSeaweedFS: Sendable {
     public let accessKey = "AK" + randomHex(8)
     public let secretKey = randomHex(20)
     public let s3Port: Int
     public var endpoint: String { "http://127.0.0.1:\(s3Port)" }
     private let directory: TemporaryDirectory
     private let ports: [String: Int]
-    private let lock = NSLock()
-    private var server: ChildProcess?
+    private let server = Mutex<ChildProcess?>(nil)
 
     /// Starts the server and waits until it answers.
     public init() async throws {
@@ -37,7 +37,7 @@ public final class PrivateSeaweedFS: @unchecked Sendable {
 
     deinit {
         // Killed and reaped before its data directory goes.
-        server = nil
+        server.withLock { $0 = nil }
     }
 
     /// Starts the server (again) and waits until its S3 port answers.
@@ -52,7 +52,7 @@ public final class PrivateSeaweedFS: @unchecked Sendable {
         let process = try ChildProcess(
             "\(tools)/weed", arguments, environment: ProcessInfo.processInfo.environment,
             standardOutput: directory.file("server.log"), standardError: directory.file("server.log"))
-        lock.withLock { server = process }
+        server.withLock { $0 = process }
         try await waitUntil(timeout: .seconds(60), "SeaweedFS did not start; its log:\n\(log)") {
             guard process.isRunning else { throw ProgramFailure("SeaweedFS exited: \(log)") }
             return isListening(s3Port)
@@ -61,7 +61,7 @@ public final class PrivateSeaweedFS: @unchecked Sendable {
 
     /// Stops the server (SIGTERM, so what it acknowledged is on disk) and waits for its end.
     public func stop() async throws {
-        guard let process = lock.withLock({ server.take() }) else { return }
+        guard let process = server.withLock({ $0.take() }) else { return }
         process.send(SIGTERM)
         do {
             try await process.waitForExit(timeout: .seconds(20))
