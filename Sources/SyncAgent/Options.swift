@@ -11,6 +11,26 @@ func environment(_ names: String...) -> String? {
     return names.lazy.compactMap { values[$0] }.first { !$0.isEmpty }
 }
 
+/// A setting the agent cannot start with. Printed as one line: unlike a `ValidationError`,
+/// ArgumentParser adds no usage text, which would mislead when the value came from the
+/// environment rather than a flag.
+struct ConfigurationError: Error, CustomStringConvertible {
+    enum Reason {
+        case unknownMode
+        case missingKey
+        case missingBucket
+        case unreadableSessionsDirectory
+    }
+
+    let reason: Reason
+    let description: String
+
+    init(_ reason: Reason, _ description: String) {
+        self.reason = reason
+        self.description = description
+    }
+}
+
 /// Where sessions live and where their snapshots go: the options every command shares.
 /// Each flag has an environment variable; the flag wins.
 struct StorageOptions: ParsableArguments {
@@ -50,7 +70,7 @@ struct StorageOptions: ParsableArguments {
         get throws {
             let text = mode ?? environment("SESSION_STORAGE_TYPE") ?? "local"
             guard let mode = StorageMode(rawValue: text.lowercased()) else {
-                throw ValidationError("unknown mode \"\(text)\": use local, cloud or hybrid")
+                throw ConfigurationError(.unknownMode, "unknown mode \"\(text)\": use local, cloud or hybrid")
             }
             return mode
         }
@@ -75,7 +95,7 @@ struct StorageOptions: ParsableArguments {
         let keyring: Keyring
         if keyFile.isEmpty && keyValue == nil {
             guard mode == .local else {
-                throw ValidationError("\(mode.rawValue) mode needs an encryption key: set SESSION_ENCRYPTION_KEY or pass --key-file (make one with `sync-agent keygen`)")
+                throw ConfigurationError(.missingKey, "\(mode.rawValue) mode needs an encryption key: set SESSION_ENCRYPTION_KEY or pass --key-file (make one with `sync-agent keygen`)")
             }
             keyring = try StorageConfiguration.localKeyring(store: resolvedLocalStore)
         } else {
@@ -84,7 +104,7 @@ struct StorageOptions: ParsableArguments {
         var s3: S3Configuration?
         if mode != .local {
             guard let bucket = bucket ?? environment("STORAGE_BUCKET") else {
-                throw ValidationError("\(mode.rawValue) mode needs a bucket: pass --bucket or set STORAGE_BUCKET")
+                throw ConfigurationError(.missingBucket, "\(mode.rawValue) mode needs a bucket: pass --bucket or set STORAGE_BUCKET")
             }
             var configuration = try S3Configuration.resolve(
                 bucket: bucket, endpoint: endpoint, region: region,
@@ -133,7 +153,7 @@ func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
     do {
         names = try FileManager.default.contentsOfDirectory(atPath: root)
     } catch {
-        throw ValidationError("cannot read the sessions directory \(root): \(error.localizedDescription)")
+        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error.localizedDescription)")
     }
     var sessions: [SessionID] = []
     for name in names.sorted() where !name.hasPrefix(".") {

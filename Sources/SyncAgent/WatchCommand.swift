@@ -57,7 +57,7 @@ struct WatchCommand: AsyncParsableCommand {
         let (settings, shutdownTimeout) = try settings()
         let root = storage.resolvedSessionsDir
         guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
-            throw ValidationError("cannot read the sessions directory \(root)")
+            throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
         let configuration = try storage.storageConfiguration()
         let store = try configuration.openStore(logger: logger)

@@ -33,7 +33,11 @@ public struct WatchSettings: Sendable {
 public actor SyncService {
     private struct Session {
         let replicator: SessionReplicator
+        /// Changed since its last upload started: needs (another) upload.
         var pending = false
+        /// In `waiting`. Not the same as `pending`: a failed or unsettled upload leaves the
+        /// session pending but waiting for its retry, not queued.
+        var queued = false
         var running = false
         var failures = 0
         var retry: Task<Void, Never>?
@@ -72,10 +76,16 @@ public actor SyncService {
         // The watcher's first event is a rescan once every watch is in place, so changes
         // made while no agent ran are uploaded and none made during the scan is missed.
         let watcher = try SessionWatcher(root: root, configuration: settings.watcher)
-        await withTaskCancellationHandler {
+        // Not a child task: iterating an AsyncStream in a cancelled task ends the stream at
+        // once, dropping the pending changes `stop()` reports on its way out (SIGTERM exited
+        // 0 "every change uploaded" without them). This task ends when the stream finishes.
+        let events = Task {
             for await event in watcher.events {
                 handle(event)
             }
+        }
+        await withTaskCancellationHandler {
+            await events.value
         } onCancel: {
             watcher.stop()
         }
@@ -132,16 +142,22 @@ public actor SyncService {
         guard !entry.fenced else { return }
         entry.retry?.cancel()
         entry.retry = nil
-        let alreadyQueued = entry.pending
         entry.pending = true
         sessions[id] = entry
-        if !entry.running && !alreadyQueued { waiting.append(id) }
+        if !entry.running { enqueue(id) }
         startWaiting()
+    }
+
+    private func enqueue(_ id: SessionID) {
+        guard sessions[id]?.queued == false else { return }
+        sessions[id]?.queued = true
+        waiting.append(id)
     }
 
     private func startWaiting() {
         while runningCount < settings.concurrency, !waiting.isEmpty {
             let id = waiting.removeFirst()
+            sessions[id]?.queued = false
             guard var entry = sessions[id], entry.pending, !entry.running else { continue }
             entry.pending = false
             entry.running = true
@@ -194,7 +210,7 @@ public actor SyncService {
                 self.schedule(id)
             }
         } else if sessions[id]?.pending == true {
-            waiting.append(id)
+            enqueue(id)
         }
         startWaiting()
         if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
@@ -245,7 +261,7 @@ public actor SyncService {
         for (id, entry) in sessions where entry.retry != nil {
             entry.retry?.cancel()
             sessions[id]?.retry = nil
-            if !entry.running { waiting.append(id) }
+            if !entry.running { enqueue(id) }
         }
         startWaiting()
         let deadline = Task {

@@ -1,0 +1,454 @@
+import Foundation
+import Glibc
+import S3Client
+import TestSupport
+import Testing
+
+/// The real `sync-agent watch` binary on real directories (inotify) and real stores (SeaweedFS;
+/// a private SeaweedFS where the test stops the server). Every wait polls for a condition with
+/// a generous bound; nothing here measures speed.
+@Suite("watch: the agent end to end")
+struct WatchIntegrationTests {
+    // MARK: - Replication
+
+    @Test func createdRewrittenAndDeletedFilesRestoreToExactlyTheDirectory() async throws {
+        let workspace = try Workspace(sessions: ["small", "medium"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket)
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching(uploadedAtStart: 2)
+
+        for session in ["small", "medium"] {
+            let directory = workspace.session(session)
+            try write(#"{"noiseKey":{"private":"\#(randomHex(32))"}}"#, to: "\(directory)/creds.json")
+            try write(#"{"keyData":"\#(randomHex(16))"}"#, to: "\(directory)/app-state-sync-key-NEW.json")
+            try write(bytes: randomBytes(3000), to: "\(directory)/session-blob.bin")
+            try FileManager.default.createDirectory(atPath: "\(directory)/keys", withIntermediateDirectories: true)
+            try write(#"{"nested":true}"#, to: "\(directory)/keys/nested.json")
+            for name in try sortedFiles(directory).filter({ $0.hasPrefix("pre-key-") }).prefix(5) {
+                try FileManager.default.removeItem(atPath: "\(directory)/\(name)")
+            }
+            // A writer's temporary is never part of the session.
+            try write("{}", to: "\(directory)/creds.json.tmp")
+        }
+
+        let restored = try await workspace.waitUntilStoreMatches(runner, ignoring: ["creds.json.tmp"], agent: agent)
+        for session in ["small", "medium"] {
+            #expect(!FileManager.default.fileExists(atPath: "\(restored)/\(session)/creds.json.tmp"))
+        }
+        try expectPrivateModes(restored)
+        // Object keys carry the session id only, never a file name from inside the session.
+        let keys = try await bucket.listObjects(prefix: "sessions/").objects.map(\.key)
+        #expect(!keys.isEmpty)
+        #expect(keys.allSatisfy { !$0.contains("creds") && !$0.contains("key") && !$0.contains("1555") }, "\(keys)")
+        #expect(!agent.log.contains(runner.environment["SESSION_ENCRYPTION_KEY"]!))
+        #expect(agent.process.isRunning)
+        #expect(try await agent.terminate() == .exited(0))
+    }
+
+    /// Baileys truncates and writes without fsync; the agent must only ever capture whole files.
+    @Test func aTornCredsFileNeverReachesASnapshot() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket)
+        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "250ms"])
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+
+        let directory = workspace.session("small")
+        let creds = "\(directory)/creds.json"
+        var versions: Set<[UInt8]> = [try readBytes(creds)]
+        for version in 0..<10 {
+            let content = Array(#"{"version":\#(version),"noiseKey":{"private":"\#(randomHex(1500))"},"registered":true}"#.utf8)
+            versions.insert(content)
+            let half = content.count / 2
+            if version.isMultiple(of: 2) {
+                // Closed half-written: the agent is told and reads it once the quiet period is over.
+                try writeRaw(content[..<half], to: creds, flags: O_TRUNC)
+                try await Task.sleep(for: .milliseconds(300))
+                try writeRaw(content[half...], to: creds, flags: O_APPEND)
+            } else {
+                // Half-written and still open while another file of the session settles.
+                let descriptor = open(creds, O_WRONLY | O_TRUNC | O_CLOEXEC)
+                #expect(descriptor >= 0)
+                try writeAll(descriptor, content[..<half])
+                try write(#"{"keyData":"\#(randomHex(8))"}"#, to: "\(directory)/app-state-sync-key-\(version).json")
+                try await Task.sleep(for: .milliseconds(300))
+                try writeAll(descriptor, content[half...])
+                close(descriptor)
+            }
+            try await Task.sleep(for: .milliseconds(150))
+        }
+        _ = try await workspace.waitUntilStoreMatches(runner, agent: agent)
+
+        let snapshots = agent.uploads.filter { $0.session == "small" }.map(\.snapshot)
+        #expect(snapshots.count >= 2)
+        for snapshot in snapshots {
+            let target = try workspace.freshDirectory()
+            try await runner.restore(into: target, ["--snapshot", snapshot, "small"])
+            let restored = try readBytes("\(target)/small/creds.json")
+            #expect(
+                (try? JSONSerialization.jsonObject(with: Data(restored))) != nil,
+                "snapshot \(snapshot) holds a creds.json that does not parse")
+            #expect(versions.contains(restored), "snapshot \(snapshot) holds a creds.json never written whole")
+        }
+        #expect(try await agent.terminate() == .exited(0))
+    }
+
+    // MARK: - Outages and crashes
+
+    @Test func changesMadeWhileTheServerIsDownArriveWhenItIsBack() async throws {
+        let server = try await PrivateSeaweedFS()
+        let workspace = try Workspace(sessions: ["small"])
+        let bucket = try await server.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket, server: server)
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+
+        try await server.stop()
+        let directory = workspace.session("small")
+        for round in 0..<3 {
+            try write(#"{"round":\#(round),"me":"\#(randomHex(8))"}"#, to: "\(directory)/creds.json")
+            try write(#"{"keyData":"\#(randomHex(8))"}"#, to: "\(directory)/app-state-sync-key-outage-\(round).json")
+            try FileManager.default.removeItem(atPath: "\(directory)/\(try sortedFiles(directory).first { $0.hasPrefix("pre-key-") }!)")
+            if round == 0 { try await agent.waitForLog("upload failed; will retry") }
+            try await Task.sleep(for: .milliseconds(700))
+        }
+        #expect(agent.process.isRunning)
+
+        try await server.start()
+        _ = try await workspace.waitUntilStoreMatches(runner, timeout: .seconds(120), agent: agent)
+        #expect(agent.process.isRunning, "the agent exited during the outage: \(agent.log)")
+        #expect(try await agent.terminate() == .exited(0))
+    }
+
+    @Test func anAgentKilledMidUploadCatchesUpOnRestart() async throws {
+        let workspace = try Workspace(sessions: ["medium", "small"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket)
+        let first = try runner.watch(workspace.sessions, ["--quiet-period", "50ms", "--max-delay", "200ms"])
+        try await first.waitUntilWatching()
+
+        // A steady burst of writes keeps uploads in flight (one every --max-delay); the kill
+        // lands in the middle of them, once the burst's first upload is through.
+        let directory = workspace.session("medium")
+        for index in 0..<120 {
+            try write(#"{"keyData":"\#(randomHex(64))","n":\#(index)}"#, to: "\(directory)/sender-key-burst-\(index).json")
+            if index == 60 { try await first.waitForLog("] uploaded", count: 3) }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try await first.process.kill()
+        #expect(first.process.exitStatus == .signaled(SIGKILL))
+
+        // While no agent runs.
+        try write(#"{"me":"\#(randomHex(8))"}"#, to: "\(directory)/creds.json")
+        for index in stride(from: 0, to: 120, by: 3) {
+            try FileManager.default.removeItem(atPath: "\(directory)/sender-key-burst-\(index).json")
+        }
+        try write(#"{"offline":true}"#, to: "\(workspace.session("small"))/offline.json")
+
+        let second = try runner.watch(workspace.sessions)
+        _ = try await workspace.waitUntilStoreMatches(runner, agent: second)
+        #expect(second.process.isRunning)
+        #expect(try await second.terminate() == .exited(0))
+    }
+
+    // MARK: - Fencing
+
+    enum SharedStore: String, CaseIterable, CustomTestStringConvertible {
+        case filesystem
+        case seaweedFS
+        var testDescription: String { rawValue }
+    }
+
+    @Test(arguments: SharedStore.allCases)
+    func aSecondAgentFencesTheFirstAndNewerStateIsNeverOverwritten(_ shared: SharedStore) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let runner: SyncAgentRunner
+        let headVersion: @Sendable () async throws -> String
+        switch shared {
+        case .filesystem:
+            let store = try workspace.freshDirectory()
+            runner = .local(store: store, logDirectory: workspace.logs)
+            headVersion = { try readBytes("\(store)/sessions/small/head").description }
+        case .seaweedFS:
+            let bucket = try await TestS3Server.seaweedFS.freshBucket()
+            runner = try await workspace.cloudRunner(on: bucket)
+            headVersion = { try await bucket.headObject(key: "sessions/small/head").etag }
+        }
+        let first = try runner.watch(workspace.sessions)
+        try await first.waitUntilWatching(uploadedAtStart: 1)
+        let firstHead = try await headVersion()
+
+        let second = try runner.watch(workspace.sessions)
+        // The second agent claims the session at start (a new head generation), uploading nothing.
+        try await waitUntil("the second agent never claimed the session") { try await headVersion() != firstHead }
+
+        let directory = workspace.session("small")
+        try write(#"{"after":"second-start","me":"\#(randomHex(8))"}"#, to: "\(directory)/creds.json")
+        try await first.waitForLog("session claimed by another agent")
+        for round in 0..<3 {
+            try write(#"{"keyData":"\#(randomHex(8))"}"#, to: "\(directory)/app-state-sync-key-fenced-\(round).json")
+            try write(#"{"round":\#(round),"me":"\#(randomHex(8))"}"#, to: "\(directory)/creds.json")
+            try await Task.sleep(for: .milliseconds(400))
+        }
+        _ = try await workspace.waitUntilStoreMatches(runner, agent: second)
+
+        // Fenced is loud, and final: the first agent uploads nothing after it.
+        let firstLines = first.logLines
+        let fencedAt = try #require(firstLines.firstIndex { $0.contains("session claimed by another agent") })
+        #expect(firstLines[fencedAt].contains("session=small"))
+        #expect(firstLines[fencedAt...].compactMap(UploadLine.init).isEmpty, "\(first.log)")
+        #expect(first.process.isRunning)
+        #expect(!second.uploads.isEmpty)
+        #expect(!second.log.contains("claimed by another agent"), "\(second.log)")
+        #expect(try await second.terminate() == .exited(0))
+        _ = try await first.terminate()
+    }
+
+    // MARK: - Shutdown
+
+    @Test func sigtermFlushesPendingChangesAndExitsZero() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket)
+        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "3s", "--max-delay", "10s"])
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+
+        try write(#"{"pending":"\#(randomHex(8))"}"#, to: "\(workspace.session("small"))/creds.json")
+        try write(#"{"pending":true}"#, to: "\(workspace.session("small"))/app-state-sync-key-pending.json")
+        #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
+        #expect(agent.uploads.count == 2, "\(agent.log)")
+        #expect(agent.log.contains("stopped; every change uploaded"))
+
+        let restored = try workspace.freshDirectory()
+        try await runner.restore(into: restored)
+        try expectSameTree(restored, workspace.sessions)
+    }
+
+    @Test func sigtermWithTheStoreDownExitsNonZeroNamingTheUnflushedSession() async throws {
+        let server = try await PrivateSeaweedFS()
+        let workspace = try Workspace(sessions: ["small"], renamedTo: ["small": "session-left-behind"])
+        let bucket = try await server.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket, server: server)
+        let agent = try runner.watch(
+            workspace.sessions, ["--quiet-period", "3s", "--max-delay", "10s", "--shutdown-timeout", "1s"])
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+
+        try await server.stop()
+        try write(#"{"pending":"\#(randomHex(8))"}"#, to: "\(workspace.session("session-left-behind"))/creds.json")
+        let termination = try await agent.terminate()
+        #expect(termination != .exited(0))
+        let summary = try #require(agent.logLines.last { $0.contains("stopped with changes not uploaded") }, "\(agent.log)")
+        #expect(summary.contains("session-left-behind"))
+    }
+
+    // MARK: - Logout
+
+    @Test func aRemovedSessionIsTombstonedAndRestoreLeavesItGone() async throws {
+        let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["small": "logged-out"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let runner = try await workspace.cloudRunner(on: bucket)
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching(uploadedAtStart: 2)
+
+        try FileManager.default.removeItem(atPath: workspace.session("logged-out"))
+        try await agent.waitForLog("session directory removed")
+        #expect(agent.logLines.contains { $0.contains("session directory removed") && $0.contains("session=logged-out") && $0.contains("on_delete=tombstone") })
+
+        let target = try workspace.freshDirectory()
+        let single = try await runner.run("restore", ["--sessions-dir", target, "--json", "logged-out"])
+        #expect(single.termination == .exited(4), "\(single.standardError)")
+        let report = try JSONSerialization.jsonObject(with: Data(single.standardOutput.utf8)) as? [String: Any]
+        let failed = try #require(report?["failedSessions"] as? [[String: Any]])
+        #expect(failed.count == 1)
+        #expect(failed.first?["sessionId"] as? String == "logged-out")
+        #expect(failed.first?["reason"] as? String == "logged_out")
+        #expect(!FileManager.default.fileExists(atPath: "\(target)/logged-out"))
+
+        // With a live session beside it: some failed (3), and still only the live one comes back.
+        let all = try await runner.run("restore", ["--sessions-dir", target, "--all"])
+        #expect(all.termination == .exited(3), "\(all.standardError)")
+        #expect(try sortedFiles(target) == ["medium"])
+        try expectSameTree("\(target)/medium", workspace.session("medium"))
+        #expect(try await agent.terminate() == .exited(0))
+    }
+
+    // MARK: - Start-up checks
+
+    @Test func badStartUpValuesStopTheAgentWithOneClearLineBeforeItTouchesAnything() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let cloud = try await workspace.cloudRunner(on: bucket)
+        let before = try tree(workspace.sessions)
+        let untouchedStore = workspace.logs + "/never-created-store"
+        var noKey = cloud
+        noKey.environment["SESSION_ENCRYPTION_KEY"] = nil
+        var missingBucket = cloud
+        missingBucket.storeArguments[missingBucket.storeArguments.firstIndex(of: bucket.configuration.bucket)!] =
+            "no-such-bucket-" + randomHex(4)
+        let local = SyncAgentRunner.local(store: untouchedStore, logDirectory: workspace.logs)
+        var modeFromEnvironment = local
+        modeFromEnvironment.storeArguments = ["--local-store", untouchedStore]
+        modeFromEnvironment.environment["SESSION_STORAGE_TYPE"] = "clowd"
+        var unknownMode = local
+        unknownMode.storeArguments = ["--mode", "clowd", "--local-store", untouchedStore]
+        let plainFile = workspace.logs + "/not-a-directory"
+        try write("", to: plainFile)
+
+        var cases: [(String, SyncAgentRunner, String, String)] = [
+            ("unknown --mode", unknownMode, workspace.sessions, "unknown mode \"clowd\""),
+            ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
+            ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
+            ("a bucket that does not exist", missingBucket, workspace.sessions, "does not exist"),
+            ("a missing sessions root", local, workspace.logs + "/no-such-dir", "cannot read the sessions directory"),
+            ("a sessions root that is a file", local, plainFile, "cannot read the sessions directory"),
+        ]
+        // Root reads any directory whatever its mode.
+        if geteuid() != 0 {
+            let unreadable = workspace.logs + "/unreadable"
+            try FileManager.default.createDirectory(atPath: unreadable, withIntermediateDirectories: false)
+            chmod(unreadable, 0)
+            cases.append(("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"))
+        }
+        for (name, runner, sessions, expected) in cases {
+            let agent = try runner.watch(sessions)
+            let termination = try await agent.process.waitForExit(timeout: .seconds(60))
+            #expect(termination != .exited(0), "\(name)")
+            let lines = agent.logLines
+            #expect(lines.count == 1, "\(name): \(agent.log)")
+            #expect(lines.first?.contains(expected) == true, "\(name): \(agent.log)")
+            #expect(!agent.log.contains(cloud.environment["SESSION_ENCRYPTION_KEY"]!), "\(name) leaked the key")
+        }
+        #expect(!FileManager.default.fileExists(atPath: untouchedStore))
+        #expect(try await bucket.listObjects().objects.isEmpty)
+        #expect(try tree(workspace.sessions) == before)
+    }
+}
+
+// MARK: - Workspace
+
+/// A temporary sessions root filled from fixtures/sessions, with room for logs and restores.
+struct Workspace {
+    let directory: TemporaryDirectory
+    var sessions: String { directory.file("sessions") }
+    var logs: String { directory.file("logs") }
+
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("fixtures/sessions").path
+
+    init(sessions fixtures: [String], renamedTo names: [String: String] = [:]) throws {
+        directory = try TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: directory.file("sessions"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory.file("logs"), withIntermediateDirectories: true)
+        for fixture in fixtures {
+            try FileManager.default.copyItem(
+                atPath: "\(Self.fixtures)/\(fixture)", toPath: "\(sessions)/\(names[fixture] ?? fixture)")
+        }
+    }
+
+    func session(_ name: String) -> String { "\(sessions)/\(name)" }
+
+    func freshDirectory() throws -> String {
+        let path = directory.file("fresh-\(randomHex(6))")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
+        return path
+    }
+
+    func cloudRunner(on bucket: S3Client, server: PrivateSeaweedFS? = nil) async throws -> SyncAgentRunner {
+        try await .cloud(
+            endpoint: try server?.endpoint ?? TestS3Server.seaweedFS.endpoint, bucket: bucket.configuration.bucket,
+            accessKey: try server?.accessKey ?? TestS3Server.seaweedFS.accessKey,
+            secretKey: try server?.secretKey ?? TestS3Server.seaweedFS.secretKey, logDirectory: logs)
+    }
+
+    /// Restores every session into fresh directories until one equals the sessions root (minus
+    /// `ignoring`, names the agent must leave out); returns it.
+    func waitUntilStoreMatches(
+        _ runner: SyncAgentRunner, ignoring ignored: Set<String> = [], timeout: Duration = .seconds(90),
+        agent: RunningAgent? = nil
+    ) async throws -> String {
+        var last = ""
+        var restored = ""
+        try await waitUntil(
+            timeout: timeout, every: .milliseconds(300),
+            "the store never matched the directory: \(last)\nthe agent's log:\n\(agent?.log ?? "-")"
+        ) {
+            restored = try freshDirectory()
+            let result = try await runner.run("restore", ["--sessions-dir", restored, "--all"])
+            guard result.termination == .exited(0) else {
+                last = "restore: \(result.termination) \(result.standardError)"
+                return false
+            }
+            let expected = try tree(sessions).filter { !ignored.contains(($0.key as NSString).lastPathComponent) }
+            let actual = try tree(restored)
+            last = "differs in \(Set(expected.keys).symmetricDifference(actual.keys).sorted()) and contents of \(expected.filter { actual[$0.key] != nil && actual[$0.key] != $0.value }.keys.sorted())"
+            return actual == expected
+        }
+        return restored
+    }
+}
+
+// MARK: - Files
+
+/// Every file under `root` (relative path → bytes), directories as "path/".
+func tree(_ root: String) throws -> [String: [UInt8]] {
+    var files: [String: [UInt8]] = [:]
+    guard let enumerator = FileManager.default.enumerator(atPath: root) else { throw ProgramFailure("cannot list \(root)") }
+    while let name = enumerator.nextObject() as? String {
+        var isDirectory: ObjCBool = false
+        _ = FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory)
+        files[isDirectory.boolValue ? name + "/" : name] = isDirectory.boolValue ? [] : try readBytes("\(root)/\(name)")
+    }
+    return files
+}
+
+func expectSameTree(_ actual: String, _ expected: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let actualTree = try tree(actual)
+    let expectedTree = try tree(expected)
+    #expect(actualTree.keys.sorted() == expectedTree.keys.sorted(), sourceLocation: sourceLocation)
+    for (name, bytes) in expectedTree where actualTree[name] != nil {
+        #expect(actualTree[name] == bytes, "\(name) differs", sourceLocation: sourceLocation)
+    }
+}
+
+/// Restored session files are 0600 and their directories 0700.
+func expectPrivateModes(_ root: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    for name in try tree(root).keys {
+        let mode = try #require(FileManager.default.attributesOfItem(atPath: "\(root)/\(name)")[.posixPermissions] as? Int)
+        #expect(mode == (name.hasSuffix("/") ? 0o700 : 0o600), "\(name) is \(String(mode, radix: 8))", sourceLocation: sourceLocation)
+    }
+}
+
+func sortedFiles(_ directory: String) throws -> [String] {
+    try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+}
+
+func readBytes(_ path: String) throws -> [UInt8] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw ProgramFailure("cannot read \(path)") }
+    return [UInt8](data)
+}
+
+/// Rewrites in place as Baileys does (open with O_TRUNC, write, close; no rename, no fsync).
+func write(_ text: String, to path: String) throws {
+    try write(bytes: Array(text.utf8), to: path)
+}
+
+func write(bytes: [UInt8], to path: String) throws {
+    try writeRaw(bytes[...], to: path, flags: O_TRUNC)
+}
+
+func writeRaw(_ bytes: ArraySlice<UInt8>, to path: String, flags: Int32) throws {
+    let descriptor = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0o644)
+    guard descriptor >= 0 else { throw ProgramFailure("cannot open \(path): \(String(cString: strerror(errno)))") }
+    defer { close(descriptor) }
+    try writeAll(descriptor, bytes)
+}
+
+func writeAll(_ descriptor: Int32, _ bytes: ArraySlice<UInt8>) throws {
+    var rest = bytes
+    while !rest.isEmpty {
+        let written = rest.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+        guard written > 0 else { throw ProgramFailure("write failed: \(String(cString: strerror(errno)))") }
+        rest = rest.dropFirst(written)
+    }
+}

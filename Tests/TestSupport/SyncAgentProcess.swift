@@ -1,0 +1,146 @@
+import Foundation
+import Glibc
+
+/// Runs the real `sync-agent` binary, which SwiftPM builds next to the test bundle.
+public struct SyncAgentRunner: Sendable {
+    /// Flags and environment naming the store (mode, bucket, endpoint, credentials, key).
+    public var storeArguments: [String]
+    public var environment: [String: String]
+    /// Where each run leaves its standard output and error.
+    public let logDirectory: String
+
+    public init(storeArguments: [String], environment: [String: String], logDirectory: String) {
+        self.storeArguments = storeArguments
+        self.environment = environment
+        self.logDirectory = logDirectory
+    }
+
+    /// `--mode cloud` on an S3 server, with a new encryption key.
+    public static func cloud(
+        endpoint: String, bucket: String, accessKey: String, secretKey: String, logDirectory: String
+    ) async throws -> SyncAgentRunner {
+        SyncAgentRunner(
+            storeArguments: ["--mode", "cloud", "--bucket", bucket, "--endpoint", endpoint],
+            environment: [
+                "SESSION_ENCRYPTION_KEY": try await newEncryptionKey(logDirectory: logDirectory),
+                "AWS_ACCESS_KEY_ID": accessKey, "AWS_SECRET_ACCESS_KEY": secretKey,
+            ],
+            logDirectory: logDirectory)
+    }
+
+    /// `--mode local` on a filesystem store (its key kept in the store).
+    public static func local(store: String, logDirectory: String) -> SyncAgentRunner {
+        SyncAgentRunner(storeArguments: ["--mode", "local", "--local-store", store], environment: [:], logDirectory: logDirectory)
+    }
+
+    public static var binaryPath: String {
+        get throws {
+            if let path = ProcessInfo.processInfo.environment["SYNC_AGENT_BINARY"] { return path }
+            // The test bundle (an executable on Linux) sits in .build/<triple>/debug beside the agent.
+            let bundle = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            let path = bundle.deletingLastPathComponent().appendingPathComponent("sync-agent").path
+            guard FileManager.default.isExecutableFile(atPath: path) else {
+                throw ProgramFailure("no sync-agent binary at \(path): build it (swift build) or set SYNC_AGENT_BINARY")
+            }
+            return path
+        }
+    }
+
+    /// The test runner's environment without anything the agent reads, plus `extra`.
+    public static func cleanEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
+        let read = ["SESSION_", "STORAGE_", "SESSIONS_DIR", "SYNC_AGENT_", "AWS_", "MINIO_", "GRACEFUL_SHUTDOWN_TIMEOUT"]
+        var environment = ProcessInfo.processInfo.environment.filter { name, _ in !read.contains { name.hasPrefix($0) } }
+        environment.merge(extra) { $1 }
+        return environment
+    }
+
+    public static func newEncryptionKey(logDirectory: String) async throws -> String {
+        let result = try await ChildProcess.run(
+            try binaryPath, ["keygen"], environment: cleanEnvironment(), outputIn: logDirectory)
+        guard result.termination == .exited(0) else { throw ProgramFailure("keygen: \(result.standardError)") }
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Starts `sync-agent watch` on `sessionsDirectory` with these store options plus `options`.
+    public func watch(_ sessionsDirectory: String, _ options: [String] = []) throws -> RunningAgent {
+        let name = "watch-\(randomHex(4))"
+        let process = try ChildProcess(
+            try Self.binaryPath, ["watch", "--sessions-dir", sessionsDirectory] + storeArguments + options,
+            environment: Self.cleanEnvironment(environment),
+            standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
+        return RunningAgent(process)
+    }
+
+    /// Runs another subcommand (`restore`, `backup`) to its end.
+    public func run(_ subcommand: String, _ arguments: [String]) async throws
+        -> (termination: Termination, standardOutput: String, standardError: String)
+    {
+        try await ChildProcess.run(
+            try Self.binaryPath, [subcommand] + storeArguments + arguments,
+            environment: Self.cleanEnvironment(environment), outputIn: logDirectory, timeout: .seconds(120))
+    }
+
+    /// `restore --all` (or the given arguments) into `sessionsDirectory`; fails unless it exits 0.
+    public func restore(into sessionsDirectory: String, _ arguments: [String] = ["--all"]) async throws {
+        let result = try await run("restore", ["--sessions-dir", sessionsDirectory] + arguments)
+        guard result.termination == .exited(0) else {
+            throw ProgramFailure("restore \(arguments) ended with \(result.termination): \(result.standardError)")
+        }
+    }
+}
+
+/// A running `sync-agent watch`, its log on standard error.
+public final class RunningAgent: Sendable {
+    public let process: ChildProcess
+
+    init(_ process: ChildProcess) { self.process = process }
+
+    public var log: String { process.standardError }
+    public var logLines: [String] { log.split(separator: "\n").map(String.init) }
+
+    /// The agent's "uploaded" lines, oldest first.
+    public var uploads: [UploadLine] { logLines.compactMap(UploadLine.init) }
+
+    /// Waits for a log line containing `text`, failing early if the agent exits.
+    public func waitForLog(_ text: String, count: Int = 1, timeout: Duration = .seconds(60)) async throws {
+        try await waitUntil(timeout: timeout, "no \(count)× \"\(text)\" in the agent's log:\n\(log)") {
+            if log.components(separatedBy: text).count - 1 >= count { return true }
+            if let ended = process.exitStatus { throw ProgramFailure("the agent ended (\(ended)) early; its log:\n\(log)") }
+            return false
+        }
+    }
+
+    /// Waits for the agent to be watching with its start-up comparison done: every session
+    /// under the root uploaded or found unchanged (`uploadedAtStart` upload lines).
+    public func waitUntilWatching(uploadedAtStart: Int = 0, timeout: Duration = .seconds(60)) async throws {
+        try await waitForLog("rescanning every session", timeout: timeout)
+        if uploadedAtStart > 0 { try await waitForLog("] uploaded", count: uploadedAtStart, timeout: timeout) }
+    }
+
+    /// SIGTERM, then the exit status.
+    public func terminate(timeout: Duration = .seconds(60)) async throws -> Termination {
+        process.send(SIGTERM)
+        return try await process.waitForExit(timeout: timeout)
+    }
+}
+
+/// One `info sync-agent.watch: … uploaded` line.
+public struct UploadLine: Sendable, Equatable {
+    public var session: String
+    public var snapshot: String
+    public var kind: String
+    public var bytes: Int
+
+    public init?(_ line: String) {
+        guard line.hasSuffix("] uploaded") else { return nil }
+        var fields: [String: String] = [:]
+        for token in line.split(separator: " ") {
+            guard let equals = token.firstIndex(of: "=") else { continue }
+            fields[String(token[..<equals])] = String(token[token.index(after: equals)...])
+        }
+        guard let session = fields["session"], let snapshot = fields["snapshot"], let kind = fields["kind"],
+              let bytes = fields["bytes"].flatMap(Int.init)
+        else { return nil }
+        (self.session, self.snapshot, self.kind, self.bytes) = (session, snapshot, kind, bytes)
+    }
+}
