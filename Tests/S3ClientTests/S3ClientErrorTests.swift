@@ -50,7 +50,6 @@ struct S3ClientErrorTests {
             credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
         configuration.retry.maxAttempts = 3
         configuration.retry.baseDelay = .milliseconds(1)
-        let started = ContinuousClock.now
         let error = await #expect(throws: S3ClientError.self) {
             try await S3Client(configuration: configuration).getObject(key: "k")
         }
@@ -59,7 +58,6 @@ struct S3ClientErrorTests {
             return
         }
         #expect(transport.code == 7)  // CURLE_COULDNT_CONNECT
-        #expect(ContinuousClock.now - started < .seconds(30))
     }
 
     /// A fake server (fault injection only): it promises a body and closes half way.
