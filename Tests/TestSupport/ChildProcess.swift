@@ -42,7 +42,7 @@ public final class ChildProcess: Sendable {
         posix_spawn_file_actions_addopen(&actions, 2, standardError, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         // Descriptors the test process leaked without O_CLOEXEC (another test's pipe) must not
         // live on in a child that outlasts them.
-        closeFrom?(&actions, 3)
+        _ = closeFrom?(&actions, 3)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
