@@ -46,9 +46,7 @@ struct BackupCommand: AsyncParsableCommand {
             }
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
         } else {
             print("backed up \(report.backedUp.count) session(s), \(report.failed.count) failed")
         }

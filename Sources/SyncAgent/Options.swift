@@ -168,3 +168,10 @@ func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
     }
     return sessions
 }
+
+/// Prints a `--json` report on standard output.
+func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}

@@ -60,9 +60,7 @@ struct RestoreCommand: AsyncParsableCommand {
             }
         }
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            try printJSON(report)
         } else {
             for entry in report.recoveredSessions {
                 print("\(entry.sessionId)\t\(entry.status)\t\(entry.snapshot ?? "-")\t\(entry.files) files\t\(entry.bytes) bytes")

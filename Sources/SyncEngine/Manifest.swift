@@ -51,21 +51,34 @@ public struct SnapshotManifest: Codable, Sendable {
         }
     }
 
-    func encoded() throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return Array(try encoder.encode(self))
-    }
+    func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        let manifest = try decoder.decode(SnapshotManifest.self, from: Data(bytes))
+        let manifest = try StoredJSON.decode(SnapshotManifest.self, from: bytes)
         guard manifest.formatVersion == currentFormatVersion else {
             throw SnapshotError.corrupt("manifest format version \(manifest.formatVersion) is not supported")
         }
         return manifest
+    }
+}
+
+/// The JSON spelling of what sync-agent stores: keys sorted, dates ISO 8601 (FORMAT.md).
+enum StoredJSON {
+    static func encode(_ value: some Encodable) throws -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return Array(try encoder.encode(value))
+    }
+
+    static func decode<Value: Decodable>(_ type: Value.Type, from bytes: [UInt8]) throws -> Value {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        do {
+            return try decoder.decode(type, from: Data(bytes))
+        } catch {
+            throw SnapshotError.corrupt("\(type) does not parse: \(error)")
+        }
     }
 }
 
@@ -98,17 +111,10 @@ public struct SessionHead: Codable, Sendable, Equatable {
 
     public var isTombstoned: Bool { latestKind == .tombstone }
 
-    func encoded() throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return Array(try encoder.encode(self))
-    }
+    func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     static func decode(_ bytes: [UInt8]) throws -> SessionHead {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        let head = try decoder.decode(SessionHead.self, from: Data(bytes))
+        let head = try StoredJSON.decode(SessionHead.self, from: bytes)
         guard head.formatVersion == currentFormatVersion else {
             throw SnapshotError.corrupt("head format version \(head.formatVersion) is not supported")
         }

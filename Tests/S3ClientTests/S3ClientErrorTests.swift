@@ -44,7 +44,7 @@ struct S3ClientErrorTests {
     }
 
     @Test func unreachableEndpointIsATransportErrorAfterBoundedRetries() async throws {
-        let port = try closedPort()
+        let port = try freePort()
         var configuration = S3Configuration(
             endpoint: .init(scheme: "http", host: "127.0.0.1", port: port), bucket: "bucket",
             credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
@@ -103,7 +103,7 @@ struct S3ClientErrorTests {
             "-addext", "subjectAltName=IP:127.0.0.1",
             "-keyout", directory.file("key.pem"), "-out", directory.file("cert.pem"),
         ])
-        let port = try closedPort()
+        let port = try freePort()
         var configuration = S3Configuration(
             endpoint: .init(scheme: "https", host: "127.0.0.1", port: port), bucket: "bucket",
             credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
@@ -117,7 +117,7 @@ struct S3ClientErrorTests {
             "s_server", "-quiet", "-www", "-accept", "127.0.0.1:\(port)",
             "-cert", directory.file("cert.pem"), "-key", directory.file("key.pem"),
         ]) {
-            try await waitForPort(port)
+            try await waitUntil(timeout: .seconds(10), "openssl s_server on port \(port)") { isListening(port) }
             let error = await #expect(throws: S3ClientError.self) { try await S3Client(configuration: untrusting).getObject(key: "k") }
             guard case .transport(let transport) = error else {
                 Issue.record("expected a transport error, got \(String(describing: error))")
@@ -129,41 +129,4 @@ struct S3ClientErrorTests {
             #expect(!page.bytes.isEmpty)
         }
     }
-}
-
-/// A port nothing listens on.
-func closedPort() throws -> Int {
-    let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(socket) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    try withUnsafeMutablePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            guard bind(socket, raw, length) == 0, getsockname(socket, raw, &length) == 0 else {
-                throw ProgramFailure("bind failed")
-            }
-        }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
-func waitForPort(_ port: Int) async throws {
-    for _ in 0..<100 {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
-            }
-        }
-        close(socket)
-        if connected { return }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    throw ProgramFailure("nothing listens on port \(port)")
 }

@@ -152,25 +152,3 @@ public func waitUntil(
         try await Task.sleep(for: interval)
     }
 }
-
-/// Two TCP ports on 127.0.0.1 free now, `port` and `port + 10000` (SeaweedFS puts gRPC there).
-public func freePortPair() throws -> Int {
-    for _ in 0..<200 {
-        let port = Int.random(in: 20000...40000)
-        if isFree(port) && isFree(port + 10000) { return port }
-    }
-    throw ProgramFailure("no free port pair found")
-}
-
-private func isFree(_ port: Int) -> Bool {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard descriptor >= 0 else { return false }
-    defer { close(descriptor) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-}
