@@ -151,8 +151,6 @@ final class WatchLoop {
     private(set) var watchByDirectory: [WatchedDirectory: Int32] = [:]
     /// Session directories seen and not yet found gone: only those can be reported removed.
     private var knownSessions: Set<String> = []
-    /// Watches removed by us (their IN_IGNORED is expected, not a lost watch).
-    private var droppedWatches: Set<Int32> = []
 
     init(
         root: String, configuration: SessionWatcher.Configuration, wakeUp: OwnedDescriptor?,
@@ -225,10 +223,9 @@ final class WatchLoop {
                 } else {
                     handle(event, in: directory, at: now)
                 }
-            } else if event.mask.contains(.ignored) {
-                droppedWatches.remove(event.watch)
             }
-            // Anything else belongs to a watch already dropped: its directory was reconciled then.
+            // Anything else belongs to a watch already dropped (its IN_IGNORED included): the
+            // directory was reconciled then, from what was at its name.
         }
         if let rescan { resynchronize(rescan) }
     }
@@ -312,7 +309,6 @@ final class WatchLoop {
         guard let watch = watchByDirectory[directory] else { return }
         inotify.removeWatch(watch)
         unmap(watch)
-        droppedWatches.insert(watch)
     }
 
     private func unmap(_ watch: Int32) {
