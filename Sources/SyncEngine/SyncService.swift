@@ -237,8 +237,12 @@ public actor SyncService {
         sessions[id] = entry
         let replicator = entry.replicator
         let policy = settings.onDelete
+        let directory = replicator.directory
         Task {
             do {
+                // A restore that falls back to two renames leaves the name missing for an instant;
+                // only a directory still gone now is a logout.
+                guard !FileManager.default.fileExists(atPath: directory) else { return }
                 switch policy {
                 case .keep:
                     return
