@@ -15,10 +15,7 @@ struct BackupCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.backup")
-        let configuration = try storage.storageConfiguration()
-        let store = try configuration.openStore(logger: logger)
-        let sessionStore = SessionStore(store: store, keyring: configuration.keyring)
-        let conditional = try await store.probeConditionalWrites()
+        let opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
         let root = storage.resolvedSessionsDir
         let ids = try sessions.isEmpty
             ? sessionDirectories(in: root, logger: logger)
@@ -30,10 +27,12 @@ struct BackupCommand: AsyncParsableCommand {
         var report = BackupReport()
         for id in ids {
             let replicator = SessionReplicator(
-                session: id, directory: "\(root)/\(id.rawValue)", sessionStore: sessionStore, owner: owner,
-                conditionalWrites: conditional, claimsOwnership: false, logger: logger)
+                session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: owner,
+                conditionalWrites: opened.conditionalWrites, claimsOwnership: false, logger: logger)
             do {
-                switch try await replicator.sync(forceBase: true) {
+                let result = try await replicator.sync(forceBase: true)
+                try await opened.mirror?.mirror(id)
+                switch result {
                 case .uploaded(let snapshot, _, let bytes, _):
                     report.backedUp.append(.init(sessionId: id.rawValue, snapshot: "\(snapshot)", bytes: bytes))
                     logger.info("backed up", metadata: ["session": "\(id)", "snapshot": "\(snapshot)", "bytes": "\(bytes)"])

@@ -141,6 +141,59 @@ struct LoggingOptions: ParsableArguments {
     }
 }
 
+/// The stores of one run, opened and checked: a missing bucket or bad credentials stop the
+/// command here, before it writes anything.
+struct OpenedStorage {
+    let configuration: StorageConfiguration
+    /// Where sessions are committed (and restored from, but in hybrid mode).
+    let primary: SessionStore
+    let conditionalWrites: Bool
+    /// Hybrid mode: the S3 copy behind the local store.
+    let mirror: SessionMirror?
+
+    /// `writes`: probe whether the primary store enforces conditional writes (a write).
+    static func open(_ options: StorageOptions, logger: Logger, writes: Bool) async throws -> OpenedStorage {
+        let configuration = try options.storageConfiguration()
+        let (primaryStore, mirrorStore) = try configuration.openStores(logger: logger)
+        _ = try await primaryStore.list(prefix: "sessions/.sync-agent-check")
+        let conditional = writes ? try await primaryStore.probeConditionalWrites() : true
+        if !conditional {
+            logger.warning("the store ignores conditional writes: fencing is off, two agents on one session could overwrite each other", metadata: ["store": "\(primaryStore.location)"])
+        }
+        var mirror: SessionMirror?
+        if let mirrorStore {
+            var mirrorConditional = true
+            do {
+                _ = try await mirrorStore.list(prefix: "sessions/.sync-agent-check")
+                if writes { mirrorConditional = try await mirrorStore.probeConditionalWrites() }
+            } catch StoreError.unavailable(let reason) {
+                // Hybrid mode exists for this: commit locally now, catch S3 up later.
+                logger.warning("S3 is unreachable; committing to the local store and catching up later", metadata: ["reason": "\(reason)"])
+            }
+            mirror = SessionMirror(
+                local: SessionStore(store: primaryStore, keyring: configuration.keyring),
+                remote: SessionStore(store: mirrorStore, keyring: configuration.keyring),
+                conditionalWrites: mirrorConditional)
+        }
+        return OpenedStorage(
+            configuration: configuration, primary: SessionStore(store: primaryStore, keyring: configuration.keyring),
+            conditionalWrites: conditional, mirror: mirror)
+    }
+
+    /// The store to restore a session from: in hybrid mode, the newer copy.
+    func restoreSource(for session: SessionID) async throws -> SessionStore {
+        guard let mirror else { return primary }
+        return try await mirror.newest(session)
+    }
+
+    /// Every session either store holds.
+    func storedSessions() async throws -> [SessionID] {
+        var sessions = Set(try await primary.sessions())
+        if let mirror { sessions.formUnion(try await mirror.remote.sessions()) }
+        return sessions.sorted()
+    }
+}
+
 /// "host/pid/random": who claimed a session, as a fenced agent's message names it.
 func agentIdentity() -> String {
     let host = ProcessInfo.processInfo.hostName

@@ -32,20 +32,19 @@ struct RestoreCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.restore")
-        let configuration = try storage.storageConfiguration()
-        let sessionStore = SessionStore(store: try configuration.openStore(logger: logger), keyring: configuration.keyring)
+        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
         let root = storage.resolvedSessionsDir
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try DirectorySwap.recoverLeftovers(in: root)
-        let ids = try all ? await sessionStore.sessions() : sessions.map { name in
+        let ids = try all ? await opened.storedSessions() : sessions.map { name in
             guard let id = SessionID(name) else { throw ValidationError("\"\(name)\" is not a valid session id") }
             return id
         }
-        let restorer = SessionRestorer(sessionStore: sessionStore)
         var report = RestoreReport()
         for id in ids {
             let started = ContinuousClock.now
             do {
+                let restorer = SessionRestorer(sessionStore: try await opened.restoreSource(for: id))
                 let outcome = try await restorer.restore(
                     id, into: root, target: snapshot.flatMap(SnapshotID.init(parsing:)), onlyIfMissing: ifMissing)
                 report.record(outcome)

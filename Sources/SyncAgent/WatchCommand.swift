@@ -59,19 +59,14 @@ struct WatchCommand: AsyncParsableCommand {
         guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
             throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
-        let configuration = try storage.storageConfiguration()
-        let store = try configuration.openStore(logger: logger)
-        // Read-only first: a missing bucket or bad credentials stop the agent before it writes.
-        _ = try await store.list(prefix: "sessions/.sync-agent-check")
-        let conditional = try await store.probeConditionalWrites()
-        if !conditional {
-            logger.warning("the store ignores conditional writes: fencing is off, two agents on one session could overwrite each other", metadata: ["store": "\(store.location)"])
-        }
+        let opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
         let sync = SyncService(
-            root: root, sessionStore: SessionStore(store: store, keyring: configuration.keyring), owner: agentIdentity(),
-            conditionalWrites: conditional, settings: settings, logger: logger)
+            root: root, sessionStore: opened.primary, owner: agentIdentity(), conditionalWrites: opened.conditionalWrites,
+            settings: settings, mirror: opened.mirror, logger: logger)
         logger.info("watching", metadata: [
-            "sessions_dir": "\(root)", "mode": "\(configuration.mode.rawValue)", "store": "\(store.location)",
+            "sessions_dir": "\(root)", "mode": "\(opened.configuration.mode.rawValue)",
+            "store": "\(opened.primary.store.location)",
+            "mirror": "\(opened.mirror.map { $0.remote.store.location } ?? "-")",
         ])
         let sidecar = SidecarService(sync: sync, shutdownTimeout: shutdownTimeout)
         let group = ServiceGroup(services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

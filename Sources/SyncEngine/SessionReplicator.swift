@@ -35,6 +35,8 @@ public actor SessionReplicator {
     private let policy: CompactionPolicy
     private let conditionalWrites: Bool
     private let claimsOwnership: Bool
+    /// Hybrid mode: the generation S3 knows, which a claim in the local store must pass.
+    private let remoteGeneration: (@Sendable () async throws -> UInt64?)?
     private let logger: Logger
 
     private var head: (head: SessionHead, etag: String)?
@@ -50,7 +52,8 @@ public actor SessionReplicator {
     public init(
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
-        policy: CompactionPolicy = CompactionPolicy(), logger: Logger
+        policy: CompactionPolicy = CompactionPolicy(),
+        remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, logger: Logger
     ) {
         self.session = session
         self.directory = directory
@@ -60,6 +63,7 @@ public actor SessionReplicator {
         self.policy = policy
         self.conditionalWrites = conditionalWrites
         self.claimsOwnership = claimsOwnership
+        self.remoteGeneration = remoteGeneration
         self.logger = logger
     }
 
@@ -80,7 +84,7 @@ public actor SessionReplicator {
             }
             var claimed = current?.head ?? SessionHead(
                 generation: 0, owner: owner, latest: nil, latestKind: nil, base: nil, updatedAt: Date())
-            claimed.generation += 1
+            claimed.generation = max(claimed.generation, try await generationElsewhere()) + 1
             claimed.owner = owner
             claimed.updatedAt = Date()
             let condition: WriteCondition? =
@@ -94,6 +98,21 @@ public actor SessionReplicator {
             } catch StoreError.preconditionFailed {
                 continue  // another claim landed in between: read the head again and claim over it
             }
+        }
+    }
+
+    /// S3's generation in hybrid mode; while S3 is unreachable, the claim goes ahead locally
+    /// and the mirror finds out later whether another agent took the session meanwhile.
+    private func generationElsewhere() async throws -> UInt64 {
+        guard let remoteGeneration else { return 0 }
+        do {
+            return try await remoteGeneration() ?? 0
+        } catch let error as StoreError {
+            guard case .unavailable = error else { throw error }
+            logger.warning("S3 unreachable while claiming; claiming in the local store", metadata: [
+                "session": "\(session)", "error": "\(error)",
+            ])
+            return 0
         }
     }
 

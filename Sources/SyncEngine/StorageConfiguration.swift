@@ -9,7 +9,7 @@ public enum StorageMode: String, Sendable, CaseIterable {
     case local
     /// S3 (or MinIO, SeaweedFS…) is the only store.
     case cloud
-    /// The local store first, S3 behind it, caught up after outages.
+    /// The local store first, S3 behind it, caught up after outages and restarts.
     case hybrid
 }
 
@@ -31,17 +31,19 @@ public struct StorageConfiguration: Sendable {
         self.keyring = keyring
     }
 
-    /// The store sessions are written to and restored from in this mode.
-    public func openStore(logger: Logger) throws -> any ObjectStore {
+    /// The stores of this mode: where sessions are committed, and in hybrid mode the S3
+    /// store the local store is mirrored to.
+    public func openStores(logger: Logger) throws -> (primary: any ObjectStore, mirror: (any ObjectStore)?) {
         switch mode {
-        case .local:
-            return try FileSystemStore(root: localStore)
-        case .hybrid:
-            throw StoreError.rejected("hybrid mode is not available yet: use local or cloud")
-        case .cloud:
-            guard let s3 else { throw StoreError.rejected("\(mode.rawValue) mode needs a bucket (--bucket or STORAGE_BUCKET)") }
-            return try S3ObjectStore(client: S3Client(configuration: s3, logger: logger), prefix: prefix)
+        case .local: (try FileSystemStore(root: localStore), nil)
+        case .cloud: (try openS3(logger: logger), nil)
+        case .hybrid: (try FileSystemStore(root: localStore), try openS3(logger: logger))
         }
+    }
+
+    private func openS3(logger: Logger) throws -> S3ObjectStore {
+        guard let s3 else { throw StoreError.rejected("\(mode.rawValue) mode needs a bucket (--bucket or STORAGE_BUCKET)") }
+        return try S3ObjectStore(client: S3Client(configuration: s3, logger: logger), prefix: prefix)
     }
 
     /// In local mode an encryption key is optional: without one, the agent keeps its own in

@@ -50,6 +50,8 @@ public actor SyncService {
     private let owner: String
     private let conditionalWrites: Bool
     private let settings: WatchSettings
+    /// Hybrid mode: copies each committed session from the local store to S3.
+    private let mirror: SessionMirror?
     private let logger: Logger
     private var sessions: [SessionID: Session] = [:]
     private var waiting: [SessionID] = []
@@ -58,13 +60,14 @@ public actor SyncService {
 
     public init(
         root: String, sessionStore: SessionStore, owner: String, conditionalWrites: Bool,
-        settings: WatchSettings = WatchSettings(), logger: Logger
+        settings: WatchSettings = WatchSettings(), mirror: SessionMirror? = nil, logger: Logger
     ) {
         self.root = root
         self.sessionStore = sessionStore
         self.owner = owner
         self.conditionalWrites = conditionalWrites
         self.settings = settings
+        self.mirror = mirror
         self.logger = logger
     }
 
@@ -116,6 +119,16 @@ public actor SyncService {
     }
 
     private func rescan() {
+        if mirror != nil {
+            // Sessions whose directories are gone may still have snapshots S3 lacks.
+            Task {
+                do {
+                    for id in try await sessionStore.sessions() { self.schedule(id) }
+                } catch {
+                    logger.error("cannot list the local store", metadata: ["error": "\(error)"])
+                }
+            }
+        }
         do {
             for name in try SessionFiles.sessionIDs(inRoot: root) {
                 if let id = sessionID(name) { schedule(id) }
@@ -127,10 +140,14 @@ public actor SyncService {
 
     private func session(_ id: SessionID) -> Session {
         if let existing = sessions[id] { return existing }
+        var remoteGeneration: (@Sendable () async throws -> UInt64?)?
+        if let mirror {
+            remoteGeneration = { try await mirror.remoteGeneration(id) }
+        }
         let created = Session(replicator: SessionReplicator(
             session: id, directory: "\(root)/\(id.rawValue)", sessionStore: sessionStore, owner: owner,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
-            policy: settings.compaction, logger: logger))
+            policy: settings.compaction, remoteGeneration: remoteGeneration, logger: logger))
         sessions[id] = created
         return created
     }
@@ -172,25 +189,26 @@ public actor SyncService {
         let started = ContinuousClock.now
         var retryAfter: Duration?
         do {
-            // A directory gone since it was scheduled is the removal's business, not an upload's.
-            guard FileManager.default.fileExists(atPath: replicator.directory) else { throw CancellationError() }
-            let unsettled: [String]
-            switch try await replicator.sync() {
-            case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
-                logger.info("uploaded", metadata: [
-                    "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
-                    "duration": "\(ContinuousClock.now - started)",
-                ])
-                unsettled = stillWriting
-            case .unchanged(let stillWriting):
-                unsettled = stillWriting
+            // A directory gone since it was scheduled is the removal's business, not an upload's;
+            // what the local store already holds is still mirrored.
+            if FileManager.default.fileExists(atPath: replicator.directory) {
+                let unsettled: [String]
+                switch try await replicator.sync() {
+                case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
+                    logger.info("uploaded", metadata: [
+                        "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
+                        "duration": "\(ContinuousClock.now - started)",
+                    ])
+                    unsettled = stillWriting
+                case .unchanged(let stillWriting):
+                    unsettled = stillWriting
+                }
+                // Files caught mid-write kept their last good version; look again shortly.
+                if !unsettled.isEmpty { retryAfter = settings.watcher.quietPeriod }
             }
-            // Files caught mid-write kept their last good version; look again shortly.
-            if !unsettled.isEmpty { retryAfter = settings.watcher.quietPeriod }
+            if let mirror { try await mirror.mirror(id) }
             sessions[id]?.failures = 0
             sessions[id]?.lastError = nil
-        } catch is CancellationError {
-            sessions[id]?.pending = false
         } catch let error as SnapshotError {
             if case .fenced = error {
                 sessions[id]?.fenced = true
@@ -248,6 +266,8 @@ public actor SyncService {
                     return
                 case .tombstone:
                     try await replicator.tombstone()
+                    // Later failures to mirror are retried like any upload.
+                    self.schedule(id)
                 case .purge:
                     let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
                     try await sessionStore.store.delete(keys)

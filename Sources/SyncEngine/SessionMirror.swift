@@ -1,0 +1,94 @@
+import Foundation
+import S3Client
+
+/// Hybrid mode's second half: copies what the local store committed for a session to S3,
+/// snapshots first and the head last, so S3 only ever names snapshots it holds. The local
+/// store is the backlog: after an outage or a restart, mirroring a session uploads whatever
+/// S3 is missing, in order.
+public struct SessionMirror: Sendable {
+    public let local: SessionStore
+    public let remote: SessionStore
+    /// Whether the remote honours conditional writes (fencing on the remote head).
+    public let conditionalWrites: Bool
+
+    public init(local: SessionStore, remote: SessionStore, conditionalWrites: Bool) {
+        self.local = local
+        self.remote = remote
+        self.conditionalWrites = conditionalWrites
+    }
+
+    /// The generation S3 knows for the session, so a claim in the local store can go past it.
+    public func remoteGeneration(_ session: SessionID) async throws -> UInt64? {
+        try await remote.head(session)?.head.generation
+    }
+
+    /// Brings S3 up to the local store's committed state of the session. Throws `.fenced`
+    /// when S3's head has a newer generation: another agent owns the session now.
+    public func mirror(_ session: SessionID) async throws {
+        guard let localHead = try await local.head(session)?.head, let latest = localHead.latest,
+            let headObject = try await local.store.get(SessionLayout.headKey(session))
+        else { return }
+        while true {
+            let remoteHead = try await remote.head(session)
+            if let remoteHead, isNewerClaim(remoteHead.head, than: localHead) {
+                throw SnapshotError.fenced(session: session.rawValue, by: remoteHead.head.owner)
+            }
+            if remoteHead?.head == localHead { return }
+
+            let present = Set(try await remote.snapshots(session).map(\.id))
+            let missing = try await local.snapshots(session).filter { $0.id <= latest && !present.contains($0.id) }
+            for entry in missing {
+                let bytes = try await local.snapshotBytes(session, entry)
+                try await remote.putSnapshot(session, entry.id, kind: entry.kind, bytes: bytes)
+            }
+            var condition: WriteCondition?
+            if conditionalWrites {
+                condition = remoteHead.map { .ifMatch(etag: $0.etag) } ?? .ifAbsent
+            }
+            // The head object is copied as stored: same key, same session and name, so it
+            // decrypts the same on both sides.
+            guard try await putHead(headObject.bytes, session: session, condition: condition) else {
+                continue  // S3's head moved since it was read: look again
+            }
+            let kept = Set(try await local.snapshots(session).map(\.id))
+            try await deletePruned(session, keeping: kept, below: latest)
+            return
+        }
+    }
+
+    /// False when the condition failed.
+    private func putHead(_ bytes: [UInt8], session: SessionID, condition: WriteCondition?) async throws(StoreError) -> Bool {
+        do {
+            try await remote.store.put(SessionLayout.headKey(session), bytes: bytes, condition: condition)
+            return true
+        } catch .preconditionFailed {
+            return false
+        }
+    }
+
+    /// Another agent's claim: a newer generation, or the same one by someone else (two
+    /// claims made while S3 was unreachable).
+    private func isNewerClaim(_ remote: SessionHead, than local: SessionHead) -> Bool {
+        remote.generation > local.generation || (remote.generation == local.generation && remote.owner != local.owner)
+    }
+
+    /// Hybrid restores take the newer of the two copies: the higher generation, then the
+    /// later snapshot. Either store failing to answer fails the choice: restoring the older
+    /// copy could resurrect a state the session has moved past.
+    public func newest(_ session: SessionID) async throws -> SessionStore {
+        let localHead = try await local.head(session)?.head
+        guard let remoteHead = try await remote.head(session)?.head else { return local }
+        guard let localHead else { return remote }
+        let localRank = (localHead.generation, localHead.latest?.sequence ?? 0)
+        let remoteRank = (remoteHead.generation, remoteHead.latest?.sequence ?? 0)
+        return remoteRank > localRank ? remote : local
+    }
+
+    /// Snapshots the local store pruned go from S3 too, once S3's head no longer needs them.
+    private func deletePruned(_ session: SessionID, keeping kept: Set<SnapshotID>, below latest: SnapshotID) async throws {
+        let doomed = try await remote.snapshots(session)
+            .filter { !kept.contains($0.id) && $0.id.sequence < latest.sequence }
+            .map { SessionLayout.snapshotKey(session, $0.id, kind: $0.kind) }
+        if !doomed.isEmpty { try await remote.store.delete(doomed) }
+    }
+}
