@@ -41,7 +41,6 @@ public actor SyncService {
         var running = false
         var failures = 0
         var retry: Task<Void, Never>?
-        var lastError: String?
         var fenced = false
     }
 
@@ -208,7 +207,6 @@ public actor SyncService {
             }
             if let mirror { try await mirror.mirror(id) }
             sessions[id]?.failures = 0
-            sessions[id]?.lastError = nil
         } catch let error as SnapshotError {
             if case .fenced = error {
                 sessions[id]?.fenced = true
@@ -238,7 +236,6 @@ public actor SyncService {
     private func failed(_ id: SessionID, _ error: any Error) -> Duration {
         let failures = (sessions[id]?.failures ?? 0) + 1
         sessions[id]?.failures = failures
-        sessions[id]?.lastError = "\(error)"
         sessions[id]?.pending = true
         let ceiling = min(settings.retryMaxDelay, settings.retryBaseDelay * (1 << min(failures - 1, 16)))
         let delay = ceiling / 2 + (ceiling / 2) * Double.random(in: 0...1)
