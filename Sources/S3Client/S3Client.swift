@@ -496,8 +496,12 @@ public final class S3Client: Sendable {
             let available: Int64
             if response.rangeIgnoredByServer {
                 available = Int64(response.header("Content-Length") ?? "") ?? response.bodyLength
-            } else if let total = response.header("Content-Range")?.split(separator: "/").last, let size = Int64(total) {
-                available = size
+            } else if let header = response.header("Content-Range") {
+                // Parts are written where they were asked for, so the answer must start there.
+                guard let answered = ContentRange(parsing: header), answered.first == range.lowerBound else {
+                    throw .integrity("\(resource): asked for bytes \(range), the server sent \(header)")
+                }
+                available = answered.objectSize ?? range.upperBound + 1
             } else {
                 available = range.upperBound + 1
             }
@@ -516,7 +520,7 @@ public final class S3Client: Sendable {
 
     private func objectInfo(key: String, _ response: Response) throws(S3ClientError) -> ObjectInfo {
         let size: Int64
-        if let range = response.curl.header("Content-Range")?.split(separator: "/").last, let total = Int64(range) {
+        if let total = response.curl.header("Content-Range").flatMap(ContentRange.init(parsing:))?.objectSize {
             size = total
         } else if let length = response.curl.header("Content-Length").flatMap({ Int64($0) }) {
             size = length
