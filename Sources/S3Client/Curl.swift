@@ -47,8 +47,9 @@ enum RequestBody: Sendable {
 /// error document can be parsed whatever the destination.
 enum ResponseDestination: Sendable {
     case memory
-    /// Appended to this descriptor; the caller truncates before a retry.
-    case file(fileDescriptor: Int32)
+    /// Written with pwrite from `offset` on, so that parts of one object can be downloaded
+    /// into one file concurrently and a retried part rewrites only its own region.
+    case file(fileDescriptor: Int32, offset: Int64)
 }
 
 struct CurlRequest: Sendable {
@@ -60,6 +61,10 @@ struct CurlRequest: Sendable {
     /// The byte range asked for, so that a server ignoring `Range` (answering 200 with the
     /// whole object, as rclone does) can be detected and the range cut out here.
     var requestedRange: ClosedRange<Int64>?
+    /// Compute the MD5 of a successful body when it is the whole object and its ETag is a
+    /// plain MD5, so that it can be checked; hashing bodies nothing is checked against
+    /// would cost a core for large downloads.
+    var digestsWholeObjectBody: Bool
     var timeouts: S3Configuration.Timeouts
     var tls: S3Configuration.TLS
 }
@@ -71,14 +76,42 @@ struct CurlResponse: Sendable {
     var body: [UInt8]
     /// Bytes delivered to the destination, after any range cut.
     var bodyLength: Int64
-    /// MD5 of the delivered body, for checking against a single-part ETag.
-    var bodyMD5: [UInt8]
+    /// MD5 of the delivered body when `digestsWholeObjectBody` asked for it and the body is
+    /// the whole object with a plain-MD5 ETag.
+    var bodyMD5: [UInt8]?
     /// True when a range was requested and the server answered with the whole object, so
     /// the range was cut out here.
     var rangeIgnoredByServer: Bool
 
     func header(_ name: String) -> String? {
         headers.last { $0.name.caseInsensitiveCompare(name) }?.value
+    }
+}
+
+/// A `Content-Range: bytes first-last/size` header; the size may be `*` (unknown).
+struct ContentRange: Equatable {
+    var first: Int64
+    var last: Int64
+    var objectSize: Int64?
+
+    init(first: Int64, last: Int64, objectSize: Int64?) {
+        self.first = first
+        self.last = last
+        self.objectSize = objectSize
+    }
+
+    init?(parsing text: String) {
+        let trimmed = text.trimmingWhitespace()
+        guard trimmed.lowercased().hasPrefix("bytes ") else { return nil }
+        let spec = trimmed.dropFirst("bytes ".count).split(separator: "/", omittingEmptySubsequences: false)
+        guard spec.count == 2 else { return nil }
+        let bounds = spec[0].split(separator: "-", omittingEmptySubsequences: false)
+        guard bounds.count == 2, let first = Int64(bounds[0]), let last = Int64(bounds[1]), first <= last else {
+            return nil
+        }
+        let size = Int64(spec[1])
+        guard spec[1] == "*" || size.map({ $0 > last }) == true else { return nil }
+        self.init(first: first, last: last, objectSize: size)
     }
 }
 
@@ -107,8 +140,14 @@ private final class CurlTransfer: @unchecked Sendable {
     var deliveredLength: Int64 = 0
     var receivedLength: Int64 = 0
     var rangeIgnored = false
-    var bodyDigest = StreamingDigest(.md5)
+    var bodyDigest: StreamingDigest?
     var writeError: (any Error)?
+    /// File-bound body bytes not yet written: curl hands the body over in pieces of at most
+    /// 16 KiB (CURL_MAX_WRITE_SIZE), and one pwrite per piece costs more system time than
+    /// the copy itself.
+    private var pendingFileBytes: [UInt8] = []
+    private var pendingFileOffset: Int64 = 0
+    private static let fileWriteSize = 1 << 20
 
     init(handle: UnsafeMutableRawPointer, request: CurlRequest) {
         self.handle = handle
@@ -122,9 +161,11 @@ private final class CurlTransfer: @unchecked Sendable {
         errorBuffer.deallocate()
     }
 
-    var bodyGoesToFile: Int32? {
-        guard (200..<300).contains(status), case .file(let descriptor) = request.destination else { return nil }
-        return descriptor
+    var bodyGoesToFile: (descriptor: Int32, offset: Int64)? {
+        guard (200..<300).contains(status), case .file(let descriptor, let offset) = request.destination else {
+            return nil
+        }
+        return (descriptor, offset)
     }
 
     func headerLine(_ line: String) {
@@ -138,14 +179,32 @@ private final class CurlTransfer: @unchecked Sendable {
         } else if trimmed.isEmpty {
             // End of the header block. A 200 to a range request carries only the range when
             // it has Content-Range (rclone); without it, it is the whole object.
-            rangeIgnored = request.requestedRange != nil && status == 200 && !headers.contains {
-                $0.name.lowercased() == "content-range"
+            let contentRange = headers.last { $0.name.lowercased() == "content-range" }?.value
+            rangeIgnored = request.requestedRange != nil && status == 200 && contentRange == nil
+            bodyDigest = nil
+            if request.digestsWholeObjectBody, (200..<300).contains(status), deliversWholeObject(contentRange),
+                let etag = headers.last(where: { $0.name.lowercased() == "etag" })?.value, isPlainMD5ETag(etag)
+            {
+                bodyDigest = StreamingDigest(.md5)
             }
         } else if let colon = trimmed.firstIndex(of: ":") {
             let name = String(trimmed[..<colon])
             let value = trimmed[trimmed.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             headers.append((name, value))
         }
+    }
+
+    /// Whether the body this response delivers (after any range cut) is the whole object.
+    private func deliversWholeObject(_ contentRange: String?) -> Bool {
+        if let contentRange {
+            guard let range = ContentRange(parsing: contentRange), let size = range.objectSize else { return false }
+            return range.first == 0 && range.last + 1 == size
+        }
+        guard let requested = request.requestedRange else { return true }
+        // A server ignoring the range sends the whole object; it is delivered whole when
+        // the requested range covers it.
+        let length = headers.last { $0.name.lowercased() == "content-length" }.flatMap { Int64($0.value) }
+        return requested.lowerBound == 0 && length.map { $0 <= requested.upperBound + 1 } == true
     }
 
     func receive(_ chunk: UnsafeRawBufferPointer) throws {
@@ -165,13 +224,32 @@ private final class CurlTransfer: @unchecked Sendable {
         }
         receivedLength += Int64(chunk.count)
         guard !slice.isEmpty else { return }
-        if let descriptor = bodyGoesToFile {
-            try FileDescriptorWriter.writeAll(descriptor, slice)
+        if let (descriptor, offset) = bodyGoesToFile {
+            if pendingFileBytes.isEmpty {
+                pendingFileOffset = offset + deliveredLength
+                pendingFileBytes.reserveCapacity(Self.fileWriteSize)
+            }
+            pendingFileBytes.append(contentsOf: slice)
+            if pendingFileBytes.count >= Self.fileWriteSize { try flushFileBytes(to: descriptor) }
         } else {
             memoryBody.append(contentsOf: slice)
         }
-        if (200..<300).contains(status) { bodyDigest.update(slice) }
+        bodyDigest?.update(slice)
         deliveredLength += Int64(slice.count)
+    }
+
+    /// Writes what `receive` held back; called once more when the transfer ends.
+    func flushFileBytes(to descriptor: Int32) throws {
+        guard !pendingFileBytes.isEmpty else { return }
+        try pendingFileBytes.withUnsafeBytes { try FileDescriptorWriter.writeAll(descriptor, $0, at: pendingFileOffset) }
+        pendingFileOffset += Int64(pendingFileBytes.count)
+        pendingFileBytes.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes the rest of a file-bound body; a failure becomes the transfer's write error.
+    func finishFileBody() {
+        guard writeError == nil, let (descriptor, _) = bodyGoesToFile else { return }
+        do { try flushFileBytes(to: descriptor) } catch { writeError = error }
     }
 
     func fillUpload(_ buffer: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -200,7 +278,7 @@ private final class CurlTransfer: @unchecked Sendable {
     func response() -> CurlResponse {
         CurlResponse(
             status: status, headers: headers, body: memoryBody, bodyLength: deliveredLength,
-            bodyMD5: bodyDigest.finalize(), rangeIgnoredByServer: rangeIgnored)
+            bodyMD5: bodyDigest?.finalize(), rangeIgnoredByServer: rangeIgnored)
     }
 }
 
@@ -218,15 +296,17 @@ struct SystemErrorDescription: Error, CustomStringConvertible {
 }
 
 enum FileDescriptorWriter {
-    static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) throws {
+    static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
         var remaining = bytes
+        var position = offset
         while !remaining.isEmpty {
-            let written = write(descriptor, remaining.baseAddress, remaining.count)
+            let written = pwrite(descriptor, remaining.baseAddress, remaining.count, off_t(position))
             if written < 0 {
                 if errno == EINTR { continue }
                 throw SystemErrorDescription("write response body", errno: errno)
             }
             remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
+            position += Int64(written)
         }
     }
 }
@@ -282,6 +362,9 @@ final class CurlMultiLoop: @unchecked Sendable {
         _ = curlGlobalInit
         multi = curl_multi_init()
         _ = sa_curl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxConnectionsPerHost)
+        // The cache would otherwise shrink with the number of transfers in flight and close
+        // connections that the next burst of requests has to open again.
+        _ = sa_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnectionsPerHost)
         let thread = Thread { [self] in run() }
         thread.name = "sync-agent.curl"
         thread.start()
@@ -403,6 +486,7 @@ final class CurlMultiLoop: @unchecked Sendable {
     }
 
     private func finish(_ transfer: CurlTransfer, code: CURLcode) {
+        transfer.finishFileBody()
         let result: Result<CurlResponse, any Error>
         if let error = transfer.writeError ?? transfer.uploadError {
             result = .failure(TransportError(code: Int32(code.rawValue), message: "\(error)"))

@@ -133,16 +133,28 @@ public final class S3Client: Sendable {
         return ObjectData(info: try objectInfo(key: key, response), bytes: response.body)
     }
 
-    /// Downloads to a file (created 0600, replaced if present), streamed to disk.
+    /// Downloads to a file (created 0600, replaced if present), streamed to disk. A whole
+    /// object larger than `multipart.partSize` comes down in ranged parts, in parallel.
     @discardableResult
     public func downloadObject(key: String, toFileAt path: String, range: ClosedRange<Int64>? = nil)
         async throws(S3ClientError) -> ObjectInfo
     {
-        let file = try OpenFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
-        var request = Request(method: "GET", key: key, range: range)
-        request.destination = .file(fileDescriptor: file.descriptor)
-        let response = try await send(request)
-        return try objectInfo(key: key, response)
+        let file = try OpenFile(path: path, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
+        let info: ObjectInfo
+        let length: Int64
+        if let range {
+            var request = Request(method: "GET", key: key, range: range)
+            request.destination = .file(fileDescriptor: file.descriptor, offset: 0)
+            let response = try await send(request)
+            info = try objectInfo(key: key, response)
+            length = response.curl.bodyLength
+        } else {
+            info = try await downloadInParts(key: key, file: file)
+            length = info.size
+        }
+        // A failed attempt may have written further than the one that succeeded.
+        try file.truncate(to: length)
+        return info
     }
 
     /// Throws `.service` with kind `.notFound` when there is no such object.
@@ -234,6 +246,95 @@ public final class S3Client: Sendable {
 
     // MARK: Multipart
 
+    /// Runs `job` for every part index with at most `concurrency` in flight, handing each
+    /// result to `collect` as it arrives (in completion order).
+    private func forEachPart<PartResult: Sendable>(
+        count: Int, concurrency: Int, _ job: @escaping @Sendable (Int) async throws(S3ClientError) -> PartResult,
+        collect: (Int, PartResult) throws(S3ClientError) -> Void
+    ) async throws(S3ClientError) {
+        do {
+            try await withThrowingTaskGroup(of: (Int, PartResult).self) { group in
+                var next = 0
+                func addPart() {
+                    let index = next
+                    next += 1
+                    group.addTask { (index, try await job(index)) }
+                }
+                for _ in 0..<min(max(1, concurrency), count) { addPart() }
+                while let (index, result) = try await group.next() {
+                    try collect(index, result)
+                    if next < count { addPart() }
+                }
+            }
+        } catch let error as S3ClientError {
+            throw error
+        } catch {
+            throw .io("\(error)")
+        }
+    }
+
+    /// The first part's answer tells the object's size and version; the other parts are then
+    /// fetched in parallel on condition that the version is still the same (`If-Match`), so
+    /// the file never mixes two versions.
+    private func downloadInParts(key: String, file: OpenFile) async throws(S3ClientError) -> ObjectInfo {
+        let partSize = configuration.multipart.partSize
+        var first = Request(method: "GET", key: key, range: 0...partSize - 1)
+        first.destination = .file(fileDescriptor: file.descriptor, offset: 0)
+        let response: Response
+        do {
+            response = try await send(first)
+        } catch .service(let error) where error.status == 416 {
+            // An empty object has no first byte to ask for.
+            var whole = Request(method: "GET", key: key)
+            whole.destination = first.destination
+            return try objectInfo(key: key, try await send(whole))
+        }
+        let info = try objectInfo(key: key, response)
+        let size = info.size
+        // A server that ignores ranges sends the whole object for every part: ask it once more
+        // for the rest rather than once per part.
+        let restPartSize = response.curl.rangeIgnoredByServer ? size : partSize
+        let restStart = response.curl.bodyLength
+        guard restStart < size else { return info }
+
+        // A single-part object's ETag is its MD5: check it over the parts, in order, as the
+        // parts before it are complete.
+        let digest = configuration.verifyDownloads && isPlainMD5ETag(info.etag) ? StreamingDigest(.md5) : nil
+        var hashedThrough: Int64 = 0
+        var finishedParts: [Int64: Int64] = [0: restStart]  // offset: length
+        func hashFinishedPrefix() throws(S3ClientError) {
+            guard let digest else { return }
+            while let length = finishedParts.removeValue(forKey: hashedThrough) {
+                try file.update(digest, offset: hashedThrough, length: length)
+                hashedThrough += length
+            }
+        }
+
+        let partCount = Int((size - restStart + restPartSize - 1) / restPartSize)
+        let etag = info.etag
+        try await forEachPart(count: partCount, concurrency: configuration.multipart.concurrency) {
+            index throws(S3ClientError) in
+            let offset = restStart + Int64(index) * restPartSize
+            let range = offset...min(offset + restPartSize, size) - 1
+            var request = Request(method: "GET", key: key, range: range)
+            request.headers += ReadCondition.ifMatch(etag: etag).headers
+            request.destination = .file(fileDescriptor: file.descriptor, offset: offset)
+            _ = try await self.send(request)
+            return range
+        } collect: { _, range throws(S3ClientError) in
+            finishedParts[range.lowerBound] = Int64(range.count)
+            try hashFinishedPrefix()
+        }
+        try hashFinishedPrefix()
+        if let digest {
+            let md5 = digest.finalize().lowercaseHex
+            guard md5 == etag.lowercased() else {
+                throw .integrity("\(configuration.bucket)/\(key): body MD5 \(md5) does not match ETag \(etag)")
+            }
+        }
+        return info
+    }
+
     private func multipartUpload(key: String, file: OpenFile, condition: WriteCondition?) async throws(S3ClientError)
         -> String
     {
@@ -268,37 +369,24 @@ public final class S3Client: Sendable {
         }
     }
 
+    /// Each part is hashed for its Content-MD5, then streamed from the file. Reading a part
+    /// into memory once instead measured slower: the page faults of fresh part buffers cost
+    /// more than a second read from the page cache.
     private func uploadParts(key: String, uploadID: String, file: OpenFile) async throws(S3ClientError) -> [String] {
         let partSize = configuration.multipart.partSize
         let partCount = Int((file.size + partSize - 1) / partSize)
         var etags = [String](repeating: "", count: partCount)
-        do {
-            try await withThrowingTaskGroup(of: (Int, String).self) { group in
-                var next = 0
-                func addPart() {
-                    let index = next
-                    next += 1
-                    group.addTask {
-                        let offset = Int64(index) * partSize
-                        let length = min(partSize, file.size - offset)
-                        var request = Request(
-                            method: "PUT", key: key,
-                            query: [("partNumber", String(index + 1)), ("uploadId", uploadID)],
-                            body: .file(fileDescriptor: file.descriptor, offset: offset, length: length))
-                        request.headers.append(("Content-MD5", try file.md5(offset: offset, length: length).base64))
-                        return (index, try await self.send(request).etag)
-                    }
-                }
-                for _ in 0..<min(configuration.multipart.concurrency, partCount) { addPart() }
-                while let (index, etag) = try await group.next() {
-                    etags[index] = etag
-                    if next < partCount { addPart() }
-                }
-            }
-        } catch let error as S3ClientError {
-            throw error
-        } catch {
-            throw .io("\(error)")
+        try await forEachPart(count: partCount, concurrency: configuration.multipart.concurrency) {
+            index throws(S3ClientError) in
+            let offset = Int64(index) * partSize
+            let length = min(partSize, file.size - offset)
+            var request = Request(
+                method: "PUT", key: key, query: [("partNumber", String(index + 1)), ("uploadId", uploadID)],
+                body: .file(fileDescriptor: file.descriptor, offset: offset, length: length))
+            request.headers.append(("Content-MD5", try file.md5(offset: offset, length: length).base64))
+            return try await self.send(request).etag
+        } collect: { index, etag in
+            etags[index] = etag
         }
         return etags
     }
@@ -354,8 +442,6 @@ public final class S3Client: Sendable {
             headers: request.headers)
         let url = "\(configuration.endpoint.scheme)://\(target.host)\(unsigned.encodedPath)"
             + (unsigned.encodedQuery.isEmpty ? "" : "?\(unsigned.encodedQuery)")
-        var fileStart: off_t = 0
-        if case .file(let descriptor) = request.destination { fileStart = lseek(descriptor, 0, SEEK_CUR) }
 
         var attempt = 1
         while true {
@@ -364,6 +450,7 @@ public final class S3Client: Sendable {
             let curlRequest = CurlRequest(
                 method: request.method, url: url, headers: request.headers + signed.headersToAdd, body: request.body,
                 destination: request.destination, requestedRange: request.range,
+                digestsWholeObjectBody: configuration.verifyDownloads && request.method == "GET" && request.key != nil,
                 timeouts: configuration.timeouts, tls: configuration.tls)
             let started = ContinuousClock.now
             let error: S3ClientError
@@ -395,26 +482,26 @@ public final class S3Client: Sendable {
                 "method": "\(request.method)", "resource": "\(resource)", "attempt": "\(attempt)",
                 "error": "\(error)", "delay": "\(delay)",
             ])
-            if case .file(let descriptor) = request.destination {
-                guard ftruncate(descriptor, fileStart) == 0, lseek(descriptor, fileStart, SEEK_SET) == fileStart else {
-                    throw .io("cannot rewind the download file: \(String(cString: strerror(errno)))")
-                }
-            }
             do { try await Task.sleep(for: delay) } catch { throw .transport(TransportError(code: -1, message: "cancelled")) }
             attempt += 1
         }
     }
 
     /// Checks that the body is the object the server described: its length, and its MD5
-    /// where the ETag is one (single-part uploads without SSE-KMS).
+    /// where the ETag is one (single-part uploads without SSE-KMS) and the body is the whole
+    /// object.
     private func verify(_ response: CurlResponse, of request: Request, resource: String) throws(S3ClientError) {
         guard request.method == "GET", request.key != nil else { return }
         if let range = request.range {
             let available: Int64
             if response.rangeIgnoredByServer {
                 available = Int64(response.header("Content-Length") ?? "") ?? response.bodyLength
-            } else if let total = response.header("Content-Range")?.split(separator: "/").last, let size = Int64(total) {
-                available = size
+            } else if let header = response.header("Content-Range") {
+                // Parts are written where they were asked for, so the answer must start there.
+                guard let answered = ContentRange(parsing: header), answered.first == range.lowerBound else {
+                    throw .integrity("\(resource): asked for bytes \(range), the server sent \(header)")
+                }
+                available = answered.objectSize ?? range.upperBound + 1
             } else {
                 available = range.upperBound + 1
             }
@@ -422,25 +509,21 @@ public final class S3Client: Sendable {
             if response.bodyLength != expected {
                 throw .integrity("\(resource): expected \(expected) bytes of range \(range), got \(response.bodyLength)")
             }
-            return
-        }
-        if let length = response.header("Content-Length").flatMap({ Int64($0) }), length != response.bodyLength {
+        } else if let length = response.header("Content-Length").flatMap({ Int64($0) }), length != response.bodyLength {
             throw .integrity("\(resource): expected \(length) bytes, got \(response.bodyLength)")
         }
         let etag = unquoted(response.header("ETag") ?? "")
-        if configuration.verifyDownloads, etag.count == 32, etag.allSatisfy(\.isHexDigit),
-            etag.lowercased() != response.bodyMD5.lowercaseHex
-        {
-            throw .integrity("\(resource): body MD5 \(response.bodyMD5.lowercaseHex) does not match ETag \(etag)")
+        if let md5 = response.bodyMD5?.lowercaseHex, md5 != etag.lowercased() {
+            throw .integrity("\(resource): body MD5 \(md5) does not match ETag \(etag)")
         }
     }
 
     private func objectInfo(key: String, _ response: Response) throws(S3ClientError) -> ObjectInfo {
         let size: Int64
-        if let range = response.curl.header("Content-Range")?.split(separator: "/").last, let total = Int64(range) {
+        if let total = response.curl.header("Content-Range").flatMap(ContentRange.init(parsing:))?.objectSize {
             size = total
         } else if let length = response.curl.header("Content-Length").flatMap({ Int64($0) }) {
-            size = response.curl.rangeIgnoredByServer ? length : length
+            size = length
         } else {
             size = response.curl.bodyLength
         }
@@ -466,6 +549,13 @@ private extension ReadCondition {
         case .ifNoneMatch(let etag): [("If-None-Match", "\"\(etag)\"")]
         }
     }
+}
+
+/// Whether an ETag (quoted or not) is a plain MD5, which S3 makes it for single-part uploads
+/// without SSE-KMS; multipart ETags end in `-<parts>`.
+func isPlainMD5ETag(_ etag: String) -> Bool {
+    let value = unquoted(etag)
+    return value.utf8.count == 32 && value.allSatisfy(\.isHexDigit)
 }
 
 func unquoted(_ etag: String) -> String {
@@ -501,19 +591,44 @@ final class OpenFile: Sendable {
 
     func md5(offset: Int64, length: Int64) throws(S3ClientError) -> [UInt8] {
         let digest = StreamingDigest(.md5)
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        try update(digest, offset: offset, length: length)
+        return digest.finalize()
+    }
+
+    /// Feeds a region of the file to `digest`, through a buffer of at most a megabyte.
+    func update(_ digest: StreamingDigest, offset: Int64, length: Int64) throws(S3ClientError) {
+        var buffer = [UInt8](repeating: 0, count: Int(min(length, 1 << 20)))
         var position = offset
-        let end = offset + length
-        while position < end {
-            let count = buffer.withUnsafeMutableBytes { raw in
-                pread(descriptor, raw.baseAddress, Int(min(Int64(raw.count), end - position)), off_t(position))
-            }
+        while position < offset + length {
+            let count = Int(min(Int64(buffer.count), offset + length - position))
+            try buffer.withUnsafeMutableBytes { raw in
+                Result { () throws(S3ClientError) in
+                    try read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: position, digest: digest)
+                }
+            }.get()
+            position += Int64(count)
+        }
+    }
+
+    /// Fills `buffer` from `offset` with pread and hashes it.
+    private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64, digest: StreamingDigest)
+        throws(S3ClientError)
+    {
+        var done = 0
+        while done < buffer.count {
+            let count = pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
+            if count < 0, errno == EINTR { continue }
             guard count > 0 else {
                 throw .io("cannot read \(path): \(count == 0 ? "file shrank" : String(cString: strerror(errno)))")
             }
-            buffer.withUnsafeBytes { digest.update(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-            position += Int64(count)
+            done += count
         }
-        return digest.finalize()
+        digest.update(UnsafeRawBufferPointer(buffer))
+    }
+
+    func truncate(to length: Int64) throws(S3ClientError) {
+        guard ftruncate(descriptor, off_t(length)) == 0 else {
+            throw .io("cannot truncate \(path): \(String(cString: strerror(errno)))")
+        }
     }
 }

@@ -20,11 +20,15 @@ struct S3Options: ParsableArguments {
     @Option(help: "Bucket.") var bucket: String
     @Option(help: "Key prefix.") var prefix: String = ""
     @Option(help: "Requests in flight at once.") var concurrency = 32
+    @Option(help: "Multipart part size in MiB (the client's default when absent).") var partSizeMib: Int?
+    @Option(help: "Parts of one object in flight at once (the client's default when absent).") var partConcurrency: Int?
 
     func client() throws -> S3Client {
         var configuration = try S3Configuration.resolve(
             bucket: bucket, endpoint: endpoint, environment: ProcessInfo.processInfo.environment)
         configuration.maxConnections = concurrency
+        if let partSizeMib { configuration.multipart.partSize = Int64(partSizeMib) << 20 }
+        if let partConcurrency { configuration.multipart.concurrency = partConcurrency }
         return S3Client(configuration: configuration)
     }
 }
