@@ -8,9 +8,9 @@ import Foundation
 ///
 /// Each write picks a session and a kind at random (seeded, so a run can be repeated): mostly
 /// small session and pre-key files, sometimes creds.json, occasionally a new pre-key or a
-/// deleted one. A rewrite keeps the file's JSON shape and size and draws new random key
-/// bytes, as Baileys re-serialises a record with fresh keys: the file stays valid JSON (the
-/// agent refuses JSON that does not parse) and compresses like the real thing.
+/// deleted one. A rewrite keeps the file's JSON shape and size and draws new random keys:
+/// the file stays valid JSON (the agent refuses JSON that does not parse), really changes,
+/// and compresses like the real thing.
 struct SidecarWriter: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sidecar-writer",
@@ -69,7 +69,7 @@ private struct SessionFileSet {
                 let number = Int(name.dropFirst("pre-key-".count).dropLast(".json".count)) ?? 0
                 nextPreKeyID = max(nextPreKeyID, number + 1)
             }
-            else if name.hasPrefix("sender-key-") { senderKeys.append(name) }
+            else if name.hasPrefix("sender-key-"), !name.hasPrefix("sender-key-memory-") { senderKeys.append(name) }
             else if name.hasPrefix("app-state-sync-version-") { appStateVersions.append(name) }
         }
     }
@@ -102,18 +102,26 @@ private struct SessionFileSet {
         return ("creds", try rewrite("creds.json", &random))
     }
 
-    /// Same JSON, new random bytes in every `"data":"<base64>"` value.
+    /// Same JSON, new random characters in every string that is a key (20 or more base64
+    /// characters), as Baileys re-serialises a record after a ratchet step.
     private func rewrite(_ name: String, _ random: inout SplitMix64) throws -> Int {
         var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)")))
-        let marker = Array("\"data\":\"".utf8)
         var index = 0
-        while index + marker.count <= bytes.count {
-            guard bytes[index..<index + marker.count].elementsEqual(marker) else { index += 1; continue }
-            index += marker.count
-            while index < bytes.count, bytes[index] != UInt8(ascii: "\"") {
-                if bytes[index] != UInt8(ascii: "=") { bytes[index] = base64Alphabet[Int(random.next() % 64)] }
-                index += 1
+        while index < bytes.count {
+            guard bytes[index] == UInt8(ascii: "\"") else { index += 1; continue }
+            var end = index + 1
+            var isKey = true
+            while end < bytes.count, bytes[end] != UInt8(ascii: "\"") {
+                if bytes[end] == UInt8(ascii: "\\") { isKey = false; end += 1 }
+                else if !base64Alphabet.contains(bytes[end]), bytes[end] != UInt8(ascii: "=") { isKey = false }
+                end += 1
             }
+            if isKey, end - index - 1 >= 20 {
+                for position in index + 1..<end where bytes[position] != UInt8(ascii: "=") {
+                    bytes[position] = base64Alphabet[Int(random.next() % 64)]
+                }
+            }
+            index = end + 1
         }
         return try put(bytes, name)
     }
