@@ -12,6 +12,7 @@ struct SyncAgentBench: AsyncParsableCommand {
         subcommands: [
             S3Upload.self, S3Download.self,
             ArchivePack.self, ArchiveUnpack.self, SecretstreamEncrypt.self, SecretstreamDecrypt.self,
+            SidecarWriter.self,
         ])
 }
 
