@@ -43,39 +43,36 @@ struct S3ClientErrorTests {
         #expect(get?.description.contains("create the bucket first") == true)
     }
 
-    @Test func unreachableEndpointIsATransportErrorAfterBoundedRetries() async throws {
-        let port = try freePort()
+    /// A client for a server of the test's own on 127.0.0.1, retrying `attempts` times quickly.
+    private func loopbackConfiguration(port: Int, scheme: String = "http", attempts: Int = 1) -> S3Configuration {
         var configuration = S3Configuration(
-            endpoint: .init(scheme: "http", host: "127.0.0.1", port: port), bucket: "bucket",
+            endpoint: .init(scheme: scheme, host: "127.0.0.1", port: port), bucket: "bucket",
             credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
-        configuration.retry.maxAttempts = 3
+        configuration.retry.maxAttempts = attempts
         configuration.retry.baseDelay = .milliseconds(1)
+        return configuration
+    }
+
+    /// The curl error code a failed GET ended with.
+    private func transportErrorCode(_ configuration: S3Configuration) async -> Int32? {
         let error = await #expect(throws: S3ClientError.self) {
             try await S3Client(configuration: configuration).getObject(key: "k")
         }
         guard case .transport(let transport) = error else {
             Issue.record("expected a transport error, got \(String(describing: error))")
-            return
+            return nil
         }
-        #expect(transport.code == 7)  // CURLE_COULDNT_CONNECT
+        return transport.code
+    }
+
+    @Test func unreachableEndpointIsATransportErrorAfterBoundedRetries() async throws {
+        #expect(await transportErrorCode(loopbackConfiguration(port: try freePort(), attempts: 3)) == 7)  // CURLE_COULDNT_CONNECT
     }
 
     /// A fake server (fault injection only): it promises a body and closes half way.
     @Test func serverClosingMidBodyIsRetriedThenReported() async throws {
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"x\"\r\n\r\n0123456789")
-        var configuration = S3Configuration(
-            endpoint: .init(scheme: "http", host: "127.0.0.1", port: server.port), bucket: "bucket",
-            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
-        configuration.retry.maxAttempts = 2
-        configuration.retry.baseDelay = .milliseconds(1)
-        let error = await #expect(throws: S3ClientError.self) {
-            try await S3Client(configuration: configuration).getObject(key: "k")
-        }
-        guard case .transport(let transport) = error else {
-            Issue.record("expected a transport error, got \(String(describing: error))")
-            return
-        }
-        #expect(transport.code == 18)  // CURLE_PARTIAL_FILE
+        #expect(await transportErrorCode(loopbackConfiguration(port: server.port, attempts: 2)) == 18)  // CURLE_PARTIAL_FILE
         #expect(server.connectionCount == 2)
     }
 
@@ -83,11 +80,8 @@ struct S3ClientErrorTests {
     @Test func malformedXMLIsAnInvalidResponse() async throws {
         let body = "<ListBucketResult><Contents><Key>unterminated"
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
-        let configuration = S3Configuration(
-            endpoint: .init(scheme: "http", host: "127.0.0.1", port: server.port), bucket: "bucket",
-            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
         let error = await #expect(throws: S3ClientError.self) {
-            try await S3Client(configuration: configuration).listObjects()
+            try await S3Client(configuration: loopbackConfiguration(port: server.port)).listObjects()
         }
         guard case .invalidResponse(let reason) = error else {
             Issue.record("expected an invalid response, got \(String(describing: error))")
@@ -104,10 +98,7 @@ struct S3ClientErrorTests {
             "-keyout", directory.file("key.pem"), "-out", directory.file("cert.pem"),
         ])
         let port = try freePort()
-        var configuration = S3Configuration(
-            endpoint: .init(scheme: "https", host: "127.0.0.1", port: port), bucket: "bucket",
-            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
-        configuration.retry.maxAttempts = 1
+        var configuration = loopbackConfiguration(port: port, scheme: "https")
         configuration.timeouts.idle = .seconds(5)
         let untrusting = configuration
         configuration.tls.caBundlePath = directory.file("cert.pem")
@@ -118,12 +109,7 @@ struct S3ClientErrorTests {
             "-cert", directory.file("cert.pem"), "-key", directory.file("key.pem"),
         ]) {
             try await waitUntil(timeout: .seconds(10), "openssl s_server on port \(port)") { isListening(port) }
-            let error = await #expect(throws: S3ClientError.self) { try await S3Client(configuration: untrusting).getObject(key: "k") }
-            guard case .transport(let transport) = error else {
-                Issue.record("expected a transport error, got \(String(describing: error))")
-                return
-            }
-            #expect(transport.code == 60)  // CURLE_PEER_FAILED_VERIFICATION
+            #expect(await transportErrorCode(untrusting) == 60)  // CURLE_PEER_FAILED_VERIFICATION
             // The handshake verifies once the CA is given; `openssl s_server -www` answers a GET with a page.
             let page = try await S3Client(configuration: trusting).getObject(key: "k")
             #expect(!page.bytes.isEmpty)
