@@ -211,6 +211,9 @@ public actor SyncService {
             if case .fenced = error {
                 sessions[id]?.fenced = true
                 sessions[id]?.pending = false
+                logger.error("stopped writing a session another agent claimed", metadata: [
+                    "session": "\(id)", "error": "\(error)",
+                ])
             } else {
                 retryAfter = failed(id, error)
             }
