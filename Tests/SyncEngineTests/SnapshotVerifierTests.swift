@@ -26,9 +26,7 @@ struct SnapshotVerifierTests {
     /// files; optionally a tombstone last. Returns the committed ids, oldest first.
     func history(deltas: Int, tombstone: Bool = false) async throws -> [SnapshotID] {
         try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
-        let writer = SessionReplicator(
-            session: session, directory: directory, sessionStore: sessionStore, owner: "agent-a",
-            conditionalWrites: true, logger: Logger(label: "test"))
+        let writer = replicator(owner: "agent-a")
         var ids: [SnapshotID] = []
         for round in 0...deltas {
             if round > 0 {
@@ -48,6 +46,12 @@ struct SnapshotVerifierTests {
             ids.append(try #require(try await sessionStore.head(session)?.head.latest))
         }
         return ids
+    }
+
+    func replicator(owner: String) -> SessionReplicator {
+        SessionReplicator(
+            session: session, directory: directory, sessionStore: sessionStore, owner: owner,
+            conditionalWrites: true, logger: Logger(label: "test"))
     }
 
     func key(_ id: SnapshotID) async throws -> String {
@@ -106,6 +110,37 @@ struct SnapshotVerifierTests {
             }
             #expect(reason.contains("gap"), "\(reason)")
         }
+    }
+
+    @Test func aDeltaWhoseParentIsNotTheSnapshotBeforeItIsABrokenLink() async throws {
+        _ = try await history(deltas: 1)
+        let fenced = replicator(owner: "agent-a")
+        try await fenced.claim()
+        let successor = replicator(owner: "agent-b")
+        try await successor.claim()
+        // The fenced writer's delta is uploaded, then its commit fails: an orphan at 3.2.
+        try write(#"{"by":"a"}"#, to: "creds.json")
+        await #expect(throws: SnapshotError.self) { try await fenced.sync() }
+        try write(#"{"by":"b"}"#, to: "creds.json")
+        _ = try await successor.sync()
+        try write(#"{"by":"b","again":true}"#, to: "creds.json")
+        _ = try await successor.sync()
+        let ids = try await sessionStore.snapshots(session).map(\.id)
+        let orphan = SnapshotID(sequence: 3, generation: 2)
+        let replaced = SnapshotID(sequence: 3, generation: 3)
+        let newest = SnapshotID(sequence: 4, generation: 3)
+        #expect(ids.suffix(3) == [orphan, replaced, newest])
+        // Without the successor's 3.3, the orphan is what the chain rule finds at sequence 3.
+        try await sessionStore.store.delete([try await key(replaced)])
+
+        let checks = try await verifier.verify(session)
+        #expect(checks.map(\.id).suffix(2) == [orphan, newest])
+        #expect(checks.dropLast().allSatisfy { $0.isOK }, "\(checks)")
+        guard case .brokenChain(let reason) = checks.last?.defect else {
+            Issue.record("4.3 should have a broken link, got \(String(describing: checks.last?.defect))")
+            return
+        }
+        #expect(reason.contains("names 3.3 as its parent, not 3.2"), "\(reason)")
     }
 
     @Test func aHeadNamingAMissingSnapshotIsReported() async throws {
