@@ -9,7 +9,12 @@ struct SyncAgentCommand: AsyncParsableCommand {
             watch     run beside a worker: snapshot every change of every session
             restore   run before a worker recovers sessions: bring their directories back
             backup    run from cron or a timer: take a full snapshot of every session
+            snapshots list the stored sessions, or one session's snapshots
+            verify    download and check committed snapshots, writing nothing
             keygen    print a new encryption key
             """,
-        subcommands: [WatchCommand.self, RestoreCommand.self, BackupCommand.self, KeygenCommand.self])
+        subcommands: [
+            WatchCommand.self, RestoreCommand.self, BackupCommand.self, SnapshotsCommand.self, VerifyCommand.self,
+            KeygenCommand.self,
+        ])
 }

@@ -51,6 +51,23 @@ public struct SnapshotManifest: Codable, Sendable {
         }
     }
 
+    /// Whether this snapshot may come right after `previous` in a chain: a delta must name it
+    /// as its parent (a delta applied to another state would rebuild the wrong session).
+    func follows(_ previous: SnapshotID?) -> Bool { kind != .delta || parent == previous }
+
+    /// The session state a chain's manifests (base first) rebuild, checked against the state
+    /// the last one records: what a restore of that snapshot must produce.
+    static func rebuiltState(_ chain: [SnapshotManifest], session: SessionID) throws -> SessionState {
+        let state = chain.reduce(into: SessionState()) { state, manifest in state = manifest.applied(to: state) }
+        guard let last = chain.last, SyncEngine.stateDigest(state) == last.stateDigest, state.count == last.stateFileCount,
+            state.values.reduce(0, { $0 + $1.size }) == last.stateByteCount
+        else {
+            throw SnapshotError.corrupt(
+                "the rebuilt session \(session) does not match snapshot \(chain.last.map { "\($0.id)" } ?? "-")'s manifest")
+        }
+        return state
+    }
+
     func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {

@@ -112,17 +112,14 @@ public struct SessionRestorer: Sendable {
                 written.insert(name)
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
-            if entry.kind == .delta, manifest.parent != expectedParent {
+            if !manifest.follows(expectedParent) {
                 throw SnapshotError.corrupt("snapshot \(entry.id) does not follow \(expectedParent.map(String.init(describing:)) ?? "nothing")")
             }
             decided.formUnion(manifest.files.keys)
             decided.formUnion(manifest.deleted)
             manifests.append(manifest)
         }
-        let state = manifests.reversed().reduce(into: SessionState()) { state, manifest in state = manifest.applied(to: state) }
-        guard stateDigest(state) == expected.stateDigest, state.count == expected.stateFileCount else {
-            throw SnapshotError.corrupt("the rebuilt session \(session) does not match snapshot \(expected.id)'s manifest")
-        }
+        let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
         guard written.filter({ !$0.hasSuffix("/") }) == Set(state.keys) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(expected.id) lists")
         }

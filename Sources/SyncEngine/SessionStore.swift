@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import S3Client
+import SessionArchive
 
 /// One snapshot object as a listing shows it.
 public struct SnapshotEntry: Sendable, Equatable {
@@ -54,29 +55,44 @@ public struct SessionStore: Sendable {
     }
 
     /// The snapshots a restore of `target` (default: the head's latest) applies, base first.
-    ///
-    /// Only what the head committed counts: sequences up to the head's, and for each
-    /// sequence the newest generation not newer than the head's (a fenced or crashed writer
-    /// can leave an object at a sequence its successor then wrote again).
     public func chain(_ session: SessionID, head: SessionHead, upTo target: SnapshotID? = nil) async throws
         -> [SnapshotEntry]
     {
         guard let latest = head.latest else { throw SnapshotError.notFound("session \(session) has no snapshot") }
         let goal = target ?? latest
-        var committed: [UInt64: SnapshotEntry] = [:]
-        for entry in try await snapshots(session)
-        where entry.id.sequence <= goal.sequence && entry.id.generation <= head.generation {
-            if let existing = committed[entry.id.sequence], existing.id.generation >= entry.id.generation { continue }
-            committed[entry.id.sequence] = entry
-        }
+        let committed = Self.committed(try await snapshots(session), head: head, upTo: goal)
         guard let last = committed[goal.sequence], target == nil || last.id == goal else {
             throw SnapshotError.notFound("snapshot \(goal) of session \(session) is not in the store")
         }
+        return try Self.chain(to: last, in: committed, session: session)
+    }
+
+    /// The objects that count, by sequence, up to `goal` (default: the head's latest).
+    ///
+    /// Only what the head committed counts: sequences up to the head's, and for each
+    /// sequence the newest generation not newer than the head's (a fenced or crashed writer
+    /// can leave an object at a sequence its successor then wrote again).
+    public static func committed(_ entries: [SnapshotEntry], head: SessionHead, upTo goal: SnapshotID? = nil)
+        -> [UInt64: SnapshotEntry]
+    {
+        guard let goal = goal ?? head.latest else { return [:] }
+        var committed: [UInt64: SnapshotEntry] = [:]
+        for entry in entries where entry.id.sequence <= goal.sequence && entry.id.generation <= head.generation {
+            if let existing = committed[entry.id.sequence], existing.id.generation >= entry.id.generation { continue }
+            committed[entry.id.sequence] = entry
+        }
+        return committed
+    }
+
+    /// `last` and the committed snapshots before it back to its base (or tombstone), base first.
+    public static func chain(to last: SnapshotEntry, in committed: [UInt64: SnapshotEntry], session: SessionID) throws
+        -> [SnapshotEntry]
+    {
         var chain: [SnapshotEntry] = [last]
-        var sequence = goal.sequence
+        var sequence = last.id.sequence
         while chain.last!.kind == .delta {
             guard sequence > 0, let previous = committed[sequence - 1] else {
-                throw SnapshotError.corrupt("session \(session): the chain to \(goal) has a gap before \(sequence)")
+                throw SnapshotError.corrupt("session \(session): the chain to \(last.id) has a gap before \(sequence)")
             }
             chain.append(previous)
             sequence -= 1
@@ -97,5 +113,15 @@ public struct SessionStore: Sendable {
             throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
         }
         return object.bytes
+    }
+
+    /// Downloads one snapshot and checks it whole (authenticated, every file against the
+    /// manifest), returning its manifest; nil when the object is not in the store.
+    public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
+        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind)) else {
+            return nil
+        }
+        return try SnapshotReader(keyring: keyring, limits: .sessionDirectory)
+            .manifest(of: BufferSource(object.bytes), session: session, id: entry.id, kind: entry.kind)
     }
 }

@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+import SyncEngine
+
+struct SnapshotsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshots",
+        abstract: "List the stored sessions, or one session's snapshots.",
+        discussion: """
+            Without a session: every session in the store with its head (latest snapshot,
+            generation, owner, tombstone). With one: each snapshot object, and whether the head
+            committed it or it is an orphan a crashed or fenced writer left. Reads only.
+            In hybrid mode, a session's snapshots are listed from the store a restore would use.
+            """)
+
+    @OptionGroup var storage: StorageOptions
+    @OptionGroup var logging: LoggingOptions
+    @Flag(help: "Also read every committed snapshot (downloads and decrypts) for its session's files and bytes.")
+    var details = false
+    @Flag(help: "Print the list as JSON.") var json = false
+    @Argument(help: "A session id; without one, list the sessions.") var session: String?
+
+    func validate() throws {
+        if let session, SessionID(session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
+        if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }
+    }
+
+    func run() async throws {
+        let logger = logging.makeLogger("sync-agent.snapshots")
+        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        if let session = session.flatMap(SessionID.init) {
+            try await listSnapshots(session, store: try await opened.restoreSource(for: session))
+        } else {
+            try await listSessions(opened)
+        }
+    }
+
+    private func listSessions(_ opened: OpenedStorage) async throws {
+        var listing = SessionsListing()
+        for id in try await opened.storedSessions() {
+            let head = try await opened.restoreSource(for: id).head(id)?.head
+            listing.sessions.append(.init(id.rawValue, head: head))
+        }
+        if json { return try printJSON(listing) }
+        for entry in listing.sessions {
+            let state = entry.tombstoned ? "logged out" : entry.latest == nil ? "no snapshot" : "ok"
+            print([
+                entry.sessionId, entry.latest ?? "-", entry.latestKind ?? "-", "generation \(entry.generation.map(String.init) ?? "-")",
+                state, entry.updatedAt ?? "-", entry.owner ?? "-",
+            ].joined(separator: "\t"))
+        }
+    }
+
+    private func listSnapshots(_ session: SessionID, store: SessionStore) async throws {
+        let head = try await store.head(session)?.head
+        let entries = try await store.snapshots(session)
+        let committed = head.map { SessionStore.committed(entries, head: $0) } ?? [:]
+        var listing = SnapshotsListing(sessionId: session.rawValue, head: head.map { .init(session.rawValue, head: $0) })
+        for entry in entries {
+            let isCommitted = committed[entry.id.sequence]?.id == entry.id
+            var row = SnapshotsListing.Snapshot(
+                id: "\(entry.id)", kind: entry.kind.rawValue, size: entry.size, time: entry.lastModified.map(timestamp),
+                committed: isCommitted)
+            if details, isCommitted {
+                do {
+                    if let manifest = try await store.manifest(session, entry) {
+                        row.files = manifest.stateFileCount
+                        row.bytes = manifest.stateByteCount
+                    } else {
+                        row.error = "vanished from the store"
+                    }
+                } catch let error as SnapshotError {
+                    row.error = "\(error)"
+                }
+            }
+            listing.snapshots.append(row)
+        }
+        if json { return try printJSON(listing) }
+        for row in listing.snapshots {
+            var columns = [row.time ?? "-", row.id, row.kind, "\(row.size) B", row.committed ? "committed" : "orphan"]
+            if details {
+                columns.append(row.error ?? row.files.map { "\($0) files" } ?? "-")
+                columns.append(row.bytes.map { "\($0) bytes" } ?? "-")
+            }
+            print(columns.joined(separator: "\t"))
+        }
+    }
+}
+
+struct SessionsListing: Encodable {
+    struct Session: Encodable {
+        var sessionId: String
+        var latest: String?
+        var latestKind: String?
+        var base: String?
+        var generation: UInt64?
+        var owner: String?
+        var tombstoned: Bool
+        var updatedAt: String?
+
+        /// A session whose head is missing (objects left before the first commit) shows no head fields.
+        init(_ session: String, head: SessionHead?) {
+            sessionId = session
+            latest = head?.latest.map { "\($0)" }
+            latestKind = head?.latestKind?.rawValue
+            base = head?.base.map { "\($0)" }
+            generation = head?.generation
+            owner = head?.owner
+            tombstoned = head?.isTombstoned ?? false
+            updatedAt = head.map { timestamp($0.updatedAt) }
+        }
+    }
+
+    var sessions: [Session] = []
+}
+
+struct SnapshotsListing: Encodable {
+    struct Snapshot: Encodable {
+        var id: String
+        var kind: String
+        /// The object's size in the store.
+        var size: Int64
+        /// When the object was written, as the store lists it.
+        var time: String?
+        /// Part of the head's history; an orphan is an object no restore uses.
+        var committed: Bool
+        /// With `--details`: the session after this snapshot.
+        var files: Int?
+        var bytes: Int64?
+        /// With `--details`: why the snapshot could not be read.
+        var error: String?
+    }
+
+    var sessionId: String
+    var head: SessionsListing.Session?
+    var snapshots: [Snapshot] = []
+}
+
+func timestamp(_ date: Date) -> String { date.formatted(.iso8601) }

@@ -1,0 +1,158 @@
+import Foundation
+
+/// What is wrong with one committed snapshot, sorted by where the fault lies.
+public enum SnapshotDefect: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The object itself: it does not decrypt (wrong key or tampered), does not unpack, a
+    /// file does not match its content id, or its manifest names another snapshot.
+    case corrupt(String)
+    /// The head or the listing names it, but the object cannot be found.
+    case missing(String)
+    /// The chain to it is broken: a sequence is missing before it, or it does not name the
+    /// snapshot before it as its parent.
+    case brokenChain(String)
+    /// Its chain rebuilds a session other than the one its manifest records.
+    case stateMismatch(String)
+    /// An earlier snapshot of its chain has a defect, so it cannot be restored either.
+    case dependsOnDefective(SnapshotID)
+
+    /// A stable word for reports (`--json`).
+    public var reason: String {
+        switch self {
+        case .corrupt: "corrupt"
+        case .missing: "missing"
+        case .brokenChain: "broken_chain"
+        case .stateMismatch: "state_mismatch"
+        case .dependsOnDefective: "depends_on_defective"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .corrupt(let reason), .missing(let reason), .brokenChain(let reason), .stateMismatch(let reason): reason
+        case .dependsOnDefective(let id): "its chain goes through defective snapshot \(id)"
+        }
+    }
+}
+
+/// The verdict on one committed snapshot.
+public struct SnapshotCheck: Sendable, Equatable {
+    public var id: SnapshotID
+    public var kind: SnapshotKind
+    /// nil: it restores, byte for byte, to the session its manifest records.
+    public var defect: SnapshotDefect?
+
+    public var isOK: Bool { defect == nil }
+}
+
+/// Checks a session's committed snapshots the way a restore would use them, writing
+/// nothing: each object authenticates and matches its manifest, each delta follows the
+/// snapshot before it, and each chain rebuilds the state its last manifest records.
+public struct SnapshotVerifier: Sendable {
+    public let sessionStore: SessionStore
+
+    public init(sessionStore: SessionStore) {
+        self.sessionStore = sessionStore
+    }
+
+    /// Checks every committed snapshot, or a random `sample` share of them (0 < sample ≤ 1,
+    /// at least one), always including the newest. Snapshots a sampled one's chain goes
+    /// through are read too, but reported only when sampled. Oldest first; empty when
+    /// the session has no committed snapshot. Throws when the store cannot answer or the
+    /// head does not decrypt.
+    public func verify(_ session: SessionID, sample: Double? = nil) async throws -> [SnapshotCheck] {
+        guard let head = try await sessionStore.head(session)?.head, let latest = head.latest else { return [] }
+        let committed = SessionStore.committed(try await sessionStore.snapshots(session), head: head)
+        var checks: [SnapshotCheck] = []
+        if committed[latest.sequence]?.id != latest {
+            checks.append(SnapshotCheck(
+                id: latest, kind: head.latestKind ?? .delta,
+                defect: .missing("the head names snapshot \(latest), which is not in the store")))
+        }
+        var reading = ManifestCache(sessionStore: sessionStore, session: session)
+        for entry in Self.sampled(committed.values.sorted { $0.id < $1.id }, share: sample) {
+            checks.append(SnapshotCheck(
+                id: entry.id, kind: entry.kind, defect: try await defect(of: entry, in: committed, reading: &reading)))
+        }
+        return checks.sorted { $0.id < $1.id }
+    }
+
+    private func defect(
+        of entry: SnapshotEntry, in committed: [UInt64: SnapshotEntry], reading: inout ManifestCache
+    ) async throws(StoreError) -> SnapshotDefect? {
+        let session = reading.session
+        if case .failure(let defect) = try await reading.manifest(entry) { return defect }
+        let chain: [SnapshotEntry]
+        do {
+            chain = try SessionStore.chain(to: entry, in: committed, session: session)
+        } catch {
+            return .brokenChain(snapshotErrorReason(error))
+        }
+        var manifests: [SnapshotManifest] = []
+        for (index, link) in chain.enumerated() {
+            let manifest: SnapshotManifest
+            switch try await reading.manifest(link) {
+            case .success(let read): manifest = read
+            case .failure: return .dependsOnDefective(link.id)
+            }
+            let previous = index > 0 ? chain[index - 1].id : nil
+            if !manifest.follows(previous) {
+                let defect = SnapshotDefect.brokenChain(
+                    "snapshot \(link.id) names \(manifest.parent.map { "\($0)" } ?? "no parent") as its parent, not \(previous.map { "\($0)" } ?? "nothing")")
+                return link.id == entry.id ? defect : .dependsOnDefective(link.id)
+            }
+            manifests.append(manifest)
+        }
+        do {
+            _ = try SnapshotManifest.rebuiltState(manifests, session: session)
+            return nil
+        } catch {
+            return .stateMismatch(snapshotErrorReason(error))
+        }
+    }
+
+    /// `ceil(share × count)` entries at random, at least one, always the newest; oldest first.
+    static func sampled(_ entries: [SnapshotEntry], share: Double?) -> [SnapshotEntry] {
+        guard let share, share < 1, let newest = entries.last else { return entries }
+        let wanted = max(1, Int((share * Double(entries.count)).rounded(.up)))
+        let others = entries.dropLast().shuffled().prefix(wanted - 1)
+        return (others + [newest]).sorted { $0.id < $1.id }
+    }
+}
+
+/// Each snapshot downloaded and checked at most once per verification: chains share their
+/// base and earlier deltas.
+private struct ManifestCache {
+    let sessionStore: SessionStore
+    let session: SessionID
+    private var read: [SnapshotID: Result<SnapshotManifest, SnapshotDefect>] = [:]
+
+    init(sessionStore: SessionStore, session: SessionID) {
+        self.sessionStore = sessionStore
+        self.session = session
+    }
+
+    /// A store that cannot answer throws: that says nothing about the snapshot.
+    mutating func manifest(_ entry: SnapshotEntry) async throws(StoreError) -> Result<SnapshotManifest, SnapshotDefect> {
+        if let known = read[entry.id] { return known }
+        let result: Result<SnapshotManifest, SnapshotDefect>
+        do {
+            if let manifest = try await sessionStore.manifest(session, entry) {
+                result = .success(manifest)
+            } else {
+                result = .failure(.missing("snapshot \(entry.id) was listed but is not in the store"))
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            result = .failure(.corrupt(snapshotErrorReason(error)))
+        }
+        read[entry.id] = result
+        return result
+    }
+}
+
+/// An error's message without the "corrupt snapshot:" prefix a defect's kind already says.
+private func snapshotErrorReason(_ error: any Error) -> String {
+    if case SnapshotError.corrupt(let reason) = error { return reason }
+    return "\(error)"
+}
