@@ -139,7 +139,11 @@ public actor SessionReplicator {
 
     /// Uploads what changed since the last snapshot, if anything; a base when the chain
     /// has grown past the compaction policy or `forceBase` is set.
-    public func sync(forceBase: Bool = false) async throws -> SyncResult {
+    ///
+    /// `changedPaths`: what the watcher reported since the last sync, so a delta reads only
+    /// those; nil reads the whole directory.
+    public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil) async throws -> SyncResult {
+        var changedPaths = changedPaths
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
         if head == nil { try await claim() }
         while true {
@@ -152,7 +156,7 @@ public actor SessionReplicator {
             do {
                 outcome = try writer.write(
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    openSink: { sink })
+                    changedPaths: changedPaths, openSink: { sink })
             } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
                 // Files mid-write cannot go into a base; a delta keeps their last good version.
                 kind = .delta
@@ -174,6 +178,7 @@ public actor SessionReplicator {
                 head = (next, etag)
             } catch StoreError.preconditionFailed {
                 try await headMoved()
+                changedPaths = nil  // the state is now another writer's: compare everything
                 continue
             }
             state = outcome.state

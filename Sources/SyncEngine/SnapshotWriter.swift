@@ -35,9 +35,13 @@ struct SnapshotWriter {
 
     /// Writes the snapshot to `sink` (opened lazily through `openSink`, so an empty delta
     /// writes nothing) and returns what it holds.
+    ///
+    /// `changedPaths` (deltas only): the paths the watcher reported since the previous
+    /// snapshot; only those are read, so a change costs what changed, not the session's size.
+    /// Nil scans the whole directory (start-up, rescans, after failures, bases).
     func write(
         session: SessionID, directory: String, previous: SessionState, kind: SnapshotKind,
-        id: SnapshotID, parent: SnapshotID?, openSink: () throws -> ByteSink
+        id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil, openSink: () throws -> ByteSink
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
@@ -50,13 +54,24 @@ struct SnapshotWriter {
             return writer
         }
 
-        var state: SessionState = [:]
+        var state: SessionState
+        let candidates: [(name: String, fingerprint: FileState?)]
+        if kind == .delta, let changedPaths {
+            // Everything else is as the previous snapshot had it; reported paths are always
+            // read, never judged by fingerprint.
+            state = previous
+            candidates = try expand(changedPaths, in: directory, previous: previous).map { ($0, nil) }
+        } else {
+            state = [:]
+            candidates = try SessionFiles.scan(sessionDirectory: directory).sorted { $0.key < $1.key }
+                .map { ($0.key, $0.value) }
+        }
         var included: SessionState = [:]
         var unsettled: [String] = []
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
-        for (name, fingerprint) in try SessionFiles.scan(sessionDirectory: directory).sorted(by: { $0.key < $1.key }) {
+        for (name, fingerprint) in candidates {
             let previousRecord = previous[name]
-            if kind == .delta, let previousRecord, previousRecord.fingerprint == fingerprint {
+            if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint {
                 state[name] = previousRecord
                 continue
             }
@@ -73,9 +88,9 @@ struct SnapshotWriter {
                 included[name] = record
             case .unstable, .invalidJSON:
                 unsettled.append(name)
-                if let previousRecord { state[name] = previousRecord }
+                state[name] = previousRecord
             case .missing:
-                continue
+                state[name] = nil
             }
         }
         if kind == .base, unsettled.contains(where: { previous[$0] != nil }) {
@@ -95,6 +110,24 @@ struct SnapshotWriter {
         try writer.finish()
         try archive!.encryption.finish()
         return Outcome(manifest: manifest, state: state, unsettled: unsettled)
+    }
+
+    /// The files behind reported paths, sorted: a path may name a file, or a subdirectory
+    /// (created, or removed with everything the previous snapshot had below it).
+    private func expand(_ paths: Set<String>, in directory: String, previous: SessionState) throws -> [String] {
+        var names = Set<String>()
+        for path in paths where !path.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
+            let below = path + "/"
+            names.formUnion(previous.keys.filter { $0.hasPrefix(below) })
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: "\(directory)/\(path)", isDirectory: &isDirectory), isDirectory.boolValue {
+                let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").keys.filter { !$0.contains("/") }
+                names.formUnion(inside.map { below + $0 })
+            } else {
+                names.insert(path)
+            }
+        }
+        return names.sorted()
     }
 
     /// A tombstone: an archive with only a manifest saying the session is gone.

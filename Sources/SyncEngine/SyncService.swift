@@ -39,6 +39,9 @@ public actor SyncService {
         /// session pending but waiting for its retry, not queued.
         var queued = false
         var running = false
+        /// What the watcher reported since the running or last upload started; nil means the
+        /// next upload compares the whole directory (first upload, rescans, after a failure).
+        var changedPaths: Set<String>?
         var failures = 0
         var retry: Task<Void, Never>?
         var fenced = false
@@ -96,8 +99,9 @@ public actor SyncService {
 
     private func handle(_ event: WatchEvent) {
         switch event {
-        case .changed(let name, _):
-            if let id = sessionID(name) { schedule(id) }
+        case .changed(let name, let paths):
+            // No paths: the directory itself changed (created, swapped in by a restore).
+            if let id = sessionID(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths) }
         case .sessionRemoved(let name):
             if let id = sessionID(name) { removed(id) }
         case .rescanNeeded(let reason):
@@ -153,11 +157,17 @@ public actor SyncService {
 
     /// Marks the session dirty and starts its upload when a slot is free. A session already
     /// uploading runs once more afterwards, so the newest state always gets uploaded.
-    private func schedule(_ id: SessionID) {
+    /// `changedPaths` nil: compare the whole directory.
+    private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil) {
         var entry = session(id)
         guard !entry.fenced else { return }
         entry.retry?.cancel()
         entry.retry = nil
+        if let changedPaths, entry.changedPaths != nil {
+            entry.changedPaths!.formUnion(changedPaths)
+        } else {
+            entry.changedPaths = nil
+        }
         entry.pending = true
         sessions[id] = entry
         if !entry.running { enqueue(id) }
@@ -175,24 +185,27 @@ public actor SyncService {
             let id = waiting.removeFirst()
             sessions[id]?.queued = false
             guard var entry = sessions[id], entry.pending, !entry.running else { continue }
+            let changedPaths = entry.changedPaths
+            entry.changedPaths = []
             entry.pending = false
             entry.running = true
             sessions[id] = entry
             runningCount += 1
             let replicator = entry.replicator
-            Task { await self.upload(id, replicator) }
+            Task { await self.upload(id, replicator, changedPaths: changedPaths) }
         }
     }
 
-    private func upload(_ id: SessionID, _ replicator: SessionReplicator) async {
+    private func upload(_ id: SessionID, _ replicator: SessionReplicator, changedPaths: Set<String>?) async {
         let started = ContinuousClock.now
         var retryAfter: Duration?
+        var retryPaths: Set<String>?
         do {
             // A directory gone since it was scheduled is the removal's business, not an upload's;
             // what the local store already holds is still mirrored.
             if FileManager.default.fileExists(atPath: replicator.directory) {
                 let unsettled: [String]
-                switch try await replicator.sync() {
+                switch try await replicator.sync(changedPaths: changedPaths) {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
                     logger.info("uploaded", metadata: [
                         "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
@@ -202,8 +215,11 @@ public actor SyncService {
                 case .unchanged(let stillWriting):
                     unsettled = stillWriting
                 }
-                // Files caught mid-write kept their last good version; look again shortly.
-                if !unsettled.isEmpty { retryAfter = settings.watcher.quietPeriod }
+                // Files caught mid-write kept their last good version; look at them again shortly.
+                if !unsettled.isEmpty {
+                    retryAfter = settings.watcher.quietPeriod
+                    retryPaths = Set(unsettled)
+                }
             }
             if let mirror { try await mirror.mirror(id) }
             sessions[id]?.failures = 0
@@ -226,7 +242,7 @@ public actor SyncService {
             sessions[id]?.retry = Task {
                 try? await Task.sleep(for: retryAfter)
                 guard !Task.isCancelled else { return }
-                self.schedule(id)
+                self.schedule(id, changedPaths: retryPaths)
             }
         } else if sessions[id]?.pending == true {
             enqueue(id)
@@ -239,6 +255,8 @@ public actor SyncService {
     private func failed(_ id: SessionID, _ error: any Error) -> Duration {
         let failures = (sessions[id]?.failures ?? 0) + 1
         sessions[id]?.failures = failures
+        // What the failed upload had taken is not committed: compare everything next time.
+        sessions[id]?.changedPaths = nil
         sessions[id]?.pending = true
         let ceiling = min(settings.retryMaxDelay, settings.retryBaseDelay * (1 << min(failures - 1, 16)))
         let delay = ceiling / 2 + (ceiling / 2) * Double.random(in: 0...1)

@@ -86,6 +86,33 @@ struct SnapshotChainTests {
         #expect(deltaBytes < 3_000, "a 5 KB change uploaded \(deltaBytes) bytes (base \(baseBytes))")
     }
 
+    /// A delta reads only the paths the watcher reported; the next full comparison (start-up,
+    /// rescan, after a failure) catches anything a report missed.
+    @Test func reportedPathsAreAllADeltaReads() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try write("{\"reported\":1}", to: "creds.json")
+        try write("{\"unreported\":1}", to: "pre-key-1.json")
+        try FileManager.default.removeItem(atPath: "\(directory)/app-state-sync-version-regular.json")
+        try FileManager.default.createDirectory(atPath: "\(directory)/keys", withIntermediateDirectories: false)
+        try write("{\"nested\":1}", to: "keys/a.json")
+        _ = try await writer.sync(changedPaths: ["creds.json", "app-state-sync-version-regular.json", "keys", "never-existed.json"])
+        var files = try await restored().1
+        #expect(files["creds.json"] == Array("{\"reported\":1}".utf8))
+        #expect(files["pre-key-1.json"] != Array("{\"unreported\":1}".utf8))
+        #expect(files["app-state-sync-version-regular.json"] == nil)
+        #expect(files["keys/a.json"] == Array("{\"nested\":1}".utf8))
+
+        try FileManager.default.removeItem(atPath: "\(directory)/keys")
+        _ = try await writer.sync(changedPaths: ["keys"])
+        #expect(try await restored().1["keys/a.json"] == nil)
+
+        _ = try await writer.sync()
+        files = try await restored().1
+        #expect(files == (try directoryContents(directory)))
+    }
+
     @Test func aTornFileIsNeverCapturedAndItsLastGoodVersionIsKept() async throws {
         try copyFixture("small")
         let writer = replicator()
