@@ -12,6 +12,27 @@ public protocol ByteSource: AnyObject {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
 }
 
+extension ByteSource {
+    /// Copies everything left in the source to `sink`, in 64 KiB pieces.
+    public func copy(to sink: ByteSink) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let count = try read(into: buffer)
+            if count == 0 { return }
+            try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+        }
+    }
+
+    /// Reads and discards everything left, so the checks a stream makes at its end
+    /// (authentication, declared lengths) still run.
+    public func drain() throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { buffer.deallocate() }
+        while try read(into: buffer) > 0 {}
+    }
+}
+
 /// A failed system call, with the path it concerned when there is one.
 public struct SystemError: Error, CustomStringConvertible, Equatable, Sendable {
     public let operation: String

@@ -18,7 +18,7 @@ public struct ArchiveExtractor: Sendable {
                 try staging.makeDirectory(relativePath: entry.path)
             case .file:
                 try staging.writeFile(relativePath: entry.path) { sink in
-                    try copy(from: data, to: sink)
+                    try data.copy(to: sink)
                 }
             }
         }
@@ -30,15 +30,5 @@ public struct ArchiveExtractor: Sendable {
         try DirectorySwap.replace(target) { staging in
             try extract(from: source, into: staging)
         }
-    }
-}
-
-func copy(from source: ByteSource, to sink: ByteSink) throws {
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
-    defer { buffer.deallocate() }
-    while true {
-        let count = try source.read(into: buffer)
-        if count == 0 { return }
-        try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
     }
 }

@@ -127,12 +127,6 @@ public final class ArchiveEntryData: ByteSource {
         if count == 0 && bytesRead < entry.size { throw ArchiveError(.truncated, entry: entry.path) }
         return count
     }
-
-    fileprivate func drain() throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
-        defer { buffer.deallocate() }
-        while try read(into: buffer) > 0 {}
-    }
 }
 
 /// Applies the path, type, duplicate and limit rules to each header in turn.

@@ -107,7 +107,7 @@ struct SecretstreamEncrypt: ParsableCommand {
         let plaintext = try OpenFile.reading(input)
         let object = try OpenFile.creating(output)
         let encryption = EncryptingSink(key: keyring.primary, identity: benchIdentity, downstream: object.sink)
-        try pump(from: plaintext.source, to: encryption)
+        try plaintext.source.copy(to: encryption)
         try encryption.finish()
     }
 }
@@ -123,17 +123,6 @@ struct SecretstreamDecrypt: ParsableCommand {
         let object = try OpenFile.reading(input)
         let decryption = try DecryptingSource(keyring: try key.keyring(), identity: benchIdentity, upstream: object.source)
         let plaintext = try OpenFile.creating(output)
-        try pump(from: decryption, to: plaintext.sink)
-    }
-}
-
-/// Copies a source to a sink in 64 KiB pieces, the size of an encrypted chunk's plaintext.
-func pump(from source: ByteSource, to sink: ByteSink) throws {
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-    defer { buffer.deallocate() }
-    while true {
-        let count = try source.read(into: buffer)
-        if count == 0 { return }
-        try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+        try decryption.copy(to: plaintext.sink)
     }
 }

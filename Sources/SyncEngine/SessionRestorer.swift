@@ -100,7 +100,7 @@ public struct SessionRestorer: Sendable {
             let entry = chain[index]
             let manifest = try reader.read(BufferSource(objects[index]), session: session, id: entry.id, kind: entry.kind) {
                 name, data in
-                if decided.contains(name) { return try drain(data) }
+                if decided.contains(name) { return try data.drain() }
                 if let slash = name.lastIndex(of: "/") {
                     let parent = String(name[..<slash])
                     if !written.contains(parent + "/") {
@@ -108,7 +108,7 @@ public struct SessionRestorer: Sendable {
                         written.insert(parent + "/")
                     }
                 }
-                try staging.writeFile(relativePath: name) { sink in try copy(data, to: sink) }
+                try staging.writeFile(relativePath: name) { sink in try data.copy(to: sink) }
                 written.insert(name)
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
@@ -143,14 +143,5 @@ public struct SessionRestorer: Sendable {
                 contentID: sessionStore.keyring.primary.contentID(of: file.bytes).description, fingerprint: nil)
         }
         return state
-    }
-}
-
-func copy(_ source: ByteSource, to sink: ByteSink) throws {
-    var buffer = [UInt8](repeating: 0, count: 64 << 10)
-    while true {
-        let count = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
-        if count == 0 { return }
-        try buffer.withUnsafeBytes { try sink.write(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
     }
 }

@@ -12,7 +12,7 @@ struct SnapshotReader {
         -> SnapshotManifest
     {
         try read(object, session: session, id: id, kind: kind) { _, data in
-            try drain(data)
+            try data.drain()
         }
     }
 
@@ -46,7 +46,7 @@ struct SnapshotReader {
                 }
             }
             // The authentication tag of the final chunk is only checked at end of stream.
-            try drain(decrypted)
+            try decrypted.drain()
         } catch let error as SnapshotError {
             throw error
         } catch {
@@ -82,11 +82,6 @@ private final class TeeSource: ByteSource {
         try tee.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         return count
     }
-}
-
-func drain(_ source: ByteSource) throws {
-    var buffer = [UInt8](repeating: 0, count: 64 << 10)
-    while try buffer.withUnsafeMutableBytes({ try source.read(into: $0) }) > 0 {}
 }
 
 func readAll(_ source: ByteSource, limit: Int64) throws -> [UInt8] {

@@ -65,7 +65,7 @@ final class ArchiveRoundTripTests: XCTestCase {
             // Leaving data unread is allowed: the reader skips it.
             if entry.path.hasPrefix("pre-key-") { skipped += 1; return }
             let sink = BufferSink()
-            try copy(from: data, to: sink)
+            try data.copy(to: sink)
             XCTAssertEqual(Int64(sink.bytes.count), entry.size)
             visited[entry.path] = sink.bytes
         }
