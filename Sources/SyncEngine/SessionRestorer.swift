@@ -140,7 +140,7 @@ public struct SessionRestorer: Sendable {
             }
             state[name] = FileRecord(
                 size: Int64(file.bytes.count),
-                contentID: sessionStore.keyring.primary.contentID(of: file.bytes).description, fingerprint: nil)
+                contentID: sessionStore.keyring.primary.contentID(of: file.bytes), fingerprint: nil)
         }
         return state
     }
