@@ -119,7 +119,8 @@ final class HTTPEndpoint: Sendable {
                 try await server.executeThenClose { connections in
                     for try await connection in connections {
                         guard admit() else {
-                            connection.channel.close(promise: nil)
+                            // Through the async channel, which must finish its writer (NIO traps otherwise).
+                            try? await connection.executeThenClose { _, _ in }
                             continue
                         }
                         tasks.addTask {
