@@ -191,7 +191,13 @@ public struct UploadLine: Sendable, Equatable {
 public enum SecretScan {
     public struct Secrets: Sendable {
         public var values: [String]
+        /// A key file to read at scan time.
         public var keyFile: String?
+
+        public init(values: [String], keyFile: String?) {
+            self.values = values
+            self.keyFile = keyFile
+        }
     }
 
     static let requestSecrets = ["Authorization:", "AWS4-HMAC-SHA256 Credential", "Signature=", "X-Amz-Signature"]

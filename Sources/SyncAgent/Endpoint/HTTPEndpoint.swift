@@ -39,9 +39,11 @@ protocol EndpointRoutes: Sendable {
     func respond(to method: HTTPMethod, path: String) async -> EndpointResponse
 }
 
-/// The agent's HTTP/1.1 endpoint on swift-nio: NIO's parser and encoder, one event loop thread of
-/// its own (so no client can hold up Swift's cooperative pool, where uploads run), and limits
-/// that keep a slow or hostile client from holding memory or connections for long.
+/// The agent's HTTP/1.1 endpoint on swift-nio: NIO's parser and encoder, on NIO's event loop
+/// threads rather than Swift's cooperative pool where uploads run, with limits that keep a slow
+/// or hostile client from holding memory or connections for long. The loops are NIO's process
+/// singletons (nothing else in the agent uses NIO): never shut down, so no channel outlives its
+/// loop when the agent stops.
 final class HTTPEndpoint: Sendable {
     struct Limits: Sendable {
         /// Connections beyond this are closed on accept.
@@ -60,21 +62,18 @@ final class HTTPEndpoint: Sendable {
     /// Where it listens, with the port the kernel chose for port 0.
     let boundAddress: String
     private let limits: Limits
-    private let group: MultiThreadedEventLoopGroup
     private let server: NIOAsyncChannel<Connection, Never>
     private let openConnections = Mutex(0)
 
-    private init(boundAddress: String, limits: Limits, group: MultiThreadedEventLoopGroup, server: NIOAsyncChannel<Connection, Never>) {
+    private init(boundAddress: String, limits: Limits, server: NIOAsyncChannel<Connection, Never>) {
         self.boundAddress = boundAddress
         self.limits = limits
-        self.group = group
         self.server = server
     }
 
     /// Binds now, so a bad address or a port in use stops the agent before it touches anything;
     /// connections wait in the backlog until `serve`.
     static func bind(_ address: ListenAddress, limits: Limits = Limits()) async throws -> HTTPEndpoint {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         do {
             let decoderLimits = {
                 var decoderLimits = NIOHTTPDecoderLimitConfiguration()
@@ -83,7 +82,7 @@ final class HTTPEndpoint: Sendable {
                 decoderLimits.maxHeaderFieldCount = 64
                 return decoderLimits
             }()
-            let server = try await ServerBootstrap(group: group)
+            let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -97,9 +96,8 @@ final class HTTPEndpoint: Sendable {
                 }
             var bound = address
             bound.port = server.channel.localAddress?.port ?? address.port
-            return HTTPEndpoint(boundAddress: bound.description, limits: limits, group: group, server: server)
+            return HTTPEndpoint(boundAddress: bound.description, limits: limits, server: server)
         } catch {
-            try? await group.shutdownGracefully()
             throw ConfigurationError(.cannotListen, "cannot listen on \(address): \(Self.reason(error))")
         }
     }
@@ -111,8 +109,7 @@ final class HTTPEndpoint: Sendable {
         return "\(error)"
     }
 
-    /// Answers requests until the task is cancelled, then closes every connection and stops the
-    /// event loop.
+    /// Answers requests until the task is cancelled, then closes every connection.
     func serve(_ routes: some EndpointRoutes) async throws {
         do {
             try await withThrowingDiscardingTaskGroup { tasks in
@@ -133,17 +130,13 @@ final class HTTPEndpoint: Sendable {
             }
         } catch is CancellationError {
             // The agent is stopping.
-        } catch {
-            try? await group.shutdownGracefully()
-            throw error
         }
-        try? await group.shutdownGracefully()
     }
 
-    /// Releases the socket and the event loop of an endpoint that never served (start-up failed).
+    /// Releases the socket of an endpoint that never served (start-up failed).
     func close() async {
-        try? await server.channel.close()
-        try? await group.shutdownGracefully()
+        // Through the async channel, so its stream is finished before the event loop stops.
+        try? await server.executeThenClose { _ in }
     }
 
     private func admit() -> Bool {
