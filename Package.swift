@@ -22,7 +22,7 @@ let package = Package(
         // The `watch` endpoint: swift-nio's HTTP/1 codec and event loops, swift-metrics as the
         // engine's metrics API, and the Prometheus exporter behind it.
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
