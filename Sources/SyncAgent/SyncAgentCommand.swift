@@ -11,10 +11,11 @@ struct SyncAgentCommand: AsyncParsableCommand {
             backup    run from cron or a timer: take a full snapshot of every session
             snapshots list the stored sessions, or one session's snapshots
             verify    download and check committed snapshots, writing nothing
+            status    print each session's state, from the running agent or the store
             keygen    print a new encryption key
             """,
         subcommands: [
             WatchCommand.self, RestoreCommand.self, BackupCommand.self, SnapshotsCommand.self, VerifyCommand.self,
-            KeygenCommand.self,
+            StatusCommand.self, KeygenCommand.self,
         ])
 }

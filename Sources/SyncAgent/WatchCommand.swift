@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Prometheus
 import ServiceLifecycle
 import SyncEngine
 
@@ -13,6 +14,11 @@ struct WatchCommand: AsyncParsableCommand {
             environment variables. On SIGTERM or SIGINT the agent stops taking events, flushes
             every pending change within --shutdown-timeout, and exits 0 when all were flushed,
             otherwise 1 naming the sessions left.
+
+            The endpoint (--listen) serves /healthz, /readyz (200 once the start-up comparison is
+            done and the store answers, 503 with the reason otherwise), /metrics (Prometheus)
+            and /sessions (JSON, one entry per session). It binds before anything else happens:
+            a bad address or a port in use stops the agent at once.
             """)
 
     @OptionGroup var storage: StorageOptions
@@ -28,13 +34,27 @@ struct WatchCommand: AsyncParsableCommand {
     var onDelete: String = DeletePolicy.tombstone.rawValue
     @Option(help: "Sessions uploading at once (default 8).")
     var concurrency = 8
+    @Option(help: "HOST:PORT for /healthz, /readyz, /metrics and /sessions; port 0 picks a free one (env SYNC_AGENT_LISTEN; default 127.0.0.1:9797).")
+    var listen: String?
+    @Flag(help: "Serve no endpoint.")
+    var noListen = false
+    @Option(help: "How often /readyz asks the store whether it answers (default 10s).")
+    var storeProbeInterval: String?
 
     func validate() throws {
         guard DeletePolicy(rawValue: onDelete) != nil else {
             throw ValidationError("unknown --on-delete \"\(onDelete)\": use tombstone, keep or purge")
         }
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
+        if noListen && listen != nil { throw ValidationError("--listen and --no-listen: pass one") }
         _ = try settings()
+        _ = try listenAddress()
+    }
+
+    /// Where the endpoint listens; nil with --no-listen.
+    func listenAddress() throws -> ListenAddress? {
+        guard !noListen else { return nil }
+        return try ListenAddress(parsing: listen ?? environment("SYNC_AGENT_LISTEN") ?? "127.0.0.1:9797")
     }
 
     func settings() throws -> (WatchSettings, shutdownTimeout: Duration) {
@@ -46,6 +66,10 @@ struct WatchCommand: AsyncParsableCommand {
             maxDelay ?? environment("SESSION_BACKUP_INTERVAL"), name: "--max-delay") ?? .seconds(5)
         guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
             throw ValidationError("--max-delay must not be shorter than --quiet-period")
+        }
+        if let interval = try parseDuration(storeProbeInterval, name: "--store-probe-interval") {
+            guard interval > .zero else { throw ValidationError("--store-probe-interval must be longer than 0") }
+            settings.storeProbeInterval = interval
         }
         let timeout = try parseDuration(
             shutdownTimeout ?? environment("GRACEFUL_SHUTDOWN_TIMEOUT"), name: "--shutdown-timeout") ?? .seconds(10)
@@ -59,17 +83,37 @@ struct WatchCommand: AsyncParsableCommand {
         guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
             throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+        // Before the stores: a port in use must stop the agent before it writes anything.
+        var endpoint: HTTPEndpoint?
+        var registry: PrometheusCollectorRegistry?
+        if let address = try listenAddress() {
+            endpoint = try await HTTPEndpoint.bind(address)
+            registry = bootstrapPrometheus()
+        }
+        let opened: OpenedStorage
+        do {
+            opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+        } catch {
+            await endpoint?.close()
+            throw error
+        }
         let sync = SyncService(
-            root: root, sessionStore: opened.primary, owner: agentIdentity(), conditionalWrites: opened.conditionalWrites,
-            settings: settings, mirror: opened.mirror, logger: logger)
+            root: root, sessionStore: opened.primary, owner: agentIdentity(), mode: opened.configuration.mode,
+            conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror, logger: logger)
         logger.info("watching", metadata: [
             "sessions_dir": "\(root)", "mode": "\(opened.configuration.mode.rawValue)",
             "store": "\(opened.primary.store.location)",
             "mirror": "\(opened.mirror.map { $0.remote.store.location } ?? "-")",
+            "endpoint": "\(endpoint.map { "http://\($0.boundAddress)" } ?? "-")",
         ])
         let sidecar = SidecarService(sync: sync, shutdownTimeout: shutdownTimeout)
-        let group = ServiceGroup(services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Shut down in reverse order: the endpoint answers while the sidecar flushes.
+        var services: [any Service] = []
+        if let endpoint, let registry {
+            services.append(EndpointService(endpoint: endpoint, routes: AgentRoutes(sync: sync, registry: registry)))
+        }
+        services.append(sidecar)
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         let unflushed = await sidecar.outcome.unflushed
         guard unflushed.isEmpty else {

@@ -37,8 +37,23 @@ public struct SessionRestorer: Sendable {
         self.sessionStore = sessionStore
     }
 
+    /// Counted in `sync_agent_restores_total` by status ("failed" when it throws) and timed.
     public func restore(
         _ session: SessionID, into sessionsRoot: String, target: SnapshotID? = nil, onlyIfMissing: Bool = false
+    ) async throws -> RestoreOutcome {
+        let started = ContinuousClock.now
+        do {
+            let outcome = try await restoreOrSkip(session, into: sessionsRoot, target: target, onlyIfMissing: onlyIfMissing)
+            EngineMetrics.restored(status: outcome.status.rawValue, duration: .now - started)
+            return outcome
+        } catch {
+            EngineMetrics.restored(status: "failed", duration: .now - started)
+            throw error
+        }
+    }
+
+    private func restoreOrSkip(
+        _ session: SessionID, into sessionsRoot: String, target: SnapshotID?, onlyIfMissing: Bool
     ) async throws -> RestoreOutcome {
         let directory = "\(sessionsRoot)/\(session.rawValue)"
         if onlyIfMissing, !isMissingOrEmpty(directory) {

@@ -21,6 +21,12 @@ public struct SessionStore: Sendable {
         self.keyring = keyring
     }
 
+    /// Proves the store answers, cheaply: lists a prefix that holds nothing. Start-up checks
+    /// and the sidecar's readiness use it.
+    public func probe() async throws(StoreError) {
+        _ = try await store.list(prefix: SessionLayout.root + ".sync-agent-check")
+    }
+
     /// Every session that has objects in the store.
     public func sessions() async throws(StoreError) -> [SessionID] {
         SessionLayout.sessionIDs(in: try await store.list(prefix: SessionLayout.root).map(\.key))
