@@ -30,10 +30,11 @@ let package = Package(
         systemLibrary("COpenSSL", pkgConfig: "openssl", apt: "libssl-dev"),
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
+        systemLibrary("CXML2", pkgConfig: "libxml-2.0", apt: "libxml2-dev"),
 
         .target(
             name: "S3Client",
-            dependencies: ["CCurl", "COpenSSL", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CCurl", "COpenSSL", "CXML2", .product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "Crypto", dependencies: ["CSodium"]),
         .target(name: "SessionArchive", dependencies: ["CArchive", "Crypto"]),

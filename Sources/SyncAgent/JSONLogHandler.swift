@@ -1,4 +1,6 @@
-import Foundation
+import Crypto
+import FoundationEssentials
+import Glibc
 import Logging
 import Synchronization
 
@@ -11,7 +13,7 @@ struct JSONLogHandler: LogHandler {
     private let label: String
 
     /// One line is one write(2): lines from concurrent tasks never interleave.
-    private static let output = Mutex(FileHandle.standardError)
+    private static let output = Mutex(FileDescriptorSink(fileDescriptor: STDERR_FILENO))
 
     static func standardError(label: String) -> JSONLogHandler { JSONLogHandler(label: label) }
 
@@ -35,6 +37,6 @@ struct JSONLogHandler: LogHandler {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         guard var line = try? encoder.encode(fields) else { return }
         line.append(UInt8(ascii: "\n"))
-        Self.output.withLock { $0.write(line) }
+        Self.output.withLock { sink in line.withUnsafeBytes { try? sink.write($0) } }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import S3Client
 import SyncEngine
@@ -236,13 +237,12 @@ func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
     do {
         names = try FileManager.default.contentsOfDirectory(atPath: root)
     } catch {
-        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error.localizedDescription)")
+        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error)")
     }
     var sessions: [SessionID] = []
     for name in names.sorted() where !name.hasPrefix(".") {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory), isDirectory.boolValue
-        else { continue }
+        var status = stat()
+        guard stat("\(root)/\(name)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
         guard let id = SessionID(name) else {
             logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
             continue

@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import SyncEngine
 
@@ -36,7 +37,7 @@ struct StatusCommand: AsyncParsableCommand {
         for row in report.sessions {
             print([
                 row.sessionId, row.state, row.lastSnapshot ?? "-", row.lastSnapshotAt ?? "-",
-                row.lagSeconds.map { String(format: "lag %.1fs", $0) } ?? "lag -",
+                row.lagSeconds.map { "lag \(($0 * 10).rounded() / 10)s" } ?? "lag -",
                 row.pendingChanges.map { "\($0) pending" } ?? "- pending", row.lastError ?? "",
             ].joined(separator: "\t"))
         }

@@ -1,7 +1,9 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import Prometheus
+import S3Client
 import ServiceLifecycle
 import SyncEngine
 
@@ -145,7 +147,7 @@ struct SidecarService: Service {
 
 /// "250ms", "5s", "1m", or a bare number of milliseconds.
 func parseDuration(_ text: String?, name: String) throws -> Duration? {
-    guard let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
+    guard let text = text?.trimmingWhitespace(), !text.isEmpty else { return nil }
     let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000)]
     for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
         if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return .milliseconds(value * milliseconds) }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import S3Client
 
 /// The objects of a store under a key prefix of one S3 bucket.

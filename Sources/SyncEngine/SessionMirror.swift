@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import S3Client
 
 /// Hybrid mode's second half: copies what the local store committed for a session to S3,

@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import SessionArchive
 
 /// Reads snapshot objects back: decrypts, unpacks and checks each file against the manifest.

@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import SessionArchive
 
 /// Turns a session directory into one snapshot: a zstd pax tar of the files it includes
@@ -123,8 +124,8 @@ struct SnapshotWriter {
         for path in paths where !path.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
             let below = path + "/"
             names.formUnion(previous.keys.filter { $0.hasPrefix(below) })
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: "\(directory)/\(path)", isDirectory: &isDirectory), isDirectory.boolValue {
+            var status = stat()
+            if lstat("\(directory)/\(path)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR {
                 let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").keys.filter { !$0.contains("/") }
                 names.formUnion(inside.map { below + $0 })
             } else {

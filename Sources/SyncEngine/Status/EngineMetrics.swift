@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Metrics
 
 /// Every metric the engine emits, through swift-metrics: the engine knows no exporter (the agent

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// One session as the sidecar sees it: what the endpoint's `/sessions` serves and `status`
 /// prints. Shaped for a worker's heartbeat: stable camelCase keys, times as ISO 8601 text,

@@ -1,4 +1,5 @@
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Synchronization
 
@@ -73,14 +74,14 @@ public final class SessionWatcher: Sendable {
         wakeUp = Mutex(sending)
         let owner = self.loop
         let finished = self.finished
-        let thread = Thread {
+        // A serial queue of its own targets an overcommitting global queue, so the blocking loop
+        // gets a thread to itself and never takes one from Swift's task pool.
+        DispatchQueue(label: "sync-agent.inotify").async {
             owner.loop?.run()
             // Closes the inotify descriptor and the wake-up socket's receiving end.
             owner.loop = nil
             finished.signal()
         }
-        thread.name = "sync-agent inotify"
-        thread.start()
     }
 
     deinit {
