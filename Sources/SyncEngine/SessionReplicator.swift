@@ -158,22 +158,24 @@ public actor SessionReplicator {
             let previous = current.head.latest
             let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
             var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
-            let sink = BufferSink()
+            var spool = SnapshotSpool()
             let outcome: SnapshotWriter.Outcome
             do {
                 outcome = try writer.write(
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    changedPaths: changedPaths, openSink: { sink })
+                    changedPaths: changedPaths, openSink: { spool })
             } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
                 // Files mid-write cannot go into a base; a delta keeps their last good version.
+                // A spool of its own: the abandoned base may have written part of an archive.
                 kind = .delta
+                spool = SnapshotSpool()
                 outcome = try writer.write(
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    openSink: { sink })
+                    openSink: { spool })
             }
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
 
-            try await sessionStore.putSnapshot(session, id, kind: kind, bytes: sink.bytes)
+            try await sessionStore.putSnapshot(session, id, kind: kind, spool: spool)
             var next = current.head
             next.latest = id
             next.latestKind = kind
@@ -189,7 +191,7 @@ public actor SessionReplicator {
                 continue
             }
             state = outcome.state
-            let size = Int64(sink.bytes.count)
+            let size = spool.size
             if kind == .base {
                 (baseBytes, deltaBytes, deltaCount) = (size, 0, 0)
                 await pruneOldChains()
@@ -210,9 +212,9 @@ public actor SessionReplicator {
             guard !current.head.isTombstoned else { return }
             let previous = current.head.latest
             let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
-            let sink = BufferSink()
-            _ = try writer.tombstone(session: session, id: id, parent: previous, to: sink)
-            try await sessionStore.putSnapshot(session, id, kind: .tombstone, bytes: sink.bytes)
+            let spool = SnapshotSpool()
+            _ = try writer.tombstone(session: session, id: id, parent: previous, to: spool)
+            try await sessionStore.putSnapshot(session, id, kind: .tombstone, spool: spool)
             var next = current.head
             next.latest = id
             next.latestKind = .tombstone

@@ -111,8 +111,8 @@ public struct SessionStore: Sendable {
         try await store.put(SessionLayout.snapshotKey(session, id, kind: kind), bytes: bytes, condition: nil)
     }
 
-    public func putSnapshot(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind, fileAt path: String) async throws(StoreError) {
-        try await store.put(SessionLayout.snapshotKey(session, id, kind: kind), fileAt: path, condition: nil)
+    func putSnapshot(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind, spool: SnapshotSpool) async throws(StoreError) {
+        try await spool.upload(to: store, key: SessionLayout.snapshotKey(session, id, kind: kind))
     }
 
     public func snapshotBytes(_ session: SessionID, _ entry: SnapshotEntry) async throws -> [UInt8] {

@@ -211,6 +211,36 @@ struct SnapshotChainTests {
         #expect(outcome.status == .upToDate)
     }
 
+    /// A compaction that meets a file mid-write falls back to a delta; the half-written base
+    /// must not leave bytes in the object the delta is written to.
+    @Test func aBaseThatMeetsATornFileFallsBackToAWholeReadableDelta() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        let goodCreds = try directoryContents(directory)["creds.json"]
+        try write("{\"rewritten\":true}", to: "pre-key-1.json")
+        try write("{\"me\":{\"id\":", to: "creds.json")
+        guard case .uploaded(_, .delta, _, let unsettled) = try await writer.sync(forceBase: true) else {
+            Issue.record("a base blocked by a torn file should become a delta")
+            return
+        }
+        #expect(unsettled == ["creds.json"])
+        var expected = try directoryContents(directory)
+        expected["creds.json"] = goodCreds
+        #expect(try await restored().1 == expected)
+    }
+
+    /// Past `SnapshotSpool.memoryLimit`, a snapshot is spooled through an unlinked temporary file.
+    @Test func aSnapshotLargerThanTheMemorySpoolRestoresExactly() async throws {
+        try copyFixture("medium")
+        guard case .uploaded(_, .base, let bytes, _) = try await replicator().sync() else {
+            Issue.record("the first snapshot should be a base")
+            return
+        }
+        #expect(bytes > Int64(256 << 10))
+        #expect(try await restored().1 == directoryContents(directory))
+    }
+
     private func write(_ text: String, to name: String) throws {
         try Data(text.utf8).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
     }
