@@ -28,6 +28,9 @@ struct WatchCommand: AsyncParsableCommand {
     var onDelete: String = DeletePolicy.tombstone.rawValue
     @Option(help: "Sessions uploading at once (default 8).")
     var concurrency = 8
+    @OptionGroup(title: "Retention (also applied after each new base)") var retention: RetentionOptions
+    @Option(help: "Also apply the retention policy to every session this often, e.g. 1h (env SYNC_AGENT_PRUNE_EVERY; default only after each new base).")
+    var pruneEvery: String?
 
     func validate() throws {
         guard DeletePolicy(rawValue: onDelete) != nil else {
@@ -46,6 +49,11 @@ struct WatchCommand: AsyncParsableCommand {
             maxDelay ?? environment("SESSION_BACKUP_INTERVAL"), name: "--max-delay") ?? .seconds(5)
         guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
             throw ValidationError("--max-delay must not be shorter than --quiet-period")
+        }
+        settings.compaction.retention = try retention.compactionRetention()
+        settings.pruneInterval = try parseDuration(pruneEvery ?? environment("SYNC_AGENT_PRUNE_EVERY"), name: "--prune-every")
+        if let interval = settings.pruneInterval, interval <= .zero {
+            throw ValidationError("--prune-every must be longer than 0")
         }
         let timeout = try parseDuration(
             shutdownTimeout ?? environment("GRACEFUL_SHUTDOWN_TIMEOUT"), name: "--shutdown-timeout") ?? .seconds(10)
@@ -99,13 +107,13 @@ struct SidecarService: Service {
     }
 }
 
-/// "250ms", "5s", "1m", or a bare number of milliseconds.
+/// "250ms", "5s", "1m", "36h", "7d", "2w", or a bare number of milliseconds.
 func parseDuration(_ text: String?, name: String) throws -> Duration? {
     guard let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
-    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000)]
+    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("w", 604_800_000)]
     for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
         if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return .milliseconds(value * milliseconds) }
     }
     if let value = Int64(text), value >= 0 { return .milliseconds(value) }
-    throw ValidationError("\(name) \"\(text)\": expected a duration such as 250ms, 5s or 1m")
+    throw ValidationError("\(name) \"\(text)\": expected a duration such as 250ms, 5s, 1m, 36h, 7d or 2w")
 }

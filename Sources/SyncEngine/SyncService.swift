@@ -21,6 +21,9 @@ public struct WatchSettings: Sendable {
     public var retryBaseDelay: Duration = .milliseconds(500)
     public var retryMaxDelay: Duration = .seconds(30)
     public var compaction = CompactionPolicy()
+    /// How often to apply `compaction.retention` to every session this agent serves, beside the
+    /// pruning after each new base (which alone never trims a session that only gets deltas).
+    public var pruneInterval: Duration?
     public var compressionLevel = 3
 
     public init() {}
@@ -89,11 +92,13 @@ public actor SyncService {
                 handle(event)
             }
         }
+        let pruning = settings.pruneInterval.map { interval in Task { await prunePeriodically(every: interval) } }
         await withTaskCancellationHandler {
             await events.value
         } onCancel: {
             watcher.stop()
         }
+        pruning?.cancel()
         return await flush(timeout: shutdownTimeout)
     }
 
@@ -293,6 +298,25 @@ public actor SyncService {
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "\(policy.rawValue)"])
             } catch {
                 logger.error("could not record the removed session", metadata: ["session": "\(id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Applies the retention policy to each session now and then, one session at a time.
+    /// Sessions another agent claimed are that agent's to prune.
+    private func prunePeriodically(every interval: Duration) async {
+        let pruner = SnapshotPruner(sessionStore: sessionStore, mirror: mirror)
+        while (try? await Task.sleep(for: interval)) != nil {
+            for id in sessions.filter({ !$0.value.fenced }).keys.sorted() where !Task.isCancelled {
+                do {
+                    let outcome = try await pruner.prune(id, policy: settings.compaction.retention)
+                    let deleted = outcome.plan.deletedCount
+                    if deleted > 0 {
+                        logger.info("pruned", metadata: ["session": "\(id)", "deleted": "\(deleted)", "kept": "\(outcome.plan.kept.count)"])
+                    }
+                } catch {
+                    logger.warning("scheduled prune failed", metadata: ["session": "\(id)", "error": "\(error)"])
+                }
             }
         }
     }
