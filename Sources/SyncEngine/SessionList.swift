@@ -17,7 +17,7 @@ public enum SessionList {
             guard let text = String(validating: bytes, as: UTF8.self) else {
                 throw SessionListError("it is neither UTF-8 text nor JSON")
             }
-            names = text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { index, line in
+            names = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated().compactMap { index, line in
                 let name = line.trimmingCharacters(in: .whitespaces)
                 return name.isEmpty ? nil : ("line \(index + 1)", name)
             }
