@@ -97,7 +97,8 @@ struct RestoreCommand: AsyncParsableCommand {
             logger.error("the store cannot be reached; nothing restored", metadata: ["error": "\(reason)"])
             var report = RestoreReport()
             for id in requested ?? [] { report.record(id, failure: StoreError.unavailable(reason)) }
-            return try finish(report, started: started)
+            try finish(report, started: started)
+            throw ExitCode(4)  // --all: not even the list of sessions could be had
         }
 
         // Every session's snapshot is found first, so a snapshot or time some session does not

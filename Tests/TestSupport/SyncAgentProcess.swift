@@ -71,13 +71,14 @@ public struct SyncAgentRunner: Sendable {
         return RunningAgent(process)
     }
 
-    /// Runs another subcommand (`restore`, `backup`) to its end.
-    public func run(_ subcommand: String, _ arguments: [String]) async throws
+    /// Runs another subcommand (`restore`, `backup`) to its end, reading `standardInput` (a file).
+    public func run(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") async throws
         -> (termination: Termination, standardOutput: String, standardError: String)
     {
         try await ChildProcess.run(
             try Self.binaryPath, [subcommand] + storeArguments + arguments,
-            environment: Self.cleanEnvironment(environment), outputIn: logDirectory, timeout: .seconds(120))
+            environment: Self.cleanEnvironment(environment), outputIn: logDirectory, standardInput: standardInput,
+            timeout: .seconds(120))
     }
 
     /// `restore --all` (or the given arguments) into `sessionsDirectory`; fails unless it exits 0.
