@@ -129,25 +129,30 @@ public struct SessionRestorer: Sendable {
         let newest = chain.last!
         let objects = try await download(chain, session: session)
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
-        let manifest = try reader.manifest(
-            of: BufferSource(objects.last!), session: session, id: newest.id, kind: newest.kind)
-        func outcome(_ status: RestoreOutcome.Status) -> RestoreOutcome {
+        func outcome(_ status: RestoreOutcome.Status, _ manifest: SnapshotManifest) -> RestoreOutcome {
             RestoreOutcome(
                 session: session, status: status, snapshot: newest.id, files: manifest.stateFileCount,
                 bytes: manifest.stateByteCount)
         }
-        if let local = try? localState(directory), stateDigest(local) == manifest.stateDigest {
-            return outcome(.upToDate)
+        // The up-to-date check reads the newest object once before it is unpacked. A directory
+        // that is missing or empty cannot be up to date, so the usual restore (a new worker, an
+        // empty disk) reads each object once: that pass is most of a restore's CPU.
+        if !isMissingOrEmpty(directory) {
+            let manifest = try reader.manifest(of: BufferSource(objects.last!), session: session, id: newest.id, kind: newest.kind)
+            if let local = try? localState(directory), stateDigest(local) == manifest.stateDigest {
+                return outcome(.upToDate, manifest)
+            }
         }
         if dryRun {
-            try apply(chain, objects: objects, session: session, into: nil, reader: reader, expected: manifest)
-            return outcome(.wouldRestore)
+            return outcome(.wouldRestore, try apply(chain, objects: objects, session: session, into: nil, reader: reader))
         }
+        var restored: SnapshotManifest?
         try DirectorySwap.replace(directory) { staging in
-            try apply(chain, objects: objects, session: session, into: staging, reader: reader, expected: manifest)
+            restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
         }
-        return outcome(.restored)
+        return outcome(.restored, restored!)
     }
+
 
     private func download(_ chain: [SnapshotEntry], session: SessionID) async throws -> [[UInt8]] {
         var objects = [[UInt8]](repeating: [], count: chain.count)
@@ -169,11 +174,12 @@ public struct SessionRestorer: Sendable {
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
     /// holds it, and names a newer delta deleted are never taken from an older one. Without a
-    /// staging directory (a dry run) every check runs and the contents are only read.
+    /// staging directory (a dry run) every check runs and the contents are only read. Returns
+    /// the newest snapshot's manifest.
     private func apply(
         _ chain: [SnapshotEntry], objects: [[UInt8]], session: SessionID, into staging: StagingDirectory?,
-        reader: SnapshotReader, expected: SnapshotManifest
-    ) throws {
+        reader: SnapshotReader
+    ) throws -> SnapshotManifest {
         var decided = Set<String>()
         var written = Set<String>()
         var manifests: [SnapshotManifest] = []
@@ -206,8 +212,9 @@ public struct SessionRestorer: Sendable {
         }
         let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
         guard written.filter({ !$0.hasSuffix("/") }) == Set(state.keys) else {
-            throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(expected.id) lists")
+            throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
+        return manifests[0]
     }
 
     private func isMissingOrEmpty(_ directory: String) -> Bool {

@@ -62,6 +62,26 @@ struct PruneCommandTests {
         try expectSameTree(target, workspace.sessions)
     }
 
+    @Test func inHybridModeS3FollowsTheLocalStoresPrune() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        var runner = try await workspace.cloudRunner(on: bucket)
+        let localStore = try workspace.freshDirectory()
+        runner.storeArguments[runner.storeArguments.firstIndex(of: "cloud")!] = "hybrid"
+        runner.storeArguments += ["--local-store", localStore]
+        let history = try await fourBackups(runner, workspace)
+        #expect(try await snapshotKeys(bucket, "small").count == 4)
+
+        let pruned = try await runner.run("prune", ["--all", "--keep-last", "1"])
+        #expect(pruned.termination == .exited(0), "\(pruned.standardError)")
+        let local = try FileManager.default.contentsOfDirectory(atPath: "\(localStore)/sessions/small/snapshots")
+        #expect(local.count == 1)
+        #expect(try await snapshotKeys(bucket, "small").map { ($0 as NSString).lastPathComponent } == local)
+        let target = try workspace.freshDirectory()
+        try await runner.restore(into: target)
+        #expect(try tree("\(target)/small") == history.last!.tree)
+    }
+
     @Test func watchAppliesThePolicyOnItsScheduleToSessionsThatGetNoNewBase() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()

@@ -187,3 +187,35 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// A prune running beside the session's writer, as `prune` from cron beside `watch`.
+@Suite("Prune beside a writer")
+struct PruneBesideAWriterTests {
+    @Test func theChainAWriterAppendsToIsNeverPrunedFromUnderIt() async throws {
+        let workspace = try TemporaryDirectory()
+        let sessionStore = SessionStore(
+            store: try FileSystemStore(root: workspace.file("store")), keyring: Keyring(primary: .generate()))
+        let session = SessionID("busy")!
+        let directory = workspace.file("sessions/\(session.rawValue)")
+        try FileManager.default.createDirectory(atPath: workspace.file("sessions"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        var compaction = CompactionPolicy()
+        compaction.maxChainLength = 3
+        let writer = SessionReplicator(
+            session: session, directory: directory, sessionStore: sessionStore, owner: "watch",
+            conditionalWrites: true, policy: compaction, logger: Logger(label: "test"))
+        let pruner = SnapshotPruner(sessionStore: sessionStore)
+
+        for round in 0..<40 {
+            try Data("{\"round\":\(round)}".utf8).write(to: URL(fileURLWithPath: "\(directory)/creds.json"))
+            async let synced = writer.sync(forceBase: round % 7 == 0)
+            async let pruned = pruner.prune(session, policy: RetentionPolicy(keepLast: 1))
+            _ = try await (synced, pruned)
+            let root = workspace.file("restored-\(round)")
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+            let outcome = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root)
+            #expect(outcome.status == .restored, "round \(round)")
+            #expect(try directoryContents("\(root)/\(session.rawValue)") == directoryContents(directory), "round \(round)")
+        }
+    }
+}
