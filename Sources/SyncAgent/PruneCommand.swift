@@ -20,13 +20,11 @@ struct PruneCommand: AsyncParsableCommand {
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
     @OptionGroup(title: "Retention") var retention: RetentionOptions
-    @Flag(help: "Prune every session the store has.") var all = false
     @Flag(help: "Say what would be kept and deleted; delete nothing.") var dryRun = false
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids.") var sessions: [String] = []
+    @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [String] = []
 
     func validate() throws {
-        guard all != !sessions.isEmpty else { throw ValidationError("name session ids or pass --all (not both)") }
         for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         // restic refuses too: without a rule, "keep nothing but the newest" is too easy to run by mistake.
         guard try retention.policy() != nil else {
@@ -38,7 +36,7 @@ struct PruneCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.prune")
         let policy = try retention.policy()!
         let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
-        let ids = try all ? await opened.primary.sessions() : sessions.compactMap(SessionID.init)
+        let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions.compactMap(SessionID.init)
         let pruner = SnapshotPruner(sessionStore: opened.primary, mirror: opened.mirror)
         let progress = ProgressLine(dryRun ? "checking" : "pruning", total: ids.count)
         var report = PruneReport(dryRun: dryRun)

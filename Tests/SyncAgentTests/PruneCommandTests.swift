@@ -33,11 +33,11 @@ struct PruneCommandTests {
         let all = try await snapshotKeys(bucket, "small")
         #expect(all.count == 4)
 
-        let noPolicy = try await runner.run("prune", ["--all"])
+        let noPolicy = try await runner.run("prune", [])
         #expect(noPolicy.termination == .exited(64))
         #expect(noPolicy.standardError.contains("no retention policy"))
 
-        let dryRun = try await runner.run("prune", ["--all", "--keep-last", "2", "--dry-run", "--json"])
+        let dryRun = try await runner.run("prune", ["--keep-last", "2", "--dry-run", "--json"])
         #expect(dryRun.termination == .exited(0), "\(dryRun.standardError)")
         let planned = try JSONSerialization.jsonObject(with: Data(dryRun.standardOutput.utf8)) as? [String: Any]
         #expect(planned?["deleted"] as? Int == 2)
@@ -72,7 +72,7 @@ struct PruneCommandTests {
         let history = try await fourBackups(runner, workspace)
         #expect(try await snapshotKeys(bucket, "small").count == 4)
 
-        let pruned = try await runner.run("prune", ["--all", "--keep-last", "1"])
+        let pruned = try await runner.run("prune", ["--keep-last", "1"])
         #expect(pruned.termination == .exited(0), "\(pruned.standardError)")
         let local = try FileManager.default.contentsOfDirectory(atPath: "\(localStore)/sessions/small/snapshots")
         #expect(local.count == 1)
