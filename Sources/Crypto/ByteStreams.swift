@@ -84,7 +84,7 @@ public final class BufferSource: ByteSource {
 }
 
 /// Writes to a file descriptor the caller owns; retries short writes and EINTR.
-public final class FileDescriptorSink: ByteSink {
+public final class FileDescriptorSink: ByteSink, Sendable {
     public let fileDescriptor: Int32
     private let path: String?
 

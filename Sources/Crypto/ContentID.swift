@@ -1,28 +1,54 @@
 /// A deduplication id: keyed BLAKE2b-256 of the content, keyed by a subkey of the master
 /// key (FORMAT.md, "Content ids"). Equal content under the same key gives the same id;
 /// without the key the id says nothing about the content.
-public struct ContentID: Sendable, Hashable, CustomStringConvertible {
+///
+/// The 32 bytes are stored inline, not in an array or a hex string: the sidecar keeps one id
+/// per file of every session it watches (tens of thousands), and a heap object each would
+/// cost more than the id itself. Encoded (JSON) as its hex form.
+public struct ContentID: Sendable, Hashable, Codable, CustomStringConvertible {
     public static let byteCount = 32
-    public let bytes: [UInt8]
+    private var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
 
     init(bytes: [UInt8]) {
         precondition(bytes.count == Self.byteCount)
-        self.bytes = bytes
+        withUnsafeMutableBytes(of: &words) { $0.copyBytes(from: bytes) }
     }
 
     /// Parses the lowercase or uppercase hex form that `description` prints.
     public init?(hex: String) {
         var hex = hex
         guard hex.utf8.count == 2 * Self.byteCount else { return nil }
-        var bytes = [UInt8](repeating: 0, count: Self.byteCount)
         let decoded = hex.withUTF8 { text in
-            bytes.withUnsafeMutableBytes { Sodium.decodeHex(UnsafeRawBufferPointer(text), into: $0) }
+            withUnsafeMutableBytes(of: &words) { Sodium.decodeHex(UnsafeRawBufferPointer(text), into: $0) }
         }
         guard decoded else { return nil }
-        self.bytes = bytes
     }
 
-    public var description: String { hexString(bytes) }
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        guard let id = ContentID(hex: try container.decode(String.self)) else {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "not a 64-digit hex content id")
+        }
+        self = id
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    public var bytes: [UInt8] { withUnsafeBytes(of: words) { Array($0) } }
+
+    public var description: String { withUnsafeBytes(of: words) { hexString($0) } }
+
+    public static func == (lhs: ContentID, rhs: ContentID) -> Bool {
+        lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2
+            && lhs.words.3 == rhs.words.3
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        withUnsafeBytes(of: words) { hasher.combine(bytes: $0) }
+    }
 }
 
 /// Computes a content id over data that arrives in pieces; a `ByteSink`, so it can sit in

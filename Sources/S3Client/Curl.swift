@@ -1,5 +1,6 @@
 import CCurl
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Synchronization
 
@@ -169,7 +170,7 @@ private final class CurlTransfer: @unchecked Sendable {
     }
 
     func headerLine(_ line: String) {
-        let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
+        let trimmed = line.trimmingWhitespace()
         if trimmed.hasPrefix("HTTP/") {
             // A new status line (after 100 Continue or a redirect) starts a new header block.
             let parts = trimmed.split(separator: " ", maxSplits: 2)
@@ -189,7 +190,7 @@ private final class CurlTransfer: @unchecked Sendable {
             }
         } else if let colon = trimmed.firstIndex(of: ":") {
             let name = String(trimmed[..<colon])
-            let value = trimmed[trimmed.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            let value = String(String(trimmed[trimmed.index(after: colon)...]).trimmingWhitespace())
             headers.append((name, value))
         }
     }
@@ -365,9 +366,11 @@ final class CurlMultiLoop: @unchecked Sendable {
         // The cache would otherwise shrink with the number of transfers in flight and close
         // connections that the next burst of requests has to open again.
         _ = sa_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnectionsPerHost)
-        let thread = Thread { [self] in run() }
-        thread.name = "sync-agent.curl"
-        thread.start()
+        // A serial queue of its own targets an overcommitting global queue, so the blocking loop
+        // gets a thread to itself and never takes one from Swift's task pool.
+        DispatchQueue(label: "sync-agent.curl").async { [self] in
+            run()
+        }
     }
 
     /// Asks the loop thread to finish; it frees the multi handle once the running

@@ -1,4 +1,6 @@
-import Foundation
+import CCurl
+import FoundationEssentials
+import Glibc
 
 /// The two date spellings S3 uses: ISO 8601 in XML listings, RFC 1123 in headers.
 enum HTTPDate {
@@ -7,11 +9,9 @@ enum HTTPDate {
             ?? (try? Date(text, strategy: .iso8601))
     }
 
+    /// libcurl's HTTP date parser: RFC 1123, and the older spellings servers still send.
     static func parseRFC1123(_ text: String) -> Date? {
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "GMT")
-        formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-        return formatter.date(from: text)
+        let seconds = curl_getdate(text, nil)
+        return seconds == -1 ? nil : Date(timeIntervalSince1970: TimeInterval(seconds))
     }
 }

@@ -1,5 +1,6 @@
 import COpenSSL
-import Foundation
+import FoundationEssentials
+import Glibc
 
 // All OpenSSL calls of the module live here; the rest of S3Client only sees byte arrays.
 

@@ -16,7 +16,7 @@ public struct S3Configuration: Sendable {
         public init(parsing text: String) throws(S3ConfigurationError) {
             var rest = Substring(text.trimmingWhitespace())
             var scheme = "https"
-            if let range = rest.range(of: "://") {
+            if let range = rest.firstRange(of: "://") {
                 scheme = rest[..<range.lowerBound].lowercased()
                 rest = rest[range.upperBound...]
             }
@@ -187,7 +187,7 @@ private extension Character {
 }
 
 extension StringProtocol {
-    func trimmingWhitespace() -> Substring {
+    package func trimmingWhitespace() -> Substring {
         var text = Substring(self)
         while let first = text.first, first.isWhitespace { text = text.dropFirst() }
         while let last = text.last, last.isWhitespace { text = text.dropLast() }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// AWS Signature Version 4 (HMAC-SHA256), with the date always passed in.

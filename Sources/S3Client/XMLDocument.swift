@@ -1,11 +1,9 @@
-import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
+import CXML2
 
 /// A parsed S3 XML response: just elements and their text, which is all S3 answers carry.
-/// Parsing is bounded (size, depth, element count) and never resolves external entities,
-/// so a hostile or broken server cannot make the client misbehave, only fail clearly.
+/// Parsing is bounded (size, depth, element count), never touches the network and never
+/// loads external entities or DTDs, so a hostile or broken server cannot make the client
+/// misbehave, only fail clearly.
 struct XMLElement: Sendable, Equatable {
     var name: String
     var text: String
@@ -19,58 +17,74 @@ struct XMLElement: Sendable, Equatable {
     static let maxDepth = 32
     static let maxElements = 1_000_000
 
+    /// libxml2's streaming reader (xmlTextReader): one node at a time, so the limits are
+    /// checked as the document is read, before a hostile one has been built in memory.
     static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
         guard bytes.count <= maxBytes else { throw .invalidResponse("XML response larger than \(maxBytes) bytes") }
-        let builder = TreeBuilder()
-        let parser = XMLParser(data: Data(bytes))
-        parser.shouldResolveExternalEntities = false
-        parser.shouldProcessNamespaces = false
-        parser.delegate = builder
-        let parsed = parser.parse()
-        if let limit = builder.limitExceeded { throw .invalidResponse(limit) }
-        guard parsed, let root = builder.root else {
-            let reason = parser.parserError.map { "\($0.localizedDescription)" } ?? "no root element"
-            throw .invalidResponse("malformed XML response: \(reason)")
+        _ = libxml2Initialized
+        // No network, no entity substitution (so no external or exponentially nested
+        // entities), no DTD loading, and no errors printed to stderr: they are reported here.
+        let options = Int32(bitPattern: XML_PARSE_NONET.rawValue | XML_PARSE_NOERROR.rawValue | XML_PARSE_NOWARNING.rawValue)
+        let reader = bytes.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) { xmlReaderForMemory($0.baseAddress, Int32(buffer.count), nil, nil, options) }
         }
-        return root
-    }
+        guard let reader else { throw .invalidResponse("malformed XML response: empty document") }
+        defer { xmlFreeTextReader(reader) }
 
-    private final class TreeBuilder: NSObject, XMLParserDelegate {
         var stack: [XMLElement] = []
         var root: XMLElement?
         var elementCount = 0
-        var limitExceeded: String?
-
-        func parser(
-            _ parser: XMLParser, didStartElement name: String, namespaceURI: String?,
-            qualifiedName: String?, attributes: [String: String] = [:]
-        ) {
-            elementCount += 1
-            if stack.count >= XMLElement.maxDepth || elementCount > XMLElement.maxElements {
-                limitExceeded = "XML response nested deeper than \(XMLElement.maxDepth) or with more than \(XMLElement.maxElements) elements"
-                parser.abortParsing()
-                return
+        func close() {
+            let element = stack.removeLast()
+            if stack.isEmpty { root = element } else { stack[stack.count - 1].children.append(element) }
+        }
+        while true {
+            let status = xmlTextReaderRead(reader)
+            if status == 0 { break }
+            guard status == 1 else { throw .invalidResponse("malformed XML response: \(lastErrorMessage())") }
+            switch xmlTextReaderNodeType(reader) {
+            case Int32(XML_READER_TYPE_ELEMENT.rawValue):
+                elementCount += 1
+                guard stack.count < maxDepth, elementCount <= maxElements else {
+                    throw .invalidResponse(
+                        "XML response nested deeper than \(maxDepth) or with more than \(maxElements) elements")
+                }
+                stack.append(XMLElement(name: string(xmlTextReaderConstName(reader)), text: "", children: []))
+                // An empty element (<Prefix/>) has no end node of its own.
+                if xmlTextReaderIsEmptyElement(reader) == 1 { close() }
+            case Int32(XML_READER_TYPE_END_ELEMENT.rawValue):
+                if !stack.isEmpty { close() }
+            case Int32(XML_READER_TYPE_TEXT.rawValue), Int32(XML_READER_TYPE_CDATA.rawValue),
+                Int32(XML_READER_TYPE_SIGNIFICANT_WHITESPACE.rawValue):
+                if !stack.isEmpty { stack[stack.count - 1].text += string(xmlTextReaderConstValue(reader)) }
+            default:
+                // Comments, processing instructions, the declaration, unexpanded entity references.
+                continue
             }
-            stack.append(XMLElement(name: name, text: "", children: []))
         }
+        guard let root else { throw .invalidResponse("malformed XML response: no root element") }
+        return root
+    }
 
-        func parser(_ parser: XMLParser, foundCharacters string: String) {
-            guard !stack.isEmpty else { return }
-            stack[stack.count - 1].text += string
-        }
+    private static func string(_ text: UnsafePointer<xmlChar>?) -> String {
+        text.map { String(cString: $0) } ?? ""
+    }
 
-        func parser(_ parser: XMLParser, didEndElement name: String, namespaceURI: String?, qualifiedName: String?) {
-            guard let element = stack.popLast() else { return }
-            if stack.isEmpty {
-                root = element
-            } else {
-                stack[stack.count - 1].children.append(element)
-            }
-        }
+    private static func lastErrorMessage() -> String {
+        guard let error = xmlGetLastError(), let message = error.pointee.message else { return "unreadable document" }
+        let text = String(cString: message).trimmingTrailingNewlines()
+        return error.pointee.line > 0 ? "\(text) (line \(error.pointee.line))" : text
+    }
+}
 
-        func parser(_ parser: XMLParser, resolveExternalEntityName name: String, systemID: String?) -> Data? {
-            nil
-        }
+/// libxml2 must be initialized once, before threads use it concurrently.
+private let libxml2Initialized: Void = xmlInitParser()
+
+extension String {
+    fileprivate func trimmingTrailingNewlines() -> String {
+        var text = Substring(self)
+        while text.last?.isNewline == true { text.removeLast() }
+        return String(text)
     }
 }
 

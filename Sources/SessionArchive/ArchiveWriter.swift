@@ -14,8 +14,18 @@ public final class ArchiveWriter {
     private let output: WriterOutput
     private var finished = false
 
-    /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest).
-    public init(sink: ByteSink, compressionLevel: Int = 3) throws {
+    /// An archive expected to hold at least this many bytes of file data is compressed on a
+    /// zstd worker thread, overlapping compression with reading files, tar framing and
+    /// encryption on the calling thread, as in `tar | zstd`. zstd hands its worker whole jobs of
+    /// several MiB (four windows at level 3), so a smaller archive would gain nothing but a
+    /// thread and the job buffers, a few MiB per archive: the sidecar's snapshots are mostly
+    /// small, and many run at once.
+    public static let workerThreadThreshold: Int64 = 32 << 20
+
+    /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest). `expectedFileBytes`:
+    /// roughly how much file data the archive will hold; it only picks the compression mode.
+    /// The output is one zstd frame either way, which any zstd decoder reads.
+    public init(sink: ByteSink, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws {
         guard (1...22).contains(compressionLevel) else {
             throw ArchiveError(.invalidCompressionLevel(compressionLevel))
         }
@@ -25,10 +35,8 @@ public final class ArchiveWriter {
         try check(archive_write_set_format_pax(archive))
         try check(archive_write_add_filter_zstd(archive))
         try check(archive_write_set_filter_option(archive, "zstd", "compression-level", String(compressionLevel)))
-        // One zstd worker thread: compression overlaps reading files, tar framing and encryption on
-        // the calling thread, as in `tar | zstd`. The output is still one frame, the same bytes for the
-        // same input and level; memory stays bounded (a few zstd jobs of a few MiB each).
-        try check(archive_write_set_filter_option(archive, "zstd", "threads", "1"))
+        let threads = expectedFileBytes >= Self.workerThreadThreshold ? "1" : "0"
+        try check(archive_write_set_filter_option(archive, "zstd", "threads", threads))
         // No zero padding after the last zstd frame: the tar layer already ends with its own marker.
         try check(archive_write_set_bytes_in_last_block(archive, 1))
         try check(archive_write_open(archive, Unmanaged.passUnretained(output).toOpaque(), nil, writeToSink, nil))

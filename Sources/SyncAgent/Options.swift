@@ -1,9 +1,11 @@
 import ArgumentParser
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import S3Client
 import SyncEngine
+import Synchronization
 
 /// Reads an environment variable, treating an empty value as unset.
 func environment(_ names: String...) -> String? {
@@ -20,6 +22,9 @@ struct ConfigurationError: Error, CustomStringConvertible {
         case missingKey
         case missingBucket
         case unreadableSessionsDirectory
+        case unknownLogSetting
+        case badListenAddress
+        case cannotListen
     }
 
     let reason: Reason
@@ -119,24 +124,53 @@ struct StorageOptions: ParsableArguments {
     }
 }
 
-/// Logs go to standard error, so standard output carries only a command's result
-/// (the `--json` reports).
-private let logsToStandardError: Void = LoggingSystem.bootstrap(StreamLogHandler.standardError)
+/// How log lines look: `text` for people (swift-log's stream format), `json` for collectors.
+enum LogFormat: String {
+    case text
+    case json
+}
+
+/// The logging system is process-wide and can be bootstrapped once: the first command's
+/// logger decides, and every command makes its logger through `LoggingOptions`.
+private let loggingBootstrap = Mutex(false)
 
 struct LoggingOptions: ParsableArguments {
     @Option(help: "trace, debug, info, notice, warning, error or critical (env SYNC_AGENT_LOG_LEVEL; default info).")
     var logLevel: String?
 
+    @Option(help: "text or json, one line per event on standard error (env SYNC_AGENT_LOG_FORMAT; default text).")
+    var logFormat: String?
+
     func validate() throws {
-        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
-            throw ValidationError("unknown log level \"\(logLevel)\"")
-        }
+        _ = try resolved()
     }
 
+    func resolved() throws -> (level: Logger.Level, format: LogFormat) {
+        let levelText = logLevel ?? environment("SYNC_AGENT_LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: levelText) else {
+            throw ConfigurationError(.unknownLogSetting, "unknown log level \"\(levelText)\": use trace, debug, info, notice, warning, error or critical")
+        }
+        let formatText = logFormat ?? environment("SYNC_AGENT_LOG_FORMAT") ?? "text"
+        guard let format = LogFormat(rawValue: formatText) else {
+            throw ConfigurationError(.unknownLogSetting, "unknown log format \"\(formatText)\": use text or json")
+        }
+        return (level, format)
+    }
+
+    /// Logs go to standard error, so standard output carries only a command's result
+    /// (the `--json` reports). `validate()` has checked the settings.
     func makeLogger(_ label: String) -> Logger {
-        _ = logsToStandardError
+        let (level, format) = (try? resolved()) ?? (.info, .text)
+        loggingBootstrap.withLock { bootstrapped in
+            guard !bootstrapped else { return }
+            bootstrapped = true
+            switch format {
+            case .text: LoggingSystem.bootstrap(StreamLogHandler.standardError)
+            case .json: LoggingSystem.bootstrap(JSONLogHandler.standardError)
+            }
+        }
         var logger = Logger(label: label)
-        logger.logLevel = (logLevel ?? environment("SYNC_AGENT_LOG_LEVEL")).flatMap(Logger.Level.init(rawValue:)) ?? .info
+        logger.logLevel = level
         return logger
     }
 }
@@ -155,29 +189,26 @@ struct OpenedStorage {
     static func open(_ options: StorageOptions, logger: Logger, writes: Bool) async throws -> OpenedStorage {
         let configuration = try options.storageConfiguration()
         let (primaryStore, mirrorStore) = try configuration.openStores(logger: logger)
-        _ = try await primaryStore.list(prefix: "sessions/.sync-agent-check")
+        let primary = SessionStore(store: primaryStore, keyring: configuration.keyring)
+        try await primary.probe()
         let conditional = writes ? try await primaryStore.probeConditionalWrites() : true
         if !conditional {
             logger.warning("the store ignores conditional writes: fencing is off, two agents on one session could overwrite each other", metadata: ["store": "\(primaryStore.location)"])
         }
         var mirror: SessionMirror?
         if let mirrorStore {
+            let remote = SessionStore(store: mirrorStore, keyring: configuration.keyring)
             var mirrorConditional = true
             do {
-                _ = try await mirrorStore.list(prefix: "sessions/.sync-agent-check")
+                try await remote.probe()
                 if writes { mirrorConditional = try await mirrorStore.probeConditionalWrites() }
             } catch StoreError.unavailable(let reason) {
                 // Hybrid mode exists for this: commit locally now, catch S3 up later.
                 logger.warning("S3 is unreachable; committing to the local store and catching up later", metadata: ["reason": "\(reason)"])
             }
-            mirror = SessionMirror(
-                local: SessionStore(store: primaryStore, keyring: configuration.keyring),
-                remote: SessionStore(store: mirrorStore, keyring: configuration.keyring),
-                conditionalWrites: mirrorConditional)
+            mirror = SessionMirror(local: primary, remote: remote, conditionalWrites: mirrorConditional)
         }
-        return OpenedStorage(
-            configuration: configuration, primary: SessionStore(store: primaryStore, keyring: configuration.keyring),
-            conditionalWrites: conditional, mirror: mirror)
+        return OpenedStorage(configuration: configuration, primary: primary, conditionalWrites: conditional, mirror: mirror)
     }
 
     /// The store to restore a session from: in hybrid mode, the newer copy.
@@ -206,13 +237,12 @@ func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
     do {
         names = try FileManager.default.contentsOfDirectory(atPath: root)
     } catch {
-        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error.localizedDescription)")
+        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error)")
     }
     var sessions: [SessionID] = []
     for name in names.sorted() where !name.hasPrefix(".") {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory), isDirectory.boolValue
-        else { continue }
+        var status = stat()
+        guard stat("\(root)/\(name)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
         guard let id = SessionID(name) else {
             logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
             continue

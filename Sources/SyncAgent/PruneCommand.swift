@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import SyncEngine
 
 struct PruneCommand: AsyncParsableCommand {
@@ -10,7 +10,7 @@ struct PruneCommand: AsyncParsableCommand {
             Like restic's forget --prune, per session: a snapshot stays when any --keep-* rule
             keeps it, with everything it needs to restore (a delta's chain back to its base). The
             head's snapshot always stays. Times are when each object was written to the store, as
-            `snapshots` lists them; hours, days and weeks are in the local time zone (TZ). Objects
+            `snapshots` lists them; hours, days and ISO weeks are in UTC. Objects
             no head committed (a crashed or fenced writer's) are deleted; objects above the head,
             which a running writer may be committing, are never touched. Safe beside `watch` and
             `backup`. In hybrid mode the local store is pruned and S3 follows it. Exit codes: 0

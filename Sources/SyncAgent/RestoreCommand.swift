@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import SessionArchive
 import SyncEngine
@@ -28,7 +29,7 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(help: "Restore this snapshot (as `snapshots` prints it, e.g. 42.3) instead of the newest; one session only.")
     var snapshot: String?
     @Option(help: ArgumentHelp(
-        "Restore each session as it was at TIME: its newest snapshot written then or before. ISO 8601 (2026-11-22T10:00:00Z, with an offset, or without a zone for local time) or @UNIX-SECONDS.",
+        "Restore each session as it was at TIME: its newest snapshot written then or before. ISO 8601 (2026-11-22T10:00:00Z, with an offset, or without a zone for UTC) or @UNIX-SECONDS.",
         valueName: "time"))
     var at: String?
     @Flag(help: "Say what would happen to each session: download and check its snapshots, write nothing.")
@@ -53,21 +54,23 @@ struct RestoreCommand: AsyncParsableCommand {
         guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
     }
 
-    /// RFC 3339 with a zone (fractional seconds allowed), the same without a zone in local time
-    /// ("T" or a space between date and time, seconds optional), or "@" and Unix seconds.
+    /// RFC 3339 ("2026-11-22T10:00:00Z", an offset, fractional seconds), the same without a zone
+    /// meaning UTC (a space for the "T" and no seconds allowed), or "@" and Unix seconds. UTC,
+    /// like prune's days and weeks: a restore must not depend on the machine's time zone.
     static func parseTime(_ text: String) -> Date? {
         if text.hasPrefix("@") { return Double(text.dropFirst()).map(Date.init(timeIntervalSince1970:)) }
-        let zoned = ISO8601DateFormatter()
-        for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime]] {
-            zoned.formatOptions = options
-            if let date = zoned.date(from: text) { return date }
+        var characters = Array(text)
+        guard characters.count >= 16 else { return nil }
+        if characters[10] == " " { characters[10] = "T" }
+        let time = characters[11...]
+        let hasZone = time.last == "Z" || time.contains("+") || time.contains("-")
+        if !hasZone {
+            if characters.count == 16 { characters += ":00" }
+            characters.append("Z")
         }
-        let local = DateFormatter()
-        local.locale = Locale(identifier: "en_US_POSIX")
-        local.timeZone = .current
-        for format in ["yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd'T'HH:mm", "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd HH:mm"] {
-            local.dateFormat = format
-            if let date = local.date(from: text) { return date }
+        let normalized = String(characters)
+        for fractional in [false, true] {
+            if let date = try? Date.ISO8601FormatStyle(includingFractionalSeconds: fractional).parse(normalized) { return date }
         }
         return nil
     }
@@ -114,7 +117,7 @@ struct RestoreCommand: AsyncParsableCommand {
             return error
         }
         if let first = badPoints.first {
-            for other in badPoints.dropFirst() { FileHandle.standardError.write(Data("Error: \(other)\n".utf8)) }
+            for other in badPoints.dropFirst() { writeStandardError("Error: \(other)\n") }
             throw rejectInput(first.description)
         }
 
@@ -162,7 +165,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
         let bytes: [UInt8]
         if sessionsFrom == "-" {
-            bytes = Array(FileHandle.standardInput.readDataToEndOfFile())
+            bytes = try readStandardInput()
         } else {
             guard let data = FileManager.default.contents(atPath: sessionsFrom) else {
                 throw rejectInput("--sessions-from: cannot read \(sessionsFrom)")
@@ -187,7 +190,7 @@ struct RestoreCommand: AsyncParsableCommand {
             }
             printTable(["SESSION", "STATUS", "SNAPSHOT", "FILES", "BYTES", "ERROR"], rows)
             let counts = Dictionary(grouping: report.recoveredSessions, by: \.status).mapValues(\.count)
-                .sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.replacingOccurrences(of: "_", with: " "))" }
+                .sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.replacing("_", with: " "))" }
             print((counts + ["\(report.failedSessions.count) failed"]).joined(separator: ", ") + " in \(seconds(since: started))")
         }
         if !report.failedSessions.isEmpty {

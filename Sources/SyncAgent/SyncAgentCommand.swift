@@ -12,11 +12,11 @@ struct SyncAgentCommand: AsyncParsableCommand {
             prune     delete the snapshots a retention policy no longer keeps
             snapshots list the stored sessions, or one session's snapshots
             verify    download and check committed snapshots, writing nothing
+            status    print each session's state, from the running agent or the store
             keygen    print a new encryption key
             """,
         subcommands: [
             WatchCommand.self, RestoreCommand.self, BackupCommand.self, PruneCommand.self, SnapshotsCommand.self,
-            VerifyCommand.self,
-            KeygenCommand.self,
+            VerifyCommand.self, StatusCommand.self, KeygenCommand.self,
         ])
 }

@@ -1,6 +1,9 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import Prometheus
+import S3Client
 import ServiceLifecycle
 import SyncEngine
 
@@ -13,6 +16,11 @@ struct WatchCommand: AsyncParsableCommand {
             environment variables. On SIGTERM or SIGINT the agent stops taking events, flushes
             every pending change within --shutdown-timeout, and exits 0 when all were flushed,
             otherwise 1 naming the sessions left.
+
+            The endpoint (--listen) serves /healthz, /readyz (200 once the start-up comparison is
+            done and the store answers, 503 with the reason otherwise), /metrics (Prometheus)
+            and /sessions (JSON, one entry per session). It binds before anything else happens:
+            a bad address or a port in use stops the agent at once.
             """)
 
     @OptionGroup var storage: StorageOptions
@@ -28,6 +36,12 @@ struct WatchCommand: AsyncParsableCommand {
     var onDelete: String = DeletePolicy.tombstone.rawValue
     @Option(help: "Sessions uploading at once (default 8).")
     var concurrency = 8
+    @Option(help: "HOST:PORT for /healthz, /readyz, /metrics and /sessions; port 0 picks a free one (env SYNC_AGENT_LISTEN; default 127.0.0.1:9797).")
+    var listen: String?
+    @Flag(help: "Serve no endpoint.")
+    var noListen = false
+    @Option(help: "How often /readyz asks the store whether it answers (default 10s).")
+    var storeProbeInterval: String?
     @OptionGroup(title: "Retention (also applied after each new base)") var retention: RetentionOptions
     @Option(help: "Also apply the retention policy to every session this often, e.g. 1h (env SYNC_AGENT_PRUNE_EVERY; default only after each new base).")
     var pruneEvery: String?
@@ -37,7 +51,15 @@ struct WatchCommand: AsyncParsableCommand {
             throw ValidationError("unknown --on-delete \"\(onDelete)\": use tombstone, keep or purge")
         }
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
+        if noListen && listen != nil { throw ValidationError("--listen and --no-listen: pass one") }
         _ = try settings()
+        _ = try listenAddress()
+    }
+
+    /// Where the endpoint listens; nil with --no-listen.
+    func listenAddress() throws -> ListenAddress? {
+        guard !noListen else { return nil }
+        return try ListenAddress(parsing: listen ?? environment("SYNC_AGENT_LISTEN") ?? "127.0.0.1:9797")
     }
 
     func settings() throws -> (WatchSettings, shutdownTimeout: Duration) {
@@ -49,6 +71,10 @@ struct WatchCommand: AsyncParsableCommand {
             maxDelay ?? environment("SESSION_BACKUP_INTERVAL"), name: "--max-delay") ?? .seconds(5)
         guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
             throw ValidationError("--max-delay must not be shorter than --quiet-period")
+        }
+        if let interval = try parseDuration(storeProbeInterval, name: "--store-probe-interval") {
+            guard interval > .zero else { throw ValidationError("--store-probe-interval must be longer than 0") }
+            settings.storeProbeInterval = interval
         }
         settings.compaction.retention = try retention.compactionRetention()
         settings.pruneInterval = try parseDuration(pruneEvery ?? environment("SYNC_AGENT_PRUNE_EVERY"), name: "--prune-every")
@@ -67,17 +93,37 @@ struct WatchCommand: AsyncParsableCommand {
         guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
             throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+        // Before the stores: a port in use must stop the agent before it writes anything.
+        var endpoint: HTTPEndpoint?
+        var registry: PrometheusCollectorRegistry?
+        if let address = try listenAddress() {
+            endpoint = try await HTTPEndpoint.bind(address)
+            registry = bootstrapPrometheus()
+        }
+        let opened: OpenedStorage
+        do {
+            opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+        } catch {
+            await endpoint?.close()
+            throw error
+        }
         let sync = SyncService(
-            root: root, sessionStore: opened.primary, owner: agentIdentity(), conditionalWrites: opened.conditionalWrites,
-            settings: settings, mirror: opened.mirror, logger: logger)
+            root: root, sessionStore: opened.primary, owner: agentIdentity(), mode: opened.configuration.mode,
+            conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror, logger: logger)
         logger.info("watching", metadata: [
             "sessions_dir": "\(root)", "mode": "\(opened.configuration.mode.rawValue)",
             "store": "\(opened.primary.store.location)",
             "mirror": "\(opened.mirror.map { $0.remote.store.location } ?? "-")",
+            "endpoint": "\(endpoint.map { "http://\($0.boundAddress)" } ?? "-")",
         ])
         let sidecar = SidecarService(sync: sync, shutdownTimeout: shutdownTimeout)
-        let group = ServiceGroup(services: [sidecar], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Shut down in reverse order: the endpoint answers while the sidecar flushes.
+        var services: [any Service] = []
+        if let endpoint, let registry {
+            services.append(EndpointService(endpoint: endpoint, routes: AgentRoutes(sync: sync, registry: registry)))
+        }
+        services.append(sidecar)
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         let unflushed = await sidecar.outcome.unflushed
         guard unflushed.isEmpty else {
@@ -109,7 +155,7 @@ struct SidecarService: Service {
 
 /// "250ms", "5s", "1m", "36h", "7d", "2w", or a bare number of milliseconds.
 func parseDuration(_ text: String?, name: String) throws -> Duration? {
-    guard let text = text?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
+    guard let text = text?.trimmingWhitespace(), !text.isEmpty else { return nil }
     let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("w", 604_800_000)]
     for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
         if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return .milliseconds(value * milliseconds) }

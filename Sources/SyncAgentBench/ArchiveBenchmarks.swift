@@ -54,12 +54,17 @@ struct ArchivePack: ParsableCommand {
         let keyring = try key.keyring()
         let output = try OpenFile.creating(object)
         let encryption = EncryptingSink(key: keyring.primary, identity: benchIdentity, downstream: output.sink)
-        let writer = try ArchiveWriter(sink: encryption, compressionLevel: level)
         // Sorted by the UTF-8 bytes, copied out once: comparing String.UTF8Views costs more.
         let paths = try FileManager.default.subpathsOfDirectory(atPath: directory)
             .map { (path: $0, bytes: Array($0.utf8)) }
             .sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) }
             .map(\.path)
+        // As for a base snapshot, the sizes come from a scan before the first file is read.
+        let expectedFileBytes = paths.reduce(Int64(0)) { total, path in
+            var status = stat()
+            return lstat(directory + "/" + path, &status) == 0 ? total + Int64(status.st_size) : total
+        }
+        let writer = try ArchiveWriter(sink: encryption, compressionLevel: level, expectedFileBytes: expectedFileBytes)
         for path in paths {
             let file = try OpenFile(directory + "/" + path, flags: O_RDONLY | O_NOFOLLOW)
             var status = stat()

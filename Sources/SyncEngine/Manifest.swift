@@ -1,11 +1,13 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import Crypto
 import S3Client
 
 /// One file of a session as a snapshot knows it.
 public struct FileRecord: Codable, Hashable, Sendable {
     public var size: Int64
-    /// Keyed BLAKE2b of the content (hex): reveals nothing about the content without the key.
-    public var contentID: String
+    /// Keyed BLAKE2b of the content (hex in JSON): reveals nothing about the content without the key.
+    public var contentID: ContentID
     /// How the file looked on disk when it was read: while it still looks the same, its
     /// content is taken as unchanged without reading it again. Nil when the file was read
     /// too soon after its last write for its mtime to be trusted (see `SnapshotWriter`).

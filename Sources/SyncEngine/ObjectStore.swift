@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import S3Client
 
 /// The storage seam, like litestream's ReplicaClient: everything the engine needs from a

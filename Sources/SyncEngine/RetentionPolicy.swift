@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Which snapshots of a session to keep, like restic's `forget` options: each rule keeps some
 /// snapshots, a snapshot is kept when any rule keeps it, and whatever a kept snapshot needs to
@@ -67,9 +67,10 @@ public struct RetentionPolicy: Sendable, Equatable {
     /// fenced writer) are deleted, and so are committed snapshots no rule keeps. Throws when the
     /// head's own snapshot does not restore (missing, or a gap in its chain): a session in that
     /// state needs an operator (`verify`), and pruning could only make it worse.
-    public func plan(
-        _ entries: [SnapshotEntry], head: SessionHead, session: SessionID, timeZone: TimeZone = .current
-    ) throws -> RetentionPlan {
+    ///
+    /// Hours, days and weeks are UTC's (weeks ISO 8601's, from Monday): what is kept must not
+    /// change with the time zone of the machine that prunes.
+    public func plan(_ entries: [SnapshotEntry], head: SessionHead, session: SessionID) throws -> RetentionPlan {
         guard let latest = head.latest else { return RetentionPlan() }
         let committed = SessionStore.committed(entries, head: head)
         guard let newest = committed[latest.sequence], newest.id == latest else {
@@ -85,7 +86,7 @@ public struct RetentionPolicy: Sendable, Equatable {
         let restorable = committed.values.sorted { $0.id > $1.id }.filter {
             (try? SessionStore.chain(to: $0, in: committed, session: session)) != nil
         }
-        for entry in rulesKeep(restorable, timeZone: timeZone) {
+        for entry in rulesKeep(restorable) {
             kept[entry.id, default: []].formUnion(entry.reasons)
         }
         for entry in restorable where kept[entry.id] != nil {
@@ -113,7 +114,7 @@ public struct RetentionPolicy: Sendable, Equatable {
     }
 
     /// What the rules keep among restorable snapshots, newest first, and why.
-    private func rulesKeep(_ snapshots: [SnapshotEntry], timeZone: TimeZone) -> [(id: SnapshotID, reasons: Set<Reason>)] {
+    private func rulesKeep(_ snapshots: [SnapshotEntry]) -> [(id: SnapshotID, reasons: Set<Reason>)] {
         var reasons: [SnapshotID: Set<Reason>] = [:]
         func keep(_ entry: SnapshotEntry, _ reason: Reason) { reasons[entry.id, default: []].insert(reason) }
 
@@ -125,8 +126,11 @@ public struct RetentionPolicy: Sendable, Equatable {
                 if entry.kind != .delta { chainsStarted += 1 }
             }
         }
-        var calendar = Calendar(identifier: .iso8601)
-        calendar.timeZone = timeZone
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = .gmt
+        // ISO 8601 weeks: from Monday, the first week of a year the one with its first Thursday.
+        calendar.firstWeekday = 2
+        calendar.minimumDaysInFirstWeek = 4
         let buckets: [(Reason, Int?, Set<Calendar.Component>)] = [
             (.hourly, keepHourly, [.year, .month, .day, .hour]),
             (.daily, keepDaily, [.year, .month, .day]),

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import S3Client
 
 /// The objects of a store under a key prefix of one S3 bucket.
@@ -48,7 +49,7 @@ public struct S3ObjectStore: ObjectStore {
             // HTTP refuses it, the store answers with the bytes that are there, none.
             return try await head(key).map { StoredObject(info: $0, bytes: []) }
         } catch {
-            throw StoreError(error, key: key)
+            throw failure(error, key: key)
         }
     }
 
@@ -61,7 +62,7 @@ public struct S3ObjectStore: ObjectStore {
             // no object, or part of one.
             unlink(path)
             if error.isNotFound { return nil }
-            throw StoreError(error, key: key)
+            throw failure(error, key: key)
         }
     }
 
@@ -72,7 +73,7 @@ public struct S3ObjectStore: ObjectStore {
         } catch where error.isNotFound {
             return nil
         } catch {
-            throw StoreError(error, key: key)
+            throw failure(error, key: key)
         }
     }
 
@@ -105,6 +106,20 @@ public struct S3ObjectStore: ObjectStore {
         }
     }
 
+    /// Counts the failure by its S3 error code, then sorts it for the engine. Only failures
+    /// that reach the engine count: the client's retried attempts and the answers the store
+    /// turns into results (a missing key is nil) do not.
+    private func failure(_ error: S3ClientError, key: String) -> StoreError {
+        switch error {
+        case .service(let failure): EngineMetrics.s3Error(code: failure.code.isEmpty ? "HTTP\(failure.status)" : failure.code)
+        case .transport: EngineMetrics.s3Error(code: "transport")
+        case .integrity: EngineMetrics.s3Error(code: "integrity")
+        case .invalidResponse: EngineMetrics.s3Error(code: "invalid_response")
+        case .io: break  // a local file, not the store
+        }
+        return StoreError(error, key: key)
+    }
+
     private func storedInfo(_ info: ObjectInfo, key: String) -> StoredObjectInfo {
         StoredObjectInfo(key: key, size: info.size, etag: info.etag, lastModified: info.lastModified)
     }
@@ -118,7 +133,7 @@ public struct S3ObjectStore: ObjectStore {
             // AWS answers If-Match on a missing key with 404 NoSuchKey: the condition failed.
             throw .preconditionFailed(key: key)
         } catch {
-            throw StoreError(error, key: key)
+            throw failure(error, key: key)
         }
     }
 
@@ -128,7 +143,7 @@ public struct S3ObjectStore: ObjectStore {
         do {
             return try await operation()
         } catch {
-            throw StoreError(error, key: key)
+            throw failure(error, key: key)
         }
     }
 }

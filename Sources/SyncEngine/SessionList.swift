@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import S3Client
 
 /// A list of session ids handed to `restore --sessions-from`: one id per line, or the JSON a
 /// gateway backend returns for a worker's assigned sessions, an array of objects with an `id`
@@ -18,7 +19,7 @@ public enum SessionList {
                 throw SessionListError("it is neither UTF-8 text nor JSON")
             }
             names = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated().compactMap { index, line in
-                let name = line.trimmingCharacters(in: .whitespaces)
+                let name = String(line.trimmingWhitespace())
                 return name.isEmpty ? nil : ("line \(index + 1)", name)
             }
         }

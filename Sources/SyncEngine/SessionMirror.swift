@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import S3Client
 
 /// Hybrid mode's second half: copies what the local store committed for a session to S3,
@@ -23,17 +24,20 @@ public struct SessionMirror: Sendable {
     }
 
     /// Brings S3 up to the local store's committed state of the session. Throws `.fenced`
-    /// when S3's head has a newer generation: another agent owns the session now.
-    public func mirror(_ session: SessionID) async throws {
+    /// when S3's head has a newer generation: another agent owns the session now. Returns the
+    /// snapshots it copied.
+    @discardableResult
+    public func mirror(_ session: SessionID) async throws -> [SnapshotEntry] {
         guard let localHead = try await local.head(session)?.head, let latest = localHead.latest,
             let headObject = try await local.store.get(SessionLayout.headKey(session))
-        else { return }
+        else { return [] }
+        var copied: [SnapshotEntry] = []
         while true {
             let remoteHead = try await remote.head(session)
             if let remoteHead, isNewerClaim(remoteHead.head, than: localHead) {
                 throw SnapshotError.fenced(session: session.rawValue, by: remoteHead.head.owner)
             }
-            if remoteHead?.head == localHead { return }
+            if remoteHead?.head == localHead { return copied }
 
             let present = Set(try await remote.snapshots(session).map(\.id))
             let missing = try await local.snapshots(session).filter { $0.id <= latest && !present.contains($0.id) }
@@ -42,6 +46,7 @@ public struct SessionMirror: Sendable {
                 guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind))
                 else { continue }
                 try await remote.putSnapshot(session, entry.id, kind: entry.kind, bytes: object.bytes)
+                copied.append(entry)
             }
             var condition: WriteCondition?
             if conditionalWrites {
@@ -54,7 +59,7 @@ public struct SessionMirror: Sendable {
             }
             let kept = Set(try await local.snapshots(session).map(\.id))
             try await deletePruned(session, keeping: kept, below: latest)
-            return
+            return copied
         }
     }
 

@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import S3Client
 
@@ -72,6 +73,12 @@ public actor SessionReplicator {
 
     /// The committed snapshot this writer last wrote or loaded.
     public var latest: SnapshotID? { head?.head.latest }
+
+    /// The latest committed snapshot and when the head last moved (its commit, or a claim since).
+    public var lastCommit: (snapshot: SnapshotID, at: Date)? {
+        guard let head = head?.head, let latest = head.latest else { return nil }
+        return (latest, head.updatedAt)
+    }
 
     /// Claims the session (generation + 1; or joins the current generation when not
     /// `claimsOwnership`) and loads the state of its latest snapshot, so

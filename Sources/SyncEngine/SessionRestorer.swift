@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import SessionArchive
 
 /// What restoring one session did.
@@ -78,9 +79,18 @@ public struct SessionRestorer: Sendable {
     }
 
     /// Finds the chain to restore. Throws `RestorePointError` when `point` names a snapshot the
-    /// session does not have, or a time before its first snapshot.
+    /// session does not have, or a time before its first snapshot. A failure counts as a failed
+    /// restore in `sync_agent_restores_total`.
     public func plan(
         _ session: SessionID, into sessionsRoot: String, at point: RestorePoint = .newest, onlyIfMissing: Bool = false
+    ) async throws -> RestorePlan {
+        try await counted(status: { _ in nil }) {
+            try await findChain(session, into: sessionsRoot, at: point, onlyIfMissing: onlyIfMissing)
+        }
+    }
+
+    private func findChain(
+        _ session: SessionID, into sessionsRoot: String, at point: RestorePoint, onlyIfMissing: Bool
     ) async throws -> RestorePlan {
         func decided(_ status: RestoreOutcome.Status, _ snapshot: SnapshotID? = nil) -> RestorePlan {
             RestorePlan(
@@ -120,8 +130,29 @@ public struct SessionRestorer: Sendable {
 
     /// Carries out a plan: downloads the chain, and unless the directory already equals the
     /// snapshot, rebuilds and swaps it in. A dry run checks the chain just as thoroughly and
-    /// writes nothing.
+    /// writes nothing. Counted in `sync_agent_restores_total` by status ("failed" when it
+    /// throws) and timed.
     public func restore(_ plan: RestorePlan, into sessionsRoot: String, dryRun: Bool = false) async throws -> RestoreOutcome {
+        try await counted(status: { $0.status.rawValue }) {
+            try await carryOut(plan, into: sessionsRoot, dryRun: dryRun)
+        }
+    }
+
+    /// Runs `body`, counting it as a restore with the status `status` gives (none: not counted)
+    /// or as failed when it throws.
+    private func counted<Result>(status: (Result) -> String?, _ body: () async throws -> Result) async throws -> Result {
+        let started = ContinuousClock.now
+        do {
+            let result = try await body()
+            if let status = status(result) { EngineMetrics.restored(status: status, duration: .now - started) }
+            return result
+        } catch {
+            EngineMetrics.restored(status: "failed", duration: .now - started)
+            throw error
+        }
+    }
+
+    private func carryOut(_ plan: RestorePlan, into sessionsRoot: String, dryRun: Bool) async throws -> RestoreOutcome {
         if let decided = plan.decided { return decided }
         let session = plan.session
         let directory = "\(sessionsRoot)/\(session.rawValue)"
@@ -232,7 +263,7 @@ public struct SessionRestorer: Sendable {
             }
             state[name] = FileRecord(
                 size: Int64(file.bytes.count),
-                contentID: sessionStore.keyring.primary.contentID(of: file.bytes).description, fingerprint: nil)
+                contentID: sessionStore.keyring.primary.contentID(of: file.bytes), fingerprint: nil)
         }
         return state
     }

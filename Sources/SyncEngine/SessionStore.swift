@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import S3Client
 import SessionArchive
 
@@ -26,6 +27,12 @@ public struct SessionStore: Sendable {
     public init(store: any ObjectStore, keyring: Keyring) {
         self.store = store
         self.keyring = keyring
+    }
+
+    /// Proves the store answers, cheaply: lists a prefix that holds nothing. Start-up checks
+    /// and the sidecar's readiness use it.
+    public func probe() async throws(StoreError) {
+        _ = try await store.list(prefix: SessionLayout.root + ".sync-agent-check")
     }
 
     /// Every session that has objects in the store.

@@ -1,4 +1,3 @@
-import Foundation
 
 /// What pruning one session did (or, in a dry run, would do).
 public struct PruneOutcome: Sendable, Equatable {
@@ -18,7 +17,6 @@ public struct SnapshotPruner: Sendable {
     public let sessionStore: SessionStore
     /// Hybrid mode: S3 follows the local store's deletions.
     public let mirror: SessionMirror?
-    public var timeZone = TimeZone.current
 
     public init(sessionStore: SessionStore, mirror: SessionMirror? = nil) {
         self.sessionStore = sessionStore
@@ -30,7 +28,7 @@ public struct SnapshotPruner: Sendable {
             return PruneOutcome(session: session, plan: RetentionPlan(), dryRun: dryRun)
         }
         let entries = try await sessionStore.snapshots(session)
-        let plan = try policy.plan(entries, head: head, session: session, timeZone: timeZone)
+        let plan = try policy.plan(entries, head: head, session: session)
         if !dryRun {
             let doomed = (plan.deleted + plan.orphans).map { SessionLayout.snapshotKey(session, $0.id, kind: $0.kind) }
             if !doomed.isEmpty { try await sessionStore.store.delete(doomed) }

@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import SessionArchive
 
 /// Reads snapshot objects back: decrypts, unpacks and checks each file against the manifest.
@@ -24,7 +25,7 @@ struct SnapshotReader {
         visit: (String, ByteSource) throws -> Void
     ) throws -> SnapshotManifest {
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
-        var contentIDs: [String: String] = [:]
+        var contentIDs: [String: ContentID] = [:]
         var manifest: SnapshotManifest?
         do {
             let decrypted = try DecryptingSource(keyring: keyring, identity: identity, upstream: object)
@@ -40,7 +41,7 @@ struct SnapshotReader {
                     // Content ids are keyed by the key that wrote the snapshot, which may be an older one.
                     let hasher = ContentHasher(key: decrypted.key)
                     try visit(name, TeeSource(upstream: data, tee: hasher))
-                    contentIDs[name] = hasher.finalize().description
+                    contentIDs[name] = hasher.finalize()
                 } else {
                     throw SnapshotError.corrupt("unexpected entry \(entry.path)")
                 }

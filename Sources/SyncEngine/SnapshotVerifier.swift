@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What is wrong with one committed snapshot, sorted by where the fault lies.
 public enum SnapshotDefect: Error, Sendable, Equatable, CustomStringConvertible {

@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import SessionArchive
 
 /// Turns a session directory into one snapshot: a zstd pax tar of the files it includes
@@ -45,15 +46,6 @@ struct SnapshotWriter {
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
-        var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
-        func archiveWriter() throws -> ArchiveWriter {
-            if let archive { return archive.writer }
-            let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
-            let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
-            archive = (writer, encryption)
-            return writer
-        }
-
         var state: SessionState
         let candidates: [(name: String, fingerprint: FileState?)]
         if kind == .delta, let changedPaths {
@@ -66,6 +58,19 @@ struct SnapshotWriter {
             candidates = try SessionFiles.scan(sessionDirectory: directory).sorted { $0.key < $1.key }
                 .map { ($0.key, $0.value) }
         }
+        // A base holds every file; a delta, usually a few.
+        let expectedFileBytes = kind == .base ? candidates.reduce(0) { $0 + ($1.fingerprint?.size ?? 0) } : 0
+        var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
+        func archiveWriter() throws -> ArchiveWriter {
+            if let archive { return archive.writer }
+            let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
+            let writer = try ArchiveWriter(
+                sink: encryption, compressionLevel: compressionLevel,
+                expectedFileBytes: expectedFileBytes)
+            archive = (writer, encryption)
+            return writer
+        }
+
         var included: SessionState = [:]
         var unsettled: [String] = []
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
@@ -79,7 +84,7 @@ struct SnapshotWriter {
             case .stable(let file):
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
-                    size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes).description,
+                    size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
                     fingerprint: settled ? file.state : nil)
                 state[name] = record
                 if kind == .delta, previousRecord?.contentID == record.contentID { continue }
@@ -119,8 +124,8 @@ struct SnapshotWriter {
         for path in paths where !path.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
             let below = path + "/"
             names.formUnion(previous.keys.filter { $0.hasPrefix(below) })
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: "\(directory)/\(path)", isDirectory: &isDirectory), isDirectory.boolValue {
+            var status = stat()
+            if lstat("\(directory)/\(path)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR {
                 let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").keys.filter { !$0.contains("/") }
                 names.formUnion(inside.map { below + $0 })
             } else {

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import SessionArchive
 
@@ -25,6 +26,8 @@ public struct WatchSettings: Sendable {
     /// pruning after each new base (which alone never trims a session that only gets deltas).
     public var pruneInterval: Duration?
     public var compressionLevel = 3
+    /// How often the store is asked whether it answers, for readiness, besides what uploads say.
+    public var storeProbeInterval: Duration = .seconds(10)
 
     public init() {}
 }
@@ -48,11 +51,26 @@ public actor SyncService {
         var failures = 0
         var retry: Task<Void, Never>?
         var fenced = false
+        /// Changes no upload has taken yet, and those the running (or last failed) upload took.
+        var waitingChanges = ChangeBacklog()
+        var uploadingChanges = ChangeBacklog()
+        var lastCommit: (snapshot: SnapshotID, at: Date)?
+        var lastError: String?
+        /// The directory is gone and its logout recorded; cleared when a directory is synced again.
+        var tombstoned = false
+    }
+
+    /// What the store last said, by a probe or an upload.
+    private enum StoreHealth {
+        case unknown
+        case answered
+        case failed(String)
     }
 
     public nonisolated let root: String
     private let sessionStore: SessionStore
     private let owner: String
+    private let mode: StorageMode
     private let conditionalWrites: Bool
     private let settings: WatchSettings
     /// Hybrid mode: copies each committed session from the local store to S3.
@@ -62,14 +80,20 @@ public actor SyncService {
     private var waiting: [SessionID] = []
     private var runningCount = 0
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    /// The sessions the start-up scan found that have not had their first upload yet; nil until
+    /// the watcher's first scan.
+    private var startupComparison: Set<SessionID>?
+    private var storeHealth = StoreHealth.unknown
 
+    /// `mode` labels the upload metrics.
     public init(
-        root: String, sessionStore: SessionStore, owner: String, conditionalWrites: Bool,
+        root: String, sessionStore: SessionStore, owner: String, mode: StorageMode, conditionalWrites: Bool,
         settings: WatchSettings = WatchSettings(), mirror: SessionMirror? = nil, logger: Logger
     ) {
         self.root = root
         self.sessionStore = sessionStore
         self.owner = owner
+        self.mode = mode
         self.conditionalWrites = conditionalWrites
         self.settings = settings
         self.mirror = mirror
@@ -92,28 +116,33 @@ public actor SyncService {
                 handle(event)
             }
         }
+        let prober = Task { await probeStorePeriodically() }
         let pruning = settings.pruneInterval.map { interval in Task { await prunePeriodically(every: interval) } }
         await withTaskCancellationHandler {
             await events.value
         } onCancel: {
             watcher.stop()
         }
+        prober.cancel()
         pruning?.cancel()
         return await flush(timeout: shutdownTimeout)
     }
 
     private func handle(_ event: WatchEvent) {
         switch event {
-        case .changed(let name, let paths):
+        case .changed(let name, let paths, let since):
             // No paths: the directory itself changed (created, swapped in by a restore).
-            if let id = sessionID(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths) }
+            if let id = sessionID(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
         case .sessionRemoved(let name):
             if let id = sessionID(name) { removed(id) }
         case .rescanNeeded(let reason):
             logger.notice("rescanning every session", metadata: ["reason": "\(reason)"])
-            rescan()
+            EngineMetrics.rescan(reason.metricLabel)
+            let found = rescan()
+            if reason == .started { startupComparison = found }
         case .watchFailed(let error):
             logger.error("watching failed; rescanning", metadata: ["error": "\(error)"])
+            EngineMetrics.rescan("watch_failed")
             rescan()
         }
     }
@@ -126,7 +155,9 @@ public actor SyncService {
         return id
     }
 
-    private func rescan() {
+    /// Schedules every session and returns those found under the root.
+    @discardableResult
+    private func rescan() -> Set<SessionID> {
         if mirror != nil {
             // Sessions whose directories are gone may still have snapshots S3 lacks.
             Task {
@@ -137,13 +168,18 @@ public actor SyncService {
                 }
             }
         }
+        var found: Set<SessionID> = []
         do {
             for name in try SessionFiles.sessionIDs(inRoot: root) {
-                if let id = sessionID(name) { schedule(id) }
+                if let id = sessionID(name) {
+                    found.insert(id)
+                    schedule(id)
+                }
             }
         } catch {
             logger.error("cannot list the sessions directory", metadata: ["root": "\(root)", "error": "\(error)"])
         }
+        return found
     }
 
     private func session(_ id: SessionID) -> Session {
@@ -162,10 +198,11 @@ public actor SyncService {
 
     /// Marks the session dirty and starts its upload when a slot is free. A session already
     /// uploading runs once more afterwards, so the newest state always gets uploaded.
-    /// `changedPaths` nil: compare the whole directory.
-    private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil) {
+    /// `changedPaths` nil: compare the whole directory. `since`: when the change was made.
+    private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil, since: ContinuousClock.Instant = .now) {
         var entry = session(id)
         guard !entry.fenced else { return }
+        entry.waitingChanges.record(changedPaths ?? [], at: since)
         entry.retry?.cancel()
         entry.retry = nil
         if let changedPaths, entry.changedPaths != nil {
@@ -192,6 +229,8 @@ public actor SyncService {
             guard var entry = sessions[id], entry.pending, !entry.running else { continue }
             let changedPaths = entry.changedPaths
             entry.changedPaths = []
+            entry.uploadingChanges.absorb(entry.waitingChanges)
+            entry.waitingChanges = ChangeBacklog()
             entry.pending = false
             entry.running = true
             sessions[id] = entry
@@ -205,42 +244,58 @@ public actor SyncService {
         let started = ContinuousClock.now
         var retryAfter: Duration?
         var retryPaths: Set<String>?
+        // Whether the primary store took the commit: a failure after it (the mirror's) says
+        // nothing about the primary store's health.
+        var committed = false
         do {
             // A directory gone since it was scheduled is the removal's business, not an upload's;
             // what the local store already holds is still mirrored.
             if FileManager.default.fileExists(atPath: replicator.directory) {
                 let unsettled: [String]
-                switch try await replicator.sync(changedPaths: changedPaths) {
+                let result = try await replicator.sync(changedPaths: changedPaths)
+                committed = true
+                switch result {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
+                    // Only a write proves the store answers: an unchanged directory may ask it nothing.
+                    storeHealth = .answered
                     logger.info("uploaded", metadata: [
                         "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
                         "duration": "\(ContinuousClock.now - started)",
                     ])
+                    EngineMetrics.uploaded(mode: mode, store: sessionStore.store, bytes: bytes)
+                    EngineMetrics.committed(lag: sessions[id]?.uploadingChanges.oldest.map { .now - $0 })
                     unsettled = stillWriting
                 case .unchanged(let stillWriting):
                     unsettled = stillWriting
                 }
+                sessions[id]?.uploadingChanges.keepOnly(unsettled)
+                sessions[id]?.tombstoned = false
+                sessions[id]?.lastCommit = await replicator.lastCommit
                 // Files caught mid-write kept their last good version; look at them again shortly.
                 if !unsettled.isEmpty {
                     retryAfter = settings.watcher.quietPeriod
                     retryPaths = Set(unsettled)
                 }
+            } else {
+                sessions[id]?.uploadingChanges = ChangeBacklog()
             }
-            if let mirror { try await mirror.mirror(id) }
+            if let mirror {
+                for entry in try await mirror.mirror(id) {
+                    EngineMetrics.uploaded(mode: mode, store: mirror.remote.store, bytes: entry.size)
+                }
+            }
             sessions[id]?.failures = 0
+            sessions[id]?.lastError = nil
         } catch let error as SnapshotError {
             if case .fenced = error {
-                sessions[id]?.fenced = true
-                sessions[id]?.pending = false
-                logger.error("stopped writing a session another agent claimed", metadata: [
-                    "session": "\(id)", "error": "\(error)",
-                ])
+                fence(id, error)
             } else {
-                retryAfter = failed(id, error)
+                retryAfter = failed(id, error, committed: committed)
             }
         } catch {
-            retryAfter = failed(id, error)
+            retryAfter = failed(id, error, committed: committed)
         }
+        startupComparison?.remove(id)
         sessions[id]?.running = false
         runningCount -= 1
         if let retryAfter, sessions[id]?.fenced == false {
@@ -256,10 +311,30 @@ public actor SyncService {
         if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
     }
 
+    /// Fenced is final: the session's changes are the new owner's to upload, none is pending here.
+    private func fence(_ id: SessionID, _ error: SnapshotError) {
+        sessions[id]?.fenced = true
+        sessions[id]?.pending = false
+        sessions[id]?.waitingChanges = ChangeBacklog()
+        sessions[id]?.uploadingChanges = ChangeBacklog()
+        sessions[id]?.lastError = "\(error)"
+        logger.error("stopped writing a session another agent claimed", metadata: [
+            "session": "\(id)", "error": "\(error)",
+        ])
+    }
+
     /// Records a failed upload and returns how long to wait before the next attempt.
-    private func failed(_ id: SessionID, _ error: any Error) -> Duration {
+    /// `committed`: the primary store took the snapshot and something after it failed.
+    private func failed(_ id: SessionID, _ error: any Error, committed: Bool) -> Duration {
+        if !committed, let storeError = error as? StoreError {
+            switch storeError {
+            case .unavailable, .rejected: storeHealth = .failed("\(storeError)")
+            case .preconditionFailed, .io: break
+            }
+        }
         let failures = (sessions[id]?.failures ?? 0) + 1
         sessions[id]?.failures = failures
+        sessions[id]?.lastError = "\(error)"
         // What the failed upload had taken is not committed: compare everything next time.
         sessions[id]?.changedPaths = nil
         sessions[id]?.pending = true
@@ -275,7 +350,9 @@ public actor SyncService {
         var entry = session(id)
         entry.retry?.cancel()
         entry.pending = false
+        entry.waitingChanges = ChangeBacklog()
         sessions[id] = entry
+        startupComparison?.remove(id)
         let replicator = entry.replicator
         let policy = settings.onDelete
         let directory = replicator.directory
@@ -289,6 +366,7 @@ public actor SyncService {
                     return
                 case .tombstone:
                     try await replicator.tombstone()
+                    self.sessions[id]?.tombstoned = true
                     // Later failures to mirror are retried like any upload.
                     self.schedule(id)
                 case .purge:
@@ -297,6 +375,7 @@ public actor SyncService {
                 }
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "\(policy.rawValue)"])
             } catch {
+                self.sessions[id]?.lastError = "\(error)"
                 logger.error("could not record the removed session", metadata: ["session": "\(id)", "error": "\(error)"])
             }
         }
@@ -347,5 +426,86 @@ public actor SyncService {
     private func waitUntilIdle() async {
         if runningCount == 0 && waiting.isEmpty { return }
         await withCheckedContinuation { idleWaiters.append($0) }
+    }
+}
+
+// MARK: - Status
+
+extension SyncService {
+    /// Every session the agent has seen, by id.
+    public func status() -> [SessionStatus] {
+        let now = ContinuousClock.now
+        return sessions.sorted { $0.key < $1.key }.map { id, entry in
+            var backlog = entry.uploadingChanges
+            backlog.absorb(entry.waitingChanges)
+            return SessionStatus(
+                sessionId: id.rawValue, state: state(of: entry, backlog: backlog),
+                lastSnapshot: entry.lastCommit.map { "\($0.snapshot)" },
+                lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
+                lagSeconds: backlog.oldest.map { EngineMetrics.seconds(now - $0) } ?? 0,
+                pendingChanges: backlog.paths.count, lastError: entry.lastError, consecutiveFailures: entry.failures)
+        }
+    }
+
+    private func state(of entry: Session, backlog: ChangeBacklog) -> SessionStatus.State {
+        if entry.fenced { return .fenced }
+        if entry.tombstoned && !entry.pending && !entry.running { return .tombstoned }
+        // A retry in flight is still failing until it succeeds: a heartbeat should not flicker.
+        if entry.failures > 0 { return .failing }
+        if entry.running { return .uploading }
+        if entry.pending || !backlog.isEmpty { return .pending }
+        return .synced
+    }
+
+    /// Ready once the start-up scan has had every session it found compared (uploaded, found
+    /// unchanged, or failed) and the store answered its last probe or upload.
+    public func readiness() -> Readiness {
+        switch storeHealth {
+        case .unknown: return Readiness(isReady: false, reason: "waiting for the store's first answer")
+        case .failed(let reason): return Readiness(isReady: false, reason: "the store does not answer: \(reason)")
+        case .answered: break
+        }
+        guard let remaining = startupComparison else {
+            return Readiness(isReady: false, reason: "starting: watching the sessions directory")
+        }
+        guard remaining.isEmpty else {
+            return Readiness(isReady: false, reason: "starting: \(remaining.count) session(s) to compare with the store")
+        }
+        return Readiness(isReady: true, reason: "ready")
+    }
+
+    /// Refreshes the gauges that summarise the sessions. Ages grow without any event, so an
+    /// exporter calls this before each scrape rather than the engine on each change.
+    public func publishGauges() {
+        let statuses = status()
+        let pending = statuses.filter { [.pending, .uploading, .failing].contains($0.state) }
+        EngineMetrics.sessions(
+            pending: pending.count, oldestPendingChangeAge: pending.map(\.lagSeconds).max() ?? 0,
+            fenced: statuses.filter { $0.state == .fenced }.count,
+            failing: statuses.filter { $0.state == .failing }.count)
+    }
+
+    /// Asks the store every `storeProbeInterval` whether it answers, so readiness follows an
+    /// outage and the recovery even when no session changes.
+    private func probeStorePeriodically() async {
+        while !Task.isCancelled {
+            do {
+                try await sessionStore.probe()
+                storeHealth = .answered
+            } catch {
+                storeHealth = .failed("\(error)")
+            }
+            try? await Task.sleep(for: settings.storeProbeInterval)
+        }
+    }
+}
+
+extension RescanReason {
+    var metricLabel: String {
+        switch self {
+        case .started: "started"
+        case .queueOverflow: "queue_overflow"
+        case .watchLost: "watch_lost"
+        }
     }
 }

@@ -67,9 +67,7 @@ struct PruneRestorePropertyTests {
         }
 
         let policy = randomPolicy(using: &random)
-        var pruner = SnapshotPruner(sessionStore: sessionStore)
-        pruner.timeZone = Self.utc
-        let outcome = try await pruner.prune(session, policy: policy)
+        let outcome = try await SnapshotPruner(sessionStore: sessionStore).prune(session, policy: policy)
         let left = try await sessionStore.snapshots(session)
         #expect(Set(left.map(\.id)) == Self.expectedKept(written, policy: policy), "seed \(seed), \(policy)")
         #expect(Set(outcome.plan.kept.map(\.entry.id)) == Set(left.map(\.id)), "seed \(seed)")

@@ -6,7 +6,6 @@ import Testing
 @Suite("Retention policy")
 struct RetentionPolicyTests {
     let session = SessionID("retention")!
-    let utc = TimeZone(identifier: "UTC")!
     /// 2026-11-02 is a Monday.
     let monday = ISO8601DateFormatter().date(from: "2026-11-02T00:00:00Z")!
 
@@ -26,7 +25,7 @@ struct RetentionPolicyTests {
     }
 
     func plan(_ policy: RetentionPolicy, _ entries: [SnapshotEntry], head: SessionHead) throws -> (kept: [UInt64], deleted: [UInt64], orphans: [UInt64]) {
-        let plan = try policy.plan(entries, head: head, session: session, timeZone: utc)
+        let plan = try policy.plan(entries, head: head, session: session)
         return (plan.kept.map(\.entry.id.sequence), plan.deleted.map(\.id.sequence), plan.orphans.map(\.id.sequence))
     }
 
@@ -37,7 +36,7 @@ struct RetentionPolicyTests {
         #expect(result.deleted == [3, 2, 1], "newest first, so an interrupted prune leaves whole chains")
 
         // The fourth newest is delta 3: its chain (1, 2) stays with it.
-        let longer = try RetentionPolicy(keepLast: 4).plan(entries, head: head(latest: 6), session: session, timeZone: utc)
+        let longer = try RetentionPolicy(keepLast: 4).plan(entries, head: head(latest: 6), session: session)
         #expect(longer.kept.map(\.entry.id.sequence) == [1, 2, 3, 4, 5, 6])
         #expect(longer.kept.first { $0.entry.id.sequence == 1 }?.reasons == [.chain])
         #expect(longer.kept.first { $0.entry.id.sequence == 6 }?.reasons == [.newest, .last])
@@ -88,7 +87,7 @@ struct RetentionPolicyTests {
         entries.append(SnapshotEntry(id: SnapshotID(sequence: 3, generation: 3), kind: .base, size: 1, lastModified: monday))
         var current = head(latest: 4, generation: 2)
         current.latest = SnapshotID(sequence: 4, generation: 2)
-        let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: current, session: session, timeZone: utc)
+        let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: current, session: session)
         #expect(plan.kept.map(\.entry.id) == [SnapshotID(sequence: 3, generation: 1), SnapshotID(sequence: 4, generation: 2)])
         #expect(plan.deleted.map(\.id.sequence) == [2, 1])
         #expect(plan.orphans.map(\.id) == [SnapshotID(sequence: 4, generation: 1)])
@@ -120,7 +119,7 @@ struct RetentionPolicyTests {
         let entries = history([.base], hours: [0])
         var uncommitted = head(latest: 1)
         uncommitted.latest = nil
-        let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: uncommitted, session: session, timeZone: utc)
+        let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: uncommitted, session: session)
         #expect(plan == RetentionPlan())
     }
 }

@@ -70,7 +70,7 @@ struct WatcherTests {
         #expect(events.last == .sessionRemoved(session: "gone"))
         #expect(events.allSatisfy { event in
             switch event {
-            case .rescanNeeded(.started), .sessionRemoved("gone"), .changed("gone", _): true
+            case .rescanNeeded(.started), .sessionRemoved("gone"), .changed("gone", _, _): true
             default: false
             }
         }, "\(events)")
@@ -97,7 +97,7 @@ struct WatcherTests {
         #expect(recorder.events.allSatisfy { event in
             switch event {
             case .rescanNeeded(.started): true
-            case .changed(let session, _): session == "restored"
+            case .changed(let session, _, _): session == "restored"
             default: false
             }
         })
@@ -124,9 +124,9 @@ struct WatcherTests {
         // Events are handled in order and sessions reported oldest first: once a file written after
         // all that is reported, anything reported for the names above would have come already.
         try write("{}", to: root.file("quiet/sentinel.json"))
-        await recorder.wait { $0.contains { if case .changed("quiet", _) = $0 { true } else { false } } }
+        await recorder.wait { $0.contains { if case .changed("quiet", _, _) = $0 { true } else { false } } }
         try await Task.sleep(for: .milliseconds(300))
-        #expect(recorder.events == [.rescanNeeded(.started), .changed(session: "quiet", paths: ["sentinel.json"])])
+        #expect(recorder.events.map(\.reported) == [.rescan(.started), .changed("quiet", ["sentinel.json"])])
     }
 
     @Test func filesOneSubdirectoryDownAreWatched() async throws {
@@ -158,7 +158,7 @@ struct WatcherTests {
 
         _ = Glibc.write(descriptor, "1}", 2)
         close(descriptor)
-        await recorder.wait { $0.contains(.changed(session: "writer", paths: ["creds.json"])) }
+        await recorder.wait { $0.map(\.reported).contains(.changed("writer", ["creds.json"])) }
     }
 
     /// Written every 50 ms for 2 s, the session never falls quiet for its 250 ms; only the maximum
@@ -177,7 +177,7 @@ struct WatcherTests {
         // Without the maximum delay this would be one notification, after the writing ended. Three
         // leaves room for a loaded machine; when they are consumed does not matter.
         await recorder.wait { $0.changes(of: "busy").count >= 3 }
-        #expect(recorder.events.allSatisfy { $0 == .rescanNeeded(.started) || $0 == .changed(session: "busy", paths: ["creds.json"]) })
+        #expect(recorder.events.allSatisfy { $0.reported == .rescan(.started) || $0.reported == .changed("busy", ["creds.json"]) })
     }
 
     /// Restores in a loop, by exchange and by two renames in turn, while the session is written all
@@ -203,7 +203,7 @@ struct WatcherTests {
         // Between the two renames the directory is missing, and a report falling due then says so.
         let unexpected = recorder.events.filter { event in
             switch event {
-            case .rescanNeeded(.started), .rescanNeeded(.queueOverflow), .changed("restored", _), .sessionRemoved("restored"): false
+            case .rescanNeeded(.started), .rescanNeeded(.queueOverflow), .changed("restored", _, _), .sessionRemoved("restored"): false
             default: true
             }
         }
@@ -220,7 +220,7 @@ struct WatcherTests {
         #expect(watcher.isLoopReleased)
         var events: [WatchEvent] = []
         for await event in watcher.events { events.append(event) }
-        #expect(events == [.rescanNeeded(.started), .changed(session: "pending", paths: ["creds.json"])])
+        #expect(events.map(\.reported) == [.rescan(.started), .changed("pending", ["creds.json"])])
         watcher.stop()
     }
 
@@ -361,6 +361,7 @@ struct ChangeDebouncerTests {
         let due = debouncer.takeDue(at: at(450))
         #expect(due.map(\.session) == ["a"])
         #expect(due.first?.paths == ["x", "y"])
+        #expect(due.first?.since == at(0), "the lag starts at the session's first change")
         #expect(debouncer.nextDeadline == nil)
     }
 
@@ -419,9 +420,28 @@ final class EventRecorder: Sendable {
     }
 }
 
+extension WatchEvent {
+    /// What an event reports, without when the change was made: tests compare the former.
+    enum Reported: Equatable {
+        case changed(String, Set<String>)
+        case removed(String)
+        case rescan(RescanReason)
+        case watchFailed
+    }
+
+    var reported: Reported {
+        switch self {
+        case .changed(let session, let paths, _): .changed(session, paths)
+        case .sessionRemoved(let session): .removed(session)
+        case .rescanNeeded(let reason): .rescan(reason)
+        case .watchFailed: .watchFailed
+        }
+    }
+}
+
 extension [WatchEvent] {
     func changes(of session: String) -> [Set<String>] {
-        compactMap { if case .changed(session, let paths) = $0 { paths } else { nil } }
+        compactMap { if case .changed(session, let paths, _) = $0 { paths } else { nil } }
     }
 
     func changedPaths(of session: String) -> Set<String> {

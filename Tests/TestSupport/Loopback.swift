@@ -44,3 +44,48 @@ public func freePortPair() throws -> Int {
     }
     throw ProgramFailure("no free port pair found")
 }
+
+/// A client TCP connection to 127.0.0.1:`port` that a test drives byte by byte (a slow or
+/// hostile client). Closed when released.
+public final class LoopbackConnection: Sendable {
+    private let descriptor: Int32
+
+    public init(port: Int) throws {
+        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw ProgramFailure("socket: \(errno)") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard connected == 0 else {
+            close(descriptor)
+            throw ProgramFailure("cannot connect to port \(port): \(errno)")
+        }
+    }
+
+    deinit { close(descriptor) }
+
+    /// Sends what the peer takes; a peer that closed makes the rest fail silently, as for a real client.
+    public func send(_ text: String) {
+        _ = Array(text.utf8).withUnsafeBytes { Glibc.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// Whether the peer closed the connection (or reset it), waiting up to `timeout` for it.
+    public func isClosedByPeer(timeout: Duration = .seconds(15)) -> Bool {
+        var descriptors = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)]
+        let deadline = ContinuousClock.now + timeout
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while ContinuousClock.now < deadline {
+            guard poll(&descriptors, 1, 100) > 0 else { continue }
+            // Whatever the server answered (an error status) is read past; the end is what counts.
+            let count = recv(descriptor, &buffer, buffer.count, 0)
+            if count == 0 || (count < 0 && errno == ECONNRESET) { return true }
+        }
+        return false
+    }
+}

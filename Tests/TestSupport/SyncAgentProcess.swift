@@ -1,5 +1,9 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Glibc
+import Testing
 
 /// Runs the real `sync-agent` binary, which SwiftPM builds next to the test bundle.
 public struct SyncAgentRunner: Sendable {
@@ -62,23 +66,39 @@ public struct SyncAgentRunner: Sendable {
     }
 
     /// Starts `sync-agent watch` on `sessionsDirectory` with these store options plus `options`.
+    /// Its endpoint listens on a port of its own (tests run in parallel) unless `options` say where.
     public func watch(_ sessionsDirectory: String, _ options: [String] = []) throws -> RunningAgent {
         let name = "watch-\(randomHex(4))"
+        let listen = options.contains { $0 == "--listen" || $0 == "--no-listen" } ? [] : ["--listen", "127.0.0.1:0"]
         let process = try ChildProcess(
-            try Self.binaryPath, ["watch", "--sessions-dir", sessionsDirectory] + storeArguments + options,
+            try Self.binaryPath, ["watch", "--sessions-dir", sessionsDirectory] + storeArguments + listen + options,
             environment: Self.cleanEnvironment(environment),
             standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
-        return RunningAgent(process)
+        return RunningAgent(process, secrets: secrets)
     }
 
     /// Runs another subcommand (`restore`, `backup`) to its end, reading `standardInput` (a file).
+    /// Fails if its output holds a secret.
     public func run(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") async throws
         -> (termination: Termination, standardOutput: String, standardError: String)
     {
-        try await ChildProcess.run(
+        let result = try await ChildProcess.run(
             try Self.binaryPath, [subcommand] + storeArguments + arguments,
             environment: Self.cleanEnvironment(environment), outputIn: logDirectory, standardInput: standardInput,
             timeout: .seconds(120))
+        let leaks = SecretScan.leaks(in: result.standardOutput + result.standardError, secrets: secrets)
+        guard leaks.isEmpty else { throw ProgramFailure("\(subcommand) printed \(leaks.joined(separator: ", "))") }
+        return result
+    }
+
+    /// What must never appear in the agent's output: the keys and the S3 secret it was given,
+    /// and in local mode the key it keeps in its store (read when scanned: it may not exist yet).
+    public var secrets: SecretScan.Secrets {
+        var values = [environment["SESSION_ENCRYPTION_KEY"], environment["AWS_SECRET_ACCESS_KEY"]].compactMap { $0 }
+        // SESSION_ENCRYPTION_KEY may hold several keys.
+        values += values.flatMap { $0.split(whereSeparator: { ",; \n".contains($0) }).map(String.init) }
+        let keyFile = storeArguments.firstIndex(of: "--local-store").map { storeArguments[$0 + 1] + "/.sync-agent-key" }
+        return SecretScan.Secrets(values: values, keyFile: keyFile)
     }
 
     /// `restore --all` (or the given arguments) into `sessionsDirectory`; fails unless it exits 0.
@@ -93,8 +113,21 @@ public struct SyncAgentRunner: Sendable {
 /// A running `sync-agent watch`, its log on standard error.
 public final class RunningAgent: Sendable {
     public let process: ChildProcess
+    private let secrets: SecretScan.Secrets
 
-    init(_ process: ChildProcess) { self.process = process }
+    init(_ process: ChildProcess, secrets: SecretScan.Secrets) {
+        self.process = process
+        self.secrets = secrets
+    }
+
+    /// Every agent a test started has its whole output scanned once the test lets go of it:
+    /// no test can forget to, and a leak fails the test that made it.
+    deinit {
+        let leaks = SecretScan.leaks(in: process.standardOutput + log, secrets: secrets)
+        if !leaks.isEmpty {
+            Issue.record("the agent's output holds \(leaks.joined(separator: ", ")): \(process.standardErrorPath)")
+        }
+    }
 
     public var log: String { process.standardError }
     public var logLines: [String] { log.split(separator: "\n").map(String.init) }
@@ -116,6 +149,15 @@ public final class RunningAgent: Sendable {
     public func waitUntilWatching(uploadedAtStart: Int = 0, timeout: Duration = .seconds(60)) async throws {
         try await waitForLog("rescanning every session", timeout: timeout)
         if uploadedAtStart > 0 { try await waitForLog("] uploaded", count: uploadedAtStart, timeout: timeout) }
+    }
+
+    /// The endpoint's base URL ("http://127.0.0.1:PORT"), from the "watching" line.
+    public func endpoint() async throws -> String {
+        try await waitForLog("watching")
+        guard let line = logLines.first(where: { $0.contains("endpoint=http://") || $0.contains("\"endpoint\":\"http://") }),
+              let start = line.range(of: "http://")
+        else { throw ProgramFailure("the agent names no endpoint: \(log)") }
+        return String(line[start.lowerBound...].prefix { !" \",".contains($0) })
     }
 
     /// SIGTERM, then the exit status.
@@ -144,4 +186,40 @@ public struct UploadLine: Sendable, Equatable {
         else { return nil }
         (self.session, self.snapshot, self.kind, self.bytes) = (session, snapshot, kind, bytes)
     }
+}
+
+/// Finds secrets in a program's output: the values it was given, and the parts of a signed S3
+/// request that must stay on the wire (an Authorization header, a signature).
+public enum SecretScan {
+    public struct Secrets: Sendable {
+        public var values: [String]
+        /// A key file to read at scan time.
+        public var keyFile: String?
+
+        public init(values: [String], keyFile: String?) {
+            self.values = values
+            self.keyFile = keyFile
+        }
+    }
+
+    static let requestSecrets = ["Authorization:", "AWS4-HMAC-SHA256 Credential", "Signature=", "X-Amz-Signature"]
+
+    /// Names of what leaked (never the values), empty when nothing did.
+    public static func leaks(in text: String, secrets: Secrets) -> [String] {
+        var values = secrets.values
+        if let keyFile = secrets.keyFile, let key = try? String(contentsOfFile: keyFile, encoding: .utf8) {
+            values += key.split(separator: "\n").map(String.init)
+        }
+        var leaks = values.filter { $0.count >= 8 && text.contains($0) }.isEmpty ? [] : ["a key or secret it was given"]
+        leaks += requestSecrets.filter { text.range(of: $0, options: .caseInsensitive) != nil }
+        return leaks
+    }
+}
+
+/// GET `url`: the status and the body as text.
+public func httpGet(_ url: String) async throws -> (status: Int, body: String) {
+    var request = URLRequest(url: URL(string: url)!)
+    request.timeoutInterval = 10
+    let (data, response) = try await URLSession.shared.data(for: request)
+    return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
 }

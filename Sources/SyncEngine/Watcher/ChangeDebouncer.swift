@@ -34,16 +34,22 @@ struct ChangeDebouncer {
     }
 
     /// Removes and returns the sessions due at `now`, sorted by session id.
-    mutating func takeDue(at now: ContinuousClock.Instant) -> [(session: String, paths: Set<String>)] {
+    mutating func takeDue(at now: ContinuousClock.Instant) -> [Due] {
         let due = pending.filter { $0.value.deadline(quietPeriod: quietPeriod, maxDelay: maxDelay) <= now }
         for session in due.keys { pending[session] = nil }
-        return due.map { ($0.key, $0.value.paths) }.sorted { $0.session < $1.session }
+        return Self.sorted(due)
     }
 
     /// Removes and returns every pending session, due or not (at shutdown).
-    mutating func takeAll() -> [(session: String, paths: Set<String>)] {
+    mutating func takeAll() -> [Due] {
         defer { pending = [:] }
-        return pending.map { ($0.key, $0.value.paths) }.sorted { $0.session < $1.session }
+        return Self.sorted(pending)
+    }
+
+    typealias Due = (session: String, paths: Set<String>, since: ContinuousClock.Instant)
+
+    private static func sorted(_ pending: [String: Pending]) -> [Due] {
+        pending.map { ($0.key, $0.value.paths, $0.value.first) }.sorted { $0.session < $1.session }
     }
 
     mutating func discardAll() {

@@ -1,4 +1,5 @@
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Synchronization
 
@@ -8,8 +9,9 @@ public enum WatchEvent: Sendable, Equatable {
     /// "subdirectory/name") were closed after writing, moved in or out, deleted, or had their
     /// mode changed. They are hints: a path may name a file or subdirectory that is gone again;
     /// the consumer reads the current state of each (or scans the session). Empty when only the
-    /// directory itself changed (it was replaced, or created empty).
-    case changed(session: String, paths: Set<String>)
+    /// directory itself changed (it was replaced, or created empty). `since`: the first of these
+    /// changes, where the replication lag starts.
+    case changed(session: String, paths: Set<String>, since: ContinuousClock.Instant)
     /// The session directory no longer exists (after the quiet period, so a directory replaced by
     /// a restore is reported as changed, not removed).
     case sessionRemoved(session: String)
@@ -72,14 +74,14 @@ public final class SessionWatcher: Sendable {
         wakeUp = Mutex(sending)
         let owner = self.loop
         let finished = self.finished
-        let thread = Thread {
+        // A serial queue of its own targets an overcommitting global queue, so the blocking loop
+        // gets a thread to itself and never takes one from Swift's task pool.
+        DispatchQueue(label: "sync-agent.inotify").async {
             owner.loop?.run()
             // Closes the inotify descriptor and the wake-up socket's receiving end.
             owner.loop = nil
             finished.signal()
         }
-        thread.name = "sync-agent inotify"
-        thread.start()
     }
 
     deinit {
@@ -302,6 +304,7 @@ final class WatchLoop {
         if let other = directoryByWatch[watch], other != directory { watchByDirectory[other] = nil }
         directoryByWatch[watch] = directory
         watchByDirectory[directory] = watch
+        EngineMetrics.watchedDirectories(directoryByWatch.count)
         return true
     }
 
@@ -315,6 +318,7 @@ final class WatchLoop {
         if let directory = directoryByWatch.removeValue(forKey: watch), watchByDirectory[directory] == watch {
             watchByDirectory[directory] = nil
         }
+        EngineMetrics.watchedDirectories(directoryByWatch.count)
     }
 
     /// After lost events: re-establishes the root watch and one watch per session directory, drops
@@ -333,10 +337,10 @@ final class WatchLoop {
         emit(.rescanNeeded(reason))
     }
 
-    private func report(_ sessions: [(session: String, paths: Set<String>)]) {
-        for (session, paths) in sessions {
+    private func report(_ sessions: [ChangeDebouncer.Due]) {
+        for (session, paths, since) in sessions {
             let exists = SessionFiles.isDirectory(path(of: WatchedDirectory(session: session)))
-            emit(exists ? .changed(session: session, paths: paths) : .sessionRemoved(session: session))
+            emit(exists ? .changed(session: session, paths: paths, since: since) : .sessionRemoved(session: session))
         }
     }
 

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// A file's complete content together with the state it had throughout the read.
@@ -76,7 +76,13 @@ public struct StableFileReader: Sendable {
     /// Whether `bytes` are one complete JSON value (a top-level scalar is allowed, trailing bytes are not).
     static func isValidJSON(_ bytes: [UInt8]) -> Bool {
         guard !bytes.isEmpty else { return false }
-        return (try? JSONSerialization.jsonObject(with: Data(bytes), options: .fragmentsAllowed)) != nil
+        return (try? JSONDecoder().decode(AnyJSONValue.self, from: Data(bytes))) != nil
+    }
+
+    /// Decodes from any JSON value, keeping nothing: JSONDecoder scans and checks the whole
+    /// document (syntax, escapes, trailing bytes) before it asks the type for anything.
+    private struct AnyJSONValue: Decodable {
+        init(from decoder: any Decoder) throws {}
     }
 
     private func status(of descriptor: Int32, path: String) throws(WatcherError) -> stat {

@@ -1,0 +1,66 @@
+import FoundationEssentials
+import Glibc
+import Metrics
+
+/// Every metric the engine emits, through swift-metrics: the engine knows no exporter (the agent
+/// bootstraps Prometheus; a library user may bootstrap anything, or nothing). Names and labels
+/// follow Prometheus conventions, and live here only, so the README's table has one source.
+///
+/// Metric objects are looked up at each use rather than kept: swift-metrics binds an object to
+/// the factory bootstrapped when it is created, and a kept one created before the bootstrap
+/// would report nowhere.
+public enum EngineMetrics {
+    /// A snapshot written to a store. `store` is "local" or "s3"; in hybrid mode the mirror's
+    /// copies to S3 count as uploads to "s3".
+    static func uploaded(mode: StorageMode, store: any ObjectStore, bytes: Int64) {
+        let dimensions = [("mode", mode.rawValue), ("store", storeLabel(store))]
+        Counter(label: "sync_agent_uploads_total", dimensions: dimensions).increment()
+        Counter(label: "sync_agent_uploaded_bytes_total", dimensions: dimensions).increment(by: bytes)
+    }
+
+    /// A commit to the primary store: its time, and how long its oldest change waited.
+    static func committed(lag: Duration?) {
+        Gauge(label: "sync_agent_last_upload_timestamp_seconds").record(Date().timeIntervalSince1970)
+        if let lag { Timer(label: replicationLagLabel).record(duration: lag) }
+    }
+
+    /// The two histograms, for an exporter to give them buckets that fit.
+    public static let replicationLagLabel = "sync_agent_replication_lag_seconds"
+    public static let restoreDurationLabel = "sync_agent_restore_duration_seconds"
+
+    /// An S3 request that failed after the client's retries, by S3 error code.
+    static func s3Error(code: String) {
+        Counter(label: "sync_agent_s3_errors_total", dimensions: [("code", code)]).increment()
+    }
+
+    static func rescan(_ reason: String) {
+        Counter(label: "sync_agent_rescans_total", dimensions: [("reason", reason)]).increment()
+        if reason == "queue_overflow" { Counter(label: "sync_agent_inotify_overflows_total").increment() }
+    }
+
+    static func watchedDirectories(_ count: Int) {
+        Gauge(label: "sync_agent_watched_directories").record(count)
+    }
+
+    /// The gauges that describe the sessions as a whole, refreshed from the engine's state.
+    static func sessions(pending: Int, oldestPendingChangeAge: Double, fenced: Int, failing: Int) {
+        Gauge(label: "sync_agent_pending_sessions").record(pending)
+        Gauge(label: "sync_agent_oldest_pending_change_age_seconds").record(oldestPendingChangeAge)
+        Gauge(label: "sync_agent_fenced_sessions").record(fenced)
+        Gauge(label: "sync_agent_failing_sessions").record(failing)
+    }
+
+    static func restored(status: String, duration: Duration) {
+        Counter(label: "sync_agent_restores_total", dimensions: [("status", status)]).increment()
+        Timer(label: restoreDurationLabel).record(duration: duration)
+    }
+
+    static func storeLabel(_ store: any ObjectStore) -> String {
+        store.location.hasPrefix("s3://") ? "s3" : "local"
+    }
+
+    static func seconds(_ duration: Duration) -> Double {
+        let (whole, fraction) = duration.components
+        return Double(whole) + Double(fraction) / 1e18
+    }
+}
