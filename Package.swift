@@ -31,6 +31,7 @@ let package = Package(
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
         systemLibrary("CXML2", pkgConfig: "libxml-2.0", apt: "libxml2-dev"),
+        .systemLibrary(name: "CMalloc"),
 
         .target(
             name: "S3Client",
@@ -49,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "SyncAgent",
             dependencies: [
-                "SyncEngine", "S3Client", "Crypto", "SessionArchive",
+                "SyncEngine", "S3Client", "Crypto", "SessionArchive", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -87,6 +87,7 @@ struct WatchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        Allocator.preferReturningMemory()
         let logger = logging.makeLogger("sync-agent.watch")
         let (settings, shutdownTimeout) = try settings()
         let root = storage.resolvedSessionsDir

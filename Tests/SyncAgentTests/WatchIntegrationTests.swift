@@ -126,7 +126,9 @@ struct WatchIntegrationTests {
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
         let first = try runner.watch(workspace.sessions, ["--quiet-period", "50ms", "--max-delay", "200ms"])
-        try await first.waitUntilWatching()
+        // Both bases first: a burst written while the first base is still being read would
+        // end up in it, leaving no upload of its own to wait for.
+        try await first.waitUntilWatching(uploadedAtStart: 2)
 
         // A steady burst of writes keeps uploads in flight (one every --max-delay); the kill
         // lands in the middle of them, once the burst's first upload is through.
