@@ -7,10 +7,15 @@ struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backup",
         abstract: "Take a full snapshot (a new base) of every session, or the named ones.",
-        discussion: "For cron, systemd timers and Kubernetes CronJobs. Exits non-zero when any session failed.")
+        discussion: """
+            For cron, systemd timers and Kubernetes CronJobs. After each new base the retention
+            policy applies (without --keep-* flags or their variables: the new chain and the one
+            before it stay). Exits non-zero when any session failed.
+            """)
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup(title: "Retention") var retention: RetentionOptions
     @Flag(help: "Print the summary as JSON.") var json = false
     @Argument(help: "Session ids (default: every session directory).") var sessions: [String] = []
 
@@ -25,17 +30,20 @@ struct BackupCommand: AsyncParsableCommand {
                 return id
             }
         let owner = agentIdentity()
+        var policy = CompactionPolicy()
+        policy.retention = try retention.compactionRetention()
         var report = BackupReport()
         for id in ids {
             let replicator = SessionReplicator(
                 session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: owner,
-                conditionalWrites: opened.conditionalWrites, claimsOwnership: false, logger: logger)
+                conditionalWrites: opened.conditionalWrites, claimsOwnership: false, policy: policy, logger: logger)
             do {
                 let result = try await replicator.sync(forceBase: true)
                 try await opened.mirror?.mirror(id)
                 switch result {
                 case .uploaded(let snapshot, _, let bytes, _):
-                    report.backedUp.append(.init(sessionId: id.rawValue, snapshot: "\(snapshot)", bytes: bytes))
+                    let pruned = await replicator.lastPrune?.plan.deletedCount ?? 0
+                    report.backedUp.append(.init(sessionId: id.rawValue, snapshot: "\(snapshot)", bytes: bytes, pruned: pruned))
                     logger.info("backed up", metadata: ["session": "\(id)", "snapshot": "\(snapshot)", "bytes": "\(bytes)"])
                 case .unchanged(let unsettled):
                     report.failed.append(.init(sessionId: id.rawValue, error: "files being written: \(unsettled.count)"))
@@ -55,7 +63,13 @@ struct BackupCommand: AsyncParsableCommand {
 }
 
 struct BackupReport: Encodable {
-    struct Success: Encodable { var sessionId: String; var snapshot: String; var bytes: Int64 }
+    struct Success: Encodable {
+        var sessionId: String
+        var snapshot: String
+        var bytes: Int64
+        /// Snapshot objects the retention policy deleted after this base.
+        var pruned: Int
+    }
     struct Failure: Encodable { var sessionId: String; var error: String }
     var backedUp: [Success] = []
     var failed: [Failure] = []

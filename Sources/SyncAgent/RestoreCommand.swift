@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Glibc
+import Logging
 import SessionArchive
 import SyncEngine
 
@@ -11,61 +12,186 @@ struct RestoreCommand: AsyncParsableCommand {
         discussion: """
             Run before the worker recovers its sessions. A directory is only ever replaced by a
             complete, verified snapshot; when the store cannot answer, it is left as it is.
-            Exit codes: 0 every session restored or up to date, 3 some failed, 4 all failed.
+            Bad input (a malformed --sessions-from list, a snapshot or time a session does not
+            have) stops the command before any directory is touched.
+            Exit codes: 0 every session restored or up to date, 3 some failed, 4 all failed,
+            1 a configuration error, 64 bad usage or input.
             """)
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
     @Flag(help: "Restore every session the store has.") var all = false
+    @Option(help: ArgumentHelp(
+        "Restore the sessions listed in FILE (- for standard input): one id per line, or a gateway's JSON, an array of objects with an \"id\" or {\"data\":{\"sessions\":[…]}}.",
+        valueName: "file"))
+    var sessionsFrom: String?
     @Flag(help: "Restore only sessions whose directory is absent or empty.") var ifMissing = false
     @Option(help: "Restore this snapshot (as `snapshots` prints it, e.g. 42.3) instead of the newest; one session only.")
     var snapshot: String?
+    @Option(help: ArgumentHelp(
+        "Restore each session as it was at TIME: its newest snapshot written then or before. ISO 8601 (2026-11-22T10:00:00Z, with an offset, or without a zone for UTC) or @UNIX-SECONDS.",
+        valueName: "time"))
+    var at: String?
+    @Flag(help: "Say what would happen to each session: download and check its snapshots, write nothing.")
+    var dryRun = false
+    @Option(help: "Sessions restored at once (default 8).") var parallel = 8
     @Flag(help: "Print the report as JSON.") var json = false
     @Argument(help: "Session ids.") var sessions: [String] = []
 
     func validate() throws {
-        guard all != !sessions.isEmpty else { throw ValidationError("name session ids or pass --all (not both)") }
+        guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
+            throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
+        }
+        for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         if let snapshot {
             guard SnapshotID(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
+            guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
+        if let at, Self.parseTime(at) == nil {
+            throw ValidationError("--at \(at): expected an ISO 8601 time such as 2026-11-22T10:00:00Z, or @UNIX-SECONDS")
+        }
+        guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
+    }
+
+    /// RFC 3339 ("2026-11-22T10:00:00Z", an offset, fractional seconds), the same without a zone
+    /// meaning UTC (a space for the "T" and no seconds allowed), or "@" and Unix seconds. UTC,
+    /// like prune's days and weeks: a restore must not depend on the machine's time zone.
+    static func parseTime(_ text: String) -> Date? {
+        if text.hasPrefix("@") { return Double(text.dropFirst()).map(Date.init(timeIntervalSince1970:)) }
+        var characters = Array(text)
+        guard characters.count >= 16 else { return nil }
+        if characters[10] == " " { characters[10] = "T" }
+        let time = characters[11...]
+        let hasZone = time.last == "Z" || time.contains("+") || time.contains("-")
+        if !hasZone {
+            if characters.count == 16 { characters += ":00" }
+            characters.append("Z")
+        }
+        let normalized = String(characters)
+        for fractional in [false, true] {
+            if let date = try? Date.ISO8601FormatStyle(includingFractionalSeconds: fractional).parse(normalized) { return date }
+        }
+        return nil
+    }
+
+    private var restorePoint: RestorePoint {
+        if let id = snapshot.flatMap(SnapshotID.init(parsing:)) { return .snapshot(id) }
+        if let time = at.flatMap(Self.parseTime) { return .time(time) }
+        return .newest
     }
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.restore")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let started = ContinuousClock.now
+        let requested = try requestedSessions()
         let root = storage.resolvedSessionsDir
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        try DirectorySwap.recoverLeftovers(in: root)
-        let ids = try all ? await opened.storedSessions() : sessions.map { name in
-            guard let id = SessionID(name) else { throw ValidationError("\"\(name)\" is not a valid session id") }
-            return id
+        let opened: OpenedStorage
+        let ids: [SessionID]
+        do {
+            opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+            if let requested {
+                ids = requested
+            } else {
+                ids = try await opened.storedSessions()
+            }
+        } catch StoreError.unavailable(let reason) {
+            // The worker still gets a report to post, naming every session it asked for.
+            logger.error("the store cannot be reached; nothing restored", metadata: ["error": "\(reason)"])
+            var report = RestoreReport()
+            for id in requested ?? [] { report.record(id, failure: StoreError.unavailable(reason)) }
+            try finish(report, started: started)
+            throw ExitCode(4)  // --all: not even the list of sessions could be had
         }
-        var report = RestoreReport()
-        for id in ids {
-            let started = ContinuousClock.now
-            do {
+
+        // Every session's snapshot is found first, so a snapshot or time some session does not
+        // have stops the command before any directory changes.
+        let planned = await concurrentMap(ids, limit: parallel) { id in
+            await Result { () async throws -> (SessionRestorer, RestorePlan) in
                 let restorer = SessionRestorer(sessionStore: try await opened.restoreSource(for: id))
-                let outcome = try await restorer.restore(
-                    id, into: root, target: snapshot.flatMap(SnapshotID.init(parsing:)), onlyIfMissing: ifMissing)
-                report.record(outcome)
-                logger.info("restore", metadata: [
-                    "session": "\(id)", "status": "\(outcome.status.rawValue)",
-                    "snapshot": "\(outcome.snapshot.map(String.init(describing:)) ?? "-")",
-                    "files": "\(outcome.files)", "bytes": "\(outcome.bytes)", "duration": "\(ContinuousClock.now - started)",
-                ])
-            } catch {
-                report.failedSessions.append(.init(sessionId: id.rawValue, error: "\(error)", reason: RestoreReport.reason(for: error)))
-                logger.error("restore failed", metadata: ["session": "\(id)", "error": "\(error)"])
+                return (restorer, try await restorer.plan(id, into: root, at: restorePoint, onlyIfMissing: ifMissing))
             }
         }
+        let badPoints = planned.compactMap { result -> RestorePointError? in
+            guard case .failure(let error as RestorePointError) = result else { return nil }
+            return error
+        }
+        if let first = badPoints.first {
+            for other in badPoints.dropFirst() { writeStandardError("Error: \(other)\n") }
+            throw rejectInput(first.description)
+        }
+
+        if !dryRun {
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try DirectorySwap.recoverLeftovers(in: root)
+        }
+        let progress = ProgressLine(dryRun ? "checking" : "restoring", total: ids.count)
+        let outcomes = await concurrentMap(Array(zip(ids, planned)), limit: parallel) { id, plan in
+            let sessionStarted = ContinuousClock.now
+            let outcome = await Result { () async throws -> RestoreOutcome in
+                let (restorer, plan) = try plan.get()
+                return try await restorer.restore(plan, into: root, dryRun: dryRun)
+            }
+            switch outcome {
+            case .success(let outcome):
+                logger.log(level: progress.isShown ? .debug : .info, "restore", metadata: [
+                    "session": "\(id)", "status": "\(outcome.status.rawValue)",
+                    "snapshot": "\(outcome.snapshot.map(String.init(describing:)) ?? "-")",
+                    "files": "\(outcome.files)", "bytes": "\(outcome.bytes)", "duration": "\(ContinuousClock.now - sessionStarted)",
+                ])
+            case .failure(let error):
+                logger.log(level: progress.isShown ? .debug : .error, "restore failed", metadata: ["session": "\(id)", "error": "\(error)"])
+            }
+            await progress.finished(failed: !outcome.isOK)
+            return outcome
+        }
+        await progress.end()
+
+        var report = RestoreReport()
+        for (id, outcome) in zip(ids, outcomes) {
+            switch outcome {
+            case .success(let outcome): report.record(outcome)
+            case .failure(let error): report.record(id, failure: error)
+            }
+        }
+        try finish(report, started: started)
+    }
+
+    /// The ids asked for, or nil for --all (the store says which). A malformed list stops the
+    /// command here, before the store is even opened.
+    private func requestedSessions() throws -> [SessionID]? {
+        if all { return nil }
+        guard let sessionsFrom else { return sessions.compactMap(SessionID.init) }
+        let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
+        let bytes: [UInt8]
+        if sessionsFrom == "-" {
+            bytes = try readStandardInput()
+        } else {
+            guard let data = FileManager.default.contents(atPath: sessionsFrom) else {
+                throw rejectInput("--sessions-from: cannot read \(sessionsFrom)")
+            }
+            bytes = Array(data)
+        }
+        do {
+            return try SessionList.parse(bytes)
+        } catch {
+            throw rejectInput("--sessions-from \(source): \(error)")
+        }
+    }
+
+    private func finish(_ report: RestoreReport, started: ContinuousClock.Instant) throws {
         if json {
             try printJSON(report)
         } else {
-            for entry in report.recoveredSessions {
-                print("\(entry.sessionId)\t\(entry.status)\t\(entry.snapshot ?? "-")\t\(entry.files) files\t\(entry.bytes) bytes")
+            let rows = report.recoveredSessions.map { entry in
+                [entry.sessionId, entry.status, entry.snapshot ?? "-", "\(entry.files)", byteCount(entry.bytes), ""]
+            } + report.failedSessions.map { entry in
+                [entry.sessionId, "failed (\(entry.reason))", "-", "-", "-", entry.error]
             }
-            for entry in report.failedSessions { print("\(entry.sessionId)\tfailed (\(entry.reason))\t\(entry.error)") }
+            printTable(["SESSION", "STATUS", "SNAPSHOT", "FILES", "BYTES", "ERROR"], rows)
+            let counts = Dictionary(grouping: report.recoveredSessions, by: \.status).mapValues(\.count)
+                .sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.replacing("_", with: " "))" }
+            print((counts + ["\(report.failedSessions.count) failed"]).joined(separator: ", ") + " in \(seconds(since: started))")
         }
         if !report.failedSessions.isEmpty {
             throw ExitCode(report.recoveredSessions.isEmpty ? 4 : 3)
@@ -73,10 +199,49 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 }
 
+/// Runs `transform` over `items` with at most `limit` at once; results in the items' order.
+func concurrentMap<Item: Sendable, Output: Sendable>(
+    _ items: [Item], limit: Int, _ transform: @escaping @Sendable (Item) async -> Output
+) async -> [Output] {
+    await withTaskGroup(of: (Int, Output).self) { group in
+        var results = [Output?](repeating: nil, count: items.count)
+        var next = 0
+        func startNext() {
+            guard next < items.count else { return }
+            let index = next
+            next += 1
+            group.addTask { (index, await transform(items[index])) }
+        }
+        for _ in 0..<min(limit, items.count) { startNext() }
+        while let (index, output) = await group.next() {
+            results[index] = output
+            startNext()
+        }
+        return results.map { $0! }
+    }
+}
+
+extension Result where Failure == any Error {
+    /// Result(catching:) for async work.
+    init(_ body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+
+    var isOK: Bool {
+        if case .success = self { return true }
+        return false
+    }
+}
+
 /// The report a worker can post to its backend as is.
 struct RestoreReport: Encodable {
     struct Recovered: Encodable {
         var sessionId: String
+        /// `restored`, `up_to_date`, `present` (--if-missing) or `would_restore` (--dry-run).
         var status: String
         var snapshot: String?
         var files: Int
@@ -94,7 +259,7 @@ struct RestoreReport: Encodable {
 
     mutating func record(_ outcome: RestoreOutcome) {
         switch outcome.status {
-        case .restored, .upToDate, .present:
+        case .restored, .upToDate, .present, .wouldRestore:
             recoveredSessions.append(.init(
                 sessionId: outcome.session.rawValue, status: outcome.status.rawValue,
                 snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes))
@@ -104,6 +269,10 @@ struct RestoreReport: Encodable {
                 error: outcome.status == .notFound ? "no snapshot in the store" : "the session logged out",
                 reason: outcome.status.rawValue))
         }
+    }
+
+    mutating func record(_ session: SessionID, failure error: any Error) {
+        failedSessions.append(.init(sessionId: session.rawValue, error: "\(error)", reason: Self.reason(for: error)))
     }
 
     static func reason(for error: any Error) -> String {

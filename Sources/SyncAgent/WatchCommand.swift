@@ -42,6 +42,9 @@ struct WatchCommand: AsyncParsableCommand {
     var noListen = false
     @Option(help: "How often /readyz asks the store whether it answers (default 10s).")
     var storeProbeInterval: String?
+    @OptionGroup(title: "Retention (also applied after each new base)") var retention: RetentionOptions
+    @Option(help: "Also apply the retention policy to every session this often, e.g. 1h (env SYNC_AGENT_PRUNE_EVERY; default only after each new base).")
+    var pruneEvery: String?
 
     func validate() throws {
         guard DeletePolicy(rawValue: onDelete) != nil else {
@@ -72,6 +75,11 @@ struct WatchCommand: AsyncParsableCommand {
         if let interval = try parseDuration(storeProbeInterval, name: "--store-probe-interval") {
             guard interval > .zero else { throw ValidationError("--store-probe-interval must be longer than 0") }
             settings.storeProbeInterval = interval
+        }
+        settings.compaction.retention = try retention.compactionRetention()
+        settings.pruneInterval = try parseDuration(pruneEvery ?? environment("SYNC_AGENT_PRUNE_EVERY"), name: "--prune-every")
+        if let interval = settings.pruneInterval, interval <= .zero {
+            throw ValidationError("--prune-every must be longer than 0")
         }
         let timeout = try parseDuration(
             shutdownTimeout ?? environment("GRACEFUL_SHUTDOWN_TIMEOUT"), name: "--shutdown-timeout") ?? .seconds(10)
@@ -146,13 +154,13 @@ struct SidecarService: Service {
     }
 }
 
-/// "250ms", "5s", "1m", or a bare number of milliseconds.
+/// "250ms", "5s", "1m", "36h", "7d", "2w", or a bare number of milliseconds.
 func parseDuration(_ text: String?, name: String) throws -> Duration? {
     guard let text = text?.trimmingWhitespace(), !text.isEmpty else { return nil }
-    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000)]
+    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("w", 604_800_000)]
     for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
         if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return .milliseconds(value * milliseconds) }
     }
     if let value = Int64(text), value >= 0 { return .milliseconds(value) }
-    throw ValidationError("\(name) \"\(text)\": expected a duration such as 250ms, 5s or 1m")
+    throw ValidationError("\(name) \"\(text)\": expected a duration such as 250ms, 5s, 1m, 36h, 7d or 2w")
 }

@@ -128,6 +128,17 @@ public struct SessionHead: Codable, Sendable, Equatable {
     public var base: SnapshotID?
     public var updatedAt: Date
 
+    public init(
+        generation: UInt64, owner: String, latest: SnapshotID?, latestKind: SnapshotKind?, base: SnapshotID?, updatedAt: Date
+    ) {
+        self.generation = generation
+        self.owner = owner
+        self.latest = latest
+        self.latestKind = latestKind
+        self.base = base
+        self.updatedAt = updatedAt
+    }
+
     public var isTombstoned: Bool { latestKind == .tombstone }
 
     func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }

@@ -42,8 +42,10 @@ public struct SessionMirror: Sendable {
             let present = Set(try await remote.snapshots(session).map(\.id))
             let missing = try await local.snapshots(session).filter { $0.id <= latest && !present.contains($0.id) }
             for entry in missing {
-                let bytes = try await local.snapshotBytes(session, entry)
-                try await remote.putSnapshot(session, entry.id, kind: entry.kind, bytes: bytes)
+                // Gone since the listing: a prune dropped it, so S3 has no use for it either.
+                guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind))
+                else { continue }
+                try await remote.putSnapshot(session, entry.id, kind: entry.kind, bytes: object.bytes)
                 copied.append(entry)
             }
             var condition: WriteCondition?
@@ -87,6 +89,15 @@ public struct SessionMirror: Sendable {
         let localRank = (localHead.generation, localHead.latest?.sequence ?? 0)
         let remoteRank = (remoteHead.generation, remoteHead.latest?.sequence ?? 0)
         return remoteRank > localRank ? remote : local
+    }
+
+    /// After a prune of the local store: deletes from S3 what the local store no longer has, when
+    /// S3's head is the local one. When S3 is behind, the next `mirror` does it once it caught up.
+    public func mirrorDeletions(_ session: SessionID) async throws {
+        guard let localHead = try await local.head(session)?.head, let latest = localHead.latest,
+            try await remote.head(session)?.head == localHead
+        else { return }
+        try await deletePruned(session, keeping: Set(try await local.snapshots(session).map(\.id)), below: latest)
     }
 
     /// Snapshots the local store pruned go from S3 too, once S3's head no longer needs them.

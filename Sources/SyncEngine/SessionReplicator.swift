@@ -10,8 +10,9 @@ public struct CompactionPolicy: Sendable {
     public var deltaToBaseRatio = 1.0
     /// A new base after this many deltas whatever their size, to bound restore work.
     public var maxChainLength = 500
-    /// Chains kept behind the current one; older snapshots are deleted.
-    public var keptOldChains = 1
+    /// Applied after each new base: what stays of the session's history. A configured policy
+    /// (`--keep-*`) replaces the default, so the replicator and `prune` keep the same snapshots.
+    public var retention = RetentionPolicy.compactionDefault
 
     public init() {}
 }
@@ -46,6 +47,8 @@ public actor SessionReplicator {
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
     public private(set) var fencedBy: String?
+    /// What the retention policy deleted after the last base, for `backup`'s summary.
+    public private(set) var lastPrune: PruneOutcome?
 
     /// `claimsOwnership`: the sidecar claims its sessions (fencing any other writer); a
     /// scheduled `backup` beside it joins the current owner's generation instead, so the
@@ -194,7 +197,7 @@ public actor SessionReplicator {
             let size = spool.size
             if kind == .base {
                 (baseBytes, deltaBytes, deltaCount) = (size, 0, 0)
-                await pruneOldChains()
+                await applyRetention()
             } else {
                 deltaBytes += size
                 deltaCount += 1
@@ -254,17 +257,16 @@ public actor SessionReplicator {
         deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
     }
 
-    /// Deletes the snapshots of chains older than the kept ones. Best effort: a failure
-    /// leaves extra objects, never a broken chain, and the next base tries again.
-    private func pruneOldChains() async {
+    /// Deletes what the retention policy no longer keeps. Best effort: a failure leaves extra
+    /// objects, never a broken chain, and the next base tries again.
+    private func applyRetention() async {
         do {
-            let entries = try await sessionStore.snapshots(session)
-            let bases = entries.filter { $0.kind == .base && $0.id <= head!.head.latest! }.map(\.id)
-            guard bases.count > policy.keptOldChains + 1 else { return }
-            let oldestKept = bases[bases.count - policy.keptOldChains - 1]
-            let doomed = entries.filter { $0.id.sequence < oldestKept.sequence }
-                .map { SessionLayout.snapshotKey(session, $0.id, kind: $0.kind) }
-            try await sessionStore.store.delete(doomed)
+            let outcome = try await SnapshotPruner(sessionStore: sessionStore).prune(session, policy: policy.retention)
+            lastPrune = outcome
+            let deleted = outcome.plan.deletedCount
+            if deleted > 0 {
+                logger.info("pruned", metadata: ["session": "\(session)", "deleted": "\(deleted)", "kept": "\(outcome.plan.kept.count)"])
+            }
         } catch {
             logger.warning("could not delete old snapshots", metadata: ["session": "\(session)", "error": "\(error)"])
         }

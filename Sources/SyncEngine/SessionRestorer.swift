@@ -9,6 +9,8 @@ public struct RestoreOutcome: Sendable, Equatable {
         case restored
         /// The directory already equals the snapshot: left alone.
         case upToDate = "up_to_date"
+        /// A dry run: the snapshot checked out, and the directory differs from it.
+        case wouldRestore = "would_restore"
         /// The newest snapshot is a tombstone: the session logged out and stays gone.
         case loggedOut = "logged_out"
         /// The store has no snapshot of the session.
@@ -22,6 +24,36 @@ public struct RestoreOutcome: Sendable, Equatable {
     public var snapshot: SnapshotID?
     public var files: Int
     public var bytes: Int64
+}
+
+/// Which snapshot a restore brings back.
+public enum RestorePoint: Sendable, Equatable {
+    /// The head's.
+    case newest
+    case snapshot(SnapshotID)
+    /// The newest committed snapshot written at or before this time, as the store lists it.
+    case time(Date)
+}
+
+/// A restore point the session does not have: bad input rather than a failure of the store.
+public struct RestorePointError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Reason: Sendable, Equatable {
+        case unknownSnapshot
+        case beforeFirstSnapshot
+    }
+
+    public let reason: Reason
+    public let description: String
+}
+
+/// What a restore of one session will do, decided from the head and the listing alone, before
+/// any directory is touched.
+public struct RestorePlan: Sendable {
+    public let session: SessionID
+    /// The snapshots to apply, base first; empty when `decided` is set.
+    let chain: [SnapshotEntry]
+    /// Present, not found or logged out: nothing to download.
+    let decided: RestoreOutcome?
 }
 
 /// Rebuilds session directories from their snapshot chains: download, verify, decrypt,
@@ -38,52 +70,120 @@ public struct SessionRestorer: Sendable {
         self.sessionStore = sessionStore
     }
 
-    /// Counted in `sync_agent_restores_total` by status ("failed" when it throws) and timed.
+    /// Plans and restores in one go.
     public func restore(
         _ session: SessionID, into sessionsRoot: String, target: SnapshotID? = nil, onlyIfMissing: Bool = false
     ) async throws -> RestoreOutcome {
+        let point = target.map(RestorePoint.snapshot) ?? .newest
+        return try await restore(try await plan(session, into: sessionsRoot, at: point, onlyIfMissing: onlyIfMissing), into: sessionsRoot)
+    }
+
+    /// Finds the chain to restore. Throws `RestorePointError` when `point` names a snapshot the
+    /// session does not have, or a time before its first snapshot. A failure counts as a failed
+    /// restore in `sync_agent_restores_total`.
+    public func plan(
+        _ session: SessionID, into sessionsRoot: String, at point: RestorePoint = .newest, onlyIfMissing: Bool = false
+    ) async throws -> RestorePlan {
+        try await counted(status: { _ in nil }) {
+            try await findChain(session, into: sessionsRoot, at: point, onlyIfMissing: onlyIfMissing)
+        }
+    }
+
+    private func findChain(
+        _ session: SessionID, into sessionsRoot: String, at point: RestorePoint, onlyIfMissing: Bool
+    ) async throws -> RestorePlan {
+        func decided(_ status: RestoreOutcome.Status, _ snapshot: SnapshotID? = nil) -> RestorePlan {
+            RestorePlan(
+                session: session, chain: [],
+                decided: RestoreOutcome(session: session, status: status, snapshot: snapshot, files: 0, bytes: 0))
+        }
+        if onlyIfMissing, !isMissingOrEmpty("\(sessionsRoot)/\(session.rawValue)") { return decided(.present) }
+        guard let (head, _) = try await sessionStore.head(session), let latest = head.latest else { return decided(.notFound) }
+        let committed = SessionStore.committed(try await sessionStore.snapshots(session), head: head)
+        let target: SnapshotEntry
+        switch point {
+        case .newest:
+            guard let entry = committed[latest.sequence], entry.id == latest else {
+                throw SnapshotError.notFound("snapshot \(latest) of session \(session) is not in the store")
+            }
+            target = entry
+        case .snapshot(let id):
+            guard let entry = committed[id.sequence], entry.id == id else {
+                throw RestorePointError(
+                    reason: .unknownSnapshot,
+                    description: "session \(session) has no snapshot \(id) (`sync-agent snapshots \(session)` lists them)")
+            }
+            target = entry
+        case .time(let time):
+            let history = committed.values.sorted { $0.id < $1.id }
+            guard let entry = history.last(where: { $0.lastModified.map { $0 <= time } ?? false }) else {
+                let oldest = history.first.map { " (its oldest, \($0.id), is from \($0.lastModified.map { $0.formatted(.iso8601) } ?? "an unknown time"))" }
+                throw RestorePointError(
+                    reason: .beforeFirstSnapshot,
+                    description: "session \(session) has no snapshot at or before \(time.formatted(.iso8601))\(oldest ?? "")")
+            }
+            target = entry
+        }
+        if target.kind == .tombstone { return decided(.loggedOut, target.id) }
+        return RestorePlan(session: session, chain: try SessionStore.chain(to: target, in: committed, session: session), decided: nil)
+    }
+
+    /// Carries out a plan: downloads the chain, and unless the directory already equals the
+    /// snapshot, rebuilds and swaps it in. A dry run checks the chain just as thoroughly and
+    /// writes nothing. Counted in `sync_agent_restores_total` by status ("failed" when it
+    /// throws) and timed.
+    public func restore(_ plan: RestorePlan, into sessionsRoot: String, dryRun: Bool = false) async throws -> RestoreOutcome {
+        try await counted(status: { $0.status.rawValue }) {
+            try await carryOut(plan, into: sessionsRoot, dryRun: dryRun)
+        }
+    }
+
+    /// Runs `body`, counting it as a restore with the status `status` gives (none: not counted)
+    /// or as failed when it throws.
+    private func counted<Result>(status: (Result) -> String?, _ body: () async throws -> Result) async throws -> Result {
         let started = ContinuousClock.now
         do {
-            let outcome = try await restoreOrSkip(session, into: sessionsRoot, target: target, onlyIfMissing: onlyIfMissing)
-            EngineMetrics.restored(status: outcome.status.rawValue, duration: .now - started)
-            return outcome
+            let result = try await body()
+            if let status = status(result) { EngineMetrics.restored(status: status, duration: .now - started) }
+            return result
         } catch {
             EngineMetrics.restored(status: "failed", duration: .now - started)
             throw error
         }
     }
 
-    private func restoreOrSkip(
-        _ session: SessionID, into sessionsRoot: String, target: SnapshotID?, onlyIfMissing: Bool
-    ) async throws -> RestoreOutcome {
+    private func carryOut(_ plan: RestorePlan, into sessionsRoot: String, dryRun: Bool) async throws -> RestoreOutcome {
+        if let decided = plan.decided { return decided }
+        let session = plan.session
         let directory = "\(sessionsRoot)/\(session.rawValue)"
-        if onlyIfMissing, !isMissingOrEmpty(directory) {
-            return RestoreOutcome(session: session, status: .present, snapshot: nil, files: 0, bytes: 0)
-        }
-        guard let (head, _) = try await sessionStore.head(session), head.latest != nil else {
-            return RestoreOutcome(session: session, status: .notFound, snapshot: nil, files: 0, bytes: 0)
-        }
-        let chain = try await sessionStore.chain(session, head: head, upTo: target)
+        let chain = plan.chain
         let newest = chain.last!
-        if newest.kind == .tombstone {
-            return RestoreOutcome(session: session, status: .loggedOut, snapshot: newest.id, files: 0, bytes: 0)
-        }
         let objects = try await download(chain, session: session)
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
-        let manifest = try reader.manifest(
-            of: BufferSource(objects.last!), session: session, id: newest.id, kind: newest.kind)
-        if let local = try? localState(directory), stateDigest(local) == manifest.stateDigest {
-            return RestoreOutcome(
-                session: session, status: .upToDate, snapshot: newest.id, files: manifest.stateFileCount,
+        func outcome(_ status: RestoreOutcome.Status, _ manifest: SnapshotManifest) -> RestoreOutcome {
+            RestoreOutcome(
+                session: session, status: status, snapshot: newest.id, files: manifest.stateFileCount,
                 bytes: manifest.stateByteCount)
         }
-        try DirectorySwap.replace(directory) { staging in
-            try apply(chain, objects: objects, session: session, into: staging, reader: reader, expected: manifest)
+        // The up-to-date check reads the newest object once before it is unpacked. A directory
+        // that is missing or empty cannot be up to date, so the usual restore (a new worker, an
+        // empty disk) reads each object once: that pass is most of a restore's CPU.
+        if !isMissingOrEmpty(directory) {
+            let manifest = try reader.manifest(of: BufferSource(objects.last!), session: session, id: newest.id, kind: newest.kind)
+            if let local = try? localState(directory), stateDigest(local) == manifest.stateDigest {
+                return outcome(.upToDate, manifest)
+            }
         }
-        return RestoreOutcome(
-            session: session, status: .restored, snapshot: newest.id, files: manifest.stateFileCount,
-            bytes: manifest.stateByteCount)
+        if dryRun {
+            return outcome(.wouldRestore, try apply(chain, objects: objects, session: session, into: nil, reader: reader))
+        }
+        var restored: SnapshotManifest?
+        try DirectorySwap.replace(directory) { staging in
+            restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
+        }
+        return outcome(.restored, restored!)
     }
+
 
     private func download(_ chain: [SnapshotEntry], session: SessionID) async throws -> [[UInt8]] {
         var objects = [[UInt8]](repeating: [], count: chain.count)
@@ -104,11 +204,13 @@ public struct SessionRestorer: Sendable {
     }
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
-    /// holds it, and names a newer delta deleted are never taken from an older one.
+    /// holds it, and names a newer delta deleted are never taken from an older one. Without a
+    /// staging directory (a dry run) every check runs and the contents are only read. Returns
+    /// the newest snapshot's manifest.
     private func apply(
-        _ chain: [SnapshotEntry], objects: [[UInt8]], session: SessionID, into staging: StagingDirectory,
-        reader: SnapshotReader, expected: SnapshotManifest
-    ) throws {
+        _ chain: [SnapshotEntry], objects: [[UInt8]], session: SessionID, into staging: StagingDirectory?,
+        reader: SnapshotReader
+    ) throws -> SnapshotManifest {
         var decided = Set<String>()
         var written = Set<String>()
         var manifests: [SnapshotManifest] = []
@@ -117,6 +219,10 @@ public struct SessionRestorer: Sendable {
             let manifest = try reader.read(BufferSource(objects[index]), session: session, id: entry.id, kind: entry.kind) {
                 name, data in
                 if decided.contains(name) { return try data.drain() }
+                guard let staging else {
+                    written.insert(name)
+                    return try data.drain()
+                }
                 if let slash = name.lastIndex(of: "/") {
                     let parent = String(name[..<slash])
                     if !written.contains(parent + "/") {
@@ -137,8 +243,9 @@ public struct SessionRestorer: Sendable {
         }
         let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
         guard written.filter({ !$0.hasSuffix("/") }) == Set(state.keys) else {
-            throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(expected.id) lists")
+            throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
+        return manifests[0]
     }
 
     private func isMissingOrEmpty(_ directory: String) -> Bool {

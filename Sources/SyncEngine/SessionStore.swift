@@ -10,6 +10,13 @@ public struct SnapshotEntry: Sendable, Equatable {
     public var kind: SnapshotKind
     public var size: Int64
     public var lastModified: Date?
+
+    public init(id: SnapshotID, kind: SnapshotKind, size: Int64, lastModified: Date?) {
+        self.id = id
+        self.kind = kind
+        self.size = size
+        self.lastModified = lastModified
+    }
 }
 
 /// A session's objects in one store: its head and snapshots, encrypted and decrypted here.

@@ -22,6 +22,9 @@ public struct WatchSettings: Sendable {
     public var retryBaseDelay: Duration = .milliseconds(500)
     public var retryMaxDelay: Duration = .seconds(30)
     public var compaction = CompactionPolicy()
+    /// How often to apply `compaction.retention` to every session this agent serves, beside the
+    /// pruning after each new base (which alone never trims a session that only gets deltas).
+    public var pruneInterval: Duration?
     public var compressionLevel = 3
     /// How often the store is asked whether it answers, for readiness, besides what uploads say.
     public var storeProbeInterval: Duration = .seconds(10)
@@ -114,12 +117,14 @@ public actor SyncService {
             }
         }
         let prober = Task { await probeStorePeriodically() }
+        let pruning = settings.pruneInterval.map { interval in Task { await prunePeriodically(every: interval) } }
         await withTaskCancellationHandler {
             await events.value
         } onCancel: {
             watcher.stop()
         }
         prober.cancel()
+        pruning?.cancel()
         return await flush(timeout: shutdownTimeout)
     }
 
@@ -372,6 +377,25 @@ public actor SyncService {
             } catch {
                 self.sessions[id]?.lastError = "\(error)"
                 logger.error("could not record the removed session", metadata: ["session": "\(id)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Applies the retention policy to each session now and then, one session at a time.
+    /// Sessions another agent claimed are that agent's to prune.
+    private func prunePeriodically(every interval: Duration) async {
+        let pruner = SnapshotPruner(sessionStore: sessionStore, mirror: mirror)
+        while (try? await Task.sleep(for: interval)) != nil {
+            for id in sessions.filter({ !$0.value.fenced }).keys.sorted() where !Task.isCancelled {
+                do {
+                    let outcome = try await pruner.prune(id, policy: settings.compaction.retention)
+                    let deleted = outcome.plan.deletedCount
+                    if deleted > 0 {
+                        logger.info("pruned", metadata: ["session": "\(id)", "deleted": "\(deleted)", "kept": "\(outcome.plan.kept.count)"])
+                    }
+                } catch {
+                    logger.warning("scheduled prune failed", metadata: ["session": "\(id)", "error": "\(error)"])
+                }
             }
         }
     }

@@ -26,10 +26,10 @@ public final class ChildProcess: Sendable {
     public let standardErrorPath: String
     private let termination = Mutex<Termination?>(nil)
 
-    /// `environment` is the whole environment of the child.
+    /// `environment` is the whole environment of the child; `standardInput` a file it reads.
     public init(
         _ executable: String, _ arguments: [String], environment: [String: String],
-        standardOutput: String, standardError: String
+        standardInput: String = "/dev/null", standardOutput: String, standardError: String
     ) throws {
         self.executable = executable
         standardOutputPath = standardOutput
@@ -37,7 +37,7 @@ public final class ChildProcess: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 0, standardInput, O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, standardOutput, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, standardError, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         // Descriptors the test process leaked without O_CLOEXEC (another test's pipe) must not
@@ -120,11 +120,12 @@ public final class ChildProcess: Sendable {
     /// Runs a program to completion, with its output in files under `directory`.
     public static func run(
         _ executable: String, _ arguments: [String], environment: [String: String], outputIn directory: String,
-        timeout: Duration = .seconds(60)
+        standardInput: String = "/dev/null", timeout: Duration = .seconds(60)
     ) async throws -> (termination: Termination, standardOutput: String, standardError: String) {
         let name = "run-\(randomHex(4))"
         let process = try ChildProcess(
-            executable, arguments, environment: environment, standardOutput: "\(directory)/\(name).out",
+            executable, arguments, environment: environment, standardInput: standardInput,
+            standardOutput: "\(directory)/\(name).out",
             standardError: "\(directory)/\(name).err")
         let termination = try await process.waitForExit(timeout: timeout)
         return (termination, process.standardOutput, process.standardError)

@@ -77,13 +77,15 @@ public struct SyncAgentRunner: Sendable {
         return RunningAgent(process, secrets: secrets)
     }
 
-    /// Runs another subcommand (`restore`, `backup`) to its end. Fails if its output holds a secret.
-    public func run(_ subcommand: String, _ arguments: [String]) async throws
+    /// Runs another subcommand (`restore`, `backup`) to its end, reading `standardInput` (a file).
+    /// Fails if its output holds a secret.
+    public func run(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") async throws
         -> (termination: Termination, standardOutput: String, standardError: String)
     {
         let result = try await ChildProcess.run(
             try Self.binaryPath, [subcommand] + storeArguments + arguments,
-            environment: Self.cleanEnvironment(environment), outputIn: logDirectory, timeout: .seconds(120))
+            environment: Self.cleanEnvironment(environment), outputIn: logDirectory, standardInput: standardInput,
+            timeout: .seconds(120))
         let leaks = SecretScan.leaks(in: result.standardOutput + result.standardError, secrets: secrets)
         guard leaks.isEmpty else { throw ProgramFailure("\(subcommand) printed \(leaks.joined(separator: ", "))") }
         return result

@@ -1,0 +1,96 @@
+import ArgumentParser
+import FoundationEssentials
+import Glibc
+
+/// Bad input found after parsing (a file's content, a snapshot the store does not have): one
+/// line on standard error and the usage-error exit code, without the usage text ArgumentParser
+/// prints for a `ValidationError`, which would point at the flags when the flags were fine.
+func rejectInput(_ message: String) -> ExitCode {
+    writeStandardError("Error: \(message)\n")
+    return ExitCode.validationFailure
+}
+
+func writeStandardError(_ text: String) {
+    var rest = Array(text.utf8)[...]
+    while !rest.isEmpty {
+        let written = rest.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EINTR { continue }
+        guard written > 0 else { return }
+        rest = rest.dropFirst(written)
+    }
+}
+
+/// All of standard input, for `--sessions-from -`.
+func readStandardInput() throws -> [UInt8] {
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count >= 0 else { throw ValidationError("cannot read standard input: \(String(cString: strerror(errno)))") }
+        if count == 0 { return bytes }
+        bytes += buffer[0..<count]
+    }
+}
+
+/// Columns padded to their widest cell, for people; `--json` is for programs.
+func printTable(_ header: [String], _ rows: [[String]]) {
+    let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
+    for row in [header] + rows {
+        let cells = row.enumerated().map { column, cell in
+            column == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[column] - cell.count)
+        }
+        print(cells.joined(separator: "  "))
+    }
+}
+
+/// "1.2 MB": decimal units, one decimal from 1 kB on.
+func byteCount(_ bytes: Int64) -> String {
+    var value = Double(bytes)
+    for unit in ["B", "kB", "MB", "GB"] {
+        if value < 999.95 || unit == "GB" { return unit == "B" ? "\(bytes) B" : "\(tenths(value)) \(unit)" }
+        value /= 1000
+    }
+    return "\(bytes) B"
+}
+
+/// "2.4 s" since `start`.
+func seconds(since start: ContinuousClock.Instant) -> String {
+    let elapsed = (ContinuousClock.now - start).components
+    return "\(tenths(Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18)) s"
+}
+
+/// One decimal, without Foundation's formatters (the agent links FoundationEssentials only).
+private func tenths(_ value: Double) -> String {
+    let tenths = Int((value * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10)"
+}
+
+/// One line on standard error, redrawn as work items finish, when standard error is a
+/// terminal; nothing otherwise (logs and CI output stay line by line).
+actor ProgressLine {
+    nonisolated let isShown = isatty(STDERR_FILENO) == 1
+    private let label: String
+    private let total: Int
+    private var done = 0
+    private var failed = 0
+    private let started = ContinuousClock.now
+
+    init(_ label: String, total: Int) {
+        self.label = label
+        self.total = total
+    }
+
+    func finished(failed itFailed: Bool) {
+        done += 1
+        if itFailed { failed += 1 }
+        guard isShown else { return }
+        let failures = failed > 0 ? ", \(failed) failed" : ""
+        writeStandardError("\r\u{1B}[K\(label) \(done)/\(total)\(failures), \(seconds(since: started))")
+    }
+
+    /// Clears the line, so what follows starts on a clean one.
+    func end() {
+        if isShown && done > 0 { writeStandardError("\r\u{1B}[K") }
+    }
+}

@@ -1,0 +1,189 @@
+import FoundationEssentials
+
+/// Which snapshots of a session to keep, like restic's `forget` options: each rule keeps some
+/// snapshots, a snapshot is kept when any rule keeps it, and whatever a kept snapshot needs to
+/// restore (a delta's chain back to its base) is kept with it. The head's snapshot is always
+/// kept, whatever the rules, so a session's current state is never pruned.
+///
+/// A snapshot's time is when its object was written to the store, as the store lists it (what
+/// `sync-agent snapshots` prints): the manifest's own time is inside the encrypted object, and
+/// reading every object to decide what to delete would cost a download of the whole history.
+public struct RetentionPolicy: Sendable, Equatable {
+    /// The newest N snapshots.
+    public var keepLast: Int?
+    /// The newest snapshot of each of the last N hours, days, ISO weeks that have one.
+    public var keepHourly: Int?
+    public var keepDaily: Int?
+    public var keepWeekly: Int?
+    /// Every snapshot written within this long before the newest one. Measured from the newest
+    /// snapshot rather than from now, as restic does: a session nobody writes keeps its history.
+    public var keepWithin: Duration?
+    /// Every snapshot of the newest N chains (a base or tombstone and the deltas after it):
+    /// the compaction default, not a flag.
+    public var keepChains: Int?
+
+    public init(
+        keepLast: Int? = nil, keepHourly: Int? = nil, keepDaily: Int? = nil, keepWeekly: Int? = nil,
+        keepWithin: Duration? = nil, keepChains: Int? = nil
+    ) {
+        self.keepLast = keepLast
+        self.keepHourly = keepHourly
+        self.keepDaily = keepDaily
+        self.keepWeekly = keepWeekly
+        self.keepWithin = keepWithin
+        self.keepChains = keepChains
+    }
+
+    /// What the replicator keeps after each new base when no policy is configured: the current
+    /// chain and the one before it.
+    public static let compactionDefault = RetentionPolicy(keepChains: 2)
+
+    /// Why a snapshot is kept; the stable words of `prune --json`.
+    public enum Reason: String, Sendable, Codable, Comparable {
+        /// The head's snapshot.
+        case newest
+        case last
+        case hourly
+        case daily
+        case weekly
+        case within
+        case chains
+        /// A kept delta is rebuilt from it.
+        case chain
+        /// The store listed no time for it, so no time rule can judge it.
+        case unknownTime = "unknown_time"
+
+        public static func < (lhs: Reason, rhs: Reason) -> Bool { lhs.order < rhs.order }
+        private var order: Int {
+            [.newest, .last, .hourly, .daily, .weekly, .within, .chains, .chain, .unknownTime].firstIndex(of: self)!
+        }
+    }
+
+    /// Decides, for one session, what to keep and what to delete from a listing of its snapshot
+    /// objects and its head, read before the listing. Pure: no store, no clock.
+    ///
+    /// Objects above the head (a higher sequence or generation) are left alone: a writer may be
+    /// committing them right now. Below it, objects the head did not commit (left by a crashed or
+    /// fenced writer) are deleted, and so are committed snapshots no rule keeps. Throws when the
+    /// head's own snapshot does not restore (missing, or a gap in its chain): a session in that
+    /// state needs an operator (`verify`), and pruning could only make it worse.
+    ///
+    /// Hours, days and weeks are UTC's (weeks ISO 8601's, from Monday): what is kept must not
+    /// change with the time zone of the machine that prunes.
+    public func plan(_ entries: [SnapshotEntry], head: SessionHead, session: SessionID) throws -> RetentionPlan {
+        guard let latest = head.latest else { return RetentionPlan() }
+        let committed = SessionStore.committed(entries, head: head)
+        guard let newest = committed[latest.sequence], newest.id == latest else {
+            throw SnapshotError.notFound("session \(session): the head names snapshot \(latest), which is not in the store; nothing pruned")
+        }
+        var kept: [SnapshotID: Set<Reason>] = [:]
+        for link in try SessionStore.chain(to: newest, in: committed, session: session) {
+            kept[link.id, default: []].insert(link.id == latest ? .newest : .chain)
+        }
+
+        // Snapshots whose chain is broken (a prune interrupted half way) cannot be restored, so
+        // no rule may pick them in place of one that can.
+        let restorable = committed.values.sorted { $0.id > $1.id }.filter {
+            (try? SessionStore.chain(to: $0, in: committed, session: session)) != nil
+        }
+        for entry in rulesKeep(restorable) {
+            kept[entry.id, default: []].formUnion(entry.reasons)
+        }
+        for entry in restorable where kept[entry.id] != nil {
+            for link in try SessionStore.chain(to: entry, in: committed, session: session) where kept[link.id] == nil {
+                kept[link.id] = [.chain]
+            }
+        }
+
+        var plan = RetentionPlan()
+        for entry in committed.values.sorted(by: { $0.id < $1.id }) {
+            if let reasons = kept[entry.id] {
+                plan.kept.append(.init(entry: entry, reasons: reasons.sorted()))
+            } else {
+                plan.deleted.append(entry)
+            }
+        }
+        plan.orphans = entries.filter { entry in
+            entry.id.sequence <= latest.sequence && entry.id.generation <= head.generation
+                && committed[entry.id.sequence] != entry
+        }
+        // Newest first, so a prune cut short leaves every chain it did not finish whole at its start.
+        plan.deleted.reverse()
+        plan.orphans.sort { $0.id > $1.id }
+        return plan
+    }
+
+    /// What the rules keep among restorable snapshots, newest first, and why.
+    private func rulesKeep(_ snapshots: [SnapshotEntry]) -> [(id: SnapshotID, reasons: Set<Reason>)] {
+        var reasons: [SnapshotID: Set<Reason>] = [:]
+        func keep(_ entry: SnapshotEntry, _ reason: Reason) { reasons[entry.id, default: []].insert(reason) }
+
+        if let keepLast { snapshots.prefix(keepLast).forEach { keep($0, .last) } }
+        if let keepChains {
+            var chainsStarted = 0
+            for entry in snapshots where chainsStarted < keepChains {
+                keep(entry, .chains)
+                if entry.kind != .delta { chainsStarted += 1 }
+            }
+        }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = .gmt
+        // ISO 8601 weeks: from Monday, the first week of a year the one with its first Thursday.
+        calendar.firstWeekday = 2
+        calendar.minimumDaysInFirstWeek = 4
+        let buckets: [(Reason, Int?, Set<Calendar.Component>)] = [
+            (.hourly, keepHourly, [.year, .month, .day, .hour]),
+            (.daily, keepDaily, [.year, .month, .day]),
+            (.weekly, keepWeekly, [.yearForWeekOfYear, .weekOfYear]),
+        ]
+        for case let (reason, count?, components) in buckets {
+            var lastBucket: DateComponents?
+            var taken = 0
+            for entry in snapshots {
+                guard let time = entry.lastModified else { continue }
+                let bucket = calendar.dateComponents(components, from: time)
+                guard bucket != lastBucket else { continue }
+                guard taken < count else { break }
+                keep(entry, reason)
+                lastBucket = bucket
+                taken += 1
+            }
+        }
+        if let keepWithin, let newestTime = snapshots.compactMap(\.lastModified).max() {
+            let oldest = newestTime.addingTimeInterval(-keepWithin.timeInterval)
+            for entry in snapshots where entry.lastModified.map({ $0 >= oldest }) ?? false { keep(entry, .within) }
+        }
+        if usesTime {
+            for entry in snapshots where entry.lastModified == nil { keep(entry, .unknownTime) }
+        }
+        return reasons.map { ($0.key, $0.value) }
+    }
+
+    private var usesTime: Bool { keepHourly != nil || keepDaily != nil || keepWeekly != nil || keepWithin != nil }
+}
+
+/// The outcome of `RetentionPolicy.plan` for one session.
+public struct RetentionPlan: Sendable, Equatable {
+    public struct Kept: Sendable, Equatable {
+        public var entry: SnapshotEntry
+        public var reasons: [RetentionPolicy.Reason]
+    }
+
+    /// Committed snapshots that stay, oldest first.
+    public var kept: [Kept] = []
+    /// Committed snapshots to delete, newest first.
+    public var deleted: [SnapshotEntry] = []
+    /// Objects below the head that it never committed (a crashed or fenced writer's), newest first.
+    public var orphans: [SnapshotEntry] = []
+
+    public init() {}
+
+    /// Objects a prune deletes: dropped snapshots and orphans.
+    public var deletedCount: Int { deleted.count + orphans.count }
+}
+
+extension Duration {
+    var timeInterval: TimeInterval {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import SyncEngine
+import Testing
+
+/// `RetentionPolicy.plan`, the pure part of pruning: listings in, keep and delete sets out.
+@Suite("Retention policy")
+struct RetentionPolicyTests {
+    let session = SessionID("retention")!
+    /// 2026-11-02 is a Monday.
+    let monday = ISO8601DateFormatter().date(from: "2026-11-02T00:00:00Z")!
+
+    /// Snapshots 1, 2, 3… of generation 1, of the given kinds, at the given hours after `monday`.
+    func history(_ kinds: [SnapshotKind], hours: [Double]) -> [SnapshotEntry] {
+        zip(kinds, hours).enumerated().map { index, snapshot in
+            SnapshotEntry(
+                id: SnapshotID(sequence: UInt64(index + 1), generation: 1), kind: snapshot.0, size: 100,
+                lastModified: monday.addingTimeInterval(snapshot.1 * 3600))
+        }
+    }
+
+    func head(latest: UInt64, kind: SnapshotKind = .delta, generation: UInt64 = 1) -> SessionHead {
+        SessionHead(
+            generation: generation, owner: "test", latest: SnapshotID(sequence: latest, generation: 1), latestKind: kind,
+            base: nil, updatedAt: monday)
+    }
+
+    func plan(_ policy: RetentionPolicy, _ entries: [SnapshotEntry], head: SessionHead) throws -> (kept: [UInt64], deleted: [UInt64], orphans: [UInt64]) {
+        let plan = try policy.plan(entries, head: head, session: session)
+        return (plan.kept.map(\.entry.id.sequence), plan.deleted.map(\.id.sequence), plan.orphans.map(\.id.sequence))
+    }
+
+    @Test func keepingADeltaKeepsItsChainBackToTheBase() throws {
+        let entries = history([.base, .delta, .delta, .base, .delta, .delta], hours: [0, 1, 2, 3, 4, 5])
+        let result = try plan(RetentionPolicy(keepLast: 1), entries, head: head(latest: 6))
+        #expect(result.kept == [4, 5, 6])
+        #expect(result.deleted == [3, 2, 1], "newest first, so an interrupted prune leaves whole chains")
+
+        // The fourth newest is delta 3: its chain (1, 2) stays with it.
+        let longer = try RetentionPolicy(keepLast: 4).plan(entries, head: head(latest: 6), session: session)
+        #expect(longer.kept.map(\.entry.id.sequence) == [1, 2, 3, 4, 5, 6])
+        #expect(longer.kept.first { $0.entry.id.sequence == 1 }?.reasons == [.chain])
+        #expect(longer.kept.first { $0.entry.id.sequence == 6 }?.reasons == [.newest, .last])
+    }
+
+    @Test func theHeadsSnapshotIsKeptWhateverTheRules() throws {
+        // Every other snapshot is older than a week before the newest one.
+        let entries = history([.base, .base, .base], hours: [0, 1, 500])
+        let result = try plan(RetentionPolicy(keepWithin: .seconds(60)), entries, head: head(latest: 3, kind: .base))
+        #expect(result.kept == [3])
+        #expect(result.deleted == [2, 1])
+    }
+
+    @Test func hourlyDailyAndWeeklyKeepTheNewestOfEachPeriodThatHasOne() throws {
+        // Bases at: Mon 00:00, Mon 00:30, Mon 05:00, Tue 01:00, Tue 01:10, Wed 12:00, next Mon 00:00, next Mon 02:00.
+        let hours: [Double] = [0, 0.5, 5, 25, 25 + 1.0 / 6, 60, 168, 170]
+        let entries = history(Array(repeating: .base, count: hours.count), hours: hours)
+        let last = head(latest: 8, kind: .base)
+        #expect(try plan(RetentionPolicy(keepHourly: 3), entries, head: last).kept == [6, 7, 8])
+        #expect(try plan(RetentionPolicy(keepDaily: 3), entries, head: last).kept == [5, 6, 8])
+        #expect(try plan(RetentionPolicy(keepWeekly: 2), entries, head: last).kept == [6, 8])
+        #expect(try plan(RetentionPolicy(keepDaily: 100), entries, head: last).kept == [3, 5, 6, 8])
+        // Rules add up.
+        #expect(try plan(RetentionPolicy(keepLast: 2, keepWeekly: 2), entries, head: last).kept == [6, 7, 8])
+    }
+
+    @Test func keepWithinCountsFromTheNewestSnapshotNotFromNow() throws {
+        let entries = history([.base, .delta, .base, .delta], hours: [0, 10, 20, 30])
+        // 12 hours before the newest (30) reaches back to 20; snapshot 10 (a delta) is then
+        // not needed by anything kept, and neither is its base.
+        #expect(try plan(RetentionPolicy(keepWithin: .seconds(12 * 3600)), entries, head: head(latest: 4)).kept == [3, 4])
+        #expect(try plan(RetentionPolicy(keepWithin: .seconds(21 * 3600)), entries, head: head(latest: 4)).kept == [1, 2, 3, 4])
+    }
+
+    @Test func keepChainsIsTheCompactionDefault() throws {
+        let entries = history([.base, .delta, .base, .delta, .base, .delta], hours: [0, 1, 2, 3, 4, 5])
+        let result = try plan(.compactionDefault, entries, head: head(latest: 6))
+        #expect(result.kept == [3, 4, 5, 6])
+    }
+
+    @Test func objectsAboveTheHeadAreNeverTouchedAndUncommittedOnesBelowItGo() throws {
+        var entries = history([.base, .delta, .base, .delta], hours: [0, 1, 2, 3])
+        // A fenced writer's delta at sequence 4 (older generation), superseded by generation 2's.
+        entries[3].id.generation = 2
+        entries.append(SnapshotEntry(id: SnapshotID(sequence: 4, generation: 1), kind: .delta, size: 1, lastModified: monday))
+        // A writer committing right now: above the head, in sequence and in generation.
+        entries.append(SnapshotEntry(id: SnapshotID(sequence: 5, generation: 2), kind: .delta, size: 1, lastModified: monday))
+        entries.append(SnapshotEntry(id: SnapshotID(sequence: 3, generation: 3), kind: .base, size: 1, lastModified: monday))
+        var current = head(latest: 4, generation: 2)
+        current.latest = SnapshotID(sequence: 4, generation: 2)
+        let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: current, session: session)
+        #expect(plan.kept.map(\.entry.id) == [SnapshotID(sequence: 3, generation: 1), SnapshotID(sequence: 4, generation: 2)])
+        #expect(plan.deleted.map(\.id.sequence) == [2, 1])
+        #expect(plan.orphans.map(\.id) == [SnapshotID(sequence: 4, generation: 1)])
+    }
+
+    @Test func aSnapshotWhoseChainIsBrokenIsNeverPickedInsteadOfARestorableOne() throws {
+        // Base 3 went (an interrupted prune): delta 4 cannot be restored.
+        let entries = history([.base, .delta, .base, .delta, .base, .delta], hours: [0, 1, 2, 3, 4, 5]).filter { $0.id.sequence != 3 }
+        // The three newest that restore: 6, 5 and 2 (with its base 1); delta 4 is passed over.
+        let result = try plan(RetentionPolicy(keepLast: 3), entries, head: head(latest: 6))
+        #expect(result.kept == [1, 2, 5, 6])
+        #expect(result.deleted == [4])
+    }
+
+    @Test func aHeadWhoseSnapshotDoesNotRestoreStopsThePrune() throws {
+        let entries = history([.base, .delta, .delta], hours: [0, 1, 2]).filter { $0.id.sequence != 2 }
+        #expect(throws: SnapshotError.self) { try plan(RetentionPolicy(keepLast: 1), entries, head: head(latest: 3)) }
+        #expect(throws: SnapshotError.self) { try plan(RetentionPolicy(keepLast: 1), entries, head: head(latest: 4)) }
+    }
+
+    @Test func aLoggedOutSessionKeepsItsTombstone() throws {
+        let entries = history([.base, .delta, .tombstone], hours: [0, 1, 2])
+        let result = try plan(RetentionPolicy(keepLast: 1), entries, head: head(latest: 3, kind: .tombstone))
+        #expect(result.kept == [3])
+        #expect(result.deleted == [2, 1])
+    }
+
+    @Test func aSessionWithoutACommittedSnapshotIsLeftAlone() throws {
+        let entries = history([.base], hours: [0])
+        var uncommitted = head(latest: 1)
+        uncommitted.latest = nil
+        let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: uncommitted, session: session)
+        #expect(plan == RetentionPlan())
+    }
+}
