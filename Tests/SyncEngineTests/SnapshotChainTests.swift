@@ -214,7 +214,7 @@ struct SnapshotChainTests {
     /// A compaction that meets a file mid-write falls back to a delta; the half-written base
     /// must not leave bytes in the object the delta is written to.
     @Test func aBaseThatMeetsATornFileFallsBackToAWholeReadableDelta() async throws {
-        try copyFixture("small")
+        try copyFixture("medium")
         let writer = replicator()
         _ = try await writer.sync()
         let goodCreds = try directoryContents(directory)["creds.json"]
