@@ -20,7 +20,7 @@ struct RestoreCommand: AsyncParsableCommand {
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
-    @Flag(help: "Restore every session the store has.") var all = false
+    @Flag(help: "Restore every session the store has, except those that logged out.") var all = false
     @Option(help: ArgumentHelp(
         "Restore the sessions listed in FILE (- for standard input): one id per line, or a gateway's JSON, an array of objects with an \"id\" or {\"data\":{\"sessions\":[…]}}.",
         valueName: "file"))
@@ -150,6 +150,10 @@ struct RestoreCommand: AsyncParsableCommand {
         var report = RestoreReport()
         for (id, outcome) in zip(ids, outcomes) {
             switch outcome {
+            case .success(let outcome) where all && outcome.status == .loggedOut:
+                // --all asks for what the store can bring back: a session that logged out was not
+                // asked for, and must not fail a worker's start (named, it is reported as failed).
+                logger.info("not restoring a session that logged out", metadata: ["session": "\(id)"])
             case .success(let outcome): report.record(outcome)
             case .failure(let error): report.record(id, failure: error)
             }
