@@ -177,27 +177,6 @@ struct RestoreCommandTests {
         #expect(try tree(target) == before)
     }
 
-    /// A session that logged out is never brought back: named, it fails as logged out; `--all`
-    /// leaves it out without failing the worker's start.
-    @Test func aLoggedOutSessionIsNotRestoredAndAllLeavesItOut() async throws {
-        let workspace = try Workspace(sessions: ["small", "medium"])
-        let runner = try await runner(.local, workspace)
-        let agent = try runner.watch(workspace.sessions)
-        try await agent.waitUntilWatching(uploadedAtStart: 2)
-        try FileManager.default.removeItem(atPath: workspace.session("small"))
-        try await agent.waitForLog("session directory removed")
-        #expect(try await agent.terminate() == .exited(0))
-
-        let target = try workspace.freshDirectory()
-        let (named, namedStatuses) = try await restore(runner, into: target, ["small", "medium"])
-        #expect(named.termination == .exited(3))
-        #expect(namedStatuses == ["small": "failed: logged_out", "medium": "restored"])
-        let (all, allStatuses) = try await restore(runner, into: try workspace.freshDirectory(), ["--all"])
-        #expect(all.termination == .exited(0), "\(all.standardError)")
-        #expect(allStatuses == ["medium": "restored"])
-        #expect(!FileManager.default.fileExists(atPath: "\(target)/small"))
-    }
-
     @Test func aDryRunSaysWhatWouldHappenAndChangesNothing() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"])
         let runner = try await runner(.local, workspace)
