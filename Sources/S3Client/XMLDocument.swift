@@ -6,7 +6,7 @@ import FoundationXML
 /// A parsed S3 XML response: just elements and their text, which is all S3 answers carry.
 /// Parsing is bounded (size, depth, element count) and never resolves external entities,
 /// so a hostile or broken server cannot make the client misbehave, only fail clearly.
-struct XMLElement: Sendable, Equatable {
+package struct XMLElement: Sendable, Equatable {
     var name: String
     var text: String
     var children: [XMLElement]
@@ -19,7 +19,7 @@ struct XMLElement: Sendable, Equatable {
     static let maxDepth = 32
     static let maxElements = 1_000_000
 
-    static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
+    package static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
         guard bytes.count <= maxBytes else { throw .invalidResponse("XML response larger than \(maxBytes) bytes") }
         let builder = TreeBuilder()
         let parser = XMLParser(data: Data(bytes))
