@@ -21,6 +21,10 @@ package struct XMLElement: Sendable, Equatable {
 
     package static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
         guard bytes.count <= maxBytes else { throw .invalidResponse("XML response larger than \(maxBytes) bytes") }
+        // libxml2 hands names that are not UTF-8 through to FoundationXML, which traps converting
+        // them to String (found by fuzz/FuzzS3XML): a broken server would crash the agent. S3
+        // always answers in UTF-8.
+        guard String(validating: bytes, as: UTF8.self) != nil else { throw .invalidResponse("XML response is not UTF-8") }
         let builder = TreeBuilder()
         let parser = XMLParser(data: Data(bytes))
         parser.shouldResolveExternalEntities = false

@@ -90,6 +90,35 @@ struct S3ClientErrorTests {
         #expect(reason.contains("malformed XML"))
     }
 
+    // MARK: - What fuzz/FuzzS3XML found (scripts/fuzz)
+
+    /// `<\xff>r>`: an element name that is not UTF-8. libxml2 passed it on and FoundationXML
+    /// trapped converting it to a String, so any server could crash the agent with one response.
+    static let elementNameNotUTF8 = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("fixtures/fuzz/regressions/s3-xml-element-name-not-utf8.xml").path
+
+    @Test func xmlThatIsNotUTF8IsAnInvalidResponse() throws {
+        let body = try #require(FileManager.default.contents(atPath: Self.elementNameNotUTF8))
+        let error = #expect(throws: S3ClientError.self) { try XMLElement.parse(Array(body)) }
+        guard case .invalidResponse(let reason) = error else {
+            Issue.record("expected an invalid response, got \(String(describing: error))")
+            return
+        }
+        #expect(reason.contains("not UTF-8"))
+    }
+
+    /// The same bytes as an error document: the status still says what happened.
+    @Test func anErrorDocumentThatIsNotUTF8StillGivesTheStatus() async throws {
+        let body = Array(try #require(FileManager.default.contents(atPath: Self.elementNameNotUTF8)))
+        let server = try FaultyHTTPServer(
+            response: Array("HTTP/1.1 500 Internal Server Error\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: loopbackConfiguration(port: server.port)).getObject(key: "k")
+        }
+        #expect(error?.serviceKind == .serverError)
+    }
+
     @Test func certificateThatDoesNotVerifyIsATLSErrorUnlessItsCAIsGiven() async throws {
         let directory = try TemporaryDirectory()
         try await runProgram("/usr/bin/openssl", [
