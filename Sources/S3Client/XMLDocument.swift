@@ -21,10 +21,15 @@ package struct XMLElement: Sendable, Equatable {
 
     package static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
         guard bytes.count <= maxBytes else { throw .invalidResponse("XML response larger than \(maxBytes) bytes") }
-        // libxml2 hands names that are not UTF-8 through to FoundationXML, which traps converting
-        // them to String (found by fuzz/FuzzS3XML): a broken server would crash the agent. S3
-        // always answers in UTF-8.
+        // Two crashes in FoundationXML, found by fuzz/FuzzS3XML, that a broken server (or anything
+        // between it and the agent) could cause with one response: libxml2 passes names that are
+        // not UTF-8 on, and FoundationXML traps converting them to String; a processing
+        // instruction without data ("<?l?>", or one a DTD's entity expands to) makes it call
+        // strlen(NULL). S3 answers in UTF-8 with elements and text only.
         guard String(validating: bytes, as: UTF8.self) != nil else { throw .invalidResponse("XML response is not UTF-8") }
+        guard hasOnlyElementsAndText(bytes) else {
+            throw .invalidResponse("XML response with a processing instruction, DTD, comment or CDATA section")
+        }
         let builder = TreeBuilder()
         let parser = XMLParser(data: Data(bytes))
         parser.shouldResolveExternalEntities = false
@@ -37,6 +42,26 @@ package struct XMLElement: Sendable, Equatable {
             throw .invalidResponse("malformed XML response: \(reason)")
         }
         return root
+    }
+
+    /// Whether the document, after its XML declaration if any, has no markup but elements: no
+    /// `<?` and no `<!`.
+    private static func hasOnlyElementsAndText(_ bytes: [UInt8]) -> Bool {
+        let (less, question, bang, greater) = (UInt8(ascii: "<"), UInt8(ascii: "?"), UInt8(ascii: "!"), UInt8(ascii: ">"))
+        var index = 0
+        if bytes.starts(with: Array("<?xml ".utf8)) {
+            index = 6
+            while index + 1 < bytes.count, bytes[index] != question || bytes[index + 1] != greater {
+                if bytes[index] == less { return false }
+                index += 1
+            }
+            index += 2
+        }
+        while index + 1 < bytes.count {
+            if bytes[index] == less, bytes[index + 1] == question || bytes[index + 1] == bang { return false }
+            index += 1
+        }
+        return true
     }
 
     private final class TreeBuilder: NSObject, XMLParserDelegate {

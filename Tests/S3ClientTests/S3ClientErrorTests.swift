@@ -92,25 +92,35 @@ struct S3ClientErrorTests {
 
     // MARK: - What fuzz/FuzzS3XML found (scripts/fuzz)
 
-    /// `<\xff>r>`: an element name that is not UTF-8. libxml2 passed it on and FoundationXML
-    /// trapped converting it to a String, so any server could crash the agent with one response.
-    static let elementNameNotUTF8 = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("fixtures/fuzz/regressions/s3-xml-element-name-not-utf8.xml").path
+    /// The inputs on which FoundationXML crashed, in fixtures/fuzz/regressions: an element name
+    /// that is not UTF-8 (`<\xff>r>`), a processing instruction without data (`<?l?>`), and one
+    /// that an entity declared in a DTD expands to. Any server could crash the agent with them.
+    static let crashingXML: [String] = {
+        let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("fixtures/fuzz/regressions").path
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0.hasPrefix("s3-xml-") }.sorted().map { "\(directory)/\($0)" }
+    }()
 
-    @Test func xmlThatIsNotUTF8IsAnInvalidResponse() throws {
-        let body = try #require(FileManager.default.contents(atPath: Self.elementNameNotUTF8))
-        let error = #expect(throws: S3ClientError.self) { try XMLElement.parse(Array(body)) }
-        guard case .invalidResponse(let reason) = error else {
+    /// Parameterized over an empty list, the tests below would pass without running.
+    @Test func theCrashingInputsAreFound() {
+        #expect(!Self.crashingXML.isEmpty, "no fixtures/fuzz/regressions/s3-xml-* found")
+    }
+
+    @Test(arguments: crashingXML)
+    func xmlThatCrashedTheParserIsAnInvalidResponse(_ path: String) throws {
+        let body = Array(try #require(FileManager.default.contents(atPath: path)))
+        let error = #expect(throws: S3ClientError.self) { try XMLElement.parse(body) }
+        guard case .invalidResponse = error else {
             Issue.record("expected an invalid response, got \(String(describing: error))")
             return
         }
-        #expect(reason.contains("not UTF-8"))
     }
 
     /// The same bytes as an error document: the status still says what happened.
-    @Test func anErrorDocumentThatIsNotUTF8StillGivesTheStatus() async throws {
-        let body = Array(try #require(FileManager.default.contents(atPath: Self.elementNameNotUTF8)))
+    @Test(arguments: crashingXML)
+    func anErrorDocumentThatCrashedTheParserStillGivesTheStatus(_ path: String) async throws {
+        let body = Array(try #require(FileManager.default.contents(atPath: path)))
         let server = try FaultyHTTPServer(
             response: Array("HTTP/1.1 500 Internal Server Error\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
         let error = await #expect(throws: S3ClientError.self) {
