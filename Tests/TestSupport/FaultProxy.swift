@@ -42,27 +42,26 @@ public final class FaultProxy: Sendable {
         }
     }
 
-    private struct Injection {
-        var fault = Fault.passThrough
-        /// The fault hits one request in `every`; the others pass, so uploads can half succeed.
-        var every = 1
-        var requests = 0
-        var faulted = 0
-    }
-
     public let port: Int
     public var endpoint: String { "http://127.0.0.1:\(port)" }
-    private let upstreamPort: Int
     private let listener: Int32
-    private let injection = Mutex(Injection())
+    private let relay: Relay
 
     /// Requests the current and earlier faults hit.
-    public var faultedRequests: Int { injection.withLock { $0.faulted } }
+    public var faultedRequests: Int { relay.injection.withLock { $0.faulted } }
 
     public init(upstreamPort: Int) throws {
-        self.upstreamPort = upstreamPort
+        relay = Relay(upstreamPort: upstreamPort)
         (listener, port) = try listenOnLoopback()
-        Thread { [self] in acceptConnections() }.start()
+        // The threads hold the relay, not the proxy, so releasing the proxy closes the listener
+        // (deinit), which ends the accepting thread.
+        Thread { [listener, relay] in
+            while true {
+                let client = accept(listener, nil, nil)
+                guard client >= 0 else { return }
+                Thread { relay.serve(client) }.start()
+            }
+        }.start()
     }
 
     public convenience init(upstream endpoint: String) throws {
@@ -75,17 +74,35 @@ public final class FaultProxy: Sendable {
         close(listener)
     }
 
-    /// From the next request on, applies `fault` to one request in `every`.
+    /// From the next request on, applies `fault` to one request in `every`; the others pass, so
+    /// work can half succeed.
     public func inject(_ fault: Fault, every: Int = 1) {
         precondition(every >= 1)
-        injection.withLock {
+        relay.injection.withLock {
             $0.fault = fault
             $0.every = every
             $0.requests = 0
         }
     }
+}
 
-    private func nextFault() -> Fault {
+/// What the connection threads share: where to forward, and the fault in force.
+private final class Relay: Sendable {
+    struct Injection {
+        var fault = FaultProxy.Fault.passThrough
+        var every = 1
+        var requests = 0
+        var faulted = 0
+    }
+
+    let upstreamPort: Int
+    let injection = Mutex(Injection())
+
+    init(upstreamPort: Int) {
+        self.upstreamPort = upstreamPort
+    }
+
+    private func nextFault() -> FaultProxy.Fault {
         injection.withLock {
             $0.requests += 1
             guard $0.fault != .passThrough, $0.requests % $0.every == 0 else { return .passThrough }
@@ -94,15 +111,7 @@ public final class FaultProxy: Sendable {
         }
     }
 
-    private func acceptConnections() {
-        while true {
-            let client = accept(listener, nil, nil)
-            guard client >= 0 else { return }
-            Thread { [self] in serve(client) }.start()
-        }
-    }
-
-    private func serve(_ client: Int32) {
+    func serve(_ client: Int32) {
         defer { close(client) }
         let connection = Connection(client)
         while let request = connection.readRequest() {
