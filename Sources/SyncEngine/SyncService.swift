@@ -45,6 +45,10 @@ public actor SyncService {
         var failures = 0
         var retry: Task<Void, Never>?
         var fenced = false
+        /// Its directory went away under the tombstone policy: its uploads write the tombstone,
+        /// so a store that fails delays it (with the same backoff and SIGTERM flush) but never
+        /// drops it.
+        var loggedOut = false
     }
 
     public nonisolated let root: String
@@ -210,9 +214,10 @@ public actor SyncService {
         var retryAfter: Duration?
         var retryPaths: Set<String>?
         do {
-            // A directory gone since it was scheduled is the removal's business, not an upload's;
-            // what the local store already holds is still mirrored.
+            // A directory gone since it was scheduled is no upload's business unless it logged
+            // out; what the local store already holds is still mirrored.
             if FileManager.default.fileExists(atPath: replicator.directory) {
+                sessions[id]?.loggedOut = false
                 let unsettled: [String]
                 switch try await replicator.sync(changedPaths: changedPaths) {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
@@ -229,6 +234,12 @@ public actor SyncService {
                     retryAfter = settings.watcher.quietPeriod
                     retryPaths = Set(unsettled)
                 }
+            } else if sessions[id]?.loggedOut == true {
+                // Checked now, not when the removal was seen: a restore falling back to two renames
+                // leaves the name missing for an instant, and only a directory still gone is a logout.
+                try await replicator.tombstone()
+                sessions[id]?.loggedOut = false
+                logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "tombstone"])
             }
             if let mirror { try await mirror.mirror(id) }
             sessions[id]?.failures = 0
@@ -278,29 +289,28 @@ public actor SyncService {
 
     private func removed(_ id: SessionID) {
         var entry = session(id)
+        if settings.onDelete == .tombstone {
+            // The session's uploads write the tombstone (see `upload`), so it is retried with
+            // backoff while the store fails and flushed on SIGTERM like any change. Written here
+            // once, a failure was only logged, and a restore brought the logged-out session back.
+            entry.loggedOut = true
+            sessions[id] = entry
+            schedule(id)
+            return
+        }
         entry.retry?.cancel()
         entry.pending = false
         sessions[id] = entry
-        let replicator = entry.replicator
-        let policy = settings.onDelete
-        let directory = replicator.directory
+        guard settings.onDelete == .purge else { return }
+        let directory = entry.replicator.directory
         Task {
             do {
                 // A restore that falls back to two renames leaves the name missing for an instant;
                 // only a directory still gone now is a logout.
                 guard !FileManager.default.fileExists(atPath: directory) else { return }
-                switch policy {
-                case .keep:
-                    return
-                case .tombstone:
-                    try await replicator.tombstone()
-                    // Later failures to mirror are retried like any upload.
-                    self.schedule(id)
-                case .purge:
-                    let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
-                    try await sessionStore.store.delete(keys)
-                }
-                logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "\(policy.rawValue)"])
+                let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
+                try await sessionStore.store.delete(keys)
+                logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "purge"])
             } catch {
                 logger.error("could not record the removed session", metadata: ["session": "\(id)", "error": "\(error)"])
             }

@@ -35,9 +35,7 @@ struct FaultInjectionTests {
         }
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let direct = try await workspace.cloudRunner(on: bucket)
-        let proxy = try FaultProxy(upstream: try TestS3Server.seaweedFS.endpoint)
-        var throughProxy = direct
-        throughProxy.storeArguments[throughProxy.storeArguments.firstIndex(of: "--endpoint")! + 1] = proxy.endpoint
+        let (proxy, throughProxy) = try Self.throughProxy(direct)
 
         let agent = try throughProxy.watch(
             workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s", "--shutdown-timeout", "60s"])
@@ -82,6 +80,38 @@ struct FaultInjectionTests {
         let restored = try workspace.freshDirectory()
         try await direct.restore(into: restored)
         try expectSameTree(restored, workspace.sessions)
+    }
+
+    /// A logout seen while the store fails: its tombstone waits for the store, it is not dropped
+    /// (it was: the failure was logged once, and a restore brought the session back).
+    @Test func aSessionRemovedWhileTheStoreFailsIsTombstonedOnceItRecovers() async throws {
+        let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["small": "logged-out"])
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let direct = try await workspace.cloudRunner(on: bucket)
+        let (proxy, throughProxy) = try Self.throughProxy(direct)
+        let agent = try throughProxy.watch(workspace.sessions)
+        try await agent.waitUntilWatching(uploadedAtStart: 2)
+
+        proxy.inject(.slowDown)
+        try FileManager.default.removeItem(atPath: workspace.session("logged-out"))
+        try await agent.waitForLog("upload failed; will retry")
+        proxy.inject(.passThrough)
+        try await agent.waitForLog("session directory removed")
+
+        let target = try workspace.freshDirectory()
+        let restore = try await direct.run("restore", ["--sessions-dir", target, "--all"])
+        #expect(restore.termination == .exited(3), "some session failed (logged out): \(restore.standardError)")
+        #expect(try sortedFiles(target) == ["medium"])
+        #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
+    }
+
+    /// A proxy in front of the shared SeaweedFS, and `direct` with its endpoint replaced by the
+    /// proxy's (same bucket, credentials and key).
+    private static func throughProxy(_ direct: SyncAgentRunner) throws -> (FaultProxy, SyncAgentRunner) {
+        let proxy = try FaultProxy(upstream: try TestS3Server.seaweedFS.endpoint)
+        var runner = direct
+        runner.storeArguments[runner.storeArguments.firstIndex(of: "--endpoint")! + 1] = proxy.endpoint
+        return (proxy, runner)
     }
 
     /// The consecutive-failure count of an "upload failed" log line.
