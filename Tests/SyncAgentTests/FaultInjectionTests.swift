@@ -1,5 +1,4 @@
 import Foundation
-import Glibc
 import TestSupport
 import Testing
 
@@ -53,7 +52,7 @@ struct FaultInjectionTests {
         let writer = try ChildProcess(
             try SyncAgentRunner.benchBinaryPath,
             ["sidecar-writer", "--root", workspace.sessions, "--rate", "50", "--seconds", "\(Self.faultSeconds)",
-             "--seed", "\(UInt64.random(in: 1...UInt64.max))", "--log", workspace.logs + "/writer.tsv"],
+             "--seed", "7", "--log", workspace.logs + "/writer.tsv"],
             environment: SyncAgentRunner.cleanEnvironment(),
             standardOutput: workspace.logs + "/writer.out", standardError: workspace.logs + "/writer.err")
         #expect(try await writer.waitForExit(timeout: .seconds(60)) == .exited(0), "\(writer.standardError)")
@@ -103,6 +102,36 @@ struct FaultInjectionTests {
         #expect(restore.termination == .exited(3), "some session failed (logged out): \(restore.standardError)")
         #expect(try sortedFiles(target) == ["medium"])
         #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
+    }
+
+    /// `restore` through faults that break a share of its requests, over older copies of the
+    /// sessions: each session ends up exactly as stored or exactly as it was, never in between.
+    @Test(arguments: [(FaultProxy.Fault.cutResponseBody, every: 2), (.dropMidRequest, every: 2), (.internalError, every: 3)])
+    func aRestoreThroughFaultsIsExactOrChangesNothing(_ fault: FaultProxy.Fault, every: Int) async throws {
+        let sessions = ["small", "medium"]
+        let workspace = try Workspace(sessions: sessions)
+        let bucket = try await TestS3Server.seaweedFS.freshBucket()
+        let direct = try await workspace.cloudRunner(on: bucket)
+        let backup = try await direct.run("backup", ["--sessions-dir", workspace.sessions])
+        #expect(backup.termination == .exited(0), "\(backup.standardError)")
+        let target = try workspace.freshDirectory()
+        for session in sessions {
+            try FileManager.default.copyItem(atPath: workspace.session(session), toPath: "\(target)/\(session)")
+            try write(#"{"older":true}"#, to: "\(target)/\(session)/creds.json")
+            try write("{}", to: "\(target)/\(session)/stale.json")
+        }
+        let older = try sessions.map { try tree("\(target)/\($0)") }
+
+        let (proxy, throughProxy) = try Self.throughProxy(direct)
+        proxy.inject(fault, every: every)
+        let restore = try await throughProxy.run("restore", ["--sessions-dir", target, "--all"])
+        #expect(proxy.faultedRequests > 0, "the fault never hit a request")
+        #expect(try sortedFiles(target) == sessions.sorted(), "a restore left working directories behind")
+        for (session, older) in zip(sessions, older) {
+            let now = try tree("\(target)/\(session)")
+            let stored = try tree(workspace.session(session))
+            #expect(now == stored || (now == older && restore.termination != .exited(0)), "\(session): \(restore.standardError)")
+        }
     }
 
     /// A proxy in front of the shared SeaweedFS, and `direct` with its endpoint replaced by the
