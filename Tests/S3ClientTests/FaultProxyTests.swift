@@ -55,6 +55,10 @@ struct FaultProxyTests {
         let cut = await #expect(throws: S3ClientError.self) { try await client.getObject(key: "k") }
         #expect(cut.map { if case .transport = $0 { true } else { false } } == true, "\(String(describing: cut))")
 
+        // A PUT's answer has no body: half its head goes back.
+        let cutHead = await #expect(throws: S3ClientError.self) { try await client.putObject(key: "other", bytes: [1]) }
+        #expect(cutHead.map { if case .transport = $0 { true } else { false } } == true, "\(String(describing: cutHead))")
+
         proxy.inject(.dropMidRequest)
         let dropped = await #expect(throws: S3ClientError.self) { try await client.putObject(key: "k", bytes: randomBytes(100_000)) }
         #expect(dropped.map { if case .transport = $0 { true } else { false } } == true, "\(String(describing: dropped))")
@@ -62,6 +66,6 @@ struct FaultProxyTests {
         // The server never saw the cut upload whole: the object is unchanged.
         proxy.inject(.delayResponse(.milliseconds(300)))
         #expect(try await client.getObject(key: "k").bytes == bytes)
-        #expect(proxy.faultedRequests == 3)
+        #expect(proxy.faultedRequests == 4)
     }
 }

@@ -76,6 +76,21 @@ struct S3ClientErrorTests {
         #expect(server.connectionCount == 2)
     }
 
+    /// A fake server that closes inside the response headers, after a Content-Length: libcurl
+    /// calls that a complete answer, which lost its ETag.
+    @Test func serverClosingInsideTheHeadersIsRetriedThenReported() async throws {
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"d41d8cd9")
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: loopbackConfiguration(port: server.port, attempts: 2)).getObject(key: "k")
+        }
+        guard case .transport(let transport) = error else {
+            Issue.record("expected a transport error, got \(String(describing: error))")
+            return
+        }
+        #expect(transport.code == 56)  // CURLE_RECV_ERROR
+        #expect(server.connectionCount == 2)
+    }
+
     /// A fake server answering 200 with a body that is not XML where XML is due.
     @Test func malformedXMLIsAnInvalidResponse() async throws {
         let body = "<ListBucketResult><Contents><Key>unterminated"

@@ -22,7 +22,8 @@ public final class FaultProxy: Sendable {
         /// Forwards the request, then holds the response this long before sending it.
         case delayResponse(Duration)
         /// Forwards the request (the server acts on it), then sends the response's head and half
-        /// its body and closes: the client cannot know whether the request took effect.
+        /// its body (half its head when it has no body, as a PUT's) and closes: the client
+        /// cannot know whether the request took effect.
         case cutResponseBody
         /// Answers without forwarding, with an S3 XML error document.
         case errorReply(status: Int, code: String)
@@ -132,7 +133,8 @@ private final class Relay: Sendable {
             case .delayResponse(let delay):
                 Thread.sleep(forTimeInterval: Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
             case .cutResponseBody:
-                _ = sendAll(client, response.bytes.prefix(response.headCount + (response.bytes.count - response.headCount) / 2))
+                let bodyCount = response.bytes.count - response.headCount
+                _ = sendAll(client, response.bytes.prefix(bodyCount > 0 ? response.headCount + bodyCount / 2 : response.headCount / 2))
                 return
             default:
                 break
