@@ -81,3 +81,24 @@ let package = Package(
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
 )
+
+/// libFuzzer targets (fuzz/), only when scripts/fuzz sets SYNC_AGENT_FUZZ: they are built with
+/// `-sanitize=fuzzer,address` over the whole graph (in .build-fuzz), which links libFuzzer and
+/// must stay out of an ordinary build.
+if Context.environment["SYNC_AGENT_FUZZ"] != nil {
+    package.targets += [
+        .systemLibrary(name: "CFuzzer", path: "fuzz/CFuzzer"),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzer"], path: "fuzz/FuzzSupport"),
+    ]
+    let fuzzTargets: [(product: String, target: String, dependencies: [Target.Dependency])] = [
+        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["Crypto"]),
+        ("fuzz-archive", "FuzzArchive", ["SessionArchive", "Crypto"]),
+        ("fuzz-manifest", "FuzzManifest", ["SyncEngine"]),
+        ("fuzz-s3-xml", "FuzzS3XML", ["S3Client"]),
+    ]
+    for fuzz in fuzzTargets {
+        package.products.append(.executable(name: fuzz.product, targets: [fuzz.target]))
+        package.targets.append(
+            .executableTarget(name: fuzz.target, dependencies: fuzz.dependencies + ["FuzzSupport"], path: "fuzz/\(fuzz.target)"))
+    }
+}

@@ -137,6 +137,9 @@ private final class CurlTransfer: @unchecked Sendable {
 
     var status = 0
     var headers: [(name: String, value: String)] = []
+    /// The blank line that ends the header block arrived. libcurl reports success for a
+    /// response whose connection closed inside its headers, once a Content-Length was among them.
+    var headersEnded = false
     var memoryBody: [UInt8] = []
     var deliveredLength: Int64 = 0
     var receivedLength: Int64 = 0
@@ -176,8 +179,10 @@ private final class CurlTransfer: @unchecked Sendable {
             let parts = trimmed.split(separator: " ", maxSplits: 2)
             status = parts.count > 1 ? Int(parts[1]) ?? 0 : 0
             headers = []
+            headersEnded = false
             rangeIgnored = false
         } else if trimmed.isEmpty {
+            headersEnded = true
             // End of the header block. A 200 to a range request carries only the range when
             // it has Content-Range (rclone); without it, it is the whole object.
             let contentRange = headers.last { $0.name.lowercased() == "content-range" }?.value
@@ -497,6 +502,11 @@ final class CurlMultiLoop: @unchecked Sendable {
             let detail = String(cString: transfer.errorBuffer)
             let message = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
             result = .failure(TransportError(code: Int32(code.rawValue), message: message))
+        } else if !transfer.headersEnded {
+            // Taken as complete, such an answer lost its ETag: a PUT "succeeded" without one
+            // (found by FaultInjectionTests). The request may or may not have taken effect.
+            result = .failure(TransportError(
+                code: Int32(CURLE_RECV_ERROR.rawValue), message: "the connection closed inside the response headers"))
         } else {
             var status = 0
             _ = sa_curl_easy_getinfo_long(transfer.handle, CURLINFO_RESPONSE_CODE, &status)

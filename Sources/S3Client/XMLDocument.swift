@@ -4,7 +4,7 @@ import CXML2
 /// Parsing is bounded (size, depth, element count), never touches the network and never
 /// loads external entities or DTDs, so a hostile or broken server cannot make the client
 /// misbehave, only fail clearly.
-struct XMLElement: Sendable, Equatable {
+package struct XMLElement: Sendable, Equatable {
     var name: String
     var text: String
     var children: [XMLElement]
@@ -19,7 +19,7 @@ struct XMLElement: Sendable, Equatable {
 
     /// libxml2's streaming reader (xmlTextReader): one node at a time, so the limits are
     /// checked as the document is read, before a hostile one has been built in memory.
-    static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
+    package static func parse(_ bytes: [UInt8]) throws(S3ClientError) -> XMLElement {
         guard bytes.count <= maxBytes else { throw .invalidResponse("XML response larger than \(maxBytes) bytes") }
         _ = libxml2Initialized
         // No network, no entity substitution (so no external or exponentially nested

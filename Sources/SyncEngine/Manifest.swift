@@ -72,7 +72,7 @@ public struct SnapshotManifest: Codable, Sendable {
 
     func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
-    static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
+    package static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
         let manifest = try StoredJSON.decode(SnapshotManifest.self, from: bytes)
         guard manifest.formatVersion == currentFormatVersion else {
             throw SnapshotError.corrupt("manifest format version \(manifest.formatVersion) is not supported")

@@ -76,6 +76,21 @@ struct S3ClientErrorTests {
         #expect(server.connectionCount == 2)
     }
 
+    /// A fake server that closes inside the response headers, after a Content-Length: libcurl
+    /// calls that a complete answer, which lost its ETag.
+    @Test func serverClosingInsideTheHeadersIsRetriedThenReported() async throws {
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"d41d8cd9")
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: loopbackConfiguration(port: server.port, attempts: 2)).getObject(key: "k")
+        }
+        guard case .transport(let transport) = error else {
+            Issue.record("expected a transport error, got \(String(describing: error))")
+            return
+        }
+        #expect(transport.code == 56)  // CURLE_RECV_ERROR
+        #expect(server.connectionCount == 2)
+    }
+
     /// A fake server answering 200 with a body that is not XML where XML is due.
     @Test func malformedXMLIsAnInvalidResponse() async throws {
         let body = "<ListBucketResult><Contents><Key>unterminated"
@@ -88,6 +103,45 @@ struct S3ClientErrorTests {
             return
         }
         #expect(reason.contains("malformed XML"))
+    }
+
+    // MARK: - What fuzz/FuzzS3XML found (scripts/fuzz)
+
+    /// The inputs on which FoundationXML crashed, in fixtures/fuzz/regressions: an element name
+    /// that is not UTF-8 (`<\xff>r>`), a processing instruction without data (`<?l?>`), and one
+    /// that an entity declared in a DTD expands to. Any server could crash the agent with them.
+    static let crashingXML: [String] = {
+        let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("fixtures/fuzz/regressions").path
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0.hasPrefix("s3-xml-") }.sorted().map { "\(directory)/\($0)" }
+    }()
+
+    /// Parameterized over an empty list, the tests below would pass without running.
+    @Test func theCrashingInputsAreFound() {
+        #expect(!Self.crashingXML.isEmpty, "no fixtures/fuzz/regressions/s3-xml-* found")
+    }
+
+    @Test(arguments: crashingXML)
+    func xmlThatCrashedTheParserIsAnInvalidResponse(_ path: String) throws {
+        let body = Array(try #require(FileManager.default.contents(atPath: path)))
+        let error = #expect(throws: S3ClientError.self) { try XMLElement.parse(body) }
+        guard case .invalidResponse = error else {
+            Issue.record("expected an invalid response, got \(String(describing: error))")
+            return
+        }
+    }
+
+    /// The same bytes as an error document: the status still says what happened.
+    @Test(arguments: crashingXML)
+    func anErrorDocumentThatCrashedTheParserStillGivesTheStatus(_ path: String) async throws {
+        let body = Array(try #require(FileManager.default.contents(atPath: path)))
+        let server = try FaultyHTTPServer(
+            response: Array("HTTP/1.1 500 Internal Server Error\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: loopbackConfiguration(port: server.port)).getObject(key: "k")
+        }
+        #expect(error?.serviceKind == .serverError)
     }
 
     @Test func certificateThatDoesNotVerifyIsATLSErrorUnlessItsCAIsGiven() async throws {

@@ -91,6 +91,15 @@ public final class ChildProcess: Sendable {
 
     public var isRunning: Bool { exitStatus == nil }
 
+    /// Resident memory (VmRSS in /proc/<pid>/status), or nil once the process is gone.
+    public var residentBytes: Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kibibytes = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+        else { return nil }
+        return kibibytes << 10
+    }
+
     public func send(_ signal: Int32) {
         guard isRunning else { return }
         Glibc.kill(pid, signal)

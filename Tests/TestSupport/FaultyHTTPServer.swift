@@ -10,24 +10,15 @@ public final class FaultyHTTPServer: Sendable {
 
     public var connectionCount: Int { connections.withLock { $0 } }
 
-    public init(response: String) throws {
-        listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listener = listener
-        try withUnsafeMutablePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                guard bind(listener, raw, length) == 0, listen(listener, 16) == 0,
-                      getsockname(listener, raw, &length) == 0
-                else { throw ProgramFailure("cannot listen: \(errno)") }
-            }
-        }
-        port = Int(UInt16(bigEndian: address.sin_port))
-        let bytes = Array(response.utf8)
-        let thread = Thread { [self] in serve(bytes) }
+    /// `response` is raw bytes, so it may hold what no String can (bytes that are not UTF-8).
+    public init(response: [UInt8]) throws {
+        (listener, port) = try listenOnLoopback()
+        let thread = Thread { [self] in serve(response) }
         thread.start()
+    }
+
+    public convenience init(response: String) throws {
+        try self.init(response: Array(response.utf8))
     }
 
     deinit {

@@ -18,6 +18,47 @@ private func withLoopbackSocket<Result>(
     }
 }
 
+/// A socket listening on 127.0.0.1, on a port the kernel chose.
+func listenOnLoopback() throws -> (descriptor: Int32, port: Int) {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { throw ProgramFailure("socket: \(String(cString: strerror(errno)))") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let listening = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            bind(descriptor, raw, length) == 0 && listen(descriptor, 64) == 0 && getsockname(descriptor, raw, &length) == 0
+        }
+    }
+    guard listening else {
+        let reason = String(cString: strerror(errno))
+        close(descriptor)
+        throw ProgramFailure("cannot listen on 127.0.0.1: \(reason)")
+    }
+    return (descriptor, Int(UInt16(bigEndian: address.sin_port)))
+}
+
+/// A TCP connection to 127.0.0.1:`port`, or nil when nothing accepts it.
+func connectToLoopback(port: Int) -> Int32? {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard descriptor >= 0 else { return nil }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
+    guard connected else {
+        close(descriptor)
+        return nil
+    }
+    return descriptor
+}
+
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 public func isListening(_ port: Int) -> Bool {
     withLoopbackSocket(port: port) { connect($0, $1, $2) == 0 } ?? false

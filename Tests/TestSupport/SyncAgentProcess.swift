@@ -38,16 +38,23 @@ public struct SyncAgentRunner: Sendable {
     }
 
     public static var binaryPath: String {
-        get throws {
-            if let path = ProcessInfo.processInfo.environment["SYNC_AGENT_BINARY"] { return path }
-            // The test bundle (an executable on Linux) sits in .build/<triple>/debug beside the agent.
-            let bundle = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-            let path = bundle.deletingLastPathComponent().appendingPathComponent("sync-agent").path
-            guard FileManager.default.isExecutableFile(atPath: path) else {
-                throw ProgramFailure("no sync-agent binary at \(path): build it (swift build) or set SYNC_AGENT_BINARY")
-            }
-            return path
+        get throws { try builtProgram("sync-agent", override: "SYNC_AGENT_BINARY") }
+    }
+
+    /// `sync-agent-bench`, for its Baileys-like `sidecar-writer`.
+    public static var benchBinaryPath: String {
+        get throws { try builtProgram("sync-agent-bench", override: "SYNC_AGENT_BENCH_BINARY") }
+    }
+
+    private static func builtProgram(_ name: String, override variable: String) throws -> String {
+        if let path = ProcessInfo.processInfo.environment[variable] { return path }
+        // The test bundle (an executable on Linux) sits in .build/<triple>/debug beside the programs.
+        let bundle = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        let path = bundle.deletingLastPathComponent().appendingPathComponent(name).path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw ProgramFailure("no \(name) binary at \(path): build it (swift build) or set \(variable)")
         }
+        return path
     }
 
     /// The test runner's environment without anything the agent reads, plus `extra`.
