@@ -57,8 +57,11 @@ package struct XMLElement: Sendable, Equatable {
             case Int32(XML_READER_TYPE_TEXT.rawValue), Int32(XML_READER_TYPE_CDATA.rawValue),
                 Int32(XML_READER_TYPE_SIGNIFICANT_WHITESPACE.rawValue):
                 if !stack.isEmpty { stack[stack.count - 1].text += string(xmlTextReaderConstValue(reader)) }
+            case Int32(XML_READER_TYPE_DOCUMENT_TYPE.rawValue), Int32(XML_READER_TYPE_ENTITY_REFERENCE.rawValue):
+                // S3 never sends a DTD; one is only ever a way to smuggle in entities.
+                throw .invalidResponse("XML response with a document type declaration or entity references")
             default:
-                // Comments, processing instructions, the declaration, unexpanded entity references.
+                // Comments, processing instructions, the XML declaration.
                 continue
             }
         }

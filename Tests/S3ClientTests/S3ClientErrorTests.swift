@@ -107,9 +107,9 @@ struct S3ClientErrorTests {
 
     // MARK: - What fuzz/FuzzS3XML found (scripts/fuzz)
 
-    /// The inputs on which FoundationXML crashed, in fixtures/fuzz/regressions: an element name
-    /// that is not UTF-8 (`<\xff>r>`), a processing instruction without data (`<?l?>`), and one
-    /// that an entity declared in a DTD expands to. Any server could crash the agent with them.
+    /// The inputs on which FoundationXML, our earlier parser, crashed, in fixtures/fuzz/regressions:
+    /// an element name that is not UTF-8 (`<\xff>r>`), a processing instruction without data
+    /// (`<?l?>`), and one that an entity declared in a DTD expands to. Any server could send them.
     static let crashingXML: [String] = {
         let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("fixtures/fuzz/regressions").path
