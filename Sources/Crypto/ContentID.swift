@@ -39,7 +39,26 @@ public struct ContentID: Sendable, Hashable, Codable, CustomStringConvertible {
 
     public var bytes: [UInt8] { withUnsafeBytes(of: words) { Array($0) } }
 
-    public var description: String { withUnsafeBytes(of: words) { hexString($0) } }
+    public var description: String { String(decoding: hexDigits(), as: UTF8.self) }
+
+    /// Appends the lowercase hex form, without making a String: state digests spell every
+    /// file's id this way on every upload.
+    public func appendHex(to bytes: inout [UInt8]) {
+        bytes.append(contentsOf: hexDigits())
+    }
+
+    private func hexDigits() -> [UInt8] {
+        let digits = Array("0123456789abcdef".utf8)
+        return withUnsafeBytes(of: words) { raw in
+            [UInt8](unsafeUninitializedCapacity: 2 * Self.byteCount) { buffer, count in
+                for (index, byte) in raw.enumerated() {
+                    buffer[2 * index] = digits[Int(byte >> 4)]
+                    buffer[2 * index + 1] = digits[Int(byte & 0x0f)]
+                }
+                count = 2 * Self.byteCount
+            }
+        }
+    }
 
     public static func == (lhs: ContentID, rhs: ContentID) -> Bool {
         lhs.words.0 == rhs.words.0 && lhs.words.1 == rhs.words.1 && lhs.words.2 == rhs.words.2

@@ -105,9 +105,19 @@ enum StoredJSON {
 /// the same names and contents have the same digest.
 func stateDigest(_ state: SessionState) -> String {
     let digest = StreamingDigest(.sha256)
+    // Every upload digests every file of the session: one reused buffer, no String per line.
+    var line: [UInt8] = []
+    line.reserveCapacity(256)
     for name in state.keys.sorted() {
         let record = state[name]!
-        digest.update(Array("\(name)\0\(record.size)\0\(record.contentID)\n".utf8))
+        line.removeAll(keepingCapacity: true)
+        line.append(contentsOf: name.utf8)
+        line.append(0)
+        line.append(contentsOf: String(record.size).utf8)
+        line.append(0)
+        record.contentID.appendHex(to: &line)
+        line.append(UInt8(ascii: "\n"))
+        digest.update(line)
     }
     return digest.finalize().lowercaseHex
 }
