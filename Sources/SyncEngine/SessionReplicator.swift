@@ -88,8 +88,7 @@ public actor SessionReplicator {
         while true {
             let current = try await sessionStore.head(session)
             if let current, !claimsOwnership {
-                head = current
-                try await loadState()
+                try await load(current)
                 return
             }
             var claimed = current?.head ?? SessionHead(
@@ -101,8 +100,7 @@ public actor SessionReplicator {
                 conditionalWrites ? (current.map { .ifMatch(etag: $0.etag) } ?? .ifAbsent) : nil
             do {
                 let etag = try await sessionStore.writeHead(claimed, session: session, condition: condition)
-                head = (claimed, etag)
-                try await loadState()
+                try await load((claimed, etag))
                 fencedBy = nil
                 return
             } catch StoreError.preconditionFailed {
@@ -126,24 +124,36 @@ public actor SessionReplicator {
         }
     }
 
-    private func loadState() async throws {
-        state = [:]
-        baseBytes = 0
-        deltaBytes = 0
-        deltaCount = 0
-        guard let head = head?.head, head.latest != nil, !head.isTombstoned else { return }
-        let chain = try await sessionStore.chain(session, head: head)
-        let reader = SnapshotReader(keyring: sessionStore.keyring, limits: .sessionDirectory)
-        for entry in chain {
-            let bytes = try await sessionStore.snapshotBytes(session, entry)
-            let manifest = try reader.manifest(of: BufferSource(bytes), session: session, id: entry.id, kind: entry.kind)
-            state = manifest.applied(to: state)
-            if entry.kind == .base {
-                baseBytes = entry.size
-            } else {
-                deltaBytes += entry.size
-                deltaCount += 1
+    /// Takes `loaded` as the head and loads the state of its latest snapshot. All or nothing: a
+    /// read failing halfway (the store failing) leaves no head, so the next sync loads again.
+    /// Keeping the head with half a state wrote the next delta against the wrong files: it named
+    /// no deletions of files the state had missed, and its chain restored a different session
+    /// than its manifest recorded (FaultInjectionTests, cut answers: verify's state_mismatch).
+    private func load(_ loaded: (head: SessionHead, etag: String)) async throws {
+        do {
+            var state: SessionState = [:]
+            var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
+            if loaded.head.latest != nil, !loaded.head.isTombstoned {
+                let chain = try await sessionStore.chain(session, head: loaded.head)
+                let reader = SnapshotReader(keyring: sessionStore.keyring, limits: .sessionDirectory)
+                for entry in chain {
+                    let bytes = try await sessionStore.snapshotBytes(session, entry)
+                    let manifest = try reader.manifest(of: BufferSource(bytes), session: session, id: entry.id, kind: entry.kind)
+                    state = manifest.applied(to: state)
+                    if entry.kind == .base {
+                        baseBytes = entry.size
+                    } else {
+                        deltaBytes += entry.size
+                        deltaCount += 1
+                    }
+                }
             }
+            head = loaded
+            self.state = state
+            (self.baseBytes, self.deltaBytes, self.deltaCount) = (baseBytes, deltaBytes, deltaCount)
+        } catch {
+            head = nil
+            throw error
         }
     }
 
@@ -249,8 +259,7 @@ public actor SessionReplicator {
             ])
             throw SnapshotError.fenced(session: session.rawValue, by: current.head.owner)
         }
-        head = current
-        try await loadState()
+        try await load(current)
     }
 
     private var compactionDue: Bool {

@@ -1,6 +1,8 @@
 import Crypto
 import Foundation
 import Logging
+import S3Client
+import Synchronization
 import SyncEngine
 import TestSupport
 import Testing
@@ -241,6 +243,29 @@ struct SnapshotChainTests {
         #expect(try await restored().1 == directoryContents(directory))
     }
 
+    /// A restarted agent whose first load of the chain fails halfway (the store failing one
+    /// read) must load it all again before its next delta: a delta against half a state names no
+    /// deletion of what that half missed, and its chain restores a different session.
+    @Test func aLoadFailingHalfwayIsRedoneBeforeTheNextDelta() async throws {
+        try copyFixture("small")
+        _ = try await replicator().sync()
+        try write("{\"id\":1}", to: "pre-key-9999.json")
+        _ = try await replicator().sync()
+        try FileManager.default.removeItem(atPath: "\(directory)/pre-key-9999.json")
+
+        let flaky = OneDeltaReadFails(store: sessionStore.store)
+        let restarted = SessionReplicator(
+            session: session, directory: directory,
+            sessionStore: SessionStore(store: flaky, keyring: sessionStore.keyring), owner: "agent-b",
+            conditionalWrites: true, logger: Logger(label: "test"))
+        await #expect(throws: StoreError.self) { try await restarted.sync() }
+        guard case .uploaded(_, .delta, _, _) = try await restarted.sync() else {
+            Issue.record("the deletion must be uploaded, as a delta")
+            return
+        }
+        #expect(try await restored().1 == directoryContents(directory))
+    }
+
     private func write(_ text: String, to name: String) throws {
         try Data(text.utf8).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
     }
@@ -261,4 +286,41 @@ func directoryContents(_ directory: String) throws -> [String: [UInt8]] {
         if !isDirectory.boolValue { files[name] = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)"))) }
     }
     return files
+}
+
+/// A store whose first read of a delta fails as if the store were down.
+private final class OneDeltaReadFails: ObjectStore {
+    let store: any ObjectStore
+    private let failed = Mutex(false)
+
+    init(store: any ObjectStore) { self.store = store }
+
+    var location: String { store.location }
+
+    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+        try await store.put(key, bytes: bytes, condition: condition)
+    }
+
+    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
+        try await store.put(key, fileAt: path, condition: condition)
+    }
+
+    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+        if key.hasSuffix(".delta"), failed.withLock({ failed in defer { failed = true }; return !failed }) {
+            throw .unavailable("injected: the store failed one read")
+        }
+        return try await store.get(key, range: range)
+    }
+
+    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+        try await store.download(key, toFileAt: path)
+    }
+
+    func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? { try await store.head(key) }
+
+    func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo] { try await store.list(prefix: prefix) }
+
+    func delete(_ keys: [String]) async throws(StoreError) { try await store.delete(keys) }
+
+    func probeConditionalWrites() async throws(StoreError) -> Bool { try await store.probeConditionalWrites() }
 }
