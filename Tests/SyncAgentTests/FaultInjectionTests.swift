@@ -18,6 +18,7 @@ struct FaultInjectionTests {
     static let faults: [(FaultProxy.Fault, every: Int)] = [
         (.dropMidRequest, every: 2),
         (.delayResponse(.seconds(2)), every: 1),
+        (.cutResponseBody, every: 2),
         (.internalError, every: 1),
         (.slowDown, every: 1),
         (.accessDenied, every: 1),
@@ -78,16 +79,6 @@ struct FaultInjectionTests {
         let restored = try workspace.freshDirectory()
         try await direct.restore(into: restored)
         try expectSameTree(restored, workspace.sessions)
-    }
-
-    /// Cut answers leave half-done commits (a head written whose answer never came back) more
-    /// often than any other fault. In one CI-like run of five, one snapshot's stored chain then
-    /// rebuilt another state than its manifest records (`verify`: state_mismatch, session s19,
-    /// delta 3.1); four local runs of every case passed. Off until that is found and fixed (issue
-    /// 7's notes: two objects can share a sequence and generation), not left to fail CI at random.
-    @Test(.disabled("intermittent state_mismatch under cut answers: see issue 7's notes"))
-    func cutAnswersLoseNoChangeAndStoreNothingCorrupt() async throws {
-        try await noChangeIsLostAndNothingCorruptIsStored(.cutResponseBody, every: 2)
     }
 
     /// A logout seen while the store fails: its tombstone waits for the store, it is not dropped
