@@ -75,21 +75,13 @@ package struct XMLElement: Sendable, Equatable {
 
     private static func lastErrorMessage() -> String {
         guard let error = xmlGetLastError(), let message = error.pointee.message else { return "unreadable document" }
-        let text = String(cString: message).trimmingTrailingNewlines()
+        let text = String(String(cString: message).trimmingWhitespace())
         return error.pointee.line > 0 ? "\(text) (line \(error.pointee.line))" : text
     }
 }
 
 /// libxml2 must be initialized once, before threads use it concurrently.
 private let libxml2Initialized: Void = xmlInitParser()
-
-extension String {
-    fileprivate func trimmingTrailingNewlines() -> String {
-        var text = Substring(self)
-        while text.last?.isNewline == true { text.removeLast() }
-        return String(text)
-    }
-}
 
 /// Escapes text for an XML request body (DeleteObjects, CompleteMultipartUpload).
 func xmlEscaped(_ text: String) -> String {
