@@ -79,20 +79,38 @@ enum ArchivePath {
     static let maxPathBytes = 1024
     static let maxComponentBytes = 255
 
-    /// The path's components if it is a safe relative path, nil otherwise. A single trailing
-    /// slash is tolerated (tar writers mark directories that way).
-    static func components(of path: String) -> [Substring]? {
-        guard !path.isEmpty, path.utf8.count <= maxPathBytes, !path.utf8.contains(0), !path.hasPrefix("/") else {
-            return nil
+    /// Whether the path is a safe relative path: not absolute, no NUL, no empty, `.` or `..`
+    /// component, within the length limits. A single trailing slash is tolerated (tar writers
+    /// mark directories that way). One pass over the bytes, no allocation: the writer checks
+    /// every file of every snapshot.
+    static func isSafe(_ path: String) -> Bool {
+        var utf8 = path.utf8[...]
+        if utf8.last == UInt8(ascii: "/") { utf8 = utf8.dropLast() }
+        guard !utf8.isEmpty, path.utf8.count <= maxPathBytes else { return false }
+        var componentLength = 0
+        var componentIsDots = true
+        func componentIsSafe() -> Bool {
+            componentLength > 0 && componentLength <= maxComponentBytes && !(componentIsDots && componentLength <= 2)
         }
-        let trimmed = path.hasSuffix("/") ? path.dropLast() : Substring(path)
-        let components = trimmed.split(separator: "/", omittingEmptySubsequences: false)
-        for component in components {
-            if component.isEmpty || component == "." || component == ".." || component.utf8.count > maxComponentBytes {
-                return nil
+        for byte in utf8 {
+            switch byte {
+            case 0: return false
+            case UInt8(ascii: "/"):
+                guard componentIsSafe() else { return false }
+                (componentLength, componentIsDots) = (0, true)
+            default:
+                componentLength += 1
+                componentIsDots = componentIsDots && byte == UInt8(ascii: ".")
             }
         }
-        return components
+        return componentIsSafe()
+    }
+
+    /// The path's components if it is a safe relative path (`isSafe`), nil otherwise.
+    static func components(of path: String) -> [Substring]? {
+        guard isSafe(path) else { return nil }
+        let trimmed = path.hasSuffix("/") ? path.dropLast() : Substring(path)
+        return trimmed.split(separator: "/", omittingEmptySubsequences: false)
     }
 
     static func validatedComponents(of path: String) throws -> [Substring] {

@@ -12,6 +12,10 @@ import Glibc
 public final class ArchiveWriter {
     private let archive: OpaquePointer
     private let output: WriterOutput
+    /// One header and one read buffer for every entry: a snapshot is mostly files of a few
+    /// hundred bytes, where allocating either per file costs as much as the file.
+    private let entry: OpaquePointer
+    private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
     private var finished = false
 
     /// An archive expected to hold at least this many bytes of file data is compressed on a
@@ -29,8 +33,11 @@ public final class ArchiveWriter {
         guard (1...22).contains(compressionLevel) else {
             throw ArchiveError(.invalidCompressionLevel(compressionLevel))
         }
-        guard let archive = archive_write_new() else { fatalError("libarchive: out of memory") }
+        guard let archive = archive_write_new(), let entry = archive_entry_new2(archive) else {
+            fatalError("libarchive: out of memory")
+        }
         self.archive = archive
+        self.entry = entry
         self.output = WriterOutput(sink: sink)
         try check(archive_write_set_format_pax(archive))
         try check(archive_write_add_filter_zstd(archive))
@@ -46,14 +53,16 @@ public final class ArchiveWriter {
         // Abandoned without finish(): free without emitting an end-of-archive marker, so the sink
         // never receives something that looks like a complete archive.
         output.isDiscarding = true
+        archive_entry_free(entry)
         archive_write_free(archive)
+        readBuffer.deallocate()
     }
 
     /// Adds a regular file whose contents are read from `fileDescriptor` (from its current offset).
     /// Reads exactly `size` bytes; if the file has become shorter, throws `sourceChanged`.
     public func addFile(relativePath: String, fileDescriptor: Int32, size: Int64, modificationTime: Int64) throws {
         try addEntry(relativePath: relativePath, type: S_IFREG, permissions: 0o600, size: size, modificationTime: modificationTime)
-        try readChunks(of: fileDescriptor, size: size, entry: relativePath) { chunk in
+        try readChunks(of: fileDescriptor, size: size, into: readBuffer, entry: relativePath) { chunk in
             try writeData(chunk, entry: relativePath)
         }
         try finishEntry(relativePath)
@@ -87,10 +96,11 @@ public final class ArchiveWriter {
 
     private func addEntry(relativePath: String, type: mode_t, permissions: mode_t, size: Int64, modificationTime: Int64) throws {
         precondition(!finished, "ArchiveWriter used after finish()")
-        let components = try ArchivePath.validatedComponents(of: relativePath)
-        guard let entry = archive_entry_new2(archive) else { fatalError("libarchive: out of memory") }
-        defer { archive_entry_free(entry) }
-        archive_entry_set_pathname_utf8(entry, components.joined(separator: "/"))
+        guard ArchivePath.isSafe(relativePath), !relativePath.hasSuffix("/") else {
+            throw ArchiveError(.unsafePath, entry: relativePath)
+        }
+        archive_entry_clear(entry)
+        archive_entry_set_pathname_utf8(entry, relativePath)
         archive_entry_set_filetype(entry, UInt32(type))
         archive_entry_set_perm(entry, permissions)
         archive_entry_set_size(entry, size)

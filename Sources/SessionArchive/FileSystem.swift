@@ -150,11 +150,13 @@ private let syncfsFunction: SyncFS = {
     return function
 }()
 
-/// Reads an open file in chunks and hands each to `body`; throws `sourceChanged` if the file
-/// holds fewer than `size` bytes (it is being rewritten), and never reads past `size`.
-func readChunks(of fileDescriptor: Int32, size: Int64, entry: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
-    defer { buffer.deallocate() }
+/// Reads an open file in chunks of `buffer`'s size and hands each to `body`; throws
+/// `sourceChanged` if the file holds fewer than `size` bytes (it is being rewritten), and never
+/// reads past `size`.
+func readChunks(
+    of fileDescriptor: Int32, size: Int64, into buffer: UnsafeMutableRawBufferPointer, entry: String,
+    _ body: (UnsafeRawBufferPointer) throws -> Void
+) throws {
     var remaining = size
     while remaining > 0 {
         let wanted = Int(min(Int64(buffer.count), remaining))

@@ -47,41 +47,83 @@ struct ArchivePack: ParsableCommand {
         abstract: "Archive, compress and encrypt a directory into one object, as a snapshot is written.")
     @OptionGroup var key: KeyOptions
     @Option(help: "zstd compression level.") var level = 3
-    @Argument(help: "Directory to pack (regular files and directories, in bytewise path order).") var directory: String
+    @Argument(help: "Directory to pack (regular files and directories, in bytewise name order, depth first).") var directory: String
     @Argument(help: "Object file to write.") var object: String
 
     func run() throws {
         let keyring = try key.keyring()
         let output = try OpenFile.creating(object)
         let encryption = EncryptingSink(key: keyring.primary, identity: benchIdentity, downstream: output.sink)
-        // Sorted by the UTF-8 bytes, copied out once: comparing String.UTF8Views costs more.
-        let paths = try FileManager.default.subpathsOfDirectory(atPath: directory)
-            .map { (path: $0, bytes: Array($0.utf8)) }
-            .sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) }
-            .map(\.path)
         // As for a base snapshot, the sizes come from a scan before the first file is read.
-        let expectedFileBytes = paths.reduce(Int64(0)) { total, path in
-            var status = stat()
-            return lstat(directory + "/" + path, &status) == 0 ? total + Int64(status.st_size) : total
-        }
-        let writer = try ArchiveWriter(sink: encryption, compressionLevel: level, expectedFileBytes: expectedFileBytes)
-        for path in paths {
-            let file = try OpenFile(directory + "/" + path, flags: O_RDONLY | O_NOFOLLOW)
-            var status = stat()
-            guard fstat(file.descriptor, &status) == 0 else { throw SystemError("stat", path: file.path) }
-            switch status.st_mode & S_IFMT {
-            case S_IFREG:
+        let tree = try DirectoryTree(root: directory)
+        let writer = try ArchiveWriter(sink: encryption, compressionLevel: level, expectedFileBytes: tree.fileBytes)
+        for directory in tree.directories {
+            let parent = try OpenFile(directory.path, flags: O_RDONLY | O_DIRECTORY)
+            for entry in directory.entries {
+                let path = directory.relativePrefix + entry.name
+                let mtime = Int64(entry.status.st_mtim.tv_sec)
+                if entry.isDirectory {
+                    try writer.addDirectory(relativePath: path, modificationTime: mtime)
+                    continue
+                }
+                let descriptor = openat(parent.descriptor, entry.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                guard descriptor >= 0 else { throw SystemError("open", path: directory.path + "/" + entry.name) }
+                defer { close(descriptor) }
                 try writer.addFile(
-                    relativePath: path, fileDescriptor: file.descriptor, size: Int64(status.st_size),
-                    modificationTime: Int64(status.st_mtim.tv_sec))
-            case S_IFDIR:
-                try writer.addDirectory(relativePath: path, modificationTime: Int64(status.st_mtim.tv_sec))
-            default:
-                continue
+                    relativePath: path, fileDescriptor: descriptor, size: Int64(entry.status.st_size), modificationTime: mtime)
             }
         }
         try writer.finish()
         try encryption.finish()
+    }
+}
+
+/// The regular files and directories below a root, walked the way `tar` walks: each directory
+/// read once, each entry stat'ed relative to its directory (no full-path lookups), entries in
+/// bytewise name order; directories depth first, each listed before its contents.
+struct DirectoryTree {
+    struct Entry {
+        var name: String
+        var status: stat
+        var isDirectory: Bool { status.st_mode & S_IFMT == S_IFDIR }
+    }
+
+    struct Directory {
+        var path: String
+        /// The archive path of the directory's entries: "" for the root, else "dir/".
+        var relativePrefix: String
+        var entries: [Entry]
+    }
+
+    private(set) var directories: [Directory] = []
+    private(set) var fileBytes: Int64 = 0
+
+    init(root: String) throws {
+        try read(path: root, relativePrefix: "")
+    }
+
+    private mutating func read(path: String, relativePrefix: String) throws {
+        let handle = try OpenFile(path, flags: O_RDONLY | O_DIRECTORY)
+        guard let stream = fdopendir(dup(handle.descriptor)) else { throw SystemError("opendir", path: path) }
+        defer { closedir(stream) }
+        var entries: [Entry] = []
+        while let dirent = readdir(stream) {
+            let name = withUnsafeBytes(of: dirent.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name == "." || name == ".." { continue }
+            var status = stat()
+            guard fstatat(handle.descriptor, name, &status, AT_SYMLINK_NOFOLLOW) == 0 else {
+                throw SystemError("stat", path: path + "/" + name)
+            }
+            let type = status.st_mode & S_IFMT
+            guard type == S_IFREG || type == S_IFDIR else { continue }
+            if type == S_IFREG { fileBytes += Int64(status.st_size) }
+            entries.append(Entry(name: name, status: status))
+        }
+        entries.sort { $0.name.utf8.lexicographicallyPrecedes($1.name.utf8) }
+        directories.append(Directory(path: path, relativePrefix: relativePrefix, entries: entries))
+        for entry in entries where entry.isDirectory {
+            try read(path: path + "/" + entry.name, relativePrefix: relativePrefix + entry.name + "/")
+        }
     }
 }
 
