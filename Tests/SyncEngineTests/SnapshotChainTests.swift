@@ -252,6 +252,33 @@ struct SnapshotChainTests {
         #expect(checks.map(\.id.sequence) == [1, 2, 3] && checks.allSatisfy(\.isOK), "\(checks)")
     }
 
+    /// Keys as FORMAT.md ("Snapshots and heads") spells them, checked with the document's grammar
+    /// rather than `SessionLayout`: each names its sequence, generation, tag and parent's tag, and
+    /// the head names the newest by its tag. A key spelled any other way is not a snapshot.
+    @Test func snapshotKeysAreSpelledAsTheFormatDocumentSays() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try write("{\"id\":1}", to: "pre-key-9999.json")
+        _ = try await writer.sync()
+        let pattern = /snapshots\/(\d{20})-(\d{10})-([0-9a-f]{16})(?:-([0-9a-f]{16}))?\.(base|delta|tombstone)/
+        let prefix = SessionLayout.snapshotsPrefix(session)
+        let names = try await sessionStore.store.list(prefix: prefix).map { "snapshots/" + $0.key.dropFirst(prefix.count) }
+        let keys = try names.map { try #require(try pattern.wholeMatch(in: $0), "\($0)").output }
+        #expect(keys.map { "\($0.1).\($0.2).\($0.5)" } == ["00000000000000000001.0000000001.base", "00000000000000000002.0000000001.delta"])
+        #expect(keys[0].4 == nil && keys[1].4 == keys[0].3)
+        let head = try #require(try await sessionStore.head(session)?.head)
+        #expect(head.latest?.tag.rawValue == String(keys[1].3))
+
+        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let example = try #require(format.firstMatch(of: /`(snapshots\/[^`]+)`/)?.output.1)
+        #expect(try pattern.wholeMatch(in: example) != nil, "FORMAT.md's example \(example)")
+
+        let misspelled = prefix + "1-1-" + String(keys[0].3) + ".base"
+        try await sessionStore.store.put(misspelled, bytes: [])
+        #expect(try await sessionStore.snapshots(session).count == 2)
+    }
+
     @Test func aTamperedSnapshotFailsAndLeavesTheDirectoryUntouched() async throws {
         try copyFixture("small")
         _ = try await replicator().sync()
