@@ -44,7 +44,7 @@ struct RestoreCommand: AsyncParsableCommand {
         }
         for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         if let snapshot {
-            guard SnapshotID(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
+            guard SnapshotLabel(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
@@ -76,7 +76,7 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 
     private var restorePoint: RestorePoint {
-        if let id = snapshot.flatMap(SnapshotID.init(parsing:)) { return .snapshot(id) }
+        if let label = snapshot.flatMap(SnapshotLabel.init(parsing:)) { return .snapshot(label) }
         if let time = at.flatMap(Self.parseTime) { return .time(time) }
         return .newest
     }

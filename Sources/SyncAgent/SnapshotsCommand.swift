@@ -10,7 +10,8 @@ struct SnapshotsCommand: AsyncParsableCommand {
         discussion: """
             Without a session: every session in the store with its head (latest snapshot,
             generation, owner, tombstone). With one: each snapshot object, and whether the head
-            committed it or it is an orphan a crashed or fenced writer left. Reads only.
+            committed it or it is an orphan (a writer still committing, or one that lost a race,
+            retried, crashed or was fenced). Reads only.
             In hybrid mode, a session's snapshots are listed from the store a restore would use.
             """)
 
@@ -60,8 +61,8 @@ struct SnapshotsCommand: AsyncParsableCommand {
         for entry in entries {
             let isCommitted = committed[entry.id.sequence]?.id == entry.id
             var row = SnapshotsListing.Snapshot(
-                id: "\(entry.id)", kind: entry.kind.rawValue, size: entry.size, time: entry.lastModified.map(timestamp),
-                committed: isCommitted)
+                id: "\(entry.id)", tag: entry.id.tag.rawValue, kind: entry.kind.rawValue, size: entry.size,
+                time: entry.lastModified.map(timestamp), committed: isCommitted)
             if details, isCommitted {
                 do {
                     if let manifest = try await store.manifest(session, entry) {
@@ -117,7 +118,10 @@ struct SessionsListing: Encodable {
 
 struct SnapshotsListing: Encodable {
     struct Snapshot: Encodable {
+        /// `SEQ.GEN`, which `restore --snapshot` takes; an orphan may share it with a committed snapshot.
         var id: String
+        /// The write attempt's tag, which tells such objects apart.
+        var tag: String
         var kind: String
         /// The object's size in the store.
         var size: Int64

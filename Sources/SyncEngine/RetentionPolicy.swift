@@ -62,9 +62,11 @@ public struct RetentionPolicy: Sendable, Equatable {
     /// Decides, for one session, what to keep and what to delete from a listing of its snapshot
     /// objects and its head, read before the listing. Pure: no store, no clock.
     ///
-    /// Objects above the head (a higher sequence or generation) are left alone: a writer may be
-    /// committing them right now. Below it, objects the head did not commit (left by a crashed or
-    /// fenced writer) are deleted, and so are committed snapshots no rule keeps. Throws when the
+    /// Objects at or above the head's sequence, or of a newer generation, that it did not commit
+    /// are left alone: a writer may be committing them right now (at the head's own sequence: a
+    /// writer that did not see its own commit's reply, on a store without conditional writes,
+    /// retries there). Below it, objects the head did not commit (a racing writer that lost, a
+    /// crashed or fenced one) are deleted, and so are committed snapshots no rule keeps. Throws when the
     /// head's own snapshot does not restore (missing, or a gap in its chain): a session in that
     /// state needs an operator (`verify`), and pruning could only make it worse.
     ///
@@ -103,14 +105,29 @@ public struct RetentionPolicy: Sendable, Equatable {
                 plan.deleted.append(entry)
             }
         }
+        let floor = Self.lowestCertainSequence(committed, latest: latest)
         plan.orphans = entries.filter { entry in
-            entry.id.sequence <= latest.sequence && entry.id.generation <= head.generation
+            (floor..<latest.sequence).contains(entry.id.sequence) && entry.id.generation <= head.generation
                 && committed[entry.id.sequence] != entry
         }
         // Newest first, so a prune cut short leaves every chain it did not finish whole at its start.
         plan.deleted.reverse()
         plan.orphans.sort { $0.id > $1.id }
         return plan
+    }
+
+    /// Down to this sequence, the walk from the head named every sequence's committed snapshot
+    /// through parent tags, so any other object there is certainly uncommitted. Below a gap (a
+    /// snapshot pruned before), the walk carried on from the newest object; objects off it there
+    /// can only have been damaged or written by hand, and are left to an operator.
+    private static func lowestCertainSequence(_ committed: [UInt64: SnapshotEntry], latest: SnapshotID) -> UInt64 {
+        var sequence = latest.sequence
+        while let entry = committed[sequence], let parentTag = entry.parentTag {
+            guard sequence > 0 else { return 0 }
+            guard committed[sequence - 1]?.id.tag == parentTag else { return sequence - 1 }
+            sequence -= 1
+        }
+        return 0
     }
 
     /// What the rules keep among restorable snapshots, newest first, and why.
@@ -173,7 +190,8 @@ public struct RetentionPlan: Sendable, Equatable {
     public var kept: [Kept] = []
     /// Committed snapshots to delete, newest first.
     public var deleted: [SnapshotEntry] = []
-    /// Objects below the head that it never committed (a crashed or fenced writer's), newest first.
+    /// Objects below the head's sequence that it never committed (a racing writer that lost, a
+    /// retry, a crashed or fenced writer), newest first.
     public var orphans: [SnapshotEntry] = []
 
     public init() {}

@@ -1,4 +1,5 @@
 import Crypto
+import S3Client
 
 /// A session's id: the name of its directory under the sessions root. It is the only thing
 /// from the session that appears in object keys, so it is restricted to characters that are
@@ -27,10 +28,72 @@ public enum SnapshotKind: String, Codable, Sendable, CaseIterable {
     case tombstone
 }
 
-/// Which snapshot: its place in the session's chain, and the generation (ownership claim)
-/// of the writer that made it. Two writers can only ever share a sequence number across a
-/// change of owner, and then the newer generation wins.
+/// Names one write attempt of a snapshot: 8 random bytes, as 16 lowercase hex digits. Two
+/// writers racing for the same sequence (a `backup` beside `watch`, or a retry after a lost
+/// reply) thus never write the same object: each attempt has a key of its own, and the head
+/// names the one that won.
+public struct SnapshotTag: Hashable, Comparable, Codable, Sendable, CustomStringConvertible {
+    public let rawValue: String
+
+    public init?(_ text: some StringProtocol) {
+        guard text.utf8.count == 16, text.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) })
+        else { return nil }
+        rawValue = String(text)
+    }
+
+    /// A fresh tag from the system's random source.
+    public static func random() -> SnapshotTag {
+        var generator = SystemRandomNumberGenerator()
+        let value: UInt64 = generator.next()
+        return SnapshotTag(withUnsafeBytes(of: value.bigEndian) { $0.lowercaseHex })!
+    }
+
+    public var description: String { rawValue }
+    public static func < (lhs: SnapshotTag, rhs: SnapshotTag) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let tag = SnapshotTag(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a snapshot tag"))
+        }
+        self = tag
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(rawValue)
+    }
+}
+
+/// Which snapshot: its place in the session's chain, the generation (ownership claim) of the
+/// writer that made it, and the tag of the write attempt. Several objects can share a
+/// sequence (and a generation): racing writers, retries, fenced writers; only the one the
+/// head's walk reaches is committed (`SessionStore.committed`), so the committed history has
+/// one snapshot per sequence and "42.3" names it for people.
 public struct SnapshotID: Hashable, Comparable, Codable, Sendable, CustomStringConvertible {
+    public var sequence: UInt64
+    public var generation: UInt64
+    public var tag: SnapshotTag
+
+    public init(sequence: UInt64, generation: UInt64, tag: SnapshotTag) {
+        self.sequence = sequence
+        self.generation = generation
+        self.tag = tag
+    }
+
+    public static func < (lhs: SnapshotID, rhs: SnapshotID) -> Bool {
+        (lhs.sequence, lhs.generation, lhs.tag) < (rhs.sequence, rhs.generation, rhs.tag)
+    }
+
+    /// "42.3": sequence 42 written under generation 3 (the tag is for keys, not for people).
+    public var description: String { label.description }
+
+    public var label: SnapshotLabel { SnapshotLabel(sequence: sequence, generation: generation) }
+}
+
+/// How people name a committed snapshot ("42.3", as `snapshots` prints it): its sequence and
+/// generation. The committed history has one snapshot per sequence, so this is enough to find it.
+public struct SnapshotLabel: Hashable, Sendable, CustomStringConvertible {
     public var sequence: UInt64
     public var generation: UInt64
 
@@ -39,11 +102,6 @@ public struct SnapshotID: Hashable, Comparable, Codable, Sendable, CustomStringC
         self.generation = generation
     }
 
-    public static func < (lhs: SnapshotID, rhs: SnapshotID) -> Bool {
-        (lhs.sequence, lhs.generation) < (rhs.sequence, rhs.generation)
-    }
-
-    /// "42.3": sequence 42 written under generation 3.
     public var description: String { "\(sequence).\(generation)" }
 
     public init?(parsing text: String) {
@@ -53,11 +111,16 @@ public struct SnapshotID: Hashable, Comparable, Codable, Sendable, CustomStringC
     }
 }
 
-/// Where a session's objects live in a store. Keys carry the session id, sequence numbers and
-/// kinds only: nothing from inside the session.
+/// Where a session's objects live in a store. Keys carry the session id, sequence and
+/// generation numbers, random tags and kinds only: nothing from inside the session.
 ///
 ///     sessions/<id>/head                                  the commit point (encrypted)
-///     sessions/<id>/snapshots/<seq:020>-<gen:010>.<kind>  one snapshot (encrypted archive)
+///     sessions/<id>/snapshots/<seq:020>-<gen:010>-<tag>[-<parent tag>].<kind>
+///                                                         one snapshot (encrypted archive)
+///
+/// The parent's tag (the snapshot at the sequence before, absent only for a session's first)
+/// links each object to the one it follows, so the committed history is a walk from the head
+/// through the listing.
 public enum SessionLayout {
     static let root = "sessions/"
 
@@ -65,24 +128,39 @@ public enum SessionLayout {
     public static func headKey(_ session: SessionID) -> String { sessionPrefix(session) + "head" }
     public static func snapshotsPrefix(_ session: SessionID) -> String { sessionPrefix(session) + "snapshots/" }
 
-    public static func snapshotName(_ id: SnapshotID, kind: SnapshotKind) -> String {
-        "snapshots/" + zeroPadded(id.sequence, 20) + "-" + zeroPadded(id.generation, 10) + "." + kind.rawValue
+    public static func snapshotName(_ id: SnapshotID, kind: SnapshotKind, parentTag: SnapshotTag?) -> String {
+        "snapshots/" + zeroPadded(id.sequence, 20) + "-" + zeroPadded(id.generation, 10) + "-" + id.tag.rawValue
+            + (parentTag.map { "-" + $0.rawValue } ?? "") + "." + kind.rawValue
     }
 
-    public static func snapshotKey(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind) -> String {
-        sessionPrefix(session) + snapshotName(id, kind: kind)
+    public static func snapshotName(_ entry: SnapshotEntry) -> String {
+        snapshotName(entry.id, kind: entry.kind, parentTag: entry.parentTag)
+    }
+
+    public static func snapshotKey(_ session: SessionID, _ entry: SnapshotEntry) -> String {
+        sessionPrefix(session) + snapshotName(entry)
     }
 
     /// Parses a key from a listing of `snapshotsPrefix`; nil for anything else.
-    static func parseSnapshotKey(_ key: String, session: SessionID) -> (SnapshotID, SnapshotKind)? {
+    static func parseSnapshotKey(_ key: String, session: SessionID) -> (id: SnapshotID, kind: SnapshotKind, parentTag: SnapshotTag?)? {
         let prefix = snapshotsPrefix(session)
         guard key.hasPrefix(prefix) else { return nil }
         let name = key.dropFirst(prefix.count)
-        guard let dot = name.firstIndex(of: "."), let dash = name.firstIndex(of: "-"), dash < dot,
-            let sequence = UInt64(name[..<dash]), let generation = UInt64(name[name.index(after: dash)..<dot]),
-            let kind = SnapshotKind(rawValue: String(name[name.index(after: dot)...]))
+        guard let dot = name.firstIndex(of: "."), let kind = SnapshotKind(rawValue: String(name[name.index(after: dot)...]))
         else { return nil }
-        return (SnapshotID(sequence: sequence, generation: generation), kind)
+        let fields = name[..<dot].split(separator: "-", omittingEmptySubsequences: false)
+        guard (3...4).contains(fields.count), let sequence = UInt64(fields[0]), let generation = UInt64(fields[1]),
+            let tag = SnapshotTag(fields[2])
+        else { return nil }
+        var parentTag: SnapshotTag?
+        if fields.count == 4 {
+            guard let parent = SnapshotTag(fields[3]) else { return nil }
+            parentTag = parent
+        }
+        let id = SnapshotID(sequence: sequence, generation: generation, tag: tag)
+        // Only the spelling the writer uses: one object, one key ("+1" or unpadded numbers are not ours).
+        guard snapshotName(id, kind: kind, parentTag: parentTag) == "snapshots/" + name else { return nil }
+        return (id, kind, parentTag)
     }
 
     /// Session ids that have objects in the store, from a listing of every key.

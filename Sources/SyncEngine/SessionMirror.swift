@@ -39,13 +39,15 @@ public struct SessionMirror: Sendable {
             }
             if remoteHead?.head == localHead { return copied }
 
-            let present = Set(try await remote.snapshots(session).map(\.id))
-            let missing = try await local.snapshots(session).filter { $0.id <= latest && !present.contains($0.id) }
+            // The committed history only, each object under its exact key: an uncommitted one
+            // (a racing writer's, a retry's) is no use to S3, and a tag names one write attempt.
+            let present = Set(try await remote.snapshots(session).map(SessionLayout.snapshotName))
+            let missing = SessionStore.committed(try await local.snapshots(session), head: localHead).values
+                .filter { !present.contains(SessionLayout.snapshotName($0)) }.sorted { $0.id < $1.id }
             for entry in missing {
                 // Gone since the listing: a prune dropped it, so S3 has no use for it either.
-                guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind))
-                else { continue }
-                try await remote.putSnapshot(session, entry.id, kind: entry.kind, bytes: object.bytes)
+                guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry)) else { continue }
+                try await remote.putSnapshot(session, entry, bytes: object.bytes)
                 copied.append(entry)
             }
             var condition: WriteCondition?
@@ -57,8 +59,7 @@ public struct SessionMirror: Sendable {
             guard try await putHead(headObject.bytes, session: session, condition: condition) else {
                 continue  // S3's head moved since it was read: look again
             }
-            let kept = Set(try await local.snapshots(session).map(\.id))
-            try await deletePruned(session, keeping: kept, below: latest)
+            try await deletePruned(session, below: latest)
             return copied
         }
     }
@@ -97,14 +98,15 @@ public struct SessionMirror: Sendable {
         guard let localHead = try await local.head(session)?.head, let latest = localHead.latest,
             try await remote.head(session)?.head == localHead
         else { return }
-        try await deletePruned(session, keeping: Set(try await local.snapshots(session).map(\.id)), below: latest)
+        try await deletePruned(session, below: latest)
     }
 
     /// Snapshots the local store pruned go from S3 too, once S3's head no longer needs them.
-    private func deletePruned(_ session: SessionID, keeping kept: Set<SnapshotID>, below latest: SnapshotID) async throws {
+    private func deletePruned(_ session: SessionID, below latest: SnapshotID) async throws {
+        let kept = Set(try await local.snapshots(session).map(SessionLayout.snapshotName))
         let doomed = try await remote.snapshots(session)
-            .filter { !kept.contains($0.id) && $0.id.sequence < latest.sequence }
-            .map { SessionLayout.snapshotKey(session, $0.id, kind: $0.kind) }
+            .filter { !kept.contains(SessionLayout.snapshotName($0)) && $0.id.sequence < latest.sequence }
+            .map { SessionLayout.snapshotKey(session, $0) }
         if !doomed.isEmpty { try await remote.store.delete(doomed) }
     }
 }

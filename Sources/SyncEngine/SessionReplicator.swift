@@ -138,7 +138,7 @@ public actor SessionReplicator {
                 let reader = SnapshotReader(keyring: sessionStore.keyring, limits: .sessionDirectory)
                 for entry in chain {
                     let bytes = try await sessionStore.snapshotBytes(session, entry)
-                    let manifest = try reader.manifest(of: BufferSource(bytes), session: session, id: entry.id, kind: entry.kind)
+                    let manifest = try reader.manifest(of: BufferSource(bytes), session: session, entry: entry)
                     state = manifest.applied(to: state)
                     if entry.kind == .base {
                         baseBytes = entry.size
@@ -169,7 +169,7 @@ public actor SessionReplicator {
         while true {
             let current = head!
             let previous = current.head.latest
-            let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
+            let id = nextID(after: current.head)
             var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
             var spool = SnapshotSpool()
             let outcome: SnapshotWriter.Outcome
@@ -188,7 +188,8 @@ public actor SessionReplicator {
             }
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
 
-            try await sessionStore.putSnapshot(session, id, kind: kind, spool: spool)
+            let entry = SnapshotEntry(id: id, kind: kind, parentTag: previous?.tag, size: spool.size, lastModified: nil)
+            try await sessionStore.putSnapshot(session, entry, spool: spool)
             var next = current.head
             next.latest = id
             next.latestKind = kind
@@ -224,10 +225,11 @@ public actor SessionReplicator {
             let current = head!
             guard !current.head.isTombstoned else { return }
             let previous = current.head.latest
-            let id = SnapshotID(sequence: (previous?.sequence ?? 0) + 1, generation: current.head.generation)
+            let id = nextID(after: current.head)
             let spool = SnapshotSpool()
             _ = try writer.tombstone(session: session, id: id, parent: previous, to: spool)
-            try await sessionStore.putSnapshot(session, id, kind: .tombstone, spool: spool)
+            let entry = SnapshotEntry(id: id, kind: .tombstone, parentTag: previous?.tag, size: spool.size, lastModified: nil)
+            try await sessionStore.putSnapshot(session, entry, spool: spool)
             var next = current.head
             next.latest = id
             next.latestKind = .tombstone
@@ -242,6 +244,13 @@ public actor SessionReplicator {
                 try await headMoved()
             }
         }
+    }
+
+    /// The snapshot after the head's latest, with a tag of its own: another writer (a `backup`
+    /// beside `watch`) or a retry of a commit whose reply was lost may write the same sequence
+    /// and generation, and must never overwrite this object, committed or not.
+    private func nextID(after head: SessionHead) -> SnapshotID {
+        SnapshotID(sequence: (head.latest?.sequence ?? 0) + 1, generation: head.generation, tag: .random())
     }
 
     /// The head changed under us. A new generation means another agent claimed the session:

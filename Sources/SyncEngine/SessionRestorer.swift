@@ -30,7 +30,8 @@ public struct RestoreOutcome: Sendable, Equatable {
 public enum RestorePoint: Sendable, Equatable {
     /// The head's.
     case newest
-    case snapshot(SnapshotID)
+    /// The committed snapshot with this sequence and generation.
+    case snapshot(SnapshotLabel)
     /// The newest committed snapshot written at or before this time, as the store lists it.
     case time(Date)
 }
@@ -72,7 +73,7 @@ public struct SessionRestorer: Sendable {
 
     /// Plans and restores in one go.
     public func restore(
-        _ session: SessionID, into sessionsRoot: String, target: SnapshotID? = nil, onlyIfMissing: Bool = false
+        _ session: SessionID, into sessionsRoot: String, target: SnapshotLabel? = nil, onlyIfMissing: Bool = false
     ) async throws -> RestoreOutcome {
         let point = target.map(RestorePoint.snapshot) ?? .newest
         return try await restore(try await plan(session, into: sessionsRoot, at: point, onlyIfMissing: onlyIfMissing), into: sessionsRoot)
@@ -107,11 +108,11 @@ public struct SessionRestorer: Sendable {
                 throw SnapshotError.notFound("snapshot \(latest) of session \(session) is not in the store")
             }
             target = entry
-        case .snapshot(let id):
-            guard let entry = committed[id.sequence], entry.id == id else {
+        case .snapshot(let label):
+            guard let entry = committed[label.sequence], entry.id.label == label else {
                 throw RestorePointError(
                     reason: .unknownSnapshot,
-                    description: "session \(session) has no snapshot \(id) (`sync-agent snapshots \(session)` lists them)")
+                    description: "session \(session) has no snapshot \(label) (`sync-agent snapshots \(session)` lists them)")
             }
             target = entry
         case .time(let time):
@@ -169,7 +170,7 @@ public struct SessionRestorer: Sendable {
         // that is missing or empty cannot be up to date, so the usual restore (a new worker, an
         // empty disk) reads each object once: that pass is most of a restore's CPU.
         if !isMissingOrEmpty(directory) {
-            let manifest = try reader.manifest(of: BufferSource(objects.last!), session: session, id: newest.id, kind: newest.kind)
+            let manifest = try reader.manifest(of: BufferSource(objects.last!), session: session, entry: newest)
             if let local = try? localState(directory), stateDigest(local) == manifest.stateDigest {
                 return outcome(.upToDate, manifest)
             }
@@ -216,7 +217,7 @@ public struct SessionRestorer: Sendable {
         var manifests: [SnapshotManifest] = []
         for index in chain.indices.reversed() {
             let entry = chain[index]
-            let manifest = try reader.read(BufferSource(objects[index]), session: session, id: entry.id, kind: entry.kind) {
+            let manifest = try reader.read(BufferSource(objects[index]), session: session, entry: entry) {
                 name, data in
                 if decided.contains(name) { return try data.drain() }
                 guard let staging else {

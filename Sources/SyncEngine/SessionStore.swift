@@ -4,16 +4,19 @@ import Glibc
 import S3Client
 import SessionArchive
 
-/// One snapshot object as a listing shows it.
+/// One snapshot object as a listing shows it: everything its key says, and the store's size and time.
 public struct SnapshotEntry: Sendable, Equatable {
     public var id: SnapshotID
     public var kind: SnapshotKind
+    /// The tag of the snapshot this one follows, at the sequence before; nil for a session's first.
+    public var parentTag: SnapshotTag?
     public var size: Int64
     public var lastModified: Date?
 
-    public init(id: SnapshotID, kind: SnapshotKind, size: Int64, lastModified: Date?) {
+    public init(id: SnapshotID, kind: SnapshotKind, parentTag: SnapshotTag?, size: Int64, lastModified: Date?) {
         self.id = id
         self.kind = kind
+        self.parentTag = parentTag
         self.size = size
         self.lastModified = lastModified
     }
@@ -63,39 +66,50 @@ public struct SessionStore: Sendable {
     public func snapshots(_ session: SessionID) async throws(StoreError) -> [SnapshotEntry] {
         try await store.list(prefix: SessionLayout.snapshotsPrefix(session)).compactMap { info in
             SessionLayout.parseSnapshotKey(info.key, session: session).map {
-                SnapshotEntry(id: $0.0, kind: $0.1, size: info.size, lastModified: info.lastModified)
+                SnapshotEntry(id: $0.id, kind: $0.kind, parentTag: $0.parentTag, size: info.size, lastModified: info.lastModified)
             }
         }.sorted { $0.id < $1.id }
     }
 
-    /// The snapshots a restore of `target` (default: the head's latest) applies, base first.
-    public func chain(_ session: SessionID, head: SessionHead, upTo target: SnapshotID? = nil) async throws
-        -> [SnapshotEntry]
-    {
+    /// The snapshots a restore of the head's latest applies, base first.
+    public func chain(_ session: SessionID, head: SessionHead) async throws -> [SnapshotEntry] {
         guard let latest = head.latest else { throw SnapshotError.notFound("session \(session) has no snapshot") }
-        let goal = target ?? latest
-        let committed = Self.committed(try await snapshots(session), head: head, upTo: goal)
-        guard let last = committed[goal.sequence], target == nil || last.id == goal else {
-            throw SnapshotError.notFound("snapshot \(goal) of session \(session) is not in the store")
+        let committed = Self.committed(try await snapshots(session), head: head)
+        guard let last = committed[latest.sequence], last.id == latest else {
+            throw SnapshotError.notFound("snapshot \(latest) of session \(session) is not in the store")
         }
         return try Self.chain(to: last, in: committed, session: session)
     }
 
-    /// The objects that count, by sequence, up to `goal` (default: the head's latest).
+    /// The committed history, by sequence: the objects the head committed, one per sequence.
     ///
-    /// Only what the head committed counts: sequences up to the head's, and for each
-    /// sequence the newest generation not newer than the head's (a fenced or crashed writer
-    /// can leave an object at a sequence its successor then wrote again).
-    public static func committed(_ entries: [SnapshotEntry], head: SessionHead, upTo goal: SnapshotID? = nil)
-        -> [UInt64: SnapshotEntry]
-    {
-        guard let goal = goal ?? head.latest else { return [:] }
+    /// It is a walk from the head's latest back through the parent tags each key names. Objects
+    /// off the walk were never committed: a writer still committing (above the head), a racing
+    /// writer that lost, a retry after a lost reply, a fenced or crashed writer. Where the walk
+    /// meets a snapshot a prune deleted, it carries on from the newest object below that
+    /// sequence: a prune deletes the uncommitted objects below the head before it deletes any
+    /// snapshot (`RetentionPolicy.plan`), so below such a gap only committed objects remain.
+    /// (Should several remain at that sequence, the newest generation, then the greatest tag,
+    /// is taken: objects damaged or deleted by hand are verify's to report.)
+    public static func committed(_ entries: [SnapshotEntry], head: SessionHead) -> [UInt64: SnapshotEntry] {
+        guard let latest = head.latest else { return [:] }
+        let byLink = Dictionary(entries.map { (Link(sequence: $0.id.sequence, tag: $0.id.tag), $0) }) { first, _ in first }
+        let newestFirst = entries.filter { $0.id.generation <= head.generation }.sorted { $0.id > $1.id }
         var committed: [UInt64: SnapshotEntry] = [:]
-        for entry in entries where entry.id.sequence <= goal.sequence && entry.id.generation <= head.generation {
-            if let existing = committed[entry.id.sequence], existing.id.generation >= entry.id.generation { continue }
+        var wanted: Link? = Link(sequence: latest.sequence, tag: latest.tag)
+        while let link = wanted {
+            let found = byLink[link] ?? newestFirst.first { $0.id.sequence < link.sequence }
+            guard let entry = found else { break }
             committed[entry.id.sequence] = entry
+            wanted = entry.id.sequence > 0 ? entry.parentTag.map { Link(sequence: entry.id.sequence - 1, tag: $0) } : nil
         }
         return committed
+    }
+
+    /// A snapshot as its child's key names it.
+    private struct Link: Hashable {
+        var sequence: UInt64
+        var tag: SnapshotTag
     }
 
     /// `last` and the committed snapshots before it back to its base (or tombstone), base first.
@@ -103,27 +117,27 @@ public struct SessionStore: Sendable {
         -> [SnapshotEntry]
     {
         var chain: [SnapshotEntry] = [last]
-        var sequence = last.id.sequence
-        while chain.last!.kind == .delta {
-            guard sequence > 0, let previous = committed[sequence - 1] else {
-                throw SnapshotError.corrupt("session \(session): the chain to \(last.id) has a gap before \(sequence)")
+        while let link = chain.last, link.kind == .delta {
+            guard link.id.sequence > 0, let parentTag = link.parentTag, let previous = committed[link.id.sequence - 1],
+                previous.id.tag == parentTag
+            else {
+                throw SnapshotError.corrupt("session \(session): the chain to \(last.id) has a gap before \(link.id.sequence)")
             }
             chain.append(previous)
-            sequence -= 1
         }
         return chain.reversed()
     }
 
-    public func putSnapshot(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind, bytes: [UInt8]) async throws(StoreError) {
-        try await store.put(SessionLayout.snapshotKey(session, id, kind: kind), bytes: bytes, condition: nil)
+    public func putSnapshot(_ session: SessionID, _ entry: SnapshotEntry, bytes: [UInt8]) async throws(StoreError) {
+        try await store.put(SessionLayout.snapshotKey(session, entry), bytes: bytes, condition: nil)
     }
 
-    func putSnapshot(_ session: SessionID, _ id: SnapshotID, kind: SnapshotKind, spool: SnapshotSpool) async throws(StoreError) {
-        try await spool.upload(to: store, key: SessionLayout.snapshotKey(session, id, kind: kind))
+    func putSnapshot(_ session: SessionID, _ entry: SnapshotEntry, spool: SnapshotSpool) async throws(StoreError) {
+        try await spool.upload(to: store, key: SessionLayout.snapshotKey(session, entry))
     }
 
     public func snapshotBytes(_ session: SessionID, _ entry: SnapshotEntry) async throws -> [UInt8] {
-        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind)) else {
+        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry)) else {
             throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
         }
         return object.bytes
@@ -132,10 +146,8 @@ public struct SessionStore: Sendable {
     /// Downloads one snapshot and checks it whole (authenticated, every file against the
     /// manifest), returning its manifest; nil when the object is not in the store.
     public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
-        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry.id, kind: entry.kind)) else {
-            return nil
-        }
+        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry)) else { return nil }
         return try SnapshotReader(keyring: keyring, limits: .sessionDirectory)
-            .manifest(of: BufferSource(object.bytes), session: session, id: entry.id, kind: entry.kind)
+            .manifest(of: BufferSource(object.bytes), session: session, entry: entry)
     }
 }

@@ -30,8 +30,12 @@ public struct SnapshotPruner: Sendable {
         let entries = try await sessionStore.snapshots(session)
         let plan = try policy.plan(entries, head: head, session: session)
         if !dryRun {
-            let doomed = (plan.deleted + plan.orphans).map { SessionLayout.snapshotKey(session, $0.id, kind: $0.kind) }
-            if !doomed.isEmpty { try await sessionStore.store.delete(doomed) }
+            // Orphans go first, in a call of their own: once a snapshot is deleted, the walk of the
+            // committed history crosses the gap by taking the newest object below it, which must
+            // then be a committed one (`SessionStore.committed`).
+            for doomed in [plan.orphans, plan.deleted] where !doomed.isEmpty {
+                try await sessionStore.store.delete(doomed.map { SessionLayout.snapshotKey(session, $0) })
+            }
             try await mirror?.mirrorDeletions(session)
         }
         return PruneOutcome(session: session, plan: plan, dryRun: dryRun)

@@ -9,10 +9,8 @@ struct SnapshotReader {
     let limits: ExtractionLimits
 
     /// Reads only the manifest (the last entry), checking every file entry against it.
-    func manifest(of object: ByteSource, session: SessionID, id: SnapshotID, kind: SnapshotKind) throws
-        -> SnapshotManifest
-    {
-        try read(object, session: session, id: id, kind: kind) { _, data in
+    func manifest(of object: ByteSource, session: SessionID, entry: SnapshotEntry) throws -> SnapshotManifest {
+        try read(object, session: session, entry: entry) { _, data in
             try data.drain()
         }
     }
@@ -21,10 +19,10 @@ struct SnapshotReader {
     /// the whole object has authenticated and every file matched its record. Whatever
     /// `visit` wrote must be thrown away if this throws.
     func read(
-        _ object: ByteSource, session: SessionID, id: SnapshotID, kind: SnapshotKind,
-        visit: (String, ByteSource) throws -> Void
+        _ object: ByteSource, session: SessionID, entry: SnapshotEntry, visit: (String, ByteSource) throws -> Void
     ) throws -> SnapshotManifest {
-        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
+        let id = entry.id
+        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(entry))
         var contentIDs: [String: ContentID] = [:]
         var manifest: SnapshotManifest?
         do {
@@ -51,10 +49,12 @@ struct SnapshotReader {
         } catch let error as SnapshotError {
             throw error
         } catch {
-            throw SnapshotError.corrupt("\(SessionLayout.snapshotName(id, kind: kind)) of session \(session): \(error)")
+            throw SnapshotError.corrupt("\(SessionLayout.snapshotName(entry)) of session \(session): \(error)")
         }
         guard let manifest else { throw SnapshotError.corrupt("snapshot \(id) has no manifest") }
-        guard manifest.session == session.rawValue, manifest.id == id, manifest.kind == kind else {
+        guard manifest.session == session.rawValue, manifest.id == id, manifest.kind == entry.kind,
+            manifest.parent?.tag == entry.parentTag, manifest.parent.map({ $0.sequence + 1 == id.sequence }) ?? true
+        else {
             throw SnapshotError.corrupt("snapshot \(id)'s manifest names another snapshot")
         }
         guard Set(contentIDs.keys) == Set(manifest.files.keys) else {

@@ -45,7 +45,7 @@ struct SnapshotWriter {
         id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil, openSink: () throws -> ByteSink
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
-        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind))
+        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind, parentTag: parent?.tag))
         var state: SessionState
         let candidates: [(name: String, fingerprint: FileState?)]
         if kind == .delta, let changedPaths {
@@ -137,7 +137,8 @@ struct SnapshotWriter {
 
     /// A tombstone: an archive with only a manifest saying the session is gone.
     func tombstone(session: SessionID, id: SnapshotID, parent: SnapshotID?, to sink: ByteSink) throws -> SnapshotManifest {
-        let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: .tombstone))
+        let identity = SessionLayout.identity(
+            session, objectName: SessionLayout.snapshotName(id, kind: .tombstone, parentTag: parent?.tag))
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: .tombstone, parent: parent, createdAt: Date(), files: [:],
             deleted: [], stateFileCount: 0, stateByteCount: 0, stateDigest: stateDigest([:]))

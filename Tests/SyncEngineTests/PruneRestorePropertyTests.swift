@@ -38,11 +38,12 @@ struct PruneRestorePropertyTests {
         var snapshotted: [SnapshotID: [String: [UInt8]]?] = [:]
         var written: [SnapshotID: Written] = [:]
         var time = Date(timeIntervalSince1970: 1_790_000_000)
-        func stamp(_ id: SnapshotID, _ kind: SnapshotKind) throws {
+        func stamp(_ id: SnapshotID, _ kind: SnapshotKind) async throws {
             time += TimeInterval.random(in: 300...(3 * 86_400), using: &random)
             written[id] = Written(kind: kind, time: time)
+            let entry = try #require(try await sessionStore.snapshots(session).first { $0.id == id })
             try FileManager.default.setAttributes(
-                [.modificationDate: time], ofItemAtPath: workspace.file("store/" + SessionLayout.snapshotKey(session, id, kind: kind)))
+                [.modificationDate: time], ofItemAtPath: workspace.file("store/" + SessionLayout.snapshotKey(session, entry)))
         }
 
         for _ in 0..<Int.random(in: 10...22, using: &random) {
@@ -53,7 +54,7 @@ struct PruneRestorePropertyTests {
                 try await replicator.tombstone()
                 let id = try #require(await replicator.latest)
                 snapshotted[id] = .some(nil)
-                try stamp(id, .tombstone)
+                try await stamp(id, .tombstone)
                 continue
             }
             try changeSomeFiles(in: directory, using: &random)
@@ -63,7 +64,7 @@ struct PruneRestorePropertyTests {
                 return
             }
             snapshotted[id] = .some(try directoryContents(directory))
-            try stamp(id, kind)
+            try await stamp(id, kind)
         }
 
         let policy = randomPolicy(using: &random)
@@ -75,7 +76,7 @@ struct PruneRestorePropertyTests {
         for entry in left {
             let root = workspace.file("restored-\(entry.id)")
             try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-            let restored = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root, target: entry.id)
+            let restored = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root, target: entry.id.label)
             switch snapshotted[entry.id] {
             case .some(.some(let files)):
                 #expect(restored.status == .restored, "seed \(seed), snapshot \(entry.id)")

@@ -9,19 +9,27 @@ struct RetentionPolicyTests {
     /// 2026-11-02 is a Monday.
     let monday = ISO8601DateFormatter().date(from: "2026-11-02T00:00:00Z")!
 
-    /// Snapshots 1, 2, 3… of generation 1, of the given kinds, at the given hours after `monday`.
+    /// Snapshots 1, 2, 3… of generation 1, each following the one before, of the given kinds,
+    /// at the given hours after `monday`.
     func history(_ kinds: [SnapshotKind], hours: [Double]) -> [SnapshotEntry] {
         zip(kinds, hours).enumerated().map { index, snapshot in
-            SnapshotEntry(
-                id: SnapshotID(sequence: UInt64(index + 1), generation: 1), kind: snapshot.0, size: 100,
-                lastModified: monday.addingTimeInterval(snapshot.1 * 3600))
+            let sequence = UInt64(index + 1)
+            return entry(id(sequence), snapshot.0, after: sequence > 1 ? id(sequence - 1) : nil, hours: snapshot.1)
         }
     }
 
+    /// A snapshot id whose tag says its sequence, generation and write attempt, so tests can name it again.
+    func id(_ sequence: UInt64, generation: UInt64 = 1, attempt: UInt64 = 0) -> SnapshotID {
+        let hex = String(sequence << 16 | generation << 8 | attempt, radix: 16)
+        return SnapshotID(sequence: sequence, generation: generation, tag: SnapshotTag(String(repeating: "0", count: 16 - hex.count) + hex)!)
+    }
+
+    func entry(_ id: SnapshotID, _ kind: SnapshotKind, after parent: SnapshotID?, hours: Double = 0) -> SnapshotEntry {
+        SnapshotEntry(id: id, kind: kind, parentTag: parent?.tag, size: 100, lastModified: monday.addingTimeInterval(hours * 3600))
+    }
+
     func head(latest: UInt64, kind: SnapshotKind = .delta, generation: UInt64 = 1) -> SessionHead {
-        SessionHead(
-            generation: generation, owner: "test", latest: SnapshotID(sequence: latest, generation: 1), latestKind: kind,
-            base: nil, updatedAt: monday)
+        SessionHead(generation: generation, owner: "test", latest: id(latest), latestKind: kind, base: nil, updatedAt: monday)
     }
 
     func plan(_ policy: RetentionPolicy, _ entries: [SnapshotEntry], head: SessionHead) throws -> (kept: [UInt64], deleted: [UInt64], orphans: [UInt64]) {
@@ -77,20 +85,42 @@ struct RetentionPolicyTests {
         #expect(result.kept == [3, 4, 5, 6])
     }
 
-    @Test func objectsAboveTheHeadAreNeverTouchedAndUncommittedOnesBelowItGo() throws {
-        var entries = history([.base, .delta, .base, .delta], hours: [0, 1, 2, 3])
-        // A fenced writer's delta at sequence 4 (older generation), superseded by generation 2's.
-        entries[3].id.generation = 2
-        entries.append(SnapshotEntry(id: SnapshotID(sequence: 4, generation: 1), kind: .delta, size: 1, lastModified: monday))
-        // A writer committing right now: above the head, in sequence and in generation.
-        entries.append(SnapshotEntry(id: SnapshotID(sequence: 5, generation: 2), kind: .delta, size: 1, lastModified: monday))
-        entries.append(SnapshotEntry(id: SnapshotID(sequence: 3, generation: 3), kind: .base, size: 1, lastModified: monday))
-        var current = head(latest: 4, generation: 2)
-        current.latest = SnapshotID(sequence: 4, generation: 2)
+    @Test func objectsAtOrAboveTheHeadAreNeverTouchedAndUncommittedOnesBelowItGo() throws {
+        var entries = history([.base, .delta, .base], hours: [0, 1, 2])
+        // Generation 2 claimed the session and committed 4 and 5.
+        entries.append(entry(id(4, generation: 2), .delta, after: id(3)))
+        entries.append(entry(id(5, generation: 2), .delta, after: id(4, generation: 2)))
+        // The fenced generation 1's delta at 4, and a writer of generation 2 that lost the race for 4.
+        let fenced = entry(id(4), .delta, after: id(3))
+        let lostRace = entry(id(4, generation: 2, attempt: 1), .delta, after: id(3))
+        // At the head's sequence, a retry whose head write may still land (no conditional writes);
+        // above it, a writer committing right now; and a newer generation's object below it.
+        let retry = entry(id(5, generation: 2, attempt: 1), .base, after: id(4, generation: 2))
+        let committing = entry(id(6, generation: 2), .delta, after: id(5, generation: 2))
+        let newerGeneration = entry(id(3, generation: 3), .base, after: id(2))
+        entries += [fenced, lostRace, retry, committing, newerGeneration]
+        var current = head(latest: 5, generation: 2)
+        current.latest = id(5, generation: 2)
         let plan = try RetentionPolicy(keepLast: 1).plan(entries, head: current, session: session)
-        #expect(plan.kept.map(\.entry.id) == [SnapshotID(sequence: 3, generation: 1), SnapshotID(sequence: 4, generation: 2)])
+        #expect(plan.kept.map(\.entry.id) == [id(3), id(4, generation: 2), id(5, generation: 2)])
         #expect(plan.deleted.map(\.id.sequence) == [2, 1])
-        #expect(plan.orphans.map(\.id) == [SnapshotID(sequence: 4, generation: 1)])
+        #expect(plan.orphans == [lostRace, fenced])
+    }
+
+    /// After a prune, the walk from the head meets a deleted snapshot; it carries on below it.
+    /// An object at the deleted one's sequence is certainly not it (another tag): an orphan.
+    @Test func theWalkCrossesAPrunedGapAndWhatIsAtTheGapIsAnOrphan() throws {
+        var entries = history([.base, .delta, .base, .delta, .base, .delta], hours: [0, 1, 2, 3, 4, 5])
+            .filter { ![3, 4].contains($0.id.sequence) }
+        let leftover = entry(id(4, attempt: 1), .delta, after: id(3))
+        entries.append(leftover)
+        let committed = SessionStore.committed(entries, head: head(latest: 6))
+        #expect(committed.keys.sorted() == [1, 2, 5, 6])
+        #expect(committed.values.allSatisfy { $0 != leftover })
+        let plan = try RetentionPolicy(keepLast: 1, keepWeekly: 1).plan(entries, head: head(latest: 6), session: session)
+        #expect(plan.kept.map(\.entry.id.sequence) == [5, 6])
+        #expect(plan.deleted.map(\.id.sequence) == [2, 1])
+        #expect(plan.orphans == [leftover])
     }
 
     @Test func aSnapshotWhoseChainIsBrokenIsNeverPickedInsteadOfARestorableOne() throws {

@@ -2,7 +2,6 @@ import Crypto
 import Foundation
 import Logging
 import S3Client
-import Synchronization
 import SyncEngine
 import TestSupport
 import Testing
@@ -25,9 +24,10 @@ struct SnapshotChainTests {
             store: try FileSystemStore(root: workspace.file("store")), keyring: Keyring(primary: .generate()))
     }
 
-    func replicator(owner: String = "agent-a", claimsOwnership: Bool = true) -> SessionReplicator {
+    func replicator(owner: String = "agent-a", claimsOwnership: Bool = true, store: (any ObjectStore)? = nil) -> SessionReplicator {
         SessionReplicator(
-            session: session, directory: directory, sessionStore: sessionStore, owner: owner,
+            session: session, directory: directory,
+            sessionStore: store.map { SessionStore(store: $0, keyring: sessionStore.keyring) } ?? sessionStore, owner: owner,
             conditionalWrites: true, claimsOwnership: claimsOwnership, logger: Logger(label: "test"))
     }
 
@@ -36,7 +36,7 @@ struct SnapshotChainTests {
     }
 
     /// Restores the session into a fresh root and returns that directory's files.
-    func restored(target: SnapshotID? = nil) async throws -> (RestoreOutcome, [String: [UInt8]]) {
+    func restored(target: SnapshotLabel? = nil) async throws -> (RestoreOutcome, [String: [UInt8]]) {
         let root = workspace.file("restored-\(randomHex(4))")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let outcome = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root, target: target)
@@ -68,7 +68,7 @@ struct SnapshotChainTests {
 
         #expect(try await writer.sync() == .unchanged(unsettled: []))
         // An earlier point is still there.
-        let (old, oldFiles) = try await restored(target: first)
+        let (old, oldFiles) = try await restored(target: first.label)
         #expect(old.snapshot == first)
         #expect(oldFiles["creds.json"] != Array("{\"rewritten\":true}".utf8))
     }
@@ -184,6 +184,101 @@ struct SnapshotChainTests {
         #expect(try await restored().1 == directoryContents(directory))
     }
 
+    /// `backup` beside `watch` (the same generation) both read the head at one sequence; the
+    /// watcher commits the next, and the backup's upload for that same sequence lands after the
+    /// commit. It must not replace the committed object: the store restores exactly what the
+    /// watcher committed, the backup carries on from it, and so does the watcher after it.
+    @Test func aBackupLosingTheRaceForASequenceLeavesTheWinnersSnapshotAsCommitted() async throws {
+        try copyFixture("small")
+        let watcher = replicator(owner: "watch")
+        _ = try await watcher.sync()
+        let backup = replicator(owner: "backup", claimsOwnership: false)
+        try await backup.claim()
+
+        try write("{\"by\":\"watch\"}", to: "creds.json")
+        guard case .uploaded(let won, .delta, _, _) = try await watcher.sync() else {
+            Issue.record("the watcher should commit a delta")
+            return
+        }
+        let committed = try directoryContents(directory)
+        // Created after the watcher's snapshot: only the backup's upload for that sequence has it.
+        try write("{\"keyId\":7777}", to: "pre-key-7777.json")
+        guard case .uploaded(let continued, .delta, _, _) = try await backup.sync() else {
+            Issue.record("the backup should lose its sequence, load the watcher's snapshot and commit the next")
+            return
+        }
+        #expect(continued.sequence == won.sequence + 1)
+        #expect(try await restored(target: won.label).1 == committed)
+
+        // The watcher is behind the backup's commit now; the file it never saw goes again.
+        try FileManager.default.removeItem(atPath: "\(directory)/pre-key-7777.json")
+        try write("{\"by\":\"watch\",\"again\":true}", to: "creds.json")
+        guard case .uploaded(let next, _, _, _) = try await watcher.sync() else {
+            Issue.record("the watcher should continue after the backup")
+            return
+        }
+        #expect(next.sequence == continued.sequence + 1)
+        #expect(try await restored().1 == directoryContents(directory))
+        let checks = try await SnapshotVerifier(sessionStore: sessionStore).verify(session)
+        #expect(checks.count == 4 && checks.allSatisfy(\.isOK), "\(checks)")
+    }
+
+    /// The head write of a commit lands but its reply is lost: the writer sees an error and its
+    /// retry, for the same sequence and generation, is another kind of snapshot. The retry must
+    /// not take the committed snapshot's place: each point restores exactly and verify passes.
+    @Test func aRetryAfterALostHeadReplyLeavesTheCommittedSnapshotAsItWas() async throws {
+        try copyFixture("small")
+        let store = InjectedFaultsStore(store: sessionStore.store)
+        let writer = replicator(store: store)
+        _ = try await writer.sync()
+
+        try write("{\"commit\":\"reply lost\"}", to: "creds.json")
+        store.arm(.loseReply(keySuffix: "/head"))
+        await #expect(throws: StoreError.self) { try await writer.sync() }
+        let committed = try directoryContents(directory)
+        let head = try #require(try await sessionStore.head(session)?.head)
+        let landed = try #require(head.latest)
+        #expect(head.latestKind == .delta)
+
+        try write("{\"after\":\"retry\"}", to: "pre-key-1.json")
+        guard case .uploaded(let retried, .base, _, _) = try await writer.sync(forceBase: true) else {
+            Issue.record("the retry should find its delta committed and write a base after it")
+            return
+        }
+        #expect(retried.sequence == landed.sequence + 1)
+        #expect(try await restored(target: landed.label).1 == committed)
+        #expect(try await restored().1 == directoryContents(directory))
+        let checks = try await SnapshotVerifier(sessionStore: sessionStore).verify(session)
+        #expect(checks.map(\.id.sequence) == [1, 2, 3] && checks.allSatisfy(\.isOK), "\(checks)")
+    }
+
+    /// Keys as FORMAT.md ("Snapshots and heads") spells them, checked with the document's grammar
+    /// rather than `SessionLayout`: each names its sequence, generation, tag and parent's tag, and
+    /// the head names the newest by its tag. A key spelled any other way is not a snapshot.
+    @Test func snapshotKeysAreSpelledAsTheFormatDocumentSays() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try write("{\"id\":1}", to: "pre-key-9999.json")
+        _ = try await writer.sync()
+        let pattern = /snapshots\/(\d{20})-(\d{10})-([0-9a-f]{16})(?:-([0-9a-f]{16}))?\.(base|delta|tombstone)/
+        let prefix = SessionLayout.snapshotsPrefix(session)
+        let names = try await sessionStore.store.list(prefix: prefix).map { "snapshots/" + $0.key.dropFirst(prefix.count) }
+        let keys = try names.map { try #require(try pattern.wholeMatch(in: $0), "\($0)").output }
+        #expect(keys.map { "\($0.1).\($0.2).\($0.5)" } == ["00000000000000000001.0000000001.base", "00000000000000000002.0000000001.delta"])
+        #expect(keys[0].4 == nil && keys[1].4 == keys[0].3)
+        let head = try #require(try await sessionStore.head(session)?.head)
+        #expect(head.latest?.tag.rawValue == String(keys[1].3))
+
+        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let example = try #require(format.firstMatch(of: /`(snapshots\/[^`]+)`/)?.output.1)
+        #expect(try pattern.wholeMatch(in: example) != nil, "FORMAT.md's example \(example)")
+
+        let misspelled = prefix + "1-1-" + String(keys[0].3) + ".base"
+        try await sessionStore.store.put(misspelled, bytes: [])
+        #expect(try await sessionStore.snapshots(session).count == 2)
+    }
+
     @Test func aTamperedSnapshotFailsAndLeavesTheDirectoryUntouched() async throws {
         try copyFixture("small")
         _ = try await replicator().sync()
@@ -253,11 +348,9 @@ struct SnapshotChainTests {
         _ = try await replicator().sync()
         try FileManager.default.removeItem(atPath: "\(directory)/pre-key-9999.json")
 
-        let flaky = OneDeltaReadFails(store: sessionStore.store)
-        let restarted = SessionReplicator(
-            session: session, directory: directory,
-            sessionStore: SessionStore(store: flaky, keyring: sessionStore.keyring), owner: "agent-b",
-            conditionalWrites: true, logger: Logger(label: "test"))
+        let flaky = InjectedFaultsStore(store: sessionStore.store)
+        flaky.arm(.failRead(keySuffix: ".delta"))
+        let restarted = replicator(owner: "agent-b", store: flaky)
         await #expect(throws: StoreError.self) { try await restarted.sync() }
         guard case .uploaded(_, .delta, _, _) = try await restarted.sync() else {
             Issue.record("the deletion must be uploaded, as a delta")
@@ -286,41 +379,4 @@ func directoryContents(_ directory: String) throws -> [String: [UInt8]] {
         if !isDirectory.boolValue { files[name] = try [UInt8](Data(contentsOf: URL(fileURLWithPath: "\(directory)/\(name)"))) }
     }
     return files
-}
-
-/// A store whose first read of a delta fails as if the store were down.
-private final class OneDeltaReadFails: ObjectStore {
-    let store: any ObjectStore
-    private let failed = Mutex(false)
-
-    init(store: any ObjectStore) { self.store = store }
-
-    var location: String { store.location }
-
-    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
-        try await store.put(key, bytes: bytes, condition: condition)
-    }
-
-    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
-        try await store.put(key, fileAt: path, condition: condition)
-    }
-
-    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
-        if key.hasSuffix(".delta"), failed.withLock({ failed in defer { failed = true }; return !failed }) {
-            throw .unavailable("injected: the store failed one read")
-        }
-        return try await store.get(key, range: range)
-    }
-
-    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
-        try await store.download(key, toFileAt: path)
-    }
-
-    func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? { try await store.head(key) }
-
-    func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo] { try await store.list(prefix: prefix) }
-
-    func delete(_ keys: [String]) async throws(StoreError) { try await store.delete(keys) }
-
-    func probeConditionalWrites() async throws(StoreError) -> Bool { try await store.probeConditionalWrites() }
 }
