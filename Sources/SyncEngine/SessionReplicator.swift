@@ -42,7 +42,7 @@ public actor SessionReplicator {
     private let logger: Logger
 
     private var head: (head: SessionHead, etag: String)?
-    private var state: SessionState = [:]
+    private var state = SessionState()
     private var baseBytes: Int64 = 0
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
@@ -131,7 +131,7 @@ public actor SessionReplicator {
     /// than its manifest recorded (FaultInjectionTests, cut answers: verify's state_mismatch).
     private func load(_ loaded: (head: SessionHead, etag: String)) async throws {
         do {
-            var state: SessionState = [:]
+            var state = SessionState()
             var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
             if loaded.head.latest != nil, !loaded.head.isTombstoned {
                 let chain = try await sessionStore.chain(session, head: loaded.head)
@@ -236,7 +236,7 @@ public actor SessionReplicator {
                 let etag = try await sessionStore.writeHead(
                     next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
                 head = (next, etag)
-                state = [:]
+                state = SessionState()
                 return
             } catch StoreError.preconditionFailed {
                 try await headMoved()
