@@ -39,6 +39,8 @@ public actor SessionReplicator {
     private let claimsOwnership: Bool
     /// Hybrid mode: the generation S3 knows, which a claim in the local store must pass.
     private let remoteGeneration: (@Sendable () async throws -> UInt64?)?
+    /// Shared by the replicators of one agent: how many bases are built at once (see `sync`).
+    private let baseBuilds: ConcurrencyLimit?
     private let logger: Logger
 
     private var head: (head: SessionHead, etag: String)?
@@ -57,7 +59,8 @@ public actor SessionReplicator {
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
         policy: CompactionPolicy = CompactionPolicy(),
-        remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, logger: Logger
+        remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
+        logger: Logger
     ) {
         self.session = session
         self.directory = directory
@@ -68,6 +71,7 @@ public actor SessionReplicator {
         self.conditionalWrites = conditionalWrites
         self.claimsOwnership = claimsOwnership
         self.remoteGeneration = remoteGeneration
+        self.baseBuilds = baseBuilds
         self.logger = logger
     }
 
@@ -173,7 +177,14 @@ public actor SessionReplicator {
             var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
             var spool = SnapshotSpool()
             let outcome: SnapshotWriter.Outcome
+            // A base reads and compresses every file of its session, and zstd's window and tables
+            // alone take a few MiB: when every session needs its first base at once (an agent's
+            // first start), those builds add up to the agent's peak memory. So bases take turns
+            // (the uploads after them still overlap); a delta compresses a few files.
+            let turn = kind == .base ? baseBuilds : nil
+            await turn?.acquire()
             do {
+                defer { turn?.release() }
                 outcome = try writer.write(
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
                     changedPaths: changedPaths, openSink: { spool })
