@@ -14,9 +14,6 @@ public struct FileRecord: Codable, Hashable, Sendable {
     public var fingerprint: FileState?
 }
 
-/// The full set of files of a session at one point: file name → record.
-public typealias SessionState = [String: FileRecord]
-
 /// What one snapshot holds, stored encrypted as the last entry of its archive.
 public struct SnapshotManifest: Codable, Sendable {
     public static let currentFormatVersion = 1
@@ -43,13 +40,13 @@ public struct SnapshotManifest: Codable, Sendable {
     /// The session state after applying this snapshot on top of `previous`.
     public func applied(to previous: SessionState) -> SessionState {
         switch kind {
-        case .base: return files
-        case .tombstone: return [:]
+        case .base: return SessionState(files)
+        case .tombstone: return SessionState()
         case .delta:
-            var state = previous
-            for name in deleted { state.removeValue(forKey: name) }
-            state.merge(files) { _, new in new }
-            return state
+            var changes = [String: FileRecord?](minimumCapacity: deleted.count + files.count)
+            for name in deleted { changes[name] = .some(nil) }
+            for (name, record) in files { changes[name] = record }
+            return previous.applying(changes)
         }
     }
 
@@ -61,8 +58,8 @@ public struct SnapshotManifest: Codable, Sendable {
     /// the last one records: what a restore of that snapshot must produce.
     static func rebuiltState(_ chain: [SnapshotManifest], session: SessionID) throws -> SessionState {
         let state = chain.reduce(into: SessionState()) { state, manifest in state = manifest.applied(to: state) }
-        guard let last = chain.last, SyncEngine.stateDigest(state) == last.stateDigest, state.count == last.stateFileCount,
-            state.values.reduce(0, { $0 + $1.size }) == last.stateByteCount
+        guard let last = chain.last, state.digest == last.stateDigest, state.count == last.stateFileCount,
+            state.byteCount == last.stateByteCount
         else {
             throw SnapshotError.corrupt(
                 "the rebuilt session \(session) does not match snapshot \(chain.last.map { "\($0.id)" } ?? "-")'s manifest")
@@ -99,27 +96,6 @@ enum StoredJSON {
             throw SnapshotError.corrupt("\(type) does not parse: \(error)")
         }
     }
-}
-
-/// A digest of a whole session state, independent of fingerprints: two directories with
-/// the same names and contents have the same digest.
-func stateDigest(_ state: SessionState) -> String {
-    let digest = StreamingDigest(.sha256)
-    // Every upload digests every file of the session: one reused buffer, no String per line.
-    var line: [UInt8] = []
-    line.reserveCapacity(256)
-    for name in state.keys.sorted() {
-        let record = state[name]!
-        line.removeAll(keepingCapacity: true)
-        line.append(contentsOf: name.utf8)
-        line.append(0)
-        line.append(contentsOf: String(record.size).utf8)
-        line.append(0)
-        record.contentID.appendHex(to: &line)
-        line.append(UInt8(ascii: "\n"))
-        digest.update(line)
-    }
-    return digest.finalize().lowercaseHex
 }
 
 /// The per-session commit point. A snapshot exists for readers only once the head names it.

@@ -39,10 +39,12 @@ public actor SessionReplicator {
     private let claimsOwnership: Bool
     /// Hybrid mode: the generation S3 knows, which a claim in the local store must pass.
     private let remoteGeneration: (@Sendable () async throws -> UInt64?)?
+    /// Shared by the replicators of one agent: how many bases are built at once (see `sync`).
+    private let baseBuilds: ConcurrencyLimit?
     private let logger: Logger
 
     private var head: (head: SessionHead, etag: String)?
-    private var state: SessionState = [:]
+    private var state = SessionState()
     private var baseBytes: Int64 = 0
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
@@ -57,7 +59,8 @@ public actor SessionReplicator {
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
         policy: CompactionPolicy = CompactionPolicy(),
-        remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, logger: Logger
+        remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
+        logger: Logger
     ) {
         self.session = session
         self.directory = directory
@@ -68,6 +71,7 @@ public actor SessionReplicator {
         self.conditionalWrites = conditionalWrites
         self.claimsOwnership = claimsOwnership
         self.remoteGeneration = remoteGeneration
+        self.baseBuilds = baseBuilds
         self.logger = logger
     }
 
@@ -131,7 +135,7 @@ public actor SessionReplicator {
     /// than its manifest recorded (FaultInjectionTests, cut answers: verify's state_mismatch).
     private func load(_ loaded: (head: SessionHead, etag: String)) async throws {
         do {
-            var state: SessionState = [:]
+            var state = SessionState()
             var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
             if loaded.head.latest != nil, !loaded.head.isTombstoned {
                 let chain = try await sessionStore.chain(session, head: loaded.head)
@@ -173,7 +177,14 @@ public actor SessionReplicator {
             var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
             var spool = SnapshotSpool()
             let outcome: SnapshotWriter.Outcome
+            // A base reads and compresses every file of its session, and zstd's window and tables
+            // alone take a few MiB: when every session needs its first base at once (an agent's
+            // first start), those builds add up to the agent's peak memory. So bases take turns
+            // (the uploads after them still overlap); a delta compresses a few files.
+            let turn = kind == .base ? baseBuilds : nil
+            await turn?.acquire()
             do {
+                defer { turn?.release() }
                 outcome = try writer.write(
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
                     changedPaths: changedPaths, openSink: { spool })
@@ -238,7 +249,7 @@ public actor SessionReplicator {
                 let etag = try await sessionStore.writeHead(
                     next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
                 head = (next, etag)
-                state = [:]
+                state = SessionState()
                 return
             } catch StoreError.preconditionFailed {
                 try await headMoved()

@@ -171,7 +171,7 @@ public struct SessionRestorer: Sendable {
         // empty disk) reads each object once: that pass is most of a restore's CPU.
         if !isMissingOrEmpty(directory) {
             let manifest = try reader.manifest(of: BufferSource(objects.last!), session: session, entry: newest)
-            if let local = try? localState(directory), stateDigest(local) == manifest.stateDigest {
+            if let local = try? localState(directory), local.digest == manifest.stateDigest {
                 return outcome(.upToDate, manifest)
             }
         }
@@ -243,7 +243,7 @@ public struct SessionRestorer: Sendable {
             manifests.append(manifest)
         }
         let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
-        guard written.filter({ !$0.hasSuffix("/") }) == Set(state.keys) else {
+        guard written.filter({ !$0.hasSuffix("/") }) == Set(state.names) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
         return manifests[0]
@@ -256,16 +256,16 @@ public struct SessionRestorer: Sendable {
 
     /// The directory's current state, by content (fingerprints differ between machines).
     private func localState(_ directory: String) throws -> SessionState {
-        var state: SessionState = [:]
+        var files: [String: FileRecord] = [:]
         let reader = StableFileReader()
         for name in try SessionFiles.scan(sessionDirectory: directory).keys {
             guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
                 throw SnapshotError.io("\(name) is being written")
             }
-            state[name] = FileRecord(
+            files[name] = FileRecord(
                 size: Int64(file.bytes.count),
                 contentID: sessionStore.keyring.primary.contentID(of: file.bytes), fingerprint: nil)
         }
-        return state
+        return SessionState(files)
     }
 }

@@ -46,16 +46,14 @@ struct SnapshotWriter {
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind, parentTag: parent?.tag))
-        var state: SessionState
+        // Reported paths only: everything else is as the previous snapshot had it. Reported paths
+        // are always read, never judged by fingerprint.
+        let readsReportedPaths = kind == .delta && changedPaths != nil
         let candidates: [(name: String, fingerprint: FileState?)]
-        if kind == .delta, let changedPaths {
-            // Everything else is as the previous snapshot had it; reported paths are always
-            // read, never judged by fingerprint.
-            state = previous
+        if readsReportedPaths, let changedPaths {
             candidates = try expand(changedPaths, in: directory, previous: previous).map { ($0, nil) }
         } else {
-            state = [:]
-            candidates = try SessionFiles.scan(sessionDirectory: directory).sorted { $0.key < $1.key }
+            candidates = try SessionFiles.scan(sessionDirectory: directory).sorted { SessionState.precedes($0.key, $1.key) }
                 .map { ($0.key, $0.value) }
         }
         // A base holds every file; a delta, usually a few.
@@ -71,13 +69,16 @@ struct SnapshotWriter {
             return writer
         }
 
-        var included: SessionState = [:]
+        var included: [String: FileRecord] = [:]
+        // What each candidate is now, in candidate order; nil where it is no file of the session.
+        var found: [(name: String, record: FileRecord?)] = []
+        found.reserveCapacity(candidates.count)
         var unsettled: [String] = []
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
         for (name, fingerprint) in candidates {
             let previousRecord = previous[name]
             if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint {
-                state[name] = previousRecord
+                found.append((name, previousRecord))
                 continue
             }
             switch try reader.read("\(directory)/\(name)") {
@@ -86,22 +87,26 @@ struct SnapshotWriter {
                 let record = FileRecord(
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
                     fingerprint: settled ? file.state : nil)
-                state[name] = record
+                found.append((name, record))
                 if kind == .delta, previousRecord?.contentID == record.contentID { continue }
                 try archiveWriter().addFile(
                     relativePath: SnapshotManifest.filePrefix + name, contents: file.bytes, modificationTime: 0)
                 included[name] = record
             case .unstable, .invalidJSON:
                 unsettled.append(name)
-                state[name] = previousRecord
+                found.append((name, previousRecord))
             case .missing:
-                state[name] = nil
+                found.append((name, nil))
             }
         }
         if kind == .base, unsettled.contains(where: { previous[$0] != nil }) {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
-        let deleted = previous.keys.filter { state[$0] == nil }.sorted()
+        let state =
+            readsReportedPaths
+            ? previous.applying(Dictionary(uniqueKeysWithValues: found))
+            : SessionState(sortedFiles: found.compactMap { name, record in record.map { (name, $0) } })
+        let deleted = previous.names(absentFrom: state)
         if kind == .delta, included.isEmpty, deleted.isEmpty {
             return Outcome(manifest: nil, state: state, unsettled: unsettled)
         }
@@ -109,7 +114,7 @@ struct SnapshotWriter {
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: kind, parent: parent, createdAt: Date(),
             files: included, deleted: kind == .delta ? deleted : [], stateFileCount: state.count,
-            stateByteCount: state.values.reduce(0) { $0 + $1.size }, stateDigest: stateDigest(state))
+            stateByteCount: state.byteCount, stateDigest: state.digest)
         let writer = try archiveWriter()
         try writer.addFile(relativePath: SnapshotManifest.entryName, contents: try manifest.encoded(), modificationTime: 0)
         try writer.finish()
@@ -122,17 +127,16 @@ struct SnapshotWriter {
     private func expand(_ paths: Set<String>, in directory: String, previous: SessionState) throws -> [String] {
         var names = Set<String>()
         for path in paths where !path.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
-            let below = path + "/"
-            names.formUnion(previous.keys.filter { $0.hasPrefix(below) })
+            names.formUnion(previous.names(inDirectory: path))
             var status = stat()
             if lstat("\(directory)/\(path)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR {
                 let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").keys.filter { !$0.contains("/") }
-                names.formUnion(inside.map { below + $0 })
+                names.formUnion(inside.map { path + "/" + $0 })
             } else {
                 names.insert(path)
             }
         }
-        return names.sorted()
+        return names.sorted(by: SessionState.precedes)
     }
 
     /// A tombstone: an archive with only a manifest saying the session is gone.
@@ -141,7 +145,7 @@ struct SnapshotWriter {
             session, objectName: SessionLayout.snapshotName(id, kind: .tombstone, parentTag: parent?.tag))
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: .tombstone, parent: parent, createdAt: Date(), files: [:],
-            deleted: [], stateFileCount: 0, stateByteCount: 0, stateDigest: stateDigest([:]))
+            deleted: [], stateFileCount: 0, stateByteCount: 0, stateDigest: SessionState().digest)
         let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: sink)
         let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
         try writer.addFile(relativePath: SnapshotManifest.entryName, contents: try manifest.encoded(), modificationTime: 0)

@@ -1,0 +1,179 @@
+import Glibc
+import S3Client
+
+/// The full set of files of a session at one point: name → record, in the byte order of the
+/// names (FORMAT.md's order for the state digest).
+///
+/// The sidecar keeps one per session it watches, between uploads: tens of thousands of files in
+/// all. As a `[String: FileRecord]` a file cost about 290 bytes (a hash table kept at most 3/4
+/// full, and a heap object for every name over 15 bytes); here it costs its record, the end of
+/// its name and the name's bytes, all in two arrays (about 120 bytes for Baileys' names). Kept
+/// sorted, the digest every upload records needs no sort, and a lookup is a binary search.
+public struct SessionState: Sendable {
+    private struct Entry {
+        var record: FileRecord
+        /// Where the name ends in `nameBytes`; it starts where the previous entry's ends.
+        var nameEnd: UInt32
+    }
+
+    private var entries: [Entry] = []
+    private var nameBytes: [UInt8] = []
+    /// The sum of the files' sizes.
+    public private(set) var byteCount: Int64 = 0
+
+    public init() {}
+
+    /// A state of `files` (a base manifest's, or a directory's).
+    public init(_ files: [String: FileRecord]) {
+        self.init(sortedFiles: files.sorted { Self.precedes($0.key, $1.key) }.map { ($0.key, $0.value) })
+    }
+
+    /// A state of `files`, which must be sorted by `precedes` and name each file once.
+    init(sortedFiles files: [(name: String, record: FileRecord)]) {
+        reserveCapacity(files.count, nameBytes: files.reduce(0) { $0 + $1.name.utf8.count })
+        for (name, record) in files { append(name.utf8, record) }
+    }
+
+    public var count: Int { entries.count }
+    public var isEmpty: Bool { entries.isEmpty }
+
+    public subscript(name: String) -> FileRecord? {
+        var name = name
+        return name.withUTF8 { key in index(of: key).map { entries[$0].record } }
+    }
+
+    /// Every name, in order.
+    public var names: [String] { entries.indices.map(name(at:)) }
+
+    /// The names below `directory` ("directory/…"), in order.
+    func names(inDirectory directory: String) -> [String] {
+        var prefix = directory + "/"
+        return prefix.withUTF8 { prefix in
+            var names: [String] = []
+            var index = lowerBound(prefix)
+            while index < entries.count, nameBuffer(at: index, { $0.starts(with: prefix) }) {
+                names.append(name(at: index))
+                index += 1
+            }
+            return names
+        }
+    }
+
+    /// The names this state has and `other` has not, in order.
+    func names(absentFrom other: SessionState) -> [String] {
+        var absent: [String] = []
+        var otherIndex = 0
+        for index in entries.indices {
+            let found = nameBuffer(at: index) { name in
+                while otherIndex < other.count, other.nameBuffer(at: otherIndex, { Self.compare($0, name) }) < 0 {
+                    otherIndex += 1
+                }
+                return otherIndex < other.count && other.nameBuffer(at: otherIndex, { Self.compare($0, name) }) == 0
+            }
+            if !found { absent.append(name(at: index)) }
+        }
+        return absent
+    }
+
+    /// This state with `changes` made: each name set to its record, or removed where it is nil.
+    public func applying(_ changes: [String: FileRecord?]) -> SessionState {
+        let changed = changes.keys.sorted(by: Self.precedes)
+        var result = SessionState()
+        result.reserveCapacity(count + changes.count, nameBytes: nameBytes.count + changed.reduce(0) { $0 + $1.utf8.count })
+        var index = 0
+        for var name in changed {
+            let record = changes[name]!
+            name.withUTF8 { key in
+                while index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) < 0 {
+                    result.append(entryAt: index, of: self)
+                    index += 1
+                }
+                if index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) == 0 { index += 1 }
+                if let record { result.append(key, record) }
+            }
+        }
+        for index in index..<entries.count { result.append(entryAt: index, of: self) }
+        return result
+    }
+
+    /// SHA-256 (hex) over every file's `name ‖ 0x00 ‖ decimal size ‖ 0x00 ‖ hex content id ‖ "\n"`,
+    /// in name order (FORMAT.md): two directories with the same names and contents have the same
+    /// digest, whatever their fingerprints.
+    public var digest: String {
+        let digest = StreamingDigest(.sha256)
+        // Every upload digests every file of its session: one reused buffer, no String per line.
+        var line: [UInt8] = []
+        line.reserveCapacity(256)
+        for index in entries.indices {
+            let record = entries[index].record
+            line.removeAll(keepingCapacity: true)
+            nameBuffer(at: index) { line.append(contentsOf: $0) }
+            line.append(0)
+            line.append(contentsOf: String(record.size).utf8)
+            line.append(0)
+            record.contentID.appendHex(to: &line)
+            line.append(UInt8(ascii: "\n"))
+            digest.update(line)
+        }
+        return digest.finalize().lowercaseHex
+    }
+
+    /// The order of names in a state: by their UTF-8 bytes.
+    static func precedes(_ first: String, _ second: String) -> Bool {
+        var (first, second) = (first, second)
+        return first.withUTF8 { first in second.withUTF8 { second in compare(first, second) < 0 } }
+    }
+
+    // MARK: - Storage
+
+    private mutating func reserveCapacity(_ count: Int, nameBytes byteCount: Int) {
+        entries.reserveCapacity(count)
+        nameBytes.reserveCapacity(byteCount)
+    }
+
+    private mutating func append(_ name: some Collection<UInt8>, _ record: FileRecord) {
+        nameBytes.append(contentsOf: name)
+        entries.append(Entry(record: record, nameEnd: UInt32(nameBytes.count)))
+        byteCount += record.size
+    }
+
+    private mutating func append(entryAt index: Int, of other: SessionState) {
+        other.nameBuffer(at: index) { append($0, other.entries[index].record) }
+    }
+
+    private func nameBuffer<Result>(at index: Int, _ body: (UnsafeBufferPointer<UInt8>) throws -> Result) rethrows -> Result {
+        let start = index == 0 ? 0 : Int(entries[index - 1].nameEnd)
+        return try nameBytes.withUnsafeBufferPointer { bytes in
+            try body(UnsafeBufferPointer(rebasing: bytes[start..<Int(entries[index].nameEnd)]))
+        }
+    }
+
+    private func name(at index: Int) -> String {
+        nameBuffer(at: index) { String(decoding: $0, as: UTF8.self) }
+    }
+
+    private func index(of key: UnsafeBufferPointer<UInt8>) -> Int? {
+        let index = lowerBound(key)
+        guard index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) == 0 else { return nil }
+        return index
+    }
+
+    /// The first entry whose name is not before `key`.
+    private func lowerBound(_ key: UnsafeBufferPointer<UInt8>) -> Int {
+        var (low, high) = (0, entries.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if nameBuffer(at: middle, { Self.compare($0, key) }) < 0 { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    private static func compare(_ first: UnsafeBufferPointer<UInt8>, _ second: UnsafeBufferPointer<UInt8>) -> Int32 {
+        let common = min(first.count, second.count)
+        if common > 0, let firstStart = first.baseAddress, let secondStart = second.baseAddress {
+            let order = memcmp(firstStart, secondStart, common)
+            if order != 0 { return order }
+        }
+        return first.count == second.count ? 0 : (first.count < second.count ? -1 : 1)
+    }
+}
