@@ -196,8 +196,8 @@ public struct RetentionPlan: Sendable, Equatable {
     public var kept: [Kept] = []
     /// Committed snapshots to delete, newest first.
     public var deleted: [SnapshotEntry] = []
-    /// Objects below the head's sequence that it never committed (a racing writer that lost, a
-    /// retry, a crashed or fenced writer), newest first.
+    /// Objects below the head's sequence that it certainly never committed (a racing writer that
+    /// lost, a retry, a crashed or fenced writer, an upload that landed late), newest first.
     public var orphans: [SnapshotEntry] = []
 
     public init() {}

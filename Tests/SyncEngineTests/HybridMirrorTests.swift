@@ -81,6 +81,8 @@ struct HybridMirrorTests {
         _ = try await writer.sync()
         try await mirror.mirror(session)
 
+        try Data("{\"before\":\"mirror\"}".utf8).write(to: URL(fileURLWithPath: "\(directory)/creds.json"))
+        _ = try await writer.sync()
         try Data("{\"during\":\"mirror\"}".utf8).write(to: URL(fileURLWithPath: "\(directory)/creds.json"))
         racing.afterRead(keySuffix: "/head") {
             do {
