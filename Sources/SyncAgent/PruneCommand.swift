@@ -68,13 +68,13 @@ struct PruneCommand: AsyncParsableCommand {
             var rows: [[String]] = []
             for session in report.sessions {
                 for snapshot in session.kept {
-                    rows.append([session.sessionId, snapshot.id, snapshot.kind, snapshot.time ?? "-", "keep (\(snapshot.reasons?.joined(separator: ", ") ?? ""))"])
+                    rows.append([session.sessionId, snapshot.id, snapshot.tag, snapshot.kind, snapshot.time ?? "-", "keep (\(snapshot.reasons?.joined(separator: ", ") ?? ""))"])
                 }
                 for snapshot in session.deleted {
-                    rows.append([session.sessionId, snapshot.id, snapshot.kind, snapshot.time ?? "-", snapshot.orphan == true ? "delete (orphan)" : "delete"])
+                    rows.append([session.sessionId, snapshot.id, snapshot.tag, snapshot.kind, snapshot.time ?? "-", snapshot.orphan == true ? "delete (orphan)" : "delete"])
                 }
             }
-            printTable(["SESSION", "SNAPSHOT", "KIND", "TIME", "DECISION"], rows)
+            printTable(["SESSION", "SNAPSHOT", "TAG", "KIND", "TIME", "DECISION"], rows)
         }
         for session in report.sessions {
             if let error = session.error { print("\(session.sessionId): failed: \(error)") }
@@ -86,7 +86,10 @@ struct PruneCommand: AsyncParsableCommand {
 
 struct PruneReport: Encodable {
     struct Snapshot: Encodable {
+        /// `SEQ.GEN`; an orphan may share it with a committed snapshot.
         var id: String
+        /// The write attempt's tag, which tells such objects apart (as in `snapshots --json`).
+        var tag: String
         var kind: String
         var time: String?
         var size: Int64
@@ -97,6 +100,7 @@ struct PruneReport: Encodable {
 
         init(_ entry: SnapshotEntry) {
             id = "\(entry.id)"
+            tag = entry.id.tag.rawValue
             kind = entry.kind.rawValue
             time = entry.lastModified.map(timestamp)
             size = entry.size

@@ -56,10 +56,10 @@ struct SnapshotsCommand: AsyncParsableCommand {
     private func listSnapshots(_ session: SessionID, store: SessionStore) async throws {
         let head = try await store.head(session)?.head
         let entries = try await store.snapshots(session)
-        let committed = head.map { SessionStore.committed(entries, head: $0) } ?? [:]
+        let history = try head.flatMap { head in try SessionStore.committed(entries, head: head, session: session) }
         var listing = SnapshotsListing(sessionId: session.rawValue, head: head.map { .init(session.rawValue, head: $0) })
         for entry in entries {
-            let isCommitted = committed[entry.id.sequence]?.id == entry.id
+            let isCommitted = history?.contains(entry) ?? false
             var row = SnapshotsListing.Snapshot(
                 id: "\(entry.id)", tag: entry.id.tag.rawValue, kind: entry.kind.rawValue, size: entry.size,
                 time: entry.lastModified.map(timestamp), committed: isCommitted)

@@ -16,7 +16,8 @@ public struct FileRecord: Codable, Hashable, Sendable {
 
 /// What one snapshot holds, stored encrypted as the last entry of its archive.
 public struct SnapshotManifest: Codable, Sendable {
-    public static let currentFormatVersion = 1
+    /// 2: snapshot ids carry their write attempt's tag (FORMAT.md).
+    public static let currentFormatVersion = 2
     /// The archive entry that carries the manifest; file contents are under `filePrefix`.
     static let entryName = "manifest.json"
     static let filePrefix = "files/"
@@ -70,11 +71,7 @@ public struct SnapshotManifest: Codable, Sendable {
     func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     package static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
-        let manifest = try StoredJSON.decode(SnapshotManifest.self, from: bytes)
-        guard manifest.formatVersion == currentFormatVersion else {
-            throw SnapshotError.corrupt("manifest format version \(manifest.formatVersion) is not supported")
-        }
-        return manifest
+        try StoredJSON.decode(SnapshotManifest.self, from: bytes, formatVersion: currentFormatVersion, what: "the manifest")
     }
 }
 
@@ -85,6 +82,20 @@ enum StoredJSON {
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
         return Array(try encoder.encode(value))
+    }
+
+    /// Decodes a versioned document: its `formatVersion` is checked first, so an older or newer
+    /// format says so rather than failing on whichever field changed.
+    static func decode<Value: Decodable>(_ type: Value.Type, from bytes: [UInt8], formatVersion: Int, what: String) throws -> Value {
+        let version = try decode(FormatVersion.self, from: bytes).formatVersion
+        guard version == formatVersion else {
+            throw SnapshotError.unsupportedFormat("\(what) has unsupported format version \(version) (this sync-agent reads version \(formatVersion))")
+        }
+        return try decode(type, from: bytes)
+    }
+
+    private struct FormatVersion: Decodable {
+        var formatVersion: Int
     }
 
     static func decode<Value: Decodable>(_ type: Value.Type, from bytes: [UInt8]) throws -> Value {
@@ -102,7 +113,8 @@ enum StoredJSON {
 /// `generation` is the ownership claim used for fencing: an agent that starts serving a
 /// session raises it, and a writer whose generation is no longer the head's has been fenced.
 public struct SessionHead: Codable, Sendable, Equatable {
-    public static let currentFormatVersion = 1
+    /// 2: `latest` and `base` carry their write attempt's tag (FORMAT.md).
+    public static let currentFormatVersion = 2
 
     public var formatVersion = SessionHead.currentFormatVersion
     public var generation: UInt64
@@ -130,11 +142,7 @@ public struct SessionHead: Codable, Sendable, Equatable {
     func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     static func decode(_ bytes: [UInt8]) throws -> SessionHead {
-        let head = try StoredJSON.decode(SessionHead.self, from: bytes)
-        guard head.formatVersion == currentFormatVersion else {
-            throw SnapshotError.corrupt("head format version \(head.formatVersion) is not supported")
-        }
-        return head
+        try StoredJSON.decode(SessionHead.self, from: bytes, formatVersion: currentFormatVersion, what: "the head")
     }
 }
 
@@ -148,13 +156,16 @@ public enum SnapshotError: Error, CustomStringConvertible, Sendable, Equatable {
     case notFound(String)
     /// A local file or directory could not be read or written.
     case io(String)
+    /// A head or manifest written in a format version this agent does not read (an older or
+    /// newer sync-agent's store).
+    case unsupportedFormat(String)
 
     public var description: String {
         switch self {
         case .corrupt(let reason): "corrupt snapshot: \(reason)"
         case .fenced(let session, let owner): "session \(session) was claimed by another agent (\(owner)); this agent stopped writing it"
         case .notFound(let reason): reason
-        case .io(let reason): reason
+        case .io(let reason), .unsupportedFormat(let reason): reason
         }
     }
 }

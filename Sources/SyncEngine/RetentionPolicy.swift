@@ -64,51 +64,55 @@ public struct RetentionPolicy: Sendable, Equatable {
     ///
     /// Objects at or above the head's sequence, or of a newer generation, that it did not commit
     /// are left alone: a writer may be committing them right now (at the head's own sequence: a
-    /// writer that did not see its own commit's reply, on a store without conditional writes,
-    /// retries there). Below it, objects the head did not commit (a racing writer that lost, a
-    /// crashed or fenced one) are deleted, and so are committed snapshots no rule keeps. Throws when the
+    /// writer that did not see its own commit's reply retries there, and so does a writer that
+    /// lost a race). Below it, an object the head did not commit (a racing writer that lost, a
+    /// crashed or fenced one) is deleted when it is certainly uncommitted: down to the highest
+    /// sequence where the walk from the head met a deleted snapshot (`lowestCertainSequence`),
+    /// and below that only when the store lists it as written after a committed snapshot of a
+    /// higher sequence (an upload that landed late). Others below that gap are left to an
+    /// operator (`verify`). Committed snapshots no rule keeps are deleted too. Throws when the
     /// head's own snapshot does not restore (missing, or a gap in its chain): a session in that
     /// state needs an operator (`verify`), and pruning could only make it worse.
     ///
     /// Hours, days and weeks are UTC's (weeks ISO 8601's, from Monday): what is kept must not
     /// change with the time zone of the machine that prunes.
     public func plan(_ entries: [SnapshotEntry], head: SessionHead, session: SessionID) throws -> RetentionPlan {
-        guard let latest = head.latest else { return RetentionPlan() }
-        let committed = SessionStore.committed(entries, head: head)
-        guard let newest = committed[latest.sequence], newest.id == latest else {
-            throw SnapshotError.notFound("session \(session): the head names snapshot \(latest), which is not in the store; nothing pruned")
-        }
+        guard let history = try SessionStore.committed(entries, head: head, session: session) else { return RetentionPlan() }
+        let latest = history.latest.id
         var kept: [SnapshotID: Set<Reason>] = [:]
-        for link in try SessionStore.chain(to: newest, in: committed, session: session) {
+        for link in try history.chain(to: history.latest, session: session) {
             kept[link.id, default: []].insert(link.id == latest ? .newest : .chain)
         }
 
         // Snapshots whose chain is broken (a prune interrupted half way) cannot be restored, so
         // no rule may pick them in place of one that can.
-        let restorable = committed.values.sorted { $0.id > $1.id }.filter {
-            (try? SessionStore.chain(to: $0, in: committed, session: session)) != nil
-        }
+        let restorable = history.sorted.reversed().filter { (try? history.chain(to: $0, session: session)) != nil }
         for entry in rulesKeep(restorable) {
             kept[entry.id, default: []].formUnion(entry.reasons)
         }
         for entry in restorable where kept[entry.id] != nil {
-            for link in try SessionStore.chain(to: entry, in: committed, session: session) where kept[link.id] == nil {
+            for link in try history.chain(to: entry, session: session) where kept[link.id] == nil {
                 kept[link.id] = [.chain]
             }
         }
 
         var plan = RetentionPlan()
-        for entry in committed.values.sorted(by: { $0.id < $1.id }) {
+        for entry in history.sorted {
             if let reasons = kept[entry.id] {
                 plan.kept.append(.init(entry: entry, reasons: reasons.sorted()))
             } else {
                 plan.deleted.append(entry)
             }
         }
-        let floor = Self.lowestCertainSequence(committed, latest: latest)
+        let floor = Self.lowestCertainSequence(history)
+        // A committed object was written before every snapshot that follows it: one the store
+        // lists as written after a committed snapshot of a higher sequence is not committed.
+        func isLateUpload(_ entry: SnapshotEntry) -> Bool {
+            history.snapshots.values.contains { $0.id.sequence > entry.id.sequence && entry.isNewer(than: $0) }
+        }
         plan.orphans = entries.filter { entry in
-            (floor..<latest.sequence).contains(entry.id.sequence) && entry.id.generation <= head.generation
-                && committed[entry.id.sequence] != entry
+            entry.id.sequence < latest.sequence && entry.id.generation <= head.generation && !history.contains(entry)
+                && (entry.id.sequence >= floor || isLateUpload(entry))
         }
         // Newest first, so a prune cut short leaves every chain it did not finish whole at its start.
         plan.deleted.reverse()
@@ -118,14 +122,16 @@ public struct RetentionPolicy: Sendable, Equatable {
 
     /// Down to this sequence, the walk from the head named every sequence's committed snapshot
     /// through parent tags, so any other object there is certainly uncommitted. Below a gap (a
-    /// snapshot pruned before), the walk carried on from the newest object; objects off it there
-    /// can only have been damaged or written by hand, and are left to an operator.
-    private static func lowestCertainSequence(_ committed: [UInt64: SnapshotEntry], latest: SnapshotID) -> UInt64 {
-        var sequence = latest.sequence
-        while let entry = committed[sequence], let parentTag = entry.parentTag {
-            guard sequence > 0 else { return 0 }
-            guard committed[sequence - 1]?.id.tag == parentTag else { return sequence - 1 }
-            sequence -= 1
+    /// snapshot pruned before), the walk carried on from the newest object no newer than the
+    /// snapshot above the gap; other objects there are certainly uncommitted only when they are
+    /// newer than a committed snapshot above them (`plan`).
+    private static func lowestCertainSequence(_ history: CommittedHistory) -> UInt64 {
+        var child = history.latest
+        while child.parentTag != nil, child.id.sequence > 0 {
+            guard let parent = history.snapshots[child.id.sequence - 1], parent.isParent(of: child) else {
+                return child.id.sequence - 1
+            }
+            child = parent
         }
         return 0
     }
@@ -190,8 +196,8 @@ public struct RetentionPlan: Sendable, Equatable {
     public var kept: [Kept] = []
     /// Committed snapshots to delete, newest first.
     public var deleted: [SnapshotEntry] = []
-    /// Objects below the head's sequence that it never committed (a racing writer that lost, a
-    /// retry, a crashed or fenced writer), newest first.
+    /// Objects below the head's sequence that it certainly never committed (a racing writer that
+    /// lost, a retry, a crashed or fenced writer, an upload that landed late), newest first.
     public var orphans: [SnapshotEntry] = []
 
     public init() {}

@@ -88,6 +88,10 @@ public struct SnapshotID: Hashable, Comparable, Codable, Sendable, CustomStringC
     /// "42.3": sequence 42 written under generation 3 (the tag is for keys, not for people).
     public var description: String { label.description }
 
+    /// "42.3 (tag 5f0c3a9e7d21b846)": for messages about objects that may share a label (an
+    /// orphan beside the committed snapshot of its sequence, a parent that is not the one named).
+    public var tagged: String { "\(label) (tag \(tag))" }
+
     public var label: SnapshotLabel { SnapshotLabel(sequence: sequence, generation: generation) }
 }
 

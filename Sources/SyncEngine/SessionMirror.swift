@@ -3,9 +3,10 @@ import Glibc
 import S3Client
 
 /// Hybrid mode's second half: copies what the local store committed for a session to S3,
-/// snapshots first and the head last, so S3 only ever names snapshots it holds. The local
-/// store is the backlog: after an outage or a restart, mirroring a session uploads whatever
-/// S3 is missing, in order.
+/// snapshots first and the head last. S3 only ever names snapshots it holds: a head goes to S3
+/// only once every snapshot of its chain is there, and a snapshot leaves S3 only when S3's head
+/// does not need it. The local store is the backlog: after an outage or a restart, mirroring a
+/// session uploads whatever S3 is missing, in order.
 public struct SessionMirror: Sendable {
     public let local: SessionStore
     public let remote: SessionStore
@@ -26,13 +27,18 @@ public struct SessionMirror: Sendable {
     /// Brings S3 up to the local store's committed state of the session. Throws `.fenced`
     /// when S3's head has a newer generation: another agent owns the session now. Returns the
     /// snapshots it copied.
+    ///
+    /// Each round works from one read of the local head: the copy set is that head's committed
+    /// history, and the head object published is the one read. A local writer or prune that
+    /// moves on meanwhile (a snapshot gone before it was copied, the head naming one no longer
+    /// listed) starts another round from the head as it is then.
     @discardableResult
     public func mirror(_ session: SessionID) async throws -> [SnapshotEntry] {
-        guard let localHead = try await local.head(session)?.head, let latest = localHead.latest,
-            let headObject = try await local.store.get(SessionLayout.headKey(session))
-        else { return [] }
         var copied: [SnapshotEntry] = []
-        while true {
+        round: while true {
+            guard let headObject = try await local.store.get(SessionLayout.headKey(session)) else { return copied }
+            let localHead = try local.decodeHead(headObject.bytes, session: session)
+            guard localHead.latest != nil else { return copied }
             let remoteHead = try await remote.head(session)
             if let remoteHead, isNewerClaim(remoteHead.head, than: localHead) {
                 throw SnapshotError.fenced(session: session.rawValue, by: remoteHead.head.owner)
@@ -41,12 +47,20 @@ public struct SessionMirror: Sendable {
 
             // The committed history only, each object under its exact key: an uncommitted one
             // (a racing writer's, a retry's) is no use to S3, and a tag names one write attempt.
+            let entries = try await local.snapshots(session)
+            let found: CommittedHistory?
+            do {
+                found = try SessionStore.committed(entries, head: localHead, session: session)
+            } catch {
+                // The local head moved on since it was read, and a prune took the snapshot it named.
+                if try await local.store.get(SessionLayout.headKey(session))?.bytes != headObject.bytes { continue round }
+                throw error
+            }
+            guard let history = found else { return copied }
             let present = Set(try await remote.snapshots(session).map(SessionLayout.snapshotName))
-            let missing = SessionStore.committed(try await local.snapshots(session), head: localHead).values
-                .filter { !present.contains(SessionLayout.snapshotName($0)) }.sorted { $0.id < $1.id }
-            for entry in missing {
-                // Gone since the listing: a prune dropped it, so S3 has no use for it either.
-                guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry)) else { continue }
+            for entry in history.sorted where !present.contains(SessionLayout.snapshotName(entry)) {
+                // Gone since the listing: a local prune took it; the next round's walk knows.
+                guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry)) else { continue round }
                 try await remote.putSnapshot(session, entry, bytes: object.bytes)
                 copied.append(entry)
             }
@@ -57,9 +71,9 @@ public struct SessionMirror: Sendable {
             // The head object is copied as stored: same key, same session and name, so it
             // decrypts the same on both sides.
             guard try await putHead(headObject.bytes, session: session, condition: condition) else {
-                continue  // S3's head moved since it was read: look again
+                continue round  // S3's head moved since it was read: look again
             }
-            try await deletePruned(session, below: latest)
+            try await deletePruned(session, remoteHead: localHead)
             return copied
         }
     }
@@ -95,17 +109,21 @@ public struct SessionMirror: Sendable {
     /// After a prune of the local store: deletes from S3 what the local store no longer has, when
     /// S3's head is the local one. When S3 is behind, the next `mirror` does it once it caught up.
     public func mirrorDeletions(_ session: SessionID) async throws {
-        guard let localHead = try await local.head(session)?.head, let latest = localHead.latest,
+        guard let localHead = try await local.head(session)?.head, localHead.latest != nil,
             try await remote.head(session)?.head == localHead
         else { return }
-        try await deletePruned(session, below: latest)
+        try await deletePruned(session, remoteHead: localHead)
     }
 
-    /// Snapshots the local store pruned go from S3 too, once S3's head no longer needs them.
-    private func deletePruned(_ session: SessionID, below latest: SnapshotID) async throws {
-        let kept = Set(try await local.snapshots(session).map(SessionLayout.snapshotName))
-        let doomed = try await remote.snapshots(session)
-            .filter { !kept.contains(SessionLayout.snapshotName($0)) && $0.id.sequence < latest.sequence }
+    /// Snapshots the local store pruned go from S3 too, below the latest of S3's head and never
+    /// one of its chain, whatever the local store did since that head was read.
+    private func deletePruned(_ session: SessionID, remoteHead: SessionHead) async throws {
+        let remoteEntries = try await remote.snapshots(session)
+        guard let history = try SessionStore.committed(remoteEntries, head: remoteHead, session: session) else { return }
+        let needed = Set(try history.chain(to: history.latest, session: session).map(SessionLayout.snapshotName))
+        let kept = Set(try await local.snapshots(session).map(SessionLayout.snapshotName)).union(needed)
+        let doomed = remoteEntries
+            .filter { !kept.contains(SessionLayout.snapshotName($0)) && $0.id.sequence < history.latest.id.sequence }
             .map { SessionLayout.snapshotKey(session, $0) }
         if !doomed.isEmpty { try await remote.store.delete(doomed) }
     }

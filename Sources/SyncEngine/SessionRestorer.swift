@@ -99,26 +99,24 @@ public struct SessionRestorer: Sendable {
                 decided: RestoreOutcome(session: session, status: status, snapshot: snapshot, files: 0, bytes: 0))
         }
         if onlyIfMissing, !isMissingOrEmpty("\(sessionsRoot)/\(session.rawValue)") { return decided(.present) }
-        guard let (head, _) = try await sessionStore.head(session), let latest = head.latest else { return decided(.notFound) }
-        let committed = SessionStore.committed(try await sessionStore.snapshots(session), head: head)
+        guard let (head, _) = try await sessionStore.head(session),
+            let history = try SessionStore.committed(try await sessionStore.snapshots(session), head: head, session: session)
+        else { return decided(.notFound) }
         let target: SnapshotEntry
         switch point {
         case .newest:
-            guard let entry = committed[latest.sequence], entry.id == latest else {
-                throw SnapshotError.notFound("snapshot \(latest) of session \(session) is not in the store")
-            }
-            target = entry
+            target = history.latest
         case .snapshot(let label):
-            guard let entry = committed[label.sequence], entry.id.label == label else {
+            guard let entry = history.snapshots[label.sequence], entry.id.label == label else {
                 throw RestorePointError(
                     reason: .unknownSnapshot,
                     description: "session \(session) has no snapshot \(label) (`sync-agent snapshots \(session)` lists them)")
             }
             target = entry
         case .time(let time):
-            let history = committed.values.sorted { $0.id < $1.id }
-            guard let entry = history.last(where: { $0.lastModified.map { $0 <= time } ?? false }) else {
-                let oldest = history.first.map { " (its oldest, \($0.id), is from \($0.lastModified.map { $0.formatted(.iso8601) } ?? "an unknown time"))" }
+            let oldestFirst = history.sorted
+            guard let entry = oldestFirst.last(where: { $0.lastModified.map { $0 <= time } ?? false }) else {
+                let oldest = oldestFirst.first.map { " (its oldest, \($0.id), is from \($0.lastModified.map { $0.formatted(.iso8601) } ?? "an unknown time"))" }
                 throw RestorePointError(
                     reason: .beforeFirstSnapshot,
                     description: "session \(session) has no snapshot at or before \(time.formatted(.iso8601))\(oldest ?? "")")
@@ -126,7 +124,7 @@ public struct SessionRestorer: Sendable {
             target = entry
         }
         if target.kind == .tombstone { return decided(.loggedOut, target.id) }
-        return RestorePlan(session: session, chain: try SessionStore.chain(to: target, in: committed, session: session), decided: nil)
+        return RestorePlan(session: session, chain: try history.chain(to: target, session: session), decided: nil)
     }
 
     /// Carries out a plan: downloads the chain, and unless the directory already equals the
@@ -236,7 +234,7 @@ public struct SessionRestorer: Sendable {
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
-                throw SnapshotError.corrupt("snapshot \(entry.id) does not follow \(expectedParent.map(String.init(describing:)) ?? "nothing")")
+                throw SnapshotError.corrupt("snapshot \(entry.id.tagged) does not follow \(expectedParent?.tagged ?? "nothing")")
             }
             decided.formUnion(manifest.files.keys)
             decided.formUnion(manifest.deleted)

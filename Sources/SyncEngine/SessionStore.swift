@@ -22,6 +22,47 @@ public struct SnapshotEntry: Sendable, Equatable {
     }
 }
 
+extension SnapshotEntry {
+    /// Whether this is the object `child`'s key names as its parent: the sequence before, with
+    /// the parent tag.
+    public func isParent(of child: SnapshotEntry) -> Bool {
+        child.id.sequence > 0 && id.sequence == child.id.sequence - 1 && child.parentTag == id.tag
+    }
+
+    /// Whether the store listed this object as written after `other`; false when either has no time.
+    func isNewer(than other: SnapshotEntry) -> Bool {
+        guard let time = lastModified, let otherTime = other.lastModified else { return false }
+        return time > otherTime
+    }
+}
+
+/// A session's committed history (`SessionStore.committed`): the snapshot the head names, and
+/// the committed snapshot of each sequence before it that is still in the store.
+public struct CommittedHistory: Sendable, Equatable {
+    /// The head's latest snapshot.
+    public let latest: SnapshotEntry
+    /// By sequence, `latest` included.
+    public let snapshots: [UInt64: SnapshotEntry]
+
+    /// Whether `entry` is the committed object of its sequence (and not an orphan sharing it).
+    public func contains(_ entry: SnapshotEntry) -> Bool { snapshots[entry.id.sequence] == entry }
+
+    /// Oldest first.
+    public var sorted: [SnapshotEntry] { snapshots.values.sorted { $0.id < $1.id } }
+
+    /// `last` and the committed snapshots before it back to its base (or tombstone), base first.
+    public func chain(to last: SnapshotEntry, session: SessionID) throws -> [SnapshotEntry] {
+        var chain: [SnapshotEntry] = [last]
+        while let link = chain.last, link.kind == .delta {
+            guard let previous = snapshots[link.id.sequence &- 1], previous.isParent(of: link) else {
+                throw SnapshotError.corrupt("session \(session): the chain to \(last.id.tagged) has a gap before \(link.id.sequence)")
+            }
+            chain.append(previous)
+        }
+        return chain.reversed()
+    }
+}
+
 /// A session's objects in one store: its head and snapshots, encrypted and decrypted here.
 public struct SessionStore: Sendable {
     public let store: any ObjectStore
@@ -46,9 +87,14 @@ public struct SessionStore: Sendable {
     /// The head and its ETag, or nil when the session was never committed.
     public func head(_ session: SessionID) async throws -> (head: SessionHead, etag: String)? {
         guard let object = try await store.get(SessionLayout.headKey(session)) else { return nil }
+        return (try decodeHead(object.bytes, session: session), object.info.etag)
+    }
+
+    /// A head object's bytes as stored, decrypted and decoded.
+    func decodeHead(_ bytes: [UInt8], session: SessionID) throws -> SessionHead {
         let identity = SessionLayout.identity(session, objectName: "head")
         do {
-            return (try SessionHead.decode(try decrypt(object.bytes, keyring: keyring, identity: identity)), object.info.etag)
+            return try SessionHead.decode(try decrypt(bytes, keyring: keyring, identity: identity))
         } catch let error as CryptoError {
             throw SnapshotError.corrupt("head of session \(session): \(error)")
         }
@@ -73,59 +119,55 @@ public struct SessionStore: Sendable {
 
     /// The snapshots a restore of the head's latest applies, base first.
     public func chain(_ session: SessionID, head: SessionHead) async throws -> [SnapshotEntry] {
-        guard let latest = head.latest else { throw SnapshotError.notFound("session \(session) has no snapshot") }
-        let committed = Self.committed(try await snapshots(session), head: head)
-        guard let last = committed[latest.sequence], last.id == latest else {
-            throw SnapshotError.notFound("snapshot \(latest) of session \(session) is not in the store")
+        guard let history = try Self.committed(try await snapshots(session), head: head, session: session) else {
+            throw SnapshotError.notFound("session \(session) has no snapshot")
         }
-        return try Self.chain(to: last, in: committed, session: session)
+        return try history.chain(to: history.latest, session: session)
     }
 
-    /// The committed history, by sequence: the objects the head committed, one per sequence.
+    /// The committed history: the objects the head committed, one per sequence; nil when the head
+    /// names no snapshot yet. Throws `SnapshotError.notFound` when the object the head names is
+    /// not listed: the head's own snapshot is found exactly or not at all, never stood in for by
+    /// another object (a blind head write on a store without conditional writes can name an
+    /// object a prune deleted as an orphan; the next commit heals that).
     ///
     /// It is a walk from the head's latest back through the parent tags each key names. Objects
     /// off the walk were never committed: a writer still committing (above the head), a racing
     /// writer that lost, a retry after a lost reply, a fenced or crashed writer. Where the walk
     /// meets a snapshot a prune deleted, it carries on from the newest object below that
-    /// sequence: a prune deletes the uncommitted objects below the head before it deletes any
-    /// snapshot (`RetentionPolicy.plan`), so below such a gap only committed objects remain.
-    /// (Should several remain at that sequence, the newest generation, then the greatest tag,
-    /// is taken: objects damaged or deleted by hand are verify's to report.)
-    public static func committed(_ entries: [SnapshotEntry], head: SessionHead) -> [UInt64: SnapshotEntry] {
-        guard let latest = head.latest else { return [:] }
+    /// sequence that was written no later than the snapshot naming the deleted one (a committed
+    /// object was uploaded before anything that follows it; an object without a listed time is
+    /// taken on trust): a prune deletes the uncommitted objects below the head before it deletes
+    /// any snapshot (`RetentionPolicy.plan`), so below such a gap only committed objects remain,
+    /// and uploads that land later (a writer paused mid-upload, fenced long ago) are newer than
+    /// the snapshot above the gap. (Should several remain at that sequence, the newest
+    /// generation, then the greatest tag, is taken: objects damaged or deleted by hand are
+    /// verify's to report.)
+    public static func committed(_ entries: [SnapshotEntry], head: SessionHead, session: SessionID) throws(SnapshotError)
+        -> CommittedHistory?
+    {
+        guard let latestID = head.latest else { return nil }
         let byLink = Dictionary(entries.map { (Link(sequence: $0.id.sequence, tag: $0.id.tag), $0) }) { first, _ in first }
-        let newestFirst = entries.filter { $0.id.generation <= head.generation }.sorted { $0.id > $1.id }
-        var committed: [UInt64: SnapshotEntry] = [:]
-        var wanted: Link? = Link(sequence: latest.sequence, tag: latest.tag)
-        while let link = wanted {
-            let found = byLink[link] ?? newestFirst.first { $0.id.sequence < link.sequence }
-            guard let entry = found else { break }
-            committed[entry.id.sequence] = entry
-            wanted = entry.id.sequence > 0 ? entry.parentTag.map { Link(sequence: entry.id.sequence - 1, tag: $0) } : nil
+        guard let latest = byLink[Link(sequence: latestID.sequence, tag: latestID.tag)], latest.id == latestID else {
+            throw .notFound("the head of session \(session) names snapshot \(latestID.tagged), which is not in the store")
         }
-        return committed
+        let newestFirst = entries.filter { $0.id.generation <= head.generation }.sorted { $0.id > $1.id }
+        var snapshots = [latest.id.sequence: latest]
+        var child = latest
+        while child.id.sequence > 0, let parentTag = child.parentTag {
+            let link = Link(sequence: child.id.sequence - 1, tag: parentTag)
+            let found = byLink[link] ?? newestFirst.first { $0.id.sequence < link.sequence && !$0.isNewer(than: child) }
+            guard let parent = found else { break }
+            snapshots[parent.id.sequence] = parent
+            child = parent
+        }
+        return CommittedHistory(latest: latest, snapshots: snapshots)
     }
 
     /// A snapshot as its child's key names it.
     private struct Link: Hashable {
         var sequence: UInt64
         var tag: SnapshotTag
-    }
-
-    /// `last` and the committed snapshots before it back to its base (or tombstone), base first.
-    public static func chain(to last: SnapshotEntry, in committed: [UInt64: SnapshotEntry], session: SessionID) throws
-        -> [SnapshotEntry]
-    {
-        var chain: [SnapshotEntry] = [last]
-        while let link = chain.last, link.kind == .delta {
-            guard link.id.sequence > 0, let parentTag = link.parentTag, let previous = committed[link.id.sequence - 1],
-                previous.id.tag == parentTag
-            else {
-                throw SnapshotError.corrupt("session \(session): the chain to \(last.id) has a gap before \(link.id.sequence)")
-            }
-            chain.append(previous)
-        }
-        return chain.reversed()
     }
 
     public func putSnapshot(_ session: SessionID, _ entry: SnapshotEntry, bytes: [UInt8]) async throws(StoreError) {

@@ -62,29 +62,32 @@ public struct SnapshotVerifier: Sendable {
     /// head does not decrypt.
     public func verify(_ session: SessionID, sample: Double? = nil) async throws -> [SnapshotCheck] {
         guard let head = try await sessionStore.head(session)?.head, let latest = head.latest else { return [] }
-        let committed = SessionStore.committed(try await sessionStore.snapshots(session), head: head)
-        var checks: [SnapshotCheck] = []
-        if committed[latest.sequence]?.id != latest {
-            checks.append(SnapshotCheck(
-                id: latest, kind: head.latestKind ?? .delta,
-                defect: .missing("the head names snapshot \(latest), which is not in the store")))
+        let history: CommittedHistory
+        do {
+            guard let found = try SessionStore.committed(try await sessionStore.snapshots(session), head: head, session: session)
+            else { return [] }
+            history = found
+        } catch let error as SnapshotError {
+            // Nothing else is judged: without the head's own snapshot, which objects are committed is unknown.
+            return [SnapshotCheck(id: latest, kind: head.latestKind ?? .delta, defect: .missing(snapshotErrorReason(error)))]
         }
+        var checks: [SnapshotCheck] = []
         var reading = ManifestCache(sessionStore: sessionStore, session: session)
-        for entry in Self.sampled(committed.values.sorted { $0.id < $1.id }, share: sample) {
+        for entry in Self.sampled(history.sorted, share: sample) {
             checks.append(SnapshotCheck(
-                id: entry.id, kind: entry.kind, defect: try await defect(of: entry, in: committed, reading: &reading)))
+                id: entry.id, kind: entry.kind, defect: try await defect(of: entry, in: history, reading: &reading)))
         }
         return checks.sorted { $0.id < $1.id }
     }
 
     private func defect(
-        of entry: SnapshotEntry, in committed: [UInt64: SnapshotEntry], reading: inout ManifestCache
+        of entry: SnapshotEntry, in history: CommittedHistory, reading: inout ManifestCache
     ) async throws(StoreError) -> SnapshotDefect? {
         let session = reading.session
         if case .failure(let defect) = try await reading.manifest(entry) { return defect }
         let chain: [SnapshotEntry]
         do {
-            chain = try SessionStore.chain(to: entry, in: committed, session: session)
+            chain = try history.chain(to: entry, session: session)
         } catch {
             return .brokenChain(snapshotErrorReason(error))
         }
@@ -98,7 +101,7 @@ public struct SnapshotVerifier: Sendable {
             let previous = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(previous) {
                 let defect = SnapshotDefect.brokenChain(
-                    "snapshot \(link.id) names \(manifest.parent.map { "\($0)" } ?? "no parent") as its parent, not \(previous.map { "\($0)" } ?? "nothing")")
+                    "snapshot \(link.id.tagged) names \(manifest.parent?.tagged ?? "no parent") as its parent, not \(previous?.tagged ?? "nothing")")
                 return link.id == entry.id ? defect : .dependsOnDefective(link.id)
             }
             manifests.append(manifest)
@@ -140,7 +143,7 @@ private struct ManifestCache {
             if let manifest = try await sessionStore.manifest(session, entry) {
                 result = .success(manifest)
             } else {
-                result = .failure(.missing("snapshot \(entry.id) was listed but is not in the store"))
+                result = .failure(.missing("snapshot \(entry.id.tagged) was listed but is not in the store"))
             }
         } catch let error as StoreError {
             throw error

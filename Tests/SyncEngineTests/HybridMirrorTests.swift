@@ -70,6 +70,35 @@ struct HybridMirrorTests {
         #expect(try await mirror.newest(session).store.location == local.store.location)
     }
 
+    /// The local writer commits while the mirror reads the local head: S3 gets a head whose
+    /// snapshots it holds, whichever head the mirror read, and the next pass brings the newer one.
+    @Test func aCommitWhileTheMirrorReadsTheHeadNeverLeavesS3NamingASnapshotItLacks() async throws {
+        let (local, remote) = try await stores()
+        let racing = InjectedFaultsStore(store: local.store)
+        let mirror = SessionMirror(
+            local: SessionStore(store: racing, keyring: keyring), remote: remote, conditionalWrites: true)
+        let writer = replicator(local, mirror)
+        _ = try await writer.sync()
+        try await mirror.mirror(session)
+
+        try Data("{\"before\":\"mirror\"}".utf8).write(to: URL(fileURLWithPath: "\(directory)/creds.json"))
+        _ = try await writer.sync()
+        try Data("{\"during\":\"mirror\"}".utf8).write(to: URL(fileURLWithPath: "\(directory)/creds.json"))
+        racing.afterRead(keySuffix: "/head") {
+            do {
+                _ = try await writer.sync()
+            } catch {
+                Issue.record(error)
+            }
+        }
+        try await mirror.mirror(session)
+        let published = try #require(try await remote.head(session)?.head)
+        #expect(try await remote.chain(session, head: published).last?.id == published.latest)
+
+        try await mirror.mirror(session)
+        #expect(try await restore(from: remote) == directoryContents(directory))
+    }
+
     @Test func aClaimInS3ByAnotherAgentFencesTheMirror() async throws {
         let (local, remote) = try await stores()
         let mirror = SessionMirror(local: local, remote: remote, conditionalWrites: true)

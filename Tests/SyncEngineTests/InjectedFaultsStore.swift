@@ -3,7 +3,8 @@ import Synchronization
 import SyncEngine
 
 /// Another store, with one-shot faults armed by a test: the store failing a read, or a write
-/// that lands but whose reply is lost.
+/// that lands but whose reply is lost; and one-shot actions run right after a read answered
+/// (another writer moving on between two reads of a reader).
 final class InjectedFaultsStore: ObjectStore {
     enum Fault: Equatable {
         /// The next read of a key ending so fails as if the store were down.
@@ -14,10 +15,23 @@ final class InjectedFaultsStore: ObjectStore {
 
     let store: any ObjectStore
     private let armed = Mutex<[Fault]>([])
+    private let afterReads = Mutex<[(keySuffix: String, action: @Sendable () async -> Void)]>([])
 
     init(store: any ObjectStore) { self.store = store }
 
     func arm(_ fault: Fault) { armed.withLock { $0.append(fault) } }
+
+    /// Runs `action` once, after the next read of a key ending with `keySuffix` has its answer.
+    func afterRead(keySuffix: String, _ action: @escaping @Sendable () async -> Void) {
+        afterReads.withLock { $0.append((keySuffix, action)) }
+    }
+
+    private func runAfterRead(_ key: String) async {
+        let action = afterReads.withLock { actions in
+            actions.firstIndex { key.hasSuffix($0.keySuffix) }.map { actions.remove(at: $0).action }
+        }
+        await action?()
+    }
 
     /// Disarms the first armed fault whose key suffix `suffix` finds and that `key` ends with,
     /// and fails with `message`.
@@ -54,7 +68,9 @@ final class InjectedFaultsStore: ObjectStore {
 
     func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
         try beforeGet(key)
-        return try await store.get(key, range: range)
+        let object = try await store.get(key, range: range)
+        await runAfterRead(key)
+        return object
     }
 
     func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {

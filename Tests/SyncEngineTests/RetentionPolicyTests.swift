@@ -114,13 +114,35 @@ struct RetentionPolicyTests {
             .filter { ![3, 4].contains($0.id.sequence) }
         let leftover = entry(id(4, attempt: 1), .delta, after: id(3))
         entries.append(leftover)
-        let committed = SessionStore.committed(entries, head: head(latest: 6))
+        let committed = try #require(try SessionStore.committed(entries, head: head(latest: 6), session: session)).snapshots
         #expect(committed.keys.sorted() == [1, 2, 5, 6])
         #expect(committed.values.allSatisfy { $0 != leftover })
         let plan = try RetentionPolicy(keepLast: 1, keepWeekly: 1).plan(entries, head: head(latest: 6), session: session)
         #expect(plan.kept.map(\.entry.id.sequence) == [5, 6])
         #expect(plan.deleted.map(\.id.sequence) == [2, 1])
         #expect(plan.orphans == [leftover])
+    }
+
+    /// A writer paused mid-upload (fenced since, or beside a prune) whose object lands below a
+    /// gap a prune left: the walk must not take it for the committed snapshot of its sequence, as
+    /// it was written after the snapshot naming the gap; and it goes as an orphan.
+    @Test func anUploadLandingLateBelowAPrunedGapIsNeitherCommittedNorKept() throws {
+        var entries = history([.base, .delta, .base, .delta, .base, .delta], hours: [0, 1, 2, 3, 4, 5])
+            .filter { ![3, 4].contains($0.id.sequence) }
+        let late = entry(id(2, attempt: 1), .delta, after: id(1), hours: 30)
+        entries.append(late)
+        let committed = try #require(try SessionStore.committed(entries, head: head(latest: 6), session: session))
+        #expect(committed.snapshots[2]?.id == id(2))
+        let plan = try RetentionPolicy(keepDaily: 7).plan(entries, head: head(latest: 6), session: session)
+        #expect(plan.kept.map(\.entry.id) == [id(5), id(6)])
+        #expect(plan.orphans == [late])
+
+        // Without a listed time, an object below the gap is taken on trust, and left to an operator.
+        var untimed = late
+        untimed.lastModified = nil
+        let trusted = entries.filter { $0 != late } + [untimed]
+        #expect(try SessionStore.committed(trusted, head: head(latest: 6), session: session)?.snapshots[2] == untimed)
+        #expect(try RetentionPolicy(keepLast: 1).plan(trusted, head: head(latest: 6), session: session).orphans.isEmpty)
     }
 
     @Test func aSnapshotWhoseChainIsBrokenIsNeverPickedInsteadOfARestorableOne() throws {

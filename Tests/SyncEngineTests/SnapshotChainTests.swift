@@ -2,7 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import S3Client
-import SyncEngine
+@testable import SyncEngine
 import TestSupport
 import Testing
 
@@ -24,11 +24,13 @@ struct SnapshotChainTests {
             store: try FileSystemStore(root: workspace.file("store")), keyring: Keyring(primary: .generate()))
     }
 
-    func replicator(owner: String = "agent-a", claimsOwnership: Bool = true, store: (any ObjectStore)? = nil) -> SessionReplicator {
+    func replicator(
+        owner: String = "agent-a", claimsOwnership: Bool = true, store: (any ObjectStore)? = nil, conditionalWrites: Bool = true
+    ) -> SessionReplicator {
         SessionReplicator(
             session: session, directory: directory,
             sessionStore: store.map { SessionStore(store: $0, keyring: sessionStore.keyring) } ?? sessionStore, owner: owner,
-            conditionalWrites: true, claimsOwnership: claimsOwnership, logger: Logger(label: "test"))
+            conditionalWrites: conditionalWrites, claimsOwnership: claimsOwnership, logger: Logger(label: "test"))
     }
 
     func copyFixture(_ name: String) throws {
@@ -250,6 +252,88 @@ struct SnapshotChainTests {
         #expect(try await restored().1 == directoryContents(directory))
         let checks = try await SnapshotVerifier(sessionStore: sessionStore).verify(session)
         #expect(checks.map(\.id.sequence) == [1, 2, 3] && checks.allSatisfy(\.isOK), "\(checks)")
+    }
+
+    /// On a store without conditional writes (rclone), where a `backup` beside `watch` is
+    /// documented as unsafe: the backup reads head N and uploads its N+1; the watcher commits
+    /// N+1 and N+2; a prune deletes the backup's object as an orphan; then the backup writes its
+    /// head blindly. The head names a snapshot that is gone: every reader must say so, never
+    /// restore another object in its place, and the watcher's next commit heals the session.
+    @Test func aHeadNamingADeletedSnapshotFailsLoudlyUntilTheNextCommit() async throws {
+        try copyFixture("small")
+        let watcher = replicator(owner: "watch", conditionalWrites: false)
+        _ = try await watcher.sync()
+        let read = try #require(try await sessionStore.head(session)?.head)
+        let first = try #require(read.latest)
+        let lost = SnapshotEntry(
+            id: SnapshotID(sequence: first.sequence + 1, generation: read.generation, tag: .random()), kind: .delta,
+            parentTag: first.tag, size: 0, lastModified: nil)
+        try await sessionStore.putSnapshot(session, lost, bytes: [])
+        for change in 1...2 {
+            try write("{\"change\":\(change)}", to: "creds.json")
+            _ = try await watcher.sync()
+        }
+        let pruned = try await SnapshotPruner(sessionStore: sessionStore).prune(session, policy: RetentionPolicy(keepLast: 10))
+        #expect(pruned.plan.orphans.map(\.id) == [lost.id])
+        var blind = read
+        blind.latest = lost.id
+        blind.latestKind = .delta
+        try await sessionStore.writeHead(blind, session: session, condition: nil)
+
+        let missing = SnapshotError.notFound("the head of session \(session) names snapshot \(lost.id.tagged), which is not in the store")
+        await #expect(throws: missing) { try await restored() }
+        await #expect(throws: missing) { try await restored(target: first.label) }
+        let restorer = SessionRestorer(sessionStore: sessionStore)
+        await #expect(throws: missing) { try await restorer.plan(session, into: workspace.path, at: .time(Date())) }
+        await #expect(throws: missing) {
+            try await SnapshotPruner(sessionStore: sessionStore).prune(session, policy: RetentionPolicy(keepLast: 1))
+        }
+        let checks = try await SnapshotVerifier(sessionStore: sessionStore).verify(session)
+        #expect(checks == [SnapshotCheck(id: lost.id, kind: .delta, defect: .missing(missing.description))])
+
+        try write("{\"change\":\"heals\"}", to: "creds.json")
+        _ = try await watcher.sync()
+        #expect(try await restored().1 == directoryContents(directory))
+    }
+
+    /// The grammar `parseSnapshotKey` reads: the writer's spelling only, the parent's tag absent
+    /// on a session's first snapshot.
+    @Test func snapshotKeysParseOnlyInTheWritersSpelling() {
+        let prefix = SessionLayout.snapshotsPrefix(session)
+        let tag = "5f0c3a9e7d21b846", parent = "0123456789abcdef"
+        let first = SessionLayout.parseSnapshotKey(prefix + "00000000000000000001-0000000003-\(tag).base", session: session)
+        #expect(first?.id == SnapshotID(sequence: 1, generation: 3, tag: SnapshotTag(tag)!))
+        #expect(first?.kind == .base && first?.parentTag == nil)
+        let next = SessionLayout.parseSnapshotKey(prefix + "00000000000000000042-0000000003-\(tag)-\(parent).delta", session: session)
+        #expect(next?.id.sequence == 42 && next?.kind == .delta && next?.parentTag == SnapshotTag(parent))
+        for malformed in [
+            "00000000000000000001-0000000003.base",  // no tag
+            "1-3-\(tag).base",  // unpadded
+            "+0000000000000000001-0000000003-\(tag).base",
+            "00000000000000000001-0000000003-\(tag.uppercased()).base",
+            "00000000000000000001-0000000003-\(tag)-.delta",
+            "00000000000000000001-0000000003-\(tag)-\(parent)-\(parent).delta",
+            "00000000000000000001-0000000003-\(tag).snapshot",
+            "00000000000000000001-0000000003-\(tag)",
+        ] {
+            #expect(SessionLayout.parseSnapshotKey(prefix + malformed, session: session) == nil, "\(malformed)")
+        }
+        #expect(SessionLayout.parseSnapshotKey(SessionLayout.snapshotsPrefix(SessionID("other")!) + "00000000000000000001-0000000003-\(tag).base", session: session) == nil)
+    }
+
+    /// Heads and manifests of format version 1 (untagged snapshot ids) or of a newer agent say
+    /// which version they are, rather than failing on a field.
+    @Test func aHeadOrManifestOfAnotherFormatVersionIsAClearError() throws {
+        for version in [1, 3] {
+            let head = Array(#"{"formatVersion":\#(version),"generation":1,"owner":"old","latest":{"generation":1,"sequence":1},"latestKind":"base","updatedAt":"2025-11-20T10:15:30Z"}"#.utf8)
+            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads version 2)")) {
+                try SessionHead.decode(head)
+            }
+            let manifest = Array(#"{"formatVersion":\#(version),"session":"s"}"#.utf8)
+            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads version 2)")) {
+                try SnapshotManifest.decode(manifest)
+            }
+        }
     }
 
     /// Keys as FORMAT.md ("Snapshots and heads") spells them, checked with the document's grammar
