@@ -31,11 +31,12 @@ public struct SessionMirror: Sendable {
     /// Each round works from one read of the local head: the copy set is that head's committed
     /// history, and the head object published is the one read. A local writer or prune that
     /// moves on meanwhile (a snapshot gone before it was copied, the head naming one no longer
-    /// listed) starts another round from the head as it is then.
+    /// listed) starts another round from the head as it is then, up to `maxRounds`: a store that
+    /// lists an object it never returns must fail this sync (retried with backoff), not spin.
     @discardableResult
     public func mirror(_ session: SessionID) async throws -> [SnapshotEntry] {
         var copied: [SnapshotEntry] = []
-        round: while true {
+        round: for _ in 0..<Self.maxRounds {
             guard let headObject = try await local.store.get(SessionLayout.headKey(session)) else { return copied }
             let localHead = try local.decodeHead(headObject.bytes, session: session)
             guard localHead.latest != nil else { return copied }
@@ -76,7 +77,10 @@ public struct SessionMirror: Sendable {
             try await deletePruned(session, remoteHead: localHead)
             return copied
         }
+        throw SnapshotError.io("session \(session): the stores kept changing while it was mirrored (\(Self.maxRounds) rounds); trying again later")
     }
+
+    private static let maxRounds = 8
 
     /// False when the condition failed.
     private func putHead(_ bytes: [UInt8], session: SessionID, condition: WriteCondition?) async throws(StoreError) -> Bool {
