@@ -285,6 +285,7 @@ struct RestoreReport: Encodable {
         case StoreError.rejected: "store_refused"
         case SnapshotError.corrupt: "corrupt"
         case SnapshotError.notFound: "not_found"
+        case SnapshotError.unsupportedFormat: "unsupported_format"
         default: "failed"
         }
     }
