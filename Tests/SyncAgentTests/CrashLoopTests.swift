@@ -109,11 +109,20 @@ struct CrashLoopTests {
         try materialize(oldFiles, at: session, fileMode: 0o644, directoryMode: 0o755)
         let old = try DirectoryState(session)
 
-        // One whole run first, to know how long a run lasts: kills are spread over all of it.
-        let started = ContinuousClock.now
-        try await runner.restore(into: target)
-        let runTime = ContinuousClock.now - started
-        let newState = try DirectoryState(session)
+        // Whole runs first, to know how long one lasts: kills are spread over all of it. The
+        // shortest of three, as other processes on the machine can only make a run longer.
+        var runTime = Duration.seconds(3600)
+        var newState = old
+        for _ in 0..<3 {
+            if newState != old {
+                try FileManager.default.removeItem(atPath: session)
+                try materialize(oldFiles, at: session, fileMode: 0o644, directoryMode: 0o755)
+            }
+            let started = ContinuousClock.now
+            try await runner.restore(into: target)
+            runTime = min(runTime, ContinuousClock.now - started)
+            newState = try DirectoryState(session)
+        }
         let source = try DirectoryState(workspace.session("big"))
         let sameFiles = newState.files == source.files
         #expect(sameFiles, "the restore differs from the backed-up directory: \(newState.difference(from: source))")
