@@ -46,6 +46,9 @@ struct CrashLoopTests {
         var positions: [String: [String: Int]] = [:]
         for kill in 1...kills {
             let agent = try runner.watch(workspace.sessions, watchOptions)
+            // Up to 1.2 s: start-up (store, endpoint, claims, the first scan) takes a few
+            // hundred milliseconds, then uploads and head writes repeat every --max-delay, so
+            // later kills would land in the same cycle again and only lengthen the test.
             try await Task.sleep(for: .milliseconds(Int.random(in: 0...1200, using: &random)))
             try await agent.process.kill()
             let context = "kill \(kill) of \(kills) (seed \(Self.seed)), the agent's log: \(agent.process.standardErrorPath)"
