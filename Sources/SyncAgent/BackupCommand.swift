@@ -41,6 +41,14 @@ struct BackupCommand: AsyncParsableCommand {
                 let result = try await replicator.sync(forceBase: true)
                 try await opened.mirror?.mirror(id)
                 switch result {
+                case .uploaded(let snapshot, _, _, let unsettled) where !unsettled.isEmpty:
+                    // Committed, but holding an earlier version of these files or none at all: a
+                    // backup that exits 0 must hold the whole directory, so a cron job tries again.
+                    report.failed.append(.init(
+                        sessionId: id.rawValue, error: "snapshot \(snapshot) left out files being written: \(unsettled.count)"))
+                    logger.error("backed up without files being written", metadata: [
+                        "session": "\(id)", "snapshot": "\(snapshot)", "unsettled": "\(unsettled.count)",
+                    ])
                 case .uploaded(let snapshot, _, let bytes, _):
                     let pruned = await replicator.lastPrune?.plan.deletedCount ?? 0
                     report.backedUp.append(.init(sessionId: id.rawValue, snapshot: "\(snapshot)", bytes: bytes, pruned: pruned))

@@ -1,10 +1,16 @@
 import ArgumentParser
 import Foundation
+import S3Client
+import Synchronization
 
 /// The writer of `bench/sidecar`: rewrites files of the sessions under a root the way Baileys
 /// does (open with O_TRUNC, write, close; no fsync, no rename) at a fixed total rate, and
 /// records when each close returned (CLOCK_REALTIME), so the script can measure the lag from
 /// a close to the snapshot holding it being durable in the store.
+///
+/// With `--history` it also records every change before making it (the crash-loop tests check
+/// each snapshot against it), and SIGTERM stops it between two writes, never inside one, so
+/// the tests can run it for as long as they need and stop it with every file whole.
 ///
 /// Each write picks a session and a kind at random (seeded, so a run can be repeated): mostly
 /// small session and pre-key files, sometimes creds.json, occasionally a new pre-key or a
@@ -22,12 +28,19 @@ struct SidecarWriter: ParsableCommand {
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(help: "Where to write the log: one line per write, realtime_ns TAB session TAB kind TAB bytes.")
     var log: String
+    @Option(help: ArgumentHelp(
+        "Also append every change to FILE as it is made, before the file changes: session TAB name TAB the new content's SHA-256 in hex, or - for a deletion.",
+        valueName: "file"))
+    var history: String?
 
     func run() throws {
+        // Caught, so a SIGTERM is seen between two writes.
+        signal(SIGTERM) { _ in stopRequested.store(true, ordering: .relaxed) }
         var random = SplitMix64(seed: seed)
+        let recorder = try history.map { try HistoryRecorder(path: $0) }
         var sessions = try FileManager.default.contentsOfDirectory(atPath: root).sorted()
             .filter { !$0.hasPrefix(".") }
-            .map { try SessionFileSet(directory: "\(root)/\($0)", id: $0) }
+            .map { try SessionFileSet(directory: "\(root)/\($0)", id: $0, history: recorder) }
         guard !sessions.isEmpty else { throw ValidationError("no session directories under \(root)") }
 
         var lines: [String] = []
@@ -35,17 +48,20 @@ struct SidecarWriter: ParsableCommand {
         lines.reserveCapacity(count)
         let start = monotonicNanoseconds()
         var late = 0
+        var written = 0
         for index in 0..<count {
+            if stopRequested.load(ordering: .relaxed) { break }
             let deadline = start + UInt64(Double(index) * 1e9 / rate)
             if monotonicNanoseconds() > deadline + 50_000_000 { late += 1 }
             sleep(untilMonotonic: deadline)
             let which = Int(random.next() % UInt64(sessions.count))
             let (kind, bytes) = try sessions[which].writeOne(using: &random)
             lines.append("\(realtimeNanoseconds())\t\(sessions[which].id)\t\(kind)\t\(bytes)")
+            written += 1
         }
         let elapsed = Double(monotonicNanoseconds() - start) / 1e9
         try (lines.joined(separator: "\n") + "\n").write(toFile: log, atomically: false, encoding: .utf8)
-        print("sidecar-writer: \(count) writes in \(String(format: "%.1f", elapsed)) s, \(late) more than 50 ms late")
+        print("sidecar-writer: \(written) writes in \(String(format: "%.1f", elapsed)) s, \(late) more than 50 ms late")
     }
 }
 
@@ -58,10 +74,12 @@ private struct SessionFileSet {
     var senderKeys: [String] = []
     var appStateVersions: [String] = []
     var nextPreKeyID = 0
+    let history: HistoryRecorder?
 
-    init(directory: String, id: String) throws {
+    init(directory: String, id: String, history: HistoryRecorder?) throws {
         self.directory = directory
         self.id = id
+        self.history = history
         for name in try FileManager.default.contentsOfDirectory(atPath: directory).sorted() {
             if name.hasPrefix("session-") { sessionRecords.append(name) }
             else if name.hasPrefix("pre-key-") {
@@ -95,6 +113,7 @@ private struct SessionFileSet {
             // Baileys deletes a pre-key once it is used; the oldest go first.
             if preKeys.count > 1 {
                 let name = preKeys.removeFirst()
+                try history?.record(session: id, name: name, content: nil)
                 guard unlink("\(directory)/\(name)") == 0 else { throw POSIXFailure("unlink \(name)") }
                 return ("delete", 0)
             }
@@ -128,6 +147,7 @@ private struct SessionFileSet {
 
     /// Baileys' fs.writeFile: open with O_TRUNC, write, close; no fsync.
     private func put(_ bytes: [UInt8], _ name: String) throws -> Int {
+        try history?.record(session: id, name: name, content: bytes)
         let descriptor = open("\(directory)/\(name)", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw POSIXFailure("open \(name)") }
         defer { close(descriptor) }
@@ -136,6 +156,30 @@ private struct SessionFileSet {
         return written
     }
 }
+
+/// The `--history` file: one line per change, each written with one write(2) before the change is
+/// made, so whatever a reader finds in a session directory is already in it.
+private final class HistoryRecorder {
+    let descriptor: Int32
+
+    init(path: String) throws {
+        descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw POSIXFailure("open \(path)") }
+    }
+
+    deinit { close(descriptor) }
+
+    /// `content` nil: the file is deleted.
+    func record(session: String, name: String, content: [UInt8]?) throws {
+        let version = content.map { SHA256.hash($0).lowercaseHex } ?? "-"
+        let line = Array("\(session)\t\(name)\t\(version)\n".utf8)
+        let written = line.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+        guard written == line.count else { throw POSIXFailure("write the history") }
+    }
+}
+
+/// Set by the SIGTERM handler (an atomic store is async-signal-safe).
+private let stopRequested = Atomic<Bool>(false)
 
 private let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 

@@ -49,13 +49,9 @@ struct FaultInjectionTests {
         }
 
         proxy.inject(fault, every: every)
-        let writer = try ChildProcess(
-            try SyncAgentRunner.benchBinaryPath,
-            ["sidecar-writer", "--root", workspace.sessions, "--rate", "50", "--seconds", "\(Self.faultSeconds)",
-             "--seed", "7", "--log", workspace.logs + "/writer.tsv"],
-            environment: SyncAgentRunner.cleanEnvironment(),
-            standardOutput: workspace.logs + "/writer.out", standardError: workspace.logs + "/writer.err")
-        #expect(try await writer.waitForExit(timeout: .seconds(60)) == .exited(0), "\(writer.standardError)")
+        let writer = try SidecarWriterProcess(
+            root: workspace.sessions, rate: 50, seconds: Self.faultSeconds, seed: 7, logs: workspace.logs)
+        try await writer.waitForExit()
         proxy.inject(.passThrough)
         #expect(proxy.faultedRequests > 0, "the fault never hit a request")
         #expect(agent.process.isRunning, "the agent died under the fault: \(agent.log)")

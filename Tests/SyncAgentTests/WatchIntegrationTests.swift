@@ -338,8 +338,8 @@ struct Workspace {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("fixtures/sessions").path
 
-    init(sessions fixtures: [String], renamedTo names: [String: String] = [:]) throws {
-        directory = try TemporaryDirectory()
+    init(sessions fixtures: [String], renamedTo names: [String: String] = [:], in parent: String = NSTemporaryDirectory()) throws {
+        directory = try TemporaryDirectory(in: parent)
         try FileManager.default.createDirectory(atPath: directory.file("sessions"), withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: directory.file("logs"), withIntermediateDirectories: true)
         for fixture in fixtures {
@@ -395,13 +395,22 @@ struct Workspace {
 /// Every file under `root` (relative path → bytes), directories as "path/".
 func tree(_ root: String) throws -> [String: [UInt8]] {
     var files: [String: [UInt8]] = [:]
+    for name in try entryNames(root) {
+        files[name] = name.hasSuffix("/") ? [] : try readBytes("\(root)/\(name)")
+    }
+    return files
+}
+
+/// The relative paths of everything under `root`, directories ending in "/".
+private func entryNames(_ root: String) throws -> [String] {
     guard let enumerator = FileManager.default.enumerator(atPath: root) else { throw ProgramFailure("cannot list \(root)") }
+    var names: [String] = []
     while let name = enumerator.nextObject() as? String {
         var isDirectory: ObjCBool = false
         _ = FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory)
-        files[isDirectory.boolValue ? name + "/" : name] = isDirectory.boolValue ? [] : try readBytes("\(root)/\(name)")
+        names.append(isDirectory.boolValue ? name + "/" : name)
     }
-    return files
+    return names
 }
 
 func expectSameTree(_ actual: String, _ expected: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
@@ -413,10 +422,21 @@ func expectSameTree(_ actual: String, _ expected: String, sourceLocation: Source
     }
 }
 
+/// The permission bits of everything under `root`, named as `tree` names them.
+func modes(_ root: String) throws -> [String: Int] {
+    var modes: [String: Int] = [:]
+    for name in try entryNames(root) {
+        guard let mode = try FileManager.default.attributesOfItem(atPath: "\(root)/\(name)")[.posixPermissions] as? Int else {
+            throw ProgramFailure("no mode for \(root)/\(name)")
+        }
+        modes[name] = mode
+    }
+    return modes
+}
+
 /// Restored session files are 0600 and their directories 0700.
 func expectPrivateModes(_ root: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    for name in try tree(root).keys {
-        let mode = try #require(FileManager.default.attributesOfItem(atPath: "\(root)/\(name)")[.posixPermissions] as? Int)
+    for (name, mode) in try modes(root) {
         #expect(mode == (name.hasSuffix("/") ? 0o700 : 0o600), "\(name) is \(String(mode, radix: 8))", sourceLocation: sourceLocation)
     }
 }

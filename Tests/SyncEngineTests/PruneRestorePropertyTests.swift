@@ -172,21 +172,6 @@ struct PruneRestorePropertyTests {
     }
 }
 
-/// A small seeded generator (SplitMix64), so a failing history can be replayed from its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D4_9BB4_D311_94EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// A prune running beside the session's writer, as `prune` from cron beside `watch`.
 @Suite("Prune beside a writer")
 struct PruneBesideAWriterTests {

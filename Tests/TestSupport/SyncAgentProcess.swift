@@ -75,13 +75,8 @@ public struct SyncAgentRunner: Sendable {
     /// Starts `sync-agent watch` on `sessionsDirectory` with these store options plus `options`.
     /// Its endpoint listens on a port of its own (tests run in parallel) unless `options` say where.
     public func watch(_ sessionsDirectory: String, _ options: [String] = []) throws -> RunningAgent {
-        let name = "watch-\(randomHex(4))"
         let listen = options.contains { $0 == "--listen" || $0 == "--no-listen" } ? [] : ["--listen", "127.0.0.1:0"]
-        let process = try ChildProcess(
-            try Self.binaryPath, ["watch", "--sessions-dir", sessionsDirectory] + storeArguments + listen + options,
-            environment: Self.cleanEnvironment(environment),
-            standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
-        return RunningAgent(process, secrets: secrets)
+        return RunningAgent(try start("watch", ["--sessions-dir", sessionsDirectory] + listen + options), secrets: secrets)
     }
 
     /// Runs another subcommand (`restore`, `backup`) to its end, reading `standardInput` (a file).
@@ -89,13 +84,21 @@ public struct SyncAgentRunner: Sendable {
     public func run(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") async throws
         -> (termination: Termination, standardOutput: String, standardError: String)
     {
-        let result = try await ChildProcess.run(
-            try Self.binaryPath, [subcommand] + storeArguments + arguments,
-            environment: Self.cleanEnvironment(environment), outputIn: logDirectory, standardInput: standardInput,
-            timeout: .seconds(120))
-        let leaks = SecretScan.leaks(in: result.standardOutput + result.standardError, secrets: secrets)
+        let process = try start(subcommand, arguments, standardInput: standardInput)
+        let termination = try await process.waitForExit(timeout: .seconds(120))
+        let (standardOutput, standardError) = (process.standardOutput, process.standardError)
+        let leaks = SecretScan.leaks(in: standardOutput + standardError, secrets: secrets)
         guard leaks.isEmpty else { throw ProgramFailure("\(subcommand) printed \(leaks.joined(separator: ", "))") }
-        return result
+        return (termination, standardOutput, standardError)
+    }
+
+    /// Starts another subcommand, for a test that kills it or waits for it itself.
+    public func start(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") throws -> ChildProcess {
+        let name = "\(subcommand)-\(randomHex(4))"
+        return try ChildProcess(
+            try Self.binaryPath, [subcommand] + storeArguments + arguments, environment: Self.cleanEnvironment(environment),
+            standardInput: standardInput,
+            standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
     }
 
     /// What must never appear in the agent's output: the keys and the S3 secret it was given,
