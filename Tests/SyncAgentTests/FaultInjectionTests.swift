@@ -27,11 +27,7 @@ struct FaultInjectionTests {
     /// Serialized: each case runs an agent and a writer, enough load for two shared cores.
     @Test(.serialized, arguments: faults)
     func noChangeIsLostAndNothingCorruptIsStored(_ fault: FaultProxy.Fault, every: Int) async throws {
-        let workspace = try Workspace(sessions: [])
-        for index in 1...Self.sessionCount {
-            try FileManager.default.copyItem(
-                atPath: "\(Workspace.fixtures)/small", toPath: workspace.session(String(format: "s%02d", index)))
-        }
+        let workspace = try Workspace(copies: Self.sessionCount, of: "small")
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let direct = try await workspace.cloudRunner(on: bucket)
         let (proxy, throughProxy) = try Self.throughProxy(direct)
@@ -49,12 +45,7 @@ struct FaultInjectionTests {
         }
 
         proxy.inject(fault, every: every)
-        let writer = try ChildProcess(
-            try SyncAgentRunner.benchBinaryPath,
-            ["sidecar-writer", "--root", workspace.sessions, "--rate", "50", "--seconds", "\(Self.faultSeconds)",
-             "--seed", "7", "--log", workspace.logs + "/writer.tsv"],
-            environment: SyncAgentRunner.cleanEnvironment(),
-            standardOutput: workspace.logs + "/writer.out", standardError: workspace.logs + "/writer.err")
+        let writer = try workspace.startWriter(rate: 50, seconds: Self.faultSeconds)
         #expect(try await writer.waitForExit(timeout: .seconds(60)) == .exited(0), "\(writer.standardError)")
         proxy.inject(.passThrough)
         #expect(proxy.faultedRequests > 0, "the fault never hit a request")
