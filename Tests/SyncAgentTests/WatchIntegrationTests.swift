@@ -360,12 +360,12 @@ struct Workspace {
     func session(_ name: String) -> String { "\(sessions)/\(name)" }
 
     /// `sync-agent-bench sidecar-writer` rewriting the sessions the way Baileys does, `rate`
-    /// writes a second for `seconds`; its output and log under `logs`.
-    func startWriter(rate: Int, seconds: Int, seed: Int = 7) throws -> ChildProcess {
+    /// writes a second for `seconds`, with one seed so that runs repeat; its output and log under `logs`.
+    func startWriter(rate: Int, seconds: Int) throws -> ChildProcess {
         try ChildProcess(
             try SyncAgentRunner.benchBinaryPath,
             ["sidecar-writer", "--root", sessions, "--rate", "\(rate)", "--seconds", "\(seconds)",
-             "--seed", "\(seed)", "--log", logs + "/writer.tsv"],
+             "--seed", "7", "--log", logs + "/writer.tsv"],
             environment: SyncAgentRunner.cleanEnvironment(),
             standardOutput: logs + "/writer.out", standardError: logs + "/writer.err")
     }
