@@ -79,7 +79,7 @@ struct EndpointIntegrationTests {
         let second = try runner.watch(other.sessions)
         let secondEndpoint = try await second.endpoint()
         try await waitUntil("the second agent never claimed small") {
-            try await sessions(secondEndpoint)["small"]?["state"] as? String == "synced"
+            try await sessionStatuses(secondEndpoint)["small"]?["state"] as? String == "synced"
         }
         try write(#"{"after":"claim","me":"\#(randomHex(8))"}"#, to: "\(workspace.session("small"))/creds.json")
         try await first.waitForLog("session claimed by another agent")
@@ -88,7 +88,7 @@ struct EndpointIntegrationTests {
         try await server.stop()
         try write(#"{"during":"outage","me":"\#(randomHex(8))"}"#, to: "\(workspace.session("medium"))/creds.json")
         try await first.waitForLog("upload failed; will retry")
-        let report = try await sessions(endpoint)
+        let report = try await sessionStatuses(endpoint)
         let small = try #require(report["small"])
         #expect(small["state"] as? String == "fenced")
         #expect(small["lastError"] as? String != nil, "\(small)")
@@ -111,7 +111,7 @@ struct EndpointIntegrationTests {
         #expect(rows["medium"]?[1] == "failing")
 
         try await server.start()
-        try await waitUntil("medium never got synced again") { try await sessions(endpoint)["medium"]?["state"] as? String == "synced" }
+        try await waitUntil("medium never got synced again") { try await sessionStatuses(endpoint)["medium"]?["state"] as? String == "synced" }
         _ = try await first.terminate()
     }
 
@@ -192,15 +192,6 @@ private func waitForReadiness(_ endpoint: String, _ status: Int) async throws ->
         return answer.status == status
     }
     return last
-}
-
-/// `/sessions`, by session id.
-private func sessions(_ endpoint: String) async throws -> [String: [String: Any]] {
-    let (status, body) = try await httpGet("\(endpoint)/sessions")
-    guard status == 200, let report = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-          let sessions = report["sessions"] as? [[String: Any]]
-    else { throw ProgramFailure("/sessions answered \(status): \(body)") }
-    return Dictionary(uniqueKeysWithValues: sessions.map { ($0["sessionId"] as? String ?? "", $0) })
 }
 
 private struct MetricFamily {

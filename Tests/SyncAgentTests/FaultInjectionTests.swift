@@ -27,11 +27,7 @@ struct FaultInjectionTests {
     /// Serialized: each case runs an agent and a writer, enough load for two shared cores.
     @Test(.serialized, arguments: faults)
     func noChangeIsLostAndNothingCorruptIsStored(_ fault: FaultProxy.Fault, every: Int) async throws {
-        let workspace = try Workspace(sessions: [])
-        for index in 1...Self.sessionCount {
-            try FileManager.default.copyItem(
-                atPath: "\(Workspace.fixtures)/small", toPath: workspace.session(String(format: "s%02d", index)))
-        }
+        let workspace = try Workspace(copies: Self.sessionCount, of: "small")
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let direct = try await workspace.cloudRunner(on: bucket)
         let (proxy, throughProxy) = try Self.throughProxy(direct)
@@ -49,8 +45,7 @@ struct FaultInjectionTests {
         }
 
         proxy.inject(fault, every: every)
-        let writer = try SidecarWriterProcess(
-            root: workspace.sessions, rate: 50, seconds: Self.faultSeconds, seed: 7, logs: workspace.logs)
+        let writer = try workspace.startWriter(rate: 50, seconds: Self.faultSeconds)
         try await writer.waitForExit()
         proxy.inject(.passThrough)
         #expect(proxy.faultedRequests > 0, "the fault never hit a request")

@@ -348,7 +348,22 @@ struct Workspace {
         }
     }
 
+    /// `count` copies of one fixture, named s01, s02…
+    init(copies count: Int, of fixture: String) throws {
+        self = try Workspace(sessions: [])
+        for index in 1...count {
+            try FileManager.default.copyItem(
+                atPath: "\(Self.fixtures)/\(fixture)", toPath: session(String(format: "s%02d", index)))
+        }
+    }
+
     func session(_ name: String) -> String { "\(sessions)/\(name)" }
+
+    /// `sync-agent-bench sidecar-writer` rewriting the sessions the way Baileys does, `rate`
+    /// writes a second for `seconds`, with one seed so that runs repeat; its output and log under `logs`.
+    func startWriter(rate: Int, seconds: Int) throws -> SidecarWriterProcess {
+        try SidecarWriterProcess(root: sessions, rate: rate, seconds: seconds, seed: 7, logs: logs)
+    }
 
     func freshDirectory() throws -> String {
         let path = directory.file("fresh-\(randomHex(6))")
@@ -356,7 +371,7 @@ struct Workspace {
         return path
     }
 
-    func cloudRunner(on bucket: S3Client, server: PrivateSeaweedFS? = nil) async throws -> SyncAgentRunner {
+    func cloudRunner(on bucket: S3Client, server: (any PrivateS3Server)? = nil) async throws -> SyncAgentRunner {
         try await .cloud(
             endpoint: try server?.endpoint ?? TestS3Server.seaweedFS.endpoint, bucket: bucket.configuration.bucket,
             accessKey: try server?.accessKey ?? TestS3Server.seaweedFS.accessKey,

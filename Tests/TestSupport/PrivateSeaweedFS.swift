@@ -3,10 +3,35 @@ import Glibc
 import S3Client
 import Synchronization
 
+/// An S3 server of one test's own, which the test may take down: where it answers and the
+/// random credentials it accepts.
+public protocol PrivateS3Server: Sendable {
+    var endpoint: String { get }
+    var accessKey: String { get }
+    var secretKey: String { get }
+}
+
+extension PrivateS3Server {
+    /// A client on a new, empty bucket.
+    public func freshBucket() async throws -> S3Client {
+        var configuration = S3Configuration(
+            endpoint: try .init(parsing: endpoint), bucket: "t-" + randomHex(8),
+            credentials: AWSCredentials(accessKeyID: accessKey, secretAccessKey: secretKey))
+        configuration.retry.baseDelay = .milliseconds(10)
+        configuration.retry.maxDelay = .milliseconds(100)
+        let client = S3Client(configuration: configuration)
+        // Right after start-up the filer may not take writes yet.
+        try await waitUntil(timeout: .seconds(30), "cannot create a bucket on the private S3 server at \(endpoint)") {
+            (try? await client.createBucket()) != nil
+        }
+        return client
+    }
+}
+
 /// A SeaweedFS of one test's own (`weed mini`, as scripts/lib/s3-servers.sh starts the shared
 /// one), which the test can stop and start again on the same ports and data directory to
 /// simulate an outage. Stopped when released.
-public final class PrivateSeaweedFS: Sendable {
+public final class PrivateSeaweedFS: PrivateS3Server {
     public let accessKey = "AK" + randomHex(8)
     public let secretKey = randomHex(20)
     public let s3Port: Int
@@ -19,18 +44,9 @@ public final class PrivateSeaweedFS: Sendable {
     public init() async throws {
         directory = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: directory.file("data"), withIntermediateDirectories: true)
-        let identities = """
-            {"identities":[{"name":"test","credentials":[{"accessKey":"\(accessKey)","secretKey":"\(secretKey)"}],\
-            "actions":["Admin","Read","List","Tagging","Write"]}]}
-            """
-        try identities.write(toFile: directory.file("identities.json"), atomically: true, encoding: .utf8)
-        var ports: [String: Int] = [:]
-        for name in ["s3", "master", "volume", "filer", "admin"] {
-            var port = try freePortPair()
-            while ports.values.contains(port) { port = try freePortPair() }
-            ports[name] = port
-        }
-        self.ports = ports
+        try writeSeaweedFSIdentities(accessKey: accessKey, secretKey: secretKey, to: directory.file("identities.json"))
+        let names = ["s3", "master", "volume", "filer", "admin"]
+        ports = Dictionary(uniqueKeysWithValues: zip(names, try distinctFreePortPairs(names.count)))
         s3Port = ports["s3"]!
         try await start()
     }
@@ -42,21 +58,14 @@ public final class PrivateSeaweedFS: Sendable {
 
     /// Starts the server (again) and waits until its S3 port answers.
     public func start() async throws {
-        let tools = try environmentValue("SYNC_AGENT_TEST_TOOLS", "the directory holding `weed`")
-        let arguments = [
-            "mini", "-dir=\(directory.file("data"))", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-            "-s3.config=\(directory.file("identities.json"))", "-s3.port=\(s3Port)", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", "-master.port=\(ports["master"]!)", "-volume.port=\(ports["volume"]!)",
-            "-filer.port=\(ports["filer"]!)", "-admin.port=\(ports["admin"]!)", "-webdav=false", "-admin.ui=false",
-        ]
-        let process = try ChildProcess(
-            "\(tools)/weed", arguments, environment: ProcessInfo.processInfo.environment,
-            standardOutput: directory.file("server.log"), standardError: directory.file("server.log"))
+        let process = try await startWeed(
+            [
+                "mini", "-dir=\(directory.file("data"))", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+                "-s3.config=\(directory.file("identities.json"))", "-s3.port=\(s3Port)", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", "-master.port=\(ports["master"]!)", "-volume.port=\(ports["volume"]!)",
+                "-filer.port=\(ports["filer"]!)", "-admin.port=\(ports["admin"]!)", "-webdav=false", "-admin.ui=false",
+            ], log: directory.file("server.log"), listeningOn: s3Port)
         server.withLock { $0 = process }
-        try await waitUntil(timeout: .seconds(60), "SeaweedFS did not start; its log:\n\(log)") {
-            guard process.isRunning else { throw ProgramFailure("SeaweedFS exited: \(log)") }
-            return isListening(s3Port)
-        }
     }
 
     /// Stops the server (SIGTERM, so what it acknowledged is on disk) and waits for its end.
@@ -72,21 +81,40 @@ public final class PrivateSeaweedFS: Sendable {
     }
 
     public var log: String { (try? String(contentsOfFile: directory.file("server.log"), encoding: .utf8)) ?? "" }
+}
 
-    /// A client on a new, empty bucket.
-    public func freshBucket() async throws -> S3Client {
-        var configuration = S3Configuration(
-            endpoint: try .init(parsing: endpoint), bucket: "t-" + randomHex(8),
-            credentials: AWSCredentials(accessKeyID: accessKey, secretAccessKey: secretKey))
-        configuration.retry.baseDelay = .milliseconds(10)
-        configuration.retry.maxDelay = .milliseconds(100)
-        let client = S3Client(configuration: configuration)
-        // Right after start-up the filer may not take writes yet.
-        try await waitUntil(timeout: .seconds(30), "cannot create a bucket on the private SeaweedFS") {
-            (try? await client.createBucket()) != nil
-        }
-        return client
+/// Starts `weed` with `arguments` (a subcommand first), its output appended to the file `log`,
+/// and waits until it accepts connections on `port`.
+func startWeed(_ arguments: [String], log: String, listeningOn port: Int) async throws -> ChildProcess {
+    let tools = try environmentValue("SYNC_AGENT_TEST_TOOLS", "the directory holding `weed`")
+    let process = try ChildProcess(
+        "\(tools)/weed", arguments, environment: ProcessInfo.processInfo.environment,
+        standardOutput: log, standardError: log)
+    let name = "weed \(arguments.first ?? "")"
+    try await waitUntil(timeout: .seconds(60), "\(name) did not start; its log:\n\(process.standardError)") {
+        guard process.isRunning else { throw ProgramFailure("\(name) exited: \(process.standardError)") }
+        return isListening(port)
     }
+    return process
+}
+
+/// The S3 gateway's identities file: one identity that may do everything, with these credentials.
+func writeSeaweedFSIdentities(accessKey: String, secretKey: String, to path: String) throws {
+    let identities = """
+        {"identities":[{"name":"test","credentials":[{"accessKey":"\(accessKey)","secretKey":"\(secretKey)"}],\
+        "actions":["Admin","Read","List","Tagging","Write"]}]}
+        """
+    try identities.write(toFile: path, atomically: true, encoding: .utf8)
+}
+
+/// `count` different ports, each free together with the port 10000 above it (`freePortPair`).
+func distinctFreePortPairs(_ count: Int) throws -> [Int] {
+    var ports: [Int] = []
+    while ports.count < count {
+        let port = try freePortPair()
+        if !ports.contains(where: { abs($0 - port) == 10000 || $0 == port }) { ports.append(port) }
+    }
+    return ports
 }
 
 func environmentValue(_ name: String, _ what: String) throws -> String {

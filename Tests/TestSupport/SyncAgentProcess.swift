@@ -233,3 +233,12 @@ public func httpGet(_ url: String) async throws -> (status: Int, body: String) {
     let (data, response) = try await URLSession.shared.data(for: request)
     return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
 }
+
+/// An agent's `/sessions`, by session id.
+public func sessionStatuses(_ endpoint: String) async throws -> [String: [String: Any]] {
+    let (status, body) = try await httpGet("\(endpoint)/sessions")
+    guard status == 200, let report = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+          let sessions = report["sessions"] as? [[String: Any]]
+    else { throw ProgramFailure("/sessions answered \(status): \(body)") }
+    return Dictionary(uniqueKeysWithValues: sessions.map { ($0["sessionId"] as? String ?? "", $0) })
+}
