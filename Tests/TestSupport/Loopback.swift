@@ -105,15 +105,23 @@ public final class LoopbackConnection: Sendable {
 
     /// Whether the peer closed the connection (or reset it), waiting up to `timeout` for it.
     public func isClosedByPeer(timeout: Duration = .seconds(15)) -> Bool {
+        // Whatever the server answered (an error status) is read past; the end is what counts.
+        receiveUntilClosed(timeout: timeout) != nil
+    }
+
+    /// Everything the peer sent until it closed the connection (or reset it); nil when it is
+    /// still open after `timeout`.
+    public func receiveUntilClosed(timeout: Duration = .seconds(15)) -> [UInt8]? {
         var descriptors = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)]
         let deadline = ContinuousClock.now + timeout
         var buffer = [UInt8](repeating: 0, count: 4096)
+        var received: [UInt8] = []
         while ContinuousClock.now < deadline {
             guard poll(&descriptors, 1, 100) > 0 else { continue }
-            // Whatever the server answered (an error status) is read past; the end is what counts.
             let count = recv(descriptor, &buffer, buffer.count, 0)
-            if count == 0 || (count < 0 && errno == ECONNRESET) { return true }
+            if count > 0 { received += buffer[..<count] }
+            if count == 0 || (count < 0 && errno == ECONNRESET) { return received }
         }
-        return false
+        return nil
     }
 }

@@ -49,9 +49,12 @@ final class HTTPEndpoint: Sendable {
     struct Limits: Sendable {
         /// Connections beyond this are closed on accept.
         var connections = 32
-        /// A connection is closed this long after it was accepted, whatever it is doing: a client
-        /// that trickles a request, or never reads its response, holds its slot no longer.
+        /// A connection is closed this long after it was accepted: a client that trickles a
+        /// request holds its slot no longer. A response being written then is finished first
+        /// (a keep-alive client such as a Prometheus scraper must not get half an answer),
+        /// within `responseGrace`: a client that never reads its response is cut off then.
         var connectionLifetime: TimeAmount = .seconds(10)
+        var responseGrace: TimeAmount = .seconds(5)
         /// Request line and headers; a larger head is refused by the parser.
         var headerBytes = 8 * 1024
         /// Every route is a GET: a request body is not read past this.
@@ -150,7 +153,15 @@ final class HTTPEndpoint: Sendable {
 
     private func handle(_ connection: Connection, _ routes: some EndpointRoutes) async {
         let channel = connection.channel
-        let deadline = channel.eventLoop.scheduleTask(in: limits.connectionLifetime) { channel.close(promise: nil) }
+        let lifetime = ConnectionLifetime()
+        let grace = limits.responseGrace
+        let deadline = channel.eventLoop.scheduleTask(in: limits.connectionLifetime) {
+            if lifetime.expire() {
+                channel.close(promise: nil)
+            } else {
+                channel.eventLoop.scheduleTask(in: grace) { channel.close(promise: nil) }
+            }
+        }
         defer { deadline.cancel() }
         // Errors here are a client's (reset, malformed request, closed at the deadline): the
         // connection ends and nothing else is affected.
@@ -169,9 +180,10 @@ final class HTTPEndpoint: Sendable {
                     guard let request = head else { return }
                     head = nil
                     let path = String(request.uri.prefix { $0 != "?" })
+                    guard lifetime.beginResponse() else { return }
                     let response = await routes.respond(to: request.method, path: path)
                     try await write(response, for: request, to: responses)
-                    if !request.isKeepAlive { return }
+                    guard lifetime.endResponse(), request.isKeepAlive else { return }
                 }
             }
         }
@@ -188,5 +200,40 @@ final class HTTPEndpoint: Sendable {
         try await responses.write(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers)))
         if request.method != .HEAD { try await responses.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
         try await responses.write(.end(nil))
+    }
+}
+
+/// Whether a connection's lifetime ran out, and whether a response was being written then.
+private final class ConnectionLifetime: Sendable {
+    private struct State {
+        var responding = false
+        var expired = false
+    }
+
+    private let state = Mutex(State())
+
+    /// The lifetime ran out: true when the connection can close now, false when a response is
+    /// being written (the connection ends once it is).
+    func expire() -> Bool {
+        state.withLock { state in
+            state.expired = true
+            return !state.responding
+        }
+    }
+
+    /// False when the lifetime already ran out: answer no more requests.
+    func beginResponse() -> Bool {
+        state.withLock { state in
+            state.responding = !state.expired
+            return state.responding
+        }
+    }
+
+    /// False when the lifetime ran out while the response was written.
+    func endResponse() -> Bool {
+        state.withLock { state in
+            state.responding = false
+            return !state.expired
+        }
     }
 }

@@ -1,0 +1,38 @@
+import NIOHTTP1
+import Testing
+import TestSupport
+
+@testable import SyncAgent
+
+@Suite("HTTP endpoint: connection limits")
+struct HTTPEndpointTests {
+    /// Answers every request after `delay`, with `body`.
+    struct SlowRoutes: EndpointRoutes {
+        let delay: Duration
+        let body: [UInt8]
+
+        func respond(to method: HTTPMethod, path: String) async -> EndpointResponse {
+            try? await Task.sleep(for: delay)
+            return EndpointResponse(status: .ok, contentType: "text/plain", body: body)
+        }
+    }
+
+    /// A keep-alive client (a Prometheus scraper) whose request is being answered when the
+    /// connection's lifetime runs out gets the whole answer, then the connection closes.
+    @Test func aResponseUnderWayWhenTheLifetimeRunsOutIsFinishedFirst() async throws {
+        var limits = HTTPEndpoint.Limits()
+        limits.connectionLifetime = .milliseconds(200)
+        let endpoint = try await HTTPEndpoint.bind(try ListenAddress(parsing: "127.0.0.1:0"), limits: limits)
+        let body = [UInt8](repeating: UInt8(ascii: "x"), count: 256 * 1024)
+        let serving = Task { try await endpoint.serve(SlowRoutes(delay: .milliseconds(600), body: body)) }
+        defer { serving.cancel() }
+        let port = try #require(endpoint.boundAddress.split(separator: ":").last.flatMap { Int($0) })
+
+        let connection = try LoopbackConnection(port: port)
+        connection.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        let received = try #require(connection.receiveUntilClosed(), "the connection stayed open past its lifetime")
+        let response = String(decoding: received, as: UTF8.self)
+        #expect(response.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(response.hasSuffix("\r\n\r\n" + String(repeating: "x", count: body.count)), "\(received.count) bytes received")
+    }
+}
