@@ -6,13 +6,13 @@ import TestSupport
 
 @Suite("HTTP endpoint: connection limits")
 struct HTTPEndpointTests {
-    /// Answers every request after `delay`, with `body`.
+    /// Answers every request with `body`, but not before `notBefore`.
     struct SlowRoutes: EndpointRoutes {
-        let delay: Duration
+        let notBefore: ContinuousClock.Instant
         let body: [UInt8]
 
         func respond(to method: HTTPMethod, path: String) async -> EndpointResponse {
-            try? await Task.sleep(for: delay)
+            try? await Task.sleep(until: notBefore)
             return EndpointResponse(status: .ok, contentType: "text/plain", body: body)
         }
     }
@@ -21,10 +21,13 @@ struct HTTPEndpointTests {
     /// connection's lifetime runs out gets the whole answer, then the connection closes.
     @Test func aResponseUnderWayWhenTheLifetimeRunsOutIsFinishedFirst() async throws {
         var limits = HTTPEndpoint.Limits()
-        limits.connectionLifetime = .milliseconds(200)
+        limits.connectionLifetime = .seconds(2)
         let endpoint = try await HTTPEndpoint.bind(try ListenAddress(parsing: "127.0.0.1:0"), limits: limits)
         let body = [UInt8](repeating: UInt8(ascii: "x"), count: 256 * 1024)
-        let serving = Task { try await endpoint.serve(SlowRoutes(delay: .milliseconds(600), body: body)) }
+        // The answer is still being made when the lifetime runs out (the request itself, sent
+        // at once, is parsed well within it).
+        let routes = SlowRoutes(notBefore: .now + .milliseconds(2500), body: body)
+        let serving = Task { try await endpoint.serve(routes) }
         defer { serving.cancel() }
         let port = try #require(endpoint.boundAddress.split(separator: ":").last.flatMap { Int($0) })
 
