@@ -238,7 +238,7 @@ public struct SessionRestorer: Sendable {
             if !manifest.follows(expectedParent) {
                 throw SnapshotError.corrupt("snapshot \(entry.id) does not follow \(expectedParent.map(String.init(describing:)) ?? "nothing")")
             }
-            decided.formUnion(manifest.files.keys)
+            decided.formUnion(manifest.files.names)
             decided.formUnion(manifest.deleted)
             manifests.append(manifest)
         }
@@ -258,7 +258,7 @@ public struct SessionRestorer: Sendable {
     private func localState(_ directory: String) throws -> SessionState {
         var files: [String: FileRecord] = [:]
         let reader = StableFileReader()
-        for name in try SessionFiles.scan(sessionDirectory: directory).keys {
+        for (name, _) in try SessionFiles.scan(sessionDirectory: directory) {
             guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
                 throw SnapshotError.io("\(name) is being written")
             }
