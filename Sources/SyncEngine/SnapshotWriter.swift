@@ -55,15 +55,14 @@ struct SnapshotWriter {
         } else {
             candidates = try SessionFiles.scan(sessionDirectory: directory).map { ($0.name, $0.state) }
         }
-        // A base holds every file; a delta, usually a few.
-        let expectedFileBytes = kind == .base ? candidates.reduce(0) { $0 + ($1.fingerprint?.size ?? 0) } : 0
         var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
         func archiveWriter() throws -> ArchiveWriter {
             if let archive { return archive.writer }
             let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
-            let writer = try ArchiveWriter(
-                sink: encryption, compressionLevel: compressionLevel,
-                expectedFileBytes: expectedFileBytes)
+            // Compressed on this thread whatever the size: zstd's worker thread would overlap it
+            // with reading files (a 100,000-file base: 3.2 s instead of 4.1 s) but its job
+            // buffers cost ~35 MB, a third of the agent's peak memory then.
+            let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
             archive = (writer, encryption)
             return writer
         }

@@ -131,4 +131,17 @@ struct ManifestJSONTests {
         #expect(throws: SnapshotError.self) { try SnapshotManifest.decode(Array(bytes) + [0xff]) }
         #expect(throws: SnapshotError.self) { try SnapshotManifest.decode(Array(String(repeating: "[", count: 100_000).utf8)) }
     }
+
+    /// The fuzzer's manifest corpus: each input is a manifest or an error, never a crash.
+    @Test func readsTheFuzzCorpus() throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("fixtures/fuzz/manifest")
+        let names = try FileManager.default.contentsOfDirectory(atPath: corpus.path)
+        #expect(!names.isEmpty)
+        for name in names {
+            let bytes = [UInt8](try Data(contentsOf: corpus.appendingPathComponent(name)))
+            guard let manifest = try? SnapshotManifest.decode(bytes) else { continue }
+            _ = manifest.applied(to: manifest.files)
+        }
+    }
 }
