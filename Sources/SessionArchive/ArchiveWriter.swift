@@ -69,8 +69,22 @@ public final class ArchiveWriter {
     }
 
     public func addFile(relativePath: String, contents: [UInt8], modificationTime: Int64) throws {
-        try addEntry(relativePath: relativePath, type: S_IFREG, permissions: 0o600, size: Int64(contents.count), modificationTime: modificationTime)
-        try contents.withUnsafeBytes { bytes in
+        try addFile(relativePath: relativePath, size: Int64(contents.count), modificationTime: modificationTime) { write in
+            try contents.withUnsafeBytes { try write($0) }
+        }
+    }
+
+    /// Adds a regular file of `size` bytes that `produce` writes, in as many pieces as it likes,
+    /// through the function it is given: a large entry (a manifest) need not be in memory whole.
+    public func addFile(
+        relativePath: String, size: Int64, modificationTime: Int64,
+        produce: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void
+    ) throws {
+        try addEntry(relativePath: relativePath, type: S_IFREG, permissions: 0o600, size: size, modificationTime: modificationTime)
+        var written: Int64 = 0
+        try produce { bytes in
+            written += Int64(bytes.count)
+            guard written <= size else { throw ArchiveError(.writeFailed, entry: relativePath, detail: "data longer than the entry size") }
             var offset = 0
             while offset < bytes.count {
                 let end = min(offset + fileChunkSize, bytes.count)
@@ -78,6 +92,7 @@ public final class ArchiveWriter {
                 offset = end
             }
         }
+        guard written == size else { throw ArchiveError(.writeFailed, entry: relativePath, detail: "data shorter than the entry size") }
         try finishEntry(relativePath)
     }
 

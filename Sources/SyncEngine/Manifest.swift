@@ -14,8 +14,9 @@ public struct FileRecord: Codable, Hashable, Sendable {
     public var fingerprint: FileState?
 }
 
-/// What one snapshot holds, stored encrypted as the last entry of its archive.
-public struct SnapshotManifest: Codable, Sendable {
+/// What one snapshot holds, stored encrypted as the last entry of its archive, as JSON that
+/// `ManifestJSON` writes and reads a file at a time.
+public struct SnapshotManifest: Sendable {
     /// 2: snapshot ids carry their write attempt's tag (FORMAT.md).
     public static let currentFormatVersion = 2
     /// The archive entry that carries the manifest; file contents are under `filePrefix`.
@@ -30,7 +31,7 @@ public struct SnapshotManifest: Codable, Sendable {
     public var parent: SnapshotID?
     public var createdAt: Date
     /// A base: every file. A delta: the files created or changed since `parent`.
-    public var files: [String: FileRecord]
+    public var files: SessionState
     /// A delta: the names removed since `parent`.
     public var deleted: [String]
     /// The whole session after this snapshot, so a restore can check what it rebuilt.
@@ -41,7 +42,7 @@ public struct SnapshotManifest: Codable, Sendable {
     /// The session state after applying this snapshot on top of `previous`.
     public func applied(to previous: SessionState) -> SessionState {
         switch kind {
-        case .base: return SessionState(files)
+        case .base: return files
         case .tombstone: return SessionState()
         case .delta:
             var changes = [String: FileRecord?](minimumCapacity: deleted.count + files.count)
@@ -68,10 +69,12 @@ public struct SnapshotManifest: Codable, Sendable {
         return state
     }
 
-    func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
-
     package static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
-        try StoredJSON.decode(SnapshotManifest.self, from: bytes, formatVersion: currentFormatVersion, what: "the manifest")
+        try decode(from: BufferSource(bytes))
+    }
+
+    static func decode(from source: ByteSource) throws -> SnapshotManifest {
+        try ManifestJSON.read(from: source)
     }
 }
 

@@ -139,10 +139,10 @@ public actor SessionReplicator {
             var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
             if loaded.head.latest != nil, !loaded.head.isTombstoned {
                 let chain = try await sessionStore.chain(session, head: loaded.head)
-                let reader = SnapshotReader(keyring: sessionStore.keyring, limits: .sessionDirectory)
                 for entry in chain {
-                    let bytes = try await sessionStore.snapshotBytes(session, entry)
-                    let manifest = try reader.manifest(of: BufferSource(bytes), session: session, entry: entry)
+                    guard let manifest = try await sessionStore.manifest(session, entry) else {
+                        throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
+                    }
                     state = manifest.applied(to: state)
                     if entry.kind == .base {
                         baseBytes = entry.size

@@ -236,7 +236,7 @@ public struct SessionRestorer: Sendable {
             if !manifest.follows(expectedParent) {
                 throw SnapshotError.corrupt("snapshot \(entry.id.tagged) does not follow \(expectedParent?.tagged ?? "nothing")")
             }
-            decided.formUnion(manifest.files.keys)
+            decided.formUnion(manifest.files.names)
             decided.formUnion(manifest.deleted)
             manifests.append(manifest)
         }
@@ -256,7 +256,7 @@ public struct SessionRestorer: Sendable {
     private func localState(_ directory: String) throws -> SessionState {
         var files: [String: FileRecord] = [:]
         let reader = StableFileReader()
-        for name in try SessionFiles.scan(sessionDirectory: directory).keys {
+        for (name, _) in try SessionFiles.scan(sessionDirectory: directory) {
             guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
                 throw SnapshotError.io("\(name) is being written")
             }

@@ -9,7 +9,7 @@ import S3Client
 /// full, and a heap object for every name over 15 bytes); here it costs its record, the end of
 /// its name and the name's bytes, all in two arrays (about 120 bytes for Baileys' names). Kept
 /// sorted, the digest every upload records needs no sort, and a lookup is a binary search.
-public struct SessionState: Sendable {
+public struct SessionState: Sendable, Sequence {
     private struct Entry {
         var record: FileRecord
         /// Where the name ends in `nameBytes`; it starts where the previous entry's ends.
@@ -44,6 +44,11 @@ public struct SessionState: Sendable {
 
     /// Every name, in order.
     public var names: [String] { entries.indices.map(name(at:)) }
+
+    /// Whether `name` sorts after every name here, so that appending it keeps the order.
+    private func isAfterLast(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        entries.isEmpty || nameBuffer(at: entries.count - 1) { Self.compare($0, name) < 0 }
+    }
 
     /// The names below `directory` ("directory/…"), in order.
     func names(inDirectory directory: String) -> [String] {
@@ -124,6 +129,38 @@ public struct SessionState: Sendable {
         return first.withUTF8 { first in second.withUTF8 { second in compare(first, second) < 0 } }
     }
 
+    /// Builds a state from files given one at a time: in place while they come in order (as a
+    /// snapshot's writer stores them), through a dictionary once one does not. A base manifest
+    /// of 100,000 files then never costs a dictionary of them.
+    struct Builder {
+        private var state = SessionState()
+        private var unordered: [String: FileRecord]?
+
+        init() {}
+
+        /// False, and nothing added, when the state already has `name`.
+        mutating func add(_ name: String, _ record: FileRecord) -> Bool {
+            if unordered == nil {
+                var key = name
+                let appended = key.withUTF8 { key in
+                    guard state.isAfterLast(key) else { return false }
+                    state.append(key, record)
+                    return true
+                }
+                if appended { return true }
+                unordered = Dictionary(uniqueKeysWithValues: state.lazy.map { ($0.name, $0.record) })
+                state = SessionState()
+            }
+            guard unordered![name] == nil else { return false }
+            unordered![name] = record
+            return true
+        }
+
+        var count: Int { unordered?.count ?? state.count }
+
+        func build() -> SessionState { unordered.map(SessionState.init) ?? state }
+    }
+
     // MARK: - Storage
 
     private mutating func reserveCapacity(_ count: Int, nameBytes byteCount: Int) {
@@ -169,11 +206,28 @@ public struct SessionState: Sendable {
     }
 
     private static func compare(_ first: UnsafeBufferPointer<UInt8>, _ second: UnsafeBufferPointer<UInt8>) -> Int32 {
-        let common = min(first.count, second.count)
+        let common = Swift.min(first.count, second.count)
         if common > 0, let firstStart = first.baseAddress, let secondStart = second.baseAddress {
             let order = memcmp(firstStart, secondStart, common)
             if order != 0 { return order }
         }
         return first.count == second.count ? 0 : (first.count < second.count ? -1 : 1)
     }
+}
+
+extension SessionState {
+    /// The files in name order.
+    public struct Iterator: IteratorProtocol {
+        fileprivate let state: SessionState
+        fileprivate var index = 0
+
+        public mutating func next() -> (name: String, record: FileRecord)? {
+            guard index < state.count else { return nil }
+            defer { index += 1 }
+            return (state.name(at: index), state.entries[index].record)
+        }
+    }
+
+    public func makeIterator() -> Iterator { Iterator(state: self) }
+    public var underestimatedCount: Int { count }
 }

@@ -188,8 +188,8 @@ public struct SessionStore: Sendable {
     /// Downloads one snapshot and checks it whole (authenticated, every file against the
     /// manifest), returning its manifest; nil when the object is not in the store.
     public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
-        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry)) else { return nil }
+        guard let object = try await DownloadedObject(SessionLayout.snapshotKey(session, entry), from: store) else { return nil }
         return try SnapshotReader(keyring: keyring, limits: .sessionDirectory)
-            .manifest(of: BufferSource(object.bytes), session: session, entry: entry)
+            .manifest(of: object.source, session: session, entry: entry)
     }
 }

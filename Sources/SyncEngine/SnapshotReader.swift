@@ -23,7 +23,9 @@ struct SnapshotReader {
     ) throws -> SnapshotManifest {
         let id = entry.id
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(entry))
-        var contentIDs: [String: ContentID] = [:]
+        // The files as read, in archive order (name order, as the writer stores them, so this
+        // builds in place): for a base of 100,000 files a dictionary cost more than the manifest.
+        var contents = SessionState.Builder()
         var manifest: SnapshotManifest?
         do {
             let decrypted = try DecryptingSource(keyring: keyring, identity: identity, upstream: object)
@@ -33,13 +35,13 @@ struct SnapshotReader {
                     throw SnapshotError.corrupt("entry \(entry.path) follows the manifest")
                 }
                 if entry.path == SnapshotManifest.entryName {
-                    manifest = try SnapshotManifest.decode(try readAll(data, limit: limits.maxEntryBytes))
+                    manifest = try SnapshotManifest.decode(from: data)
                 } else if entry.path.hasPrefix(SnapshotManifest.filePrefix), entry.kind == .file {
                     let name = String(entry.path.dropFirst(SnapshotManifest.filePrefix.count))
                     // Content ids are keyed by the key that wrote the snapshot, which may be an older one.
                     let hasher = ContentHasher(key: decrypted.key)
                     try visit(name, TeeSource(upstream: data, tee: hasher))
-                    contentIDs[name] = hasher.finalize()
+                    _ = contents.add(name, FileRecord(size: entry.size, contentID: hasher.finalize(), fingerprint: nil))
                 } else {
                     throw SnapshotError.corrupt("unexpected entry \(entry.path)")
                 }
@@ -57,10 +59,12 @@ struct SnapshotReader {
         else {
             throw SnapshotError.corrupt("snapshot \(id)'s manifest names another snapshot")
         }
-        guard Set(contentIDs.keys) == Set(manifest.files.keys) else {
+        let readFiles = contents.build()
+        guard readFiles.count == manifest.files.count, zip(readFiles, manifest.files).allSatisfy({ $0.name == $1.name })
+        else {
             throw SnapshotError.corrupt("snapshot \(id)'s files do not match its manifest")
         }
-        for (name, record) in manifest.files where contentIDs[name] != record.contentID {
+        for ((name, read), (_, record)) in zip(readFiles, manifest.files) where read.contentID != record.contentID {
             // Same key id but another content key would also land here, so say both.
             throw SnapshotError.corrupt("\(name) in snapshot \(id) does not match its recorded content hash")
         }
@@ -82,16 +86,5 @@ private final class TeeSource: ByteSource {
         let count = try upstream.read(into: buffer)
         try tee.write(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         return count
-    }
-}
-
-func readAll(_ source: ByteSource, limit: Int64) throws -> [UInt8] {
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 64 << 10)
-    while true {
-        let count = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
-        if count == 0 { return bytes }
-        bytes += buffer[0..<count]
-        if bytes.count > limit { throw SnapshotError.corrupt("an entry is larger than \(limit) bytes") }
     }
 }

@@ -38,15 +38,53 @@ final class SnapshotSpool: ByteSink {
         }
     }
 
-    /// A file in the temporary directory (TMPDIR, else /tmp), unlinked at once: nothing is
-    /// left behind, even by a crash, and no other process can open it by name.
+    /// A file in the temporary directory, unlinked at once: nothing is left behind, even by a
+    /// crash, and no other process can open it by name.
     private static func temporaryFile() throws -> FileDescriptorSink {
-        let directory = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        var template = Array("\(directory)/sync-agent-spool-XXXXXX".utf8CString)
-        let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard descriptor >= 0 else { throw SystemError("create a temporary file in", path: directory) }
-        _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
-        unlink(template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
-        return FileDescriptorSink(fileDescriptor: descriptor, path: "a temporary file in \(directory)")
+        let (descriptor, path) = try createTemporaryFile(named: "sync-agent-spool")
+        unlink(path)
+        return FileDescriptorSink(fileDescriptor: descriptor, path: "a temporary file in \(temporaryDirectory)")
+    }
+}
+
+/// The temporary directory: TMPDIR, else /tmp.
+private var temporaryDirectory: String {
+    ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+}
+
+/// A new empty file `<temporary directory>/<prefix>-XXXXXX` (0600, close-on-exec): its descriptor and path.
+private func createTemporaryFile(named prefix: String) throws -> (descriptor: Int32, path: String) {
+    var template = Array("\(temporaryDirectory)/\(prefix)-XXXXXX".utf8CString)
+    let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+    guard descriptor >= 0 else { throw SystemError("create a temporary file in", path: temporaryDirectory) }
+    _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+    return (descriptor, template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+}
+
+/// An object read back as a stream, through a temporary file: a snapshot read into memory whole
+/// cost its size (a base of 100,000 files is about 70 MB) and as much again while it grew.
+final class DownloadedObject {
+    let source: FileDescriptorSource
+
+    /// Nil when the store has no such object.
+    init?(_ key: String, from store: any ObjectStore) async throws {
+        let (descriptor, path) = try createTemporaryFile(named: "sync-agent-download")
+        // The store writes the object by name; once it has, the name goes and only this descriptor
+        // (opened before, so it sees what was written) keeps the file.
+        defer { unlink(path) }
+        do {
+            guard try await store.download(key, toFileAt: path) != nil else {
+                close(descriptor)
+                return nil
+            }
+        } catch {
+            close(descriptor)
+            throw error
+        }
+        source = FileDescriptorSource(fileDescriptor: descriptor, path: "a download of \(key)")
+    }
+
+    deinit {
+        close(source.fileDescriptor)
     }
 }

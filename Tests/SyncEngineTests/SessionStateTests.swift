@@ -65,4 +65,18 @@ struct SessionStateTests {
             #expect(applied.digest == SessionState(model).digest)
         }
     }
+
+    @Test func builderTakesFilesInAnyOrderAndRefusesANameTwice() {
+        let names = ["a", "b/c", "b.json", "é", "A", "z"]
+        for order in [names.sorted(by: SessionState.precedes), names, names.reversed()] {
+            var builder = SessionState.Builder()
+            let added = order.map { builder.add($0, record($0)) }
+            #expect(added.allSatisfy { $0 })
+            let addedAgain = builder.add(order[2], record("again"))
+            #expect(!addedAgain)
+            let state = builder.build()
+            #expect(state.names == names.sorted(by: SessionState.precedes))
+            #expect(state.map(\.record) == state.names.map { record($0) })
+        }
+    }
 }

@@ -153,8 +153,8 @@ struct StableFileReaderTests {
         }
         symlink(directory.file("creds.json"), directory.file("link.json"))
         let files = try SessionFiles.scan(sessionDirectory: directory.path)
-        #expect(Set(files.keys) == ["creds.json", "pre-key-1.json", "sub/x.json"])
-        #expect(files["creds.json"] == SessionFiles.fileState(directory.file("creds.json")))
+        #expect(files.map(\.name) == ["creds.json", "pre-key-1.json", "sub/x.json"])
+        #expect(files.first?.state == SessionFiles.fileState(directory.file("creds.json")))
 
         #expect(try SessionFiles.sessionIDs(inRoot: directory.path) == ["sub"])
         let error = #expect(throws: WatcherError.self) { try SessionFiles.scan(sessionDirectory: directory.file("missing")) }

@@ -6,5 +6,5 @@ import SyncEngine
 
 runFuzzer { input in
     guard let manifest = try? SnapshotManifest.decode(input) else { return }
-    _ = manifest.applied(to: SessionState(manifest.files))
+    _ = manifest.applied(to: manifest.files)
 }

@@ -26,26 +26,28 @@ public enum SessionFiles {
         try entries(of: root).filter { $0.kind == .directory && isSessionDirectoryName($0.name) }.map(\.name).sorted()
     }
 
-    /// The regular files of a session directory (name → state), without ignored names, symlinks
-    /// and other special files; files in first-level subdirectories are named "subdirectory/name".
-    /// For the start-up comparison with the last manifest.
-    public static func scan(sessionDirectory directory: String) throws(WatcherError) -> [String: FileState] {
-        var files: [String: FileState] = [:]
+    /// The regular files of a session directory and their states, in the order of a
+    /// `SessionState`, without ignored names, symlinks and other special files; files in
+    /// first-level subdirectories are named "subdirectory/name". For the start-up comparison
+    /// with the last manifest. (An array, not a dictionary: a session of 100,000 files.)
+    public static func scan(sessionDirectory directory: String) throws(WatcherError) -> [(name: String, state: FileState)] {
+        var files: [(name: String, state: FileState)] = []
         for entry in try entries(of: directory) where !isIgnoredName(entry.name) {
             switch entry.kind {
             case .file:
-                if let state = fileState(directory + "/" + entry.name) { files[entry.name] = state }
+                if let state = fileState(directory + "/" + entry.name) { files.append((entry.name, state)) }
             case .directory:
                 // A subdirectory removed since the listing is simply not there any more.
                 guard let inner = try? entries(of: directory + "/" + entry.name) else { continue }
                 for innerEntry in inner where innerEntry.kind == .file && !isIgnoredName(innerEntry.name) {
                     let name = entry.name + "/" + innerEntry.name
-                    if let state = fileState(directory + "/" + name) { files[name] = state }
+                    if let state = fileState(directory + "/" + name) { files.append((name, state)) }
                 }
             case .other:
                 continue
             }
         }
+        files.sort { SessionState.precedes($0.name, $1.name) }
         return files
     }
 
