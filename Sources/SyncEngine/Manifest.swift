@@ -14,13 +14,13 @@ public struct FileRecord: Codable, Hashable, Sendable {
     public var fingerprint: FileState?
 }
 
-/// What one snapshot holds, stored encrypted as the last entry of its archive, as JSON that
-/// `ManifestJSON` writes and reads a file at a time.
+/// What one snapshot holds, stored encrypted as the last entry of its archive, as JSON Lines
+/// that `ManifestJSON` writes and reads a line at a time.
 public struct SnapshotManifest: Sendable {
     /// 2: snapshot ids carry their write attempt's tag (FORMAT.md).
     public static let currentFormatVersion = 2
     /// The archive entry that carries the manifest; file contents are under `filePrefix`.
-    static let entryName = "manifest.json"
+    static let entryName = "manifest.jsonl"
     static let filePrefix = "files/"
 
     public var formatVersion = SnapshotManifest.currentFormatVersion
@@ -80,11 +80,21 @@ public struct SnapshotManifest: Sendable {
 
 /// The JSON spelling of what sync-agent stores: keys sorted, dates ISO 8601 (FORMAT.md).
 enum StoredJSON {
-    static func encode(_ value: some Encodable) throws -> [UInt8] {
+    static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
-        return Array(try encoder.encode(value))
+        return encoder
+    }
+
+    static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+
+    static func encode(_ value: some Encodable) throws -> [UInt8] {
+        Array(try encoder().encode(value))
     }
 
     /// Decodes a versioned document: its `formatVersion` is checked first, so an older or newer
@@ -102,10 +112,8 @@ enum StoredJSON {
     }
 
     static func decode<Value: Decodable>(_ type: Value.Type, from bytes: [UInt8]) throws -> Value {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
         do {
-            return try decoder.decode(type, from: Data(bytes))
+            return try decoder().decode(type, from: Data(bytes))
         } catch {
             throw SnapshotError.corrupt("\(type) does not parse: \(error)")
         }

@@ -129,7 +129,7 @@ struct SnapshotWriter {
     }
 
     /// The manifest as the archive's last entry, streamed: a base's manifest of 100,000 files
-    /// is about 15 MB of JSON, written twice over (its size first, for the entry's header)
+    /// is about 15 MB of JSON Lines, encoded twice over (its size first, for the entry's header)
     /// rather than held.
     private func add(_ manifest: SnapshotManifest, to writer: ArchiveWriter) throws {
         try writer.addFile(

@@ -38,7 +38,7 @@ func expectRestoreContract(accepted: Bool) {
 }
 
 /// A snapshot payload as FORMAT.md lays it out (a few files of fixtures/sessions/small under
-/// files/, one in a subdirectory, then manifest.json), and an archive with no entries. The
+/// files/, one in a subdirectory, then manifest.jsonl), and an archive with no entries. The
 /// reader's hostile fixtures are copied beside them by scripts/fuzz.
 func writeSeeds(into directory: String) throws {
     let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -54,7 +54,7 @@ func writeSeeds(into directory: String) throws {
     try writer.addDirectory(relativePath: "files/keys", modificationTime: time)
     try writer.addFile(relativePath: "files/keys/nested.json", contents: Array("{\"nested\":true}".utf8), modificationTime: time)
     let manifest = Array(FileManager.default.contents(atPath: "\(fixtures)/fuzz/manifest/base.json")!)
-    try writer.addFile(relativePath: "manifest.json", contents: manifest, modificationTime: time)
+    try writer.addFile(relativePath: "manifest.jsonl", contents: manifest, modificationTime: time)
     try writer.finish()
     try writeSeed(snapshot.bytes, named: "snapshot.tar.zst", into: directory)
 
