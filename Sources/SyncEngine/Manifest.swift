@@ -32,7 +32,7 @@ public struct SnapshotManifest: Sendable {
     public var createdAt: Date
     /// A base: every file. A delta: the files created or changed since `parent`.
     public var files: SessionState
-    /// A delta: the names removed since `parent`.
+    /// A delta: the names removed since `parent`, in name order (a reader refuses any other).
     public var deleted: [String]
     /// The whole session after this snapshot, so a restore can check what it rebuilt.
     public var stateFileCount: Int

@@ -1,7 +1,7 @@
 import FuzzSupport
 import SyncEngine
 
-// libFuzzer target: the snapshot manifest decoder (the JSON inside every snapshot object). It
+// libFuzzer target: the snapshot manifest decoder (the JSON Lines inside every snapshot object). It
 // must refuse bad input with an error; what it accepts must be usable as a session state.
 
 runFuzzer { input in
