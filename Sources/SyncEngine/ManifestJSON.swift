@@ -157,7 +157,8 @@ enum ManifestJSON {
 
         /// The next line, which must be there, end with a newline and decode as `type`.
         mutating func decode<Line: Decodable>(_ type: Line.Type, with decoder: JSONDecoder) throws -> Line {
-            guard let next = try next(), next.terminated else { throw failure("the manifest ends early") }
+            let wanted = number + 1
+            guard let next = try next(), next.terminated else { throw failure("it ends before line \(wanted) is complete") }
             do {
                 return try decoder.decode(type, from: Data(next.bytes))
             } catch {
