@@ -22,8 +22,8 @@ public final class ArchiveWriter {
     /// zstd worker thread, overlapping compression with reading files, tar framing and
     /// encryption on the calling thread, as in `tar | zstd`. zstd hands its worker whole jobs of
     /// several MiB (four windows at level 3), so a smaller archive would gain nothing but a
-    /// thread and the job buffers, a few MiB per archive: the sidecar's snapshots are mostly
-    /// small, and many run at once.
+    /// thread and the job buffers, a few MiB per archive (~35 MB for a large one: the sidecar,
+    /// which holds many sessions, does not ask for it; a one-shot `backup` does).
     public static let workerThreadThreshold: Int64 = 32 << 20
 
     /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest). `expectedFileBytes`:

@@ -36,7 +36,8 @@ struct BackupCommand: AsyncParsableCommand {
         for id in ids {
             let replicator = SessionReplicator(
                 session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: owner,
-                conditionalWrites: opened.conditionalWrites, claimsOwnership: false, policy: policy, logger: logger)
+                conditionalWrites: opened.conditionalWrites, claimsOwnership: false,
+                largeBasesOnWorkerThread: true, policy: policy, logger: logger)
             do {
                 let result = try await replicator.sync(forceBase: true)
                 try await opened.mirror?.mirror(id)

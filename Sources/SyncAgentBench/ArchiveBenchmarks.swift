@@ -54,7 +54,8 @@ struct ArchivePack: ParsableCommand {
         let keyring = try key.keyring()
         let output = try OpenFile.creating(object)
         let encryption = EncryptingSink(key: keyring.primary, identity: benchIdentity, downstream: output.sink)
-        // As for a base snapshot, the sizes come from a scan before the first file is read.
+        // As for a base `backup` writes, the sizes come from a scan before the first file is
+        // read, and a large archive compresses on zstd's worker thread.
         let tree = try DirectoryTree(root: directory)
         let writer = try ArchiveWriter(sink: encryption, compressionLevel: level, expectedFileBytes: tree.fileBytes)
         for directory in tree.directories {

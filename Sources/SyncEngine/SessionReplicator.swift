@@ -55,9 +55,11 @@ public actor SessionReplicator {
     /// `claimsOwnership`: the sidecar claims its sessions (fencing any other writer); a
     /// scheduled `backup` beside it joins the current owner's generation instead, so the
     /// two cooperate through the head's conditional writes rather than fence each other.
+    /// `largeBasesOnWorkerThread`: speed over memory for large bases (`backup`; see SnapshotWriter).
     public init(
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
+        largeBasesOnWorkerThread: Bool = false,
         policy: CompactionPolicy = CompactionPolicy(),
         remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
         logger: Logger
@@ -65,7 +67,9 @@ public actor SessionReplicator {
         self.session = session
         self.directory = directory
         self.sessionStore = sessionStore
-        self.writer = SnapshotWriter(keyring: sessionStore.keyring, compressionLevel: compressionLevel)
+        self.writer = SnapshotWriter(
+            keyring: sessionStore.keyring, compressionLevel: compressionLevel,
+            largeBasesOnWorkerThread: largeBasesOnWorkerThread)
         self.owner = owner
         self.policy = policy
         self.conditionalWrites = conditionalWrites

@@ -13,6 +13,11 @@ import SessionArchive
 struct SnapshotWriter {
     let keyring: Keyring
     let compressionLevel: Int
+    /// Large bases (`ArchiveWriter.workerThreadThreshold`) compress on zstd's worker thread,
+    /// overlapping compression with reading files (a 100,000-file base: 3.2 s instead of 4.1 s)
+    /// at the cost of its job buffers, ~35 MB: right for a one-shot `backup`, which writes one
+    /// session at a time; the sidecar keeps its memory instead.
+    let largeBasesOnWorkerThread: Bool
     let reader = StableFileReader()
 
     /// A file modified this recently may be rewritten again within one mtime tick with the
@@ -55,14 +60,14 @@ struct SnapshotWriter {
         } else {
             candidates = try SessionFiles.scan(sessionDirectory: directory).map { ($0.name, $0.state) }
         }
+        let expectedFileBytes =
+            largeBasesOnWorkerThread && kind == .base ? candidates.reduce(0) { $0 + ($1.fingerprint?.size ?? 0) } : 0
         var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
         func archiveWriter() throws -> ArchiveWriter {
             if let archive { return archive.writer }
             let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
-            // Compressed on this thread whatever the size: zstd's worker thread would overlap it
-            // with reading files (a 100,000-file base: 3.2 s instead of 4.1 s) but its job
-            // buffers cost ~35 MB, a third of the agent's peak memory then.
-            let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
+            let writer = try ArchiveWriter(
+                sink: encryption, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)
             archive = (writer, encryption)
             return writer
         }
