@@ -22,6 +22,16 @@ final class ArchiveRoundTripTests: XCTestCase {
         }
     }
 
+    /// A large archive compresses on zstd's worker thread (`backup`): still one frame the same
+    /// reader restores byte-identical.
+    func testWorkerThreadCompressionRoundTrips() throws {
+        let root = try makeTemporaryDirectory(for: self)
+        let session = Fixtures.session("medium")
+        let archive = try archiveBytes(of: session, expectedFileBytes: ArchiveWriter.workerThreadThreshold)
+        try ArchiveExtractor().restore(from: BufferSource(archive), replacing: root + "/target")
+        XCTAssertEqual(try TreeSnapshot(root + "/target"), try XCTUnwrap(try TreeSnapshot(session)).normalized)
+    }
+
     func testOneLevelOfSubdirectoriesRoundTrips() throws {
         let root = try makeTemporaryDirectory(for: self)
         try writeTree(["creds.json": Array("{}".utf8), "keys/pre-key-1.json": [1, 2, 3], "keys/empty.json": []], at: root + "/source")

@@ -82,9 +82,9 @@ func makeTemporaryDirectory(for test: XCTestCase) throws -> String {
 }
 
 /// Archives a directory tree in sorted order the way the sync engine does: file contents streamed
-/// from open descriptors.
-func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: Int = 3) throws {
-    let writer = try ArchiveWriter(sink: sink, compressionLevel: compressionLevel)
+/// from open descriptors. `expectedFileBytes` picks the compression mode (ArchiveWriter).
+func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws {
+    let writer = try ArchiveWriter(sink: sink, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)
     let paths = try FileManager.default.subpathsOfDirectory(atPath: directory).sorted()
     for relativePath in paths {
         let path = directory + "/" + relativePath
@@ -105,9 +105,9 @@ func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: 
     try writer.finish()
 }
 
-func archiveBytes(of directory: String, compressionLevel: Int = 3) throws -> [UInt8] {
+func archiveBytes(of directory: String, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws -> [UInt8] {
     let sink = BufferSink()
-    try archiveDirectory(directory, to: sink, compressionLevel: compressionLevel)
+    try archiveDirectory(directory, to: sink, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)
     return sink.bytes
 }
 
