@@ -254,16 +254,18 @@ public struct SessionRestorer: Sendable {
 
     /// The directory's current state, by content (fingerprints differ between machines).
     private func localState(_ directory: String) throws -> SessionState {
-        var files: [String: FileRecord] = [:]
+        var files = SessionState.Builder()
         let reader = StableFileReader()
         for (name, _) in try SessionFiles.scan(sessionDirectory: directory) {
             guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
                 throw SnapshotError.io("\(name) is being written")
             }
-            files[name] = FileRecord(
-                size: Int64(file.bytes.count),
-                contentID: sessionStore.keyring.primary.contentID(of: file.bytes), fingerprint: nil)
+            _ = files.add(
+                name,
+                FileRecord(
+                    size: Int64(file.bytes.count), contentID: sessionStore.keyring.primary.contentID(of: file.bytes),
+                    fingerprint: nil))
         }
-        return SessionState(files)
+        return files.build()
     }
 }

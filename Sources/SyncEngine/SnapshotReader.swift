@@ -41,7 +41,9 @@ struct SnapshotReader {
                     // Content ids are keyed by the key that wrote the snapshot, which may be an older one.
                     let hasher = ContentHasher(key: decrypted.key)
                     try visit(name, TeeSource(upstream: data, tee: hasher))
-                    _ = contents.add(name, FileRecord(size: entry.size, contentID: hasher.finalize(), fingerprint: nil))
+                    guard contents.add(name, FileRecord(size: entry.size, contentID: hasher.finalize(), fingerprint: nil)) else {
+                        throw SnapshotError.corrupt("\(entry.path) is in the archive twice")
+                    }
                 } else {
                     throw SnapshotError.corrupt("unexpected entry \(entry.path)")
                 }
