@@ -13,9 +13,10 @@ public final class ArchiveWriter {
     private let archive: OpaquePointer
     private let output: WriterOutput
     /// One header and one read buffer for every entry: a snapshot is mostly files of a few
-    /// hundred bytes, where allocating either per file costs as much as the file.
+    /// hundred bytes, where allocating either per file costs as much as the file. The buffer
+    /// only when files are read from descriptors (the agent hands over contents it has read).
     private let entry: OpaquePointer
-    private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
+    private var readBuffer: UnsafeMutableRawBufferPointer?
     private var finished = false
 
     /// An archive expected to hold at least this many bytes of file data is compressed on a
@@ -55,14 +56,16 @@ public final class ArchiveWriter {
         output.isDiscarding = true
         archive_entry_free(entry)
         archive_write_free(archive)
-        readBuffer.deallocate()
+        readBuffer?.deallocate()
     }
 
     /// Adds a regular file whose contents are read from `fileDescriptor` (from its current offset).
     /// Reads exactly `size` bytes; if the file has become shorter, throws `sourceChanged`.
     public func addFile(relativePath: String, fileDescriptor: Int32, size: Int64, modificationTime: Int64) throws {
         try addEntry(relativePath: relativePath, type: S_IFREG, permissions: 0o600, size: size, modificationTime: modificationTime)
-        try readChunks(of: fileDescriptor, size: size, into: readBuffer, entry: relativePath) { chunk in
+        let buffer = readBuffer ?? UnsafeMutableRawBufferPointer.allocate(byteCount: fileChunkSize, alignment: 16)
+        readBuffer = buffer
+        try readChunks(of: fileDescriptor, size: size, into: buffer, entry: relativePath) { chunk in
             try writeData(chunk, entry: relativePath)
         }
         try finishEntry(relativePath)

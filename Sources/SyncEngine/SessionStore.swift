@@ -151,12 +151,18 @@ public struct SessionStore: Sendable {
         guard let latest = byLink[Link(sequence: latestID.sequence, tag: latestID.tag)], latest.id == latestID else {
             throw .notFound("the head of session \(session) names snapshot \(latestID.tagged), which is not in the store")
         }
-        let newestFirst = entries.filter { $0.id.generation <= head.generation }.sorted { $0.id > $1.id }
+        // Only a walk that meets a pruned gap needs the entries newest first.
+        var newestFirst: [SnapshotEntry]?
+        func newestBelowGap(_ link: Link, child: SnapshotEntry) -> SnapshotEntry? {
+            let sorted = newestFirst ?? entries.filter { $0.id.generation <= head.generation }.sorted { $0.id > $1.id }
+            newestFirst = sorted
+            return sorted.first { $0.id.sequence < link.sequence && !$0.isNewer(than: child) }
+        }
         var snapshots = [latest.id.sequence: latest]
         var child = latest
         while child.id.sequence > 0, let parentTag = child.parentTag {
             let link = Link(sequence: child.id.sequence - 1, tag: parentTag)
-            let found = byLink[link] ?? newestFirst.first { $0.id.sequence < link.sequence && !$0.isNewer(than: child) }
+            let found = byLink[link] ?? newestBelowGap(link, child: child)
             guard let parent = found else { break }
             snapshots[parent.id.sequence] = parent
             child = parent

@@ -133,10 +133,20 @@ struct SnapshotWriter {
         return Outcome(manifest: manifest, state: state, unsettled: unsettled)
     }
 
-    /// The manifest as the archive's last entry, streamed: a base's manifest of 100,000 files
-    /// is about 15 MB of JSON Lines, encoded twice over (its size first, for the entry's header)
+    /// The manifest as the archive's last entry. A delta's manifest (a few files) fits one
+    /// chunk: encoded once and kept. A larger one (a base of 100,000 files is about 15 MB of
+    /// JSON Lines) is streamed, encoded twice over (its size first, for the entry's header)
     /// rather than held.
     private func add(_ manifest: SnapshotManifest, to writer: ArchiveWriter) throws {
+        var chunks: [[UInt8]] = []
+        var isLarge = false
+        try ManifestJSON.write(manifest) { chunk in
+            if chunks.isEmpty { chunks.append(Array(chunk)) } else { isLarge = true }
+        }
+        guard isLarge else {
+            try writer.addFile(relativePath: SnapshotManifest.entryName, contents: chunks.first ?? [], modificationTime: 0)
+            return
+        }
         try writer.addFile(
             relativePath: SnapshotManifest.entryName, size: try ManifestJSON.byteCount(of: manifest), modificationTime: 0
         ) { write in
