@@ -154,6 +154,10 @@ struct RestoreCommand: AsyncParsableCommand {
                 // --all asks for what the store can bring back: a session that logged out was not
                 // asked for, and must not fail a worker's start (named, it is reported as failed).
                 logger.info("not restoring a session that logged out", metadata: ["session": "\(id)"])
+            case .success(let outcome) where all && outcome.status == .notFound:
+                // Claimed by an agent that has not committed its first snapshot yet (or was killed
+                // before it did): nothing to bring back, and nothing wrong with the store.
+                logger.info("not restoring a session with no snapshot yet", metadata: ["session": "\(id)"])
             case .success(let outcome): report.record(outcome)
             case .failure(let error): report.record(id, failure: error)
             }

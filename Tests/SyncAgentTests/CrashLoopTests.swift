@@ -51,7 +51,9 @@ struct CrashLoopTests {
             // later kills would land in the same cycle again and only lengthen the test.
             try await Task.sleep(for: .milliseconds(Int.random(in: 0...1200, using: &random)))
             try await agent.process.kill()
-            let context = "kill \(kill) of \(kills) (seed \(Self.seed)), the agent's log: \(agent.process.standardErrorPath)"
+            // The log's last lines, not its path: CI removes the workspace before anyone reads it.
+            let context = "kill \(kill) of \(kills) (seed \(Self.seed)), the agent's log ends:\n"
+                + agent.logLines.suffix(15).joined(separator: "\n")
             try #require(agent.process.exitStatus == .signaled(SIGKILL), "the agent ended by itself: \(context)")
 
             // Every session the store has, as of this kill point.

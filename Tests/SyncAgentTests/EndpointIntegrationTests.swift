@@ -175,7 +175,7 @@ struct EndpointIntegrationTests {
         try await waitUntil(timeout: .seconds(30), "the endpoint never answered again") {
             (try? await httpGet("\(endpoint)/healthz"))?.status == 200
         }
-        #expect(oversized.isClosedByPeer(), "the oversized request's connection stayed open")
+        #expect(await oversized.isClosedByPeer(), "the oversized request's connection stayed open")
         #expect(try await agent.terminate() == .exited(0))
     }
 }

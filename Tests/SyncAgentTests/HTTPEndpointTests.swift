@@ -33,7 +33,7 @@ struct HTTPEndpointTests {
 
         let connection = try LoopbackConnection(port: port)
         connection.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        let received = try #require(connection.receiveUntilClosed(), "the connection stayed open past its lifetime")
+        let received = try #require(await connection.receiveUntilClosed(), "the connection stayed open past its lifetime")
         let response = String(decoding: received, as: UTF8.self)
         #expect(response.hasPrefix("HTTP/1.1 200 OK"))
         #expect(response.hasSuffix("\r\n\r\n" + String(repeating: "x", count: body.count)), "\(received.count) bytes received")

@@ -1,5 +1,7 @@
+import Crypto
 import Foundation
 import S3Client
+import SyncEngine
 import TestSupport
 import Testing
 
@@ -91,6 +93,30 @@ struct RestoreCommandTests {
             #expect(fromS3Statuses == ["small": "restored", "medium": "restored"])
             try expectSameTree(elsewhere, workspace.sessions)
         }
+    }
+
+    /// A session an agent claimed (its head written) but had no snapshot of yet, as an agent
+    /// killed during its first upload leaves it: `--all` has nothing to bring back for it and
+    /// does not fail the worker's start; asked for by name, it is not found.
+    @Test func aClaimedSessionWithoutASnapshotIsSkippedByAllAndNotFoundByName() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = try workspace.freshDirectory()
+        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        _ = try await backup(runner, workspace)
+        let sessionStore = SessionStore(
+            store: try FileSystemStore(root: store),
+            keyring: try Keyring.load(keyFiles: ["\(store)/.sync-agent-key"], environmentValue: nil))
+        let claim = SessionHead(generation: 1, owner: "killed-agent", latest: nil, latestKind: nil, base: nil, updatedAt: Date())
+        _ = try await sessionStore.writeHead(claim, session: try #require(SessionID("claimed")), condition: .ifAbsent)
+
+        let target = try workspace.freshDirectory()
+        let (all, statuses) = try await restore(runner, into: target, ["--all"])
+        #expect(all.termination == .exited(0), "\(all.standardError)")
+        #expect(statuses == ["small": "restored"])
+        #expect(try sortedFiles(target) == ["small"])
+        let (named, namedStatuses) = try await restore(runner, into: target, ["claimed"])
+        #expect(named.termination == .exited(4), "\(named.standardError)")
+        #expect(namedStatuses == ["claimed": "failed: not_found"])
     }
 
     // MARK: - Earlier points

@@ -71,7 +71,7 @@ private func isFree(_ port: Int) -> Bool {
 /// A TCP port on 127.0.0.1 that nothing listens on now.
 public func freePort() throws -> Int {
     for _ in 0..<200 {
-        let port = Int.random(in: 20000...50000)
+        let port = Int.random(in: portsForServers)
         if isFree(port) { return port }
     }
     throw ProgramFailure("no free port found")
@@ -80,11 +80,21 @@ public func freePort() throws -> Int {
 /// Two TCP ports on 127.0.0.1 free now, `port` and `port + 10000` (SeaweedFS puts gRPC there).
 public func freePortPair() throws -> Int {
     for _ in 0..<200 {
-        let port = Int.random(in: 20000...40000)
+        let port = Int.random(in: portsForServers.lowerBound...(portsForServers.upperBound - 10000))
         if isFree(port) && isFree(port + 10000) { return port }
     }
     throw ProgramFailure("no free port pair found")
 }
+
+/// Ports a test may hand to a server it starts: below the kernel's ephemeral range, which the
+/// suite's own client connections draw from. A port chosen inside it was seen taken by one of
+/// them between the check and the server's bind ("address already in use").
+private let portsForServers: ClosedRange<Int> = {
+    let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+        .split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+    let ephemeralStart = range?.first ?? 32768
+    return 10000...max(ephemeralStart - 1, 25000)
+}()
 
 /// A client TCP connection to 127.0.0.1:`port` that a test drives byte by byte (a slow or
 /// hostile client). Closed when released.
@@ -104,14 +114,22 @@ public final class LoopbackConnection: Sendable {
     }
 
     /// Whether the peer closed the connection (or reset it), waiting up to `timeout` for it.
-    public func isClosedByPeer(timeout: Duration = .seconds(15)) -> Bool {
+    public func isClosedByPeer(timeout: Duration = .seconds(15)) async -> Bool {
         // Whatever the server answered (an error status) is read past; the end is what counts.
-        receiveUntilClosed(timeout: timeout) != nil
+        await receiveUntilClosed(timeout: timeout) != nil
     }
 
     /// Everything the peer sent until it closed the connection (or reset it); nil when it is
-    /// still open after `timeout`.
-    public func receiveUntilClosed(timeout: Duration = .seconds(15)) -> [UInt8]? {
+    /// still open after `timeout`. The wait blocks a thread of its own: on a cooperative pool of
+    /// two threads (two cores), a blocked one was seen to keep the server under test from
+    /// answering at all.
+    public func receiveUntilClosed(timeout: Duration = .seconds(15)) async -> [UInt8]? {
+        await withCheckedContinuation { continuation in
+            Thread { continuation.resume(returning: self.blockingReceiveUntilClosed(timeout: timeout)) }.start()
+        }
+    }
+
+    private func blockingReceiveUntilClosed(timeout: Duration) -> [UInt8]? {
         var descriptors = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)]
         let deadline = ContinuousClock.now + timeout
         var buffer = [UInt8](repeating: 0, count: 4096)

@@ -7,10 +7,14 @@ S3_TOOLS="${S3_TOOLS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.tools
 S3_SERVER_PIDS=()
 
 free_port() {
-  # SeaweedFS puts gRPC on port+10000, so stay low enough for that to exist too.
+  # Below the kernel's ephemeral range (client connections take ports from it, and one could
+  # take this port before the server binds it), and low enough for SeaweedFS's gRPC port,
+  # port+10000, to exist below it too.
   python3 -c 'import random,socket
+low=int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+top=max(low-1,25000)-10000
 while True:
-    p=random.randint(20000,40000)
+    p=random.randint(10000,top)
     try:
         for q in (p,p+10000):
             s=socket.socket(); s.bind(("127.0.0.1",q)); s.close()
