@@ -168,7 +168,7 @@ public struct SessionRestorer: Sendable {
         // that is missing or empty cannot be up to date, so the usual restore (a new worker, an
         // empty disk) reads each object once: that pass is most of a restore's CPU.
         if !isMissingOrEmpty(directory) {
-            let manifest = try reader.manifest(of: BufferSource(objects.last!), session: session, entry: newest)
+            let manifest = try reader.manifest(of: try objects.last!.source(), session: session, entry: newest)
             if let local = try? localState(directory), local.digest == manifest.stateDigest {
                 return outcome(.upToDate, manifest)
             }
@@ -184,22 +184,22 @@ public struct SessionRestorer: Sendable {
     }
 
 
-    private func download(_ chain: [SnapshotEntry], session: SessionID) async throws -> [[UInt8]] {
-        var objects = [[UInt8]](repeating: [], count: chain.count)
-        try await withThrowingTaskGroup(of: (Int, [UInt8]).self) { group in
+    private func download(_ chain: [SnapshotEntry], session: SessionID) async throws -> [DownloadedSnapshot] {
+        var objects = [DownloadedSnapshot?](repeating: nil, count: chain.count)
+        try await withThrowingTaskGroup(of: (Int, DownloadedSnapshot).self) { group in
             var next = 0
             func start() {
                 let index = next
                 next += 1
-                group.addTask { (index, try await sessionStore.snapshotBytes(session, chain[index])) }
+                group.addTask { (index, try await sessionStore.downloadSnapshot(session, chain[index])) }
             }
             for _ in 0..<min(downloadConcurrency, chain.count) { start() }
-            while let (index, bytes) = try await group.next() {
-                objects[index] = bytes
+            while let (index, object) = try await group.next() {
+                objects[index] = object
                 if next < chain.count { start() }
             }
         }
-        return objects
+        return objects.map { $0! }
     }
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
@@ -207,7 +207,7 @@ public struct SessionRestorer: Sendable {
     /// staging directory (a dry run) every check runs and the contents are only read. Returns
     /// the newest snapshot's manifest.
     private func apply(
-        _ chain: [SnapshotEntry], objects: [[UInt8]], session: SessionID, into staging: StagingDirectory?,
+        _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
     ) throws -> SnapshotManifest {
         var decided = Set<String>()
@@ -215,7 +215,7 @@ public struct SessionRestorer: Sendable {
         var manifests: [SnapshotManifest] = []
         for index in chain.indices.reversed() {
             let entry = chain[index]
-            let manifest = try reader.read(BufferSource(objects[index]), session: session, entry: entry) {
+            let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
                 if decided.contains(name) { return try data.drain() }
                 guard let staging else {

@@ -184,11 +184,11 @@ public struct SessionStore: Sendable {
         try await spool.upload(to: store, key: SessionLayout.snapshotKey(session, entry))
     }
 
-    public func snapshotBytes(_ session: SessionID, _ entry: SnapshotEntry) async throws -> [UInt8] {
-        guard let object = try await store.get(SessionLayout.snapshotKey(session, entry)) else {
+    func downloadSnapshot(_ session: SessionID, _ entry: SnapshotEntry) async throws -> DownloadedSnapshot {
+        guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: store) else {
             throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
         }
-        return object.bytes
+        return object
     }
 
     /// Downloads one snapshot and checks it whole (authenticated, every file against the
@@ -196,6 +196,6 @@ public struct SessionStore: Sendable {
     public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
         guard let object = try await DownloadedObject(SessionLayout.snapshotKey(session, entry), from: store) else { return nil }
         return try SnapshotReader(keyring: keyring, limits: .sessionDirectory)
-            .manifest(of: object.source, session: session, entry: entry)
+            .manifest(of: try object.source(), session: session, entry: entry)
     }
 }

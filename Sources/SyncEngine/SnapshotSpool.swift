@@ -63,8 +63,9 @@ private func createTemporaryFile(named prefix: String) throws -> (descriptor: In
 
 /// An object read back as a stream, through a temporary file: a snapshot read into memory whole
 /// cost its size (a base of 100,000 files is about 70 MB) and as much again while it grew.
-final class DownloadedObject {
-    let source: FileDescriptorSource
+final class DownloadedObject: Sendable {
+    private let descriptor: Int32
+    private let key: String
 
     /// Nil when the store has no such object.
     init?(_ key: String, from store: any ObjectStore) async throws {
@@ -81,10 +82,44 @@ final class DownloadedObject {
             close(descriptor)
             throw error
         }
-        source = FileDescriptorSource(fileDescriptor: descriptor, path: "a download of \(key)")
+        self.descriptor = descriptor
+        self.key = key
     }
 
     deinit {
-        close(source.fileDescriptor)
+        close(descriptor)
+    }
+
+    /// The object's bytes from the start; each call reads them again (one reader at a time).
+    func source() throws -> FileDescriptorSource {
+        guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw SystemError("seek in", path: "a download of \(key)") }
+        return FileDescriptorSource(fileDescriptor: descriptor, path: "a download of \(key)")
+    }
+}
+
+/// A snapshot object downloaded for a restore: in memory while it is small (deltas, bases of
+/// ordinary sessions), in an unlinked temporary file when the listing says it is larger than
+/// `SnapshotSpool.memoryLimit`, so a restore of a large session costs disk, not its size in RAM.
+enum DownloadedSnapshot: Sendable {
+    case inMemory([UInt8])
+    case spooled(DownloadedObject)
+
+    /// Nil when the store has no such object.
+    init?(_ key: String, size: Int64, from store: any ObjectStore) async throws {
+        if size > SnapshotSpool.memoryLimit {
+            guard let object = try await DownloadedObject(key, from: store) else { return nil }
+            self = .spooled(object)
+        } else {
+            guard let object = try await store.get(key) else { return nil }
+            self = .inMemory(object.bytes)
+        }
+    }
+
+    /// The object's bytes from the start; each call reads them again.
+    func source() throws -> any ByteSource {
+        switch self {
+        case .inMemory(let bytes): BufferSource(bytes)
+        case .spooled(let object): try object.source()
+        }
     }
 }
