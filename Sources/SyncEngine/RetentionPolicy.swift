@@ -107,8 +107,20 @@ public struct RetentionPolicy: Sendable, Equatable {
         let floor = Self.lowestCertainSequence(history)
         // A committed object was written before every snapshot that follows it: one the store
         // lists as written after a committed snapshot of a higher sequence is not committed.
+        // The earliest time listed above each committed snapshot, so each check is one search.
+        let committed = history.sorted
+        var earliestFrom = [Date?](repeating: nil, count: committed.count + 1)
+        for index in committed.indices.reversed() {
+            earliestFrom[index] = [earliestFrom[index + 1], committed[index].lastModified].compactMap { $0 }.min()
+        }
         func isLateUpload(_ entry: SnapshotEntry) -> Bool {
-            history.snapshots.values.contains { $0.id.sequence > entry.id.sequence && entry.isNewer(than: $0) }
+            var (firstAbove, end) = (0, committed.count)  // binary search: committed is by sequence
+            while firstAbove < end {
+                let middle = (firstAbove + end) / 2
+                if committed[middle].id.sequence > entry.id.sequence { end = middle } else { firstAbove = middle + 1 }
+            }
+            guard let time = entry.lastModified, let earliest = earliestFrom[firstAbove] else { return false }
+            return time > earliest
         }
         plan.orphans = entries.filter { entry in
             entry.id.sequence < latest.sequence && entry.id.generation <= head.generation && !history.contains(entry)
