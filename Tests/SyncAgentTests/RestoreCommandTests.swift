@@ -95,6 +95,22 @@ struct RestoreCommandTests {
         }
     }
 
+    /// Restored files are 0600 and directories 0700 whatever the umask: one that takes the
+    /// owner's bits (the mode a file is created with is not enough) and one that takes none.
+    @Test(arguments: [0o277, 0o000] as [mode_t])
+    func restoredModesArePrivateWhateverTheUmask(_ umask: mode_t) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        try FileManager.default.createDirectory(atPath: workspace.session("small") + "/keys", withIntermediateDirectories: false)
+        try write(#"{"nested":true}"#, to: workspace.session("small") + "/keys/sender-key-1.json")
+        var runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
+        _ = try await backup(runner, workspace)
+        runner.umask = umask
+        let target = try workspace.freshDirectory()
+        try await runner.restore(into: target)
+        try expectSameTree(target, workspace.sessions)
+        try expectPrivateModes("\(target)/small")
+    }
+
     /// A session an agent claimed (its head written) but had no snapshot of yet, as an agent
     /// killed during its first upload leaves it: `--all` has nothing to bring back for it and
     /// does not fail the worker's start; asked for by name, it is not found.

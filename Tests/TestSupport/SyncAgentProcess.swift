@@ -12,6 +12,8 @@ public struct SyncAgentRunner: Sendable {
     public var environment: [String: String]
     /// Where each run leaves its standard output and error.
     public let logDirectory: String
+    /// The umask the program starts with (through /bin/sh), when not the test process's own.
+    public var umask: mode_t?
 
     public init(storeArguments: [String], environment: [String: String], logDirectory: String) {
         self.storeArguments = storeArguments
@@ -95,8 +97,12 @@ public struct SyncAgentRunner: Sendable {
     /// Starts another subcommand, for a test that kills it or waits for it itself.
     public func start(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") throws -> ChildProcess {
         let name = "\(subcommand)-\(randomHex(4))"
+        var (executable, programArguments) = (try Self.binaryPath, [subcommand] + storeArguments + arguments)
+        if let umask {
+            (executable, programArguments) = ("/bin/sh", ["-c", #"umask "$0" && exec "$@""#, String(umask, radix: 8), executable] + programArguments)
+        }
         return try ChildProcess(
-            try Self.binaryPath, [subcommand] + storeArguments + arguments, environment: Self.cleanEnvironment(environment),
+            executable, programArguments, environment: Self.cleanEnvironment(environment),
             standardInput: standardInput,
             standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
     }
