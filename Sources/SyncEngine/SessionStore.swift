@@ -194,7 +194,8 @@ public struct SessionStore: Sendable {
     /// Downloads one snapshot and checks it whole (authenticated, every file against the
     /// manifest), returning its manifest; nil when the object is not in the store.
     public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
-        guard let object = try await DownloadedObject(SessionLayout.snapshotKey(session, entry), from: store) else { return nil }
+        guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: store)
+        else { return nil }
         return try SnapshotReader(keyring: keyring, limits: .sessionDirectory)
             .manifest(of: try object.source(), session: session, entry: entry)
     }

@@ -97,9 +97,10 @@ final class DownloadedObject: Sendable {
     }
 }
 
-/// A snapshot object downloaded for a restore: in memory while it is small (deltas, bases of
-/// ordinary sessions), in an unlinked temporary file when the listing says it is larger than
-/// `SnapshotSpool.memoryLimit`, so a restore of a large session costs disk, not its size in RAM.
+/// A snapshot object downloaded to be read (a restore, an agent loading its chain): in memory
+/// while it is small (deltas, bases of ordinary sessions), in an unlinked temporary file when the
+/// listing says it is larger than `SnapshotSpool.memoryLimit`, so a large session costs disk,
+/// not its size in RAM.
 enum DownloadedSnapshot: Sendable {
     case inMemory([UInt8])
     case spooled(DownloadedObject)
