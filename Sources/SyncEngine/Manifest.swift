@@ -70,11 +70,7 @@ public struct SnapshotManifest: Sendable {
     }
 
     package static func decode(_ bytes: [UInt8]) throws -> SnapshotManifest {
-        try decode(from: BufferSource(bytes))
-    }
-
-    static func decode(from source: ByteSource) throws -> SnapshotManifest {
-        try ManifestJSON.read(from: source)
+        try ManifestJSON.read(from: BufferSource(bytes))
     }
 }
 

@@ -35,7 +35,7 @@ struct SnapshotReader {
                     throw SnapshotError.corrupt("entry \(entry.path) follows the manifest")
                 }
                 if entry.path == SnapshotManifest.entryName {
-                    manifest = try SnapshotManifest.decode(from: data)
+                    manifest = try ManifestJSON.read(from: data)
                 } else if entry.path.hasPrefix(SnapshotManifest.filePrefix), entry.kind == .file {
                     let name = String(entry.path.dropFirst(SnapshotManifest.filePrefix.count))
                     // Content ids are keyed by the key that wrote the snapshot, which may be an older one.
