@@ -61,8 +61,9 @@ public struct SessionMirror: Sendable {
             let present = Set(try await remote.snapshots(session).map(SessionLayout.snapshotName))
             for entry in history.sorted where !present.contains(SessionLayout.snapshotName(entry)) {
                 // Gone since the listing: a local prune took it; the next round's walk knows.
-                guard let object = try await local.store.get(SessionLayout.snapshotKey(session, entry)) else { continue round }
-                try await remote.putSnapshot(session, entry, bytes: object.bytes)
+                guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: local.store)
+                else { continue round }
+                try await remote.putSnapshot(session, entry, downloaded: object)
                 copied.append(entry)
             }
             var condition: WriteCondition?

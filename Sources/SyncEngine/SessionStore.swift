@@ -184,6 +184,10 @@ public struct SessionStore: Sendable {
         try await spool.upload(to: store, key: SessionLayout.snapshotKey(session, entry))
     }
 
+    func putSnapshot(_ session: SessionID, _ entry: SnapshotEntry, downloaded: DownloadedSnapshot) async throws(StoreError) {
+        try await downloaded.upload(to: store, key: SessionLayout.snapshotKey(session, entry))
+    }
+
     func downloadSnapshot(_ session: SessionID, _ entry: SnapshotEntry) async throws -> DownloadedSnapshot {
         guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: store) else {
             throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")

@@ -90,6 +90,12 @@ final class DownloadedObject: Sendable {
         close(descriptor)
     }
 
+    /// Writes the object to `key` in `store`, streamed from the file.
+    func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
+        // The file has no name left; the process's descriptor link opens it again.
+        _ = try await store.put(key, fileAt: "/proc/self/fd/\(descriptor)", condition: nil)
+    }
+
     /// The object's bytes from the start; each call reads them again (one reader at a time).
     func source() throws -> FileDescriptorSource {
         guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw SystemError("seek in", path: "a download of \(key)") }
@@ -97,7 +103,8 @@ final class DownloadedObject: Sendable {
     }
 }
 
-/// A snapshot object downloaded to be read (a restore, an agent loading its chain): in memory
+/// A snapshot object downloaded to be read or copied (a restore, an agent loading its chain, the
+/// hybrid mirror copying it from the local store to S3): in memory
 /// while it is small (deltas, bases of ordinary sessions), in an unlinked temporary file when the
 /// listing says it is larger than `SnapshotSpool.memoryLimit`, so a large session costs disk,
 /// not its size in RAM.
@@ -113,6 +120,14 @@ enum DownloadedSnapshot: Sendable {
         } else {
             guard let object = try await store.get(key) else { return nil }
             self = .inMemory(object.bytes)
+        }
+    }
+
+    /// Writes the object to `key` in `store`.
+    func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
+        switch self {
+        case .inMemory(let bytes): _ = try await store.put(key, bytes: bytes, condition: nil)
+        case .spooled(let object): try await object.upload(to: store, key: key)
         }
     }
 

@@ -72,6 +72,18 @@ struct HybridMirrorTests {
 
     /// The local writer commits while the mirror reads the local head: S3 gets a head whose
     /// snapshots it holds, whichever head the mirror read, and the next pass brings the newer one.
+    /// A snapshot past the memory spool's 256 KiB is copied from a temporary file, whole.
+    @Test func aSnapshotLargerThanTheMemorySpoolIsMirroredWhole() async throws {
+        let large = #"{"type":"Buffer","data":"\#(Data(randomBytes(600 << 10)).base64EncodedString())"}"#
+        try large.write(toFile: "\(directory)/app-state-sync-key-large.json", atomically: false, encoding: .utf8)
+        let (local, remote) = try await stores()
+        let mirror = SessionMirror(local: local, remote: remote, conditionalWrites: true)
+        _ = try await replicator(local, mirror).sync()
+        let copied = try await mirror.mirror(session)
+        #expect(copied.contains { $0.size > 256 << 10 }, "\(copied.map(\.size))")
+        #expect(try await restore(from: remote) == directoryContents(directory))
+    }
+
     @Test func aCommitWhileTheMirrorReadsTheHeadNeverLeavesS3NamingASnapshotItLacks() async throws {
         let (local, remote) = try await stores()
         let racing = InjectedFaultsStore(store: local.store)
