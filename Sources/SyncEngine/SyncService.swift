@@ -288,7 +288,13 @@ public actor SyncService {
                 }
                 sessions[id]?.uploadingChanges.keepOnly(unsettled)
                 sessions[id]?.tombstoned = false
-                sessions[id]?.lastCommit = await replicator.lastCommit
+                // Read before the assignment: `sessions[id]?.x = await …` opens its access to the
+                // dictionary entry first and holds it across the suspension, while other calls
+                // on this actor (new changes arriving) replace the entry. The access then wrote
+                // into storage that was no longer the dictionary's: memory corruption, seen as
+                // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
+                let lastCommit = await replicator.lastCommit
+                sessions[id]?.lastCommit = lastCommit
                 // Files caught mid-write kept their last good version; look at them again shortly.
                 if !unsettled.isEmpty {
                     retryAfter = settings.watcher.quietPeriod
