@@ -176,10 +176,6 @@ public struct SessionStore: Sendable {
         var tag: SnapshotTag
     }
 
-    public func putSnapshot(_ session: SessionID, _ entry: SnapshotEntry, bytes: [UInt8]) async throws(StoreError) {
-        try await store.put(SessionLayout.snapshotKey(session, entry), bytes: bytes, condition: nil)
-    }
-
     func putSnapshot(_ session: SessionID, _ entry: SnapshotEntry, spool: SnapshotSpool) async throws(StoreError) {
         try await spool.upload(to: store, key: SessionLayout.snapshotKey(session, entry))
     }

@@ -268,7 +268,7 @@ struct SnapshotChainTests {
         let lost = SnapshotEntry(
             id: SnapshotID(sequence: first.sequence + 1, generation: read.generation, tag: .random()), kind: .delta,
             parentTag: first.tag, size: 0, lastModified: nil)
-        try await sessionStore.putSnapshot(session, lost, bytes: [])
+        try await sessionStore.store.put(SessionLayout.snapshotKey(session, lost), bytes: [])
         for change in 1...2 {
             try write("{\"change\":\(change)}", to: "creds.json")
             _ = try await watcher.sync()

@@ -179,7 +179,7 @@ struct SnapshotVerifierTests {
         let lost = SnapshotID(sequence: ids[2].sequence, generation: head.generation, tag: .random())
         for (id, parent) in [(beyond, ids[2]), (fenced, ids[0]), (lost, ids[1])] {
             let orphan = SnapshotEntry(id: id, kind: .delta, parentTag: parent.tag, size: 0, lastModified: nil)
-            try await sessionStore.putSnapshot(session, orphan, bytes: newest)
+            try await sessionStore.store.put(SessionLayout.snapshotKey(session, orphan), bytes: newest)
         }
 
         let entries = try await sessionStore.snapshots(session)
