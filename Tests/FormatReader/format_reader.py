@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""An independent reader of a sync-agent local store, written from FORMAT.md alone.
+
+    format_reader.py --store DIR (--key KEYS | --key-file FILE) --session ID --out DIR [--snapshot SEQ.GEN]
+    format_reader.py --self-test
+
+Walks the session's head and committed history, decrypts, decompresses and unpacks every object
+of the chain, checks every content id, the manifests against their keys and the state digest,
+and writes the rebuilt session directory to --out (files 0600, directories 0700). Prints one
+JSON object: {"state": "restored" | "tombstone" | "no-snapshot", "chain": [...], "files": N,
+"bytes": N, "stateDigest": "..."}. Any failure: one line on standard error, exit status 1, and
+nothing written to --out.
+
+--self-test checks the key derivation and decrypts the worked example of FORMAT.md.
+
+Section names in comments are FORMAT.md's. Needs pynacl (secretstream) and zstandard; BLAKE2b and
+SHA-256 come from hashlib. Objects are read whole into memory: this is a checker, not a restorer
+for large sessions. Names are expected to be UTF-8 (see FORMAT.md, "Paths").
+"""
+
+import argparse
+import base64
+import binascii
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+import sys
+import tarfile
+
+import nacl.bindings as sodium
+import zstandard
+
+
+class FormatError(Exception):
+    """The store does not follow FORMAT.md; the message says where."""
+
+
+# --- Encrypted container: Keys ---------------------------------------------------------------
+
+KDF_CONTEXT = b"syncagnt"
+
+
+def parse_master_key(text):
+    """A master key in any of the documented text forms."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
+    alphabet = text.replace("-", "+").replace("_", "/")
+    if len(alphabet) == 43:
+        alphabet += "="
+    if len(alphabet) == 44 and re.fullmatch(r"[A-Za-z0-9+/]{43}=", alphabet):
+        key = base64.b64decode(alphabet, validate=True)
+        if len(key) == 32:
+            return key
+    raise FormatError("a key is neither 64 hex digits nor base64 of 32 bytes")
+
+
+def parse_key_list(entries):
+    """Entries of SESSION_ENCRYPTION_KEY or lines of a key file: blanks and '#' entries skipped."""
+    return [parse_master_key(entry) for entry in entries if entry.strip() and not entry.strip().startswith("#")]
+
+
+def derive_subkey(master_key, subkey_id, length):
+    """crypto_kdf_derive_from_key as libsodium 1.0.18 computes it: keyed BLAKE2b of nothing."""
+    salt = struct.pack("<Q", subkey_id) + bytes(8)
+    personal = KDF_CONTEXT + bytes(8)
+    return hashlib.blake2b(b"", digest_size=length, key=master_key, salt=salt, person=personal).digest()
+
+
+class Key:
+    def __init__(self, master_key):
+        self.stream_key = derive_subkey(master_key, 1, 32)
+        self.content_id_key = derive_subkey(master_key, 2, 32)
+        self.key_id = derive_subkey(master_key, 3, 16)[:8]
+
+    def content_id(self, content):
+        """Content ids: BLAKE2b-256 keyed with the content-id subkey, as lowercase hex."""
+        return hashlib.blake2b(content, digest_size=32, key=self.content_id_key).hexdigest()
+
+
+# --- Encrypted container: Object layout, Associated data, Reading ----------------------------
+
+MAGIC = b"SYNCAENC"
+HEADER_BYTES = 41
+PIECE_BYTES = 65536
+ABYTES = 17
+
+
+def u32be(value):
+    return struct.pack(">I", value)
+
+
+def decrypt(obj, keys, session_id, object_name):
+    """The plaintext of an object and the key that opened it, following "Reading" step by step."""
+    what = f"{session_id}/{object_name}"
+    if obj[: len(MAGIC)] != MAGIC[: len(obj)]:
+        raise FormatError(f"{what}: not an encrypted object")
+    if len(obj) > 8 and obj[8] != 1:
+        raise FormatError(f"{what}: unsupported container version {obj[8]}")
+    if len(obj) < HEADER_BYTES:
+        raise FormatError(f"{what}: truncated header")
+    header = obj[:HEADER_BYTES]
+    key = next((k for k in keys if k.key_id == header[9:17]), None)
+    if key is None:
+        raise FormatError(f"{what}: unknown key id {header[9:17].hex()}")
+    state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, header[17:41], key.stream_key)
+    session_bytes, name_bytes = session_id.encode(), object_name.encode()
+    ad = header + u32be(len(session_bytes)) + session_bytes + u32be(len(name_bytes)) + name_bytes
+    position, plaintext = HEADER_BYTES, []
+    while True:
+        if position + 4 > len(obj):
+            raise FormatError(f"{what}: truncated (no final chunk)")
+        (length,) = struct.unpack(">I", obj[position : position + 4])
+        position += 4
+        if length < ABYTES or length > PIECE_BYTES + ABYTES:
+            raise FormatError(f"{what}: tampered (chunk length {length})")
+        if position + length > len(obj):
+            raise FormatError(f"{what}: truncated chunk")
+        try:
+            piece, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, obj[position : position + length], ad)
+        except Exception:
+            raise FormatError(f"{what}: tampered (a chunk fails authentication)") from None
+        position += length
+        if tag == sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE and len(piece) == PIECE_BYTES:
+            plaintext.append(piece)
+        elif tag == sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL:
+            if position != len(obj):
+                raise FormatError(f"{what}: tampered (bytes after the final chunk)")
+            plaintext.append(piece)
+            return b"".join(plaintext), key
+        else:
+            raise FormatError(f"{what}: tampered (tag {tag}, piece of {len(piece)} bytes)")
+
+
+# --- Payload: Compression layer --------------------------------------------------------------
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def decompress(payload, what):
+    first = struct.unpack("<I", payload[:4])[0] if len(payload) >= 4 else None
+    if payload[:4] != ZSTD_MAGIC and not (first is not None and 0x184D2A50 <= first <= 0x184D2A5F):
+        raise FormatError(f"{what}: the payload is not zstd")
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload), read_across_frames=True)
+    try:
+        return reader.read()
+    except zstandard.ZstdError as error:
+        raise FormatError(f"{what}: bad zstd data: {error}") from None
+
+
+# --- Payload: Tar layer ----------------------------------------------------------------------
+
+def octal_field(value, digits, terminator):
+    return b"%0*o" % (digits, value) + terminator
+
+
+def check_ustar_header(block, what):
+    """Every field as the table of "Tar layer" spells it; returns (path from name/prefix, typeflag, size)."""
+    def field(offset, size):
+        return block[offset : offset + size]
+
+    typeflag = field(156, 1)
+    size = int(field(124, 11), 8)
+    expected = {
+        "mode": (100, 8, b"000700 \0" if typeflag == b"5" else b"000600 \0"),
+        "uid": (108, 8, b"000000 \0"),
+        "gid": (116, 8, b"000000 \0"),
+        "size": (124, 12, octal_field(size, 11, b" ")),
+        "mtime": (136, 12, b"00000000000 "),
+        "linkname": (157, 100, bytes(100)),
+        "magic": (257, 6, b"ustar\0"),
+        "version": (263, 2, b"00"),
+        "uname": (265, 32, bytes(32)),
+        "gname": (297, 32, bytes(32)),
+        "devmajor": (329, 8, b"000000 \0"),
+        "devminor": (337, 8, b"000000 \0"),
+        "padding": (500, 12, bytes(12)),
+    }
+    for name, (offset, length, value) in expected.items():
+        if field(offset, length) != value:
+            raise FormatError(f"{what}: header field {name} is {field(offset, length)!r}, FORMAT.md says {value!r}")
+    checksum = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    if field(148, 8) != octal_field(checksum, 6, b"\0 "):
+        raise FormatError(f"{what}: header checksum {field(148, 8)!r}, expected {checksum:o}")
+    if typeflag not in (b"0", b"5", b"x"):
+        raise FormatError(f"{what}: typeflag {typeflag!r}")
+    name = field(0, 100).rstrip(b"\0")
+    prefix = field(345, 155).rstrip(b"\0")
+    return (prefix + b"/" + name if prefix else name), typeflag, size
+
+
+def read_tar(data, what):
+    """The entries of a tar as (path, contents), checking the raw headers against "Tar layer"."""
+    entries, position, pax_path = [], 0, None
+    while True:
+        block = data[position : position + 512]
+        if len(block) < 512:
+            raise FormatError(f"{what}: the tar ends without its end-of-archive marker")
+        if block == bytes(512):
+            if data[position + 512 : position + 1024] != bytes(512):
+                raise FormatError(f"{what}: only one zero block at the end")
+            if pax_path is not None:
+                raise FormatError(f"{what}: a pax header is followed by nothing")
+            if position + 1024 != len(data):
+                raise FormatError(f"{what}: {len(data) - position - 1024} bytes after the end-of-archive marker")
+            return entries
+        path, typeflag, size = check_ustar_header(block, what)
+        contents = data[position + 512 : position + 512 + size]
+        if len(contents) < size:
+            raise FormatError(f"{what}: truncated entry {path!r}")
+        padding = data[position + 512 + size : position + 512 + (size + 511) // 512 * 512]
+        if padding != bytes(len(padding)):
+            raise FormatError(f"{what}: non-NUL padding after {path!r}")
+        position += 512 + (size + 511) // 512 * 512
+        if typeflag == b"x":
+            # One record, "<len> path=<path>\n", as "Tar layer" says the writer makes it.
+            match = re.fullmatch(rb"(\d+) path=([^\n]*)\n", contents)
+            if not match or int(match.group(1)) != len(contents):
+                raise FormatError(f"{what}: pax header {contents!r} is not one path record")
+            pax_path = match.group(2)
+            continue
+        if typeflag != b"0":
+            raise FormatError(f"{what}: entry {path!r} is not a regular file")
+        if pax_path is not None:
+            path, pax_path = pax_path, None
+        entries.append((path.decode("utf-8"), contents))
+
+
+# --- Snapshots and heads ---------------------------------------------------------------------
+
+SNAPSHOT_NAME = re.compile(r"(\d{20})-(\d{10,})-([0-9a-f]{16})(?:-([0-9a-f]{16}))?\.(base|delta|tombstone)")
+
+
+class Snapshot:
+    """One snapshot object as its key and the store's listing show it."""
+
+    def __init__(self, sequence, generation, tag, parent_tag, kind, written):
+        self.sequence, self.generation, self.tag = sequence, generation, tag
+        self.parent_tag, self.kind, self.written = parent_tag, kind, written
+
+    @property
+    def name(self):
+        parent = f"-{self.parent_tag}" if self.parent_tag else ""
+        return f"snapshots/{self.sequence:020d}-{self.generation:010d}-{self.tag}{parent}.{self.kind}"
+
+    @property
+    def label(self):
+        return f"{self.sequence}.{self.generation}"
+
+    def id(self):
+        return {"generation": self.generation, "sequence": self.sequence, "tag": self.tag}
+
+
+def list_snapshots(store, session_id):
+    """Objects under sessions/<id>/snapshots/ in exactly the documented spelling, with the time the
+    store lists them as written (the file's mtime, as a float of seconds)."""
+    directory = os.path.join(store, "sessions", session_id, "snapshots")
+    snapshots = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        match = SNAPSHOT_NAME.fullmatch(name)
+        if not match:
+            continue
+        snapshot = Snapshot(int(match.group(1)), int(match.group(2)), match.group(3), match.group(4), match.group(5),
+                            os.stat(os.path.join(directory, name)).st_mtime_ns / 1e9)
+        if snapshot.name == "snapshots/" + name:
+            snapshots.append(snapshot)
+    return snapshots
+
+
+def committed_history(snapshots, head):
+    """"The committed history": (the head's latest, {sequence: snapshot}), walked through parent tags."""
+    latest_id = head["latest"]
+    by_link = {(s.sequence, s.tag): s for s in snapshots}
+    latest = by_link.get((latest_id["sequence"], latest_id["tag"]))
+    if latest is None or latest.generation != latest_id["generation"]:
+        raise FormatError(f"the head names snapshot {latest_id}, which is not in the store")
+    history, child = {latest.sequence: latest}, latest
+    while child.parent_tag is not None and child.sequence > 0:
+        parent = by_link.get((child.sequence - 1, child.parent_tag))
+        if parent is None:
+            # A pruned link: the highest sequence below, generation <= the head's, written no later
+            # than the child; then the highest generation, then the greatest tag.
+            candidates = [s for s in snapshots if s.sequence < child.sequence - 1
+                          and s.generation <= head["generation"] and not s.written > child.written]
+            if not candidates:
+                break
+            parent = max(candidates, key=lambda s: (s.sequence, s.generation, s.tag))
+        history[parent.sequence] = parent
+        child = parent
+    return latest, history
+
+
+def chain_to(target, history):
+    """"Restoring the snapshot T": back through the history while the kind is delta, base first."""
+    chain = [target]
+    while chain[-1].kind == "delta":
+        link = chain[-1]
+        previous = history.get(link.sequence - 1)
+        if previous is None or previous.tag != link.parent_tag:
+            raise FormatError(f"the chain to {target.label} has a gap before {link.sequence}")
+        chain.append(previous)
+    return list(reversed(chain))
+
+
+MAX_LINE = 65536
+
+
+def read_manifest(data, what):
+    """The manifest's JSON Lines: a header, fileCount file lines, deletedCount deleted lines."""
+    lines = data.split(b"\n")
+    if lines[-1] != b"":
+        raise FormatError(f"{what}: the manifest's last line has no newline")
+    lines = lines[:-1]
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE:
+            raise FormatError(f"{what}: manifest line {number} is longer than {MAX_LINE} bytes")
+    if not lines:
+        raise FormatError(f"{what}: the manifest is empty")
+    header = json.loads(lines[0])
+    if header.get("formatVersion") != 2:
+        raise FormatError(f"{what}: unsupported format version {header.get('formatVersion')}")
+    file_count, deleted_count = header["fileCount"], header["deletedCount"]
+    if len(lines) != 1 + file_count + deleted_count:
+        raise FormatError(f"{what}: {len(lines)} manifest lines, the header declares {1 + file_count + deleted_count}")
+    files = [json.loads(line) for line in lines[1 : 1 + file_count]]
+    deleted = [json.loads(line)["deleted"] for line in lines[1 + file_count :]]
+    for names in ([f["name"] for f in files], deleted):
+        encoded = [name.encode() for name in names]
+        if any(a >= b for a, b in zip(encoded, encoded[1:])):
+            raise FormatError(f"{what}: manifest names repeat or are out of byte order")
+    for record in files:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", record["contentID"]) or not isinstance(record["size"], int):
+            raise FormatError(f"{what}: file line {record!r}")
+    return header, files, deleted
+
+
+def read_snapshot(store, keys, session_id, snapshot, previous_id):
+    """Decrypts and unpacks one snapshot object; returns (manifest header, {name: (contents, contentID)}, deleted)."""
+    what = f"{session_id}/{snapshot.name}"
+    with open(os.path.join(store, "sessions", session_id, snapshot.name), "rb") as file:
+        payload, key = decrypt(file.read(), keys, session_id, snapshot.name)
+    entries = read_tar(decompress(payload, what), what)
+    if not entries or entries[-1][0] != "manifest.jsonl":
+        raise FormatError(f"{what}: manifest.jsonl is not the last entry")
+    header, files, deleted = read_manifest(entries[-1][1], what)
+    archived = entries[:-1]
+    if any(not path.startswith("files/") for path, _ in archived):
+        raise FormatError(f"{what}: an entry outside files/")
+    names = [path[len("files/"):] for path, _ in archived]
+    if names != [f["name"] for f in files]:
+        raise FormatError(f"{what}: the archive's files are not the manifest's file lines")
+    contents = {}
+    for (name, content), record in zip(((n, c) for n, (_, c) in zip(names, archived)), files):
+        if len(content) != record["size"] or key.content_id(content) != record["contentID"].lower():
+            raise FormatError(f"{what}: {name} does not match its content id")
+        contents[name] = (content, record["contentID"].lower())
+    expected_parent = previous_id
+    if (header["session"] != session_id or header["id"] != snapshot.id() or header["kind"] != snapshot.kind
+            or (header.get("parent") or {}).get("tag") != snapshot.parent_tag
+            or (header.get("parent") is not None and header["parent"]["sequence"] + 1 != snapshot.sequence)):
+        raise FormatError(f"{what}: the manifest names another snapshot")
+    if snapshot.kind == "delta" and header.get("parent") != expected_parent:
+        raise FormatError(f"{what}: its parent is not the snapshot before it in the chain")
+    if snapshot.kind != "delta" and deleted:
+        raise FormatError(f"{what}: a {snapshot.kind} with deleted lines")
+    if snapshot.kind == "tombstone" and contents:
+        raise FormatError(f"{what}: a tombstone with files")
+    return header, contents, deleted
+
+
+def state_digest(state):
+    """"stateDigest": SHA-256 over name ‖ 0 ‖ decimal size ‖ 0 ‖ lowercase contentID ‖ "\\n", byte order."""
+    digest = hashlib.sha256()
+    for name in sorted(state, key=lambda n: n.encode()):
+        content, content_id = state[name]
+        digest.update(name.encode() + b"\0" + str(len(content)).encode() + b"\0" + content_id.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def read_head(store, keys, session_id):
+    with open(os.path.join(store, "sessions", session_id, "head"), "rb") as file:
+        plaintext, _ = decrypt(file.read(), keys, session_id, "head")
+    head = json.loads(plaintext)
+    if head.get("formatVersion") != 2:
+        raise FormatError(f"the head has unsupported format version {head.get('formatVersion')}")
+    for field in ("generation", "owner", "updatedAt"):
+        if field not in head:
+            raise FormatError(f"the head lacks {field}")
+    return head
+
+
+def rebuild(store, keys, session_id, label=None):
+    """The session as of the head's latest (or the committed snapshot SEQ.GEN): (result, state)."""
+    head = read_head(store, keys, session_id)
+    if "latest" not in head:
+        return {"state": "no-snapshot", "chain": []}, {}
+    target, history = committed_history(list_snapshots(store, session_id), head)
+    if label is not None:
+        target = next((s for s in history.values() if s.label == label), None)
+        if target is None:
+            raise FormatError(f"no committed snapshot {label}")
+    chain = chain_to(target, history)
+    state, previous_id, last_header = {}, None, None
+    for snapshot in chain:
+        header, contents, deleted = read_snapshot(store, keys, session_id, snapshot, previous_id)
+        if snapshot.kind == "base":
+            state = dict(contents)
+        elif snapshot.kind == "tombstone":
+            state = {}
+        else:
+            for name in deleted:
+                state.pop(name, None)
+            state.update(contents)
+        previous_id, last_header = snapshot.id(), header
+    result = {"chain": [s.label + "." + s.kind for s in chain], "files": len(state),
+              "bytes": sum(len(c) for c, _ in state.values()), "stateDigest": state_digest(state)}
+    if (result["stateDigest"], result["files"], result["bytes"]) != (
+            last_header["stateDigest"], last_header["stateFileCount"], last_header["stateByteCount"]):
+        raise FormatError(f"the rebuilt session does not match snapshot {target.label}'s manifest")
+    if chain[-1].kind == "tombstone":
+        return dict(result, state="tombstone"), {}
+    return dict(result, state="restored"), state
+
+
+def write_tree(state, out):
+    """"Restoring": files 0600, directories 0700."""
+    os.makedirs(out, mode=0o700, exist_ok=False)
+    for name, (content, _) in sorted(state.items()):
+        path = os.path.join(out, *name.split("/"))
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        os.chmod(path, 0o600)
+
+
+# --- Worked example --------------------------------------------------------------------------
+
+def self_test():
+    key = Key(bytes(range(32)))
+    assert key.stream_key.hex() == "90bb6743d2022e5e9b3f97b63e2d7107aef080d81d23bdea81b5c31e79c0eff7"
+    assert key.content_id_key.hex() == "31c72d92ab5b1ce45829035cec5f50531e6b9eb1cf7f02dc778b9eb0bc46cb24"
+    assert derive_subkey(bytes(range(32)), 3, 16).hex() == "2119518612db27635d7c0e0e832595ac"
+    assert key.key_id.hex() == "2119518612db2763"
+    assert parse_master_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=") == bytes(range(32))
+    example = binascii.unhexlify(
+        "53594e4341454e43" "01" "2119518612db2763" "7362388a116a1536c35b34bd9cca7958aaf85f5c03ebe71c"
+        "00000014" "113fda63dfb5c52d9db14549b1558577a1a9e5e8")
+    plaintext, _ = decrypt(example, [key], "s1", "snap/1.manifest")
+    assert plaintext == b"hi\n", plaintext
+    assert key.content_id(b"hi\n") == "36eb393892dfe0d7e4818586d5136d5c97a4db40bfac8a8451138b8bed7f33a5"
+    print(json.dumps({"selfTest": "passed"}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store")
+    parser.add_argument("--key", help="keys as SESSION_ENCRYPTION_KEY holds them (comma-separated)")
+    parser.add_argument("--key-file")
+    parser.add_argument("--session")
+    parser.add_argument("--out")
+    parser.add_argument("--snapshot", help="a committed snapshot SEQUENCE.GENERATION instead of the head's latest")
+    parser.add_argument("--self-test", action="store_true")
+    arguments = parser.parse_args()
+    try:
+        if arguments.self_test:
+            self_test()
+            return 0
+        if not (arguments.store and arguments.session and arguments.out and (arguments.key or arguments.key_file)):
+            parser.error("--store, --session, --out and --key or --key-file are required")
+        keys = []
+        if arguments.key_file:
+            with open(arguments.key_file) as file:
+                keys += parse_key_list(file.read().split("\n"))
+        if arguments.key:
+            keys += parse_key_list(arguments.key.split(","))
+        result, state = rebuild(arguments.store, [Key(k) for k in keys], arguments.session, arguments.snapshot)
+        if result["state"] == "restored":
+            write_tree(state, arguments.out)
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    except (FormatError, OSError, ValueError, KeyError, TypeError) as error:
+        print(f"format_reader: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
