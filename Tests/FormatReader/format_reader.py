@@ -307,6 +307,17 @@ def chain_to(target, history):
 
 
 MAX_LINE = 65536
+SECOND_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+
+
+def check_spelling(line, value, what):
+    """Keys sorted, no whitespace, "/" written "\\/" (names with \\u escapes are not compared)."""
+    if b"\\u" in line:
+        return
+    spelled = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
+    if spelled.encode() != line:
+        raise FormatError(f"{what}: {line[:200]!r} is not spelled as FORMAT.md says ({spelled[:200]!r})")
 
 
 def read_manifest(data, what):
@@ -323,11 +334,15 @@ def read_manifest(data, what):
     header = json.loads(lines[0])
     if header.get("formatVersion") != 2:
         raise FormatError(f"{what}: unsupported format version {header.get('formatVersion')}")
+    if not SECOND_DATE.fullmatch(header["createdAt"]):
+        raise FormatError(f"{what}: createdAt {header['createdAt']!r}")
     file_count, deleted_count = header["fileCount"], header["deletedCount"]
     if len(lines) != 1 + file_count + deleted_count:
         raise FormatError(f"{what}: {len(lines)} manifest lines, the header declares {1 + file_count + deleted_count}")
     files = [json.loads(line) for line in lines[1 : 1 + file_count]]
     deleted = [json.loads(line)["deleted"] for line in lines[1 + file_count :]]
+    for line in lines:
+        check_spelling(line, json.loads(line), what)
     for names in ([f["name"] for f in files], deleted):
         encoded = [name.encode() for name in names]
         if any(a >= b for a, b in zip(encoded, encoded[1:])):
@@ -335,6 +350,10 @@ def read_manifest(data, what):
     for record in files:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", record["contentID"]) or not isinstance(record["size"], int):
             raise FormatError(f"{what}: file line {record!r}")
+        fingerprint = record.get("fingerprint")
+        if fingerprint is not None and (set(fingerprint) != {"device", "inode", "mode", "modificationTime", "size"}
+                                        or not 0 <= fingerprint["mode"] <= 0o7777):
+            raise FormatError(f"{what}: fingerprint {fingerprint!r} is not as FORMAT.md describes it")
     return header, files, deleted
 
 
@@ -367,8 +386,9 @@ def read_snapshot(store, keys, session_id, snapshot, previous_id):
         raise FormatError(f"{what}: its parent is not the snapshot before it in the chain")
     if snapshot.kind != "delta" and deleted:
         raise FormatError(f"{what}: a {snapshot.kind} with deleted lines")
-    if snapshot.kind == "tombstone" and contents:
-        raise FormatError(f"{what}: a tombstone with files")
+    if snapshot.kind == "tombstone" and (len(entries) != 1 or (header["fileCount"], header["deletedCount"],
+            header["stateFileCount"], header["stateByteCount"], header["stateDigest"]) != (0, 0, 0, 0, EMPTY_DIGEST)):
+        raise FormatError(f"{what}: a tombstone is not as FORMAT.md describes it: {header}")
     return header, contents, deleted
 
 
@@ -387,18 +407,51 @@ def read_head(store, keys, session_id):
     head = json.loads(plaintext)
     if head.get("formatVersion") != 2:
         raise FormatError(f"the head has unsupported format version {head.get('formatVersion')}")
-    for field in ("generation", "owner", "updatedAt"):
-        if field not in head:
-            raise FormatError(f"the head lacks {field}")
+    check_spelling(plaintext, head, "the head")
+    fields = {"formatVersion", "generation", "owner", "updatedAt"}
+    if "latest" in head:
+        fields |= {"latest", "latestKind"} | ({"base"} & head.keys())
+    if set(head) != fields or not SECOND_DATE.fullmatch(head["updatedAt"]):
+        raise FormatError(f"the head's fields are not FORMAT.md's: {sorted(head)}")
+    if not re.fullmatch(r"[^/]*/\d+/\d+", head["owner"]):
+        raise FormatError(f"the head's owner {head['owner']!r} is not <host>/<pid>/<number>")
     return head
+
+
+def check_head_against_history(head, latest, history):
+    """"The head": latestKind is the latest's kind; base the newest committed base, which a
+    tombstone does not change; after a tombstone comes a base."""
+    if head["latestKind"] != latest.kind:
+        raise FormatError(f"the head says latestKind {head['latestKind']}, its latest is a {latest.kind}")
+    bases = [s for s in history.values() if s.kind == "base"]
+    newest_base = max(bases, key=lambda s: s.sequence).id() if bases else None
+    # With no base left in the history, one may have been pruned; with the history whole, there was none.
+    if (newest_base is not None or 1 in history) and head.get("base") != newest_base:
+        raise FormatError(f"the head's base {head.get('base')} is not the newest committed base {newest_base}")
+    for snapshot in history.values():
+        before = history.get(snapshot.sequence - 1)
+        if before is not None and before.kind == "tombstone" and snapshot.kind != "base":
+            raise FormatError(f"{snapshot.label} follows a tombstone and is a {snapshot.kind}")
+
+
+STORE_OWN_NAMES = {".lock", ".tmp", ".sync-agent-key"}
+
+
+def check_store_root(store):
+    """A local store's root holds `sessions/` and only the store's own names besides."""
+    unexpected = set(os.listdir(store)) - STORE_OWN_NAMES - {"sessions"}
+    if unexpected:
+        raise FormatError(f"the store root holds {sorted(unexpected)}, which FORMAT.md does not name")
 
 
 def rebuild(store, keys, session_id, label=None):
     """The session as of the head's latest (or the committed snapshot SEQ.GEN): (result, state)."""
+    check_store_root(store)
     head = read_head(store, keys, session_id)
     if "latest" not in head:
         return {"state": "no-snapshot", "chain": []}, {}
     target, history = committed_history(list_snapshots(store, session_id), head)
+    check_head_against_history(head, target, history)
     if label is not None:
         target = next((s for s in history.values() if s.label == label), None)
         if target is None:

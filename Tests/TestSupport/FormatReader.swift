@@ -1,0 +1,51 @@
+import Foundation
+import Testing
+
+/// `Tests/FormatReader/format_reader.py`: a reader of a local store written from FORMAT.md alone,
+/// run with the test venv's Python (pynacl, zstandard). It rebuilds one session and checks every
+/// content id, manifest and state digest on the way, as FORMAT.md says a reader must.
+public struct FormatReader: Sendable {
+    public static let scriptPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("FormatReader/format_reader.py").path
+
+    public let store: String
+    /// `--key-file PATH` or `--key KEYS`.
+    let keyArguments: [String]
+
+    /// A store whose key is in a key file (local mode keeps its own in `<store>/.sync-agent-key`).
+    public init(store: String, keyFile: String) {
+        self.store = store
+        keyArguments = ["--key-file", keyFile]
+    }
+
+    /// A store read with these keys, as `SESSION_ENCRYPTION_KEY` spells them.
+    public init(store: String, keys: String) {
+        self.store = store
+        keyArguments = ["--key", keys]
+    }
+
+    public struct Result: Sendable {
+        /// "restored", "tombstone" or "no-snapshot".
+        public var state: String
+        /// "SEQUENCE.GENERATION.kind" of each snapshot applied, base first.
+        public var chain: [String]
+        /// "SEQUENCE.GENERATION" of the snapshot read.
+        public var snapshot: String { chain.last.map { $0.split(separator: ".").prefix(2).joined(separator: ".") } ?? "" }
+    }
+
+    /// Rebuilds `session` (as of the head, or of the committed snapshot `SEQUENCE.GENERATION`)
+    /// into `directory`, which must not exist; nothing is written unless the state is "restored".
+    public func read(_ session: String, into directory: String, snapshot: String? = nil) async throws -> Result {
+        let output = try await Self.python(
+            [Self.scriptPath, "--store", store, "--session", session, "--out", directory] + keyArguments
+                + (snapshot.map { ["--snapshot", $0] } ?? []))
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], "\(output)")
+        return Result(state: json["state"] as? String ?? "", chain: json["chain"] as? [String] ?? [])
+    }
+
+    /// The Python of the test venv (`scripts/test` names it in SYNC_AGENT_TEST_TOOLS).
+    public static func python(_ arguments: [String]) async throws -> String {
+        let tools = try #require(ProcessInfo.processInfo.environment["SYNC_AGENT_TEST_TOOLS"])
+        return try await runProgram("\(tools)/python", arguments)
+    }
+}
