@@ -7,9 +7,10 @@
 Walks the session's head and committed history, decrypts, decompresses and unpacks every object
 of the chain, checks every content id, the manifests against their keys and the state digest,
 and writes the rebuilt session directory to --out (files 0600, directories 0700). Prints one
-JSON object: {"state": "restored" | "tombstone" | "no-snapshot", "chain": [...], "files": N,
-"bytes": N, "stateDigest": "..."}. Any failure: one line on standard error, exit status 1, and
-nothing written to --out.
+JSON object: {"state": "restored" | "tombstone" | "no-snapshot", "chain": ["SEQ.GEN.kind", ...],
+"keyIDs": [the key id that opened each], "stateKeyIDs": [the key ids of the content ids of the
+rebuilt state], "files": N, "bytes": N, "stateDigest": "..."}. Any failure: one line on standard
+error, exit status 1, and nothing written to --out.
 
 --self-test checks the key derivation and decrypts the worked example of FORMAT.md.
 
@@ -358,7 +359,8 @@ def read_manifest(data, what):
 
 
 def read_snapshot(store, keys, session_id, snapshot, previous_id):
-    """Decrypts and unpacks one snapshot object; returns (manifest header, {name: (contents, contentID)}, deleted)."""
+    """Decrypts and unpacks one snapshot object; returns (manifest header, {name: (contents, contentID,
+    key id)}, deleted, the key id that opened it)."""
     what = f"{session_id}/{snapshot.name}"
     with open(os.path.join(store, "sessions", session_id, snapshot.name), "rb") as file:
         payload, key = decrypt(file.read(), keys, session_id, snapshot.name)
@@ -376,7 +378,7 @@ def read_snapshot(store, keys, session_id, snapshot, previous_id):
     for (name, content), record in zip(((n, c) for n, (_, c) in zip(names, archived)), files):
         if len(content) != record["size"] or key.content_id(content) != record["contentID"].lower():
             raise FormatError(f"{what}: {name} does not match its content id")
-        contents[name] = (content, record["contentID"].lower())
+        contents[name] = (content, record["contentID"].lower(), key.key_id.hex())
     expected_parent = previous_id
     if (header["session"] != session_id or header["id"] != snapshot.id() or header["kind"] != snapshot.kind
             or (header.get("parent") or {}).get("tag") != snapshot.parent_tag
@@ -389,14 +391,14 @@ def read_snapshot(store, keys, session_id, snapshot, previous_id):
     if snapshot.kind == "tombstone" and (len(entries) != 1 or (header["fileCount"], header["deletedCount"],
             header["stateFileCount"], header["stateByteCount"], header["stateDigest"]) != (0, 0, 0, 0, EMPTY_DIGEST)):
         raise FormatError(f"{what}: a tombstone is not as FORMAT.md describes it: {header}")
-    return header, contents, deleted
+    return header, contents, deleted, key.key_id.hex()
 
 
 def state_digest(state):
     """"stateDigest": SHA-256 over name ‖ 0 ‖ decimal size ‖ 0 ‖ lowercase contentID ‖ "\\n", byte order."""
     digest = hashlib.sha256()
     for name in sorted(state, key=lambda n: n.encode()):
-        content, content_id = state[name]
+        content, content_id, _ = state[name]
         digest.update(name.encode() + b"\0" + str(len(content)).encode() + b"\0" + content_id.encode() + b"\n")
     return digest.hexdigest()
 
@@ -457,9 +459,10 @@ def rebuild(store, keys, session_id, label=None):
         if target is None:
             raise FormatError(f"no committed snapshot {label}")
     chain = chain_to(target, history)
-    state, previous_id, last_header = {}, None, None
+    state, previous_id, last_header, key_ids = {}, None, None, []
     for snapshot in chain:
-        header, contents, deleted = read_snapshot(store, keys, session_id, snapshot, previous_id)
+        header, contents, deleted, key_id = read_snapshot(store, keys, session_id, snapshot, previous_id)
+        key_ids.append(key_id)
         if snapshot.kind == "base":
             state = dict(contents)
         elif snapshot.kind == "tombstone":
@@ -469,8 +472,9 @@ def rebuild(store, keys, session_id, label=None):
                 state.pop(name, None)
             state.update(contents)
         previous_id, last_header = snapshot.id(), header
-    result = {"chain": [s.label + "." + s.kind for s in chain], "files": len(state),
-              "bytes": sum(len(c) for c, _ in state.values()), "stateDigest": state_digest(state)}
+    result = {"chain": [s.label + "." + s.kind for s in chain], "keyIDs": key_ids, "files": len(state),
+              "stateKeyIDs": sorted({key_id for _, _, key_id in state.values()}),
+              "bytes": sum(len(content) for content, _, _ in state.values()), "stateDigest": state_digest(state)}
     if (result["stateDigest"], result["files"], result["bytes"]) != (
             last_header["stateDigest"], last_header["stateFileCount"], last_header["stateByteCount"]):
         raise FormatError(f"the rebuilt session does not match snapshot {target.label}'s manifest")
@@ -482,7 +486,7 @@ def rebuild(store, keys, session_id, label=None):
 def write_tree(state, out):
     """"Restoring": files 0600, directories 0700."""
     os.makedirs(out, mode=0o700, exist_ok=False)
-    for name, (content, _) in sorted(state.items()):
+    for name, (content, _, _) in sorted(state.items()):
         path = os.path.join(out, *name.split("/"))
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

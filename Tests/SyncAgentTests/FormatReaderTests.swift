@@ -68,4 +68,40 @@ struct FormatReaderTests {
             try expectPrivateModes(directory)
         }
     }
+
+    /// After a key rotation a delta records the files it read under the new key and the state
+    /// keeps the others' content ids under the old one: the state digest covers both (FORMAT.md,
+    /// `stateDigest`), and a reader with both keys rebuilds the session.
+    @Test func aChainAcrossAKeyRotationMixesContentIDsAndStillReads() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let small = workspace.session("small")
+        // Files written long ago have fingerprints, so the watcher below keeps their records.
+        for name in try sortedFiles(small) {
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: "\(small)/\(name)")
+        }
+        let store = try workspace.freshDirectory()
+        var runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
+        #expect(backup.termination == .exited(0), "\(backup.standardError)")
+
+        let oldKey = try String(contentsOfFile: store + "/.sync-agent-key", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let newKey = try await SyncAgentRunner.newEncryptionKey(logDirectory: workspace.logs)
+        runner.environment["SESSION_ENCRYPTION_KEY"] = "\(newKey),\(oldKey)"
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching()
+        try write(#"{"rotated":"\#(randomHex(8))"}"#, to: "\(small)/creds.json")
+        let reader = FormatReader(store: store, keys: "\(newKey),\(oldKey)")
+        var last: FormatReader.Result?
+        var directory = ""
+        try await waitUntil(timeout: .seconds(60), every: .milliseconds(300), "never matched: \(String(describing: last))") {
+            directory = try workspace.freshDirectory() + "/small"
+            last = try await reader.read("small", into: directory)
+            guard last?.state == "restored" else { return false }
+            return try tree(directory) == tree(small)
+        }
+        #expect(try await agent.terminate() == .exited(0))
+        let result = try #require(last)
+        #expect(result.chain.count == 2 && Set(result.keyIDs).count == 2, "a base under the old key, a delta under the new: \(result)")
+        #expect(result.stateKeyIDs.count == 2, "content ids under both keys: \(result)")
+    }
 }

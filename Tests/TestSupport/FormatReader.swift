@@ -29,6 +29,10 @@ public struct FormatReader: Sendable {
         public var state: String
         /// "SEQUENCE.GENERATION.kind" of each snapshot applied, base first.
         public var chain: [String]
+        /// The key id (16 hex digits) that opened each snapshot of `chain`.
+        public var keyIDs: [String]
+        /// The key ids of the content ids the rebuilt state records, sorted.
+        public var stateKeyIDs: [String]
         /// "SEQUENCE.GENERATION" of the snapshot read.
         public var snapshot: String { chain.last.map { $0.split(separator: ".").prefix(2).joined(separator: ".") } ?? "" }
     }
@@ -40,7 +44,9 @@ public struct FormatReader: Sendable {
             [Self.scriptPath, "--store", store, "--session", session, "--out", directory] + keyArguments
                 + (snapshot.map { ["--snapshot", $0] } ?? []))
         let json = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], "\(output)")
-        return Result(state: json["state"] as? String ?? "", chain: json["chain"] as? [String] ?? [])
+        return Result(
+            state: json["state"] as? String ?? "", chain: json["chain"] as? [String] ?? [],
+            keyIDs: json["keyIDs"] as? [String] ?? [], stateKeyIDs: json["stateKeyIDs"] as? [String] ?? [])
     }
 
     /// The Python of the test venv (`scripts/test` names it in SYNC_AGENT_TEST_TOOLS).
