@@ -143,14 +143,20 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def decompress(payload, what):
-    first = struct.unpack("<I", payload[:4])[0] if len(payload) >= 4 else None
-    if payload[:4] != ZSTD_MAGIC and not (first is not None and 0x184D2A50 <= first <= 0x184D2A5F):
-        raise FormatError(f"{what}: the payload is not zstd")
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload), read_across_frames=True)
+    """The writer's one frame: streaming mode (no content size), no checksum, nothing after it."""
+    if payload[:4] != ZSTD_MAGIC:
+        raise FormatError(f"{what}: the payload does not start with a zstd frame")
+    descriptor = payload[4] if len(payload) > 4 else 0
+    if descriptor >> 6 != 0 or descriptor >> 5 & 1 or descriptor >> 2 & 1:
+        raise FormatError(f"{what}: frame header descriptor {descriptor:#04x} has a content size or checksum")
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
     try:
-        return reader.read()
+        data = decompressor.decompress(payload)
     except zstandard.ZstdError as error:
         raise FormatError(f"{what}: bad zstd data: {error}") from None
+    if not decompressor.eof or decompressor.unused_data:
+        raise FormatError(f"{what}: the payload is not exactly one zstd frame")
+    return data
 
 
 # --- Payload: Tar layer ----------------------------------------------------------------------
