@@ -19,6 +19,16 @@ struct HeadFormatTests {
         try FileManager.default.createDirectory(atPath: workspace.file("sessions/\(session)"), withIntermediateDirectories: true)
     }
 
+    /// FORMAT.md's example of a head written by a claim, byte for byte: absent fields, not nulls.
+    @Test func aClaimedHeadIsSpelledAsFormatMDShowsIt() throws {
+        let head = SessionHead(
+            generation: 1, owner: "worker-1/4242/3141592653", latest: nil, latestKind: nil, base: nil,
+            updatedAt: Date(timeIntervalSince1970: 1_763_633_760))
+        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let example = try #require(format.firstMatch(of: /`(\{"formatVersion":2,"generation"[^`]*)`/)?.output.1)
+        #expect(String(decoding: try head.encoded(), as: UTF8.self) == example)
+    }
+
     /// A claim writes the head before the session's first snapshot: no `latest`, `latestKind`
     /// or `base`. A tombstone as the first snapshot then has no parent, and the head no `base`.
     @Test func aHeadBeforeTheFirstSnapshotAndAFirstTombstoneReadAsFormatMDSays() async throws {
