@@ -69,6 +69,38 @@ struct FormatReaderTests {
         }
     }
 
+    /// "The committed history" across a snapshot deleted by hand, as a prune deletes one: the walk
+    /// goes on from the newest object below it listed as written no later than the snapshot naming
+    /// it, so a copy at that sequence uploaded later (whose tag would win on its own) is not taken.
+    /// The reader and the agent's restore agree.
+    @Test func aWalkAcrossADeletedSnapshotTakesTheObjectWrittenBeforeIt() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = try workspace.freshDirectory()
+        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        var trees: [[String: [UInt8]]] = []
+        for round in 1...3 {
+            try write(#"{"round":\#(round)}"#, to: workspace.session("small") + "/creds.json")
+            let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions, "--keep-last", "10"])
+            #expect(backup.termination == .exited(0), "\(backup.standardError)")
+            trees.append(try tree(workspace.session("small")))
+        }
+        let snapshots = store + "/sessions/small/snapshots"
+        let names = try sortedFiles(snapshots)
+        try #require(names.count == 3, "\(names)")
+        try FileManager.default.removeItem(atPath: "\(snapshots)/\(names[1])")
+        let late = names[0].replacing(/-[0-9a-f]{16}\.base$/, with: "-ffffffffffffffff.base")
+        try FileManager.default.copyItem(atPath: "\(snapshots)/\(names[0])", toPath: "\(snapshots)/\(late)")
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: 60)], ofItemAtPath: "\(snapshots)/\(late)")
+
+        let directory = try workspace.freshDirectory() + "/small"
+        let result = try await FormatReader(store: store, keyFile: store + "/.sync-agent-key").read("small", into: directory, snapshot: "1.1")
+        #expect(result.chain == ["1.1.base"])
+        #expect(try tree(directory) == trees[0])
+        let restored = try workspace.freshDirectory()
+        try await runner.restore(into: restored, ["--snapshot", "1.1", "small"])
+        #expect(try tree(restored + "/small") == trees[0])
+    }
+
     /// After a key rotation a delta records the files it read under the new key and the state
     /// keeps the others' content ids under the old one: the state digest covers both (FORMAT.md,
     /// `stateDigest`), and a reader with both keys rebuilds the session.
