@@ -49,9 +49,13 @@ public struct FormatReader: Sendable {
             keyIDs: json["keyIDs"] as? [String] ?? [], stateKeyIDs: json["stateKeyIDs"] as? [String] ?? [])
     }
 
-    /// The Python of the test venv (`scripts/test` names it in SYNC_AGENT_TEST_TOOLS).
+    /// The Python of the test venv: where `scripts/test` says (SYNC_AGENT_TEST_TOOLS), else the
+    /// repository's `.tools/venv` that `scripts/install-deps` fills, so `swift test` alone works.
     public static func python(_ arguments: [String]) async throws -> String {
-        let tools = try #require(ProcessInfo.processInfo.environment["SYNC_AGENT_TEST_TOOLS"])
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let tools = ProcessInfo.processInfo.environment["SYNC_AGENT_TEST_TOOLS"]
+            ?? repository.appendingPathComponent(".tools/venv/bin").path
         return try await runProgram("\(tools)/python", arguments)
     }
 }
