@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Glibc
 @testable import SyncEngine
 import Testing
 
@@ -84,22 +85,27 @@ struct ManifestJSONTests {
         #expect(header["deletedCount"] as? Int == expected.deleted.count)
     }
 
-    /// The bytes FORMAT.md describes, for a small delta.
+    /// The bytes of FORMAT.md's example delta (its shortened digest and content id spelled out),
+    /// with a fingerprint as the writer takes it from a file on disk: permission bits only.
     @Test func writesTheDocumentedLines() throws {
-        let record = FileRecord(
-            size: 3, contentID: ContentID(hex: String(repeating: "ab", count: 32))!,
-            fingerprint: FileState(size: 3, mode: 0o100600, modificationTime: 1_763_633_730_123_456_789, inode: 393_221, device: 2049))
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("manifest-\(UUID().uuidString)").path
+        #expect(FileManager.default.createFile(atPath: path, contents: Data("abc".utf8), attributes: [.posixPermissions: 0o600]))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var status = stat()
+        #expect(lstat(path, &status) == 0)
+        var fingerprint = FileState(status)
+        (fingerprint.modificationTime, fingerprint.inode, fingerprint.device) = (1_763_633_730_123_456_789, 393_221, 2049)
+        let record = FileRecord(size: 3, contentID: ContentID(hex: String(repeating: "ab", count: 32))!, fingerprint: fingerprint)
         let manifest = SnapshotManifest(
             session: "s", id: SnapshotID(sequence: 2, generation: 1, tag: SnapshotTag("0e9d4c1b2a3f5867")!), kind: .delta,
             parent: SnapshotID(sequence: 1, generation: 1, tag: SnapshotTag("5f0c3a9e7d21b846")!),
             createdAt: Date(timeIntervalSince1970: 1_763_633_762), files: SessionState(["keys/a\n.json": record]),
             deleted: ["old.json"], stateFileCount: 1, stateByteCount: 3, stateDigest: String(repeating: "0", count: 64))
-        let expected = """
-            {"createdAt":"2025-11-20T10:16:02Z","deletedCount":1,"fileCount":1,"formatVersion":2,"id":{"generation":1,"sequence":2,"tag":"0e9d4c1b2a3f5867"},"kind":"delta","parent":{"generation":1,"sequence":1,"tag":"5f0c3a9e7d21b846"},"session":"s","stateByteCount":3,"stateDigest":"\(String(repeating: "0", count: 64))","stateFileCount":1}
-            {"contentID":"\(String(repeating: "ab", count: 32))","fingerprint":{"device":2049,"inode":393221,"mode":33152,"modificationTime":1763633730123456789,"size":3},"name":"keys\\/a\\n.json","size":3}
-            {"deleted":"old.json"}
-
-            """
+        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let example = try #require(format.firstMatch(of: /For example, a delta with one file changed[^`]*```\n([^`]*)```/)?.output.1)
+        let expected = String(example)
+            .replacingOccurrences(of: "00…00", with: String(repeating: "0", count: 64))
+            .replacingOccurrences(of: "abab…abab", with: String(repeating: "ab", count: 32))
         #expect(String(decoding: try encoded(manifest), as: UTF8.self) == expected)
     }
 
