@@ -346,6 +346,9 @@ struct Workspace {
             try FileManager.default.copyItem(
                 atPath: "\(Self.fixtures)/\(fixture)", toPath: "\(sessions)/\(names[fixture] ?? fixture)")
         }
+        // The agent's user makes its store and restores here (SyncAgentRunner hands over what
+        // it is given, started later).
+        try AgentUser.handOver(directory.path)
     }
 
     /// `count` copies of one fixture, named s01, s02…
