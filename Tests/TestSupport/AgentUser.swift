@@ -38,7 +38,8 @@ public enum AgentUser {
     }
 
     private static func changeOwner(_ path: String) throws {
-        guard lchown(path, uid, gid) == 0 else {
+        // A writer running beside the agent (restarted in a crash loop) may have just removed it.
+        guard lchown(path, uid, gid) == 0 || errno == ENOENT else {
             throw ProgramFailure("cannot hand \(path) over to uid \(uid): \(String(cString: strerror(errno)))")
         }
     }
