@@ -296,22 +296,20 @@ struct WatchIntegrationTests {
         unknownMode.storeArguments = ["--mode", "clowd", "--local-store", untouchedStore]
         let plainFile = workspace.logs + "/not-a-directory"
         try write("", to: plainFile)
+        // The agent is never root (see AgentUser), so a mode does deny it.
+        let unreadable = workspace.logs + "/unreadable"
+        try FileManager.default.createDirectory(atPath: unreadable, withIntermediateDirectories: false)
+        chmod(unreadable, 0)
 
-        var cases: [(String, SyncAgentRunner, String, String)] = [
+        let cases: [(String, SyncAgentRunner, String, String)] = [
             ("unknown --mode", unknownMode, workspace.sessions, "unknown mode \"clowd\""),
             ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
             ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
             ("a bucket that does not exist", missingBucket, workspace.sessions, "does not exist"),
             ("a missing sessions root", local, workspace.logs + "/no-such-dir", "cannot read the sessions directory"),
             ("a sessions root that is a file", local, plainFile, "cannot read the sessions directory"),
+            ("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"),
         ]
-        // Root reads any directory whatever its mode.
-        if geteuid() != 0 {
-            let unreadable = workspace.logs + "/unreadable"
-            try FileManager.default.createDirectory(atPath: unreadable, withIntermediateDirectories: false)
-            chmod(unreadable, 0)
-            cases.append(("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"))
-        }
         for (name, runner, sessions, expected) in cases {
             let agent = try runner.watch(sessions)
             let termination = try await agent.process.waitForExit(timeout: .seconds(60))
