@@ -71,8 +71,9 @@ public struct SyncAgentRunner: Sendable {
     }
 
     public static func newEncryptionKey(logDirectory: String) async throws -> String {
+        let keygen = try AgentUser.command(try binaryPath, ["keygen"])
         let result = try await ChildProcess.run(
-            try binaryPath, ["keygen"], environment: cleanEnvironment(), outputIn: logDirectory)
+            keygen.executable, keygen.arguments, environment: cleanEnvironment(), outputIn: logDirectory)
         guard result.termination == .exited(0) else { throw ProgramFailure("keygen: \(result.standardError)") }
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
