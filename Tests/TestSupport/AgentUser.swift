@@ -48,7 +48,7 @@ public enum AgentUser {
     static func command(_ executable: String, _ arguments: [String]) throws -> (executable: String, arguments: [String]) {
         guard isSeparate else { return (executable, arguments) }
         guard access(setpriv, X_OK) == 0 else {
-            throw ProgramFailure("no \(setpriv) to run the agent unprivileged: install util-linux (scripts/install-deps)")
+            throw ProgramFailure("no \(setpriv) to run the agent unprivileged: install util-linux")
         }
         return (setpriv, [
             "--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", "--inh-caps=-all", "--ambient-caps=-all",
