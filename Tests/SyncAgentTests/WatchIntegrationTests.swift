@@ -288,6 +288,10 @@ struct WatchIntegrationTests {
         var missingBucket = cloud
         missingBucket.storeArguments[missingBucket.storeArguments.firstIndex(of: bucket.configuration.bucket)!] =
             "no-such-bucket-" + randomHex(4)
+        var credentialsInTheEndpoint = cloud
+        let endpointIndex = credentialsInTheEndpoint.storeArguments.firstIndex(of: "--endpoint")! + 1
+        credentialsInTheEndpoint.storeArguments[endpointIndex] =
+            credentialsInTheEndpoint.storeArguments[endpointIndex].replacingOccurrences(of: "://", with: "://backup:hunter2-pw@")
         let local = SyncAgentRunner.local(store: untouchedStore, logDirectory: workspace.logs)
         var modeFromEnvironment = local
         modeFromEnvironment.storeArguments = ["--local-store", untouchedStore]
@@ -306,6 +310,7 @@ struct WatchIntegrationTests {
             ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
             ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
             ("a bucket that does not exist", missingBucket, workspace.sessions, "does not exist"),
+            ("credentials in the endpoint", credentialsInTheEndpoint, workspace.sessions, "credentials do not belong in the URL"),
             ("a missing sessions root", local, workspace.logs + "/no-such-dir", "cannot read the sessions directory"),
             ("a sessions root that is a file", local, plainFile, "cannot read the sessions directory"),
             ("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"),
@@ -318,6 +323,7 @@ struct WatchIntegrationTests {
             #expect(lines.count == 1, "\(name): \(agent.log)")
             #expect(lines.first?.contains(expected) == true, "\(name): \(agent.log)")
             #expect(!agent.log.contains(cloud.environment["SESSION_ENCRYPTION_KEY"]!), "\(name) leaked the key")
+            #expect(!agent.log.contains("hunter2"), "\(name) leaked the endpoint's password")
         }
         #expect(!FileManager.default.fileExists(atPath: untouchedStore))
         #expect(try await bucket.listObjects().objects.isEmpty)
