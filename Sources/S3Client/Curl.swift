@@ -354,10 +354,15 @@ private let readCallback: sa_curl_data_callback = { buffer, size, count, userdat
 /// connections are kept alive and shared, and any number of requests run concurrently
 /// without a thread each.
 final class CurlMultiLoop: @unchecked Sendable {
+    /// What other threads share with the loop thread. The multi handle lives until the loop
+    /// has seen `stopping` here, so whoever wakes the loop does it under this lock and only
+    /// while `stopping` is false: it cannot touch the multi handle after it is freed.
     private struct Inbox {
         var submitted: [CurlTransfer] = []
         var idleHandles: [UnsafeMutableRawPointer] = []
         var stopping = false
+        /// Easy handles made and not freed yet: running, idle or being configured.
+        var ownedHandles = 0
     }
 
     private let multi: UnsafeMutableRawPointer
@@ -378,30 +383,70 @@ final class CurlMultiLoop: @unchecked Sendable {
         }
     }
 
-    /// Asks the loop thread to finish; it frees the multi handle once the running
-    /// transfers have been failed.
+    private static let shutDown = TransportError(code: -1, message: "the S3 client was shut down")
+
+    /// Asks the loop thread to finish; it fails the running transfers, then frees every easy
+    /// handle and the multi handle. Calling it again does nothing.
     func shutdown() {
-        inbox.withLock { $0.stopping = true }
-        curl_multi_wakeup(multi)
+        inbox.withLock { inbox in
+            guard !inbox.stopping else { return }
+            inbox.stopping = true
+            curl_multi_wakeup(multi)
+        }
     }
 
+    /// Easy handles made and not freed yet; none once the loop has stopped.
+    var ownedHandles: Int { inbox.withLock { $0.ownedHandles } }
+
     func perform(_ request: CurlRequest) async throws -> CurlResponse {
-        let handle = inbox.withLock { $0.idleHandles.popLast() } ?? curl_easy_init()!
-        let transfer = CurlTransfer(handle: handle, request: request)
-        try configure(transfer)
+        let transfer = CurlTransfer(handle: try takeHandle(), request: request)
+        do {
+            try configure(transfer)
+        } catch {
+            releaseHandle(of: transfer)
+            throw error
+        }
         return try await withCheckedThrowingContinuation { continuation in
             transfer.continuation = continuation
             let accepted = inbox.withLock { inbox -> Bool in
                 guard !inbox.stopping else { return false }
                 inbox.submitted.append(transfer)
+                curl_multi_wakeup(multi)
                 return true
             }
-            if accepted {
-                curl_multi_wakeup(multi)
-            } else {
-                continuation.resume(throwing: TransportError(code: -1, message: "the S3 client was shut down"))
+            if !accepted {
+                releaseHandle(of: transfer)
+                continuation.resume(throwing: Self.shutDown)
             }
         }
+    }
+
+    /// An idle handle, or a new one.
+    private func takeHandle() throws(TransportError) -> UnsafeMutableRawPointer {
+        try inbox.withLock { inbox throws(TransportError) in
+            guard !inbox.stopping else { throw Self.shutDown }
+            if let handle = inbox.idleHandles.popLast() { return handle }
+            guard let handle = curl_easy_init() else {
+                throw TransportError(code: Int32(CURLE_OUT_OF_MEMORY.rawValue), message: "cannot make a curl handle")
+            }
+            inbox.ownedHandles += 1
+            return handle
+        }
+    }
+
+    /// Keeps a handle no transfer runs on for the next one (it keeps its association with the
+    /// connection cache, so reusing it saves setting that up again), or frees it once the loop is
+    /// stopping: the loop frees the idle handles only once, when it stops.
+    private func releaseHandle(of transfer: CurlTransfer) {
+        let kept = inbox.withLock { inbox in
+            if inbox.stopping {
+                inbox.ownedHandles -= 1
+                return false
+            }
+            inbox.idleHandles.append(transfer.handle)
+            return true
+        }
+        if !kept { curl_easy_cleanup(transfer.handle) }
     }
 
     private func configure(_ transfer: CurlTransfer) throws {
@@ -470,8 +515,7 @@ final class CurlMultiLoop: @unchecked Sendable {
                 curl_multi_add_handle(multi, transfer.handle)
             }
             if stopping {
-                failAll(TransportError(code: -1, message: "the S3 client was shut down"))
-                curl_multi_cleanup(multi)
+                stop()
                 return
             }
             var stillRunning: Int32 = 0
@@ -513,21 +557,30 @@ final class CurlMultiLoop: @unchecked Sendable {
             transfer.status = status
             result = .success(transfer.response())
         }
-        // The handle keeps its connection-cache association with the multi handle, so
-        // reusing it saves setting it up again.
-        inbox.withLock { $0.idleHandles.append(transfer.handle) }
+        releaseHandle(of: transfer)
         transfer.continuation?.resume(with: result)
         transfer.continuation = nil
     }
 
-    private func failAll(_ error: TransportError) {
+    /// Fails the running transfers and frees every handle. `stopping` was seen under the lock,
+    /// so no other thread touches the multi handle any more, and none adds an idle handle.
+    private func stop() {
         for (handle, transfer) in running {
             curl_multi_remove_handle(multi, handle)
-            transfer.continuation?.resume(throwing: error)
+            curl_easy_cleanup(handle)
+            transfer.continuation?.resume(throwing: Self.shutDown)
             transfer.continuation = nil
         }
+        let idle = inbox.withLock { inbox in
+            defer {
+                inbox.ownedHandles -= running.count + inbox.idleHandles.count
+                inbox.idleHandles = []
+            }
+            return inbox.idleHandles
+        }
         running = [:]
-        for handle in inbox.withLock({ $0.idleHandles }) { curl_easy_cleanup(handle) }
+        for handle in idle { curl_easy_cleanup(handle) }
+        curl_multi_cleanup(multi)
     }
 }
 

@@ -435,6 +435,10 @@ public final class S3Client: Sendable {
     /// Signs and sends a request, retrying what is worth retrying, and turns every failure
     /// into an `S3ClientError`.
     private func send(_ request: Request) async throws(S3ClientError) -> Response {
+        // The value is not named: it may come from a server (an ETag) or a caller.
+        if let header = request.headers.first(where: { !isSingleLine($0.name) || !isSingleLine($0.value) }) {
+            throw .invalidRequest("the \(header.name.debugDescription) header holds a line break or NUL")
+        }
         let target = target(forKey: request.key)
         let resource = request.key.map { "\(configuration.bucket)/\($0)" } ?? configuration.bucket
         let unsigned = SigV4Request(
@@ -549,6 +553,12 @@ private extension ReadCondition {
         case .ifNoneMatch(let etag): [("If-None-Match", "\"\(etag)\"")]
         }
     }
+}
+
+/// Whether a header name or value goes on the wire as written: curl sends a CR or LF as is,
+/// which ends the header there and starts another, and cuts a value at NUL.
+private func isSingleLine(_ text: String) -> Bool {
+    !text.utf8.contains { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") || $0 == 0 }
 }
 
 /// Whether an ETag (quoted or not) is a plain MD5, which S3 makes it for single-part uploads

@@ -14,6 +14,7 @@ public struct S3Configuration: Sendable {
 
         /// Parses `http(s)://host[:port][/]`; a bare `host[:port]` means https.
         public init(parsing text: String) throws(S3ConfigurationError) {
+            let shown = Self.withoutUserinfo(text)
             var rest = Substring(text.trimmingWhitespace())
             var scheme = "https"
             if let range = rest.firstRange(of: "://") {
@@ -21,16 +22,20 @@ public struct S3Configuration: Sendable {
                 rest = rest[range.upperBound...]
             }
             guard scheme == "http" || scheme == "https" else {
-                throw .invalid("endpoint \(text): the scheme must be http or https")
+                throw .invalid("endpoint \(shown): the scheme must be http or https")
+            }
+            guard !rest.contains("@") else {
+                throw .invalid(
+                    "endpoint \(shown): credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
             }
             while rest.hasSuffix("/") { rest = rest.dropLast() }
-            guard !rest.isEmpty, !rest.contains("/"), !rest.contains("@"), !rest.contains("?") else {
-                throw .invalid("endpoint \(text): expected http(s)://host[:port] with no path")
+            guard !rest.isEmpty, !rest.contains("/"), !rest.contains("?") else {
+                throw .invalid("endpoint \(shown): expected http(s)://host[:port] with no path")
             }
             var port: Int?
             if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
                 guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else {
-                    throw .invalid("endpoint \(text): the port must be a number from 1 to 65535")
+                    throw .invalid("endpoint \(shown): the port must be a number from 1 to 65535")
                 }
                 port = number
                 rest = rest[..<colon]
@@ -42,6 +47,15 @@ public struct S3Configuration: Sendable {
             self.scheme = scheme
             self.host = host
             self.port = port
+        }
+
+        /// `text` for a message: what comes before an "@" (a user and password, in
+        /// `http://user:password@host`) replaced by "***", up to the last "@" since a password
+        /// written unencoded may hold one, or a "/".
+        static func withoutUserinfo(_ text: String) -> String {
+            guard let at = text.lastIndex(of: "@") else { return text }
+            let start = text.firstRange(of: "://").map(\.upperBound).flatMap { $0 <= at ? $0 : nil } ?? text.startIndex
+            return String(text[..<start]) + "***" + String(text[at...])
         }
 
         /// The Host header: the port only when it is not the scheme's default.

@@ -83,6 +83,9 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
     case integrity(String)
     /// A local file could not be read or written.
     case io(String)
+    /// Refused before it was signed or sent: a header that would not reach the server as one
+    /// header (a value holding CR, LF or NUL would split the request or be cut short).
+    case invalidRequest(String)
 
     public var description: String {
         switch self {
@@ -91,6 +94,7 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
         case .invalidResponse(let reason): "invalid S3 response: \(reason)"
         case .integrity(let reason): "S3 integrity check failed: \(reason)"
         case .io(let reason): reason
+        case .invalidRequest(let reason): "invalid S3 request: \(reason)"
         }
     }
 
@@ -108,7 +112,7 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
         case .transport(let error): error.isRetryable
         // A body cut short or mangled in transit is worth fetching again.
         case .integrity: true
-        case .invalidResponse, .io: false
+        case .invalidResponse, .io, .invalidRequest: false
         }
     }
 }

@@ -115,7 +115,7 @@ public struct S3ObjectStore: ObjectStore {
         case .transport: EngineMetrics.s3Error(code: "transport")
         case .integrity: EngineMetrics.s3Error(code: "integrity")
         case .invalidResponse: EngineMetrics.s3Error(code: "invalid_response")
-        case .io: break  // a local file, not the store
+        case .io, .invalidRequest: break  // a local file or the request itself, not the store
         }
         return StoreError(error, key: key)
     }
@@ -162,7 +162,7 @@ extension StoreError {
                 self = .rejected(failure.description)
             }
         case .transport, .integrity: self = .unavailable(error.description)
-        case .invalidResponse: self = .rejected(error.description)
+        case .invalidResponse, .invalidRequest: self = .rejected(error.description)
         case .io(let reason): self = .io(reason)
         }
     }

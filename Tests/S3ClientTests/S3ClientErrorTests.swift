@@ -69,6 +69,28 @@ struct S3ClientErrorTests {
         #expect(await transportErrorCode(loopbackConfiguration(port: try freePort(), attempts: 3)) == 7)  // CURLE_COULDNT_CONNECT
     }
 
+    /// A header value with CR or LF (an ETag from a server or a caller) would end its header and
+    /// start one nobody meant; curl would cut it at NUL. Refused before it is signed: nothing is sent.
+    @Test(arguments: ["abc\r\nX-Amz-Injected: 1", "abc\ndef", "abc\rdef", "abc\u{0}def"])
+    func aHeaderValueThatWouldSplitTheRequestIsRefusedUnsent(_ etag: String) async throws {
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"x\"\r\n\r\n")
+        let client = S3Client(configuration: loopbackConfiguration(port: server.port))
+        let put = await #expect(throws: S3ClientError.self) {
+            try await client.putObject(key: "k", bytes: [1], condition: .ifMatch(etag: etag))
+        }
+        let get = await #expect(throws: S3ClientError.self) {
+            try await client.getObject(key: "k", condition: .ifNoneMatch(etag: etag))
+        }
+        for error in [put, get] {
+            guard case .invalidRequest(let reason) = error else {
+                Issue.record("expected an invalid request, got \(String(describing: error))")
+                continue
+            }
+            #expect(reason.contains("If-") && !reason.contains("abc"), "\(reason)")
+        }
+        #expect(server.connectionCount == 0)
+    }
+
     /// A fake server (fault injection only): it promises a body and closes half way.
     @Test func serverClosingMidBodyIsRetriedThenReported() async throws {
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"x\"\r\n\r\n0123456789")

@@ -43,6 +43,23 @@ struct S3ConfigurationTests {
         #expect(configuration.addressing == .virtualHosted)
     }
 
+    /// Credentials belong in the environment: an endpoint URL with a user and password is
+    /// refused, and the refusal never shows them, whichever check refuses it.
+    @Test(arguments: [
+        "http://backup:hunter2-pw@minio:9000", "https://backup:hunter2-pw@minio", "backup:hunter2-pw@minio:9000",
+        "ftp://backup:hunter2-pw@minio", "http://backup:hunter2/pw@minio", "http://backup:hunter2@pw@minio:9000/",
+    ])
+    func anEndpointWithCredentialsIsRefusedWithoutShowingThem(_ endpoint: String) {
+        for environment in [["AWS_ENDPOINT_URL": endpoint], ["MINIO_ENDPOINT": endpoint]] {
+            let error = #expect(throws: S3ConfigurationError.self) {
+                try S3Configuration.resolve(bucket: "sessions", environment: credentials.merging(environment) { $1 })
+            }
+            let message = error?.description ?? ""
+            #expect(!message.contains("hunter2") && !message.contains("backup"), "\(message)")
+            #expect(message.contains("***@minio"), "\(message)")
+        }
+    }
+
     @Test(arguments: [
         ("no access key", "sessions", [String: String](), "access key"),
         ("bad bucket", "Not_A_Bucket", ["AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"], "bucket name"),

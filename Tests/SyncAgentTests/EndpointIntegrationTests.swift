@@ -64,6 +64,32 @@ struct EndpointIntegrationTests {
         #expect(try await agent.terminate() == .exited(0))
     }
 
+    /// As production runs it: not root, no capability. A socket option that only CAP_NET_ADMIN
+    /// may set ended such an agent on its first request, a health probe.
+    @Test func everyRouteAnswersAnAgentWithoutPrivileges() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+        let status = try String(contentsOfFile: "/proc/\(agent.process.pid)/status", encoding: .utf8)
+        let fields = Dictionary(status.split(separator: "\n").map { line in
+            (String(line.prefix { $0 != ":" }), line.drop { $0 != ":" }.dropFirst().split(whereSeparator: \.isWhitespace).map(String.init))
+        }) { first, _ in first }
+        #expect(fields["CapEff"] == ["0000000000000000"], "\(status)")
+        if AgentUser.isSeparate {
+            #expect(fields["Uid"]?.allSatisfy { $0 == "\(AgentUser.uid)" } == true, "\(status)")
+            #expect(fields["Groups"] == [], "\(status)")
+        }
+
+        let endpoint = try await agent.endpoint()
+        for route in ["/healthz", "/readyz", "/metrics", "/sessions", "/healthz"] {
+            let answer = try await httpGet(endpoint + route)
+            #expect(answer.status == 200, "\(route): \(answer.body)\n\(agent.log)")
+        }
+        #expect(agent.process.isRunning, "\(agent.log)")
+        #expect(try await agent.terminate() == .exited(0))
+    }
+
     /// One agent sees both: a session a second agent claimed (fenced), and one whose uploads fail
     /// while the store is down (failing); `status` prints what `/sessions` says.
     @Test func sessionsReportAFencedAndAFailingSession() async throws {

@@ -288,6 +288,10 @@ struct WatchIntegrationTests {
         var missingBucket = cloud
         missingBucket.storeArguments[missingBucket.storeArguments.firstIndex(of: bucket.configuration.bucket)!] =
             "no-such-bucket-" + randomHex(4)
+        var credentialsInTheEndpoint = cloud
+        let endpointIndex = credentialsInTheEndpoint.storeArguments.firstIndex(of: "--endpoint")! + 1
+        credentialsInTheEndpoint.storeArguments[endpointIndex] =
+            credentialsInTheEndpoint.storeArguments[endpointIndex].replacingOccurrences(of: "://", with: "://backup:hunter2-pw@")
         let local = SyncAgentRunner.local(store: untouchedStore, logDirectory: workspace.logs)
         var modeFromEnvironment = local
         modeFromEnvironment.storeArguments = ["--local-store", untouchedStore]
@@ -296,22 +300,21 @@ struct WatchIntegrationTests {
         unknownMode.storeArguments = ["--mode", "clowd", "--local-store", untouchedStore]
         let plainFile = workspace.logs + "/not-a-directory"
         try write("", to: plainFile)
+        // The agent is never root (see AgentUser), so a mode does deny it.
+        let unreadable = workspace.logs + "/unreadable"
+        try FileManager.default.createDirectory(atPath: unreadable, withIntermediateDirectories: false)
+        chmod(unreadable, 0)
 
-        var cases: [(String, SyncAgentRunner, String, String)] = [
+        let cases: [(String, SyncAgentRunner, String, String)] = [
             ("unknown --mode", unknownMode, workspace.sessions, "unknown mode \"clowd\""),
             ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
             ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
             ("a bucket that does not exist", missingBucket, workspace.sessions, "does not exist"),
+            ("credentials in the endpoint", credentialsInTheEndpoint, workspace.sessions, "credentials do not belong in the URL"),
             ("a missing sessions root", local, workspace.logs + "/no-such-dir", "cannot read the sessions directory"),
             ("a sessions root that is a file", local, plainFile, "cannot read the sessions directory"),
+            ("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"),
         ]
-        // Root reads any directory whatever its mode.
-        if geteuid() != 0 {
-            let unreadable = workspace.logs + "/unreadable"
-            try FileManager.default.createDirectory(atPath: unreadable, withIntermediateDirectories: false)
-            chmod(unreadable, 0)
-            cases.append(("an unreadable sessions root", local, unreadable, "cannot read the sessions directory"))
-        }
         for (name, runner, sessions, expected) in cases {
             let agent = try runner.watch(sessions)
             let termination = try await agent.process.waitForExit(timeout: .seconds(60))
@@ -320,6 +323,7 @@ struct WatchIntegrationTests {
             #expect(lines.count == 1, "\(name): \(agent.log)")
             #expect(lines.first?.contains(expected) == true, "\(name): \(agent.log)")
             #expect(!agent.log.contains(cloud.environment["SESSION_ENCRYPTION_KEY"]!), "\(name) leaked the key")
+            #expect(!agent.log.contains("hunter2"), "\(name) leaked the endpoint's password")
         }
         #expect(!FileManager.default.fileExists(atPath: untouchedStore))
         #expect(try await bucket.listObjects().objects.isEmpty)
@@ -346,6 +350,9 @@ struct Workspace {
             try FileManager.default.copyItem(
                 atPath: "\(Self.fixtures)/\(fixture)", toPath: "\(sessions)/\(names[fixture] ?? fixture)")
         }
+        // The agent's user makes its store and restores here (SyncAgentRunner hands over what
+        // it is given, started later).
+        try AgentUser.handOver(directory.path)
     }
 
     /// `count` copies of one fixture, named s01, s02…

@@ -63,10 +63,11 @@ public func randomBytes(_ count: Int) -> [UInt8] {
 /// A temporary directory removed when the value is released.
 public final class TemporaryDirectory: Sendable {
     public let path: String
+    static let namePrefix = "sync-agent-test."
 
     /// In `parent`, by default the system's temporary directory.
     public init(in parent: String = NSTemporaryDirectory()) throws {
-        var template = Array("\(parent)/sync-agent-test.XXXXXX".utf8CString)
+        var template = Array("\(parent)/\(Self.namePrefix)XXXXXX".utf8CString)
         guard let created = mkdtemp(&template) else { throw ProgramFailure("mkdtemp failed") }
         path = String(cString: created)
     }

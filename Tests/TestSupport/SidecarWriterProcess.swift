@@ -10,13 +10,18 @@ public final class SidecarWriterProcess: Sendable {
     /// Every change it made, in order, recorded before the change (see `WriterHistory`).
     public let historyPath: String
 
-    /// Writes `rate` times a second for `seconds`, or until `stop()`.
+    /// Writes `rate` times a second for `seconds`, or until `stop()`. Runs as the agent's user,
+    /// as Baileys does beside the agent in production: the private files it makes are the agent's.
     public init(root: String, rate: Int, seconds: Int = 3600, seed: UInt64, logs: String) throws {
         historyPath = "\(logs)/writer-history.tsv"
-        process = try ChildProcess(
+        try AgentUser.handOver(root)
+        try AgentUser.handOver(logs)
+        let command = try AgentUser.command(
             try SyncAgentRunner.benchBinaryPath,
             ["sidecar-writer", "--root", root, "--rate", "\(rate)", "--seconds", "\(seconds)", "--seed", "\(seed)",
-             "--log", "\(logs)/writer.tsv", "--history", historyPath],
+             "--log", "\(logs)/writer.tsv", "--history", historyPath])
+        process = try ChildProcess(
+            command.executable, command.arguments,
             environment: SyncAgentRunner.cleanEnvironment(),
             standardOutput: "\(logs)/writer.out", standardError: "\(logs)/writer.err")
     }

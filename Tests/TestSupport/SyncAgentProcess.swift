@@ -14,6 +14,9 @@ public struct SyncAgentRunner: Sendable {
     public let logDirectory: String
     /// The umask the program starts with (through /bin/sh), when not the test process's own.
     public var umask: mode_t?
+    /// Runs the program as the test process's own user (root in CI) rather than as `AgentUser`:
+    /// only for a test that needs root, which says why.
+    public var runsAsTestUser = false
 
     public init(storeArguments: [String], environment: [String: String], logDirectory: String) {
         self.storeArguments = storeArguments
@@ -68,8 +71,9 @@ public struct SyncAgentRunner: Sendable {
     }
 
     public static func newEncryptionKey(logDirectory: String) async throws -> String {
+        let keygen = try AgentUser.command(try binaryPath, ["keygen"])
         let result = try await ChildProcess.run(
-            try binaryPath, ["keygen"], environment: cleanEnvironment(), outputIn: logDirectory)
+            keygen.executable, keygen.arguments, environment: cleanEnvironment(), outputIn: logDirectory)
         guard result.termination == .exited(0) else { throw ProgramFailure("keygen: \(result.standardError)") }
         return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -101,10 +105,21 @@ public struct SyncAgentRunner: Sendable {
         if let umask {
             (executable, programArguments) = ("/bin/sh", ["-c", #"umask "$0" && exec "$@""#, String(umask, radix: 8), executable] + programArguments)
         }
+        if !runsAsTestUser {
+            for path in Self.pathsOwned(in: programArguments) { try AgentUser.handOver(path) }
+            (executable, programArguments) = try AgentUser.command(executable, programArguments)
+        }
         return try ChildProcess(
             executable, programArguments, environment: Self.cleanEnvironment(environment),
             standardInput: standardInput,
             standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
+    }
+
+    /// The directories and files the agent works in, which its user must own as in production.
+    private static func pathsOwned(in arguments: [String]) -> [String] {
+        zip(arguments, arguments.dropFirst()).compactMap { option, value in
+            ["--sessions-dir", "--local-store", "--key-file"].contains(option) ? value : nil
+        }
     }
 
     /// What must never appear in the agent's output: the keys and the S3 secret it was given,

@@ -89,7 +89,9 @@ final class HTTPEndpoint: Sendable {
             let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                // At IPPROTO_TCP: `.socketOption` sets SOL_SOCKET, where this number is SO_DEBUG,
+                // which only CAP_NET_ADMIN may set (it ended an unprivileged agent on its first request).
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .bind(host: address.host, port: address.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
