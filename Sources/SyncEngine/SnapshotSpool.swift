@@ -118,7 +118,7 @@ enum DownloadedSnapshot: Sendable {
             guard let object = try await DownloadedObject(key, from: store) else { return nil }
             self = .spooled(object)
         } else {
-            guard let object = try await store.get(key) else { return nil }
+            guard let object = try await store.get(key, maxSize: Int64(SnapshotSpool.memoryLimit)) else { return nil }
             self = .inMemory(object.bytes)
         }
     }
