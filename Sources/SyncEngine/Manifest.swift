@@ -146,7 +146,7 @@ public struct SessionHead: Codable, Sendable, Equatable {
 
     public var isTombstoned: Bool { latestKind == .tombstone }
 
-    func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
+    package func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     package static func decode(_ bytes: [UInt8]) throws -> SessionHead {
         try StoredJSON.decode(SessionHead.self, from: bytes, formatVersion: currentFormatVersion, what: "the head")
