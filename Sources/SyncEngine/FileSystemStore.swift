@@ -268,7 +268,9 @@ public struct FileSystemStore: ObjectStore {
             throw storeFailure("stat", path)
         }
         switch status.st_mode & S_IFMT {
-        case S_IFREG: objects.append(info(key, status, etag: ""))
+        case S_IFREG:
+            guard objects.count < maxListedObjects else { throw .invalidObject(tooManyObjectsMessage(key, in: location)) }
+            objects.append(info(key, status, etag: ""))
         case S_IFDIR:
             for name in try entries(of: key) { try collect(key + "/" + name, into: &objects) }
         default: break

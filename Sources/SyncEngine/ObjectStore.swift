@@ -94,8 +94,9 @@ public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
     case rejected(String)
     /// A local file could not be read or written.
     case io(String)
-    /// What is stored at a key cannot be the object it names: larger than such an object can
-    /// be, or (local store) not a regular file. Reading it again gives the same answer.
+    /// What the store holds or answers cannot be what was asked for: an object larger than such
+    /// an object can be, one that is not a regular file (local store), a listing without end.
+    /// Asking again gives the same answer.
     case invalidObject(String)
 
     public var description: String {
@@ -119,6 +120,16 @@ func validateKey(_ key: String) throws(StoreError) {
     else {
         throw .rejected("invalid object key \"\(key)\"")
     }
+}
+
+/// The most objects one listing returns. A store of 10,000 sessions, each with a few hundred
+/// snapshots, lists a few million under "sessions/"; a listing past this is a store answering
+/// without end (a server repeating its pages, a tree grown by something else), and reading on
+/// would take the agent's memory.
+let maxListedObjects = 5_000_000
+
+func tooManyObjectsMessage(_ prefix: String, in location: String) -> String {
+    "the listing of \"\(prefix)\" in \(location) passed \(maxListedObjects) objects, more than a store of sessions holds; not reading on"
 }
 
 /// Why an object is refused by `get(_:range:maxSize:)`. `size` is what the store says, or as much

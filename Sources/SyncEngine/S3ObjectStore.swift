@@ -87,10 +87,21 @@ public struct S3ObjectStore: ObjectStore {
 
     public func list(prefix listed: String) async throws(StoreError) -> [StoredObjectInfo] {
         try validatePrefix(listed)
-        let page = try await storeErrors(key: listed) { () async throws(S3ClientError) in
-            try await client.listObjects(prefix: prefix + listed)
-        }
-        return page.objects.map { object in
+        var objects: [ObjectInfo] = []
+        var token: String?
+        var tokens: Set<String> = []
+        repeat {
+            let page = try await storeErrors(key: listed) { [token] () async throws(S3ClientError) in
+                try await client.listObjectsPage(prefix: prefix + listed, continuationToken: token)
+            }
+            objects += page.objects
+            token = page.nextContinuationToken
+            if objects.count > maxListedObjects { throw .invalidObject(tooManyObjectsMessage(listed, in: location)) }
+            if let token, !tokens.insert(token).inserted {
+                throw .invalidObject("the listing of \"\(listed)\" in \(location) repeats a page (continuation token \(token)); not reading on")
+            }
+        } while token != nil
+        return objects.map { object in
             storedInfo(object, key: String(decoding: object.key.utf8.dropFirst(prefix.utf8.count), as: UTF8.self))
         }.sortedByKey()
     }

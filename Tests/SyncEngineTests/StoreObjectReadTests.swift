@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Logging
+import S3Client
 import Synchronization
 import SyncEngine
 import TestSupport
@@ -69,6 +70,38 @@ struct StoreObjectReadTests {
         let started = ContinuousClock.now
         await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
         #expect(ContinuousClock.now - started < .seconds(2))
+    }
+
+    /// A store on a fake S3 server (fault injection only) that answers every request with `response`.
+    func fakeS3Store(_ server: FaultyHTTPServer) throws -> S3ObjectStore {
+        var configuration = S3Configuration(
+            endpoint: .init(scheme: "http", host: "127.0.0.1", port: server.port), bucket: "bucket",
+            credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "b"))
+        configuration.retry.maxAttempts = 1
+        return try S3ObjectStore(client: S3Client(configuration: configuration), prefix: "p")
+    }
+
+    /// A server that ignores the range and sends a head of 1 MiB whole: the answer is cut at the
+    /// bound as it arrives, and the object refused from its Content-Length.
+    @Test func anOversizedHeadFromAServerIgnoringTheRangeIsCutAndRefused() async throws {
+        let body = String(repeating: "x", count: 1 << 20)
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\nETag: \"x\"\r\n\r\n\(body)")
+        let sessionStore = SessionStore(store: try fakeS3Store(server), keyring: Keyring(primary: .generate()))
+        let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
+        guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(message.contains("\(1 << 20) bytes"), "\(message)")
+    }
+
+    /// A server whose listing never ends (every page names the same next one): refused, not read forever.
+    @Test func aListingThatRepeatsItsPagesIsRefused() async throws {
+        let body = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken>"
+            + "<Contents><Key>p/sessions/s/head</Key><Size>1</Size></Contents></ListBucketResult>"
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+        let store = try fakeS3Store(server)
+        let error = await #expect(throws: StoreError.self) { try await store.list(prefix: "sessions/") }
+        guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(message.contains("repeats a page"), "\(message)")
+        #expect(server.connectionCount == 2)
     }
 
     enum Special: String, CaseIterable, CustomTestStringConvertible {
