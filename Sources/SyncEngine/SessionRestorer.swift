@@ -117,16 +117,19 @@ public struct SessionRestorer: Sendable {
                 description: "\(directory) is not a directory (a file or a symbolic link is there): not replacing it; move it away to restore session \(session)")
         }
         if onlyIfMissing, !isMissingOrEmpty(directory) { return decided(.present) }
-        guard let stored = try await sessionStore.stored(session), var history = try stored.committed() else {
-            return decided(.notFound)
+        guard let stored = try await sessionStore.stored(session) else { return decided(.notFound) }
+        if case .snapshot = point {
+            // Named explicitly: taken from the head's history or from a newer chain above it.
+        } else {
+            // A head older than a chain the store holds above it was put back over a newer one
+            // (a claim without a snapshot included): restoring it would roll the session's Signal
+            // ratchets back ("Bad MAC" for every contact), so the session fails instead.
+            try stored.checkHeadIsNewest()
         }
+        guard var history = try stored.committed() else { return decided(.notFound) }
         let target: SnapshotEntry
         switch point {
         case .newest:
-            // A head older than a chain the store holds above it was put back over a newer one:
-            // restoring it would roll the session's Signal ratchets back ("Bad MAC" for every
-            // contact), so the session fails, and --snapshot can name the snapshot wanted.
-            try stored.checkHeadIsNewest()
             target = history.latest
         case .snapshot(let label):
             if let entry = history.snapshots[label.sequence], entry.id.label == label {
@@ -143,7 +146,6 @@ public struct SessionRestorer: Sendable {
                     description: "session \(session) has no snapshot \(label) (`sync-agent snapshots \(session)` lists them)")
             }
         case .time(let time):
-            try stored.checkHeadIsNewest()
             let oldestFirst = history.sorted
             guard let entry = oldestFirst.last(where: { $0.lastModified.map { $0 <= time } ?? false }) else {
                 let oldest = oldestFirst.first.map { " (its oldest, \($0.id), is from \($0.lastModified.map { $0.formatted(.iso8601) } ?? "an unknown time"))" }

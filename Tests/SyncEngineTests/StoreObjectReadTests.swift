@@ -288,6 +288,20 @@ struct StoreObjectReadTests {
         #expect(newest.status == .restored && newest.snapshot == committed[3].id)
     }
 
+    /// The first claim's head (naming no snapshot) put back: not "no snapshot yet", which
+    /// `restore --all` would leave out in silence, but behind.
+    @Test func aClaimPutBackOverACommittedHeadIsBehind() async throws {
+        let scratch = try TemporaryDirectory()
+        let sessionStore = try localStore(scratch)
+        let committed = try await history(in: sessionStore, scratch, deltas: 1)
+        let claim = SessionHead(generation: 1, owner: "agent-a", latest: nil, latestKind: nil, base: nil, updatedAt: Date())
+        try await sessionStore.writeHead(claim, session: session, condition: nil)
+        #expect(try await sessionStore.stored(session)?.newerChain().map(\.id) == committed.map(\.id))
+        let root = scratch.file("restored")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: false)
+        await #expect(throws: SnapshotError.self) { try await SessionRestorer(sessionStore: sessionStore).plan(session, into: root) }
+    }
+
     /// What is not a head put back: one upload in flight above the head (a writer between its
     /// upload and its commit), and a linked chain written after the head object (the hybrid
     /// mirror copies the snapshots S3 is missing before S3's head).
