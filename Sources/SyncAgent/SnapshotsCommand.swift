@@ -72,13 +72,13 @@ struct SnapshotsCommand: AsyncParsableCommand {
     private func listSnapshots(_ session: SessionID, store: SessionStore) async throws {
         var head: SessionHead?
         var history: CommittedHistory?
-        var stateError: SnapshotError?
+        var stateError: (any Error)?
         do {
             let stored = try await store.stored(session)
             head = stored?.head
             history = try stored?.committed()
             try stored?.checkHeadIsNewest()
-        } catch let error as SnapshotError {
+        } catch {
             stateError = error
         }
         let entries = try await store.snapshots(session)
@@ -136,7 +136,7 @@ struct SessionsListing: Encodable {
         /// snapshots, or behind a newer committed chain.
         var error: String?
 
-        /// A session whose head is missing (objects left before the first commit) shows no head fields.
+        /// A session whose head cannot be read (see `error`) shows no head fields.
         init(_ session: String, head: SessionHead?) {
             sessionId = session
             latest = head?.latest.map { "\($0)" }

@@ -173,7 +173,7 @@ public enum SnapshotError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The head names an older snapshot than a chain the store holds above it that another head
     /// must have committed (`SessionStore.newerChain`): an old head put back over a newer one.
     case headBehind(String)
-    /// An object vanished or changed between the listing and its download (a `prune` beside it).
+    /// An object listed a moment before is gone when it is downloaded (a `prune` beside the read).
     case changedDuringRead(String)
 
     public var description: String {

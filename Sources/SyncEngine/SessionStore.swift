@@ -78,8 +78,8 @@ public struct StoredSession: Sendable {
     }
 
     /// The newest chain of snapshots above the head's latest that another, newer head must have
-    /// committed, oldest first; empty when there is none. Throw `headBehind` on it with
-    /// `checkHeadIsNewest`.
+    /// committed, oldest first; empty when there is none (`checkHeadIsNewest` throws
+    /// `headBehind` when there is one).
     ///
     /// Objects above the head's sequence are normal: a writer uploads its next snapshot before
     /// the head that names it, and one that lost a race, crashed or was fenced leaves its upload
@@ -181,7 +181,7 @@ public struct SessionStore: Sendable {
     }
 
     /// A head object's bytes as stored, decrypted and decoded.
-    package func decodeHead(_ bytes: [UInt8], session: SessionID) throws -> SessionHead {
+    func decodeHead(_ bytes: [UInt8], session: SessionID) throws -> SessionHead {
         let identity = SessionLayout.identity(session, objectName: "head")
         do {
             return try SessionHead.decode(try decrypt(bytes, keyring: keyring, identity: identity))
