@@ -235,8 +235,10 @@ struct StoreObjectReadTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: root).isEmpty)
     }
 
-    /// A snapshot deleted between the listing (the plan) and its download (a prune beside the restore).
-    @Test func aSnapshotDeletedBetweenTheListingAndTheDownloadChangedDuringTheRestore() async throws {
+    /// A snapshot deleted, or replaced, between the listing (the plan) and its download (a prune
+    /// beside the restore, someone writing the store).
+    @Test(arguments: [false, true])
+    func aSnapshotDeletedBetweenTheListingAndTheDownloadChangedDuringTheRestore(_ replaced: Bool) async throws {
         let scratch = try TemporaryDirectory()
         let sessionStore = try localStore(scratch)
         let store = InjectedFaultsStore(store: sessionStore.store)
@@ -247,12 +249,17 @@ struct StoreObjectReadTests {
         let restorer = SessionRestorer(sessionStore: restoring)
         let plan = try await restorer.plan(session, into: root)
         let base = try #require(try await sessionStore.snapshots(session).first)
-        try await sessionStore.store.delete([SessionLayout.snapshotKey(session, base)])
+        let baseKey = SessionLayout.snapshotKey(session, base)
+        if replaced {
+            try await sessionStore.store.put(baseKey, bytes: try #require(try await sessionStore.store.get(baseKey)).bytes + [0])
+        } else {
+            try await sessionStore.store.delete([baseKey])
+        }
         do {
             _ = try await restorer.restore(plan, into: root)
             Issue.record("restored without its base")
         } catch SnapshotError.changedDuringRead(let message) {
-            #expect(message.contains(base.id.tagged), "\(message)")
+            #expect(message.contains(replaced ? baseKey : base.id.tagged), "\(message)")
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: root).isEmpty)
     }
