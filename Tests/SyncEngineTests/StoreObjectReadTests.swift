@@ -92,6 +92,18 @@ struct StoreObjectReadTests {
         #expect(message.contains("\(1 << 20) bytes"), "\(message)")
     }
 
+    /// A server that ignores the range and announces a head of 3 GB: the client stops reading
+    /// past the bound instead of reading on (here the server would cut the body short after
+    /// 1 MiB, which reading to the end reports as a failed transfer).
+    @Test func aServerSendingAHugeHeadWholeIsNotReadPastTheBound() async throws {
+        let body = String(repeating: "x", count: 1 << 20)
+        let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(3 << 30)\r\nETag: \"x\"\r\n\r\n\(body)")
+        let sessionStore = SessionStore(store: try fakeS3Store(server), keyring: Keyring(primary: .generate()))
+        let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
+        guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(message.contains("\(3 << 30) bytes"), "\(message)")
+    }
+
     /// A server whose listing never ends (every page names the same next one): refused, not read forever.
     @Test func aListingThatRepeatsItsPagesIsRefused() async throws {
         let body = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>again</NextContinuationToken>"
