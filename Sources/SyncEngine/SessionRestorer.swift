@@ -111,10 +111,10 @@ public struct SessionRestorer: Sendable {
         }
         let directory = "\(sessionsRoot)/\(session.rawValue)"
         var status = stat()
-        if lstat(directory, &status) == 0, status.st_mode & S_IFMT != S_IFDIR {
+        if FileName.withPlatformPath(directory, { lstat($0, &status) }) == 0, status.st_mode & S_IFMT != S_IFDIR {
             throw SessionDirectoryError(
                 reason: .notADirectory,
-                description: "\(directory) is not a directory (a file or a symbolic link is there): not replacing it; move it away to restore session \(session)")
+                description: "\(FileName.displayed(directory)) is not a directory (a file or a symbolic link is there): not replacing it; move it away to restore session \(session)")
         }
         if onlyIfMissing, !isMissingOrEmpty(directory) { return decided(.present) }
         guard let stored = try await sessionStore.stored(session) else { return decided(.notFound) }
