@@ -94,6 +94,7 @@ if Context.environment["SYNC_AGENT_FUZZ"] != nil {
         ("fuzz-encrypted-object", "FuzzEncryptedObject", ["Crypto"]),
         ("fuzz-archive", "FuzzArchive", ["SessionArchive", "Crypto"]),
         ("fuzz-manifest", "FuzzManifest", ["SyncEngine"]),
+        ("fuzz-head", "FuzzHead", ["SyncEngine"]),
         ("fuzz-s3-xml", "FuzzS3XML", ["S3Client"]),
     ]
     for fuzz in fuzzTargets {

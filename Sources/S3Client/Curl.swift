@@ -144,6 +144,8 @@ private final class CurlTransfer: @unchecked Sendable {
     var deliveredLength: Int64 = 0
     var receivedLength: Int64 = 0
     var rangeIgnored = false
+    /// The server ignored the range and sent past its end: the transfer was stopped there.
+    var stoppedPastRange = false
     var bodyDigest: StreamingDigest?
     var writeError: (any Error)?
     /// File-bound body bytes not yet written: curl hands the body over in pieces of at most
@@ -213,7 +215,9 @@ private final class CurlTransfer: @unchecked Sendable {
         return requested.lowerBound == 0 && length.map { $0 <= requested.upperBound + 1 } == true
     }
 
-    func receive(_ chunk: UnsafeRawBufferPointer) throws {
+    /// False once a server that ignores the range has sent everything of it: the rest of its
+    /// answer (an object of any size) is not read.
+    func receive(_ chunk: UnsafeRawBufferPointer) throws -> Bool {
         var slice = chunk
         if rangeIgnored, let range = request.requestedRange {
             // Keep only the bytes of the whole object that fall inside the requested range.
@@ -229,7 +233,10 @@ private final class CurlTransfer: @unchecked Sendable {
             }
         }
         receivedLength += Int64(chunk.count)
-        guard !slice.isEmpty else { return }
+        if rangeIgnored, let range = request.requestedRange, receivedLength > range.upperBound + 1 {
+            stoppedPastRange = true
+        }
+        guard !slice.isEmpty else { return !stoppedPastRange }
         if let (descriptor, offset) = bodyGoesToFile {
             if pendingFileBytes.isEmpty {
                 pendingFileOffset = offset + deliveredLength
@@ -242,6 +249,7 @@ private final class CurlTransfer: @unchecked Sendable {
         }
         bodyDigest?.update(slice)
         deliveredLength += Int64(slice.count)
+        return !stoppedPastRange
     }
 
     /// Writes what `receive` held back; called once more when the transfer ends.
@@ -325,8 +333,8 @@ private let writeCallback: sa_curl_data_callback = { buffer, size, count, userda
     let transfer = transfer(from: userdata)
     let length = size * count
     do {
-        try transfer.receive(UnsafeRawBufferPointer(start: buffer, count: length))
-        return length
+        // Anything but `length` makes curl abort with CURLE_WRITE_ERROR.
+        return try transfer.receive(UnsafeRawBufferPointer(start: buffer, count: length)) ? length : 0
     } catch {
         transfer.writeError = error
         return 0  // anything but `length` makes curl abort with CURLE_WRITE_ERROR
@@ -542,7 +550,7 @@ final class CurlMultiLoop: @unchecked Sendable {
         let result: Result<CurlResponse, any Error>
         if let error = transfer.writeError ?? transfer.uploadError {
             result = .failure(TransportError(code: Int32(code.rawValue), message: "\(error)"))
-        } else if code != CURLE_OK {
+        } else if code != CURLE_OK && !(code == CURLE_WRITE_ERROR && transfer.stoppedPastRange) {
             let detail = String(cString: transfer.errorBuffer)
             let message = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
             result = .failure(TransportError(code: Int32(code.rawValue), message: message))

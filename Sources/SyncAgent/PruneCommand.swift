@@ -44,9 +44,13 @@ struct PruneCommand: AsyncParsableCommand {
             do {
                 let outcome = try await pruner.prune(id, policy: policy, dryRun: dryRun)
                 report.sessions.append(.init(outcome))
-                logger.log(
-                    level: progress.isShown ? .debug : .info, dryRun ? "prune planned" : "pruned",
-                    metadata: ["session": "\(id)", "kept": "\(outcome.plan.kept.count)", "deleted": "\(outcome.plan.deletedCount)"])
+                // A session with nothing to delete is in the report, not in the log: a store of
+                // thousands of sessions would otherwise log thousands of lines saying nothing.
+                if dryRun || outcome.plan.deletedCount > 0 {
+                    logger.log(
+                        level: progress.isShown ? .debug : .info, dryRun ? "prune planned" : "pruned",
+                        metadata: ["session": "\(id)", "kept": "\(outcome.plan.kept.count)", "deleted": "\(outcome.plan.deletedCount)"])
+                }
                 await progress.finished(failed: false)
             } catch {
                 report.sessions.append(.init(sessionId: id.rawValue, error: "\(error)"))

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Crypto
 import FoundationEssentials
 import Glibc
 import Logging
@@ -287,9 +288,16 @@ struct RestoreReport: Encodable {
         switch error {
         case StoreError.unavailable: "unreachable"
         case StoreError.rejected: "store_refused"
-        case SnapshotError.corrupt: "corrupt"
+        case SnapshotError.corrupt, StoreError.invalidObject: "corrupt"
         case SnapshotError.notFound: "not_found"
         case SnapshotError.unsupportedFormat: "unsupported_format"
+        case SnapshotError.wrongKey: "wrong_key"
+        case SnapshotError.headMissing: "head_missing"
+        case SnapshotError.headBehind: "head_behind"
+        case SnapshotError.changedDuringRead: "changed_during_restore"
+        // The staging directory, a download's temporary file: the disk, not the store.
+        case SnapshotError.io, StoreError.io, is SystemError: "local_io"
+        case let error as SessionDirectoryError: error.reason.rawValue
         default: "failed"
         }
     }

@@ -37,27 +37,53 @@ struct SnapshotsCommand: AsyncParsableCommand {
         }
     }
 
+    /// A session whose state cannot be read (its head corrupt, missing beside its snapshots, or
+    /// behind a newer committed chain, or its store failing) is listed with its error, and the
+    /// command exits 1 once every session is listed.
     private func listSessions(_ opened: OpenedStorage) async throws {
         var listing = SessionsListing()
         for id in try await opened.storedSessions() {
-            let head = try await opened.restoreSource(for: id).head(id)?.head
-            listing.sessions.append(.init(id.rawValue, head: head))
+            do {
+                let stored = try await opened.restoreSource(for: id).stored(id)
+                try stored?.checkHeadIsNewest()
+                listing.sessions.append(.init(id.rawValue, head: stored?.head))
+            } catch {
+                var entry = SessionsListing.Session(id.rawValue, head: nil)
+                entry.error = "\(error)"
+                listing.sessions.append(entry)
+            }
         }
-        if json { return try printJSON(listing) }
-        for entry in listing.sessions {
-            let state = entry.tombstoned ? "logged out" : entry.latest == nil ? "no snapshot" : "ok"
-            print([
-                entry.sessionId, entry.latest ?? "-", entry.latestKind ?? "-", "generation \(entry.generation.map(String.init) ?? "-")",
-                state, entry.updatedAt ?? "-", entry.owner ?? "-",
-            ].joined(separator: "\t"))
+        if json {
+            try printJSON(listing)
+        } else {
+            for entry in listing.sessions {
+                let state = entry.error.map { "failed: \($0)" } ?? (entry.tombstoned ? "logged out" : entry.latest == nil ? "no snapshot" : "ok")
+                print([
+                    entry.sessionId, entry.latest ?? "-", entry.latestKind ?? "-", "generation \(entry.generation.map(String.init) ?? "-")",
+                    state, entry.updatedAt ?? "-", entry.owner ?? "-",
+                ].joined(separator: "\t"))
+            }
         }
+        if listing.sessions.contains(where: { $0.error != nil }) { throw ExitCode(1) }
     }
 
+    /// The objects are listed even when the session's state cannot be read (then all as
+    /// orphans), with the error, and the command exits 1.
     private func listSnapshots(_ session: SessionID, store: SessionStore) async throws {
-        let head = try await store.head(session)?.head
+        var head: SessionHead?
+        var history: CommittedHistory?
+        var stateError: (any Error)?
+        do {
+            let stored = try await store.stored(session)
+            head = stored?.head
+            history = try stored?.committed()
+            try stored?.checkHeadIsNewest()
+        } catch {
+            stateError = error
+        }
         let entries = try await store.snapshots(session)
-        let history = try head.flatMap { head in try SessionStore.committed(entries, head: head, session: session) }
         var listing = SnapshotsListing(sessionId: session.rawValue, head: head.map { .init(session.rawValue, head: $0) })
+        listing.error = stateError.map { "\($0)" }
         for entry in entries {
             let isCommitted = history?.contains(entry) ?? false
             var row = SnapshotsListing.Snapshot(
@@ -77,14 +103,21 @@ struct SnapshotsCommand: AsyncParsableCommand {
             }
             listing.snapshots.append(row)
         }
-        if json { return try printJSON(listing) }
-        for row in listing.snapshots {
-            var columns = [row.time ?? "-", row.id, row.kind, "\(row.size) B", row.committed ? "committed" : "orphan"]
-            if details {
-                columns.append(row.error ?? row.files.map { "\($0) files" } ?? "-")
-                columns.append(row.bytes.map { "\($0) bytes" } ?? "-")
+        if json {
+            try printJSON(listing)
+        } else {
+            for row in listing.snapshots {
+                var columns = [row.time ?? "-", row.id, row.kind, "\(row.size) B", row.committed ? "committed" : "orphan"]
+                if details {
+                    columns.append(row.error ?? row.files.map { "\($0) files" } ?? "-")
+                    columns.append(row.bytes.map { "\($0) bytes" } ?? "-")
+                }
+                print(columns.joined(separator: "\t"))
             }
-            print(columns.joined(separator: "\t"))
+        }
+        if let stateError {
+            writeStandardError("Error: \(stateError)\n")
+            throw ExitCode(1)
         }
     }
 }
@@ -99,8 +132,11 @@ struct SessionsListing: Encodable {
         var owner: String?
         var tombstoned: Bool
         var updatedAt: String?
+        /// Why the session's state cannot be read: its head is corrupt, missing beside its
+        /// snapshots, or behind a newer committed chain.
+        var error: String?
 
-        /// A session whose head is missing (objects left before the first commit) shows no head fields.
+        /// A session whose head cannot be read (see `error`) shows no head fields.
         init(_ session: String, head: SessionHead?) {
             sessionId = session
             latest = head?.latest.map { "\($0)" }
@@ -138,6 +174,8 @@ struct SnapshotsListing: Encodable {
 
     var sessionId: String
     var head: SessionsListing.Session?
+    /// Why the session's state cannot be read (the snapshots are then all listed as orphans).
+    var error: String?
     var snapshots: [Snapshot] = []
 }
 

@@ -61,16 +61,19 @@ public struct FileSystemStore: ObjectStore {
         }
     }
 
-    public func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+    public func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try checkKey(key)
         try validateRange(range)
         return try await blocking { () throws(StoreError) in
             guard let (file, status) = try openObject(key) else { return nil }
+            try checkSize(key, Int64(status.st_size), maxSize: maxSize)
             var bytes: [UInt8] = []
             // The ETag covers the whole object, so the whole file is read even for a range.
             let digest = StreamingDigest(.md5)
             let wanted = range ?? 0...Int64.max
-            try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset in
+            try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+                // Written to since it was opened: the size checked above no longer holds.
+                try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                 digest.update(chunk)
                 let start = max(wanted.lowerBound, offset)
                 let end = min(wanted.upperBound, offset + Int64(chunk.count) - 1)
@@ -229,16 +232,30 @@ public struct FileSystemStore: ObjectStore {
 
     // MARK: Reading
 
-    /// The object's open file and status; nil when no regular file is at the key.
+    /// The object's open file and status; nil when nothing is at the key, or a directory (which
+    /// holds other objects, as a key prefix does on S3). Anything else that is not a regular file
+    /// is refused: it is opened without following a symbolic link and without blocking (an open
+    /// of a FIFO for reading waits for a writer, forever), then `fstat` must say regular file.
     private func openObject(_ key: String) throws(StoreError) -> (Descriptor, stat)? {
         let path = root + "/" + key
-        guard let file = Descriptor(opening: path, flags: O_RDONLY | O_NOFOLLOW) else {
+        guard let file = Descriptor(opening: path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK) else {
             if errno == ENOENT || errno == ENOTDIR { return nil }
+            if errno == ELOOP { throw .invalidObject("\(key) in \(location) is a symbolic link, not a regular file") }
             throw storeFailure("open", path)
         }
         var status = stat()
         guard fstat(file.raw, &status) == 0 else { throw storeFailure("stat", path) }
-        return status.st_mode & S_IFMT == S_IFREG ? (file, status) : nil
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: return (file, status)
+        case S_IFDIR: return nil
+        case S_IFIFO: throw .invalidObject("\(key) in \(location) is a FIFO, not a regular file")
+        case S_IFSOCK: throw .invalidObject("\(key) in \(location) is a socket, not a regular file")
+        default: throw .invalidObject("\(key) in \(location) is a device, not a regular file")
+        }
+    }
+
+    private func checkSize(_ key: String, _ size: Int64, maxSize: Int64) throws(StoreError) {
+        if size > maxSize { throw .invalidObject(tooLargeMessage(key, size: size, maxSize: maxSize, in: location)) }
     }
 
     /// Adds the object at `key`, or every object below it when it is a directory.
@@ -251,7 +268,9 @@ public struct FileSystemStore: ObjectStore {
             throw storeFailure("stat", path)
         }
         switch status.st_mode & S_IFMT {
-        case S_IFREG: objects.append(info(key, status, etag: ""))
+        case S_IFREG:
+            guard objects.count < maxListedObjects else { throw .invalidObject(tooManyObjectsMessage(key, in: location)) }
+            objects.append(info(key, status, etag: ""))
         case S_IFDIR:
             for name in try entries(of: key) { try collect(key + "/" + name, into: &objects) }
         default: break

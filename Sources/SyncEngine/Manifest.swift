@@ -146,9 +146,9 @@ public struct SessionHead: Codable, Sendable, Equatable {
 
     public var isTombstoned: Bool { latestKind == .tombstone }
 
-    func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
+    package func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
-    static func decode(_ bytes: [UInt8]) throws -> SessionHead {
+    package static func decode(_ bytes: [UInt8]) throws -> SessionHead {
         try StoredJSON.decode(SessionHead.self, from: bytes, formatVersion: currentFormatVersion, what: "the head")
     }
 }
@@ -166,13 +166,24 @@ public enum SnapshotError: Error, CustomStringConvertible, Sendable, Equatable {
     /// A head or manifest written in a format version this agent does not read (an older or
     /// newer sync-agent's store).
     case unsupportedFormat(String)
+    /// No key of the keyring opens the object: it names a key id none of them has.
+    case wrongKey(String)
+    /// The session's snapshots are stored but its head is not: which one is its state is unknown.
+    case headMissing(String)
+    /// The head names an older snapshot than a chain the store holds above it that another head
+    /// must have committed (`SessionStore.newerChain`): an old head put back over a newer one.
+    case headBehind(String)
+    /// An object listed a moment before is gone when it is downloaded (a `prune` beside the read).
+    case changedDuringRead(String)
 
     public var description: String {
         switch self {
         case .corrupt(let reason): "corrupt snapshot: \(reason)"
         case .fenced(let session, let owner): "session \(session) was claimed by another agent (\(owner)); this agent stopped writing it"
         case .notFound(let reason): reason
-        case .io(let reason), .unsupportedFormat(let reason): reason
+        case .io(let reason), .unsupportedFormat(let reason), .wrongKey(let reason), .headMissing(let reason),
+            .headBehind(let reason), .changedDuringRead(let reason):
+            reason
         }
     }
 }

@@ -21,8 +21,12 @@ public protocol ObjectStore: Sendable {
     @discardableResult
     func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String
 
-    /// The object, or the bytes of `range` of it; nil when there is no such object.
-    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject?
+    /// The object, or the bytes of `range` of it; nil when there is no such object. An object
+    /// larger than `maxSize` bytes is refused with `.invalidObject`, from its size before its
+    /// bytes are read, and while they are read should it grow: a read never costs more memory
+    /// than what the object can legitimately be (a head is a few hundred bytes; one of 3 GB, or
+    /// a FIFO in its place, must not take the agent down or hang it).
+    func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject?
 
     /// Streams the object into a new file at `path` (mode 0600); nil when there is no such object.
     func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo?
@@ -47,8 +51,9 @@ extension ObjectStore {
         try await put(key, bytes: bytes, condition: nil)
     }
 
-    public func get(_ key: String) async throws(StoreError) -> StoredObject? {
-        try await get(key, range: nil)
+    /// The whole object, at most `maxSize` bytes.
+    public func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
+        try await get(key, range: nil, maxSize: maxSize)
     }
 }
 
@@ -89,6 +94,10 @@ public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
     case rejected(String)
     /// A local file could not be read or written.
     case io(String)
+    /// What the store holds or answers cannot be what was asked for: an object larger than such
+    /// an object can be, one that is not a regular file (local store), a listing without end.
+    /// Asking again gives the same answer.
+    case invalidObject(String)
 
     public var description: String {
         switch self {
@@ -96,6 +105,7 @@ public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
         case .preconditionFailed(let key): "\(key) was changed by another writer"
         case .rejected(let reason): "store refused the request: \(reason)"
         case .io(let reason): reason
+        case .invalidObject(let reason): "invalid object: \(reason)"
         }
     }
 }
@@ -110,4 +120,20 @@ func validateKey(_ key: String) throws(StoreError) {
     else {
         throw .rejected("invalid object key \"\(key)\"")
     }
+}
+
+/// The most objects one listing returns. A store of 10,000 sessions, each with a few hundred
+/// snapshots, lists a few million under "sessions/"; a listing past this is a store answering
+/// without end (a server repeating its pages, a tree grown by something else), and reading on
+/// would take the agent's memory.
+let maxListedObjects = 5_000_000
+
+func tooManyObjectsMessage(_ prefix: String, in location: String) -> String {
+    "the listing of \"\(prefix)\" in \(location) passed \(maxListedObjects) objects, more than a store of sessions holds; not reading on"
+}
+
+/// Why an object is refused by `get(_:range:maxSize:)`. `size` is what the store says, or as much
+/// as was read before it went past the bound.
+func tooLargeMessage(_ key: String, size: Int64, maxSize: Int64, in location: String) -> String {
+    "\(key) in \(location) is \(size) bytes or more, larger than such an object can be (at most \(maxSize)); not reading it"
 }

@@ -36,21 +36,29 @@ public struct S3ObjectStore: ObjectStore {
         }
     }
 
-    public func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+    public func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try validateKey(key)
         try validateRange(range)
+        let object: StoredObject?
         do {
-            let object = try await client.getObject(key: prefix + key, range: range)
-            return StoredObject(info: storedInfo(object.info, key: key), bytes: object.bytes)
+            // A whole object is asked for as its first `maxSize` + 1 bytes: the answer's
+            // Content-Range gives the object's size, and however large it is, at most one byte
+            // past the bound comes into memory (the client cuts an answer that ignores the range).
+            let read = try await client.getObject(key: prefix + key, range: range ?? 0...maxSize)
+            object = StoredObject(info: storedInfo(read.info, key: key), bytes: read.bytes)
         } catch .service(let error) where error.kind == .notFound {
             return nil
         } catch .service(let error) where error.status == 416 {
             // The range starts at or past the end (an empty object has no satisfiable range):
             // HTTP refuses it, the store answers with the bytes that are there, none.
-            return try await head(key).map { StoredObject(info: $0, bytes: []) }
+            object = try await head(key).map { StoredObject(info: $0, bytes: []) }
         } catch {
             throw failure(error, key: key)
         }
+        if let object, object.info.size > maxSize || object.bytes.count > maxSize {
+            throw .invalidObject(tooLargeMessage(key, size: max(object.info.size, Int64(object.bytes.count)), maxSize: maxSize, in: location))
+        }
+        return object
     }
 
     public func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
@@ -79,10 +87,21 @@ public struct S3ObjectStore: ObjectStore {
 
     public func list(prefix listed: String) async throws(StoreError) -> [StoredObjectInfo] {
         try validatePrefix(listed)
-        let page = try await storeErrors(key: listed) { () async throws(S3ClientError) in
-            try await client.listObjects(prefix: prefix + listed)
-        }
-        return page.objects.map { object in
+        var objects: [ObjectInfo] = []
+        var token: String?
+        var tokens: Set<String> = []
+        repeat {
+            let page = try await storeErrors(key: listed) { [token] () async throws(S3ClientError) in
+                try await client.listObjectsPage(prefix: prefix + listed, continuationToken: token)
+            }
+            objects += page.objects
+            token = page.nextContinuationToken
+            if objects.count > maxListedObjects { throw .invalidObject(tooManyObjectsMessage(listed, in: location)) }
+            if let token, !tokens.insert(token).inserted {
+                throw .invalidObject("the listing of \"\(listed)\" in \(location) repeats a page (continuation token \(token)); not reading on")
+            }
+        } while token != nil
+        return objects.map { object in
             storedInfo(object, key: String(decoding: object.key.utf8.dropFirst(prefix.utf8.count), as: UTF8.self))
         }.sortedByKey()
     }

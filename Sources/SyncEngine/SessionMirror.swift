@@ -37,7 +37,7 @@ public struct SessionMirror: Sendable {
     public func mirror(_ session: SessionID) async throws -> [SnapshotEntry] {
         var copied: [SnapshotEntry] = []
         round: for _ in 0..<Self.maxRounds {
-            guard let headObject = try await local.store.get(SessionLayout.headKey(session)) else { return copied }
+            guard let headObject = try await local.store.get(SessionLayout.headKey(session), maxSize: SessionStore.maxHeadSize) else { return copied }
             let localHead = try local.decodeHead(headObject.bytes, session: session)
             guard localHead.latest != nil else { return copied }
             let remoteHead = try await remote.head(session)
@@ -54,7 +54,7 @@ public struct SessionMirror: Sendable {
                 found = try SessionStore.committed(entries, head: localHead, session: session)
             } catch {
                 // The local head moved on since it was read, and a prune took the snapshot it named.
-                if try await local.store.get(SessionLayout.headKey(session))?.bytes != headObject.bytes { continue round }
+                if try await local.store.get(SessionLayout.headKey(session), maxSize: SessionStore.maxHeadSize)?.bytes != headObject.bytes { continue round }
                 throw error
             }
             guard let history = found else { return copied }

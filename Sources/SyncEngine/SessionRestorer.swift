@@ -47,6 +47,17 @@ public struct RestorePointError: Error, CustomStringConvertible, Sendable, Equat
     public let description: String
 }
 
+/// Something other than a directory is where a session directory goes: a restore neither
+/// replaces it nor writes into it (it may be someone's file, or a link elsewhere).
+public struct SessionDirectoryError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Reason: String, Sendable, Equatable {
+        case notADirectory = "not_a_directory"
+    }
+
+    public let reason: Reason
+    public let description: String
+}
+
 /// What a restore of one session will do, decided from the head and the listing alone, before
 /// any directory is touched.
 public struct RestorePlan: Sendable {
@@ -98,21 +109,42 @@ public struct SessionRestorer: Sendable {
                 session: session, chain: [],
                 decided: RestoreOutcome(session: session, status: status, snapshot: snapshot, files: 0, bytes: 0))
         }
-        if onlyIfMissing, !isMissingOrEmpty("\(sessionsRoot)/\(session.rawValue)") { return decided(.present) }
-        guard let (head, _) = try await sessionStore.head(session),
-            let history = try SessionStore.committed(try await sessionStore.snapshots(session), head: head, session: session)
-        else { return decided(.notFound) }
+        let directory = "\(sessionsRoot)/\(session.rawValue)"
+        var status = stat()
+        if FileName.withPlatformPath(directory, { lstat($0, &status) }) == 0, status.st_mode & S_IFMT != S_IFDIR {
+            throw SessionDirectoryError(
+                reason: .notADirectory,
+                description: "\(FileName.displayed(directory)) is not a directory (a file or a symbolic link is there): not replacing it; move it away to restore session \(session)")
+        }
+        if onlyIfMissing, !isMissingOrEmpty(directory) { return decided(.present) }
+        guard let stored = try await sessionStore.stored(session) else { return decided(.notFound) }
+        if case .snapshot = point {
+            // Named explicitly: taken from the head's history or from a newer chain above it.
+        } else {
+            // A head older than a chain the store holds above it was put back over a newer one
+            // (a claim without a snapshot included): restoring it would roll the session's Signal
+            // ratchets back ("Bad MAC" for every contact), so the session fails instead.
+            try stored.checkHeadIsNewest()
+        }
+        guard var history = try stored.committed() else { return decided(.notFound) }
         let target: SnapshotEntry
         switch point {
         case .newest:
             target = history.latest
         case .snapshot(let label):
-            guard let entry = history.snapshots[label.sequence], entry.id.label == label else {
+            if let entry = history.snapshots[label.sequence], entry.id.label == label {
+                target = entry
+            } else if let entry = stored.newerChain().last(where: { $0.id.label == label }) {
+                // A snapshot of the newer chain above a head put back: its own history, as a head naming it has.
+                var newerHead = stored.head
+                newerHead.latest = entry.id
+                history = try SessionStore.committed(stored.entries, head: newerHead, session: session)!
+                target = entry
+            } else {
                 throw RestorePointError(
                     reason: .unknownSnapshot,
                     description: "session \(session) has no snapshot \(label) (`sync-agent snapshots \(session)` lists them)")
             }
-            target = entry
         case .time(let time):
             let oldestFirst = history.sorted
             guard let entry = oldestFirst.last(where: { $0.lastModified.map { $0 <= time } ?? false }) else {
@@ -169,7 +201,9 @@ public struct SessionRestorer: Sendable {
         // empty disk) reads each object once: that pass is most of a restore's CPU.
         if !isMissingOrEmpty(directory) {
             let manifest = try reader.manifest(of: try objects.last!.source(), session: session, entry: newest)
-            if let local = try? localState(directory), local.digest == manifest.stateDigest {
+            if let local = try? localState(directory), local.digest == manifest.stateDigest,
+                (try? entryCount(directory)) == local.count + Self.directories(holding: local.names).count
+            {
                 return outcome(.upToDate, manifest)
             }
         }
@@ -250,6 +284,27 @@ public struct SessionRestorer: Sendable {
     private func isMissingOrEmpty(_ directory: String) -> Bool {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return true }
         return names.isEmpty
+    }
+
+    /// Everything under `directory`, of any kind, at any depth. Up to date means identical: a
+    /// directory whose files match the snapshot but which also holds anything the snapshot does
+    /// not (a symbolic link, a FIFO, a file `localState` skips, an empty directory) differs.
+    private func entryCount(_ directory: String) throws -> Int {
+        var count = 0
+        for entry in try SessionFiles.entries(of: directory) {
+            count += 1
+            if entry.kind == .directory { count += try entryCount(directory + "/" + entry.name) }
+        }
+        return count
+    }
+
+    /// The directories the files `names` need: every proper prefix of each name ending before a "/".
+    private static func directories(holding names: [String]) -> Set<Substring> {
+        var directories: Set<Substring> = []
+        for name in names {
+            for index in name.indices where name[index] == "/" { directories.insert(name[..<index]) }
+        }
+        return directories
     }
 
     /// The directory's current state, by content (fingerprints differ between machines).

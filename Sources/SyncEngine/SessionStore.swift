@@ -63,6 +63,74 @@ public struct CommittedHistory: Sendable, Equatable {
     }
 }
 
+/// A session's head and snapshot listing, read by `SessionStore.stored`.
+public struct StoredSession: Sendable {
+    public let session: SessionID
+    public let head: SessionHead
+    /// When the store says the head object was written.
+    public let headWritten: Date?
+    /// Every snapshot object, committed or not, oldest first.
+    public let entries: [SnapshotEntry]
+
+    /// `SessionStore.committed` of this head and listing.
+    public func committed() throws(SnapshotError) -> CommittedHistory? {
+        try SessionStore.committed(entries, head: head, session: session)
+    }
+
+    /// The newest chain of snapshots above the head's latest that another, newer head must have
+    /// committed, oldest first; empty when there is none (`checkHeadIsNewest` throws
+    /// `headBehind` when there is one).
+    ///
+    /// Objects above the head's sequence are normal: a writer uploads its next snapshot before
+    /// the head that names it, and one that lost a race, crashed or was fenced leaves its upload
+    /// there. But a writer only uploads a snapshot whose parent is the snapshot the head named
+    /// when it read it: a committed one. So an object above the head whose key names another
+    /// object above the head as its parent proves that parent was committed, by a head newer
+    /// than this one, when the chain from it links back, tag by tag, to the head's latest (or,
+    /// for a head naming none, to a session's first snapshot): this head was put back over a
+    /// newer one. A writer's uploads in flight, one per sequence above the head, never link so.
+    ///
+    /// The one legitimate such chain: the hybrid mirror copies the snapshots S3 is missing
+    /// before it replaces S3's head, so S3 holds a linked chain above its head until the head
+    /// follows. Those objects are written after the head object; a head put back is written after
+    /// them. So a link counts only when the store lists the head as written after the object that
+    /// proves it (or either time is unknown).
+    public func newerChain() -> [SnapshotEntry] {
+        let above = entries.filter { $0.id.sequence > (head.latest?.sequence ?? 0) }
+        func linksToHead(_ entry: SnapshotEntry) -> Bool {
+            guard let latest = head.latest else { return entry.id.sequence == 1 && entry.parentTag == nil }
+            return entry.id.sequence == latest.sequence + 1 && entry.parentTag == latest.tag
+        }
+        // The chain reaching each object above the head from the head's latest, oldest first.
+        var chains: [SnapshotID: [SnapshotEntry]] = [:]
+        var newest: [SnapshotEntry] = []
+        for entry in above {  // oldest first: a parent before its children
+            let chain: [SnapshotEntry]
+            if linksToHead(entry) {
+                chain = [entry]
+            } else if let parent = above.first(where: { $0.isParent(of: entry) }), let parentChain = chains[parent.id] {
+                chain = parentChain + [entry]
+            } else {
+                continue
+            }
+            chains[entry.id] = chain
+            let writtenBefore = headWritten.flatMap { head in entry.lastModified.map { $0 < head } } ?? true
+            if chain.count >= 2, writtenBefore, chain.count > newest.count { newest = chain }
+        }
+        return newest
+    }
+
+    /// Throws `SnapshotError.headBehind` when `newerChain` finds one.
+    public func checkHeadIsNewest() throws(SnapshotError) {
+        let newer = newerChain()
+        guard let last = newer.last else { return }
+        throw .headBehind(
+            "the head of session \(session) names \(head.latest.map { "snapshot \($0)" } ?? "no snapshot"), but the store holds a "
+                + "newer committed chain up to \(last.id) above it: an older head was put back over a newer one (restoring it would "
+                + "roll the session back); `restore --snapshot \(last.id.label) \(session)` restores the newest")
+    }
+}
+
 /// A session's objects in one store: its head and snapshots, encrypted and decrypted here.
 public struct SessionStore: Sendable {
     public let store: any ObjectStore
@@ -84,10 +152,32 @@ public struct SessionStore: Sendable {
         SessionLayout.sessionIDs(in: try await store.list(prefix: SessionLayout.root).map(\.key))
     }
 
+    /// The largest head object read. Its JSON is a few hundred bytes (the owner is a host name, a
+    /// pid and a random part); a larger one is not a head, and reading it whole could take the
+    /// memory of every session.
+    public static let maxHeadSize: Int64 = 16 << 10
+
     /// The head and its ETag, or nil when the session was never committed.
     public func head(_ session: SessionID) async throws -> (head: SessionHead, etag: String)? {
-        guard let object = try await store.get(SessionLayout.headKey(session)) else { return nil }
+        guard let object = try await store.get(SessionLayout.headKey(session), maxSize: Self.maxHeadSize) else { return nil }
         return (try decodeHead(object.bytes, session: session), object.info.etag)
+    }
+
+    /// The session as a reader of its history needs it: the head, then the listing of its
+    /// snapshots (in this order, as `SnapshotPruner` relies on). Nil when the store has neither;
+    /// throws `SnapshotError.headMissing` when it has snapshots but no head: which one is the
+    /// session's state is then unknown, which is a failure of the session, not an absence.
+    public func stored(_ session: SessionID) async throws -> StoredSession? {
+        let object = try await store.get(SessionLayout.headKey(session), maxSize: Self.maxHeadSize)
+        let entries = try await snapshots(session)
+        guard let object else {
+            if entries.isEmpty { return nil }
+            throw SnapshotError.headMissing(
+                "session \(session) has \(entries.count) snapshot object(s) in \(store.location) but no head: which one is its state is unknown")
+        }
+        return StoredSession(
+            session: session, head: try decodeHead(object.bytes, session: session), headWritten: object.info.lastModified,
+            entries: entries)
     }
 
     /// A head object's bytes as stored, decrypted and decoded.
@@ -96,6 +186,7 @@ public struct SessionStore: Sendable {
         do {
             return try SessionHead.decode(try decrypt(bytes, keyring: keyring, identity: identity))
         } catch let error as CryptoError {
+            if case .unknownKeyID = error { throw SnapshotError.wrongKey("head of session \(session): \(error)") }
             throw SnapshotError.corrupt("head of session \(session): \(error)")
         }
     }
@@ -186,7 +277,8 @@ public struct SessionStore: Sendable {
 
     func downloadSnapshot(_ session: SessionID, _ entry: SnapshotEntry) async throws -> DownloadedSnapshot {
         guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: store) else {
-            throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
+            throw SnapshotError.changedDuringRead(
+                "snapshot \(entry.id.tagged) of session \(session) was listed but is gone from \(store.location) (deleted meanwhile, by a prune beside this read?)")
         }
         return object
     }

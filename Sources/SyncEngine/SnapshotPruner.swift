@@ -23,12 +23,15 @@ public struct SnapshotPruner: Sendable {
         self.mirror = mirror
     }
 
+    /// Throws, deleting nothing, when the session's head is missing beside its snapshots or is
+    /// behind a newer committed chain: a plan from such a head could delete what the session's
+    /// real state needs.
     public func prune(_ session: SessionID, policy: RetentionPolicy, dryRun: Bool = false) async throws -> PruneOutcome {
-        guard let head = try await sessionStore.head(session)?.head else {
+        guard let stored = try await sessionStore.stored(session) else {
             return PruneOutcome(session: session, plan: RetentionPlan(), dryRun: dryRun)
         }
-        let entries = try await sessionStore.snapshots(session)
-        let plan = try policy.plan(entries, head: head, session: session)
+        try stored.checkHeadIsNewest()
+        let plan = try policy.plan(stored.entries, head: stored.head, session: session)
         if !dryRun {
             // Orphans go first, in a call of their own: once a snapshot is deleted, the walk of the
             // committed history crosses the gap by taking the newest object below it, which must

@@ -52,6 +52,12 @@ struct SnapshotReader {
             try decrypted.drain()
         } catch let error as SnapshotError {
             throw error
+        } catch CryptoError.unknownKeyID(let keyID) {
+            throw SnapshotError.wrongKey("\(SessionLayout.snapshotName(entry)) of session \(session): \(CryptoError.unknownKeyID(keyID))")
+        } catch let error as SystemError {
+            // A local file failed (the staging directory `visit` writes, a spooled download): the
+            // disk, not the snapshot.
+            throw SnapshotError.io("restoring \(SessionLayout.snapshotName(entry)) of session \(session): \(error)")
         } catch {
             throw SnapshotError.corrupt("\(SessionLayout.snapshotName(entry)) of session \(session): \(error)")
         }

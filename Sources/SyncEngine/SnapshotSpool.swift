@@ -66,6 +66,7 @@ private func createTemporaryFile(named prefix: String) throws -> (descriptor: In
 final class DownloadedObject: Sendable {
     private let descriptor: Int32
     private let key: String
+    let size: Int64
 
     /// Nil when the store has no such object.
     init?(_ key: String, from store: any ObjectStore) async throws {
@@ -73,17 +74,20 @@ final class DownloadedObject: Sendable {
         // The store writes the object by name; once it has, the name goes and only this descriptor
         // (opened before, so it sees what was written) keeps the file.
         defer { unlink(path) }
+        let info: StoredObjectInfo
         do {
-            guard try await store.download(key, toFileAt: path) != nil else {
+            guard let downloaded = try await store.download(key, toFileAt: path) else {
                 close(descriptor)
                 return nil
             }
+            info = downloaded
         } catch {
             close(descriptor)
             throw error
         }
         self.descriptor = descriptor
         self.key = key
+        self.size = info.size
     }
 
     deinit {
@@ -112,14 +116,21 @@ enum DownloadedSnapshot: Sendable {
     case inMemory([UInt8])
     case spooled(DownloadedObject)
 
-    /// Nil when the store has no such object.
+    /// Nil when the store has no such object. Throws `SnapshotError.changedDuringRead` when it
+    /// is not the `size` the listing said: keys are never written twice, so it was replaced since.
     init?(_ key: String, size: Int64, from store: any ObjectStore) async throws {
+        let downloadedSize: Int64
         if size > SnapshotSpool.memoryLimit {
             guard let object = try await DownloadedObject(key, from: store) else { return nil }
             self = .spooled(object)
+            downloadedSize = object.size
         } else {
-            guard let object = try await store.get(key) else { return nil }
+            guard let object = try await store.get(key, maxSize: Int64(SnapshotSpool.memoryLimit)) else { return nil }
             self = .inMemory(object.bytes)
+            downloadedSize = Int64(object.bytes.count)
+        }
+        guard downloadedSize == size else {
+            throw SnapshotError.changedDuringRead("\(key) is \(downloadedSize) bytes, not the \(size) it was listed with: it was replaced since")
         }
     }
 

@@ -58,16 +58,19 @@ public struct SnapshotVerifier: Sendable {
     /// Checks every committed snapshot, or a random `sample` share of them (0 < sample ≤ 1,
     /// at least one), always including the newest. Snapshots a sampled one's chain goes
     /// through are read too, but reported only when sampled. Oldest first; empty when
-    /// the session has no committed snapshot. Throws when the store cannot answer or the
-    /// head does not decrypt.
+    /// the session has no committed snapshot. Throws when the store cannot answer, or the
+    /// head does not decrypt, is missing beside snapshots or is behind a newer committed chain
+    /// (`StoredSession.newerChain`): which snapshots are committed is then unknown.
     public func verify(_ session: SessionID, sample: Double? = nil) async throws -> [SnapshotCheck] {
-        guard let head = try await sessionStore.head(session)?.head, let latest = head.latest else { return [] }
+        guard let stored = try await sessionStore.stored(session) else { return [] }
+        try stored.checkHeadIsNewest()
+        let head = stored.head
+        guard let latest = head.latest else { return [] }
         let history: CommittedHistory
         do {
-            guard let found = try SessionStore.committed(try await sessionStore.snapshots(session), head: head, session: session)
-            else { return [] }
+            guard let found = try stored.committed() else { return [] }
             history = found
-        } catch let error as SnapshotError {
+        } catch {
             // Nothing else is judged: without the head's own snapshot, which objects are committed is unknown.
             return [SnapshotCheck(id: latest, kind: head.latestKind ?? .delta, defect: .missing(snapshotErrorReason(error)))]
         }

@@ -362,7 +362,7 @@ public actor SyncService {
         if !committed, let storeError = error as? StoreError {
             switch storeError {
             case .unavailable, .rejected: storeHealth = .failed("\(storeError)")
-            case .preconditionFailed, .io: break
+            case .preconditionFailed, .io, .invalidObject: break
             }
         }
         let failures = (sessions[id]?.failures ?? 0) + 1

@@ -66,9 +66,9 @@ final class InjectedFaultsStore: ObjectStore {
         return etag
     }
 
-    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+    func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try beforeGet(key)
-        let object = try await store.get(key, range: range)
+        let object = try await store.get(key, range: range, maxSize: maxSize)
         await runAfterRead(key)
         return object
     }
