@@ -21,7 +21,7 @@ struct BackupCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.backup")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .create)
         let root = storage.resolvedSessionsDir
         let ids = try sessions.isEmpty
             ? sessionDirectories(in: root, logger: logger)

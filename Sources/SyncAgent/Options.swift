@@ -20,6 +20,7 @@ struct ConfigurationError: Error, CustomStringConvertible {
     enum Reason {
         case unknownMode
         case missingKey
+        case missingLocalStore
         case missingBucket
         case unreadableSessionsDirectory
         case unknownLogSetting
@@ -94,15 +95,28 @@ struct StorageOptions: ParsableArguments {
     }
 
     /// Resolves every option and the keys, failing with one clear line for a bad value.
-    func storageConfiguration() throws -> StorageConfiguration {
+    /// `access`: only commands that commit snapshots create a missing local store and its key.
+    func storageConfiguration(access: StoreAccess) throws -> StorageConfiguration {
         let mode = try resolvedMode
+        if let value = ProcessInfo.processInfo.environment[Keyring.environmentVariable], value.trimmingWhitespace().isEmpty {
+            // A deployment whose secret did not arrive: falling back to the local store's own key
+            // would encrypt with a key nobody else has.
+            throw ConfigurationError(.missingKey, "\(Keyring.environmentVariable) is set but empty: set it to a key (make one with `sync-agent keygen`) or unset it")
+        }
+        if mode != .cloud && access != .create {
+            var status = stat()
+            let found = stat(resolvedLocalStore, &status) == 0 ? (status.st_mode & S_IFMT == S_IFDIR ? 0 : ENOTDIR) : errno
+            guard found == 0 else {
+                throw ConfigurationError(.missingLocalStore, "no local store at \(resolvedLocalStore): \(String(cString: strerror(found))) (watch and backup create one)")
+            }
+        }
         let keyValue = environment(Keyring.environmentVariable)
         let keyring: Keyring
         if keyFile.isEmpty && keyValue == nil {
             guard mode == .local else {
                 throw ConfigurationError(.missingKey, "\(mode.rawValue) mode needs an encryption key: set SESSION_ENCRYPTION_KEY or pass --key-file (make one with `sync-agent keygen`)")
             }
-            keyring = try StorageConfiguration.localKeyring(store: resolvedLocalStore)
+            keyring = try StorageConfiguration.localKeyring(store: resolvedLocalStore, access: access)
         } else {
             keyring = try Keyring.load(keyFiles: keyFile, environmentValue: keyValue)
         }
@@ -185,10 +199,12 @@ struct OpenedStorage {
     /// Hybrid mode: the S3 copy behind the local store.
     let mirror: SessionMirror?
 
-    /// `writes`: probe whether the primary store enforces conditional writes (a write).
-    static func open(_ options: StorageOptions, logger: Logger, writes: Bool) async throws -> OpenedStorage {
-        let configuration = try options.storageConfiguration()
-        let (primaryStore, mirrorStore) = try configuration.openStores(logger: logger)
+    /// `access`: what the command does with the local store. Commands that create it are the
+    /// ones that commit snapshots: they probe whether the stores enforce conditional writes (a write).
+    static func open(_ options: StorageOptions, logger: Logger, access: StoreAccess) async throws -> OpenedStorage {
+        let writes = access == .create
+        let configuration = try options.storageConfiguration(access: access)
+        let (primaryStore, mirrorStore) = try configuration.openStores(access: access, logger: logger)
         let primary = SessionStore(store: primaryStore, keyring: configuration.keyring)
         try await primary.probe()
         let conditional = writes ? try await primaryStore.probeConditionalWrites() : true

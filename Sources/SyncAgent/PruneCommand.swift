@@ -35,7 +35,7 @@ struct PruneCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.prune")
         let policy = try retention.policy()!
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .write)
         let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions.compactMap(SessionID.init)
         let pruner = SnapshotPruner(sessionStore: opened.primary, mirror: opened.mirror)
         let progress = ProgressLine(dryRun ? "checking" : "pruning", total: ids.count)

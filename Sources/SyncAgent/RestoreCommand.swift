@@ -49,16 +49,25 @@ struct RestoreCommand: AsyncParsableCommand {
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
         if let at, Self.parseTime(at) == nil {
-            throw ValidationError("--at \(at): expected an ISO 8601 time such as 2026-11-22T10:00:00Z, or @UNIX-SECONDS")
+            throw rejectInput("--at \"\(at)\": expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
         }
         guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
     }
 
     /// RFC 3339 ("2026-11-22T10:00:00Z", an offset, fractional seconds), the same without a zone
-    /// meaning UTC (a space for the "T" and no seconds allowed), or "@" and Unix seconds. UTC,
-    /// like prune's days and weeks: a restore must not depend on the machine's time zone.
+    /// meaning UTC (a space for the "T" and no seconds allowed), or "@" and Unix seconds, from
+    /// 1970 to the end of 9999. UTC, like prune's days and weeks: a restore must not depend on
+    /// the machine's time zone.
     static func parseTime(_ text: String) -> Date? {
-        if text.hasPrefix("@") { return Double(text.dropFirst()).map(Date.init(timeIntervalSince1970:)) }
+        // A snapshot's time is one of these: anything else (nan, inf, 1e308) is a typo, and
+        // would overflow the arithmetic that compares it.
+        // (Not a range of dates: NaN compares neither below nor above, so a range "contains" it.)
+        let seconds = text.hasPrefix("@") ? Double(text.dropFirst()) : parseISO8601(text)?.timeIntervalSince1970
+        guard let seconds, seconds.isFinite, (0...253_402_300_799).contains(seconds) else { return nil }
+        return Date(timeIntervalSince1970: seconds)
+    }
+
+    private static func parseISO8601(_ text: String) -> Date? {
         var characters = Array(text)
         guard characters.count >= 16 else { return nil }
         if characters[10] == " " { characters[10] = "T" }
@@ -89,7 +98,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let opened: OpenedStorage
         let ids: [SessionID]
         do {
-            opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+            opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
             if let requested {
                 ids = requested
             } else {

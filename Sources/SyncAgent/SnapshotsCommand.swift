@@ -29,7 +29,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.snapshots")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         if let session = session.flatMap(SessionID.init) {
             try await listSnapshots(session, store: try await opened.restoreSource(for: session))
         } else {

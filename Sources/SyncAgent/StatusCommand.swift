@@ -44,7 +44,7 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     private func storeReport(logger: Logger) async throws -> StatusReport {
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         var report = StatusReport(source: opened.primary.store.location, generatedAt: timestamp(Date()), sessions: [])
         for id in try await opened.storedSessions() {
             let head = try await opened.restoreSource(for: id).head(id)?.head

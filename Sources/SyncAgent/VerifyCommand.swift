@@ -40,7 +40,7 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.verify")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         let stores = [opened.primary] + (opened.mirror.map { [$0.remote] } ?? [])
         let ids = try all ? await opened.storedSessions() : sessions.compactMap(SessionID.init)
         var report = VerifyReport()
