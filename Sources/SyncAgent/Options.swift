@@ -4,6 +4,7 @@ import FoundationEssentials
 import Glibc
 import Logging
 import S3Client
+import SessionArchive
 import SyncEngine
 import Synchronization
 
@@ -179,7 +180,7 @@ struct LoggingOptions: ParsableArguments {
             guard !bootstrapped else { return }
             bootstrapped = true
             switch format {
-            case .text: LoggingSystem.bootstrap(StreamLogHandler.standardError)
+            case .text: LoggingSystem.bootstrap(TextLogHandler.standardError)
             case .json: LoggingSystem.bootstrap(JSONLogHandler.standardError)
             }
         }
@@ -247,20 +248,30 @@ func agentIdentity() -> String {
     return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
 }
 
-/// Session directories under the root, by id; names that cannot be ids are skipped loudly.
+/// Session directories under the root, by id (names of any bytes, through `FileName`); hidden
+/// names are not sessions, and a name that cannot be an id (longer than 255 bytes) is skipped loudly.
 func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
-    let names: [String]
-    do {
-        names = try FileManager.default.contentsOfDirectory(atPath: root)
-    } catch {
-        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error)")
+    guard let stream = FileName.withPlatformPath(root, { opendir($0) }) else {
+        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(String(cString: strerror(errno)))")
+    }
+    defer { closedir(stream) }
+    var names: [String] = []
+    while true {
+        errno = 0
+        guard let entry = readdir(stream) else {
+            guard errno == 0 else {
+                throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(String(cString: strerror(errno)))")
+            }
+            break
+        }
+        names.append(withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) })
     }
     var sessions: [SessionID] = []
     for name in names.sorted() where !name.hasPrefix(".") {
         var status = stat()
-        guard stat("\(root)/\(name)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
+        guard FileName.withPlatformPath("\(root)/\(name)", { stat($0, &status) }) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
         guard let id = SessionID(name) else {
-            logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
+            logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(FileName.displayed(name))"])
             continue
         }
         sessions.append(id)

@@ -42,7 +42,7 @@ struct RestoreCommand: AsyncParsableCommand {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
             throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
         }
-        for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         if let snapshot {
             guard SnapshotLabel(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
@@ -178,7 +178,7 @@ struct RestoreCommand: AsyncParsableCommand {
     /// command here, before the store is even opened.
     private func requestedSessions() throws -> [SessionID]? {
         if all { return nil }
-        guard let sessionsFrom else { return sessions.compactMap(SessionID.init) }
+        guard let sessionsFrom else { return sessions.compactMap { SessionID(printed: $0) } }
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
         let bytes: [UInt8]
         if sessionsFrom == "-" {
@@ -278,18 +278,18 @@ struct RestoreReport: Encodable {
         switch outcome.status {
         case .restored, .upToDate, .present, .wouldRestore:
             recoveredSessions.append(.init(
-                sessionId: outcome.session.rawValue, status: outcome.status.rawValue,
+                sessionId: outcome.session.description, status: outcome.status.rawValue,
                 snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes))
         case .notFound, .loggedOut:
             failedSessions.append(.init(
-                sessionId: outcome.session.rawValue,
+                sessionId: outcome.session.description,
                 error: outcome.status == .notFound ? "no snapshot in the store" : "the session logged out",
                 reason: outcome.status.rawValue))
         }
     }
 
     mutating func record(_ session: SessionID, failure error: any Error) {
-        failedSessions.append(.init(sessionId: session.rawValue, error: "\(error)", reason: Self.reason(for: error)))
+        failedSessions.append(.init(sessionId: session.description, error: "\(error)", reason: Self.reason(for: error)))
     }
 
     static func reason(for error: any Error) -> String {

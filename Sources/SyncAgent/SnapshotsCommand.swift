@@ -23,14 +23,14 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @Argument(help: "A session id; without one, list the sessions.") var session: String?
 
     func validate() throws {
-        if let session, SessionID(session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
+        if let session, SessionID(printed: session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
         if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }
     }
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.snapshots")
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
-        if let session = session.flatMap(SessionID.init) {
+        if let session = session.flatMap { SessionID(printed: $0) } {
             try await listSnapshots(session, store: try await opened.restoreSource(for: session))
         } else {
             try await listSessions(opened)
@@ -41,7 +41,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
         var listing = SessionsListing()
         for id in try await opened.storedSessions() {
             let head = try await opened.restoreSource(for: id).head(id)?.head
-            listing.sessions.append(.init(id.rawValue, head: head))
+            listing.sessions.append(.init(id.description, head: head))
         }
         if json { return try printJSON(listing) }
         for entry in listing.sessions {
@@ -57,7 +57,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
         let head = try await store.head(session)?.head
         let entries = try await store.snapshots(session)
         let history = try head.flatMap { head in try SessionStore.committed(entries, head: head, session: session) }
-        var listing = SnapshotsListing(sessionId: session.rawValue, head: head.map { .init(session.rawValue, head: $0) })
+        var listing = SnapshotsListing(sessionId: session.description, head: head.map { .init(session.description, head: $0) })
         for entry in entries {
             let isCommitted = history?.contains(entry) ?? false
             var row = SnapshotsListing.Snapshot(

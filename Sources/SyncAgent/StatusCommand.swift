@@ -49,7 +49,7 @@ struct StatusCommand: AsyncParsableCommand {
         for id in try await opened.storedSessions() {
             let head = try await opened.restoreSource(for: id).head(id)?.head
             report.sessions.append(StatusReport.Row(
-                sessionId: id.rawValue, state: head?.isTombstoned == true ? "tombstoned" : "stored",
+                sessionId: id.description, state: head?.isTombstoned == true ? "tombstoned" : "stored",
                 lastSnapshot: head?.latest.map { "\($0)" }, lastSnapshotAt: head.map { timestamp($0.updatedAt) },
                 lagSeconds: nil, pendingChanges: nil, lastError: nil))
         }

@@ -157,7 +157,7 @@ public actor SyncService {
 
     private func sessionID(_ name: String) -> SessionID? {
         guard let id = SessionID(name) else {
-            logger.warning("ignoring a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
+            logger.warning("ignoring a session directory whose name cannot be a session id", metadata: ["name": "\(FileName.displayed(name))"])
             return nil
         }
         return id
@@ -470,7 +470,7 @@ extension SyncService {
             var backlog = entry.uploadingChanges
             backlog.absorb(entry.waitingChanges)
             return SessionStatus(
-                sessionId: id.rawValue, state: state(of: entry, backlog: backlog),
+                sessionId: id.description, state: state(of: entry, backlog: backlog),
                 lastSnapshot: entry.lastCommit.map { "\($0.snapshot)" },
                 lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: backlog.oldest.map { EngineMetrics.seconds(now - $0) } ?? 0,
