@@ -104,7 +104,7 @@ struct StorageOptions: ParsableArguments {
             // would encrypt with a key nobody else has.
             throw ConfigurationError(.missingKey, "\(Keyring.environmentVariable) is set but empty: set it to a key (make one with `sync-agent keygen`) or unset it")
         }
-        if mode != .cloud && access != .create {
+        if mode == .local && access != .create {
             var status = stat()
             let found = stat(resolvedLocalStore, &status) == 0 ? (status.st_mode & S_IFMT == S_IFDIR ? 0 : ENOTDIR) : errno
             guard found == 0 else {

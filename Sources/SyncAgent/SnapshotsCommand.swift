@@ -30,7 +30,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.snapshots")
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
-        if let session = session.flatMap { SessionID(printed: $0) } {
+        if let session = session.flatMap({ SessionID(printed: $0) }) {
             try await listSnapshots(session, store: try await opened.restoreSource(for: session))
         } else {
             try await listSessions(opened)

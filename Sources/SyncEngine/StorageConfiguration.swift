@@ -14,9 +14,9 @@ public enum StorageMode: String, Sendable, CaseIterable {
     case hybrid
 }
 
-/// What a command does with the local store. Only the commands that commit snapshots create
-/// a store and its key: a read-only command on a mistyped path must fail, not report an empty
-/// new store, and must work on a store it cannot write.
+/// What a command does with the local mode's store. Only the commands that commit snapshots
+/// create a store and its key: a read-only command on a mistyped path must fail, not report an
+/// empty new store, and must work on a store it cannot write.
 public enum StoreAccess: Sendable {
     /// `watch`, `backup`: the store and its key are created when missing.
     case create
@@ -51,7 +51,8 @@ public struct StorageConfiguration: Sendable {
         switch mode {
         case .local: (try FileSystemStore(root: localStore, access: access), nil)
         case .cloud: (try openS3(logger: logger), nil)
-        case .hybrid: (try FileSystemStore(root: localStore, access: access), try openS3(logger: logger))
+        // The local store is hybrid mode's backlog: a new machine restores from S3 without one.
+        case .hybrid: (try FileSystemStore(root: localStore, access: .create), try openS3(logger: logger))
         }
     }
 
