@@ -21,6 +21,7 @@ struct ConfigurationError: Error, CustomStringConvertible {
     enum Reason {
         case unknownMode
         case missingKey
+        case emptyKey
         case missingLocalStore
         case missingBucket
         case unreadableSessionsDirectory
@@ -102,7 +103,7 @@ struct StorageOptions: ParsableArguments {
         if let value = ProcessInfo.processInfo.environment[Keyring.environmentVariable], value.trimmingWhitespace().isEmpty {
             // A deployment whose secret did not arrive: falling back to the local store's own key
             // would encrypt with a key nobody else has.
-            throw ConfigurationError(.missingKey, "\(Keyring.environmentVariable) is set but empty: set it to a key (make one with `sync-agent keygen`) or unset it")
+            throw ConfigurationError(.emptyKey, "\(Keyring.environmentVariable) is set but empty: set it to a key (make one with `sync-agent keygen`) or unset it")
         }
         if mode == .local && access != .create {
             var status = stat()
