@@ -109,9 +109,9 @@ struct ConfigurationTests {
             try await runProgram("/bin/chmod", ["o+x", workspace.directory.path])
             try await runProgram("/bin/chown", ["-R", "\(unprivileged):\(unprivileged)", store, restored])
             try await runProgram("/bin/chmod", ["-R", "a-w", store])
-            runner.wrapper = ["/usr/bin/setpriv", "--reuid=\(unprivileged)", "--regid=\(unprivileged)", "--clear-groups"]
+            runner.launcher = ["/usr/bin/setpriv", "--reuid=\(unprivileged)", "--regid=\(unprivileged)", "--clear-groups"]
         case .mount:
-            runner.wrapper = [
+            runner.launcher = [
                 "/usr/bin/unshare", "--mount", "/bin/sh", "-c",
                 #"mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@""#, store,
             ]

@@ -94,16 +94,17 @@ struct SessionNameTests {
         return bytes
     }
 
-    /// A session directory named by `name`'s bytes, with a few Baileys-like files.
+    /// A session directory named by `name`'s bytes, with a few Baileys-like files, readable by
+    /// an agent running as another user.
     private func makeSession(named name: [UInt8], in root: String, using random: inout SplitMix64) throws {
         let directory = Array(root.utf8) + [UInt8(ascii: "/")] + name
         try withRawPath(directory) { path in
-            guard mkdir(path, 0o700) == 0 || errno == EEXIST else { throw ProgramFailure("mkdir: \(String(cString: strerror(errno)))") }
+            guard mkdir(path, 0o755) == 0 || errno == EEXIST else { throw ProgramFailure("mkdir: \(String(cString: strerror(errno)))") }
         }
         for file in ["creds.json", "pre-key-1.json", "session-\(random.next() % 1000).json"] {
             let content = Array(#"{"value":"\#(random.next())"}"#.utf8)
             try withRawPath(directory + Array("/\(file)".utf8)) { path in
-                let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+                let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
                 guard descriptor >= 0, write(descriptor, content, content.count) == content.count else {
                     throw ProgramFailure("write: \(String(cString: strerror(errno)))")
                 }
