@@ -126,7 +126,7 @@ struct WatchCommand: AsyncParsableCommand {
         try await group.run()
         let unflushed = await sidecar.outcome.unflushed
         guard unflushed.isEmpty else {
-            logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(unflushed.map(\.description))"])
+            logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(unflushed.map(\.rawValue))"])
             throw ExitCode(1)
         }
         logger.info("stopped; every change uploaded")

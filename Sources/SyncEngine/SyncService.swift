@@ -157,7 +157,7 @@ public actor SyncService {
 
     private func sessionID(_ name: String) -> SessionID? {
         guard let id = SessionID(name) else {
-            logger.warning("ignoring a session directory whose name cannot be a session id", metadata: ["name": "\(FileName.displayed(name))"])
+            logger.warning("ignoring a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
             return nil
         }
         return id
