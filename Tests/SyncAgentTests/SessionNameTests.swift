@@ -53,10 +53,9 @@ struct SessionNameTests {
     /// `watch` takes a session of such a name up live, names it in `/sessions` by its printed
     /// spelling, and no name (of a session or of the sessions root) splits a text log line.
     @Test func watchPicksUpASessionOfAnyNameLive() async throws {
-        let parent = try TemporaryDirectory()
-        let root = parent.file("sessions\nFAKE root line")
-        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let workspace = try Workspace(sessions: ["small"])
+        let workspace = try Workspace(sessions: [])
+        let root = workspace.directory.file("sessions\nFAKE root line")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: false)
         let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
         let agent = try runner.watch(root)
         try await agent.waitUntilWatching()
