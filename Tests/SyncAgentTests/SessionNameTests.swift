@@ -73,6 +73,28 @@ struct SessionNameTests {
         #expect(forged.isEmpty, "lines that do not start with a time: \(forged)")
     }
 
+    /// Each command that names sessions takes the hex spelling of a name that cannot be typed
+    /// or listed one a line as it is, and a name with a space as it is.
+    @Test func everyCommandTakesBothSpellings() async throws {
+        let workspace = try Workspace(sessions: [])
+        var random = SplitMix64(seed: 6)
+        for name in [newlineName, "with space"] { try makeSession(named: Array(name.utf8), in: workspace.sessions, using: &random) }
+        let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
+        let hex = "~" + Array(newlineName.utf8).map { String(format: "%02x", $0) }.joined()
+        for arguments in [["backup", hex, "with space"], ["snapshots", hex], ["verify", hex, "with space"], ["prune", "--keep-last", "1", hex]] {
+            let result = try await runner.run(arguments[0], ["--sessions-dir", workspace.sessions] + arguments.dropFirst())
+            #expect(result.termination == .exited(0), "\(arguments): \(result.standardError)")
+        }
+        let restored = try workspace.freshDirectory()
+        try await runner.restore(into: restored, [hex, "with space"])
+        try await expectSameDirectories(restored, workspace.sessions)
+        let list = workspace.directory.file("list")
+        try write("\(hex)\nwith space\n", to: list)
+        let fromList = try workspace.freshDirectory()
+        try await runner.restore(into: fromList, ["--sessions-from", list])
+        try await expectSameDirectories(fromList, workspace.sessions)
+    }
+
     private let newlineName = "x\nFAKE line"
     private let longestName = String(repeating: "é", count: 127) + "n"
 
