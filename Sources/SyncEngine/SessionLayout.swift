@@ -34,14 +34,14 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
         self.init(FileName.decode(bytes))
     }
 
-    /// The name as it is when it is text that can be printed and typed; otherwise (control
-    /// characters, bytes that are not UTF-8, white space at either end, a leading "~") "~" and
-    /// the lowercase hex of its bytes, so a name can neither forge a log line nor get lost.
+    /// The name as it is when it is text that can be printed and typed; otherwise (what
+    /// `FileName.displayed` would escape: control characters, bytes that are not UTF-8,
+    /// backslashes; white space at either end, a leading "~") "~" and the lowercase hex of its
+    /// bytes, so a name can neither forge a log line nor get lost.
     public var description: String {
         let scalars = rawValue.unicodeScalars
         let printable = !rawValue.hasPrefix("~") && scalars.first?.properties.isWhitespace != true
-            && scalars.last?.properties.isWhitespace != true
-            && !scalars.contains { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) || $0.value >= 0x10FF80 || $0.value == 0x2028 || $0.value == 0x2029 }
+            && scalars.last?.properties.isWhitespace != true && FileName.displayed(rawValue) == rawValue
         return printable ? rawValue : "~" + FileName.bytes(of: rawValue).lowercaseHex
     }
 
@@ -59,31 +59,26 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
         }.joined(separator: "~/")
     }
 
-    /// The id whose `keyComponent` starts `rest` (a key after "sessions/"), and the length of it;
-    /// nil when `rest` does not start with one.
-    static func parsingKeyComponent(_ rest: Substring) -> (id: SessionID, length: Int)? {
-        guard rest.hasPrefix("~") else {
-            guard let slash = rest.firstIndex(of: "/"), let id = SessionID(String(rest[..<slash])),
-                id.keyComponent == rest[..<slash]
-            else { return nil }
-            return (id, rest.utf8.distance(from: rest.startIndex, to: slash))
+    /// The id whose `keyComponent` and a "/" start `rest` (a key after "sessions/"); nil when
+    /// none does in the writer's spelling (one session, one key).
+    static func keyed(_ rest: Substring) -> SessionID? {
+        let name: String
+        if rest.hasPrefix("~") {
+            var bytes: [UInt8] = []
+            for component in rest.split(separator: "/", omittingEmptySubsequences: false) {
+                let continues = component.count > 1 && component.hasSuffix("~")
+                guard component.hasPrefix("~"),
+                    let chunk = Self.bytes(fromHex: component.dropFirst().dropLast(continues ? 1 : 0).utf8)
+                else { return nil }
+                bytes += chunk
+                if !continues { break }
+            }
+            name = FileName.decode(bytes)
+        } else {
+            name = String(rest.prefix { $0 != "/" })
         }
-        var bytes: [UInt8] = []
-        var position = rest.startIndex
-        while true {
-            guard rest[position...].hasPrefix("~"), let slash = rest[position...].firstIndex(of: "/") else { return nil }
-            let component = rest[rest.index(after: position)..<slash]
-            let continues = component.hasSuffix("~")
-            guard let chunk = Self.bytes(fromHex: (continues ? component.dropLast() : component).utf8) else { return nil }
-            bytes += chunk
-            position = rest.index(after: slash)
-            if !continues { break }
-        }
-        guard let id = SessionID(FileName.decode(bytes)) else { return nil }
-        let length = rest.utf8.distance(from: rest.startIndex, to: position) - 1
-        // Only the spelling the writer uses: one session, one key.
-        guard id.keyComponent.utf8.count == length, rest.hasPrefix(id.keyComponent) else { return nil }
-        return (id, length)
+        guard let id = SessionID(name), rest.hasPrefix(id.keyComponent + "/") else { return nil }
+        return id
     }
 
     private static let bytesPerKeyComponent = 120
@@ -269,7 +264,7 @@ public enum SessionLayout {
     static func sessionIDs(in keys: [String]) -> [SessionID] {
         var seen = Set<SessionID>()
         for key in keys where key.hasPrefix(root) {
-            if let (id, _) = SessionID.parsingKeyComponent(key.dropFirst(root.count)) { seen.insert(id) }
+            if let id = SessionID.keyed(key.dropFirst(root.count)) { seen.insert(id) }
         }
         return seen.sorted()
     }

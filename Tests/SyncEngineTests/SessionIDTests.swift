@@ -62,6 +62,7 @@ struct SessionIDTests {
         #expect(try #require(SessionID("x\nFAKE line")).description == "~780a46414b45206c696e65")
         #expect(try #require(SessionID(" lead")).description == "~206c656164")
         #expect(try #require(SessionID("~tilde")).description == "~7e74696c6465")
+        #expect(try #require(SessionID("a\\b")).description == "~615c62")
         #expect(try #require(SessionID("naïve name")).description == "naïve name")
         #expect(SessionID(printed: "~7e74696c6465")?.rawValue == "~tilde")
         #expect(SessionID(printed: "~tilde") == nil)
