@@ -1,4 +1,5 @@
 import ArgumentParser
+import SessionArchive
 
 /// A value a command cannot take, from a flag or an environment variable: one line naming
 /// where the value came from, and the usage-error exit code, before anything happens.
@@ -38,13 +39,12 @@ func rejectingUsageErrors(_ checks: () throws -> Void) throws {
 /// milliseconds (as in the environment variables). Whole units only, at most 100 years: a
 /// longer value is a typo, and it would overflow the clock arithmetic it feeds.
 enum DurationSetting {
-    static let longest = Duration.seconds(100 * 365 * 86_400)
+    private static let longest = Duration.seconds(100 * 365 * 86_400)
     private static let units: [(suffix: String, milliseconds: Int64)] = [
         ("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("w", 604_800_000),
     ]
 
-    /// The duration of the flag, else of the first environment variable set; nil when neither
-    /// is. `allowsZero`: whether 0 means something for this setting (it must be longer otherwise).
+    /// The duration of the flag, else of the environment variable; nil when neither is set. `allowsZero`: whether 0 means something for this setting (it must be longer otherwise).
     static func resolve(flag: String?, _ flagName: String, variable: String? = nil, allowsZero: Bool) throws(UsageError) -> Duration? {
         let source: (name: String, text: String)
         if let flag {
@@ -57,7 +57,7 @@ enum DurationSetting {
         return try parse(source.text, name: source.name, allowsZero: allowsZero)
     }
 
-    static func parse(_ rawText: String, name: String, allowsZero: Bool) throws(UsageError) -> Duration {
+    private static func parse(_ rawText: String, name: String, allowsZero: Bool) throws(UsageError) -> Duration {
         let text = rawText.trimmingWhitespace()
         func isWholeNumber(_ number: Substring) -> Bool {
             let digits = number.hasPrefix("-") ? number.dropFirst() : number
@@ -65,7 +65,8 @@ enum DurationSetting {
         }
         let unit = units.first { text.hasSuffix($0.suffix) && isWholeNumber(text.dropLast($0.suffix.count)) }
         let number = unit.map { text.dropLast($0.suffix.count) } ?? text[...]
-        let shown = "\(name) \"\(text)\""
+        // The value as it was given, escaped: it stays one line whatever it holds.
+        let shown = "\(name) \"\(FileName.displayed(String(text)))\""
         guard isWholeNumber(number) else {
             throw UsageError(.notADuration, "\(shown): expected a duration such as 250ms, 5s, 1m, 36h, 7d or 2w")
         }

@@ -49,7 +49,7 @@ struct RestoreCommand: AsyncParsableCommand {
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
         if let at, Self.parseTime(at) == nil {
-            throw rejectInput("--at \(at): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
+            throw rejectInput("--at \(FileName.displayed(at)): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
         }
         guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
     }

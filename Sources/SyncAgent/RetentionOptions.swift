@@ -1,4 +1,5 @@
 import ArgumentParser
+import SessionArchive
 import SyncEngine
 
 /// The retention policy, shared by `prune`, `backup` and `watch` so all three keep the same
@@ -26,7 +27,7 @@ struct RetentionOptions: ParsableArguments {
         func count(_ flag: Int?, _ name: String, _ variable: String) throws(UsageError) -> Int? {
             guard let text = flag.map(String.init) ?? environment(variable) else { return nil }
             guard let value = Int(text), value >= 1 else {
-                throw UsageError(.notACount, "\(flag == nil ? variable : "--\(name)") \"\(text)\": expected a whole number, at least 1")
+                throw UsageError(.notACount, "\(flag == nil ? variable : "--\(name)") \"\(FileName.displayed(text))\": expected a whole number, at least 1")
             }
             return value
         }

@@ -28,6 +28,7 @@ struct ConfigurationTests {
         .init(subcommand: "watch", environment: ["GRACEFUL_SHUTDOWN_TIMEOUT": "99999999999999999"], named: "GRACEFUL_SHUTDOWN_TIMEOUT"),
         .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "-1"], named: "SESSION_BACKUP_INTERVAL"),
         .init(subcommand: "watch", environment: ["SYNC_AGENT_PRUNE_EVERY": "999999999999999w"], named: "SYNC_AGENT_PRUNE_EVERY"),
+        .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "5s\nFAKE line"], named: "SESSION_BACKUP_INTERVAL"),
         .init(subcommand: "watch", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
         .init(subcommand: "backup", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
         .init(subcommand: "prune", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
@@ -37,6 +38,7 @@ struct ConfigurationTests {
         .init(subcommand: "restore", arguments: ["--all", "--at", "@inf"], named: "--at"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "@1e308"], named: "--at"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "@-1"], named: "--at"),
+        .init(subcommand: "restore", arguments: ["--all", "--at", "2026-11-22\nFAKE line"], named: "--at"),
     ]
 
     @Test(arguments: badValues)
