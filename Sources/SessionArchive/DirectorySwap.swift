@@ -90,6 +90,9 @@ public enum DirectorySwap {
                 previous = readyName
                 onStep(.exchanged)
             } else {
+                guard canMoveAside(name) else {
+                    throw SystemError("replace (the file system cannot exchange directories, and the name is too long to move aside)", path: target, errno: ENAMETOOLONG)
+                }
                 let oldName = workingName(for: name, kind: .old, suffix: suffix)
                 try parent.rename(name, to: oldName)
                 onStep(.oldMovedAside)
@@ -148,8 +151,16 @@ public enum DirectorySwap {
         WorkingName(name) != nil
     }
 
+    /// `.<target>.sync-agent-<kind>-<suffix>`. A target whose name leaves no room for that in a
+    /// name's 255 bytes gets `.~.sync-agent-<kind>-<suffix>` for staging and ready, which recovery
+    /// only removes; it is never moved aside (`old`), which recovery must be able to name back.
     private static func workingName(for target: String, kind: WorkingName.Kind, suffix: String) -> String {
-        "." + target + marker + kind.rawValue + "-" + suffix
+        "." + (canMoveAside(target) ? target : "~") + marker + kind.rawValue + "-" + suffix
+    }
+
+    private static func canMoveAside(_ target: String) -> Bool {
+        let longestKind = WorkingName.Kind.allCases.map(\.rawValue.utf8.count).max()!
+        return 1 + FileName.bytes(of: target).count + marker.utf8.count + longestKind + 1 + 16 <= 255
     }
 
     private static func split(_ target: String) throws -> (parent: String, name: String) {

@@ -21,12 +21,12 @@ struct BackupCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.backup")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .create)
         let root = storage.resolvedSessionsDir
         let ids = try sessions.isEmpty
             ? sessionDirectories(in: root, logger: logger)
             : sessions.map { name in
-                guard let id = SessionID(name) else { throw ValidationError("\"\(name)\" is not a valid session id") }
+                guard let id = SessionID(printed: name) else { throw ValidationError("\"\(name)\" is not a valid session id") }
                 return id
             }
         let owner = agentIdentity()
@@ -46,19 +46,19 @@ struct BackupCommand: AsyncParsableCommand {
                     // Committed, but holding an earlier version of these files or none at all: a
                     // backup that exits 0 must hold the whole directory, so a cron job tries again.
                     report.failed.append(.init(
-                        sessionId: id.rawValue, error: "snapshot \(snapshot) left out files being written: \(unsettled.count)"))
+                        sessionId: id.description, error: "snapshot \(snapshot) left out files being written: \(unsettled.count)"))
                     logger.error("backed up without files being written", metadata: [
                         "session": "\(id)", "snapshot": "\(snapshot)", "unsettled": "\(unsettled.count)",
                     ])
                 case .uploaded(let snapshot, _, let bytes, _):
                     let pruned = await replicator.lastPrune?.plan.deletedCount ?? 0
-                    report.backedUp.append(.init(sessionId: id.rawValue, snapshot: "\(snapshot)", bytes: bytes, pruned: pruned))
+                    report.backedUp.append(.init(sessionId: id.description, snapshot: "\(snapshot)", bytes: bytes, pruned: pruned))
                     logger.info("backed up", metadata: ["session": "\(id)", "snapshot": "\(snapshot)", "bytes": "\(bytes)"])
                 case .unchanged(let unsettled):
-                    report.failed.append(.init(sessionId: id.rawValue, error: "files being written: \(unsettled.count)"))
+                    report.failed.append(.init(sessionId: id.description, error: "files being written: \(unsettled.count)"))
                 }
             } catch {
-                report.failed.append(.init(sessionId: id.rawValue, error: "\(error)"))
+                report.failed.append(.init(sessionId: id.description, error: "\(error)"))
                 logger.error("backup failed", metadata: ["session": "\(id)", "error": "\(error)"])
             }
         }

@@ -4,6 +4,7 @@ import FoundationEssentials
 import Glibc
 import Logging
 import S3Client
+import SessionArchive
 import SyncEngine
 import Synchronization
 
@@ -20,6 +21,8 @@ struct ConfigurationError: Error, CustomStringConvertible {
     enum Reason {
         case unknownMode
         case missingKey
+        case emptyKey
+        case missingLocalStore
         case missingBucket
         case unreadableSessionsDirectory
         case unknownLogSetting
@@ -94,15 +97,28 @@ struct StorageOptions: ParsableArguments {
     }
 
     /// Resolves every option and the keys, failing with one clear line for a bad value.
-    func storageConfiguration() throws -> StorageConfiguration {
+    /// `access`: only commands that commit snapshots create a missing local store and its key.
+    func storageConfiguration(access: StoreAccess) throws -> StorageConfiguration {
         let mode = try resolvedMode
+        if let value = ProcessInfo.processInfo.environment[Keyring.environmentVariable], value.trimmingWhitespace().isEmpty {
+            // A deployment whose secret did not arrive: falling back to the local store's own key
+            // would encrypt with a key nobody else has.
+            throw ConfigurationError(.emptyKey, "\(Keyring.environmentVariable) is set but empty: set it to a key (make one with `sync-agent keygen`) or unset it")
+        }
+        if mode == .local && access != .create {
+            var status = stat()
+            let found = stat(resolvedLocalStore, &status) == 0 ? (status.st_mode & S_IFMT == S_IFDIR ? 0 : ENOTDIR) : errno
+            guard found == 0 else {
+                throw ConfigurationError(.missingLocalStore, "no local store at \(resolvedLocalStore): \(String(cString: strerror(found))) (watch and backup create one)")
+            }
+        }
         let keyValue = environment(Keyring.environmentVariable)
         let keyring: Keyring
         if keyFile.isEmpty && keyValue == nil {
             guard mode == .local else {
                 throw ConfigurationError(.missingKey, "\(mode.rawValue) mode needs an encryption key: set SESSION_ENCRYPTION_KEY or pass --key-file (make one with `sync-agent keygen`)")
             }
-            keyring = try StorageConfiguration.localKeyring(store: resolvedLocalStore)
+            keyring = try StorageConfiguration.localKeyring(store: resolvedLocalStore, access: access)
         } else {
             keyring = try Keyring.load(keyFiles: keyFile, environmentValue: keyValue)
         }
@@ -165,7 +181,7 @@ struct LoggingOptions: ParsableArguments {
             guard !bootstrapped else { return }
             bootstrapped = true
             switch format {
-            case .text: LoggingSystem.bootstrap(StreamLogHandler.standardError)
+            case .text: LoggingSystem.bootstrap(TextLogHandler.standardError)
             case .json: LoggingSystem.bootstrap(JSONLogHandler.standardError)
             }
         }
@@ -185,10 +201,12 @@ struct OpenedStorage {
     /// Hybrid mode: the S3 copy behind the local store.
     let mirror: SessionMirror?
 
-    /// `writes`: probe whether the primary store enforces conditional writes (a write).
-    static func open(_ options: StorageOptions, logger: Logger, writes: Bool) async throws -> OpenedStorage {
-        let configuration = try options.storageConfiguration()
-        let (primaryStore, mirrorStore) = try configuration.openStores(logger: logger)
+    /// `access`: what the command does with the local store. Commands that create it are the
+    /// ones that commit snapshots: they probe whether the stores enforce conditional writes (a write).
+    static func open(_ options: StorageOptions, logger: Logger, access: StoreAccess) async throws -> OpenedStorage {
+        let writes = access == .create
+        let configuration = try options.storageConfiguration(access: access)
+        let (primaryStore, mirrorStore) = try configuration.openStores(access: access, logger: logger)
         let primary = SessionStore(store: primaryStore, keyring: configuration.keyring)
         try await primary.probe()
         let conditional = writes ? try await primaryStore.probeConditionalWrites() : true
@@ -231,20 +249,30 @@ func agentIdentity() -> String {
     return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
 }
 
-/// Session directories under the root, by id; names that cannot be ids are skipped loudly.
+/// Session directories under the root, by id (names of any bytes, through `FileName`); hidden
+/// names are not sessions, and a name that cannot be an id (longer than 255 bytes) is skipped loudly.
 func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
-    let names: [String]
-    do {
-        names = try FileManager.default.contentsOfDirectory(atPath: root)
-    } catch {
-        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(error)")
+    guard let stream = FileName.withPlatformPath(root, { opendir($0) }) else {
+        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(String(cString: strerror(errno)))")
+    }
+    defer { closedir(stream) }
+    var names: [String] = []
+    while true {
+        errno = 0
+        guard let entry = readdir(stream) else {
+            guard errno == 0 else {
+                throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(String(cString: strerror(errno)))")
+            }
+            break
+        }
+        names.append(withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) })
     }
     var sessions: [SessionID] = []
     for name in names.sorted() where !name.hasPrefix(".") {
         var status = stat()
-        guard stat("\(root)/\(name)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
+        guard FileName.withPlatformPath("\(root)/\(name)", { stat($0, &status) }) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
         guard let id = SessionID(name) else {
-            logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
+            logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(FileName.displayed(name))"])
             continue
         }
         sessions.append(id)

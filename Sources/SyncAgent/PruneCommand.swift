@@ -25,7 +25,7 @@ struct PruneCommand: AsyncParsableCommand {
     @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [String] = []
 
     func validate() throws {
-        for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         // restic refuses too: without a rule, "keep nothing but the newest" is too easy to run by mistake.
         guard try retention.policy() != nil else {
             throw ValidationError("no retention policy: pass at least one --keep-* flag (or set SYNC_AGENT_KEEP_*)")
@@ -35,8 +35,8 @@ struct PruneCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.prune")
         let policy = try retention.policy()!
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
-        let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions.compactMap(SessionID.init)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .write)
+        let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions.compactMap { SessionID(printed: $0) }
         let pruner = SnapshotPruner(sessionStore: opened.primary, mirror: opened.mirror)
         let progress = ProgressLine(dryRun ? "checking" : "pruning", total: ids.count)
         var report = PruneReport(dryRun: dryRun)
@@ -53,7 +53,7 @@ struct PruneCommand: AsyncParsableCommand {
                 }
                 await progress.finished(failed: false)
             } catch {
-                report.sessions.append(.init(sessionId: id.rawValue, error: "\(error)"))
+                report.sessions.append(.init(sessionId: id.description, error: "\(error)"))
                 logger.log(level: progress.isShown ? .debug : .error, "prune failed", metadata: ["session": "\(id)", "error": "\(error)"])
                 await progress.finished(failed: true)
             }
@@ -123,7 +123,7 @@ struct PruneReport: Encodable {
         }
 
         init(_ outcome: PruneOutcome) {
-            sessionId = outcome.session.rawValue
+            sessionId = outcome.session.description
             kept = outcome.plan.kept.map { kept in
                 var snapshot = Snapshot(kept.entry)
                 snapshot.reasons = kept.reasons.map(\.rawValue)

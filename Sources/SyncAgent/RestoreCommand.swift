@@ -43,23 +43,32 @@ struct RestoreCommand: AsyncParsableCommand {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
             throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
         }
-        for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         if let snapshot {
             guard SnapshotLabel(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
         if let at, Self.parseTime(at) == nil {
-            throw ValidationError("--at \(at): expected an ISO 8601 time such as 2026-11-22T10:00:00Z, or @UNIX-SECONDS")
+            throw rejectInput("--at \(FileName.displayed(at)): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
         }
         guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
     }
 
     /// RFC 3339 ("2026-11-22T10:00:00Z", an offset, fractional seconds), the same without a zone
-    /// meaning UTC (a space for the "T" and no seconds allowed), or "@" and Unix seconds. UTC,
-    /// like prune's days and weeks: a restore must not depend on the machine's time zone.
+    /// meaning UTC (a space for the "T" and no seconds allowed), or "@" and Unix seconds, from
+    /// 1970 to the end of 9999. UTC, like prune's days and weeks: a restore must not depend on
+    /// the machine's time zone.
     static func parseTime(_ text: String) -> Date? {
-        if text.hasPrefix("@") { return Double(text.dropFirst()).map(Date.init(timeIntervalSince1970:)) }
+        // A snapshot's time is one of these: anything else (nan, inf, 1e308) is a typo, and
+        // would overflow the arithmetic that compares it.
+        // (Not a range of dates: NaN compares neither below nor above, so a range "contains" it.)
+        let seconds = text.hasPrefix("@") ? Double(text.dropFirst()) : parseISO8601(text)?.timeIntervalSince1970
+        guard let seconds, seconds.isFinite, (0...253_402_300_799).contains(seconds) else { return nil }
+        return Date(timeIntervalSince1970: seconds)
+    }
+
+    private static func parseISO8601(_ text: String) -> Date? {
         var characters = Array(text)
         guard characters.count >= 16 else { return nil }
         if characters[10] == " " { characters[10] = "T" }
@@ -90,7 +99,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let opened: OpenedStorage
         let ids: [SessionID]
         do {
-            opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+            opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
             if let requested {
                 ids = requested
             } else {
@@ -170,7 +179,7 @@ struct RestoreCommand: AsyncParsableCommand {
     /// command here, before the store is even opened.
     private func requestedSessions() throws -> [SessionID]? {
         if all { return nil }
-        guard let sessionsFrom else { return sessions.compactMap(SessionID.init) }
+        guard let sessionsFrom else { return sessions.compactMap { SessionID(printed: $0) } }
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
         let bytes: [UInt8]
         if sessionsFrom == "-" {
@@ -270,18 +279,18 @@ struct RestoreReport: Encodable {
         switch outcome.status {
         case .restored, .upToDate, .present, .wouldRestore:
             recoveredSessions.append(.init(
-                sessionId: outcome.session.rawValue, status: outcome.status.rawValue,
+                sessionId: outcome.session.description, status: outcome.status.rawValue,
                 snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes))
         case .notFound, .loggedOut:
             failedSessions.append(.init(
-                sessionId: outcome.session.rawValue,
+                sessionId: outcome.session.description,
                 error: outcome.status == .notFound ? "no snapshot in the store" : "the session logged out",
                 reason: outcome.status.rawValue))
         }
     }
 
     mutating func record(_ session: SessionID, failure error: any Error) {
-        failedSessions.append(.init(sessionId: session.rawValue, error: "\(error)", reason: Self.reason(for: error)))
+        failedSessions.append(.init(sessionId: session.description, error: "\(error)", reason: Self.reason(for: error)))
     }
 
     static func reason(for error: any Error) -> String {

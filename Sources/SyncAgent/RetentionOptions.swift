@@ -1,4 +1,5 @@
 import ArgumentParser
+import SessionArchive
 import SyncEngine
 
 /// The retention policy, shared by `prune`, `backup` and `watch` so all three keep the same
@@ -18,15 +19,15 @@ struct RetentionOptions: ParsableArguments {
     var keepWithin: String?
 
     func validate() throws {
-        _ = try policy()
+        try rejectingUsageErrors { _ = try policy() }
     }
 
     /// The configured policy; nil when no rule is set by a flag or the environment.
     func policy() throws -> RetentionPolicy? {
-        func count(_ flag: Int?, _ name: String, _ variable: String) throws -> Int? {
+        func count(_ flag: Int?, _ name: String, _ variable: String) throws(UsageError) -> Int? {
             guard let text = flag.map(String.init) ?? environment(variable) else { return nil }
             guard let value = Int(text), value >= 1 else {
-                throw ValidationError("--\(name) (\(variable)) \"\(text)\": expected a whole number, at least 1")
+                throw UsageError(.notACount, "\(flag == nil ? variable : "--\(name)") \"\(FileName.displayed(text))\": expected a whole number, at least 1")
             }
             return value
         }
@@ -35,7 +36,8 @@ struct RetentionOptions: ParsableArguments {
             keepHourly: try count(keepHourly, "keep-hourly", "SYNC_AGENT_KEEP_HOURLY"),
             keepDaily: try count(keepDaily, "keep-daily", "SYNC_AGENT_KEEP_DAILY"),
             keepWeekly: try count(keepWeekly, "keep-weekly", "SYNC_AGENT_KEEP_WEEKLY"),
-            keepWithin: try parseDuration(keepWithin ?? environment("SYNC_AGENT_KEEP_WITHIN"), name: "--keep-within"))
+            keepWithin: try DurationSetting.resolve(
+                flag: keepWithin, "--keep-within", variable: "SYNC_AGENT_KEEP_WITHIN", allowsZero: false))
         return policy == RetentionPolicy() ? nil : policy
     }
 

@@ -23,14 +23,14 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @Argument(help: "A session id; without one, list the sessions.") var session: String?
 
     func validate() throws {
-        if let session, SessionID(session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
+        if let session, SessionID(printed: session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
         if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }
     }
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.snapshots")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
-        if let session = session.flatMap(SessionID.init) {
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
+        if let session = session.flatMap({ SessionID(printed: $0) }) {
             try await listSnapshots(session, store: try await opened.restoreSource(for: session))
         } else {
             try await listSessions(opened)
@@ -46,9 +46,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
             do {
                 let stored = try await opened.restoreSource(for: id).stored(id)
                 try stored?.checkHeadIsNewest()
-                listing.sessions.append(.init(id.rawValue, head: stored?.head))
+                listing.sessions.append(.init(id.description, head: stored?.head))
             } catch {
-                var entry = SessionsListing.Session(id.rawValue, head: nil)
+                var entry = SessionsListing.Session(id.description, head: nil)
                 entry.error = "\(error)"
                 listing.sessions.append(entry)
             }
@@ -82,7 +82,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
             stateError = error
         }
         let entries = try await store.snapshots(session)
-        var listing = SnapshotsListing(sessionId: session.rawValue, head: head.map { .init(session.rawValue, head: $0) })
+        var listing = SnapshotsListing(sessionId: session.description, head: head.map { .init(session.description, head: $0) })
         listing.error = stateError.map { "\($0)" }
         for entry in entries {
             let isCommitted = history?.contains(entry) ?? false

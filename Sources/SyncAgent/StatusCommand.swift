@@ -44,12 +44,12 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     private func storeReport(logger: Logger) async throws -> StatusReport {
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         var report = StatusReport(source: opened.primary.store.location, generatedAt: timestamp(Date()), sessions: [])
         for id in try await opened.storedSessions() {
             let head = try await opened.restoreSource(for: id).head(id)?.head
             report.sessions.append(StatusReport.Row(
-                sessionId: id.rawValue, state: head?.isTombstoned == true ? "tombstoned" : "stored",
+                sessionId: id.description, state: head?.isTombstoned == true ? "tombstoned" : "stored",
                 lastSnapshot: head?.latest.map { "\($0)" }, lastSnapshotAt: head.map { timestamp($0.updatedAt) },
                 lagSeconds: nil, pendingChanges: nil, lastError: nil))
         }

@@ -25,7 +25,7 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard all != !sessions.isEmpty else { throw ValidationError("name session ids or pass --all (not both)") }
-        for name in sessions where SessionID(name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
         if let sample, Self.share(sample) == nil {
             throw ValidationError("--sample \(sample): expected a percentage above 0 and at most 100, e.g. 10%")
         }
@@ -40,14 +40,14 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.verify")
-        let opened = try await OpenedStorage.open(storage, logger: logger, writes: false)
+        let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         let stores = [opened.primary] + (opened.mirror.map { [$0.remote] } ?? [])
-        let ids = try all ? await opened.storedSessions() : sessions.compactMap(SessionID.init)
+        let ids = try all ? await opened.storedSessions() : sessions.compactMap { SessionID(printed: $0) }
         var report = VerifyReport()
         for id in ids {
             var found = false
             for store in stores {
-                var result = VerifyReport.Session(sessionId: id.rawValue, store: store.store.location)
+                var result = VerifyReport.Session(sessionId: id.description, store: store.store.location)
                 do {
                     let checks = try await SnapshotVerifier(sessionStore: store).verify(id, sample: sample.flatMap(Self.share))
                     found = found || !checks.isEmpty
@@ -60,7 +60,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 if result.error != nil || !result.snapshots.isEmpty { report.sessions.append(result) }
             }
             if !found && !all {
-                report.sessions.append(.init(sessionId: id.rawValue, store: stores[0].store.location, error: "no committed snapshot in the store"))
+                report.sessions.append(.init(sessionId: id.description, store: stores[0].store.location, error: "no committed snapshot in the store"))
             }
         }
         if json {

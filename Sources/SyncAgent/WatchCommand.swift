@@ -52,7 +52,7 @@ struct WatchCommand: AsyncParsableCommand {
         }
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
         if noListen && listen != nil { throw ValidationError("--listen and --no-listen: pass one") }
-        _ = try settings()
+        try rejectingUsageErrors { _ = try settings() }
         _ = try listenAddress()
     }
 
@@ -66,23 +66,21 @@ struct WatchCommand: AsyncParsableCommand {
         var settings = WatchSettings()
         settings.onDelete = DeletePolicy(rawValue: onDelete) ?? .tombstone
         settings.concurrency = concurrency
-        settings.watcher.quietPeriod = try parseDuration(quietPeriod, name: "--quiet-period") ?? .milliseconds(250)
-        settings.watcher.maxDelay = try parseDuration(
-            maxDelay ?? environment("SESSION_BACKUP_INTERVAL"), name: "--max-delay") ?? .seconds(5)
+        settings.watcher.quietPeriod = try DurationSetting.resolve(flag: quietPeriod, "--quiet-period", allowsZero: true)
+            ?? .milliseconds(250)
+        settings.watcher.maxDelay = try DurationSetting.resolve(
+            flag: maxDelay, "--max-delay", variable: "SESSION_BACKUP_INTERVAL", allowsZero: false) ?? .seconds(5)
         guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
-            throw ValidationError("--max-delay must not be shorter than --quiet-period")
+            throw UsageError(.durationTooShort, "--max-delay must not be shorter than --quiet-period")
         }
-        if let interval = try parseDuration(storeProbeInterval, name: "--store-probe-interval") {
-            guard interval > .zero else { throw ValidationError("--store-probe-interval must be longer than 0") }
+        if let interval = try DurationSetting.resolve(flag: storeProbeInterval, "--store-probe-interval", allowsZero: false) {
             settings.storeProbeInterval = interval
         }
         settings.compaction.retention = try retention.compactionRetention()
-        settings.pruneInterval = try parseDuration(pruneEvery ?? environment("SYNC_AGENT_PRUNE_EVERY"), name: "--prune-every")
-        if let interval = settings.pruneInterval, interval <= .zero {
-            throw ValidationError("--prune-every must be longer than 0")
-        }
-        let timeout = try parseDuration(
-            shutdownTimeout ?? environment("GRACEFUL_SHUTDOWN_TIMEOUT"), name: "--shutdown-timeout") ?? .seconds(10)
+        settings.pruneInterval = try DurationSetting.resolve(
+            flag: pruneEvery, "--prune-every", variable: "SYNC_AGENT_PRUNE_EVERY", allowsZero: false)
+        let timeout = try DurationSetting.resolve(
+            flag: shutdownTimeout, "--shutdown-timeout", variable: "GRACEFUL_SHUTDOWN_TIMEOUT", allowsZero: true) ?? .seconds(10)
         return (settings, timeout)
     }
 
@@ -103,7 +101,7 @@ struct WatchCommand: AsyncParsableCommand {
         }
         let opened: OpenedStorage
         do {
-            opened = try await OpenedStorage.open(storage, logger: logger, writes: true)
+            opened = try await OpenedStorage.open(storage, logger: logger, access: .create)
         } catch {
             await endpoint?.close()
             throw error
@@ -152,15 +150,4 @@ struct SidecarService: Service {
             await outcome.set(try await sync.run(shutdownTimeout: shutdownTimeout))
         }
     }
-}
-
-/// "250ms", "5s", "1m", "36h", "7d", "2w", or a bare number of milliseconds.
-func parseDuration(_ text: String?, name: String) throws -> Duration? {
-    guard let text = text?.trimmingWhitespace(), !text.isEmpty else { return nil }
-    let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000), ("w", 604_800_000)]
-    for (suffix, milliseconds) in units where text.hasSuffix(suffix) {
-        if let value = Int64(text.dropLast(suffix.count)), value >= 0 { return .milliseconds(value * milliseconds) }
-    }
-    if let value = Int64(text), value >= 0 { return .milliseconds(value) }
-    throw ValidationError("\(name) \"\(text)\": expected a duration such as 250ms, 5s, 1m, 36h, 7d or 2w")
 }

@@ -20,16 +20,18 @@ public struct FileSystemStore: ObjectStore {
     private static let temporaryName = ".tmp"
     private static let lockName = ".lock"
 
-    /// Creates `root` (and any missing parents, 0700) when it does not exist.
-    public init(root: String) throws(StoreError) {
+    /// With `.create`, creates `root` (and any missing parents, 0700) when it does not exist;
+    /// otherwise `root` must exist. With `.read` nothing is created or needs to be writable.
+    public init(root: String, access storeAccess: StoreAccess = .create) throws(StoreError) {
         var absolute = root.hasPrefix("/") ? root : FileManager.default.currentDirectoryPath + "/" + root
         absolute = "/" + absolute.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
         self.root = absolute
-        try makeDirectories(absolute)
-        guard access(absolute, R_OK | W_OK | X_OK) == 0 else {
+        if storeAccess == .create { try makeDirectories(absolute) }
+        let needed = storeAccess == .read ? R_OK | X_OK : R_OK | W_OK | X_OK
+        guard access(absolute, needed) == 0 else {
             throw .rejected("cannot use \(absolute) as the local store: \(systemMessage())")
         }
-        try makeDirectories(temporaryDirectory)
+        if storeAccess != .read { try makeDirectories(temporaryDirectory) }
     }
 
     @discardableResult

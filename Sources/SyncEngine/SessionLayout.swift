@@ -1,21 +1,114 @@
 import Crypto
 import S3Client
+import SessionArchive
 
-/// A session's id: the name of its directory under the sessions root. It is the only thing
-/// from the session that appears in object keys, so it is restricted to characters that are
-/// safe in a key and in a path.
+/// A session's id: the name of its directory under the sessions root, any name a directory can
+/// have (1 to 255 bytes, neither "/" nor NUL), as `FileName` maps it to a `String`, except names
+/// starting with "." (hidden, and the restore's staging directories `.<session>.sync-agent-…`).
+///
+/// It appears in three spellings: `rawValue`, the name itself (the directory, manifests, the
+/// encryption identity); `description`, how people and programs see and type it (tables, JSON,
+/// logs, arguments, `--sessions-from`); and `keyComponent`, in object keys.
 public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible {
     public let rawValue: String
 
+    /// The id of a directory named `name` (from `FileName.decode`); nil for a name no session
+    /// directory can have.
     public init?(_ name: String) {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@+=")
-        guard (1...200).contains(name.utf8.count), !name.hasPrefix("."), name.allSatisfy(allowed.contains) else {
-            return nil
-        }
+        let bytes = FileName.bytes(of: name)
+        guard (1...255).contains(bytes.count), bytes.first != UInt8(ascii: "."),
+            !bytes.contains(0), !bytes.contains(UInt8(ascii: "/")), FileName.decode(bytes) == name
+        else { return nil }
         rawValue = name
     }
 
-    public var description: String { rawValue }
+    /// The id spelled as `description` prints it: the name, or for a name that could not be
+    /// printed or typed as it is, "~" and the lowercase hex of its bytes.
+    public init?(printed text: String) {
+        guard text.hasPrefix("~") else {
+            guard let id = SessionID(text), id.description == text else { return nil }
+            self = id
+            return
+        }
+        guard let bytes = Self.bytes(fromHex: text.utf8.dropFirst()) else { return nil }
+        self.init(FileName.decode(bytes))
+    }
+
+    /// The name as it is when it is text that can be printed and typed; otherwise (what
+    /// `FileName.displayed` would escape: control characters, bytes that are not UTF-8,
+    /// backslashes; white space at either end, a leading "~") "~" and the lowercase hex of its
+    /// bytes, so a name can neither forge a log line nor get lost.
+    public var description: String {
+        let scalars = rawValue.unicodeScalars
+        let printable = !rawValue.hasPrefix("~") && scalars.first?.properties.isWhitespace != true
+            && scalars.last?.properties.isWhitespace != true && FileName.displayed(rawValue) == rawValue
+        return printable ? rawValue : "~" + FileName.bytes(of: rawValue).lowercaseHex
+    }
+
+    /// The name in object keys: as it is for names of today's key-safe set
+    /// (`[A-Za-z0-9._-@+=]`, at most 200 bytes), so the keys of existing stores stay; any other
+    /// name as the lowercase hex of its bytes in components of at most 120 bytes each, each
+    /// starting with "~" (outside the safe set), all but the last ending with "~" too (so no
+    /// session's keys are a prefix of another's). FORMAT.md specifies it.
+    var keyComponent: String {
+        let safe = rawValue.utf8.count <= 200 && rawValue.utf8.allSatisfy(Self.isKeySafe)
+        guard !safe else { return rawValue }
+        let bytes = FileName.bytes(of: rawValue)
+        return stride(from: 0, to: bytes.count, by: Self.bytesPerKeyComponent).map { start in
+            "~" + bytes[start..<min(start + Self.bytesPerKeyComponent, bytes.count)].lowercaseHex
+        }.joined(separator: "~/")
+    }
+
+    /// The id whose `keyComponent` and a "/" start `rest` (a key after "sessions/"); nil when
+    /// none does in the writer's spelling (one session, one key).
+    static func keyed(_ rest: Substring) -> SessionID? {
+        let name: String
+        if rest.hasPrefix("~") {
+            var bytes: [UInt8] = []
+            for component in rest.split(separator: "/", omittingEmptySubsequences: false) {
+                let continues = component.count > 1 && component.hasSuffix("~")
+                guard component.hasPrefix("~"),
+                    let chunk = Self.bytes(fromHex: component.dropFirst().dropLast(continues ? 1 : 0).utf8)
+                else { return nil }
+                bytes += chunk
+                if !continues { break }
+            }
+            name = FileName.decode(bytes)
+        } else {
+            name = String(rest.prefix { $0 != "/" })
+        }
+        guard let id = SessionID(name), rest.hasPrefix(id.keyComponent + "/") else { return nil }
+        return id
+    }
+
+    private static let bytesPerKeyComponent = 120
+
+    private static func isKeySafe(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        default: "._-@+=".utf8.contains(byte)
+        }
+    }
+
+    /// Lowercase hex digits, two a byte; nil for anything else.
+    private static func bytes(fromHex hex: some Collection<UInt8>) -> [UInt8]? {
+        func value(_ digit: UInt8) -> UInt8? {
+            switch digit {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+            default: nil
+            }
+        }
+        let digits = Array(hex)
+        guard !digits.isEmpty, digits.count.isMultiple(of: 2) else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: digits.count, by: 2) {
+            guard let high = value(digits[index]), let low = value(digits[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        return bytes
+    }
+
     public static func < (lhs: SessionID, rhs: SessionID) -> Bool { lhs.rawValue < rhs.rawValue }
 }
 
@@ -128,7 +221,7 @@ public struct SnapshotLabel: Hashable, Sendable, CustomStringConvertible {
 public enum SessionLayout {
     static let root = "sessions/"
 
-    public static func sessionPrefix(_ session: SessionID) -> String { "\(root)\(session.rawValue)/" }
+    public static func sessionPrefix(_ session: SessionID) -> String { "\(root)\(session.keyComponent)/" }
     public static func headKey(_ session: SessionID) -> String { sessionPrefix(session) + "head" }
     public static func snapshotsPrefix(_ session: SessionID) -> String { sessionPrefix(session) + "snapshots/" }
 
@@ -171,8 +264,7 @@ public enum SessionLayout {
     static func sessionIDs(in keys: [String]) -> [SessionID] {
         var seen = Set<SessionID>()
         for key in keys where key.hasPrefix(root) {
-            let rest = key.dropFirst(root.count)
-            if let slash = rest.firstIndex(of: "/"), let id = SessionID(String(rest[..<slash])) { seen.insert(id) }
+            if let id = SessionID.keyed(key.dropFirst(root.count)) { seen.insert(id) }
         }
         return seen.sorted()
     }

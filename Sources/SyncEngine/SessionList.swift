@@ -26,7 +26,7 @@ public enum SessionList {
         var seen = Set<SessionID>()
         var ids: [SessionID] = []
         for (place, name) in names {
-            guard let id = SessionID(name) else { throw SessionListError("\(place): \"\(name)\" is not a valid session id") }
+            guard let id = SessionID(printed: name) else { throw SessionListError("\(place): \"\(name)\" is not a valid session id") }
             if seen.insert(id).inserted { ids.append(id) }
         }
         return ids

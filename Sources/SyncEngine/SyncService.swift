@@ -470,7 +470,7 @@ extension SyncService {
             var backlog = entry.uploadingChanges
             backlog.absorb(entry.waitingChanges)
             return SessionStatus(
-                sessionId: id.rawValue, state: state(of: entry, backlog: backlog),
+                sessionId: id.description, state: state(of: entry, backlog: backlog),
                 lastSnapshot: entry.lastCommit.map { "\($0.snapshot)" },
                 lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: backlog.oldest.map { EngineMetrics.seconds(now - $0) } ?? 0,

@@ -17,6 +17,8 @@ public struct SyncAgentRunner: Sendable {
     /// Runs the program as the test process's own user (root in CI) rather than as `AgentUser`:
     /// only for a test that needs root, which says why.
     public var runsAsTestUser = false
+    /// A command the program runs under, which ends by executing its arguments (`setpriv …`, `unshare …`).
+    public var launcher: [String] = []
 
     public init(storeArguments: [String], environment: [String: String], logDirectory: String) {
         self.storeArguments = storeArguments
@@ -104,6 +106,9 @@ public struct SyncAgentRunner: Sendable {
         var (executable, programArguments) = (try Self.binaryPath, [subcommand] + storeArguments + arguments)
         if let umask {
             (executable, programArguments) = ("/bin/sh", ["-c", #"umask "$0" && exec "$@""#, String(umask, radix: 8), executable] + programArguments)
+        }
+        if let command = launcher.first {
+            (executable, programArguments) = (command, launcher.dropFirst() + [executable] + programArguments)
         }
         if !runsAsTestUser {
             for path in Self.pathsOwned(in: programArguments) { try AgentUser.handOver(path) }

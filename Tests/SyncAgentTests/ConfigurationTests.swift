@@ -1,0 +1,158 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// Settings as users get them wrong, the real binary on a local store: one line naming the
+/// flag or variable, the documented exit code, and nothing written.
+@Suite("configuration")
+struct ConfigurationTests {
+    struct BadValue: Sendable, CustomTestStringConvertible {
+        var subcommand: String
+        var arguments: [String] = []
+        var environment: [String: String] = [:]
+        /// What the one line must name.
+        var named: String
+        var testDescription: String { "\(subcommand) \(arguments.joined(separator: " ")) \(environment)" }
+    }
+
+    /// Durations that overflowed crashed the agent (SIGILL, no message); times that are not
+    /// finite were taken for times.
+    static let badValues: [BadValue] = [
+        .init(subcommand: "watch", arguments: ["--max-delay", "99999999999999w"], named: "--max-delay"),
+        .init(subcommand: "watch", arguments: ["--max-delay=-5s"], named: "--max-delay"),
+        .init(subcommand: "watch", arguments: ["--max-delay", "0"], named: "--max-delay"),
+        .init(subcommand: "watch", arguments: ["--quiet-period", "99999999999999999999ms"], named: "--quiet-period"),
+        .init(subcommand: "watch", arguments: ["--shutdown-timeout", "1e9"], named: "--shutdown-timeout"),
+        .init(subcommand: "watch", arguments: ["--store-probe-interval", "0s"], named: "--store-probe-interval"),
+        .init(subcommand: "watch", arguments: ["--prune-every", "9999999999999d"], named: "--prune-every"),
+        .init(subcommand: "watch", environment: ["GRACEFUL_SHUTDOWN_TIMEOUT": "99999999999999999"], named: "GRACEFUL_SHUTDOWN_TIMEOUT"),
+        .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "-1"], named: "SESSION_BACKUP_INTERVAL"),
+        .init(subcommand: "watch", environment: ["SYNC_AGENT_PRUNE_EVERY": "999999999999999w"], named: "SYNC_AGENT_PRUNE_EVERY"),
+        .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "5s\nFAKE line"], named: "SESSION_BACKUP_INTERVAL"),
+        .init(subcommand: "watch", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
+        .init(subcommand: "backup", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
+        .init(subcommand: "prune", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
+        .init(subcommand: "prune", environment: ["SYNC_AGENT_KEEP_WITHIN": "-7d"], named: "SYNC_AGENT_KEEP_WITHIN"),
+        .init(subcommand: "prune", environment: ["SYNC_AGENT_KEEP_LAST": "0"], named: "SYNC_AGENT_KEEP_LAST"),
+        .init(subcommand: "restore", arguments: ["--all", "--at", "@nan"], named: "--at"),
+        .init(subcommand: "restore", arguments: ["--all", "--at", "@inf"], named: "--at"),
+        .init(subcommand: "restore", arguments: ["--all", "--at", "@1e308"], named: "--at"),
+        .init(subcommand: "restore", arguments: ["--all", "--at", "@-1"], named: "--at"),
+        .init(subcommand: "restore", arguments: ["--all", "--at", "2026-11-22\nFAKE line"], named: "--at"),
+    ]
+
+    @Test(arguments: badValues)
+    func aBadValueIsOneLineAndExit64(_ bad: BadValue) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = workspace.directory.file("store")
+        var runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        runner.environment = bad.environment
+        let result = try await runner.run(
+            bad.subcommand, ["--sessions-dir", workspace.sessions] + (bad.subcommand == "watch" ? ["--no-listen"] : []) + bad.arguments)
+        #expect(result.termination == .exited(64), "\(result.standardError)")
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("Error: \(bad.named) "), "\(result.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
+    }
+
+    /// An empty key variable is a secret that did not arrive: it fell back to the local store's
+    /// own key, so the snapshots were encrypted with a key nobody else had.
+    @Test(arguments: ["", " "])
+    func anEmptyKeyVariableIsRefused(_ value: String) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = workspace.directory.file("store")
+        var runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        runner.environment = ["SESSION_ENCRYPTION_KEY": value]
+        let result = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
+        #expect(result.termination == .exited(1), "\(result.standardError)")
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].contains("SESSION_ENCRYPTION_KEY is set but empty"), "\(result.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
+    }
+
+    static let readOnlyCommands: [[String]] = [
+        ["restore", "--all"], ["verify", "--all"], ["snapshots"], ["status", "--agent", "http://127.0.0.1:1", "--log-level", "error"],
+    ]
+
+    /// A mistyped --local-store: the read-only commands created it and a new key, then reported
+    /// success with nothing done.
+    @Test(arguments: readOnlyCommands)
+    func aReadOnlyCommandOnAMissingStoreFails(_ command: [String]) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = workspace.directory.file("mistyped/store")
+        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        let result = try await runner.run(command[0], ["--sessions-dir", workspace.freshDirectory()] + command.dropFirst())
+        #expect(result.termination == .exited(1), "\(result.standardError)")
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].contains("no local store at \(store)"), "\(result.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: workspace.directory.file("mistyped")), "the store was created")
+    }
+
+    enum ReadOnlyStore: String, CaseIterable, Sendable {
+        /// The store's directories and files `chmod a-w`, the agent an unprivileged user.
+        case permissions
+        /// A read-only bind mount of the store, in a mount namespace of the agent's own.
+        case mount
+    }
+
+    /// The read-only commands work on a store they cannot write, and change nothing there.
+    @Test(arguments: ReadOnlyStore.allCases)
+    func readOnlyCommandsWorkOnAReadOnlyStore(_ kind: ReadOnlyStore) async throws {
+        let workspace = try Workspace(sessions: ["small", "medium"])
+        let store = workspace.directory.file("store")
+        var runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
+        #expect(backup.termination == .exited(0), "\(backup.standardError)")
+        let restored = try workspace.freshDirectory()
+        let unprivileged = "65534"
+        switch kind {
+        case .permissions:
+            // Root ignores permissions: the agent runs as nobody, owning the read-only store.
+            try await runProgram("/bin/chmod", ["o+x", workspace.directory.path])
+            try await runProgram("/bin/chown", ["-R", "\(unprivileged):\(unprivileged)", store, restored])
+            try await runProgram("/bin/chmod", ["-R", "a-w", store])
+            runner.launcher = ["/usr/bin/setpriv", "--reuid=\(unprivileged)", "--regid=\(unprivileged)", "--clear-groups"]
+        case .mount:
+            runner.launcher = [
+                "/usr/bin/unshare", "--mount", "/bin/sh", "-c",
+                #"mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@""#, store,
+            ]
+        }
+        let before = try storeListing(store)
+        for command in Self.readOnlyCommands {
+            let result = try await runner.run(command[0], ["--sessions-dir", restored] + command.dropFirst())
+            #expect(result.termination == .exited(0), "\(command): \(result.standardError)")
+        }
+        try expectSameTree(restored, workspace.sessions)
+        #expect(try storeListing(store) == before, "the store changed")
+    }
+
+    /// Two first starts at once both use one key: the loser of the race could read the key
+    /// file before the winner had written it, and failed.
+    @Test func twoFirstStartsAgreeOnTheLocalKey() async throws {
+        let workspace = try Workspace(sessions: ["small", "medium"])
+        for round in 0..<20 {
+            let store = workspace.directory.file("store-\(round)")
+            let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+            let racing = try ["small", "medium"].map { session in
+                try runner.start("backup", ["--sessions-dir", workspace.sessions, "--log-level", "error", session])
+            }
+            for backup in racing {
+                #expect(try await backup.waitForExit() == .exited(0), "\(backup.standardError)")
+            }
+            let restored = try workspace.freshDirectory()
+            try await runner.restore(into: restored)
+            try expectSameTree(restored, workspace.sessions)
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: store).filter { $0.hasPrefix(".sync-agent-key.") }
+            #expect(leftovers.isEmpty, "\(leftovers)")
+        }
+    }
+
+    /// Every file and directory of the store with its size and modification time.
+    private func storeListing(_ root: String) throws -> [String] {
+        try FileManager.default.subpathsOfDirectory(atPath: root).sorted().map { path in
+            let attributes = try FileManager.default.attributesOfItem(atPath: "\(root)/\(path)")
+            return "\(path) \(attributes[.size] ?? 0) \(attributes[.modificationDate] ?? "")"
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import SessionArchive
+@testable import SyncEngine
+import TestSupport
+import Testing
+
+/// Session ids of any name a directory can have, in keys and in print.
+@Suite("Session ids")
+struct SessionIDTests {
+    @Test func namesOfTodaysSafeSetKeepTheirKeys() throws {
+        for name in ["4915112345678", "alice@s.whatsapp.net", "a+b=c_d-e.f", String(repeating: "z", count: 200)] {
+            let id = try #require(SessionID(name))
+            #expect(SessionLayout.headKey(id) == "sessions/\(name)/head")
+            #expect(id.description == name)
+        }
+    }
+
+    @Test(arguments: [
+        "", ".hidden", ".x.sync-agent-staging-0123456789abcdef", "a/b", "a\u{0}b", String(repeating: "z", count: 256),
+        String(repeating: "é", count: 128),
+    ])
+    func namesNoSessionDirectoryCanHaveAreRefused(_ name: String) {
+        #expect(SessionID(name) == nil)
+    }
+
+    /// Random names of 1 to 255 bytes, UTF-8 or not: each one's key lists back to it, its
+    /// printed spelling reads back to it and is printable, and no session's keys fall under
+    /// another's prefix.
+    @Test(arguments: 1...4)
+    func everyNameHasOneKeyAndOneSpellingThatReadBack(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        var ids: [SessionID] = []
+        for _ in 0..<300 {
+            var bytes = (0..<Int.random(in: 1...255, using: &random)).map { _ in UInt8.random(in: 1...255, using: &random) }
+            bytes = bytes.map { $0 == UInt8(ascii: "/") ? UInt8(ascii: "~") : $0 }
+            if bytes[0] == UInt8(ascii: ".") { bytes[0] = UInt8(ascii: "s") }
+            let id = try #require(SessionID(FileName.decode(bytes)))
+            #expect(FileName.bytes(of: id.rawValue) == bytes)
+            #expect(SessionLayout.sessionIDs(in: [SessionLayout.headKey(id), SessionLayout.snapshotsPrefix(id) + "x"]) == [id])
+            #expect(SessionID(printed: id.description) == id)
+            #expect(!id.description.unicodeScalars.contains { $0.value < 0x20 || $0.value >= 0x10FF80 })
+            let key = SessionLayout.headKey(id)
+            #expect(key.utf8.allSatisfy { (0x21...0x7E).contains($0) }, "\(key)")
+            #expect(key.split(separator: "/").allSatisfy { $0.utf8.count <= 255 }, "\(key)")
+            ids.append(id)
+        }
+        ids += ["a", "~", "~61", "x~"].compactMap { SessionID($0) }
+        for first in ids {
+            for second in ids where first != second {
+                #expect(!SessionLayout.sessionPrefix(second).hasPrefix(SessionLayout.sessionPrefix(first)))
+            }
+        }
+    }
+
+    /// Keys another writer could make for a session in another spelling (an unsafe name as it
+    /// is, a safe one in hex, other chunks) are not sessions: one session, one key.
+    @Test func onlyTheWritersSpellingIsListed() {
+        #expect(SessionLayout.sessionIDs(in: ["sessions/a b/head", "sessions/~61/head", "sessions/~6~/~62/head", "sessions/~6/head"]) == [])
+        #expect(SessionLayout.sessionIDs(in: ["sessions/~6120/head", "sessions/a/head"]).map(\.rawValue) == ["a", "a "])
+    }
+
+    @Test func unprintableNamesAreSpelledInHex() throws {
+        #expect(try #require(SessionID("x\nFAKE line")).description == "~780a46414b45206c696e65")
+        #expect(try #require(SessionID(" lead")).description == "~206c656164")
+        #expect(try #require(SessionID("~tilde")).description == "~7e74696c6465")
+        #expect(try #require(SessionID("a\\b")).description == "~615c62")
+        #expect(try #require(SessionID("naïve name")).description == "naïve name")
+        #expect(SessionID(printed: "~7e74696c6465")?.rawValue == "~tilde")
+        #expect(SessionID(printed: "~tilde") == nil)
+        #expect(SessionID(printed: "~780A") == nil)
+        #expect(SessionID(printed: " lead") == nil)
+    }
+}
