@@ -137,7 +137,15 @@ struct CrashLoopTests {
         // How each kill left the directory, and which working directories it left beside it.
         var outcomes: [String: Int] = [:]
         var now = newState
-        for kill in 1...kills {
+        // Past the planned kills, while none has seen the new state yet (a loaded machine makes
+        // every run slower than the shortest one measured), kills come ever later until one does.
+        var lateKills = 0
+        for kill in 1... {
+            let isLate = kill > kills
+            if isLate {
+                guard !outcomes.keys.contains(where: { $0.hasPrefix("new") }), lateKills < 12 else { break }
+                lateKills += 1
+            }
             if now == newState {
                 try FileManager.default.removeItem(atPath: session)
                 try materialize(oldFiles, at: session, fileMode: 0o644, directoryMode: 0o755)
@@ -147,11 +155,12 @@ struct CrashLoopTests {
             // Every other kill lands in the last part of the run, where the staging directory is
             // sealed, exchanged with the target and the old contents removed: milliseconds that
             // delays spread over the whole run would seldom hit.
-            let share = kill.isMultiple(of: 2)
+            let share = isLate ? 1.2 * Double(1 + lateKills)
+                : kill.isMultiple(of: 2)
                 ? Double.random(in: 0...1.2, using: &random) : Double.random(in: 0.7...1.05, using: &random)
             try await Task.sleep(for: runTime * share)
             try await restore.kill()
-            let context = "kill \(kill) of \(kills) at \(share) of the run (seed \(Self.seed)): \(restore.standardError)"
+            let context = "kill \(kill) of \(kills)\(isLate ? " (late)" : "") at \(share) of the run (seed \(Self.seed)): \(restore.standardError)"
 
             try #require(FileManager.default.fileExists(atPath: session), "the directory is gone: \(context)")
             now = try DirectoryState(session)
@@ -175,7 +184,7 @@ struct CrashLoopTests {
         let report = outcomes.sorted { $0.key < $1.key }.map { "\($0.value)× \($0.key)" }.joined(separator: ", ")
         // Both states were seen after a kill, or the kills missed the swap.
         #expect(outcomes.keys.contains { $0.hasPrefix("old") } && outcomes.keys.contains { $0.hasPrefix("new") }, "\(report)")
-        print("restore crash loop: \(kills) kills over a \(runTime) run: \(report)")
+        print("restore crash loop: \(kills) kills and \(lateKills) late over a \(runTime) run: \(report)")
     }
 
     private static func environment(_ name: String) -> String? { ProcessInfo.processInfo.environment[name] }
