@@ -427,6 +427,7 @@ extension WatchEvent {
         case removed(String)
         case rescan(RescanReason)
         case watchFailed
+        case unwatched(Set<String>)
     }
 
     var reported: Reported {
@@ -435,6 +436,7 @@ extension WatchEvent {
         case .sessionRemoved(let session): .removed(session)
         case .rescanNeeded(let reason): .rescan(reason)
         case .watchFailed: .watchFailed
+        case .unwatched(let sessions, _): .unwatched(sessions)
         }
     }
 }
