@@ -63,6 +63,7 @@ struct SyncServiceTests {
         store.isDown = true
         try makeSession("s1", files: ["creds.json": "{\"a\":1}"])
         let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        defer { running.cancel() }
         try await waitFor(sync, "s1", "failing") { $0.state == .failing }
         try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s1")
         try await Task.sleep(for: .milliseconds(300))
@@ -81,6 +82,7 @@ struct SyncServiceTests {
         #expect(FileManager.default.createFile(atPath: large, contents: nil))
         #expect(truncate(large, 65 << 20) == 0)
         let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        defer { running.cancel() }
         try await waitFor(sync, "s1", "partial") { $0.state == .partial }
         let first = await sync.status()[0]
         #expect(first.skippedFiles == [SkippedFile(name: "media.bin", reason: "larger than the 64 MiB limit")])
@@ -94,6 +96,57 @@ struct SyncServiceTests {
         #expect(!report.isComplete)
     }
 
+    @Test func changesToSessionsPastTheWatchLimitAreUploadedAndTheirSessionsShownUnwatched() async throws {
+        let sync = service { $0.watcher.watchLimit = 3 }
+        for session in ["s1", "s2", "s3", "s4"] { try makeSession(session, files: ["creds.json": "{\"a\":1}"]) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s4", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        #expect(await sync.status().map(\.watched) == [true, true, false, false])
+        #expect(await sync.readiness().reason.contains("2 session(s) without an inotify watch"))
+        let uploaded = await sync.status()[3].lastSnapshot
+
+        try makeSession("s4", files: ["creds.json": "{\"a\":2}"])
+        try await waitFor(sync, "s4", "uploaded again") { $0.lastSnapshot != uploaded }
+        // Written just before the stop: the stop's last comparison takes it.
+        try makeSession("s3", files: ["creds.json": "{\"a\":3}"])
+        running.cancel()
+        #expect(try await running.value.isComplete)
+        let restored = workspace.file("restored")
+        try FileManager.default.createDirectory(atPath: restored, withIntermediateDirectories: true)
+        _ = try await SessionRestorer(sessionStore: sessionStore).restore(SessionID("s3")!, into: restored)
+        #expect(try String(contentsOfFile: "\(restored)/s3/creds.json", encoding: .utf8) == "{\"a\":3}")
+    }
+
+    @Test func aSymlinkedSessionAndANameThatCannotBeASessionIdAreShownRefused() async throws {
+        let sync = service()
+        try makeSession("s1", files: ["creds.json": "{}"])
+        let elsewhere = workspace.file("elsewhere")
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s2", withDestinationPath: elsewhere)
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s2", "refused") { $0.state == .refused && $0.refusal == .symlink }
+        // One made while the agent runs is found too.
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s3", withDestinationPath: "\(sessionsRoot)/s1")
+        try await waitFor(sync, "s3", "refused") { $0.state == .refused && $0.refusal == .symlink }
+        try makeSession("bad name", files: ["creds.json": "{}"])
+        try await waitFor(sync, "bad name", "refused") { $0.state == .refused && $0.refusal == .invalidName }
+        let readiness = await sync.readiness()
+        #expect(readiness.isReady)
+        #expect(readiness.reason.contains("3 session(s) not backed up: bad name (invalid_name), s2 (symlink), s3 (symlink)"))
+
+        try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s3")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while await sync.status().contains(where: { $0.sessionId == "s3" }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        running.cancel()
+        let report = try await running.value
+        #expect(report.refused.map(\.name) == ["bad name", "s2"])
+        #expect(!report.isComplete)
+    }
+
     @Test func aFileStillMidWriteAtShutdownNamesItsSessionAsUnflushed() async throws {
         // The retry of the file mid-write would come after a quiet period: longer than the test.
         let sync = service {
@@ -102,6 +155,7 @@ struct SyncServiceTests {
         }
         try makeSession("s1", files: ["creds.json": "{\"noiseKey\":", "pre-key-1.json": "{}"])
         let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        defer { running.cancel() }
         try await waitFor(sync, "s1", "uploaded") { $0.lastSnapshot != nil }
         running.cancel()
         let report = try await running.value
