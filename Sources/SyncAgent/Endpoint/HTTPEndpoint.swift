@@ -89,7 +89,9 @@ final class HTTPEndpoint: Sendable {
             let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                // At the TCP level: `.socketOption` is SOL_SOCKET, where TCP_NODELAY's number is
+                // SO_DEBUG, which needs CAP_NET_ADMIN (an agent not root died at its first request).
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .bind(host: address.host, port: address.port) { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
