@@ -14,6 +14,8 @@ public struct SyncAgentRunner: Sendable {
     public let logDirectory: String
     /// The umask the program starts with (through /bin/sh), when not the test process's own.
     public var umask: mode_t?
+    /// A command the program runs under, which ends by executing its arguments (`setpriv …`, `unshare …`).
+    public var launcher: [String] = []
 
     public init(storeArguments: [String], environment: [String: String], logDirectory: String) {
         self.storeArguments = storeArguments
@@ -100,6 +102,9 @@ public struct SyncAgentRunner: Sendable {
         var (executable, programArguments) = (try Self.binaryPath, [subcommand] + storeArguments + arguments)
         if let umask {
             (executable, programArguments) = ("/bin/sh", ["-c", #"umask "$0" && exec "$@""#, String(umask, radix: 8), executable] + programArguments)
+        }
+        if let command = launcher.first {
+            (executable, programArguments) = (command, launcher.dropFirst() + [executable] + programArguments)
         }
         return try ChildProcess(
             executable, programArguments, environment: Self.cleanEnvironment(environment),
