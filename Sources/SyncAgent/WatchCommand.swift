@@ -20,8 +20,9 @@ struct WatchCommand: AsyncParsableCommand {
             (over 64 MiB, unreadable), naming them.
 
             The endpoint (--listen) serves /healthz, /readyz (200 once the start-up comparison is
-            done and the store answers, 503 with the reason otherwise), /metrics (Prometheus)
-            and /sessions (JSON, one entry per session). It binds before anything else happens:
+            done and the store answers, naming what is not backed up; 503 with the reason
+            otherwise), /metrics (Prometheus) and /sessions (JSON, one entry per session, refused
+            ones included). It binds before anything else happens:
             a bad address or a port in use stops the agent at once.
             """)
 

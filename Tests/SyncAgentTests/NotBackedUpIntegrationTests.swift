@@ -52,6 +52,27 @@ struct NotBackedUpIntegrationTests {
         #expect(!FileManager.default.fileExists(atPath: "\(restored)/small/app-state-sync-key-locked.json"))
     }
 
+    @Test func aSessionDirectoryTheAgentMayNotReadIsRefusedUntilItsModeIsFixed() async throws {
+        let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["medium": "locked"])
+        var runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
+        runner.launcher = ["/usr/bin/setpriv", "--reuid=\(Self.nobody)", "--regid=\(Self.nobody)", "--clear-groups"]
+        try FileManager.default.createDirectory(atPath: workspace.directory.file("store"), withIntermediateDirectories: false)
+        try chownTree(workspace.directory.path, to: Self.nobody)
+        #expect(chmod(workspace.session("locked"), 0) == 0)
+
+        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s"])
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+        let endpoint = try await agent.endpoint()
+        let sessions = try await httpGet("\(endpoint)/sessions").body
+        #expect(sessions.contains(#""refusal":"unreadable","sessionId":"locked""#), "\(sessions)")
+        #expect(metric(try await httpGet("\(endpoint)/metrics").body, #"sync_agent_refused_sessions{reason="unreadable"}"#) == 1)
+
+        // Readable again: found within a max delay, and uploaded.
+        #expect(chmod(workspace.session("locked"), 0o700) == 0)
+        try await agent.waitForLog("] uploaded", count: 2)
+        #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
+    }
+
     @Test func aSymlinkedSessionIsRefusedVisiblyAndTheAgentExitsNonZero() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let elsewhere = try workspace.freshDirectory()
