@@ -154,7 +154,8 @@ final class WatchLoop {
     private var debouncer: ChangeDebouncer
     /// Directories the watch limit left unwatched, compared every `maxDelay` instead.
     private var unwatched: UnwatchedDirectories
-    private var reportedUnwatched: Set<String> = []
+    /// The `unwatched.version` last reported.
+    private var reportedUnwatched = 0
     private var watchLimitError: WatcherError?
     private let emit: (WatchEvent) -> Void
     private let finish: () -> Void
@@ -180,6 +181,8 @@ final class WatchLoop {
             reconcile(WatchedDirectory(session: session), at: .now)
         }
         debouncer.discardAll()
+        // Set from the start, so a dashboard sees 0 rather than no series.
+        EngineMetrics.unwatchedDirectories(0)
         reportUnwatched()
         emit(.rescanNeeded(.started))
     }
@@ -209,7 +212,7 @@ final class WatchLoop {
             compare(unwatched.takeDue(at: .now), at: .now)
         }
         // What changed in unwatched directories since their last comparison is flushed too.
-        compare(unwatched.directories.sorted { $0.session < $1.session }, at: .now)
+        compare(unwatched.sorted, at: .now)
         report(debouncer.takeAll())
         finish()
     }
@@ -229,12 +232,12 @@ final class WatchLoop {
         }
     }
 
-    /// Tells the consumer when the set of unwatched sessions changed.
+    /// Tells the consumer when the unwatched directories changed.
     private func reportUnwatched() {
-        let sessions = unwatched.sessions
+        guard unwatched.version != reportedUnwatched else { return }
+        reportedUnwatched = unwatched.version
         EngineMetrics.unwatchedDirectories(unwatched.directories.count)
-        guard sessions != reportedUnwatched else { return }
-        reportedUnwatched = sessions
+        let sessions = unwatched.sessions
         emit(.unwatched(sessions: sessions, cause: sessions.isEmpty ? nil : watchLimitError))
     }
 

@@ -6,6 +6,8 @@ struct UnwatchedDirectories {
     private(set) var directories: Set<WatchedDirectory> = []
     /// When the next comparison is due; nil while every directory is watched.
     private(set) var nextPoll: ContinuousClock.Instant?
+    /// Counts the changes of `directories`, so a caller can tell cheaply whether the set moved.
+    private(set) var version = 0
 
     init(interval: Duration) {
         self.interval = interval
@@ -15,13 +17,13 @@ struct UnwatchedDirectories {
     var sessions: Set<String> { Set(directories.map(\.session)) }
 
     mutating func failed(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
-        directories.insert(directory)
+        if directories.insert(directory).inserted { version += 1 }
         if nextPoll == nil { nextPoll = now + interval }
     }
 
     /// `directory` is watched now, or gone.
     mutating func resolved(_ directory: WatchedDirectory) {
-        directories.remove(directory)
+        if directories.remove(directory) != nil { version += 1 }
         if directories.isEmpty { nextPoll = nil }
     }
 
@@ -35,6 +37,11 @@ struct UnwatchedDirectories {
     mutating func takeDue(at now: ContinuousClock.Instant) -> [WatchedDirectory] {
         guard let nextPoll, nextPoll <= now else { return [] }
         self.nextPoll = now + interval
-        return directories.sorted { ($0.session, $0.subdirectory ?? "") < ($1.session, $1.subdirectory ?? "") }
+        return sorted
+    }
+
+    /// Every unwatched directory, sorted (a comparison at shutdown takes them all).
+    var sorted: [WatchedDirectory] {
+        directories.sorted { ($0.session, $0.subdirectory ?? "") < ($1.session, $1.subdirectory ?? "") }
     }
 }
