@@ -302,8 +302,11 @@ public actor SessionReplicator {
         try await load(current)
     }
 
+    /// Not while a file of the state is skipped: a base must hold it, so every attempt would read
+    /// and compress the whole session only to fall back to a delta. The chain grows until it can be read.
     private var compactionDue: Bool {
-        deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
+        guard !skipped.keys.contains(where: { state[$0] != nil }) else { return false }
+        return deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
     }
 
     /// Deletes what the retention policy no longer keeps. Best effort: a failure leaves extra
