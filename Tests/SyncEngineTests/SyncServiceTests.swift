@@ -39,9 +39,11 @@ struct SyncServiceTests {
         for (file, text) in files { try Data(text.utf8).write(to: URL(fileURLWithPath: "\(sessionsRoot)/\(name)/\(file)")) }
     }
 
-    /// Polls the service until `condition` holds for the session's status.
+    /// Polls the service until `condition` holds for the session's status. The engine shares Swift's
+    /// pool with every other test of the run, which two loaded cores can hold up for many seconds:
+    /// the timeout only bounds a failing test, so it is long.
     func waitFor(
-        _ service: SyncService, _ session: String, _ what: String, timeout: Duration = .seconds(10),
+        _ service: SyncService, _ session: String, _ what: String, timeout: Duration = .seconds(60),
         _ condition: (SessionStatus) -> Bool
     ) async throws {
         let deadline = ContinuousClock.now + timeout
@@ -62,14 +64,14 @@ struct SyncServiceTests {
         }
         store.isDown = true
         try makeSession("s1", files: ["creds.json": "{\"a\":1}"])
-        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
         try await waitFor(sync, "s1", "failing") { $0.state == .failing }
         try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s1")
         try await Task.sleep(for: .milliseconds(300))
         store.isDown = false
         try makeSession("s1", files: ["creds.json": "{\"a\":2}"])
-        try await waitFor(sync, "s1", "synced", timeout: .seconds(3)) { $0.state == .synced && $0.lastSnapshot != nil }
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
         running.cancel()
         _ = try await running.value
     }
@@ -81,7 +83,7 @@ struct SyncServiceTests {
         let large = "\(sessionsRoot)/s1/media.bin"
         #expect(FileManager.default.createFile(atPath: large, contents: nil))
         #expect(truncate(large, 65 << 20) == 0)
-        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
         try await waitFor(sync, "s1", "partial") { $0.state == .partial }
         let first = await sync.status()[0]
@@ -99,9 +101,11 @@ struct SyncServiceTests {
     @Test func changesToSessionsPastTheWatchLimitAreUploadedAndTheirSessionsShownUnwatched() async throws {
         let sync = service { $0.watcher.watchLimit = 3 }
         for session in ["s1", "s2", "s3", "s4"] { try makeSession(session, files: ["creds.json": "{\"a\":1}"]) }
-        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
-        try await waitFor(sync, "s4", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        for session in ["s1", "s2", "s3", "s4"] {
+            try await waitFor(sync, session, "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        }
         #expect(await sync.status().map(\.watched) == [true, true, false, false])
         #expect(await sync.readiness().reason.contains("2 session(s) without an inotify watch"))
         let uploaded = await sync.status()[3].lastSnapshot
@@ -124,7 +128,7 @@ struct SyncServiceTests {
         let elsewhere = workspace.file("elsewhere")
         try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s2", withDestinationPath: elsewhere)
-        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
         try await waitFor(sync, "s2", "refused") { $0.state == .refused && $0.refusal == .symlink }
         // One made while the agent runs is found too.
@@ -132,12 +136,13 @@ struct SyncServiceTests {
         try await waitFor(sync, "s3", "refused") { $0.state == .refused && $0.refusal == .symlink }
         try makeSession("bad name", files: ["creds.json": "{}"])
         try await waitFor(sync, "bad name", "refused") { $0.state == .refused && $0.refusal == .invalidName }
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced }
         let readiness = await sync.readiness()
         #expect(readiness.isReady)
         #expect(readiness.reason.contains("3 session(s) not backed up: bad name (invalid_name), s2 (symlink), s3 (symlink)"))
 
         try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s3")
-        let deadline = ContinuousClock.now + .seconds(10)
+        let deadline = ContinuousClock.now + .seconds(60)
         while await sync.status().contains(where: { $0.sessionId == "s3" }), ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -154,7 +159,7 @@ struct SyncServiceTests {
             $0.watcher.maxDelay = .seconds(30)
         }
         try makeSession("s1", files: ["creds.json": "{\"noiseKey\":", "pre-key-1.json": "{}"])
-        let running = Task { try await sync.run(shutdownTimeout: .seconds(5)) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
         try await waitFor(sync, "s1", "uploaded") { $0.lastSnapshot != nil }
         running.cancel()
