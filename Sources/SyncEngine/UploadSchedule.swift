@@ -75,8 +75,9 @@ struct UploadSchedule: Equatable {
                 // Pending until a later upload takes them: named at shutdown if none does.
                 let changesWaiting = pending
                 pending = true
-                if stopping { return .idle }
-                return changesWaiting ? .queue : wait(until: now + unsettledRetryDelay, .unsettled)
+                // Changes that came during the upload run now, at shutdown too; the files mid-write alone wait.
+                if changesWaiting { return .queue }
+                return stopping ? .idle : wait(until: now + unsettledRetryDelay, .unsettled)
             }
             return pending ? .queue : .idle
         }

@@ -106,6 +106,16 @@ struct UploadScheduleTests {
         #expect(decision19 == .idle)
         #expect(!midWrite.isSettled)
 
+        // Changes that came while the last upload ran still run once.
+        var changedDuringTheLastUpload = UploadSchedule()
+        _ = changedDuringTheLastUpload.changed()
+        changedDuringTheLastUpload.started()
+        let queuedAtStop = changedDuringTheLastUpload.stop()
+        #expect(!queuedAtStop)
+        _ = changedDuringTheLastUpload.changed()
+        let lastRun = changedDuringTheLastUpload.finished(.succeeded(unsettled: true), at: at(20), unsettledRetryDelay: quiet)
+        #expect(lastRun == .queue)
+
         var settled = UploadSchedule()
         let decision20 = settled.stop()
         #expect(!decision20)
