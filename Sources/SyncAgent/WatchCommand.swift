@@ -129,7 +129,10 @@ struct WatchCommand: AsyncParsableCommand {
         services.append(sidecar)
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
-        guard let report = await sidecar.outcome.report else { return }
+        guard let report = await sidecar.outcome.report else {
+            logger.error("stopped before the engine said what it uploaded")
+            throw ExitCode(1)
+        }
         guard report.isComplete else {
             if !report.unflushed.isEmpty {
                 logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(report.unflushed.map(\.rawValue))"])
