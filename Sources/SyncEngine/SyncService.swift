@@ -164,6 +164,12 @@ public actor SyncService {
             let found = rescan()
             if reason == .started { startupComparison = found }
         case .watchFailed(let error):
+            // A directory the agent may not read is a refused session, said once by the survey;
+            // comparing every session again would find nothing new (one rescan per such directory).
+            if case .system("inotify_add_watch", EACCES) = error.reason {
+                _ = try? survey()
+                return
+            }
             logger.error("watching failed; rescanning", metadata: ["error": "\(error)"])
             EngineMetrics.rescan("watch_failed")
             rescan()

@@ -65,6 +65,9 @@ struct NotBackedUpIntegrationTests {
         let endpoint = try await agent.endpoint()
         let sessions = try await httpGet("\(endpoint)/sessions").body
         #expect(sessions.contains(#""refusal":"unreadable","sessionId":"locked""#), "\(sessions)")
+        // Said once, as a refusal: no error, and no comparison of every session, for its watch.
+        #expect(agent.logLines.filter { $0.contains("locked") }.count == 1, "\(agent.log)")
+        #expect(!agent.log.contains("watching failed"), "\(agent.log)")
         #expect(metric(try await httpGet("\(endpoint)/metrics").body, #"sync_agent_refused_sessions{reason="unreadable"}"#) == 1)
 
         // Readable again: found within a max delay, and uploaded.
