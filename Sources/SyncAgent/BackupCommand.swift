@@ -41,6 +41,14 @@ struct BackupCommand: AsyncParsableCommand {
             do {
                 let result = try await replicator.sync(forceBase: true)
                 try await opened.mirror?.mirror(id)
+                let skipped = await replicator.skippedFiles
+                if !skipped.isEmpty {
+                    // A backup that exits 0 must hold the whole directory.
+                    let files = skipped.map { "\($0.name) (\($0.reason))" }.joined(separator: ", ")
+                    report.failed.append(.init(sessionId: id.rawValue, error: "files not backed up: \(files)"))
+                    logger.error("backed up without files it cannot take", metadata: ["session": "\(id)", "files": "\(files)"])
+                    continue
+                }
                 switch result {
                 case .uploaded(let snapshot, _, _, let unsettled) where !unsettled.isEmpty:
                     // Committed, but holding an earlier version of these files or none at all: a

@@ -15,11 +15,14 @@ struct WatchCommand: AsyncParsableCommand {
             Durations take a unit (250ms, 5s, 1m); a bare number is milliseconds, as in the
             environment variables. On SIGTERM or SIGINT the agent stops taking events, flushes
             every pending change within --shutdown-timeout, and exits 0 when all were flushed,
-            otherwise 1 naming the sessions left.
+            otherwise 1 naming the sessions left; also 1 when sessions were refused (symbolic
+            links, names that cannot be session ids, unreadable directories) or files left out
+            (over 64 MiB, unreadable), naming them.
 
             The endpoint (--listen) serves /healthz, /readyz (200 once the start-up comparison is
-            done and the store answers, 503 with the reason otherwise), /metrics (Prometheus)
-            and /sessions (JSON, one entry per session). It binds before anything else happens:
+            done and the store answers, naming what is not backed up; 503 with the reason
+            otherwise), /metrics (Prometheus) and /sessions (JSON, one entry per session, refused
+            ones included). It binds before anything else happens:
             a bad address or a port in use stops the agent at once.
             """)
 
@@ -124,9 +127,24 @@ struct WatchCommand: AsyncParsableCommand {
         services.append(sidecar)
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
-        let unflushed = await sidecar.outcome.unflushed
-        guard unflushed.isEmpty else {
-            logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(unflushed.map(\.rawValue))"])
+        guard let report = await sidecar.outcome.report else {
+            logger.error("stopped before the engine said what it uploaded")
+            throw ExitCode(1)
+        }
+        guard report.isComplete else {
+            if !report.unflushed.isEmpty {
+                logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(report.unflushed.map(\.rawValue))"])
+            }
+            if !report.refused.isEmpty {
+                logger.error("stopped with sessions not backed up", metadata: [
+                    "sessions": "\(report.refused.map { "\($0.name) (\($0.refusal.rawValue))" })",
+                ])
+            }
+            for (id, files) in report.skippedFiles.sorted(by: { $0.key < $1.key }) {
+                logger.error("stopped with files not backed up", metadata: [
+                    "session": "\(id)", "files": "\(files.map { "\($0.name) (\($0.reason))" })",
+                ])
+            }
             throw ExitCode(1)
         }
         logger.info("stopped; every change uploaded")
@@ -137,8 +155,9 @@ struct WatchCommand: AsyncParsableCommand {
 /// cancels the watch, and the engine then flushes what is pending.
 struct SidecarService: Service {
     actor Outcome {
-        var unflushed: [SessionID] = []
-        func set(_ sessions: [SessionID]) { unflushed = sessions }
+        /// Nil until the engine stopped.
+        var report: ShutdownReport?
+        func set(_ report: ShutdownReport) { self.report = report }
     }
 
     let sync: SyncService

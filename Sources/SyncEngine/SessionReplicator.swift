@@ -51,6 +51,12 @@ public actor SessionReplicator {
     public private(set) var fencedBy: String?
     /// What the retention policy deleted after the last base, for `backup`'s summary.
     public private(set) var lastPrune: PruneOutcome?
+    /// Files the snapshots leave out (over the size limit, unreadable), by name: as the last sync
+    /// that looked at each found it. A sync of reported paths leaves the others as they were.
+    private var skipped: [String: SkippedFile] = [:]
+
+    /// The files left out, sorted by name.
+    public var skippedFiles: [SkippedFile] { skipped.keys.sorted().map { skipped[$0]! } }
 
     /// `claimsOwnership`: the sidecar claims its sessions (fencing any other writer); a
     /// scheduled `backup` beside it joins the current owner's generation instead, so the
@@ -201,6 +207,7 @@ public actor SessionReplicator {
                     session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
                     openSink: { spool })
             }
+            recordSkipped(outcome)
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
 
             let entry = SnapshotEntry(id: id, kind: kind, parentTag: previous?.tag, size: spool.size, lastModified: nil)
@@ -230,6 +237,15 @@ public actor SessionReplicator {
             }
             return .uploaded(id, kind, bytes: size, unsettled: outcome.unsettled)
         }
+    }
+
+    private func recordSkipped(_ outcome: SnapshotWriter.Outcome) {
+        if let examined = outcome.examined {
+            for name in examined { skipped[name] = nil }
+        } else {
+            skipped = [:]
+        }
+        skipped.merge(outcome.skipped) { $1 }
     }
 
     /// Records that the session directory is gone (logout), so no restore brings it back.
@@ -286,8 +302,11 @@ public actor SessionReplicator {
         try await load(current)
     }
 
+    /// Not while a file of the state is skipped: a base must hold it, so every attempt would read
+    /// and compress the whole session only to fall back to a delta. The chain grows until it can be read.
     private var compactionDue: Bool {
-        deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
+        guard !skipped.keys.contains(where: { state[$0] != nil }) else { return false }
+        return deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
     }
 
     /// Deletes what the retention policy no longer keeps. Best effort: a failure leaves extra

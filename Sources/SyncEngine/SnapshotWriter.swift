@@ -9,7 +9,9 @@ import SessionArchive
 /// Files are read one at a time and only when they may have changed (their fingerprint
 /// moved), so a delta costs what changed, and memory stays one file deep whatever the
 /// session's size. A file that is being written (unstable, or JSON that does not parse) is
-/// never captured: the snapshot keeps its previous good version and the caller retries.
+/// never captured: the snapshot keeps its previous good version and the caller retries. A file
+/// the agent cannot take (over the size limit, unreadable) is skipped the same way, and reported:
+/// the rest of its session is still backed up.
 struct SnapshotWriter {
     let keyring: Keyring
     let compressionLevel: Int
@@ -32,6 +34,10 @@ struct SnapshotWriter {
         var state: SessionState
         /// Files that could not be captured consistently this time.
         var unsettled: [String]
+        /// Files the agent cannot take, among those it looked at.
+        var skipped: [String: SkippedFile]
+        /// The files looked at, when only reported paths were; nil when the whole directory was.
+        var examined: [String]?
     }
 
     enum Failure: Error {
@@ -86,6 +92,7 @@ struct SnapshotWriter {
             }
         }
         var unsettled: [String] = []
+        var skipped: [String: SkippedFile] = [:]
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
         for (name, fingerprint) in candidates {
             let previousRecord = previous[name]
@@ -93,7 +100,23 @@ struct SnapshotWriter {
                 found(name, previousRecord)
                 continue
             }
-            switch try reader.read("\(directory)/\(name)") {
+            let read: StableRead
+            do {
+                read = try reader.read("\(directory)/\(name)")
+            } catch {
+                if let file = SkippedFile(name: name, error) {
+                    skipped[name] = file
+                    found(name, previousRecord)
+                    continue
+                }
+                // Not a regular file (any more): no part of the session, as a scan would find.
+                guard error.reason != .notRegularFile else {
+                    found(name, nil)
+                    continue
+                }
+                throw error
+            }
+            switch read {
             case .stable(let file):
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
@@ -111,13 +134,15 @@ struct SnapshotWriter {
                 found(name, nil)
             }
         }
-        if kind == .base, unsettled.contains(where: { previous[$0] != nil }) {
+        // A base holds every file of its state: one with a good version it cannot read again cannot be one.
+        if kind == .base, (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
+        let examined = readsReportedPaths ? candidates.map(\.name) : nil
         let state = readsReportedPaths ? previous.applying(reported) : scanned.build()
         let deleted = previous.names(absentFrom: state)
         if kind == .delta, included.count == 0, deleted.isEmpty {
-            return Outcome(manifest: nil, state: state, unsettled: unsettled)
+            return Outcome(manifest: nil, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
         }
 
         // A base's state is exactly its files: every file read whole went into the archive, and a
@@ -130,7 +155,7 @@ struct SnapshotWriter {
         try add(manifest, to: writer)
         try writer.finish()
         try archive!.encryption.finish()
-        return Outcome(manifest: manifest, state: state, unsettled: unsettled)
+        return Outcome(manifest: manifest, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
     }
 
     /// The manifest as the archive's last entry. A delta's manifest (a few files) fits one

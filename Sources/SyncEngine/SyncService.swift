@@ -39,17 +39,16 @@ public struct WatchSettings: Sendable {
 public actor SyncService {
     private struct Session {
         let replicator: SessionReplicator
-        /// Changed since its last upload started: needs (another) upload.
-        var pending = false
-        /// In `waiting`. Not the same as `pending`: a failed or unsettled upload leaves the
+        /// When its uploads run: pending, running, failures, the retry awaited.
+        var schedule = UploadSchedule()
+        /// In `waiting`. Not the same as pending: a failed or unsettled upload leaves the
         /// session pending but waiting for its retry, not queued.
         var queued = false
-        var running = false
         /// What the watcher reported since the running or last upload started; nil means the
         /// next upload compares the whole directory (first upload, rescans, after a failure).
         var changedPaths: Set<String>?
-        var failures = 0
-        var retry: Task<Void, Never>?
+        /// Sleeps until `schedule.retryAt`; cancelled whenever the schedule drops that retry.
+        var retryTimer: Task<Void, Never>?
         var fenced = false
         /// Changes no upload has taken yet, and those the running (or last failed) upload took.
         var waitingChanges = ChangeBacklog()
@@ -62,6 +61,8 @@ public actor SyncService {
         /// so a store that fails delays it (with the same backoff and SIGTERM flush) but never
         /// drops it.
         var loggedOut = false
+        /// Files its uploads leave out (too large, unreadable), as the replicator last reported them.
+        var skippedFiles: [SkippedFile] = []
     }
 
     /// What the store last said, by a probe or an upload.
@@ -92,6 +93,11 @@ public actor SyncService {
     /// the watcher's first scan.
     private var startupComparison: Set<SessionID>?
     private var storeHealth = StoreHealth.unknown
+    /// Names under the root that look like sessions and are not backed up, with why.
+    private var refused: [String: Refusal] = [:]
+    /// Sessions with a directory the watcher could not watch (the inotify watch limit): it
+    /// compares them every `maxDelay` instead.
+    private var unwatched: Set<String> = []
 
     /// `mode` labels the upload metrics.
     public init(
@@ -109,8 +115,8 @@ public actor SyncService {
     }
 
     /// Watches and uploads until the task is cancelled (SIGTERM), then stops taking events
-    /// and flushes every pending change. Returns the sessions left unflushed.
-    public func run(shutdownTimeout: Duration) async throws -> [SessionID] {
+    /// and flushes every pending change. Returns what is left not backed up.
+    public func run(shutdownTimeout: Duration) async throws -> ShutdownReport {
         // A restore killed mid-swap leaves working directories; finish or undo them first.
         try DirectorySwap.recoverLeftovers(in: root)
         // The watcher's first event is a rescan once every watch is in place, so changes
@@ -125,6 +131,7 @@ public actor SyncService {
             }
         }
         let prober = Task { await probeStorePeriodically() }
+        let surveyor = Task { await surveyPeriodically() }
         let pruning = settings.pruneInterval.map { interval in Task { await prunePeriodically(every: interval) } }
         await withTaskCancellationHandler {
             await events.value
@@ -132,35 +139,107 @@ public actor SyncService {
             watcher.stop()
         }
         prober.cancel()
+        surveyor.cancel()
         pruning?.cancel()
-        return await flush(timeout: shutdownTimeout)
+        let unflushed = await flush(timeout: shutdownTimeout)
+        return ShutdownReport(
+            unflushed: unflushed,
+            refused: refused.map { ShutdownReport.Refused(name: FileName.displayed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
+            skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
 
     private func handle(_ event: WatchEvent) {
         switch event {
         case .changed(let name, let paths, let since):
             // No paths: the directory itself changed (created, swapped in by a restore).
-            if let id = sessionID(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
+            if let id = accepted(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
         case .sessionRemoved(let name):
-            if let id = sessionID(name) { removed(id) }
+            if refused.removeValue(forKey: name) != nil {
+                logger.notice("refused session directory removed", metadata: ["name": "\(FileName.displayed(name))"])
+            }
+            if let id = SessionID(name) { removed(id) }
         case .rescanNeeded(let reason):
             logger.notice("rescanning every session", metadata: ["reason": "\(reason)"])
             EngineMetrics.rescan(reason.metricLabel)
             let found = rescan()
             if reason == .started { startupComparison = found }
         case .watchFailed(let error):
+            // A directory the agent may not read is a refused session, said once by the survey;
+            // comparing every session again would find nothing new (one rescan per such directory).
+            if case .system("inotify_add_watch", EACCES) = error.reason {
+                _ = try? survey()
+                return
+            }
             logger.error("watching failed; rescanning", metadata: ["error": "\(error)"])
             EngineMetrics.rescan("watch_failed")
             rescan()
+        case .unwatched(let sessions, let cause):
+            // One line when the limit is first reached and one when it is no more, not one per directory.
+            if unwatched.isEmpty, let cause {
+                logger.error("\(cause); until then the sessions without a watch are compared every \(settings.watcher.maxDelay)", metadata: [
+                    "unwatched_sessions": "\(sessions.count)",
+                ])
+            } else if sessions.isEmpty, !unwatched.isEmpty {
+                logger.notice("every session directory is watched again")
+            }
+            unwatched = sessions
         }
     }
 
-    private func sessionID(_ name: String) -> SessionID? {
-        guard let id = SessionID(name) else {
-            logger.warning("ignoring a session directory whose name cannot be a session id", metadata: ["name": "\(name)"])
+    /// The session of a name the watcher reported, or nil when it is refused (and recorded so).
+    private func accepted(_ name: String) -> SessionID? {
+        if let refusal = Refusal.of(name, inRoot: root) {
+            refuse(name, refusal)
             return nil
         }
-        return id
+        return accept(name)
+    }
+
+    /// The session of a name found acceptable.
+    private func accept(_ name: String) -> SessionID? {
+        if refused.removeValue(forKey: name) != nil {
+            logger.notice("session directory accepted again", metadata: ["name": "\(FileName.displayed(name))"])
+        }
+        return SessionID(name)
+    }
+
+    /// Records a name as not backed up; logged once, when it is first refused or for another reason.
+    private func refuse(_ name: String, _ refusal: Refusal) {
+        guard refused.updateValue(refusal, forKey: name) != refusal else { return }
+        logger.warning("session directory \(refusal.message)", metadata: [
+            "name": "\(FileName.displayed(name))", "reason": "\(refusal.rawValue)",
+        ])
+    }
+
+    /// Lists the root for sessions refused or accepted since the last look: the watcher reports
+    /// session directories, not symbolic links nor a directory's mode becoming unreadable.
+    /// Returns the sessions accepted.
+    @discardableResult
+    private func survey() throws(WatcherError) -> [SessionID] {
+        var accepted: [SessionID] = []
+        var stillRefused: Set<String> = []
+        for entry in try SessionFiles.entries(of: root) where SessionFiles.isSessionDirectoryName(entry.name) {
+            if let refusal = Refusal.of(entry.name, inRoot: root) {
+                refuse(entry.name, refusal)
+                stillRefused.insert(entry.name)
+            } else if entry.kind == .directory, let id = accept(entry.name) {
+                accepted.append(id)
+            }
+        }
+        for name in refused.keys where !stillRefused.contains(name) {
+            refused[name] = nil
+            logger.notice("refused session directory gone", metadata: ["name": "\(FileName.displayed(name))"])
+        }
+        return accepted.sorted()
+    }
+
+    private func surveyPeriodically() async {
+        while (try? await Task.sleep(for: settings.watcher.maxDelay)) != nil {
+            let before = Set(refused.keys)
+            guard let accepted = try? survey() else { continue }
+            // A session no longer refused (its mode fixed, say) is compared whole now.
+            for id in accepted where before.contains(id.rawValue) { schedule(id) }
+        }
     }
 
     /// Schedules every session and returns those found under the root.
@@ -178,11 +257,9 @@ public actor SyncService {
         }
         var found: Set<SessionID> = []
         do {
-            for name in try SessionFiles.sessionIDs(inRoot: root) {
-                if let id = sessionID(name) {
-                    found.insert(id)
-                    schedule(id)
-                }
+            for id in try survey() {
+                found.insert(id)
+                schedule(id)
             }
         } catch {
             logger.error("cannot list the sessions directory", metadata: ["root": "\(root)", "error": "\(error)"])
@@ -213,6 +290,7 @@ public actor SyncService {
     /// against a store that was down, refusing or asking to slow down (13 failures in 6 s
     /// under a 403, FaultInjectionTests).
     private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil, since: ContinuousClock.Instant = .now) {
+        guard refused[id.rawValue] == nil else { return }
         var entry = session(id)
         guard !entry.fenced else { return }
         entry.waitingChanges.record(changedPaths ?? [], at: since)
@@ -221,15 +299,13 @@ public actor SyncService {
         } else {
             entry.changedPaths = nil
         }
-        entry.pending = true
-        let backingOff = entry.retry != nil && entry.failures > 0
-        if !backingOff {
-            entry.retry?.cancel()
-            entry.retry = nil
+        let startNow = entry.schedule.changed()
+        if entry.schedule.retryAt == nil {
+            entry.retryTimer?.cancel()
+            entry.retryTimer = nil
         }
         sessions[id] = entry
-        if backingOff { return }
-        if !entry.running { enqueue(id) }
+        if startNow { enqueue(id) }
         startWaiting()
     }
 
@@ -243,13 +319,14 @@ public actor SyncService {
         while runningCount < settings.concurrency, !waiting.isEmpty {
             let id = waiting.removeFirst()
             sessions[id]?.queued = false
-            guard var entry = sessions[id], entry.pending, !entry.running else { continue }
+            guard var entry = sessions[id], entry.schedule.pending, !entry.schedule.running else { continue }
             let changedPaths = entry.changedPaths
             entry.changedPaths = []
             entry.uploadingChanges.absorb(entry.waitingChanges)
             entry.waitingChanges = ChangeBacklog()
-            entry.pending = false
-            entry.running = true
+            entry.schedule.started()
+            entry.retryTimer?.cancel()
+            entry.retryTimer = nil
             sessions[id] = entry
             runningCount += 1
             let replicator = entry.replicator
@@ -259,8 +336,8 @@ public actor SyncService {
 
     private func upload(_ id: SessionID, _ replicator: SessionReplicator, changedPaths: Set<String>?) async {
         let started = ContinuousClock.now
-        var retryAfter: Duration?
-        var retryPaths: Set<String>?
+        var outcome = UploadSchedule.Outcome.succeeded(unsettled: false)
+        var unsettled: [String] = []
         // Whether the primary store took the commit: a failure after it (the mirror's) says
         // nothing about the primary store's health.
         var committed = false
@@ -269,7 +346,6 @@ public actor SyncService {
             // out; what the local store already holds is still mirrored.
             if FileManager.default.fileExists(atPath: replicator.directory) {
                 sessions[id]?.loggedOut = false
-                let unsettled: [String]
                 let result = try await replicator.sync(changedPaths: changedPaths)
                 committed = true
                 switch result {
@@ -295,11 +371,10 @@ public actor SyncService {
                 // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
                 let lastCommit = await replicator.lastCommit
                 sessions[id]?.lastCommit = lastCommit
+                let skippedFiles = await replicator.skippedFiles
+                recordSkippedFiles(id, skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
-                if !unsettled.isEmpty {
-                    retryAfter = settings.watcher.quietPeriod
-                    retryPaths = Set(unsettled)
-                }
+                outcome = .succeeded(unsettled: !unsettled.isEmpty)
             } else if sessions[id]?.loggedOut == true {
                 // Checked now, not when the removal was seen: a restore falling back to two renames
                 // leaves the name missing for an instant, and only a directory still gone is a logout.
@@ -316,38 +391,66 @@ public actor SyncService {
                     EngineMetrics.uploaded(mode: mode, store: mirror.remote.store, bytes: entry.size)
                 }
             }
-            sessions[id]?.failures = 0
             sessions[id]?.lastError = nil
         } catch let error as SnapshotError {
             if case .fenced = error {
                 fence(id, error)
+                outcome = .fenced
             } else {
-                retryAfter = failed(id, error, committed: committed)
+                outcome = .failed(backoff: failed(id, error, committed: committed))
             }
         } catch {
-            retryAfter = failed(id, error, committed: committed)
+            outcome = .failed(backoff: failed(id, error, committed: committed))
         }
         startupComparison?.remove(id)
-        sessions[id]?.running = false
         runningCount -= 1
-        if let retryAfter, sessions[id]?.fenced == false {
-            sessions[id]?.retry = Task {
-                try? await Task.sleep(for: retryAfter)
-                guard !Task.isCancelled else { return }
-                self.sessions[id]?.retry = nil
-                self.schedule(id, changedPaths: retryPaths)
+        if var entry = sessions[id] {
+            // The files mid-write go with the next upload, whatever starts it.
+            if !unsettled.isEmpty, entry.changedPaths != nil { entry.changedPaths!.formUnion(unsettled) }
+            switch entry.schedule.finished(outcome, at: .now, unsettledRetryDelay: settings.watcher.quietPeriod) {
+            case .queue:
+                sessions[id] = entry
+                enqueue(id)
+            case .retry(let instant):
+                entry.retryTimer = Task {
+                    try? await Task.sleep(until: instant, clock: .continuous)
+                    self.retryFired(id)
+                }
+                sessions[id] = entry
+            case .idle:
+                sessions[id] = entry
             }
-        } else if sessions[id]?.pending == true {
-            enqueue(id)
         }
         startWaiting()
         if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
     }
 
+    private func retryFired(_ id: SessionID) {
+        guard sessions[id]?.schedule.retryDue(at: .now) == true else { return }
+        sessions[id]?.retryTimer = nil
+        enqueue(id)
+        startWaiting()
+    }
+
+    /// Keeps what the replicator reports left out, logging each file once as it is left out and
+    /// once as it is taken again, not at every attempt.
+    private func recordSkippedFiles(_ id: SessionID, _ skippedFiles: [SkippedFile]) {
+        let before = Set(sessions[id]?.skippedFiles ?? [])
+        for file in skippedFiles where !before.contains(file) {
+            logger.warning("file not backed up; its last good version is kept and it is tried again at its next change", metadata: [
+                "session": "\(id)", "file": "\(file.name)", "reason": "\(file.reason)",
+            ])
+        }
+        let now = Set(skippedFiles.map(\.name))
+        for file in before where !now.contains(file.name) {
+            logger.notice("file backed up again", metadata: ["session": "\(id)", "file": "\(file.name)"])
+        }
+        sessions[id]?.skippedFiles = skippedFiles
+    }
+
     /// Fenced is final: the session's changes are the new owner's to upload, none is pending here.
     private func fence(_ id: SessionID, _ error: SnapshotError) {
         sessions[id]?.fenced = true
-        sessions[id]?.pending = false
         sessions[id]?.waitingChanges = ChangeBacklog()
         sessions[id]?.uploadingChanges = ChangeBacklog()
         sessions[id]?.lastError = "\(error)"
@@ -365,14 +468,12 @@ public actor SyncService {
             case .preconditionFailed, .io, .invalidObject: break
             }
         }
-        let failures = (sessions[id]?.failures ?? 0) + 1
-        sessions[id]?.failures = failures
+        let failures = (sessions[id]?.schedule.failures ?? 0) + 1
         sessions[id]?.lastError = "\(error)"
         // What the failed upload had taken is not committed: compare everything next time.
         sessions[id]?.changedPaths = nil
-        sessions[id]?.pending = true
-        let ceiling = min(settings.retryMaxDelay, settings.retryBaseDelay * (1 << min(failures - 1, 16)))
-        let delay = ceiling / 2 + (ceiling / 2) * Double.random(in: 0...1)
+        let delay = UploadSchedule.backoff(
+            failures: failures, base: settings.retryBaseDelay, ceiling: settings.retryMaxDelay, jitter: .random(in: 0...1))
         logger.warning("upload failed; will retry", metadata: [
             "session": "\(id)", "error": "\(error)", "attempt": "\(failures)", "retry_in": "\(delay)",
         ])
@@ -390,9 +491,15 @@ public actor SyncService {
             schedule(id)
             return
         }
-        entry.retry?.cancel()
-        entry.pending = false
+        // Nothing is retried for a directory that is gone: the retry's timer is cancelled and the
+        // schedule forgets it. A retry cancelled but still recorded made the directory, once back,
+        // wait for a retry that never came: the session never uploaded again.
+        entry.retryTimer?.cancel()
+        entry.retryTimer = nil
+        entry.schedule.removed()
         entry.waitingChanges = ChangeBacklog()
+        entry.lastError = nil
+        entry.skippedFiles = []
         sessions[id] = entry
         startupComparison?.remove(id)
         guard settings.onDelete == .purge else { return }
@@ -434,10 +541,12 @@ public actor SyncService {
     /// Runs every pending upload now, without the debounce, until all are done or the
     /// timeout passes; returns the sessions still not uploaded.
     private func flush(timeout: Duration) async -> [SessionID] {
-        for (id, entry) in sessions where entry.retry != nil {
-            entry.retry?.cancel()
-            sessions[id]?.retry = nil
-            if !entry.running { enqueue(id) }
+        // Backoffs and retries of files mid-write run now, once: one still failing or mid-write
+        // after it is named unflushed.
+        for id in sessions.keys {
+            sessions[id]?.retryTimer?.cancel()
+            sessions[id]?.retryTimer = nil
+            if sessions[id]?.schedule.stop() == true { enqueue(id) }
         }
         startWaiting()
         let deadline = Task {
@@ -446,7 +555,7 @@ public actor SyncService {
         }
         await waitUntilIdle()
         deadline.cancel()
-        return sessions.filter { $0.value.pending || $0.value.running }.map(\.key).sorted()
+        return sessions.filter { !$0.value.schedule.isSettled }.map(\.key).sorted()
     }
 
     private func releaseIdleWaiters() {
@@ -466,7 +575,7 @@ extension SyncService {
     /// Every session the agent has seen, by id.
     public func status() -> [SessionStatus] {
         let now = ContinuousClock.now
-        return sessions.sorted { $0.key < $1.key }.map { id, entry in
+        let backedUp = sessions.filter { refused[$0.key.rawValue] == nil }.map { id, entry in
             var backlog = entry.uploadingChanges
             backlog.absorb(entry.waitingChanges)
             return SessionStatus(
@@ -474,17 +583,30 @@ extension SyncService {
                 lastSnapshot: entry.lastCommit.map { "\($0.snapshot)" },
                 lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: backlog.oldest.map { EngineMetrics.seconds(now - $0) } ?? 0,
-                pendingChanges: backlog.paths.count, lastError: entry.lastError, consecutiveFailures: entry.failures)
+                pendingChanges: backlog.paths.count, lastError: entry.lastError,
+                consecutiveFailures: entry.schedule.failures, watched: !unwatched.contains(id.rawValue),
+                skippedFiles: entry.skippedFiles)
         }
+        // A refused session may have had snapshots before (its directory became a link, say).
+        let refusedSessions = refused.map { name, refusal in
+            let lastCommit = SessionID(name).flatMap { sessions[$0]?.lastCommit }
+            return SessionStatus(
+                sessionId: FileName.displayed(name), state: .refused,
+                lastSnapshot: lastCommit.map { "\($0.snapshot)" }, lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
+                lagSeconds: 0, pendingChanges: 0, lastError: refusal.message, consecutiveFailures: 0, watched: false,
+                refusal: refusal)
+        }
+        return (backedUp + refusedSessions).sorted { $0.sessionId < $1.sessionId }
     }
 
     private func state(of entry: Session, backlog: ChangeBacklog) -> SessionStatus.State {
         if entry.fenced { return .fenced }
-        if entry.tombstoned && !entry.pending && !entry.running { return .tombstoned }
+        if entry.tombstoned && entry.schedule.isSettled { return .tombstoned }
         // A retry in flight is still failing until it succeeds: a heartbeat should not flicker.
-        if entry.failures > 0 { return .failing }
-        if entry.running { return .uploading }
-        if entry.pending || !backlog.isEmpty { return .pending }
+        if entry.schedule.failures > 0 { return .failing }
+        if entry.schedule.running { return .uploading }
+        if entry.schedule.pending || !backlog.isEmpty { return .pending }
+        if !entry.skippedFiles.isEmpty { return .partial }
         return .synced
     }
 
@@ -502,7 +624,27 @@ extension SyncService {
         guard remaining.isEmpty else {
             return Readiness(isReady: false, reason: "starting: \(remaining.count) session(s) to compare with the store")
         }
-        return Readiness(isReady: true, reason: "ready")
+        return Readiness(isReady: true, reason: (["ready"] + notBackedUp()).joined(separator: "; "))
+    }
+
+    /// What readiness names beside "ready": none of it is fixed by waiting, so it does not make
+    /// the agent unready (and its pod leave service), but it is never left unsaid.
+    private func notBackedUp() -> [String] {
+        var notes: [String] = []
+        if !refused.isEmpty {
+            let named = refused.keys.sorted().prefix(5).map { "\(FileName.displayed($0)) (\(refused[$0]!.rawValue))" }
+            notes.append("\(refused.count) session(s) not backed up: \(named.joined(separator: ", "))\(refused.count > 5 ? ", …" : "")")
+        }
+        let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key.rawValue] == nil }
+        if !partial.isEmpty {
+            let files = partial.values.map(\.skippedFiles.count).reduce(0, +)
+            notes.append("\(files) file(s) not backed up in \(partial.count) session(s) (see /sessions)")
+        }
+        if !unwatched.isEmpty {
+            notes.append("\(unwatched.count) session(s) without an inotify watch (fs.inotify.max_user_watches reached), "
+                + "compared every \(settings.watcher.maxDelay)")
+        }
+        return notes
     }
 
     /// Refreshes the gauges that summarise the sessions. Ages grow without any event, so an
@@ -513,7 +655,9 @@ extension SyncService {
         EngineMetrics.sessions(
             pending: pending.count, oldestPendingChangeAge: pending.map(\.lagSeconds).max() ?? 0,
             fenced: statuses.filter { $0.state == .fenced }.count,
-            failing: statuses.filter { $0.state == .failing }.count)
+            failing: statuses.filter { $0.state == .failing }.count,
+            skippedFiles: statuses.map(\.skippedFiles.count).reduce(0, +),
+            refused: Dictionary(grouping: refused.values, by: { $0 }).mapValues(\.count))
     }
 
     /// Asks the store every `storeProbeInterval` whether it answers, so readiness follows an

@@ -26,4 +26,22 @@ struct BackupCommandTests {
         try await runner.restore(into: restored)
         try expectSameTree(restored, workspace.sessions)
     }
+
+    /// A file over the size limit: the session's base is written without it, and backup names
+    /// the file and exits non-zero.
+    @Test func aFileOverTheSizeLimitFailsTheBackupNamingIt() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
+        let large = "\(workspace.session("small"))/media.bin"
+        #expect(FileManager.default.createFile(atPath: large, contents: nil))
+        #expect(truncate(large, 65 << 20) == 0)
+
+        let result = try await runner.run("backup", ["--sessions-dir", workspace.sessions, "--json"])
+        #expect(result.termination == .exited(1))
+        #expect(result.standardOutput.contains("files not backed up: media.bin (larger than the 64 MiB limit)"), "\(result.standardOutput)")
+        try FileManager.default.removeItem(atPath: large)
+        let restored = try workspace.freshDirectory()
+        try await runner.restore(into: restored)
+        try expectSameTree(restored, workspace.sessions)
+    }
 }

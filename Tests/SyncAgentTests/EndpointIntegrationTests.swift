@@ -51,7 +51,8 @@ struct EndpointIntegrationTests {
             "sync_agent_replication_lag_seconds": "histogram", "sync_agent_pending_sessions": "gauge",
             "sync_agent_oldest_pending_change_age_seconds": "gauge", "sync_agent_last_upload_timestamp_seconds": "gauge",
             "sync_agent_watched_directories": "gauge", "sync_agent_rescans": "counter", "sync_agent_fenced_sessions": "gauge",
-            "sync_agent_failing_sessions": "gauge",
+            "sync_agent_failing_sessions": "gauge", "sync_agent_skipped_files": "gauge",
+            "sync_agent_refused_sessions": "gauge", "sync_agent_unwatched_directories": "gauge",
         ]
         for (name, type) in expected {
             #expect(families[name]?.type == type, "\(name) in:\n\(text)")
@@ -61,6 +62,8 @@ struct EndpointIntegrationTests {
         #expect(families["sync_agent_replication_lag_seconds"]?.samples.contains { $0.name.hasSuffix("_count") && $0.value == 3 } == true)
         #expect((families["sync_agent_watched_directories"]?.samples.first?.value ?? 0) >= 2)
         #expect(families["sync_agent_rescans"]?.samples.first { $0.labels["reason"] == "started" }?.value == 1)
+        let refusalReasons: [String] = (families["sync_agent_refused_sessions"]?.samples ?? []).compactMap { $0.labels["reason"] }
+        #expect(refusalReasons.sorted() == ["invalid_name", "symlink", "unreadable"])
         #expect(try await agent.terminate() == .exited(0))
     }
 

@@ -117,6 +117,32 @@ struct SnapshotChainTests {
         #expect(files == (try directoryContents(directory)))
     }
 
+    @Test func aFileGrownPastTheSizeLimitKeepsItsLastGoodVersionUntilItCanBeTakenAgain() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        let good = try directoryContents(directory)["creds.json"]
+        #expect(truncate("\(directory)/creds.json", 65 << 20) == 0)
+        try write("{\"fresh\":1}", to: "pre-key-1.json")
+        guard case .uploaded = try await writer.sync(changedPaths: ["creds.json", "pre-key-1.json"]) else {
+            Issue.record("the other change should upload")
+            return
+        }
+        #expect(await writer.skippedFiles == [SkippedFile(name: "creds.json", reason: "larger than the 64 MiB limit")])
+        #expect(try await restored().1["creds.json"] == good)
+        // A base cannot leave it out: a delta stands in (empty here), keeping its last good version.
+        #expect(try await writer.sync(forceBase: true) == .unchanged(unsettled: []))
+        // A sync of other paths leaves it reported.
+        try write("{\"fresh\":2}", to: "pre-key-1.json")
+        _ = try await writer.sync(changedPaths: ["pre-key-1.json"])
+        #expect(await writer.skippedFiles.map(\.name) == ["creds.json"])
+
+        try write("{\"me\":2}", to: "creds.json")
+        _ = try await writer.sync(changedPaths: ["creds.json"])
+        #expect(await writer.skippedFiles.isEmpty)
+        #expect(try await restored().1 == (try directoryContents(directory)))
+    }
+
     @Test func aTornFileIsNeverCapturedAndItsLastGoodVersionIsKept() async throws {
         try copyFixture("small")
         let writer = replicator()

@@ -224,6 +224,29 @@ struct WatcherTests {
         watcher.stop()
     }
 
+    @Test func sessionsPastTheWatchLimitAreComparedEveryMaxDelayAndWatchedOnceAWatchIsFree() async throws {
+        let root = try TemporaryDirectory()
+        for session in ["a", "b", "c"] { try makeSession(root, session, files: ["creds.json"]) }
+        var configuration = SessionWatcher.Configuration(quietPeriod: .milliseconds(50), maxDelay: .milliseconds(300))
+        configuration.watchLimit = 3
+        let watcher = try SessionWatcher(root: root.path, configuration: configuration)
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+        await recorder.wait { $0.contains(.rescanNeeded(.started)) }
+        #expect(recorder.events.first?.reported == .unwatched(["c"]))
+
+        // Reported whole (no paths: compare everything), again and again, while it has no watch.
+        await recorder.wait { $0.changes(of: "c").filter(\.isEmpty).count >= 2 }
+        #expect(recorder.events.changes(of: "a").isEmpty)
+
+        // A watch freed: the next comparison watches the session and says every session is watched.
+        try FileManager.default.removeItem(atPath: root.file("a"))
+        await recorder.wait { $0.map(\.reported).contains(.unwatched([])) }
+        let watchedAt = recorder.events.count
+        try write("{}", to: root.file("c/creds.json"))
+        await recorder.wait { $0.dropFirst(watchedAt).contains { $0.reported == .changed("c", ["creds.json"]) } }
+    }
+
     @Test func aMissingRootIsAClearError() throws {
         let root = try TemporaryDirectory()
         let error = #expect(throws: WatcherError.self) { try SessionWatcher(root: root.file("nowhere")) }
@@ -328,6 +351,23 @@ struct WatcherEventHandlingTests {
         }
     }
 
+    @Test func theWatchLimitIsReportedOnceAndUnwatchedSessionsAreComparedEveryMaxDelay() throws {
+        let root = try TemporaryDirectory()
+        for session in ["a", "b", "c", "d"] { try makeSession(root, session, files: ["creds.json"]) }
+        let recorded = Mutex<[WatchEvent]>([])
+        var configuration = SessionWatcher.Configuration(quietPeriod: .milliseconds(50), maxDelay: .seconds(1))
+        // The root and two sessions.
+        configuration.watchLimit = 3
+        let loop = try WatchLoop(
+            root: root.path, configuration: configuration, wakeUp: nil, emit: { event in recorded.withLock { $0.append(event) } })
+        #expect(Set(loop.watchByDirectory.keys) == [WatchedDirectory(session: "a"), WatchedDirectory(session: "b")])
+        // One event for all of them, naming the setting to raise; no rescan per directory.
+        #expect(recorded.withLock { $0 }.map(\.reported) == [.unwatched(["c", "d"]), .rescan(.started)])
+        guard case .unwatched(_, let cause) = recorded.withLock({ $0.first }) else { return }
+        #expect(cause?.reason == .watchLimitReached)
+        #expect(cause?.description.contains("sysctl fs.inotify.max_user_watches=524288") == true)
+    }
+
     private func readAndHandle(_ loop: WatchLoop, oneRecordPerRead: Bool) throws {
         let events = try loop.inotify.readEvents()
         if oneRecordPerRead {
@@ -376,6 +416,23 @@ struct ChangeDebouncerTests {
         // The next change starts a new maximum delay.
         debouncer.record("busy", paths: ["creds.json"], at: at(1010))
         #expect(debouncer.nextDeadline == at(1260))
+    }
+
+    @Test func unwatchedDirectoriesAreDueEveryIntervalFromTheFirstFailureUntilNoneIsLeft() {
+        var unwatched = UnwatchedDirectories(interval: .seconds(5))
+        #expect(unwatched.nextPoll == nil)
+        unwatched.failed(WatchedDirectory(session: "b"), at: at(0))
+        unwatched.failed(WatchedDirectory(session: "a", subdirectory: "keys"), at: at(1000))
+        #expect(unwatched.nextPoll == at(5000))
+        #expect(unwatched.sessions == ["a", "b"])
+        #expect(unwatched.takeDue(at: at(4999)).isEmpty)
+        #expect(unwatched.takeDue(at: at(6000)) == [WatchedDirectory(session: "a", subdirectory: "keys"), WatchedDirectory(session: "b")])
+        // From when the comparison ran, so a late one never makes the next ones pile up.
+        #expect(unwatched.nextPoll == at(11000))
+        unwatched.resolved(WatchedDirectory(session: "b"))
+        unwatched.resolvedSession("a")
+        #expect(unwatched.directories.isEmpty)
+        #expect(unwatched.nextPoll == nil)
     }
 
     @Test func takeAllReturnsEveryPendingSession() {
@@ -427,6 +484,7 @@ extension WatchEvent {
         case removed(String)
         case rescan(RescanReason)
         case watchFailed
+        case unwatched(Set<String>)
     }
 
     var reported: Reported {
@@ -435,6 +493,7 @@ extension WatchEvent {
         case .sessionRemoved(let session): .removed(session)
         case .rescanNeeded(let reason): .rescan(reason)
         case .watchFailed: .watchFailed
+        case .unwatched(let sessions, _): .unwatched(sessions)
         }
     }
 }

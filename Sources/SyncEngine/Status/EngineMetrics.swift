@@ -42,12 +42,24 @@ public enum EngineMetrics {
         Gauge(label: "sync_agent_watched_directories").record(count)
     }
 
+    /// Directories the inotify watch limit left unwatched, compared every `maxDelay` instead.
+    static func unwatchedDirectories(_ count: Int) {
+        Gauge(label: "sync_agent_unwatched_directories").record(count)
+    }
+
     /// The gauges that describe the sessions as a whole, refreshed from the engine's state.
-    static func sessions(pending: Int, oldestPendingChangeAge: Double, fenced: Int, failing: Int) {
+    static func sessions(
+        pending: Int, oldestPendingChangeAge: Double, fenced: Int, failing: Int, skippedFiles: Int, refused: [Refusal: Int]
+    ) {
         Gauge(label: "sync_agent_pending_sessions").record(pending)
         Gauge(label: "sync_agent_oldest_pending_change_age_seconds").record(oldestPendingChangeAge)
         Gauge(label: "sync_agent_fenced_sessions").record(fenced)
         Gauge(label: "sync_agent_failing_sessions").record(failing)
+        Gauge(label: "sync_agent_skipped_files").record(skippedFiles)
+        // Every reason, zeros included, so an alert on the series sees it return to 0.
+        for reason in Refusal.allCases {
+            Gauge(label: "sync_agent_refused_sessions", dimensions: [("reason", reason.rawValue)]).record(refused[reason] ?? 0)
+        }
     }
 
     static func restored(status: String, duration: Duration) {

@@ -17,6 +17,11 @@ public struct SessionStatus: Codable, Sendable, Equatable {
         case fenced
         /// The directory was removed and the logout recorded (`--on-delete tombstone`).
         case tombstoned
+        /// Backed up, but without some files the agent cannot take (`skippedFiles` names them):
+        /// the store keeps their last good version, or has none.
+        case partial
+        /// Present under the root but not backed up at all (`refusal` says why).
+        case refused
     }
 
     public var sessionId: String
@@ -30,13 +35,21 @@ public struct SessionStatus: Codable, Sendable, Equatable {
     /// Files reported changed and not yet in a snapshot. A comparison of the whole directory
     /// (start-up, rescans) counts none until it has run.
     public var pendingChanges: Int
-    /// Why the last upload failed, or who fenced the session; nil once an upload succeeds.
+    /// Why the last upload failed, who fenced the session, or why it is refused; nil once an upload succeeds.
     public var lastError: String?
     public var consecutiveFailures: Int
+    /// False while a directory of the session has no inotify watch (the watch limit): its changes
+    /// are then found by comparing it every `--max-delay`.
+    public var watched: Bool
+    /// Files its snapshots leave out, and why.
+    public var skippedFiles: [SkippedFile]
+    /// Why a `refused` session is not backed up.
+    public var refusal: Refusal?
 
     public init(
         sessionId: String, state: State, lastSnapshot: String?, lastSnapshotAt: String?, lagSeconds: Double,
-        pendingChanges: Int, lastError: String?, consecutiveFailures: Int
+        pendingChanges: Int, lastError: String?, consecutiveFailures: Int, watched: Bool = true,
+        skippedFiles: [SkippedFile] = [], refusal: Refusal? = nil
     ) {
         self.sessionId = sessionId
         self.state = state
@@ -46,6 +59,9 @@ public struct SessionStatus: Codable, Sendable, Equatable {
         self.pendingChanges = pendingChanges
         self.lastError = lastError
         self.consecutiveFailures = consecutiveFailures
+        self.watched = watched
+        self.skippedFiles = skippedFiles
+        self.refusal = refusal
     }
 }
 

@@ -38,8 +38,13 @@ struct InotifyEvent: Equatable, Sendable {
 final class Inotify {
     let descriptor: Int32
     private var buffer: [UInt8]
+    /// Tests only: `fs.inotify.max_user_watches` for this instance, which `addWatch` then enforces
+    /// as the kernel does (ENOSPC for a new watch past it), without touching the system's limit.
+    private let watchLimit: Int?
+    private var watches: Set<Int32> = []
 
-    init() throws(WatcherError) {
+    init(watchLimit: Int? = nil) throws(WatcherError) {
+        self.watchLimit = watchLimit
         let descriptor = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard descriptor >= 0 else { throw .lastSystemError("inotify_init1", path: "inotify") }
         self.descriptor = descriptor
@@ -56,6 +61,11 @@ final class Inotify {
     func addWatch(_ path: String, mask: InotifyMask) throws(WatcherError) -> Int32 {
         let watch = inotify_add_watch(descriptor, path, mask.rawValue)
         guard watch >= 0 else { throw .lastSystemError("inotify_add_watch", path: path) }
+        if let watchLimit, !watches.contains(watch), watches.count >= watchLimit {
+            inotify_rm_watch(descriptor, watch)
+            throw WatcherError(.watchLimitReached, path: path)
+        }
+        watches.insert(watch)
         return watch
     }
 
@@ -63,6 +73,7 @@ final class Inotify {
     /// dropped (its directory is gone) is no error.
     func removeWatch(_ watch: Int32) {
         _ = inotify_rm_watch(descriptor, watch)
+        watches.remove(watch)
     }
 
     /// The events of one read(2), at most a buffer's worth, so that a flood of events cannot keep

@@ -20,9 +20,13 @@ public enum WatchEvent: Sendable, Equatable {
     /// `.rescanNeeded(.started)` once every watch is in place, so the start-up comparison misses
     /// nothing that happened before and events cover everything after.
     case rescanNeeded(RescanReason)
-    /// A directory could not be watched (the inotify watch limit, typically). Its session is still
-    /// reported when its directory changes, not when its files do; the next rescan tries again.
+    /// A directory could not be watched for another reason than the watch limit. Its session is
+    /// still reported when its directory changes, not when its files do; the next rescan tries again.
     case watchFailed(WatcherError)
+    /// The sessions with a directory the watch limit left without a watch changed (empty: every
+    /// directory is watched again). Each is reported changed, as a whole (no paths), every `maxDelay`
+    /// and at `stop()`, and its watches are tried again then. `cause` names the limit to raise.
+    case unwatched(sessions: Set<String>, cause: WatcherError?)
 }
 
 public enum RescanReason: Sendable, Equatable {
@@ -46,6 +50,8 @@ public final class SessionWatcher: Sendable {
         public var quietPeriod: Duration
         /// ...or this long after its first unreported event, whichever is first.
         public var maxDelay: Duration
+        /// Tests only: a watch limit of the watcher's own (see `Inotify.init(watchLimit:)`).
+        var watchLimit: Int?
 
         public init(quietPeriod: Duration = .milliseconds(250), maxDelay: Duration = .seconds(5)) {
             self.quietPeriod = quietPeriod
@@ -146,6 +152,11 @@ final class WatchLoop {
     let inotify: Inotify
     private let wakeUp: OwnedDescriptor?
     private var debouncer: ChangeDebouncer
+    /// Directories the watch limit left unwatched, compared every `maxDelay` instead.
+    private var unwatched: UnwatchedDirectories
+    /// The `unwatched.version` last reported.
+    private var reportedUnwatched = 0
+    private var watchLimitError: WatcherError?
     private let emit: (WatchEvent) -> Void
     private let finish: () -> Void
     private var rootWatch: Int32 = -1
@@ -159,9 +170,10 @@ final class WatchLoop {
         emit: @escaping (WatchEvent) -> Void, finish: @escaping () -> Void = {}
     ) throws(WatcherError) {
         self.root = root
-        inotify = try Inotify()
+        inotify = try Inotify(watchLimit: configuration.watchLimit)
         self.wakeUp = wakeUp
         debouncer = ChangeDebouncer(quietPeriod: configuration.quietPeriod, maxDelay: configuration.maxDelay)
+        unwatched = UnwatchedDirectories(interval: configuration.maxDelay)
         self.emit = emit
         self.finish = finish
         rootWatch = try inotify.addWatch(root, mask: Self.rootMask)
@@ -169,6 +181,9 @@ final class WatchLoop {
             reconcile(WatchedDirectory(session: session), at: .now)
         }
         debouncer.discardAll()
+        // Set from the start, so a dashboard sees 0 rather than no series.
+        EngineMetrics.unwatchedDirectories(0)
+        reportUnwatched()
         emit(.rescanNeeded(.started))
     }
 
@@ -194,14 +209,41 @@ final class WatchLoop {
                 }
             }
             report(debouncer.takeDue(at: .now))
+            compare(unwatched.takeDue(at: .now), at: .now)
         }
+        // What changed in unwatched directories since their last comparison is flushed too.
+        compare(unwatched.sorted, at: .now)
         report(debouncer.takeAll())
         finish()
     }
 
+    /// Tries the watches of unwatched directories again, and reports each session still without
+    /// one as changed as a whole, which its comparison with the last manifest sorts out.
+    private func compare(_ directories: [WatchedDirectory], at now: ContinuousClock.Instant) {
+        guard !directories.isEmpty else { return }
+        for directory in directories {
+            // Reconciled (listed, its files reported) only once watched, or gone: listing a directory
+            // still unwatched at each comparison would have every file read again, not compared.
+            if !watch(directory) || !unwatched.directories.contains(directory) { reconcile(directory, at: now) }
+        }
+        reportUnwatched()
+        for session in unwatched.sessions.sorted() where SessionFiles.isDirectory(path(of: WatchedDirectory(session: session))) {
+            emit(.changed(session: session, paths: [], since: now))
+        }
+    }
+
+    /// Tells the consumer when the unwatched directories changed.
+    private func reportUnwatched() {
+        guard unwatched.version != reportedUnwatched else { return }
+        reportedUnwatched = unwatched.version
+        EngineMetrics.unwatchedDirectories(unwatched.directories.count)
+        let sessions = unwatched.sessions
+        emit(.unwatched(sessions: sessions, cause: sessions.isEmpty ? nil : watchLimitError))
+    }
+
     /// Milliseconds until the next session is due, rounded up; -1 (wait for ever) when none is pending.
     private func pollTimeout(at now: ContinuousClock.Instant) -> Int32 {
-        guard let deadline = debouncer.nextDeadline else { return -1 }
+        guard let deadline = [debouncer.nextDeadline, unwatched.nextPoll].compactMap({ $0 }).min() else { return -1 }
         let (seconds, attoseconds) = max(deadline - now, .zero).components
         let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
         return Int32(clamping: milliseconds)
@@ -230,6 +272,7 @@ final class WatchLoop {
             // directory was reconciled then, from what was at its name.
         }
         if let rescan { resynchronize(rescan) }
+        reportUnwatched()
     }
 
     private func handle(_ event: InotifyEvent, in directory: WatchedDirectory, at now: ContinuousClock.Instant) {
@@ -281,6 +324,7 @@ final class WatchLoop {
             paths.append(subdirectory)
         } else {
             // A name in the root that never was a session directory (a plain file) is nothing to report.
+            unwatched.resolvedSession(directory.session)
             guard knownSessions.remove(directory.session) != nil else { return }
             for stale in watchByDirectory.keys where stale.session == directory.session { unwatch(stale) }
         }
@@ -296,9 +340,16 @@ final class WatchLoop {
             watch = try inotify.addWatch(path, mask: Self.sessionMask)
         } catch {
             if case .system(_, let code) = error.reason, code == ENOENT || code == ENOTDIR { return false }
-            emit(.watchFailed(error))
+            if error.reason == .watchLimitReached {
+                // Compared every maxDelay instead; one line says so (the consumer's), not one per directory.
+                watchLimitError = watchLimitError ?? error
+                unwatched.failed(directory, at: .now)
+            } else {
+                emit(.watchFailed(error))
+            }
             return true
         }
+        unwatched.resolved(directory)
         if let previous = watchByDirectory[directory], previous != watch { unwatch(directory) }
         // The same inode under a new name (a rename we have not handled yet): it now belongs here.
         if let other = directoryByWatch[watch], other != directory { watchByDirectory[other] = nil }
@@ -309,6 +360,7 @@ final class WatchLoop {
     }
 
     private func unwatch(_ directory: WatchedDirectory) {
+        unwatched.resolved(directory)
         guard let watch = watchByDirectory[directory] else { return }
         inotify.removeWatch(watch)
         unmap(watch)

@@ -1,0 +1,225 @@
+import Crypto
+import Foundation
+import Logging
+import S3Client
+import Synchronization
+@testable import SyncEngine
+import TestSupport
+import Testing
+
+/// The engine as `watch` runs it, on the filesystem store, with a store that can be taken down.
+@Suite("Sync service")
+struct SyncServiceTests {
+    let workspace: TemporaryDirectory
+    let sessionsRoot: String
+    let store: SwitchableStore
+    let sessionStore: SessionStore
+
+    init() throws {
+        workspace = try TemporaryDirectory()
+        sessionsRoot = workspace.file("sessions")
+        try FileManager.default.createDirectory(atPath: sessionsRoot, withIntermediateDirectories: true)
+        store = SwitchableStore(store: try FileSystemStore(root: workspace.file("store")))
+        sessionStore = SessionStore(store: store, keyring: Keyring(primary: .generate()))
+    }
+
+    func service(_ configure: (inout WatchSettings) -> Void = { _ in }) -> SyncService {
+        var settings = WatchSettings()
+        settings.watcher.quietPeriod = .milliseconds(50)
+        settings.watcher.maxDelay = .milliseconds(500)
+        settings.storeProbeInterval = .milliseconds(100)
+        configure(&settings)
+        return SyncService(
+            root: sessionsRoot, sessionStore: sessionStore, owner: "agent-test", mode: .local, conditionalWrites: true,
+            settings: settings, logger: Logger(label: "test"))
+    }
+
+    func makeSession(_ name: String, files: [String: String]) throws {
+        try FileManager.default.createDirectory(atPath: "\(sessionsRoot)/\(name)", withIntermediateDirectories: true)
+        for (file, text) in files { try Data(text.utf8).write(to: URL(fileURLWithPath: "\(sessionsRoot)/\(name)/\(file)")) }
+    }
+
+    /// Polls the service until `condition` holds for the session's status. The engine shares Swift's
+    /// pool with every other test of the run, which two loaded cores can hold up for many seconds:
+    /// the timeout only bounds a failing test, so it is long.
+    func waitFor(
+        _ service: SyncService, _ session: String, _ what: String, timeout: Duration = .seconds(60),
+        _ condition: (SessionStatus) -> Bool
+    ) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let status = await service.status().first(where: { $0.sessionId == session }), condition(status) { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let last = await service.status().first { $0.sessionId == session }
+        throw ProgramFailure("\(session) never became \(what); last status: \(String(describing: last))")
+    }
+
+    @Test func aSessionWhoseRetryWasCancelledByItsRemovalUploadsWhenItComesBack() async throws {
+        let sync = service {
+            $0.onDelete = .keep
+            // Long enough that the removal arrives while the retry waits.
+            $0.retryBaseDelay = .seconds(6)
+            $0.retryMaxDelay = .seconds(6)
+        }
+        store.isDown = true
+        try makeSession("s1", files: ["creds.json": "{\"a\":1}"])
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s1", "failing") { $0.state == .failing }
+        try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s1")
+        try await Task.sleep(for: .milliseconds(300))
+        store.isDown = false
+        try makeSession("s1", files: ["creds.json": "{\"a\":2}"])
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        running.cancel()
+        _ = try await running.value
+    }
+
+    @Test func aFileOverTheSizeLimitIsLeftOutWhileTheRestOfItsSessionIsStillBackedUp() async throws {
+        let sync = service()
+        try makeSession("s1", files: ["creds.json": "{\"a\":1}"])
+        // Sparse: the limit is checked on the size, before any byte is read.
+        let large = "\(sessionsRoot)/s1/media.bin"
+        #expect(FileManager.default.createFile(atPath: large, contents: nil))
+        #expect(truncate(large, 65 << 20) == 0)
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s1", "partial") { $0.state == .partial }
+        let first = await sync.status()[0]
+        #expect(first.skippedFiles == [SkippedFile(name: "media.bin", reason: "larger than the 64 MiB limit")])
+
+        try makeSession("s1", files: ["creds.json": "{\"a\":2}"])
+        try await waitFor(sync, "s1", "a new snapshot") { $0.lastSnapshot != first.lastSnapshot && $0.state == .partial }
+        #expect(await sync.readiness().reason.contains("1 file(s) not backed up in 1 session(s)"))
+        running.cancel()
+        let report = try await running.value
+        #expect(report.skippedFiles[SessionID("s1")!] == first.skippedFiles)
+        #expect(!report.isComplete)
+    }
+
+    @Test func changesToSessionsPastTheWatchLimitAreUploadedAndTheirSessionsShownUnwatched() async throws {
+        let sync = service { $0.watcher.watchLimit = 3 }
+        for session in ["s1", "s2", "s3", "s4"] { try makeSession(session, files: ["creds.json": "{\"a\":1}"]) }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        for session in ["s1", "s2", "s3", "s4"] {
+            try await waitFor(sync, session, "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        }
+        #expect(await sync.status().map(\.watched) == [true, true, false, false])
+        #expect(await sync.readiness().reason.contains("2 session(s) without an inotify watch"))
+        let uploaded = await sync.status()[3].lastSnapshot
+
+        try makeSession("s4", files: ["creds.json": "{\"a\":2}"])
+        try await waitFor(sync, "s4", "uploaded again") { $0.lastSnapshot != uploaded }
+        // Written just before the stop: the stop's last comparison takes it.
+        try makeSession("s3", files: ["creds.json": "{\"a\":3}"])
+        running.cancel()
+        #expect(try await running.value.isComplete)
+        let restored = workspace.file("restored")
+        try FileManager.default.createDirectory(atPath: restored, withIntermediateDirectories: true)
+        _ = try await SessionRestorer(sessionStore: sessionStore).restore(SessionID("s3")!, into: restored)
+        #expect(try String(contentsOfFile: "\(restored)/s3/creds.json", encoding: .utf8) == "{\"a\":3}")
+    }
+
+    @Test func aSymlinkedSessionAndANameThatCannotBeASessionIdAreShownRefused() async throws {
+        let sync = service()
+        try makeSession("s1", files: ["creds.json": "{}"])
+        let elsewhere = workspace.file("elsewhere")
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s2", withDestinationPath: elsewhere)
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s2", "refused") { $0.state == .refused && $0.refusal == .symlink }
+        // One made while the agent runs is found too.
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s3", withDestinationPath: "\(sessionsRoot)/s1")
+        try await waitFor(sync, "s3", "refused") { $0.state == .refused && $0.refusal == .symlink }
+        try makeSession("bad name", files: ["creds.json": "{}"])
+        try await waitFor(sync, "bad name", "refused") { $0.state == .refused && $0.refusal == .invalidName }
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced }
+        let readiness = await sync.readiness()
+        #expect(readiness.isReady)
+        #expect(readiness.reason.contains("3 session(s) not backed up: bad name (invalid_name), s2 (symlink), s3 (symlink)"))
+
+        try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s3")
+        let deadline = ContinuousClock.now + .seconds(60)
+        while await sync.status().contains(where: { $0.sessionId == "s3" }), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        running.cancel()
+        let report = try await running.value
+        #expect(report.refused.map(\.name) == ["bad name", "s2"])
+        #expect(!report.isComplete)
+    }
+
+    @Test func aFileStillMidWriteAtShutdownNamesItsSessionAsUnflushed() async throws {
+        // The retry of the file mid-write would come after a quiet period: longer than the test.
+        let sync = service {
+            $0.watcher.quietPeriod = .seconds(30)
+            $0.watcher.maxDelay = .seconds(30)
+        }
+        try makeSession("s1", files: ["creds.json": "{\"noiseKey\":", "pre-key-1.json": "{}"])
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s1", "uploaded") { $0.lastSnapshot != nil }
+        running.cancel()
+        let report = try await running.value
+        #expect(report.unflushed.map(\.rawValue) == ["s1"])
+    }
+}
+
+/// The filesystem store, failing every request while `isDown`, as a store that does not answer.
+final class SwitchableStore: ObjectStore {
+    let store: any ObjectStore
+    private let down = Mutex(false)
+
+    init(store: any ObjectStore) { self.store = store }
+
+    var isDown: Bool {
+        get { down.withLock { $0 } }
+        set { down.withLock { $0 = newValue } }
+    }
+
+    private func answer() throws(StoreError) {
+        if isDown { throw .unavailable("injected: the store is down") }
+    }
+
+    var location: String { store.location }
+
+    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+        try answer()
+        return try await store.put(key, bytes: bytes, condition: condition)
+    }
+
+    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
+        try answer()
+        return try await store.put(key, fileAt: path, condition: condition)
+    }
+
+    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+        try answer()
+        return try await store.get(key, range: range)
+    }
+
+    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+        try answer()
+        return try await store.download(key, toFileAt: path)
+    }
+
+    func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? {
+        try answer()
+        return try await store.head(key)
+    }
+
+    func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo] {
+        try answer()
+        return try await store.list(prefix: prefix)
+    }
+
+    func delete(_ keys: [String]) async throws(StoreError) {
+        try answer()
+        try await store.delete(keys)
+    }
+
+    func probeConditionalWrites() async throws(StoreError) -> Bool { try await store.probeConditionalWrites() }
+}
