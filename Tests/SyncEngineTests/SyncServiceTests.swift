@@ -196,9 +196,9 @@ final class SwitchableStore: ObjectStore {
         return try await store.put(key, fileAt: path, condition: condition)
     }
 
-    func get(_ key: String, range: ClosedRange<Int64>?) async throws(StoreError) -> StoredObject? {
+    func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try answer()
-        return try await store.get(key, range: range)
+        return try await store.get(key, range: range, maxSize: maxSize)
     }
 
     func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
