@@ -210,38 +210,32 @@ public struct SessionRestorer: Sendable {
         _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
     ) throws -> SnapshotManifest {
-        var decided = Set<String>()
-        var written = Set<String>()
+        // Names as their UTF-8, compared bytewise: String's == takes canonically equivalent
+        // names ("é" and "e\u{301}", two files on Linux) for one.
+        var decided = Set<[UInt8]>()
+        var written = Set<[UInt8]>()
         var manifests: [SnapshotManifest] = []
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
-                if decided.contains(name) { return try data.drain() }
-                guard let staging else {
-                    written.insert(name)
-                    return try data.drain()
-                }
-                if let slash = name.lastIndex(of: "/") {
-                    let parent = String(name[..<slash])
-                    if !written.contains(parent + "/") {
-                        try staging.makeDirectory(relativePath: parent)
-                        written.insert(parent + "/")
-                    }
-                }
-                try staging.writeFile(relativePath: name) { sink in try data.copy(to: sink) }
-                written.insert(name)
+                let nameBytes = Array(name.utf8)
+                if decided.contains(nameBytes) { return try data.drain() }
+                // Its directories, at any depth, are created (0700) as the file is.
+                try staging?.writeFile(relativePath: name) { sink in try data.copy(to: sink) }
+                written.insert(nameBytes)
+                if staging == nil { try data.drain() }
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
                 throw SnapshotError.corrupt("snapshot \(entry.id.tagged) does not follow \(expectedParent?.tagged ?? "nothing")")
             }
-            decided.formUnion(manifest.files.names)
-            decided.formUnion(manifest.deleted)
+            decided.formUnion(manifest.files.names.map { Array($0.utf8) })
+            decided.formUnion(manifest.deleted.map { Array($0.utf8) })
             manifests.append(manifest)
         }
         let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
-        guard written.filter({ !$0.hasSuffix("/") }) == Set(state.names) else {
+        guard written == Set(state.names.map { Array($0.utf8) }) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
         return manifests[0]

@@ -154,15 +154,15 @@ struct SnapshotWriter {
         }
     }
 
-    /// The files behind reported paths, sorted: a path may name a file, or a subdirectory
-    /// (created, or removed with everything the previous snapshot had below it).
+    /// The files behind reported paths, sorted: a path may name a file, or a subdirectory at
+    /// any depth (created, or removed with everything the previous snapshot had below it).
     private func expand(_ paths: Set<String>, in directory: String, previous: SessionState) throws -> [String] {
         var names = Set<String>()
-        for path in paths where !path.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
+        for path in paths
+        where !path.unicodeScalars.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
             names.formUnion(previous.names(inDirectory: path))
-            var status = stat()
-            if lstat("\(directory)/\(path)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR {
-                let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").map(\.name).filter { !$0.contains("/") }
+            if SessionFiles.isDirectory("\(directory)/\(path)") {
+                let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").map(\.name)
                 names.formUnion(inside.map { path + "/" + $0 })
             } else {
                 names.insert(path)

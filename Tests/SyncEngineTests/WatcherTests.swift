@@ -143,6 +143,46 @@ struct WatcherTests {
         await recorder.wait { $0.changedPaths(of: "nested").contains("keys/b.json") }
     }
 
+    /// Any depth: a directory created and filled before its watch is in place is scanned when the
+    /// watch is added; later files in it are reported from its own watch.
+    @Test func filesAtAnyDepthAreWatched() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "deep", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(200)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        // Created and filled in one go: the deeper levels exist before any watch on them.
+        try FileManager.default.createDirectory(atPath: root.file("deep/a/b/c/d"), withIntermediateDirectories: true)
+        try write("{}", to: root.file("deep/a/b/c/d/x.json"))
+        try write("{}", to: root.file("deep/a/b/y.json"))
+        await recorder.wait { $0.changedPaths(of: "deep").isSuperset(of: ["a/b/c/d/x.json", "a/b/y.json"]) }
+        try write("{}", to: root.file("deep/a/b/c/d/later.json"))
+        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b/c/d/later.json") }
+        // A removed subtree is reported by its top directory's name, and its watches go.
+        try FileManager.default.removeItem(atPath: root.file("deep/a/b"))
+        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b") }
+        // A directory that comes back under a former file's name, and the reverse.
+        try write("{}", to: root.file("deep/a/b"))
+        await recorder.wait { $0.changes(of: "deep").last?.contains("a/b") == true }
+        unlink(root.file("deep/a/b"))
+        try FileManager.default.createDirectory(atPath: root.file("deep/a/b/c"), withIntermediateDirectories: true)
+        try write("{}", to: root.file("deep/a/b/c/z.json"))
+        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b/c/z.json") }
+    }
+
+    @Test func theStartUpScanFindsFilesAtAnyDepth() throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "deep", files: ["creds.json"])
+        try FileManager.default.createDirectory(atPath: root.file("deep/sub/deeper/deepest"), withIntermediateDirectories: true)
+        try write("{}", to: root.file("deep/sub/x.json"))
+        try write("{}", to: root.file("deep/sub/deeper/x.json"))
+        try write("{}", to: root.file("deep/sub/deeper/deepest/x.json"))
+        try write("{}", to: root.file("deep/sub/deeper/.hidden"))
+        #expect(try SessionFiles.scan(sessionDirectory: root.file("deep")).map(\.name)
+            == ["creds.json", "sub/deeper/deepest/x.json", "sub/deeper/x.json", "sub/x.json"])
+    }
+
     @Test func aFileIsNotReportedUntilItIsClosed() async throws {
         let root = try TemporaryDirectory()
         try makeSession(root, "writer", files: [])
