@@ -252,7 +252,7 @@ public struct SessionRestorer: Sendable {
         let reader = StableFileReader()
         for (name, _) in try SessionFiles.scan(sessionDirectory: directory) {
             guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
-                throw SnapshotError.io("\(name) is being written")
+                throw SnapshotError.io("\(FileName.displayed(name)) is being written")
             }
             _ = files.add(
                 name,
