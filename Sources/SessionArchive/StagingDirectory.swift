@@ -25,11 +25,6 @@ public final class StagingDirectory {
         try write(FileDescriptorSink(fileDescriptor: file.raw, path: file.path))
     }
 
-    /// Creates a directory (and any missing parents); an existing directory is accepted.
-    public func makeDirectory(relativePath: String) throws {
-        _ = try directory(for: try ArchivePath.validatedComponents(of: relativePath)[...])
-    }
-
     /// Makes every file and directory written here durable with one syncfs(2) of the file system
     /// the staging directory is on. A restore writes thousands of small files, and an fsync each costs
     /// a journal commit each: measured 30× slower than the extraction itself (bench/archive). syncfs

@@ -176,11 +176,24 @@ public struct SessionRestorer: Sendable {
         if dryRun {
             return outcome(.wouldRestore, try apply(chain, objects: objects, session: session, into: nil, reader: reader))
         }
+        return outcome(.restored, try replace(directory, session: session, chain: chain, objects: objects))
+    }
+
+    /// Replaces `directory` by the session the chain's downloaded objects rebuild: each object
+    /// decrypted and unpacked into a staging directory beside it (files 0600 and their
+    /// directories 0700, at any depth), checked against its manifest and the chain, then swapped
+    /// in atomically (`DirectorySwap`). Every restore writes a session directory this way and no
+    /// other (the fuzz target and the hostile-archive tests drive it). Anything refused leaves
+    /// `directory` as it was and nothing beside it. Returns the newest snapshot's manifest.
+    func replace(_ directory: String, session: SessionID, chain: [SnapshotEntry], objects: [DownloadedSnapshot]) throws
+        -> SnapshotManifest
+    {
+        let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
         var restored: SnapshotManifest?
         try DirectorySwap.replace(directory) { staging in
             restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
         }
-        return outcome(.restored, restored!)
+        return restored!
     }
 
 

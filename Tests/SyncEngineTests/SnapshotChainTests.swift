@@ -453,7 +453,7 @@ func fixturePath(_ relative: String) -> String {
         .deletingLastPathComponent().appendingPathComponent("fixtures/\(relative)").path
 }
 
-/// Every regular file below a directory (one level of subdirectories), name → content.
+/// Every regular file below a directory, at any depth, name → content.
 func directoryContents(_ directory: String) throws -> [String: [UInt8]] {
     var files: [String: [UInt8]] = [:]
     let enumerator = FileManager.default.enumerator(atPath: directory)
