@@ -418,6 +418,21 @@ struct ChangeDebouncerTests {
         #expect(debouncer.nextDeadline == at(1260))
     }
 
+    /// A Set<String> would keep one of two canonically equivalent names ("é" as one code point
+    /// and as "e" + U+0301: two files on Linux) and lose the other's change; the session is
+    /// reported with no paths instead, which has it scanned whole.
+    @Test func canonicallyEquivalentPathsAskForAWholeScan() {
+        var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .seconds(5))
+        debouncer.record("a", paths: ["keys/\u{E9}.json", "creds.json"], at: at(0))
+        debouncer.record("a", paths: ["keys/e\u{301}.json"], at: at(10))
+        debouncer.record("b", paths: ["keys/\u{E9}.json", "keys/\u{E9}.json"], at: at(10))
+        let due = debouncer.takeDue(at: at(300))
+        #expect(due.map(\.session) == ["a", "b"])
+        #expect(due.map(\.paths) == [[], ["keys/\u{E9}.json"]])
+        #expect(Set(["x"]).addingReportedPaths(["e\u{301}", "\u{E9}"]) == nil)
+        #expect(Set(["x"]).addingReportedPaths(["x", "y"]) == ["x", "y"])
+    }
+
     @Test func takeAllReturnsEveryPendingSession() {
         var debouncer = ChangeDebouncer(quietPeriod: .seconds(10), maxDelay: .seconds(10))
         debouncer.record("b", paths: ["1"], at: at(0))
