@@ -38,14 +38,28 @@ func expectRestoreContract(accepted: Bool) {
         precondition(files.contents(atPath: "\(target)/\(marker.name)") == marker.contents, "a refused payload changed the target")
         return
     }
-    for name in files.enumerator(atPath: target)!.compactMap({ $0 as? String }) {
-        let attributes = try! files.attributesOfItem(atPath: "\(target)/\(name)")
-        let mode = attributes[.posixPermissions] as! Int
-        switch attributes[.type] as! FileAttributeType {
-        case .typeRegular: precondition(mode == 0o600, "\(name) restored with mode \(String(mode, radix: 8))")
-        case .typeDirectory: precondition(mode == 0o700, "\(name) restored with mode \(String(mode, radix: 8))")
-        default: preconditionFailure("\(name) restored as \(attributes[.type]!)")
+    walk(target) { path, mode in
+        switch mode & S_IFMT {
+        case S_IFREG: precondition(mode & 0o7777 == 0o600, "\(FileName.displayed(path)) restored with mode \(String(mode, radix: 8))")
+        case S_IFDIR: precondition(mode & 0o7777 == 0o700, "\(FileName.displayed(path)) restored with mode \(String(mode, radix: 8))")
+        default: preconditionFailure("\(FileName.displayed(path)) restored with mode \(String(mode, radix: 8))")
         }
+    }
+}
+
+/// Calls `visit` with the path and lstat mode of everything below `directory`, names of any
+/// bytes included (FileManager would mangle those that are not UTF-8).
+func walk(_ directory: String, _ visit: (String, mode_t) -> Void) {
+    guard let stream = FileName.withPlatformPath(directory, { opendir($0) }) else { preconditionFailure("opendir \(directory)") }
+    defer { closedir(stream) }
+    while let entry = readdir(stream) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) }
+        if name == "." || name == ".." { continue }
+        let path = directory + "/" + name
+        var status = stat()
+        precondition(FileName.withPlatformPath(path) { lstat($0, &status) } == 0, "lstat \(FileName.displayed(path))")
+        visit(path, status.st_mode)
+        if status.st_mode & S_IFMT == S_IFDIR { walk(path, visit) }
     }
 }
 
