@@ -32,6 +32,7 @@ struct NamesAndDepthPropertyTests {
         var tree = RandomSessionTree(seed: seed, root: Array(workspace.session("names").utf8))
         try tree.makeRoot()
         for _ in 0..<3 { try tree.addSubtree() }
+        try tree.addCanonicallyEquivalentTwins()
         let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms"])
         try await agent.waitUntilWatching(uploadedAtStart: 1)
         try await expectStoreMatches(tree, runner: runner, workspace: workspace, agent: agent)
@@ -39,6 +40,7 @@ struct NamesAndDepthPropertyTests {
         // While watched: subtrees created and filled at once, rewrites, removals, and names that
         // change from file to directory and back.
         for _ in 0..<2 { try tree.addSubtree() }
+        try tree.addCanonicallyEquivalentTwins()
         try tree.rewriteSomeFiles()
         try tree.removeASubtree()
         try tree.turnAFileIntoADirectory()
@@ -118,6 +120,17 @@ struct RandomSessionTree {
                 guard let fileName = freshName(in: parent, room: 12) else { break }
                 try addFile(join(parent, fileName))
             }
+        }
+    }
+
+    /// Two files in one random directory named "é" as one code point and as "e" + U+0301:
+    /// different bytes that Swift's String takes for one name.
+    mutating func addCanonicallyEquivalentTwins() throws {
+        let directory = directories.randomElement(using: &random) ?? []
+        let suffix = Array("-\(random.next() % 1000).json".utf8)
+        for name in [Array("\u{E9}".utf8) + suffix, Array("e\u{301}".utf8) + suffix] {
+            let path = join(directory, name)
+            if !files.contains(path) && !directories.contains(path) { try addFile(path) }
         }
     }
 
