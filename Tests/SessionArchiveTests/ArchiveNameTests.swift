@@ -69,6 +69,23 @@ import Testing
         #expect(lines.last == ["files/plain.json".utf8.map { String(format: "%02x", $0) }.joined(), "-", "False"])
     }
 
+    /// FORMAT.md: a `path` record past ASCII must come after `hdrcharset=BINARY`; one without it
+    /// (Python's and GNU tar's default, taken as UTF-8) is refused as corrupt, never misread.
+    @Test func aPathPastASCIIWithoutHdrcharsetIsRefused() throws {
+        let archive = try output(of: "/bin/sh", ["-c", """
+            python3 -c '
+            import io, sys, tarfile
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as t:
+                t.addfile(tarfile.TarInfo("files/\\u00e9.json"), io.BytesIO(b""))
+            sys.stdout.buffer.write(buffer.getvalue())
+            ' | zstd -q -c | base64 -w0
+            """])
+        let bytes = try #require(Data(base64Encoded: archive.trimmingCharacters(in: .whitespacesAndNewlines)))
+        let error = #expect(throws: ArchiveError.self) { try ArchiveReader(source: BufferSource([UInt8](bytes))).forEachEntry { _, _ in } }
+        #expect(error?.reason == .corrupt, "\(String(describing: error))")
+    }
+
     @Test func lengthLimitsCountTheNamesBytes() throws {
         let writer = try ArchiveWriter(sink: BufferSink())
         try writer.addFile(relativePath: FileName.decode([UInt8](repeating: 0xFF, count: 255)), contents: [], modificationTime: 0)
