@@ -173,9 +173,10 @@ struct SnapshotWriter {
             }
         }
         names.sort(by: SessionState.precedes)
-        // Bytewise duplicates are adjacent once sorted; any other String-equal pair is a twin.
-        names = names.enumerated().filter { $0.offset == 0 || SessionState.precedes(names[$0.offset - 1], $0.element) }.map(\.element)
-        return Set(names).count == names.count ? names : nil
+        // A name reported twice is adjacent to itself once sorted; any other pair a Set merges is a twin.
+        var unique: [String] = []
+        for name in names where unique.last.map({ SessionState.precedes($0, name) }) ?? true { unique.append(name) }
+        return Set(unique).count == unique.count ? unique : nil
     }
 
     /// A tombstone: an archive with only a manifest saying the session is gone.

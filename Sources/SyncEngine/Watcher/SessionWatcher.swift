@@ -10,8 +10,8 @@ public enum WatchEvent: Sendable, Equatable {
     /// mode changed. They are hints: a path may name a file or subdirectory that is gone again;
     /// the consumer reads the current state of each (or scans the session). Empty when only the
     /// directory itself changed (it was replaced, or created empty), or when two reported names
-    /// were canonically equivalent (`addingReportedPaths`): the consumer scans the session. `since`: the first of these
-    /// changes, where the replication lag starts.
+    /// were canonically equivalent (`addingReportedPaths`): the consumer scans the session.
+    /// `since`: the first of these changes, where the replication lag starts.
     case changed(session: String, paths: Set<String>, since: ContinuousClock.Instant)
     /// The session directory no longer exists (after the quiet period, so a directory replaced by
     /// a restore is reported as changed, not removed).
