@@ -147,21 +147,11 @@ struct WatchedDirectory: Hashable {
 
     /// Whether this is `other` or lies below it.
     func isWithin(_ other: WatchedDirectory) -> Bool {
-        guard session.utf8.elementsEqual(other.session.utf8) else { return false }
+        // String's == first: quick, and never false where the bytes are equal.
+        guard session == other.session, session.utf8.elementsEqual(other.session.utf8) else { return false }
         guard let top = other.subdirectory else { return true }
         guard let subdirectory else { return false }
         return subdirectory.utf8.elementsEqual(top.utf8) || subdirectory.utf8.starts(with: (top + "/").utf8)
-    }
-
-    /// Whether this lies directly in `other`.
-    func isChild(of other: WatchedDirectory) -> Bool {
-        guard let subdirectory, session.utf8.elementsEqual(other.session.utf8) else { return false }
-        let parent = subdirectory.unicodeScalars.lastIndex(of: "/").map { String(subdirectory.unicodeScalars[..<$0]) }
-        switch (parent, other.subdirectory) {
-        case (nil, nil): return true
-        case (let parent?, let top?): return parent.utf8.elementsEqual(top.utf8)
-        default: return false
-        }
     }
 
     /// Bytewise: String's == takes canonically equivalent names ("é" and "e\u{301}", two
@@ -295,35 +285,46 @@ final class WatchLoop {
     /// existed are reported) if it is a directory, unwatched with everything below it if not.
     /// Records the session as changed either way.
     private func reconcile(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
-        var paths: [String] = []
-        if watch(directory) {
-            if directory.subdirectory == nil { knownSessions.insert(directory.session) }
-            // Listed after the watch is in place, so that nothing falls between the two.
-            let entries = (try? SessionFiles.entries(of: path(of: directory))) ?? []
-            var present: Set<[UInt8]> = []
-            for entry in entries where !SessionFiles.isIgnoredName(entry.name) {
-                switch entry.kind {
-                case .file: paths.append(directory.path(of: entry.name))
-                case .directory:
-                    present.insert(Array(directory.path(of: entry.name).utf8))
-                    reconcile(directory.child(entry.name), at: now)
-                case .other: continue
-                }
-            }
-            // Watches of subdirectories gone from this one (a missed or pending event).
-            for stale in watchByDirectory.keys
-            where stale.isChild(of: directory) && !present.contains(Array(stale.subdirectory!.utf8)) {
-                unwatchTree(stale)
+        var present: Set<[UInt8]> = []
+        if watchTree(directory, present: &present, at: now) {
+            // Watches below it of directories that are gone (a missed or pending event). One pass
+            // over the watches per reconciled tree, not per directory in it: a start-up reconciles
+            // every session.
+            for stale in watchByDirectory.keys where stale.isWithin(directory) && stale != directory {
+                if !present.contains(Array(stale.subdirectory!.utf8)) { unwatch(stale) }
             }
         } else if let subdirectory = directory.subdirectory {
             unwatchTree(directory)
-            paths.append(subdirectory)
+            debouncer.record(directory.session, paths: [subdirectory], at: now)
         } else {
             // A name in the root that never was a session directory (a plain file) is nothing to report.
             guard knownSessions.remove(directory.session) != nil else { return }
-            for stale in watchByDirectory.keys where stale.session == directory.session { unwatch(stale) }
+            unwatchTree(directory)
+            debouncer.record(directory.session, paths: [], at: now)
+        }
+    }
+
+    /// Watches `directory` and every directory below it, and records their files as changed
+    /// (listed after each watch is in place, so that nothing falls between the two); the paths
+    /// of the subdirectories found go into `present`. False when `directory` is not a directory
+    /// (any more).
+    private func watchTree(_ directory: WatchedDirectory, present: inout Set<[UInt8]>, at now: ContinuousClock.Instant) -> Bool {
+        guard watch(directory) else { return false }
+        if directory.subdirectory == nil { knownSessions.insert(directory.session) }
+        var paths: [String] = []
+        for entry in (try? SessionFiles.entries(of: path(of: directory))) ?? [] where !SessionFiles.isIgnoredName(entry.name) {
+            switch entry.kind {
+            case .file:
+                paths.append(directory.path(of: entry.name))
+            case .directory:
+                let child = directory.child(entry.name)
+                if watchTree(child, present: &present, at: now) { present.insert(Array(child.subdirectory!.utf8)) }
+            case .other:
+                continue
+            }
         }
         debouncer.record(directory.session, paths: paths, at: now)
+        return true
     }
 
     /// Watches `directory` if it is one; false when it is not (any more).
