@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import S3Client
+import SessionArchive
 @testable import SyncEngine
 import TestSupport
 import Testing
@@ -145,6 +146,23 @@ struct SnapshotChainTests {
         for name in [composed, decomposed] { try write(contents(name, 2), to: "keys/" + name) }
         _ = try await writer.sync(changedPaths: ["keys"])
         try await expectRestored(round: 2)
+    }
+
+    /// A path the archive cannot hold (over 1,018 bytes below the session directory) fails the
+    /// snapshot with an error naming it, rather than being left out of it.
+    @Test func aPathTooLongForTheArchiveFailsTheSnapshotNamingIt() async throws {
+        try copyFixture("small")
+        var path = ""
+        for level in 0..<5 {
+            path += (level == 0 ? "" : "/") + String(repeating: "d", count: 201)
+            try FileManager.default.createDirectory(atPath: "\(directory)/\(path)", withIntermediateDirectories: false)
+        }
+        path += "/long.json"
+        #expect(path.utf8.count == 1019)
+        try write("{}", to: path)
+        let error = await #expect(throws: ArchiveError.self) { try await replicator().sync() }
+        #expect(error?.reason == .unsafePath)
+        #expect(error?.entry == "files/" + path)
     }
 
     @Test func aTornFileIsNeverCapturedAndItsLastGoodVersionIsKept() async throws {
