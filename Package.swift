@@ -92,7 +92,7 @@ if Context.environment["SYNC_AGENT_FUZZ"] != nil {
     ]
     let fuzzTargets: [(product: String, target: String, dependencies: [Target.Dependency])] = [
         ("fuzz-encrypted-object", "FuzzEncryptedObject", ["Crypto"]),
-        ("fuzz-archive", "FuzzArchive", ["SessionArchive", "Crypto"]),
+        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "Crypto"]),
         ("fuzz-manifest", "FuzzManifest", ["SyncEngine"]),
         ("fuzz-head", "FuzzHead", ["SyncEngine"]),
         ("fuzz-s3-xml", "FuzzS3XML", ["S3Client"]),

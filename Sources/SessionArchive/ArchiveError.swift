@@ -1,8 +1,9 @@
 /// Why an archive could not be written or read. The description names the entry concerned
-/// (quoted and escaped, since hostile names may hold control characters) but never file contents.
+/// (quoted and escaped with `FileName.displayed`, since hostile names may hold control characters
+/// and bytes that are not UTF-8) but never file contents.
 public struct ArchiveError: Error, CustomStringConvertible, Equatable, Sendable {
     public enum Reason: Equatable, Sendable {
-        /// Absolute, empty, `.`/`..` component, empty component, or too long.
+        /// Absolute, empty, `.`/`..` component, empty component, NUL, or too long (in the name's bytes).
         case unsafePath
         /// Symlink, hard link, device, FIFO, socket: only regular files and directories are allowed.
         case forbiddenEntryType(String)
@@ -51,7 +52,7 @@ public struct ArchiveError: Error, CustomStringConvertible, Equatable, Sendable 
         case .sourceChanged: message = "file changed while being archived"
         case .invalidCompressionLevel(let level): message = "invalid zstd compression level \(level) (1...22)"
         }
-        if let entry { message = "archive entry \(String(reflecting: entry)): " + message }
+        if let entry { message = "archive entry \"\(FileName.displayed(entry))\": " + message }
         if let detail { message += " (\(detail))" }
         return message
     }
@@ -81,18 +82,23 @@ enum ArchivePath {
 
     /// Whether the path is a safe relative path: not absolute, no NUL, no empty, `.` or `..`
     /// component, within the length limits. A single trailing slash is tolerated (tar writers
-    /// mark directories that way). One pass over the bytes, no allocation: the writer checks
-    /// every file of every snapshot.
+    /// mark directories that way). Lengths are the name's bytes on disk (`FileName`), not its
+    /// escapes' UTF-8. One pass over the bytes, no allocation for a name that is UTF-8: the
+    /// writer checks every file of every snapshot.
     static func isSafe(_ path: String) -> Bool {
-        var utf8 = path.utf8[...]
-        if utf8.last == UInt8(ascii: "/") { utf8 = utf8.dropLast() }
-        guard !utf8.isEmpty, path.utf8.count <= maxPathBytes else { return false }
+        path.utf8.contains(0xF4) ? isSafe(bytes: FileName.bytes(of: path)) : isSafe(bytes: path.utf8)
+    }
+
+    private static func isSafe(bytes path: some BidirectionalCollection<UInt8>) -> Bool {
+        var bytes = path[...]
+        if bytes.last == UInt8(ascii: "/") { bytes = bytes.dropLast() }
+        guard !bytes.isEmpty, path.count <= maxPathBytes else { return false }
         var componentLength = 0
         var componentIsDots = true
         func componentIsSafe() -> Bool {
             componentLength > 0 && componentLength <= maxComponentBytes && !(componentIsDots && componentLength <= 2)
         }
-        for byte in utf8 {
+        for byte in bytes {
             switch byte {
             case 0: return false
             case UInt8(ascii: "/"):
@@ -107,10 +113,13 @@ enum ArchivePath {
     }
 
     /// The path's components if it is a safe relative path (`isSafe`), nil otherwise.
+    /// Split on the scalar "/", not the Character: a component may start with a combining mark,
+    /// which Swift would join to the "/" before it into one Character.
     static func components(of path: String) -> [Substring]? {
         guard isSafe(path) else { return nil }
-        let trimmed = path.hasSuffix("/") ? path.dropLast() : Substring(path)
-        return trimmed.split(separator: "/", omittingEmptySubsequences: false)
+        var scalars = path.unicodeScalars[...]
+        if scalars.last == "/" { scalars = scalars.dropLast() }
+        return scalars.split(separator: "/", omittingEmptySubsequences: false).map(Substring.init)
     }
 
     static func validatedComponents(of path: String) throws -> [Substring] {

@@ -62,7 +62,7 @@ public final class ArchiveReader {
         var endOfLastEntry: Int64 = 0
         while true {
             var rawEntry: OpaquePointer?
-            let status = archive_read_next_header(archive, &rawEntry)
+            let status = inCLocale { archive_read_next_header(archive, &rawEntry) }
             if status == ARCHIVE_EOF {
                 // libarchive accepts a tar that stops at an entry boundary without the two zero blocks
                 // of the end-of-archive marker; we do not, so a cut archive cannot pass as a shorter one.
@@ -134,21 +134,22 @@ private struct EntryValidator {
     let limits: ExtractionLimits
     private var entryCount = 0
     private var totalBytes: Int64 = 0
-    private var seen: Set<String> = []
-    private var files: Set<String> = []
+    /// Paths as their UTF-8, compared bytewise: String's == takes canonically equivalent names
+    /// ("é" and "e\u{301}", two files on Linux) for one.
+    private var seen: Set<[UInt8]> = []
+    private var files: Set<[UInt8]> = []
     /// Directories implied by the paths seen so far: a file may not take one of these names.
-    private var parents: Set<String> = []
+    private var parents: Set<[UInt8]> = []
 
     init(limits: ExtractionLimits) {
         self.limits = limits
     }
 
     mutating func validate(_ rawEntry: OpaquePointer) throws -> ArchiveEntry {
-        guard let namePointer = archive_entry_pathname_utf8(rawEntry) ?? archive_entry_pathname(rawEntry),
-              let name = String(validatingCString: namePointer)
-        else {
-            throw ArchiveError(.unsafePath, entry: "<not UTF-8>")
-        }
+        // The path's bytes as the archive holds them (read in the C locale, libarchive converts
+        // nothing): a name of any bytes, as `FileName` maps it.
+        guard let namePointer = archive_entry_pathname(rawEntry) else { throw ArchiveError(.unsafePath, entry: "") }
+        let name = FileName.decode(UnsafeRawBufferPointer(start: namePointer, count: strlen(namePointer)))
         entryCount += 1
         guard entryCount <= limits.maxEntryCount else {
             throw ArchiveError(.tooManyEntries(limit: limits.maxEntryCount), entry: name)
@@ -157,13 +158,14 @@ private struct EntryValidator {
         let kind = try Self.kind(of: rawEntry, name: name)
         let path = components.joined(separator: "/")
 
-        let ancestors = (1..<components.count).map { components[..<$0].joined(separator: "/") }
-        guard !ancestors.contains(where: files.contains), !(kind == .file && parents.contains(path)),
-              seen.insert(path).inserted
+        let ancestors = (1..<components.count).map { Array(components[..<$0].joined(separator: "/").utf8) }
+        let pathBytes = Array(path.utf8)
+        guard !ancestors.contains(where: files.contains), !(kind == .file && parents.contains(pathBytes)),
+              seen.insert(pathBytes).inserted
         else {
             throw ArchiveError(.duplicateEntry, entry: name)
         }
-        if kind == .file { files.insert(path) }
+        if kind == .file { files.insert(pathBytes) }
         parents.formUnion(ancestors)
 
         let size = archive_entry_size_is_set(rawEntry) != 0 ? archive_entry_size(rawEntry) : 0

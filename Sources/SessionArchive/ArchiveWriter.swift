@@ -114,18 +114,26 @@ public final class ArchiveWriter {
 
     private func addEntry(relativePath: String, type: mode_t, permissions: mode_t, size: Int64, modificationTime: Int64) throws {
         precondition(!finished, "ArchiveWriter used after finish()")
-        guard ArchivePath.isSafe(relativePath), !relativePath.hasSuffix("/") else {
+        guard ArchivePath.isSafe(relativePath), relativePath.utf8.last != UInt8(ascii: "/") else {
             throw ArchiveError(.unsafePath, entry: relativePath)
         }
         archive_entry_clear(entry)
-        archive_entry_set_pathname_utf8(entry, relativePath)
+        // The name's own bytes, never converted (FORMAT.md "Names"): libarchive's conversions
+        // depend on the locale, and the UTF-8 one returns NULL for any name that is not ASCII in
+        // the C locale the agent runs in (a crash in the pax writer's strlen).
+        FileName.withPlatformPath(relativePath) { archive_entry_copy_pathname(entry, $0) }
         archive_entry_set_filetype(entry, UInt32(type))
         archive_entry_set_perm(entry, permissions)
         archive_entry_set_size(entry, size)
         archive_entry_set_mtime(entry, time_t(modificationTime), 0)
         archive_entry_set_uid(entry, 0)
         archive_entry_set_gid(entry, 0)
-        try check(archive_write_header(archive, entry), entry: relativePath)
+        let status = inCLocale { archive_write_header(archive, entry) }
+        // A name with a byte above 0x7F cannot be translated from the C locale to UTF-8: the pax
+        // writer says so with a warning and stores the name's bytes as they are, under
+        // `hdrcharset=BINARY`, which is the documented format. Any other warning is a failure.
+        if status == ARCHIVE_WARN, relativePath.utf8.contains(where: { $0 >= 0x80 }) { return }
+        try check(status, entry: relativePath)
     }
 
     private func writeData(_ chunk: UnsafeRawBufferPointer, entry: String) throws {
@@ -184,4 +192,18 @@ private final class WriterOutput {
 private func writeToSink(_: OpaquePointer?, context: UnsafeMutableRawPointer?, buffer: UnsafeRawPointer?, length: Int) -> la_ssize_t {
     let output = Unmanaged<WriterOutput>.fromOpaque(context!).takeUnretainedValue()
     return output.write(UnsafeRawBufferPointer(start: buffer, count: length))
+}
+
+/// The C locale, in which libarchive reads every name as bytes it cannot translate: a name with a
+/// byte above 0x7F is then stored and read as those bytes (`hdrcharset=BINARY`), never converted.
+/// In a UTF-8 locale libarchive would rewrite some names that are not UTF-8 (a surrogate pair
+/// encoded as two 3-byte sequences becomes one 4-byte sequence) without a word. Swift never calls
+/// setlocale, so the process is in the C locale already; this holds even if something does.
+nonisolated(unsafe) private let cLocale = newlocale(LC_CTYPE_MASK, "C", nil)
+
+/// Runs `body` (libarchive calls that may convert names) with this thread in the C locale.
+func inCLocale<Result>(_ body: () throws -> Result) rethrows -> Result {
+    let previous = uselocale(cLocale)
+    defer { uselocale(previous) }
+    return try body()
 }

@@ -21,7 +21,8 @@ let processUmask: mode_t = {
 
 /// An open file or directory, closed in deinit. Everything below a directory is reached with
 /// the *at() calls and O_NOFOLLOW, so a symlink planted in a staging or session directory is
-/// never followed.
+/// never followed. Names are `FileName` strings: each goes to the kernel as the bytes it stands
+/// for, and `entryNames` decodes what readdir returns the same way.
 final class FileDescriptor {
     let raw: Int32
     /// For error messages only.
@@ -39,7 +40,7 @@ final class FileDescriptor {
     /// Opens a directory given by the caller (the parent of a session directory), following symlinks
     /// in that path as the caller's configuration asks.
     static func openDirectory(_ path: String) throws -> FileDescriptor {
-        let raw = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let raw = FileName.withPlatformPath(path) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard raw >= 0 else { throw SystemError("open", path: path) }
         return FileDescriptor(raw: raw, path: path)
     }
@@ -49,20 +50,20 @@ final class FileDescriptor {
     }
 
     func openDirectory(at name: String) throws -> FileDescriptor {
-        let raw = openat(self.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        let raw = FileName.withPlatformPath(name) { openat(self.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
         guard raw >= 0 else { throw SystemError("open", path: childPath(name)) }
         return FileDescriptor(raw: raw, path: childPath(name))
     }
 
     func openFile(at name: String) throws -> FileDescriptor {
-        let raw = openat(self.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        let raw = FileName.withPlatformPath(name) { openat(self.raw, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
         guard raw >= 0 else { throw SystemError("open", path: childPath(name)) }
         return FileDescriptor(raw: raw, path: childPath(name))
     }
 
     /// Creates a new directory (never reuses one) with exactly 0700, whatever the umask.
     func makeDirectory(at name: String) throws -> FileDescriptor {
-        guard mkdirat(raw, name, 0o700) == 0 else { throw SystemError("mkdir", path: childPath(name)) }
+        guard FileName.withPlatformPath(name, { mkdirat(raw, $0, 0o700) }) == 0 else { throw SystemError("mkdir", path: childPath(name)) }
         let directory = try openDirectory(at: name)
         try directory.setMode(0o700)
         return directory
@@ -70,7 +71,7 @@ final class FileDescriptor {
 
     /// Creates a new file (O_EXCL: never opens an existing file or a symlink) with exactly 0600.
     func createFile(at name: String) throws -> FileDescriptor {
-        let raw = openat(self.raw, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        let raw = FileName.withPlatformPath(name) { openat(self.raw, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         guard raw >= 0 else { throw SystemError("create", path: childPath(name)) }
         let file = FileDescriptor(raw: raw, path: childPath(name))
         if processUmask & 0o600 != 0 { try file.setMode(0o600) }
@@ -94,7 +95,7 @@ final class FileDescriptor {
     /// Whether `name` exists in this directory (without following a symlink).
     func contains(_ name: String) throws -> Bool {
         var info = stat()
-        if fstatat(raw, name, &info, AT_SYMLINK_NOFOLLOW) == 0 { return true }
+        if FileName.withPlatformPath(name, { fstatat(raw, $0, &info, AT_SYMLINK_NOFOLLOW) }) == 0 { return true }
         if errno == ENOENT { return false }
         throw SystemError("stat", path: childPath(name))
     }
@@ -115,9 +116,7 @@ final class FileDescriptor {
                 if errno != 0 { throw SystemError("readdir", path: path) }
                 return names
             }
-            let name = withUnsafeBytes(of: &entry.pointee.d_name) { bytes in
-                String(cString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))
-            }
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) }
             if name != "." && name != ".." { names.append(name) }
         }
     }
@@ -125,26 +124,30 @@ final class FileDescriptor {
     /// Removes `name` and, if it is a directory, everything below it; symlinks are removed, not followed.
     /// A missing `name` is not an error, so an interrupted removal can simply be run again.
     func removeTree(at name: String) throws {
-        if unlinkat(raw, name, 0) == 0 || errno == ENOENT { return }
+        if FileName.withPlatformPath(name, { unlinkat(raw, $0, 0) }) == 0 || errno == ENOENT { return }
         guard errno == EISDIR else { throw SystemError("unlink", path: childPath(name)) }
         let directory = try openDirectory(at: name)
         for child in try directory.entryNames() {
             try directory.removeTree(at: child)
         }
-        guard unlinkat(raw, name, AT_REMOVEDIR) == 0 || errno == ENOENT else {
+        guard FileName.withPlatformPath(name, { unlinkat(raw, $0, AT_REMOVEDIR) }) == 0 || errno == ENOENT else {
             throw SystemError("rmdir", path: childPath(name))
         }
     }
 
     func rename(_ from: String, to: String) throws {
-        guard renameat(raw, from, raw, to) == 0 else { throw SystemError("rename", path: childPath(from)) }
+        let renamed = FileName.withPlatformPath(from) { from in FileName.withPlatformPath(to) { renameat(raw, from, raw, $0) } }
+        guard renamed == 0 else { throw SystemError("rename", path: childPath(from)) }
     }
 
     /// Atomically swaps two names in this directory with renameat2(RENAME_EXCHANGE). Returns false when
     /// the kernel or file system does not support it, so the caller can fall back to two renames.
     func exchange(_ first: String, _ second: String) throws -> Bool {
         guard let renameat2 = renameat2Function else { return false }
-        if renameat2(raw, first, raw, second, renameExchangeFlag) == 0 { return true }
+        let exchanged = FileName.withPlatformPath(first) { first in
+            FileName.withPlatformPath(second) { renameat2(raw, first, raw, $0, renameExchangeFlag) }
+        }
+        if exchanged == 0 { return true }
         if errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP { return false }
         throw SystemError("renameat2", path: childPath(first))
     }

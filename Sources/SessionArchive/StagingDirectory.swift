@@ -8,7 +8,7 @@ public final class StagingDirectory {
     /// The staging directory's own path (a dot-named sibling of the target).
     public let path: String
     private let root: FileDescriptor
-    /// The directory the previous file went into: session directories are flat or nearly so.
+    /// The directory the previous file went into: files come in name order, so most share it.
     private var lastParent: (path: String, directory: FileDescriptor)?
 
     init(path: String, root: FileDescriptor) {
@@ -16,17 +16,13 @@ public final class StagingDirectory {
         self.root = root
     }
 
-    /// Creates `relativePath` (a safe relative path) and lets `write` fill it. The file must not exist yet.
+    /// Creates `relativePath` (a safe relative path), and its missing directories at any depth,
+    /// and lets `write` fill it. The file must not exist yet.
     public func writeFile(relativePath: String, _ write: (ByteSink) throws -> Void) throws {
         let components = try ArchivePath.validatedComponents(of: relativePath)
         let parent = try directory(for: components.dropLast())
         let file = try parent.createFile(at: String(components.last!))
         try write(FileDescriptorSink(fileDescriptor: file.raw, path: file.path))
-    }
-
-    /// Creates a directory (and any missing parents); an existing directory is accepted.
-    public func makeDirectory(relativePath: String) throws {
-        _ = try directory(for: try ArchivePath.validatedComponents(of: relativePath)[...])
     }
 
     /// Makes every file and directory written here durable with one syncfs(2) of the file system
@@ -40,7 +36,8 @@ public final class StagingDirectory {
     private func directory(for components: ArraySlice<Substring>) throws -> FileDescriptor {
         if components.isEmpty { return root }
         let path = components.joined(separator: "/")
-        if let lastParent, lastParent.path == path { return lastParent.directory }
+        // Bytewise: String's == takes canonically equivalent names ("é" and "e\u{301}") for one.
+        if let lastParent, lastParent.path.utf8.elementsEqual(path.utf8) { return lastParent.directory }
         var directory = root
         for component in components {
             let name = String(component)

@@ -139,7 +139,14 @@ struct ArchiveUnpack: ParsableCommand {
     func run() throws {
         let input = try OpenFile.reading(object)
         let decryption = try DecryptingSource(keyring: try key.keyring(), identity: benchIdentity, upstream: input.source)
-        try ArchiveExtractor().restore(from: decryption, replacing: directory)
+        // The archive layer of a restore, which SessionRestorer runs for each snapshot (with the
+        // manifest's checks on top): a directory entry adds nothing, a file's directories are
+        // created with it.
+        try DirectorySwap.replace(directory) { staging in
+            try ArchiveReader(source: decryption).forEachEntry { entry, data in
+                if entry.kind == .file { try staging.writeFile(relativePath: entry.path) { try data.copy(to: $0) } }
+            }
+        }
     }
 }
 

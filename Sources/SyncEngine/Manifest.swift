@@ -45,9 +45,9 @@ public struct SnapshotManifest: Sendable {
         case .base: return files
         case .tombstone: return SessionState()
         case .delta:
-            var changes = [String: FileRecord?](minimumCapacity: deleted.count + files.count)
-            for name in deleted { changes[name] = .some(nil) }
-            for (name, record) in files { changes[name] = record }
+            var changes: [(name: String, record: FileRecord?)] = deleted.map { ($0, nil) }
+            changes.reserveCapacity(deleted.count + files.count)
+            for (name, record) in files { changes.append((name, record)) }
             return previous.applying(changes)
         }
     }

@@ -1,5 +1,6 @@
 import Crypto
 import FoundationEssentials
+import SessionArchive
 
 /// The manifest as JSON Lines (FORMAT.md): a header, then one line per file in name order, then
 /// one line per deleted name, each line written by one JSONEncoder call and read by one
@@ -169,7 +170,7 @@ enum ManifestJSON {
         /// Names come in byte order, each once, as a `SessionState` holds them.
         func checkOrder(_ name: String, after previous: inout String?) throws {
             if let previous, !SessionState.precedes(previous, name) {
-                throw failure("line \(number) names \(name) twice or out of order")
+                throw failure("line \(number) names \(FileName.displayed(name)) twice or out of order")
             }
             previous = name
         }

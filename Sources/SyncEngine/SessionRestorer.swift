@@ -210,11 +210,24 @@ public struct SessionRestorer: Sendable {
         if dryRun {
             return outcome(.wouldRestore, try apply(chain, objects: objects, session: session, into: nil, reader: reader))
         }
+        return outcome(.restored, try replace(directory, session: session, chain: chain, objects: objects))
+    }
+
+    /// Replaces `directory` by the session the chain's downloaded objects rebuild: each object
+    /// decrypted and unpacked into a staging directory beside it (files 0600 and their
+    /// directories 0700, at any depth), checked against its manifest and the chain, then swapped
+    /// in atomically (`DirectorySwap`). Every restore writes a session directory this way and no
+    /// other (the fuzz target and the hostile-archive tests drive it). Anything refused leaves
+    /// `directory` as it was and nothing beside it. Returns the newest snapshot's manifest.
+    func replace(_ directory: String, session: SessionID, chain: [SnapshotEntry], objects: [DownloadedSnapshot]) throws
+        -> SnapshotManifest
+    {
+        let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
         var restored: SnapshotManifest?
         try DirectorySwap.replace(directory) { staging in
             restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
         }
-        return outcome(.restored, restored!)
+        return restored!
     }
 
 
@@ -244,38 +257,32 @@ public struct SessionRestorer: Sendable {
         _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
     ) throws -> SnapshotManifest {
-        var decided = Set<String>()
-        var written = Set<String>()
+        // Names as their UTF-8, compared bytewise: String's == takes canonically equivalent
+        // names ("é" and "e\u{301}", two files on Linux) for one.
+        var decided = Set<[UInt8]>()
+        var written = Set<[UInt8]>()
         var manifests: [SnapshotManifest] = []
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
-                if decided.contains(name) { return try data.drain() }
-                guard let staging else {
-                    written.insert(name)
-                    return try data.drain()
-                }
-                if let slash = name.lastIndex(of: "/") {
-                    let parent = String(name[..<slash])
-                    if !written.contains(parent + "/") {
-                        try staging.makeDirectory(relativePath: parent)
-                        written.insert(parent + "/")
-                    }
-                }
-                try staging.writeFile(relativePath: name) { sink in try data.copy(to: sink) }
-                written.insert(name)
+                let nameBytes = Array(name.utf8)
+                if decided.contains(nameBytes) { return try data.drain() }
+                // Its directories, at any depth, are created (0700) as the file is.
+                try staging?.writeFile(relativePath: name) { sink in try data.copy(to: sink) }
+                written.insert(nameBytes)
+                if staging == nil { try data.drain() }
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
                 throw SnapshotError.corrupt("snapshot \(entry.id.tagged) does not follow \(expectedParent?.tagged ?? "nothing")")
             }
-            decided.formUnion(manifest.files.names)
-            decided.formUnion(manifest.deleted)
+            decided.formUnion(manifest.files.names.map { Array($0.utf8) })
+            decided.formUnion(manifest.deleted.map { Array($0.utf8) })
             manifests.append(manifest)
         }
         let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
-        guard written.filter({ !$0.hasSuffix("/") }) == Set(state.names) else {
+        guard written == Set(state.names.map { Array($0.utf8) }) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
         return manifests[0]
@@ -313,7 +320,7 @@ public struct SessionRestorer: Sendable {
         let reader = StableFileReader()
         for (name, _) in try SessionFiles.scan(sessionDirectory: directory) {
             guard case .stable(let file) = try reader.read("\(directory)/\(name)") else {
-                throw SnapshotError.io("\(name) is being written")
+                throw SnapshotError.io("\(FileName.displayed(name)) is being written")
             }
             _ = files.add(
                 name,

@@ -80,14 +80,23 @@ public struct SessionState: Sendable, Sequence {
         return absent
     }
 
-    /// This state with `changes` made: each name set to its record, or removed where it is nil.
-    public func applying(_ changes: [String: FileRecord?]) -> SessionState {
-        let changed = changes.keys.sorted(by: Self.precedes)
+    /// This state with `changes` made: each name set to its record, or removed where it is nil;
+    /// of several changes to one name, the last. Names are told apart by their bytes (a
+    /// dictionary would take two canonically equivalent names, two files on Linux, for one).
+    public func applying(_ changes: [(name: String, record: FileRecord?)]) -> SessionState {
+        // By name, and a name's changes in the order given.
+        let order = changes.indices.sorted { first, second in
+            Self.precedes(changes[first].name, changes[second].name)
+                || (!Self.precedes(changes[second].name, changes[first].name) && first < second)
+        }
         var result = SessionState()
-        result.reserveCapacity(count + changes.count, nameBytes: nameBytes.count + changed.reduce(0) { $0 + $1.utf8.count })
+        result.reserveCapacity(count + changes.count, nameBytes: nameBytes.count + changes.reduce(0) { $0 + $1.name.utf8.count })
         var index = 0
-        for var name in changed {
-            let record = changes[name]!
+        for (position, change) in order.enumerated() {
+            // A later change to the same name follows: it wins.
+            if position + 1 < order.count, !Self.precedes(changes[change].name, changes[order[position + 1]].name) { continue }
+            var name = changes[change].name
+            let record = changes[change].record
             name.withUTF8 { key in
                 while index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) < 0 {
                     result.append(entryAt: index, of: self)
@@ -131,10 +140,11 @@ public struct SessionState: Sendable, Sequence {
 
     /// Builds a state from files given one at a time: in place while they come in order (as a
     /// snapshot's writer stores them), through a dictionary once one does not. A base manifest
-    /// of 100,000 files then never costs a dictionary of them.
+    /// of 100,000 files then never costs a dictionary of them. The dictionary is keyed by a
+    /// name's bytes: String keys would take two canonically equivalent names for one.
     struct Builder {
         private var state = SessionState()
-        private var unordered: [String: FileRecord]?
+        private var unordered: [[UInt8]: (name: String, record: FileRecord)]?
 
         init() {}
 
@@ -148,17 +158,19 @@ public struct SessionState: Sendable, Sequence {
                     return true
                 }
                 if appended { return true }
-                unordered = Dictionary(uniqueKeysWithValues: state.lazy.map { ($0.name, $0.record) })
+                unordered = Dictionary(uniqueKeysWithValues: state.lazy.map { (Array($0.name.utf8), ($0.name, $0.record)) })
                 state = SessionState()
             }
-            guard unordered![name] == nil else { return false }
-            unordered![name] = record
+            guard unordered![Array(name.utf8)] == nil else { return false }
+            unordered![Array(name.utf8)] = (name, record)
             return true
         }
 
         var count: Int { unordered?.count ?? state.count }
 
-        func build() -> SessionState { unordered.map(SessionState.init) ?? state }
+        func build() -> SessionState {
+            unordered.map { SessionState(sortedFiles: $0.values.sorted { SessionState.precedes($0.name, $1.name) }) } ?? state
+        }
     }
 
     // MARK: - Storage

@@ -32,7 +32,7 @@ struct SnapshotReader {
             let archive = try ArchiveReader(source: decrypted, limits: limits)
             try archive.forEachEntry { entry, data in
                 guard manifest == nil else {
-                    throw SnapshotError.corrupt("entry \(entry.path) follows the manifest")
+                    throw SnapshotError.corrupt("entry \(FileName.displayed(entry.path)) follows the manifest")
                 }
                 if entry.path == SnapshotManifest.entryName {
                     manifest = try ManifestJSON.read(from: data)
@@ -42,10 +42,10 @@ struct SnapshotReader {
                     let hasher = ContentHasher(key: decrypted.key)
                     try visit(name, TeeSource(upstream: data, tee: hasher))
                     guard contents.add(name, FileRecord(size: entry.size, contentID: hasher.finalize(), fingerprint: nil)) else {
-                        throw SnapshotError.corrupt("\(entry.path) is in the archive twice")
+                        throw SnapshotError.corrupt("\(FileName.displayed(entry.path)) is in the archive twice")
                     }
                 } else {
-                    throw SnapshotError.corrupt("unexpected entry \(entry.path)")
+                    throw SnapshotError.corrupt("unexpected entry \(FileName.displayed(entry.path))")
                 }
             }
             // The authentication tag of the final chunk is only checked at end of stream.
@@ -74,7 +74,7 @@ struct SnapshotReader {
         }
         for ((name, read), (_, record)) in zip(readFiles, manifest.files) where read.contentID != record.contentID {
             // Same key id but another content key would also land here, so say both.
-            throw SnapshotError.corrupt("\(name) in snapshot \(id) does not match its recorded content hash")
+            throw SnapshotError.corrupt("\(FileName.displayed(name)) in snapshot \(id) does not match its recorded content hash")
         }
         return manifest
     }

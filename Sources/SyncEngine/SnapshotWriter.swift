@@ -59,10 +59,12 @@ struct SnapshotWriter {
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind, parentTag: parent?.tag))
         // Reported paths only: everything else is as the previous snapshot had it. Reported paths
         // are always read, never judged by fingerprint.
-        let readsReportedPaths = kind == .delta && changedPaths != nil
+        var reportedNames: [String]?
+        if kind == .delta, let changedPaths { reportedNames = try expand(changedPaths, in: directory, previous: previous) }
+        let readsReportedPaths = reportedNames != nil
         let candidates: [(name: String, fingerprint: FileState?)]
-        if readsReportedPaths, let changedPaths {
-            candidates = try expand(changedPaths, in: directory, previous: previous).map { ($0, nil) }
+        if let reportedNames {
+            candidates = reportedNames.map { ($0, nil) }
         } else {
             candidates = try SessionFiles.scan(sessionDirectory: directory).map { ($0.name, $0.state) }
         }
@@ -83,10 +85,10 @@ struct SnapshotWriter {
         var included = SessionState.Builder()
         // What each candidate is now: the whole state after a scan, the changes after reported paths.
         var scanned = SessionState.Builder()
-        var reported: [String: FileRecord?] = [:]
+        var reported: [(name: String, record: FileRecord?)] = []
         func found(_ name: String, _ record: FileRecord?) {
             if readsReportedPaths {
-                reported[name] = record
+                reported.append((name, record))
             } else if let record {
                 _ = scanned.add(name, record)
             }
@@ -179,21 +181,27 @@ struct SnapshotWriter {
         }
     }
 
-    /// The files behind reported paths, sorted: a path may name a file, or a subdirectory
-    /// (created, or removed with everything the previous snapshot had below it).
-    private func expand(_ paths: Set<String>, in directory: String, previous: SessionState) throws -> [String] {
-        var names = Set<String>()
-        for path in paths where !path.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
-            names.formUnion(previous.names(inDirectory: path))
-            var status = stat()
-            if lstat("\(directory)/\(path)", &status) == 0, status.st_mode & S_IFMT == S_IFDIR {
-                let inside = try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").map(\.name).filter { !$0.contains("/") }
-                names.formUnion(inside.map { path + "/" + $0 })
+    /// The files behind reported paths, sorted: a path may name a file, or a subdirectory at
+    /// any depth (created, or removed with everything the previous snapshot had below it). Nil
+    /// when two of them are canonically equivalent ("é" as one code point and as "e" + U+0301,
+    /// two files on Linux): the state is built by name, where Swift's String takes them for one,
+    /// so the caller scans the whole directory instead.
+    private func expand(_ paths: Set<String>, in directory: String, previous: SessionState) throws -> [String]? {
+        var names: [String] = []
+        for path in paths
+        where !path.unicodeScalars.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
+            names += previous.names(inDirectory: path)
+            if SessionFiles.isDirectory("\(directory)/\(path)") {
+                names += try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").map { path + "/" + $0.name }
             } else {
-                names.insert(path)
+                names.append(path)
             }
         }
-        return names.sorted(by: SessionState.precedes)
+        names.sort(by: SessionState.precedes)
+        // A name reported twice is adjacent to itself once sorted; any other pair a Set merges is a twin.
+        var unique: [String] = []
+        for name in names where unique.last.map({ SessionState.precedes($0, name) }) ?? true { unique.append(name) }
+        return Set(unique).count == unique.count ? unique : nil
     }
 
     /// A tombstone: an archive with only a manifest saying the session is gone.

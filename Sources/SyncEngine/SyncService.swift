@@ -295,7 +295,8 @@ public actor SyncService {
         guard !entry.fenced else { return }
         entry.waitingChanges.record(changedPaths ?? [], at: since)
         if let changedPaths, entry.changedPaths != nil {
-            entry.changedPaths!.formUnion(changedPaths)
+            // Nil (scan it whole) rather than merge two canonically equivalent names into one.
+            entry.changedPaths = entry.changedPaths!.addingReportedPaths(changedPaths)
         } else {
             entry.changedPaths = nil
         }

@@ -12,7 +12,7 @@ final class ArchiveRoundTripTests: XCTestCase {
             let original = try XCTUnwrap(try TreeSnapshot(Fixtures.session(name)))
             let archive = try archiveBytes(of: Fixtures.session(name))
             let target = root + "/" + name
-            try ArchiveExtractor().restore(from: BufferSource(archive), replacing: target)
+            try unpack(BufferSource(archive), replacing: target)
             XCTAssertEqual(try TreeSnapshot(target), original.normalized, name)
             restored.append(name)
             XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root).sorted(), restored.sorted(), "no leftovers")
@@ -28,15 +28,16 @@ final class ArchiveRoundTripTests: XCTestCase {
         let root = try makeTemporaryDirectory(for: self)
         let session = Fixtures.session("medium")
         let archive = try archiveBytes(of: session, expectedFileBytes: ArchiveWriter.workerThreadThreshold)
-        try ArchiveExtractor().restore(from: BufferSource(archive), replacing: root + "/target")
+        try unpack(BufferSource(archive), replacing: root + "/target")
         XCTAssertEqual(try TreeSnapshot(root + "/target"), try XCTUnwrap(try TreeSnapshot(session)).normalized)
     }
 
-    func testOneLevelOfSubdirectoriesRoundTrips() throws {
+    func testSubdirectoriesAtAnyDepthRoundTrip() throws {
         let root = try makeTemporaryDirectory(for: self)
-        try writeTree(["creds.json": Array("{}".utf8), "keys/pre-key-1.json": [1, 2, 3], "keys/empty.json": []], at: root + "/source")
-        try FileManager.default.createDirectory(atPath: root + "/source/empty-dir", withIntermediateDirectories: false)
-        try ArchiveExtractor().restore(from: BufferSource(try archiveBytes(of: root + "/source")), replacing: root + "/target")
+        try writeTree(
+            ["creds.json": Array("{}".utf8), "keys/pre-key-1.json": [1, 2, 3], "keys/empty.json": [], "a/b/c/d/e.json": [4]],
+            at: root + "/source")
+        try unpack(BufferSource(try archiveBytes(of: root + "/source")), replacing: root + "/target")
         XCTAssertEqual(try TreeSnapshot(root + "/target"), try XCTUnwrap(try TreeSnapshot(root + "/source")).normalized)
     }
 
@@ -113,7 +114,7 @@ final class ArchiveRoundTripTests: XCTestCase {
         }
         let archive = try archiveBytes(of: Fixtures.session("medium"))
         let root = try makeTemporaryDirectory(for: self)
-        XCTAssertThrowsError(try ArchiveExtractor().restore(from: FailingSource(BufferSource(archive), budget: archive.count / 2), replacing: root + "/target")) { error in
+        XCTAssertThrowsError(try unpack(FailingSource(BufferSource(archive), budget: archive.count / 2), replacing: root + "/target")) { error in
             XCTAssertEqual(error as? SystemError, SystemError("read", path: "download", errno: ECONNRESET))
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root), [])

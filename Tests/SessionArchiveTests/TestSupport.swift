@@ -105,6 +105,17 @@ func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: 
     try writer.finish()
 }
 
+/// Replaces `target` by the archive's files, as a restore lays them out: in a staging directory
+/// swapped in atomically, files 0600 and their directories 0700 (directory entries add nothing:
+/// a session is its files). The archive layer alone; a restore of snapshots is SessionRestorer's.
+func unpack(_ source: ByteSource, replacing target: String, limits: ExtractionLimits = .sessionDirectory) throws {
+    try DirectorySwap.replace(target) { staging in
+        try ArchiveReader(source: source, limits: limits).forEachEntry { entry, data in
+            if entry.kind == .file { try staging.writeFile(relativePath: entry.path) { try data.copy(to: $0) } }
+        }
+    }
+}
+
 func archiveBytes(of directory: String, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws -> [UInt8] {
     let sink = BufferSink()
     try archiveDirectory(directory, to: sink, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)

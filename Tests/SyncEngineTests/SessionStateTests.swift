@@ -58,7 +58,7 @@ struct SessionStateTests {
                 changes[name] = Bool.random() ? .some(nil) : record("changed \(round) \(name)")
             }
             for (name, change) in changes { model[name] = change }
-            let applied = state.applying(changes)
+            let applied = state.applying(changes.map { ($0.key, $0.value) })
             #expect(applied.names == model.keys.sorted(by: SessionState.precedes), "round \(round)")
             for (name, record) in model { #expect(applied[name] == record) }
             #expect(applied.byteCount == model.values.reduce(0) { $0 + $1.size })

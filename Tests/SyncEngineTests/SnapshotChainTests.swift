@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import S3Client
+import SessionArchive
 @testable import SyncEngine
 import TestSupport
 import Testing
@@ -141,6 +142,53 @@ struct SnapshotChainTests {
         _ = try await writer.sync(changedPaths: ["creds.json"])
         #expect(await writer.skippedFiles.isEmpty)
         #expect(try await restored().1 == (try directoryContents(directory)))
+    }
+
+    /// "é" as one code point and as "e" + U+0301 are two names on Linux, though Swift's String
+    /// takes them for one: both files go to the store and come back, from a full scan and from a
+    /// reported directory holding both. (Reported paths that would merge them ask for a full
+    /// scan instead: ChangeDebouncerTests.)
+    @Test func canonicallyEquivalentNamesAreDifferentFiles() async throws {
+        let (composed, decomposed) = ("\u{E9}.json", "e\u{301}.json")
+        #expect(composed == decomposed && !composed.utf8.elementsEqual(decomposed.utf8))
+        try copyFixture("small")
+        try FileManager.default.createDirectory(atPath: "\(directory)/keys", withIntermediateDirectories: false)
+        func contents(_ name: String, _ round: Int) -> String { "{\"\(Array(name.utf8))\":\(round)}" }
+        func expectRestored(round: Int) async throws {
+            let root = workspace.file("restored-\(randomHex(4))")
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+            _ = try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root)
+            for name in [composed, decomposed] {
+                // Opened by the name's own bytes (FileManager's listings would merge the two).
+                let restored = FileManager.default.contents(atPath: "\(root)/\(session.rawValue)/keys/\(name)")
+                #expect(restored == Data(contents(name, round).utf8), "\(Array(name.utf8)), round \(round)")
+            }
+        }
+        for name in [composed, decomposed] { try write(contents(name, 1), to: "keys/" + name) }
+        let writer = replicator()
+        _ = try await writer.sync()
+        try await expectRestored(round: 1)
+
+        for name in [composed, decomposed] { try write(contents(name, 2), to: "keys/" + name) }
+        _ = try await writer.sync(changedPaths: ["keys"])
+        try await expectRestored(round: 2)
+    }
+
+    /// A path the archive cannot hold (over 1,018 bytes below the session directory) fails the
+    /// snapshot with an error naming it, rather than being left out of it.
+    @Test func aPathTooLongForTheArchiveFailsTheSnapshotNamingIt() async throws {
+        try copyFixture("small")
+        var path = ""
+        for level in 0..<5 {
+            path += (level == 0 ? "" : "/") + String(repeating: "d", count: 201)
+            try FileManager.default.createDirectory(atPath: "\(directory)/\(path)", withIntermediateDirectories: false)
+        }
+        path += "/long.json"
+        #expect(path.utf8.count == 1019)
+        try write("{}", to: path)
+        let error = await #expect(throws: ArchiveError.self) { try await replicator().sync() }
+        #expect(error?.reason == .unsafePath)
+        #expect(error?.entry == "files/" + path)
     }
 
     @Test func aTornFileIsNeverCapturedAndItsLastGoodVersionIsKept() async throws {
@@ -479,7 +527,7 @@ func fixturePath(_ relative: String) -> String {
         .deletingLastPathComponent().appendingPathComponent("fixtures/\(relative)").path
 }
 
-/// Every regular file below a directory (one level of subdirectories), name → content.
+/// Every regular file below a directory, at any depth, name → content.
 func directoryContents(_ directory: String) throws -> [String: [UInt8]] {
     var files: [String: [UInt8]] = [:]
     let enumerator = FileManager.default.enumerator(atPath: directory)

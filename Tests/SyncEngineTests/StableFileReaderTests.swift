@@ -140,11 +140,11 @@ struct StableFileReaderTests {
         #expect(file.bytes.count == 4096)
     }
 
-    @Test func scanListsRegularFilesOneLevelDeepWithoutTemporaries() throws {
+    @Test func scanListsRegularFilesAtAnyDepthWithoutTemporaries() throws {
         let directory = try TemporaryDirectory()
         let names = [
             "creds.json", "pre-key-1.json", "a.tmp", "b.swp", "c~", ".#d", ".hidden", "sub/x.json", "sub/y.tmp",
-            "sub/deeper/z.json", ".dot/w.json",
+            "sub/deeper/z.json", "sub/deeper/.hidden/v.json", ".dot/w.json",
         ]
         for name in names {
             try FileManager.default.createDirectory(
@@ -153,7 +153,7 @@ struct StableFileReaderTests {
         }
         symlink(directory.file("creds.json"), directory.file("link.json"))
         let files = try SessionFiles.scan(sessionDirectory: directory.path)
-        #expect(files.map(\.name) == ["creds.json", "pre-key-1.json", "sub/x.json"])
+        #expect(files.map(\.name) == ["creds.json", "pre-key-1.json", "sub/deeper/z.json", "sub/x.json"])
         #expect(files.first?.state == SessionFiles.fileState(directory.file("creds.json")))
 
         #expect(try SessionFiles.sessionIDs(inRoot: directory.path) == ["sub"])

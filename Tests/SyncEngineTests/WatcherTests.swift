@@ -143,6 +143,46 @@ struct WatcherTests {
         await recorder.wait { $0.changedPaths(of: "nested").contains("keys/b.json") }
     }
 
+    /// Any depth: a directory created and filled before its watch is in place is scanned when the
+    /// watch is added; later files in it are reported from its own watch.
+    @Test func filesAtAnyDepthAreWatched() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "deep", files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(200)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        // Created and filled in one go: the deeper levels exist before any watch on them.
+        try FileManager.default.createDirectory(atPath: root.file("deep/a/b/c/d"), withIntermediateDirectories: true)
+        try write("{}", to: root.file("deep/a/b/c/d/x.json"))
+        try write("{}", to: root.file("deep/a/b/y.json"))
+        await recorder.wait { $0.changedPaths(of: "deep").isSuperset(of: ["a/b/c/d/x.json", "a/b/y.json"]) }
+        try write("{}", to: root.file("deep/a/b/c/d/later.json"))
+        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b/c/d/later.json") }
+        // A removed subtree is reported by its top directory's name, and its watches go.
+        try FileManager.default.removeItem(atPath: root.file("deep/a/b"))
+        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b") }
+        // A directory that comes back under a former file's name, and the reverse.
+        try write("{}", to: root.file("deep/a/b"))
+        await recorder.wait { $0.changes(of: "deep").last?.contains("a/b") == true }
+        unlink(root.file("deep/a/b"))
+        try FileManager.default.createDirectory(atPath: root.file("deep/a/b/c"), withIntermediateDirectories: true)
+        try write("{}", to: root.file("deep/a/b/c/z.json"))
+        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b/c/z.json") }
+    }
+
+    @Test func theStartUpScanFindsFilesAtAnyDepth() throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "deep", files: ["creds.json"])
+        try FileManager.default.createDirectory(atPath: root.file("deep/sub/deeper/deepest"), withIntermediateDirectories: true)
+        try write("{}", to: root.file("deep/sub/x.json"))
+        try write("{}", to: root.file("deep/sub/deeper/x.json"))
+        try write("{}", to: root.file("deep/sub/deeper/deepest/x.json"))
+        try write("{}", to: root.file("deep/sub/deeper/.hidden"))
+        #expect(try SessionFiles.scan(sessionDirectory: root.file("deep")).map(\.name)
+            == ["creds.json", "sub/deeper/deepest/x.json", "sub/deeper/x.json", "sub/x.json"])
+    }
+
     @Test func aFileIsNotReportedUntilItIsClosed() async throws {
         let root = try TemporaryDirectory()
         try makeSession(root, "writer", files: [])
@@ -433,6 +473,21 @@ struct ChangeDebouncerTests {
         unwatched.resolvedSession("a")
         #expect(unwatched.directories.isEmpty)
         #expect(unwatched.nextPoll == nil)
+    }
+
+    /// A Set<String> would keep one of two canonically equivalent names ("é" as one code point
+    /// and as "e" + U+0301: two files on Linux) and lose the other's change; the session is
+    /// reported with no paths instead, which has it scanned whole.
+    @Test func canonicallyEquivalentPathsAskForAWholeScan() {
+        var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .seconds(5))
+        debouncer.record("a", paths: ["keys/\u{E9}.json", "creds.json"], at: at(0))
+        debouncer.record("a", paths: ["keys/e\u{301}.json"], at: at(10))
+        debouncer.record("b", paths: ["keys/\u{E9}.json", "keys/\u{E9}.json"], at: at(10))
+        let due = debouncer.takeDue(at: at(300))
+        #expect(due.map(\.session) == ["a", "b"])
+        #expect(due.map(\.paths) == [[], ["keys/\u{E9}.json"]])
+        #expect(Set(["x"]).addingReportedPaths(["e\u{301}", "\u{E9}"]) == nil)
+        #expect(Set(["x"]).addingReportedPaths(["x", "y"]) == ["x", "y"])
     }
 
     @Test func takeAllReturnsEveryPendingSession() {

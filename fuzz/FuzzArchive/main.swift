@@ -2,11 +2,14 @@ import Crypto
 import Foundation
 import FuzzSupport
 import SessionArchive
+@testable import SyncEngine
 
-// libFuzzer target: ArchiveExtractor.restore over arbitrary bytes, with the production limits.
-// The oracle is the restore contract: a refused archive leaves the target exactly as it was; an
-// accepted one leaves only regular files (0600) and directories (0700) in it; either way nothing
-// is left or written beside the target.
+// libFuzzer target: the path every restore takes (`SessionRestorer.replace`: decrypt, unpack into
+// a staging directory, check against the manifest, swap) over any snapshot payload, which the
+// harness encrypts as a base snapshot object, with the production limits. The oracle is the
+// restore contract: a refused payload leaves the target exactly as it was; an accepted one leaves
+// only regular files (0600) and directories (0700) in it; either way nothing is left or written
+// beside the target. (`debug` builds, which scripts/fuzz makes, allow the @testable import.)
 
 /// A private directory on tmpfs, where the restore's syncfs costs nothing; removed at exit.
 let workspace: String = {
@@ -15,59 +18,87 @@ let workspace: String = {
     return String(cString: path)
 }()
 atexit { try? FileManager.default.removeItem(atPath: workspace) }
-let target = workspace + "/target"
+let target = workspace + "/sessions/fuzz"
 let marker = (name: "marker.json", contents: Data("{\"before\":true}".utf8))
+/// A fixed key, so that the seeds' manifests carry content ids under the key the harness encrypts with.
+let keyring = Keyring(primary: try! EncryptionKey(parsing: String(repeating: "5a", count: 32)))
+let session = SessionID("fuzz")!
+let entry = SnapshotEntry(
+    id: SnapshotID(sequence: 1, generation: 1, tag: SnapshotTag("00000000000000f0")!), kind: .base, parentTag: nil, size: 0,
+    lastModified: nil)
+let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(entry))
+// The store is never read: the harness hands the object over as if downloaded.
+let restorer = SessionRestorer(sessionStore: SessionStore(store: try! FileSystemStore(root: workspace + "/store"), keyring: keyring))
 
 func expectRestoreContract(accepted: Bool) {
     let files = FileManager.default
-    precondition(try! files.contentsOfDirectory(atPath: workspace) == ["target"], "something was left beside the target")
+    precondition(try! files.contentsOfDirectory(atPath: workspace + "/sessions") == ["fuzz"], "something was left beside the target")
     guard accepted else {
-        precondition(try! files.contentsOfDirectory(atPath: target) == [marker.name], "a refused archive changed the target")
-        precondition(files.contents(atPath: "\(target)/\(marker.name)") == marker.contents, "a refused archive changed the target")
+        precondition(try! files.contentsOfDirectory(atPath: target) == [marker.name], "a refused payload changed the target")
+        precondition(files.contents(atPath: "\(target)/\(marker.name)") == marker.contents, "a refused payload changed the target")
         return
     }
-    for name in files.enumerator(atPath: target)!.compactMap({ $0 as? String }) {
-        let attributes = try! files.attributesOfItem(atPath: "\(target)/\(name)")
-        let mode = attributes[.posixPermissions] as! Int
-        switch attributes[.type] as! FileAttributeType {
-        case .typeRegular: precondition(mode == 0o600, "\(name) restored with mode \(String(mode, radix: 8))")
-        case .typeDirectory: precondition(mode == 0o700, "\(name) restored with mode \(String(mode, radix: 8))")
-        default: preconditionFailure("\(name) restored as \(attributes[.type]!)")
+    walk(target) { path, mode in
+        switch mode & S_IFMT {
+        case S_IFREG: precondition(mode & 0o7777 == 0o600, "\(FileName.displayed(path)) restored with mode \(String(mode, radix: 8))")
+        case S_IFDIR: precondition(mode & 0o7777 == 0o700, "\(FileName.displayed(path)) restored with mode \(String(mode, radix: 8))")
+        default: preconditionFailure("\(FileName.displayed(path)) restored with mode \(String(mode, radix: 8))")
         }
     }
 }
 
-/// A snapshot payload as FORMAT.md lays it out (a few files of fixtures/sessions/small under
-/// files/, one in a subdirectory, then manifest.jsonl), and an archive with no entries. The
-/// reader's hostile fixtures are copied beside them by scripts/fuzz.
+/// Calls `visit` with the path and lstat mode of everything below `directory`, names of any
+/// bytes included (FileManager would mangle those that are not UTF-8).
+func walk(_ directory: String, _ visit: (String, mode_t) -> Void) {
+    guard let stream = FileName.withPlatformPath(directory, { opendir($0) }) else { preconditionFailure("opendir \(directory)") }
+    defer { closedir(stream) }
+    while let entry = readdir(stream) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) }
+        if name == "." || name == ".." { continue }
+        let path = directory + "/" + name
+        var status = stat()
+        precondition(FileName.withPlatformPath(path) { lstat($0, &status) } == 0, "lstat \(FileName.displayed(path))")
+        visit(path, status.st_mode)
+        if status.st_mode & S_IFMT == S_IFDIR { walk(path, visit) }
+    }
+}
+
+/// The payload of a base snapshot as the real writer makes it, under the harness's key: a few
+/// files of fixtures/sessions/small, one three directories deep and one named with bytes that
+/// are not UTF-8, then the manifest. The hostile payloads of fixtures/hostile are copied beside
+/// it by scripts/fuzz.
 func writeSeeds(into directory: String) throws {
     let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("fixtures").path
-    let session = "\(fixtures)/sessions/small"
-    let time: Int64 = 1_700_000_000
-    let snapshot = BufferSink()
-    let writer = try ArchiveWriter(sink: snapshot)
-    for name in try FileManager.default.contentsOfDirectory(atPath: session).sorted().prefix(4) {
-        let contents = Array(FileManager.default.contents(atPath: "\(session)/\(name)")!)
-        try writer.addFile(relativePath: "files/\(name)", contents: contents, modificationTime: time)
+    let session = workspace + "/seed-session"
+    try FileManager.default.createDirectory(atPath: session + "/keys/a/b", withIntermediateDirectories: true)
+    for name in try FileManager.default.contentsOfDirectory(atPath: "\(fixtures)/sessions/small").sorted().prefix(4) {
+        try FileManager.default.copyItem(atPath: "\(fixtures)/sessions/small/\(name)", toPath: "\(session)/\(name)")
     }
-    try writer.addDirectory(relativePath: "files/keys", modificationTime: time)
-    try writer.addFile(relativePath: "files/keys/nested.json", contents: Array("{\"nested\":true}".utf8), modificationTime: time)
-    let manifest = Array(FileManager.default.contents(atPath: "\(fixtures)/fuzz/manifest/base.json")!)
-    try writer.addFile(relativePath: "manifest.jsonl", contents: manifest, modificationTime: time)
-    try writer.finish()
-    try writeSeed(snapshot.bytes, named: "snapshot.tar.zst", into: directory)
+    try Data("{\"nested\":true}".utf8).write(to: URL(fileURLWithPath: session + "/keys/a/b/nested.json"))
+    let notUTF8 = FileName.decode(Array("keys/".utf8) + [0xFF, 0xFE] + Array(".bin".utf8))
+    let descriptor = FileName.withPlatformPath("\(session)/\(notUTF8)") { open($0, O_WRONLY | O_CREAT | O_EXCL, 0o600) }
+    precondition(descriptor >= 0 && write(descriptor, "raw", 3) == 3)
+    close(descriptor)
 
-    let empty = BufferSink()
-    try ArchiveWriter(sink: empty).finish()
-    try writeSeed(empty.bytes, named: "empty.tar.zst", into: directory)
+    let object = BufferSink()
+    _ = try SnapshotWriter(keyring: keyring, compressionLevel: 3, largeBasesOnWorkerThread: false).write(
+        session: SessionID("fuzz")!, directory: session, previous: SessionState(), kind: .base, id: entry.id, parent: nil,
+        openSink: { object })
+    let payload = BufferSink()
+    try DecryptingSource(keyring: keyring, identity: identity, upstream: BufferSource(object.bytes)).copy(to: payload)
+    try writeSeed(payload.bytes, named: "snapshot.tar.zst", into: directory)
 }
 
-runFuzzer(writeSeeds: writeSeeds) { archive in
+runFuzzer(writeSeeds: writeSeeds) { payload in
     let files = FileManager.default
     try? files.removeItem(atPath: target)
-    try! files.createDirectory(atPath: target, withIntermediateDirectories: false)
+    try! files.createDirectory(atPath: target, withIntermediateDirectories: true)
     precondition(files.createFile(atPath: "\(target)/\(marker.name)", contents: marker.contents))
-    let accepted = (try? ArchiveExtractor().restore(from: BufferSource(archive), replacing: target)) != nil
+    let object = BufferSink()
+    let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: object)
+    try! payload.withUnsafeBytes { try encryption.write($0) }
+    try! encryption.finish()
+    let accepted = (try? restorer.replace(target, session: session, chain: [entry], objects: [.inMemory(object.bytes)])) != nil
     expectRestoreContract(accepted: accepted)
 }

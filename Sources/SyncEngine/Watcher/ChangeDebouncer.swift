@@ -7,6 +7,9 @@ struct ChangeDebouncer {
         var first: ContinuousClock.Instant
         var last: ContinuousClock.Instant
         var paths: Set<String>
+        /// Two reported names were canonically equivalent (see `addingReportedPaths`): the
+        /// session is reported with no paths, to be scanned whole.
+        var scansWholeSession = false
 
         func deadline(quietPeriod: Duration, maxDelay: Duration) -> ContinuousClock.Instant {
             min(last + quietPeriod, first + maxDelay)
@@ -24,8 +27,10 @@ struct ChangeDebouncer {
 
     /// Records activity in `session`; `paths` may be empty (the directory itself changed).
     mutating func record(_ session: String, paths: some Sequence<String>, at now: ContinuousClock.Instant) {
-        pending[session, default: Pending(first: now, last: now, paths: [])].last = now
-        pending[session]!.paths.formUnion(paths)
+        var entry = pending[session, default: Pending(first: now, last: now, paths: [])]
+        entry.last = now
+        if let union = entry.paths.addingReportedPaths(paths) { entry.paths = union } else { entry.scansWholeSession = true }
+        pending[session] = entry
     }
 
     /// When the earliest pending session falls due; nil when nothing is pending.
@@ -49,10 +54,25 @@ struct ChangeDebouncer {
     typealias Due = (session: String, paths: Set<String>, since: ContinuousClock.Instant)
 
     private static func sorted(_ pending: [String: Pending]) -> [Due] {
-        pending.map { ($0.key, $0.value.paths, $0.value.first) }.sorted { $0.session < $1.session }
+        pending.map { ($0.key, $0.value.scansWholeSession ? [] : $0.value.paths, $0.value.first) }.sorted { $0.session < $1.session }
     }
 
     mutating func discardAll() {
         pending = [:]
+    }
+}
+
+extension Set<String> {
+    /// The set with `paths` added, or nil when that would merge two names that Swift's String
+    /// takes for one but that are two files on Linux: canonically equivalent, different bytes ("é"
+    /// as one code point and as "e" + U+0301). The set would keep one and lose the other's
+    /// change; nil asks for the whole session to be scanned.
+    func addingReportedPaths(_ paths: some Sequence<String>) -> Set<String>? {
+        var union = self
+        for path in paths {
+            let (inserted, member) = union.insert(path)
+            if !inserted, !member.utf8.elementsEqual(path.utf8) { return nil }
+        }
+        return union
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import SessionArchive
 
 /// inotify event bits, with the kernel's values (include/uapi/linux/inotify.h): some of the
 /// composite macros are not imported into Swift, and one place for all of them keeps the types uniform.
@@ -29,7 +30,8 @@ struct InotifyEvent: Equatable, Sendable {
     var watch: Int32
     var mask: InotifyMask
     var cookie: UInt32
-    /// The entry's name inside the watched directory; nil for events on the directory itself.
+    /// The entry's name inside the watched directory (a `FileName` string); nil for events on the
+    /// directory itself.
     var name: String?
 }
 
@@ -59,7 +61,7 @@ final class Inotify {
     /// Adds a watch, or returns the existing one when `path` is an inode already watched
     /// (its mask is then replaced by `mask`).
     func addWatch(_ path: String, mask: InotifyMask) throws(WatcherError) -> Int32 {
-        let watch = inotify_add_watch(descriptor, path, mask.rawValue)
+        let watch = FileName.withPlatformPath(path) { inotify_add_watch(descriptor, $0, mask.rawValue) }
         guard watch >= 0 else { throw .lastSystemError("inotify_add_watch", path: path) }
         if let watchLimit, !watches.contains(watch), watches.count >= watchLimit {
             inotify_rm_watch(descriptor, watch)
@@ -107,7 +109,7 @@ final class Inotify {
                     watch: header.wd,
                     mask: InotifyMask(rawValue: header.mask),
                     cookie: header.cookie,
-                    name: name.isEmpty ? nil : String(decoding: name, as: UTF8.self)
+                    name: name.isEmpty ? nil : FileName.decode(name)
                 ))
             offset += headerSize + nameLength
         }
@@ -118,7 +120,7 @@ final class Inotify {
     static func encode(_ events: [InotifyEvent]) -> [UInt8] {
         var bytes: [UInt8] = []
         for event in events {
-            var name = Array((event.name ?? "").utf8)
+            var name = FileName.bytes(of: event.name ?? "")
             if !name.isEmpty {
                 name.append(0)
                 name += [UInt8](repeating: 0, count: (16 - name.count % 16) % 16)

@@ -1,10 +1,12 @@
 import Glibc
+import SessionArchive
 
 /// What the watcher and the start-up comparison consider part of a session: the same rules in
 /// both, so a file the watcher ignores is never uploaded by a rescan either.
 ///
 /// The sessions root holds one directory per session id. A session holds regular files, directly
-/// or in one level of subdirectories (reported as "subdirectory/name").
+/// or in subdirectories at any depth (reported as "a/b/name"). Names are `FileName` strings: any
+/// bytes the kernel holds, decoded from readdir and passed back to system calls as those bytes.
 public enum SessionFiles {
     /// Session ids are directory names that do not start with "."; the restore code stages its
     /// working directories as `.<session>.sync-agent-…` (`DirectorySwap.isWorkingDirectoryName`),
@@ -27,28 +29,37 @@ public enum SessionFiles {
     }
 
     /// The regular files of a session directory and their states, in the order of a
-    /// `SessionState`, without ignored names, symlinks and other special files; files in
-    /// first-level subdirectories are named "subdirectory/name". For the start-up comparison
-    /// with the last manifest. (An array, not a dictionary: a session of 100,000 files.)
+    /// `SessionState`, without ignored names (nor anything below an ignored directory), symlinks
+    /// and other special files; files in subdirectories, at any depth, are named "a/b/name". For
+    /// the start-up comparison with the last manifest. (An array, not a dictionary: a session of
+    /// 100,000 files.)
     public static func scan(sessionDirectory directory: String) throws(WatcherError) -> [(name: String, state: FileState)] {
         var files: [(name: String, state: FileState)] = []
+        try collectFiles(in: directory, prefix: "", into: &files)
+        files.sort { SessionState.precedes($0.name, $1.name) }
+        return files
+    }
+
+    private static func collectFiles(
+        in directory: String, prefix: String, into files: inout [(name: String, state: FileState)]
+    ) throws(WatcherError) {
         for entry in try entries(of: directory) where !isIgnoredName(entry.name) {
+            let path = directory + "/" + entry.name
             switch entry.kind {
             case .file:
-                if let state = fileState(directory + "/" + entry.name) { files.append((entry.name, state)) }
+                if let state = fileState(path) { files.append((prefix + entry.name, state)) }
             case .directory:
-                // A subdirectory removed since the listing is simply not there any more.
-                guard let inner = try? entries(of: directory + "/" + entry.name) else { continue }
-                for innerEntry in inner where innerEntry.kind == .file && !isIgnoredName(innerEntry.name) {
-                    let name = entry.name + "/" + innerEntry.name
-                    if let state = fileState(directory + "/" + name) { files.append((name, state)) }
+                do {
+                    try collectFiles(in: path, prefix: prefix + entry.name + "/", into: &files)
+                } catch {
+                    // A subdirectory removed (or replaced by a file) since the listing is simply
+                    // not there any more; any other failure is one.
+                    guard case .system(_, let code) = error.reason, code == ENOENT || code == ENOTDIR else { throw error }
                 }
             case .other:
                 continue
             }
         }
-        files.sort { SessionState.precedes($0.name, $1.name) }
-        return files
     }
 
     struct Entry: Equatable {
@@ -64,7 +75,9 @@ public enum SessionFiles {
     /// The entries of a directory, typed without following symlinks (from readdir's d_type, or
     /// lstat where the file system does not fill it in). Entries gone before their lstat are left out.
     static func entries(of directory: String) throws(WatcherError) -> [Entry] {
-        guard let stream = opendir(directory) else { throw .lastSystemError("opendir", path: directory) }
+        guard let stream = FileName.withPlatformPath(directory, { opendir($0) }) else {
+            throw .lastSystemError("opendir", path: directory)
+        }
         defer { closedir(stream) }
         var entries: [Entry] = []
         while true {
@@ -73,7 +86,7 @@ public enum SessionFiles {
                 if errno != 0 { throw .lastSystemError("readdir", path: directory) }
                 return entries
             }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) }
             if name == "." || name == ".." { continue }
             let kind: Entry.Kind
             switch Int(entry.pointee.d_type) {
@@ -81,7 +94,7 @@ public enum SessionFiles {
             case Int(DT_DIR): kind = .directory
             case Int(DT_UNKNOWN):
                 var status = stat()
-                guard lstat(directory + "/" + name, &status) == 0 else { continue }
+                guard FileName.withPlatformPath(directory + "/" + name, { lstat($0, &status) }) == 0 else { continue }
                 kind = Entry.Kind(mode: status.st_mode)
             default: kind = .other
             }
@@ -92,13 +105,15 @@ public enum SessionFiles {
     /// The state of the regular file at `path`; nil if there is none (any more).
     static func fileState(_ path: String) -> FileState? {
         var status = stat()
-        guard lstat(path, &status) == 0, Entry.Kind(mode: status.st_mode) == .file else { return nil }
+        guard FileName.withPlatformPath(path, { lstat($0, &status) }) == 0, Entry.Kind(mode: status.st_mode) == .file else {
+            return nil
+        }
         return FileState(status)
     }
 
     static func isDirectory(_ path: String) -> Bool {
         var status = stat()
-        return lstat(path, &status) == 0 && Entry.Kind(mode: status.st_mode) == .directory
+        return FileName.withPlatformPath(path, { lstat($0, &status) }) == 0 && Entry.Kind(mode: status.st_mode) == .directory
     }
 }
 

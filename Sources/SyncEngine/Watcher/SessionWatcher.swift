@@ -6,11 +6,12 @@ import Synchronization
 /// What the watcher tells the engine.
 public enum WatchEvent: Sendable, Equatable {
     /// Files of the session changed: `paths` (relative to the session directory, "name" or
-    /// "subdirectory/name") were closed after writing, moved in or out, deleted, or had their
+    /// "a/b/name" at any depth) were closed after writing, moved in or out, deleted, or had their
     /// mode changed. They are hints: a path may name a file or subdirectory that is gone again;
     /// the consumer reads the current state of each (or scans the session). Empty when only the
-    /// directory itself changed (it was replaced, or created empty). `since`: the first of these
-    /// changes, where the replication lag starts.
+    /// directory itself changed (it was replaced, or created empty), or when two reported names
+    /// were canonically equivalent (`addingReportedPaths`): the consumer scans the session.
+    /// `since`: the first of these changes, where the replication lag starts.
     case changed(session: String, paths: Set<String>, since: ContinuousClock.Instant)
     /// The session directory no longer exists (after the quiet period, so a directory replaced by
     /// a restore is reported as changed, not removed).
@@ -134,10 +135,41 @@ final class OwnedDescriptor: Sendable {
     }
 }
 
-/// A directory under watch: a session directory, or one of its first-level subdirectories.
+/// A directory under watch: a session directory, or a subdirectory of it at any depth.
 struct WatchedDirectory: Hashable {
     var session: String
+    /// The path below the session directory ("a/b"); nil for the session directory itself.
     var subdirectory: String?
+
+    /// The directory `name` inside this one.
+    func child(_ name: String) -> WatchedDirectory {
+        WatchedDirectory(session: session, subdirectory: path(of: name))
+    }
+
+    /// The path of the entry `name` inside this directory, relative to the session directory.
+    func path(of name: String) -> String {
+        subdirectory.map { $0 + "/" + name } ?? name
+    }
+
+    /// Whether this is `other` or lies below it.
+    func isWithin(_ other: WatchedDirectory) -> Bool {
+        // String's == first: quick, and never false where the bytes are equal.
+        guard session == other.session, session.utf8.elementsEqual(other.session.utf8) else { return false }
+        guard let top = other.subdirectory else { return true }
+        guard let subdirectory else { return false }
+        return subdirectory.utf8.elementsEqual(top.utf8) || subdirectory.utf8.starts(with: (top + "/").utf8)
+    }
+
+    /// Bytewise: String's == takes canonically equivalent names ("é" and "e\u{301}", two
+    /// directories on Linux) for one.
+    static func == (first: WatchedDirectory, second: WatchedDirectory) -> Bool {
+        guard first.session.utf8.elementsEqual(second.session.utf8) else { return false }
+        switch (first.subdirectory, second.subdirectory) {
+        case (nil, nil): return true
+        case (let one?, let other?): return one.utf8.elementsEqual(other.utf8)
+        default: return false
+        }
+    }
 }
 
 /// The watcher's state and event handling, confined to the watcher thread (tests drive it directly).
@@ -282,53 +314,61 @@ final class WatchLoop {
         }
         guard let name = event.name, !SessionFiles.isIgnoredName(name) else { return }
         if event.mask.contains(.isDirectory) {
-            // A subdirectory of a session came or went; deeper levels are not part of a session.
-            if directory.subdirectory == nil {
-                reconcile(WatchedDirectory(session: directory.session, subdirectory: name), at: now)
-            }
+            // A subdirectory, at any depth, came or went.
+            reconcile(directory.child(name), at: now)
             return
         }
         // IN_CREATE alone is a file being written: it is reported when closed.
         guard !event.mask.isDisjoint(with: [.closeWrite, .movedTo, .movedFrom, .delete, .attributes]) else { return }
-        let path = directory.subdirectory.map { $0 + "/" + name } ?? name
-        debouncer.record(directory.session, paths: [path], at: now)
+        debouncer.record(directory.session, paths: [directory.path(of: name)], at: now)
     }
 
     /// Brings the watches for `directory` in line with what is on disk now: watched (and scanned,
-    /// so files created before the watch existed are reported) if it is a directory, unwatched with
-    /// its subdirectories if not. Records the session as changed either way.
+    /// with its subdirectories at any depth, so files and directories created before their watch
+    /// existed are reported) if it is a directory, unwatched with everything below it if not.
+    /// Records the session as changed either way.
     private func reconcile(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
-        var paths: [String] = []
-        if watch(directory) {
-            if directory.subdirectory == nil { knownSessions.insert(directory.session) }
-            // Listed after the watch is in place, so that nothing falls between the two.
-            let entries = (try? SessionFiles.entries(of: path(of: directory))) ?? []
-            for entry in entries where !SessionFiles.isIgnoredName(entry.name) {
-                let path = directory.subdirectory.map { $0 + "/" + entry.name } ?? entry.name
-                switch entry.kind {
-                case .file: paths.append(path)
-                case .directory where directory.subdirectory == nil:
-                    reconcile(WatchedDirectory(session: directory.session, subdirectory: entry.name), at: now)
-                default: continue
-                }
-            }
-            if directory.subdirectory == nil {
-                let present = Set(entries.filter { $0.kind == .directory }.map(\.name))
-                for stale in watchByDirectory.keys
-                where stale.session == directory.session && stale.subdirectory.map({ !present.contains($0) }) == true {
-                    unwatch(stale)
-                }
+        var present: Set<[UInt8]> = []
+        if watchTree(directory, present: &present, at: now) {
+            // Watches below it of directories that are gone (a missed or pending event). One pass
+            // over the watches per reconciled tree, not per directory in it: a start-up reconciles
+            // every session.
+            for stale in watchByDirectory.keys where stale.isWithin(directory) && stale != directory {
+                if !present.contains(Array(stale.subdirectory!.utf8)) { unwatch(stale) }
             }
         } else if let subdirectory = directory.subdirectory {
-            unwatch(directory)
-            paths.append(subdirectory)
+            unwatchTree(directory)
+            debouncer.record(directory.session, paths: [subdirectory], at: now)
         } else {
             // A name in the root that never was a session directory (a plain file) is nothing to report.
             unwatched.resolvedSession(directory.session)
             guard knownSessions.remove(directory.session) != nil else { return }
-            for stale in watchByDirectory.keys where stale.session == directory.session { unwatch(stale) }
+            unwatchTree(directory)
+            debouncer.record(directory.session, paths: [], at: now)
+        }
+    }
+
+    /// Watches `directory` and every directory below it, and records their files as changed
+    /// (listed after each watch is in place, so that nothing falls between the two); the paths
+    /// of the subdirectories found go into `present`. False when `directory` is not a directory
+    /// (any more).
+    private func watchTree(_ directory: WatchedDirectory, present: inout Set<[UInt8]>, at now: ContinuousClock.Instant) -> Bool {
+        guard watch(directory) else { return false }
+        if directory.subdirectory == nil { knownSessions.insert(directory.session) }
+        var paths: [String] = []
+        for entry in (try? SessionFiles.entries(of: path(of: directory))) ?? [] where !SessionFiles.isIgnoredName(entry.name) {
+            switch entry.kind {
+            case .file:
+                paths.append(directory.path(of: entry.name))
+            case .directory:
+                let child = directory.child(entry.name)
+                if watchTree(child, present: &present, at: now) { present.insert(Array(child.subdirectory!.utf8)) }
+            case .other:
+                continue
+            }
         }
         debouncer.record(directory.session, paths: paths, at: now)
+        return true
     }
 
     /// Watches `directory` if it is one; false when it is not (any more).
@@ -357,6 +397,11 @@ final class WatchLoop {
         watchByDirectory[directory] = watch
         EngineMetrics.watchedDirectories(directoryByWatch.count)
         return true
+    }
+
+    /// Unwatches `directory` and every watched directory below it.
+    private func unwatchTree(_ directory: WatchedDirectory) {
+        for watched in watchByDirectory.keys where watched.isWithin(directory) { unwatch(watched) }
     }
 
     private func unwatch(_ directory: WatchedDirectory) {

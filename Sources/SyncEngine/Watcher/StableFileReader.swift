@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import SessionArchive
 
 /// A file's complete content together with the state it had throughout the read.
 public struct StableFile: Sendable, Equatable {
@@ -37,9 +38,10 @@ public struct StableFileReader: Sendable {
         self.maxFileSize = maxFileSize
     }
 
+    /// `path`: a `FileName` string (the session directory's path and the file's name).
     public func read(_ path: String) throws(WatcherError) -> StableRead {
         // O_NONBLOCK so that a FIFO planted in a session does not block the open; it is refused below.
-        let descriptor = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        let descriptor = FileName.withPlatformPath(path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) }
         guard descriptor >= 0 else {
             switch errno {
             case ENOENT: return .missing
@@ -61,7 +63,7 @@ public struct StableFileReader: Sendable {
 
         let after = try status(of: descriptor, path: path)
         var current = stat()
-        guard lstat(path, &current) == 0 else {
+        guard FileName.withPlatformPath(path, { lstat($0, &current) }) == 0 else {
             if errno == ENOENT { return .unstable }
             throw .lastSystemError("stat", path: path)
         }

@@ -1,4 +1,5 @@
 import Glibc
+import SessionArchive
 
 /// Why watching the sessions root or reading a session file failed. The description is one line
 /// naming the path and, for the inotify limits, the kernel setting to raise.
@@ -34,7 +35,7 @@ public struct WatcherError: Error, CustomStringConvertible, Equatable, Sendable 
     }
 
     public var description: String {
-        let quoted = String(reflecting: path)
+        let quoted = "\"" + FileName.displayed(path) + "\""
         switch reason {
         case .watchLimitReached:
             return "cannot watch \(quoted): the inotify watch limit is reached (/proc/sys/fs/inotify/max_user_watches); "
