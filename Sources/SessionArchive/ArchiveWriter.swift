@@ -10,6 +10,11 @@ import Glibc
 /// the same files and times always give the same bytes. The caller chooses the entry order (sorted,
 /// for reproducibility).
 public final class ArchiveWriter {
+    /// Whether the archive can hold an entry at `relativePath` (the reader's path rules: at most
+    /// 1,024 bytes, components of 1 to 255). A caller that would rather leave one file out than
+    /// fail the whole archive asks first.
+    public static func accepts(relativePath: String) -> Bool { ArchivePath.isSafe(relativePath) }
+
     private let archive: OpaquePointer
     private let output: WriterOutput
     /// One header and one read buffer for every entry: a snapshot is mostly files of a few

@@ -102,6 +102,11 @@ struct SnapshotWriter {
                 found(name, previousRecord)
                 continue
             }
+            guard ArchiveWriter.accepts(relativePath: SnapshotManifest.filePrefix + name) else {
+                skipped[name] = SkippedFile(name: FileName.displayed(name), reason: SkippedFile.pathTooLong)
+                found(name, previousRecord)
+                continue
+            }
             let read: StableRead
             do {
                 read = try reader.read("\(directory)/\(name)")

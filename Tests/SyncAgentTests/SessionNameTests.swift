@@ -41,13 +41,11 @@ struct SessionNameTests {
         var random = SplitMix64(seed: 9)
         for _ in 0..<4 { try makeSession(named: randomName(using: &random, utf8: false), in: workspace.sessions, using: &random) }
         let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
-        await withKnownIssue("system calls on paths inside a session take FileName.withPlatformPath on the file-names branch") {
-            let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
-            #expect(backup.termination == .exited(0), "\(backup.standardError)")
-            let restored = try workspace.freshDirectory()
-            try await runner.restore(into: restored)
-            try await expectSameDirectories(restored, workspace.sessions)
-        }
+        let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
+        #expect(backup.termination == .exited(0), "\(backup.standardError)")
+        let restored = try workspace.freshDirectory()
+        try await runner.restore(into: restored)
+        try await expectSameDirectories(restored, workspace.sessions)
     }
 
     /// `watch` takes a session of such a name up live, names it in `/sessions` by its printed

@@ -20,15 +20,30 @@ public enum AgentUser {
     /// Only inside a `TemporaryDirectory`: a path a test passes to see it refused is never changed.
     public static func handOver(_ path: String) throws {
         guard isSeparate, isInTemporaryDirectory(path) else { return }
-        var status = stat()
-        guard lstat(path, &status) == 0 else { return }
+        try handOver(bytes: Array(path.utf8))
+    }
+
+    /// The walk by raw bytes: names under a session need not be UTF-8 (a String would mangle them).
+    private static func handOver(bytes path: [UInt8]) throws {
         try changeOwner(path)
-        guard status.st_mode & S_IFMT == S_IFDIR else { return }
-        guard let enumerator = FileManager.default.enumerator(atPath: path) else {
-            throw ProgramFailure("cannot list \(path) to hand it over to the agent's user")
+        let descriptor = open(path.map { CChar(bitPattern: $0) } + [0], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            // Not a directory (a file, a symbolic link: not followed), or removed since (a writer beside the agent).
+            guard errno == ENOTDIR || errno == ELOOP || errno == ENOENT else {
+                throw ProgramFailure("cannot list \(String(decoding: path, as: UTF8.self)) to hand it over: \(String(cString: strerror(errno)))")
+            }
+            return
         }
-        while let name = enumerator.nextObject() as? String {
-            try changeOwner("\(path)/\(name)")
+        guard let directory = fdopendir(descriptor) else {
+            close(descriptor)
+            throw ProgramFailure("cannot list \(String(decoding: path, as: UTF8.self)) to hand it over: \(String(cString: strerror(errno)))")
+        }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
+            let child = path + [0x2F] + name
+            try handOver(bytes: child)
         }
     }
 
@@ -37,14 +52,13 @@ public enum AgentUser {
             && !path.split(separator: "/").contains("..")
     }
 
-    private static func changeOwner(_ path: String) throws {
+    private static func changeOwner(_ path: [UInt8]) throws {
         // A writer running beside the agent (restarted in a crash loop) may have just removed it.
-        guard lchown(path, uid, gid) == 0 || errno == ENOENT else {
-            throw ProgramFailure("cannot hand \(path) over to uid \(uid): \(String(cString: strerror(errno)))")
+        guard lchown(path.map { CChar(bitPattern: $0) } + [0], uid, gid) == 0 || errno == ENOENT else {
+            throw ProgramFailure("cannot hand \(String(decoding: path, as: UTF8.self)) over to uid \(uid): \(String(cString: strerror(errno)))")
         }
     }
 
-    /// The command that runs `executable` with `arguments` as the agent's user.
     static func command(_ executable: String, _ arguments: [String]) throws -> (executable: String, arguments: [String]) {
         guard isSeparate else { return (executable, arguments) }
         guard access(setpriv, X_OK) == 0 else {

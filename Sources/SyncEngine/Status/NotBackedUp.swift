@@ -14,6 +14,10 @@ public struct SkippedFile: Codable, Sendable, Hashable {
         self.reason = reason
     }
 
+    /// A path the archive cannot hold: longer than its 1,024 bytes with `files/` (Linux allows
+    /// 4,096). Left out rather than failing every snapshot of its session.
+    static let pathTooLong = "path longer than the 1,018 bytes a snapshot can hold"
+
     /// The file at `name` as `error` left it out; nil for errors that are no property of the file
     /// (the disk failing, descriptors used up), which fail the upload and are retried.
     init?(name: String, _ error: WatcherError) {
