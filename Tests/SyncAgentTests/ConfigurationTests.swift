@@ -104,15 +104,14 @@ struct ConfigurationTests {
         let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
         #expect(backup.termination == .exited(0), "\(backup.standardError)")
         let restored = try workspace.freshDirectory()
-        let unprivileged = "65534"
         switch kind {
         case .permissions:
-            // Root ignores permissions: the agent runs as nobody, owning the read-only store.
-            try await runProgram("/bin/chmod", ["o+x", workspace.directory.path])
-            try await runProgram("/bin/chown", ["-R", "\(unprivileged):\(unprivileged)", store, restored])
+            // Root ignores permissions: the agent runs as nobody (AgentUser), owning the read-only store.
+            try #require(AgentUser.isSeparate, "only root can make a store the agent's user may not write")
             try await runProgram("/bin/chmod", ["-R", "a-w", store])
-            runner.launcher = ["/usr/bin/setpriv", "--reuid=\(unprivileged)", "--regid=\(unprivileged)", "--clear-groups"]
         case .mount:
+            // Mounting takes root: the read-only mount, not the user, is what denies the writes.
+            runner.runsAsTestUser = true
             runner.launcher = [
                 "/usr/bin/unshare", "--mount", "/bin/sh", "-c",
                 #"mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@""#, store,

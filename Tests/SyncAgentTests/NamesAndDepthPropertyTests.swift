@@ -310,12 +310,13 @@ private func withRawPath<Result>(_ path: [UInt8], _ body: (UnsafePointer<CChar>)
     (path + [0]).withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { body($0.baseAddress!) } }
 }
 
+// Readable by the agent, which runs as a user of its own (AgentUser) while the test writes as root.
 private func makeDirectory(_ path: [UInt8]) throws {
-    guard withRawPath(path, { mkdir($0, 0o700) }) == 0 else { throw ProgramFailure("mkdir \(shown(path)): \(errno)") }
+    guard withRawPath(path, { mkdir($0, 0o755) }) == 0 else { throw ProgramFailure("mkdir \(shown(path)): \(errno)") }
 }
 
 private func writeFile(_ path: [UInt8], contents: [UInt8]) throws {
-    let descriptor = withRawPath(path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+    let descriptor = withRawPath(path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
     guard descriptor >= 0 else { throw ProgramFailure("open \(shown(path)): \(errno)") }
     defer { close(descriptor) }
     guard contents.withUnsafeBytes({ Glibc.write(descriptor, $0.baseAddress, $0.count) }) == contents.count else {

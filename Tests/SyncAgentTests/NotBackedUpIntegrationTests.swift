@@ -8,17 +8,15 @@ import Testing
 /// metrics and the exit code, and never stops the rest from being backed up. Local mode: no S3 server.
 @Suite("What watch cannot back up")
 struct NotBackedUpIntegrationTests {
-    static let nobody: uid_t = 65534
 
     @Test func anUnreadableFileIsLeftOutNamedOnceAndTheRestOfItsSessionKeepsUploading() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let secret = "\(workspace.session("small"))/app-state-sync-key-locked.json"
         try write("{}", to: secret)
-        var runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
-        // Root reads any file: the agent runs as nobody, who owns everything but may not read this one.
-        runner.launcher = ["/usr/bin/setpriv", "--reuid=\(Self.nobody)", "--regid=\(Self.nobody)", "--clear-groups"]
+        let runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
+        // Root reads any file: the agent runs as nobody (AgentUser), who owns everything but may not read this one.
         try FileManager.default.createDirectory(atPath: workspace.directory.file("store"), withIntermediateDirectories: false)
-        try chownTree(workspace.directory.path, to: Self.nobody)
+        try AgentUser.handOver(workspace.directory.path)
         #expect(chmod(secret, 0) == 0)
 
         let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s"])
@@ -45,7 +43,6 @@ struct NotBackedUpIntegrationTests {
         #expect(summary.contains("app-state-sync-key-locked.json"))
 
         #expect(chmod(secret, 0o600) == 0)
-        runner.launcher = []
         let restored = try workspace.freshDirectory()
         try await runner.restore(into: restored)
         #expect(try readBytes("\(restored)/small/creds.json") == readBytes("\(workspace.session("small"))/creds.json"))
@@ -54,10 +51,9 @@ struct NotBackedUpIntegrationTests {
 
     @Test func aSessionDirectoryTheAgentMayNotReadIsRefusedUntilItsModeIsFixed() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["medium": "locked"])
-        var runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
-        runner.launcher = ["/usr/bin/setpriv", "--reuid=\(Self.nobody)", "--regid=\(Self.nobody)", "--clear-groups"]
+        let runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
         try FileManager.default.createDirectory(atPath: workspace.directory.file("store"), withIntermediateDirectories: false)
-        try chownTree(workspace.directory.path, to: Self.nobody)
+        try AgentUser.handOver(workspace.directory.path)
         #expect(chmod(workspace.session("locked"), 0) == 0)
 
         let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s"])
@@ -146,12 +142,4 @@ struct NotBackedUpIntegrationTests {
 /// The value of one series in Prometheus text, `name` with its labels as rendered.
 func metric(_ text: String, _ series: String) -> Double? {
     text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
-}
-
-/// Gives `path` and everything below it to `owner` (and the same group).
-func chownTree(_ path: String, to owner: uid_t) throws {
-    guard lchown(path, owner, owner) == 0 else { throw ProgramFailure("chown \(path) failed") }
-    var status = stat()
-    guard lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else { return }
-    for name in try FileManager.default.contentsOfDirectory(atPath: path) { try chownTree("\(path)/\(name)", to: owner) }
 }

@@ -30,25 +30,10 @@ struct RestoreCommandTests {
     func backup(_ runner: SyncAgentRunner, _ workspace: Workspace, _ options: [String] = []) async throws -> [String: String] {
         let result = try await runner.run("backup", ["--sessions-dir", workspace.sessions, "--json"] + options)
         #expect(result.termination == .exited(0), "\(result.standardError)")
-        let report = try json(result)
+        let report = try jsonObject(result)
         return Dictionary(uniqueKeysWithValues: (report["backedUp"] as? [[String: Any]] ?? []).map {
             ($0["sessionId"] as! String, $0["snapshot"] as! String)
         })
-    }
-
-    func restore(_ runner: SyncAgentRunner, into target: String, _ arguments: [String], standardInput: String = "/dev/null")
-        async throws -> (Run, statuses: [String: String])
-    {
-        let result = try await runner.run("restore", ["--sessions-dir", target, "--json"] + arguments, standardInput: standardInput)
-        let report = try json(result)
-        var statuses: [String: String] = [:]
-        for entry in report["recoveredSessions"] as? [[String: Any]] ?? [] {
-            statuses[entry["sessionId"] as! String] = entry["status"] as? String
-        }
-        for entry in report["failedSessions"] as? [[String: Any]] ?? [] {
-            statuses[entry["sessionId"] as! String] = "failed: " + (entry["reason"] as! String)
-        }
-        return (result, statuses)
     }
 
     // MARK: - Round trips
@@ -62,7 +47,7 @@ struct RestoreCommandTests {
         _ = try await backup(runner, workspace)
 
         let target = try workspace.freshDirectory()
-        let (first, restored) = try await restore(runner, into: target, ["--all"])
+        let (first, restored) = try await restoreStatuses(runner, into: target, ["--all"])
         #expect(first.termination == .exited(0), "\(first.standardError)")
         #expect(restored == ["small": "restored", "medium": "restored"])
         try expectSameTree(target, workspace.sessions)
@@ -70,14 +55,14 @@ struct RestoreCommandTests {
 
         // Identical: left alone. One file changed: that session only.
         try write(#"{"changed":"locally"}"#, to: "\(target)/small/creds.json")
-        let (_, again) = try await restore(runner, into: target, ["--all"])
+        let (_, again) = try await restoreStatuses(runner, into: target, ["--all"])
         #expect(again == ["small": "restored", "medium": "up_to_date"])
         try expectSameTree(target, workspace.sessions)
 
         // --if-missing: an absent directory comes back, a present one is not looked at.
         try FileManager.default.removeItem(atPath: "\(target)/medium")
         try write(#"{"changed":"again"}"#, to: "\(target)/small/creds.json")
-        let (missing, onlyMissing) = try await restore(runner, into: target, ["--all", "--if-missing"])
+        let (missing, onlyMissing) = try await restoreStatuses(runner, into: target, ["--all", "--if-missing"])
         #expect(missing.termination == .exited(0))
         #expect(onlyMissing == ["small": "present", "medium": "restored"])
         #expect(try readBytes("\(target)/small/creds.json") == Array(#"{"changed":"again"}"#.utf8))
@@ -88,7 +73,7 @@ struct RestoreCommandTests {
             let localStore = runner.storeArguments.last!
             try FileManager.default.removeItem(atPath: localStore)
             let elsewhere = try workspace.freshDirectory()
-            let (fromS3, fromS3Statuses) = try await restore(runner, into: elsewhere, ["small", "medium"])
+            let (fromS3, fromS3Statuses) = try await restoreStatuses(runner, into: elsewhere, ["small", "medium"])
             #expect(fromS3.termination == .exited(0), "\(fromS3.standardError)")
             #expect(fromS3Statuses == ["small": "restored", "medium": "restored"])
             try expectSameTree(elsewhere, workspace.sessions)
@@ -126,11 +111,11 @@ struct RestoreCommandTests {
         _ = try await sessionStore.writeHead(claim, session: try #require(SessionID("claimed")), condition: .ifAbsent)
 
         let target = try workspace.freshDirectory()
-        let (all, statuses) = try await restore(runner, into: target, ["--all"])
+        let (all, statuses) = try await restoreStatuses(runner, into: target, ["--all"])
         #expect(all.termination == .exited(0), "\(all.standardError)")
         #expect(statuses == ["small": "restored"])
         #expect(try sortedFiles(target) == ["small"])
-        let (named, namedStatuses) = try await restore(runner, into: target, ["claimed"])
+        let (named, namedStatuses) = try await restoreStatuses(runner, into: target, ["claimed"])
         #expect(named.termination == .exited(4), "\(named.standardError)")
         #expect(namedStatuses == ["claimed": "failed: not_found"])
     }
@@ -151,7 +136,7 @@ struct RestoreCommandTests {
 
         for point in [["--at", between], ["--snapshot", first]] {
             let target = try workspace.freshDirectory()
-            let (result, statuses) = try await restore(runner, into: target, point + ["small"])
+            let (result, statuses) = try await restoreStatuses(runner, into: target, point + ["small"])
             #expect(result.termination == .exited(0), "\(point): \(result.standardError)")
             #expect(statuses == ["small": "restored"])
             #expect(try readBytes("\(target)/small/creds.json") == original, "\(point)")
@@ -190,7 +175,7 @@ struct RestoreCommandTests {
             try write(content, to: file)
             for (arguments, input) in [(["--sessions-from", file], "/dev/null"), (["--sessions-from", "-"], file)] {
                 let target = try workspace.freshDirectory()
-                let (result, statuses) = try await restore(runner, into: target, arguments, standardInput: input)
+                let (result, statuses) = try await restoreStatuses(runner, into: target, arguments, standardInput: input)
                 #expect(result.termination == .exited(0), "\(name) \(arguments): \(result.standardError)")
                 #expect(statuses == ["small": "restored", "medium": "restored"], "\(name) \(arguments)")
                 try expectSameTree(target, workspace.sessions)
@@ -229,13 +214,13 @@ struct RestoreCommandTests {
         try write("stale", to: "\(target)/small/creds.json")
         let before = try tree(target)
 
-        let (result, statuses) = try await restore(runner, into: target, ["--all", "--dry-run"])
+        let (result, statuses) = try await restoreStatuses(runner, into: target, ["--all", "--dry-run"])
         #expect(result.termination == .exited(0), "\(result.standardError)")
         #expect(statuses == ["small": "would_restore", "medium": "up_to_date"])
         #expect(try tree(target) == before)
 
         let absent = workspace.logs + "/never-created"
-        let (_, intoNothing) = try await restore(runner, into: absent, ["small", "--dry-run"])
+        let (_, intoNothing) = try await restoreStatuses(runner, into: absent, ["small", "--dry-run"])
         #expect(intoNothing == ["small": "would_restore"])
         #expect(!FileManager.default.fileExists(atPath: absent))
     }
@@ -254,7 +239,7 @@ struct RestoreCommandTests {
 
         try await server.stop()
         for arguments in [["small", "medium"], ["--all"]] {
-            let (result, statuses) = try await restore(runner, into: target, arguments)
+            let (result, statuses) = try await restoreStatuses(runner, into: target, arguments)
             #expect(result.termination == .exited(4), "\(arguments): \(result.standardError)")
             if arguments != ["--all"] { #expect(statuses == ["small": "failed: unreachable", "medium": "failed: unreachable"]) }
             #expect(result.standardError.contains("cannot be reached"))
@@ -276,16 +261,11 @@ struct RestoreCommandTests {
         let target = try workspace.freshDirectory()
         try FileManager.default.createDirectory(atPath: "\(target)/tampered", withIntermediateDirectories: false)
         try write("the worker's last state", to: "\(target)/tampered/creds.json")
-        let (result, statuses) = try await restore(runner, into: target, ["--all"])
+        let (result, statuses) = try await restoreStatuses(runner, into: target, ["--all"])
         #expect(result.termination == .exited(3), "\(result.standardError)")
         #expect(statuses == ["tampered": "failed: corrupt", "medium": "restored", "healthy": "restored"])
         #expect(try tree("\(target)/tampered") == ["creds.json": Array("the worker's last state".utf8)])
         try expectSameTree("\(target)/medium", workspace.session("medium"))
         try expectSameTree("\(target)/healthy", workspace.session("healthy"))
-    }
-
-    private func json(_ result: Run) throws -> [String: Any] {
-        let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8))
-        return try #require(object as? [String: Any], "\(result.standardOutput) \(result.standardError)")
     }
 }

@@ -15,13 +15,13 @@ struct SnapshotVerifierCommandTests {
             #expect(backup.termination == .exited(0), "\(backup.standardError)")
         }
 
-        let sessions = try json(try await runner.run("snapshots", ["--json"]))
+        let sessions = try jsonObject(try await runner.run("snapshots", ["--json"]))
         let listed = try #require((sessions["sessions"] as? [[String: Any]])?.first)
         #expect(listed["sessionId"] as? String == "small")
         #expect(listed["latestKind"] as? String == "base")
         #expect(listed["tombstoned"] as? Bool == false)
 
-        let listing = try json(try await runner.run("snapshots", ["small", "--details", "--json"]))
+        let listing = try jsonObject(try await runner.run("snapshots", ["small", "--details", "--json"]))
         let snapshots = try #require(listing["snapshots"] as? [[String: Any]])
         #expect(snapshots.count == 2)
         #expect(snapshots.allSatisfy { $0["committed"] as? Bool == true && $0["kind"] as? String == "base" })
@@ -38,19 +38,12 @@ struct SnapshotVerifierCommandTests {
 
         let damaged = try await runner.run("verify", ["small", "--json"])
         #expect(damaged.termination == .exited(1))
-        let report = try json(damaged)
+        let report = try jsonObject(damaged)
         #expect(report["defects"] as? Int == 1)
         let checks = try #require((report["sessions"] as? [[String: Any]])?.first?["snapshots"] as? [[String: Any]])
         #expect(checks.map { $0["status"] as? String } == ["ok", "corrupt"])
 
         let badSample = try await runner.run("verify", ["--all", "--sample", "0%"])
         #expect(badSample.termination == .exited(64))
-    }
-
-    private func json(_ result: (termination: Termination, standardOutput: String, standardError: String)) throws
-        -> [String: Any]
-    {
-        let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8))
-        return try #require(object as? [String: Any], "\(result.standardOutput)")
     }
 }

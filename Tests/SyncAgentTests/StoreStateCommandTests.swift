@@ -32,16 +32,7 @@ struct StoreStateCommandTests {
 
         /// `restore --json` into `target`: the run and each session's status ("failed: <reason>" for failures).
         func restore(into target: String, _ arguments: [String]) async throws -> (Run, statuses: [String: String]) {
-            let result = try await runner.run("restore", ["--sessions-dir", target, "--json"] + arguments)
-            let report = try jsonObject(result)
-            var statuses: [String: String] = [:]
-            for entry in report["recoveredSessions"] as? [[String: Any]] ?? [] {
-                statuses[entry["sessionId"] as! String] = entry["status"] as? String
-            }
-            for entry in report["failedSessions"] as? [[String: Any]] ?? [] {
-                statuses[entry["sessionId"] as! String] = "failed: " + (entry["reason"] as! String)
-            }
-            return (result, statuses)
+            try await restoreStatuses(runner, into: target, arguments)
         }
     }
 
@@ -248,9 +239,4 @@ struct StoreStateCommandTests {
         #expect(result.standardOutput.contains("No space left on device"), "\(result.standardOutput)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: target) == [])
     }
-}
-
-func jsonObject(_ result: (termination: Termination, standardOutput: String, standardError: String)) throws -> [String: Any] {
-    let object = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8))
-    return try #require(object as? [String: Any], "\(result.standardOutput) \(result.standardError)")
 }

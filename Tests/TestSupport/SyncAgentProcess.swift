@@ -17,9 +17,8 @@ public struct SyncAgentRunner: Sendable {
     /// Runs the program as the test process's own user (root in CI) rather than as `AgentUser`:
     /// only for a test that needs root, which says why.
     public var runsAsTestUser = false
-    /// A command the program runs under, which ends by executing its arguments (`setpriv …`,
-    /// `unshare …`). It takes charge of the user the program runs as: with a launcher, the runner
-    /// neither hands paths over nor drops to `AgentUser` itself.
+    /// A command the program runs under, which ends by executing its arguments (`unshare …`); it
+    /// runs as `AgentUser` too, unless `runsAsTestUser`.
     public var launcher: [String] = []
 
     public init(storeArguments: [String], environment: [String: String], logDirectory: String) {
@@ -112,7 +111,7 @@ public struct SyncAgentRunner: Sendable {
         if let command = launcher.first {
             (executable, programArguments) = (command, launcher.dropFirst() + [executable] + programArguments)
         }
-        if !runsAsTestUser && launcher.isEmpty {
+        if !runsAsTestUser {
             for path in Self.pathsOwned(in: programArguments) { try AgentUser.handOver(path) }
             (executable, programArguments) = try AgentUser.command(executable, programArguments)
         }
