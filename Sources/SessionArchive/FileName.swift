@@ -66,11 +66,21 @@ public enum FileName {
 
     /// `name` for a log line or a message: printable as it is, with control characters,
     /// backslashes and the bytes that are not UTF-8 written as `\n`, `\\`, `\xNN`, so a name can
-    /// neither forge a log line nor hide what it is.
-    public static func displayed(_ name: String) -> String {
+    /// neither forge a log line nor hide what it is. `escapingBackslashes: false` leaves
+    /// backslashes as they are: for text that may already hold names shown this way (a whole log
+    /// line), which must not be escaped twice; it still cannot hold a line break.
+    public static func displayed(_ name: String, escapingBackslashes: Bool = true) -> String {
+        func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
+            scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar.value >= firstEscape
+                || scalar.value == 0x2028 || scalar.value == 0x2029 || (escapingBackslashes && scalar == "\\")
+        }
         guard name.unicodeScalars.contains(where: needsEscape) else { return name }
         var shown = ""
         for scalar in name.unicodeScalars {
+            guard needsEscape(scalar) else {
+                shown.unicodeScalars.append(scalar)
+                continue
+            }
             switch scalar {
             case "\n": shown += "\\n"
             case "\r": shown += "\\r"
@@ -79,19 +89,12 @@ public enum FileName {
             default:
                 if scalar.value >= firstEscape {
                     shown += "\\x" + hexByte(UInt8(scalar.value - escapeBase))
-                } else if needsEscape(scalar) {
-                    shown += String(scalar).utf8.map { "\\x" + hexByte($0) }.joined()
                 } else {
-                    shown.unicodeScalars.append(scalar)
+                    shown += String(scalar).utf8.map { "\\x" + hexByte($0) }.joined()
                 }
             }
         }
         return shown
-    }
-
-    private static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.value < 0x20 || scalar == "\\" || (0x7F...0x9F).contains(scalar.value) || scalar.value >= firstEscape
-            || scalar.value == 0x2028 || scalar.value == 0x2029
     }
 
     private static func hexByte(_ byte: UInt8) -> String {

@@ -4,7 +4,9 @@ import SessionArchive
 /// `--log-format text`: swift-log's stream format (`2026-… info sync-agent.watch: key=value …
 /// [SyncEngine] message`), with control characters in the message and in every metadata value
 /// escaped (`FileName.displayed`: `\n`, `\xNN`), so no value (a session's name, a file's, a
-/// server's reply quoted in an error) can start a line of its own. JSON is escaped by its encoder.
+/// server's reply quoted in an error) can start a line of its own. Backslashes stay as they are:
+/// names in errors are already shown escaped, and must not be escaped twice. JSON is escaped by
+/// its encoder.
 struct TextLogHandler: LogHandler {
     private var stream: StreamLogHandler
 
@@ -29,12 +31,12 @@ struct TextLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         var event = event
-        event.message = "\(FileName.displayed("\(event.message)"))"
+        event.message = "\(FileName.displayed("\(event.message)", escapingBackslashes: false))"
         event.metadata = event.metadata?.mapValues(Self.escaped)
         stream.log(event: event)
     }
 
     private static func escaped(_ value: Logger.Metadata.Value) -> Logger.Metadata.Value {
-        .string(FileName.displayed("\(value)"))
+        .string(FileName.displayed("\(value)", escapingBackslashes: false))
     }
 }

@@ -109,7 +109,16 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
         return bytes
     }
 
-    public static func < (lhs: SessionID, rhs: SessionID) -> Bool { lhs.rawValue < rhs.rawValue }
+    // By bytes, not by Swift's String comparison: "é" as one scalar and as "e" + U+0301 are two
+    // directories, two sessions, though their Strings are equal.
+    public static func == (lhs: SessionID, rhs: SessionID) -> Bool { lhs.rawValue.utf8.elementsEqual(rhs.rawValue.utf8) }
+    public static func < (lhs: SessionID, rhs: SessionID) -> Bool {
+        lhs.rawValue.utf8.lexicographicallyPrecedes(rhs.rawValue.utf8)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        for byte in rawValue.utf8 { hasher.combine(byte) }
+    }
 }
 
 public enum SnapshotKind: String, Codable, Sendable, CaseIterable {

@@ -50,5 +50,8 @@ import Testing
         #expect(FileName.displayed(FileName.decode([0x61, 0xFF])) == "a\\xff")
         #expect(FileName.displayed("back\\slash") == "back\\\\slash")
         #expect(FileName.displayed("é") == "é")
+        // A line already showing a name escaped keeps its backslashes, and still gets no break.
+        let line = "open \(FileName.displayed(FileName.decode([0x61, 0xFF]))) failed\nFAKE"
+        #expect(FileName.displayed(line, escapingBackslashes: false) == "open a\\xff failed\\nFAKE")
     }
 }

@@ -58,6 +58,17 @@ struct SessionIDTests {
         #expect(SessionLayout.sessionIDs(in: ["sessions/~6120/head", "sessions/a/head"]).map(\.rawValue) == ["a", "a "])
     }
 
+    /// "é" as one scalar and as "e" + U+0301 are two directories: two sessions with keys of their
+    /// own, both listed, though Swift's Strings take them for one.
+    @Test func canonicallyEquivalentNamesAreTwoSessions() throws {
+        let composed = try #require(SessionID("caf\u{E9}"))
+        let decomposed = try #require(SessionID("cafe\u{301}"))
+        #expect(composed != decomposed && Set([composed, decomposed]).count == 2)
+        #expect(composed.keyComponent != decomposed.keyComponent)
+        let keys = [composed, decomposed].map { SessionLayout.headKey($0) }
+        #expect(Set(SessionLayout.sessionIDs(in: keys)) == [composed, decomposed])
+    }
+
     @Test func unprintableNamesAreSpelledInHex() throws {
         #expect(try #require(SessionID("x\nFAKE line")).description == "~780a46414b45206c696e65")
         #expect(try #require(SessionID(" lead")).description == "~206c656164")
