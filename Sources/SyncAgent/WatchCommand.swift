@@ -92,7 +92,7 @@ struct WatchCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.watch")
         let (settings, shutdownTimeout) = try settings()
         let root = storage.resolvedSessionsDir
-        guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
+        guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root)) != nil else {
             throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
         // Before the stores: a port in use must stop the agent before it writes anything.
