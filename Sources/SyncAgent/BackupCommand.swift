@@ -36,10 +36,7 @@ struct BackupCommand: AsyncParsableCommand {
                 logger.error("session directory \(refusal.message)", metadata: ["name": "\(shown)", "reason": "\(refusal.rawValue)"])
             }
         } else {
-            ids = try sessions.map { name in
-                guard let id = SessionID(printed: name) else { throw ValidationError("\"\(name)\" is not a valid session id") }
-                return id
-            }
+            ids = try sessions.map(sessionID(argument:))
         }
         let owner = agentIdentity()
         var policy = CompactionPolicy()

@@ -249,6 +249,13 @@ func agentIdentity() -> String {
     return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
 }
 
+/// The session id an argument names, in either spelling (`SessionID(printed:)`); one that names
+/// none is shown escaped (`FileName.displayed`), so the message stays one line.
+func sessionID(argument name: String) throws -> SessionID {
+    guard let id = SessionID(printed: name) else { throw ValidationError("\"\(FileName.displayed(name))\" is not a valid session id") }
+    return id
+}
+
 /// The session directories under the root, as `watch` sees them (`SessionDirectories`).
 func sessionDirectories(in root: String) throws -> SessionDirectories {
     do {

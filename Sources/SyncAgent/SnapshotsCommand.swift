@@ -23,7 +23,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @Argument(help: "A session id; without one, list the sessions.") var session: String?
 
     func validate() throws {
-        if let session, SessionID(printed: session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
+        if let session { _ = try sessionID(argument: session) }
         if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }
     }
 

@@ -133,7 +133,7 @@ struct WatchCommand: AsyncParsableCommand {
         }
         guard report.isComplete else {
             if !report.unflushed.isEmpty {
-                logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(report.unflushed.map(\.rawValue))"])
+                logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(report.unflushed.map(\.description))"])
             }
             if !report.refused.isEmpty {
                 logger.error("stopped with sessions not backed up", metadata: [
