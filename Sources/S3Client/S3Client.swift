@@ -134,9 +134,11 @@ public final class S3Client: Sendable {
     }
 
     /// Downloads to a file (created 0600, replaced if present), streamed to disk. A whole
-    /// object larger than `multipart.partSize` comes down in ranged parts, in parallel.
+    /// object larger than `multipart.partSize` comes down in ranged parts, in parallel. A whole
+    /// object larger than `maxSize` throws `.tooLarge` once its first answer says so, with at
+    /// most `maxSize` + 1 bytes of it written.
     @discardableResult
-    public func downloadObject(key: String, toFileAt path: String, range: ClosedRange<Int64>? = nil)
+    public func downloadObject(key: String, toFileAt path: String, range: ClosedRange<Int64>? = nil, maxSize: Int64 = .max)
         async throws(S3ClientError) -> ObjectInfo
     {
         let file = try OpenFile(path: path, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
@@ -149,7 +151,7 @@ public final class S3Client: Sendable {
             info = try objectInfo(key: key, response)
             length = response.curl.bodyLength
         } else {
-            info = try await downloadInParts(key: key, file: file)
+            info = try await downloadInParts(key: key, file: file, maxSize: maxSize)
             length = info.size
         }
         // A failed attempt may have written further than the one that succeeded.
@@ -276,9 +278,11 @@ public final class S3Client: Sendable {
     /// The first part's answer tells the object's size and version; the other parts are then
     /// fetched in parallel on condition that the version is still the same (`If-Match`), so
     /// the file never mixes two versions.
-    private func downloadInParts(key: String, file: OpenFile) async throws(S3ClientError) -> ObjectInfo {
+    /// The first part asks for no more than `maxSize` + 1 bytes: its answer's Content-Range (or,
+    /// from a server ignoring ranges, Content-Length) tells the size before more is read.
+    private func downloadInParts(key: String, file: OpenFile, maxSize: Int64) async throws(S3ClientError) -> ObjectInfo {
         let partSize = configuration.multipart.partSize
-        var first = Request(method: "GET", key: key, range: 0...partSize - 1)
+        var first = Request(method: "GET", key: key, range: 0...min(partSize - 1, maxSize))
         first.destination = .file(fileDescriptor: file.descriptor, offset: 0)
         let response: Response
         do {
@@ -291,6 +295,7 @@ public final class S3Client: Sendable {
         }
         let info = try objectInfo(key: key, response)
         let size = info.size
+        guard size <= maxSize else { throw .tooLarge(size: size, maxSize: maxSize) }
         // A server that ignores ranges sends the whole object for every part: ask it once more
         // for the rest rather than once per part.
         let restPartSize = response.curl.rangeIgnoredByServer ? size : partSize

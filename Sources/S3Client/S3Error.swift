@@ -86,6 +86,8 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
     /// Refused before it was signed or sent: a header that would not reach the server as one
     /// header (a value holding CR, LF or NUL would split the request or be cut short).
     case invalidRequest(String)
+    /// The object is `size` bytes, more than the `maxSize` the caller allowed: not read further.
+    case tooLarge(size: Int64, maxSize: Int64)
 
     public var description: String {
         switch self {
@@ -95,6 +97,7 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
         case .integrity(let reason): "S3 integrity check failed: \(reason)"
         case .io(let reason): reason
         case .invalidRequest(let reason): "invalid S3 request: \(reason)"
+        case .tooLarge(let size, let maxSize): "the object is \(size) bytes, more than the \(maxSize) allowed; not reading it"
         }
     }
 
@@ -112,7 +115,7 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
         case .transport(let error): error.isRetryable
         // A body cut short or mangled in transit is worth fetching again.
         case .integrity: true
-        case .invalidResponse, .io, .invalidRequest: false
+        case .invalidResponse, .io, .invalidRequest, .tooLarge: false
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Glibc
+import SessionArchive
 import SyncEngine
 
 struct BackupCommand: AsyncParsableCommand {
@@ -23,16 +24,23 @@ struct BackupCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.backup")
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .create)
         let root = storage.resolvedSessionsDir
-        let ids = try sessions.isEmpty
-            ? sessionDirectories(in: root, logger: logger)
-            : sessions.map { name in
-                guard let id = SessionID(printed: name) else { throw ValidationError("\"\(name)\" is not a valid session id") }
-                return id
+        var report = BackupReport()
+        let ids: [SessionID]
+        if sessions.isEmpty {
+            let directories = try sessionDirectories(in: root)
+            ids = directories.sessions
+            for (name, refusal) in directories.refused {
+                // Not backed up, as `watch` does not back it up: a failure, named.
+                let shown = SessionID(name)?.description ?? FileName.displayed(name)
+                report.failed.append(.init(sessionId: shown, error: refusal.message, refusal: refusal.rawValue))
+                logger.error("session directory \(refusal.message)", metadata: ["name": "\(shown)", "reason": "\(refusal.rawValue)"])
             }
+        } else {
+            ids = try sessions.map(sessionID(argument:))
+        }
         let owner = agentIdentity()
         var policy = CompactionPolicy()
         policy.retention = try retention.compactionRetention()
-        var report = BackupReport()
         for id in ids {
             let replicator = SessionReplicator(
                 session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: owner,
@@ -45,7 +53,7 @@ struct BackupCommand: AsyncParsableCommand {
                 if !skipped.isEmpty {
                     // A backup that exits 0 must hold the whole directory.
                     let files = skipped.map { "\($0.name) (\($0.reason))" }.joined(separator: ", ")
-                    report.failed.append(.init(sessionId: id.rawValue, error: "files not backed up: \(files)"))
+                    report.failed.append(.init(sessionId: id.description, error: "files not backed up: \(files)"))
                     logger.error("backed up without files it cannot take", metadata: ["session": "\(id)", "files": "\(files)"])
                     continue
                 }
@@ -87,7 +95,12 @@ struct BackupReport: Encodable {
         /// Snapshot objects the retention policy deleted after this base.
         var pruned: Int
     }
-    struct Failure: Encodable { var sessionId: String; var error: String }
+    struct Failure: Encodable {
+        var sessionId: String
+        var error: String
+        /// Why a session directory is not backed up at all (`Refusal`): "symlink", "invalid_name", "unreadable".
+        var refusal: String?
+    }
     var backedUp: [Success] = []
     var failed: [Failure] = []
 }

@@ -249,35 +249,20 @@ func agentIdentity() -> String {
     return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
 }
 
-/// Session directories under the root, by id (names of any bytes, through `FileName`); hidden
-/// names are not sessions, and a name that cannot be an id (longer than 255 bytes) is skipped loudly.
-func sessionDirectories(in root: String, logger: Logger) throws -> [SessionID] {
-    guard let stream = FileName.withPlatformPath(root, { opendir($0) }) else {
-        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(String(cString: strerror(errno)))")
+/// The session id an argument names, in either spelling (`SessionID(printed:)`); one that names
+/// none is shown escaped (`FileName.displayed`), so the message stays one line.
+func sessionID(argument name: String) throws -> SessionID {
+    guard let id = SessionID(printed: name) else { throw ValidationError("\"\(FileName.displayed(name))\" is not a valid session id") }
+    return id
+}
+
+/// The session directories under the root, as `watch` sees them (`SessionDirectories`).
+func sessionDirectories(in root: String) throws -> SessionDirectories {
+    do {
+        return try SessionDirectories(root: root)
+    } catch {
+        throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory: \(error)")
     }
-    defer { closedir(stream) }
-    var names: [String] = []
-    while true {
-        errno = 0
-        guard let entry = readdir(stream) else {
-            guard errno == 0 else {
-                throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root): \(String(cString: strerror(errno)))")
-            }
-            break
-        }
-        names.append(withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) })
-    }
-    var sessions: [SessionID] = []
-    for name in names.sorted() where !name.hasPrefix(".") {
-        var status = stat()
-        guard FileName.withPlatformPath("\(root)/\(name)", { stat($0, &status) }) == 0, status.st_mode & S_IFMT == S_IFDIR else { continue }
-        guard let id = SessionID(name) else {
-            logger.warning("skipping a session directory whose name cannot be a session id", metadata: ["name": "\(FileName.displayed(name))"])
-            continue
-        }
-        sessions.append(id)
-    }
-    return sessions
 }
 
 /// Prints a `--json` report on standard output.

@@ -25,7 +25,7 @@ struct PruneCommand: AsyncParsableCommand {
     @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [String] = []
 
     func validate() throws {
-        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions { _ = try sessionID(argument: name) }
         // restic refuses too: without a rule, "keep nothing but the newest" is too easy to run by mistake.
         guard try retention.policy() != nil else {
             throw ValidationError("no retention policy: pass at least one --keep-* flag (or set SYNC_AGENT_KEEP_*)")

@@ -43,14 +43,16 @@ struct RestoreCommand: AsyncParsableCommand {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
             throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
         }
-        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions { _ = try sessionID(argument: name) }
         if let snapshot {
             guard SnapshotLabel(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
-        if let at, Self.parseTime(at) == nil {
-            throw rejectInput("--at \(FileName.displayed(at)): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
+        try rejectingUsageErrors {
+            if let at, Self.parseTime(at) == nil {
+                throw UsageError(.notATime, "--at \(FileName.displayed(at)): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
+            }
         }
         guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
     }

@@ -23,7 +23,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @Argument(help: "A session id; without one, list the sessions.") var session: String?
 
     func validate() throws {
-        if let session, SessionID(printed: session) == nil { throw ValidationError("\"\(session)\" is not a valid session id") }
+        if let session { _ = try sessionID(argument: session) }
         if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }
     }
 
@@ -72,19 +72,24 @@ struct SnapshotsCommand: AsyncParsableCommand {
     private func listSnapshots(_ session: SessionID, store: SessionStore) async throws {
         var head: SessionHead?
         var history: CommittedHistory?
+        // The objects as the state's read listed them; nil when that read failed.
+        var entries: [SnapshotEntry]?
         var stateError: (any Error)?
         do {
             let stored = try await store.stored(session)
             head = stored?.head
-            history = try stored?.committed()
+            entries = stored?.entries ?? []
+            // A head behind a newer chain commits nothing it names: checked before its history.
             try stored?.checkHeadIsNewest()
+            history = try stored?.committed()
         } catch {
             stateError = error
         }
-        let entries = try await store.snapshots(session)
+        let listed: [SnapshotEntry]
+        if let entries { listed = entries } else { listed = try await store.snapshots(session) }
         var listing = SnapshotsListing(sessionId: session.description, head: head.map { .init(session.description, head: $0) })
         listing.error = stateError.map { "\($0)" }
-        for entry in entries {
+        for entry in listed {
             let isCommitted = history?.contains(entry) ?? false
             var row = SnapshotsListing.Snapshot(
                 id: "\(entry.id)", tag: entry.id.tag.rawValue, kind: entry.kind.rawValue, size: entry.size,

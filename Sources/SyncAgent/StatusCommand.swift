@@ -11,8 +11,10 @@ struct StatusCommand: AsyncParsableCommand {
         discussion: """
             Asks the agent's endpoint (GET /sessions) first. When no agent answers, reads the
             store instead: each stored session with its latest snapshot, as "stored" or
-            "tombstoned" (only a running agent knows what is pending). Reads only.
-            Exit codes: 0 the table was printed, 1 neither the agent nor the store answered.
+            "tombstoned" (only a running agent knows what is pending), or "failed" with the error
+            for a session whose head cannot be read. Reads only.
+            Exit codes: 0 the table was printed, 1 neither the agent nor the store answered, or a
+            session's head read from the store failed.
             """)
 
     @OptionGroup var storage: StorageOptions
@@ -33,25 +35,36 @@ struct StatusCommand: AsyncParsableCommand {
             logger.notice("no agent answered; reading the store", metadata: ["agent": "\(url)", "error": "\(error)"])
             report = try await storeReport(logger: logger)
         }
-        if json { return try printJSON(report) }
-        for row in report.sessions {
-            print([
-                row.sessionId, row.state, row.lastSnapshot ?? "-", row.lastSnapshotAt ?? "-",
-                row.lagSeconds.map { "lag \(($0 * 10).rounded() / 10)s" } ?? "lag -",
-                row.pendingChanges.map { "\($0) pending" } ?? "- pending", row.lastError ?? "",
-            ].joined(separator: "\t"))
+        if json {
+            try printJSON(report)
+        } else {
+            for row in report.sessions {
+                print([
+                    row.sessionId, row.state, row.lastSnapshot ?? "-", row.lastSnapshotAt ?? "-",
+                    row.lagSeconds.map { "lag \(($0 * 10).rounded() / 10)s" } ?? "lag -",
+                    row.pendingChanges.map { "\($0) pending" } ?? "- pending", row.lastError ?? "",
+                ].joined(separator: "\t"))
+            }
         }
+        if report.sessions.contains(where: { $0.state == StatusReport.Row.unreadableState }) { throw ExitCode(1) }
     }
 
     private func storeReport(logger: Logger) async throws -> StatusReport {
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         var report = StatusReport(source: opened.primary.store.location, generatedAt: timestamp(Date()), sessions: [])
         for id in try await opened.storedSessions() {
-            let head = try await opened.restoreSource(for: id).head(id)?.head
-            report.sessions.append(StatusReport.Row(
-                sessionId: id.description, state: head?.isTombstoned == true ? "tombstoned" : "stored",
-                lastSnapshot: head?.latest.map { "\($0)" }, lastSnapshotAt: head.map { timestamp($0.updatedAt) },
-                lagSeconds: nil, pendingChanges: nil, lastError: nil))
+            do {
+                let head = try await opened.restoreSource(for: id).head(id)?.head
+                report.sessions.append(StatusReport.Row(
+                    sessionId: id.description, state: head?.isTombstoned == true ? "tombstoned" : "stored",
+                    lastSnapshot: head?.latest.map { "\($0)" }, lastSnapshotAt: head.map { timestamp($0.updatedAt) },
+                    lagSeconds: nil, pendingChanges: nil, lastError: nil))
+            } catch {
+                // One head that cannot be read (corrupt, oversized, no regular file) must not hide the others.
+                report.sessions.append(StatusReport.Row(
+                    sessionId: id.description, state: StatusReport.Row.unreadableState, lastSnapshot: nil, lastSnapshotAt: nil,
+                    lagSeconds: nil, pendingChanges: nil, lastError: "\(error)"))
+            }
         }
         return report
     }
@@ -68,6 +81,9 @@ struct StatusReport: Encodable {
         var lagSeconds: Double?
         var pendingChanges: Int?
         var lastError: String?
+
+        /// The state, read from the store, of a session whose head cannot be read (`lastError` says why).
+        static let unreadableState = "failed"
     }
 
     /// The agent's URL, or the store's location.

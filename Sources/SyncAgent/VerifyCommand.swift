@@ -25,7 +25,7 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard all != !sessions.isEmpty else { throw ValidationError("name session ids or pass --all (not both)") }
-        for name in sessions where SessionID(printed: name) == nil { throw ValidationError("\"\(name)\" is not a valid session id") }
+        for name in sessions { _ = try sessionID(argument: name) }
         if let sample, Self.share(sample) == nil {
             throw ValidationError("--sample \(sample): expected a percentage above 0 and at most 100, e.g. 10%")
         }

@@ -92,7 +92,7 @@ struct WatchCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.watch")
         let (settings, shutdownTimeout) = try settings()
         let root = storage.resolvedSessionsDir
-        guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root, logger: logger)) != nil else {
+        guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root)) != nil else {
             throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
         // Before the stores: a port in use must stop the agent before it writes anything.
@@ -133,7 +133,7 @@ struct WatchCommand: AsyncParsableCommand {
         }
         guard report.isComplete else {
             if !report.unflushed.isEmpty {
-                logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(report.unflushed.map(\.rawValue))"])
+                logger.error("stopped with changes not uploaded", metadata: ["sessions": "\(report.unflushed.map(\.description))"])
             }
             if !report.refused.isEmpty {
                 logger.error("stopped with sessions not backed up", metadata: [

@@ -85,16 +85,19 @@ public struct FileSystemStore: ObjectStore {
         }
     }
 
-    public func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+    public func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo? {
         try checkKey(key)
         return try await blocking { () throws(StoreError) in
             guard let (file, status) = try openObject(key) else { return nil }
+            try checkSize(key, Int64(status.st_size), maxSize: maxSize)
             guard let destination = Descriptor(creating: path, flags: O_TRUNC) else {
                 throw .io("cannot create \(path): \(systemMessage())")
             }
             do throws(StoreError) {
                 let digest = StreamingDigest(.md5)
-                try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, _ throws(StoreError) in
+                try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+                    // Written to since it was opened: the size checked above no longer holds.
+                    try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                     digest.update(chunk)
                     try destination.write(chunk, failure: { .io("cannot write \(path): \(systemMessage())") })
                 }

@@ -29,7 +29,9 @@ public protocol ObjectStore: Sendable {
     func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject?
 
     /// Streams the object into a new file at `path` (mode 0600); nil when there is no such object.
-    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo?
+    /// An object larger than `maxSize` bytes (the size its listing said) is refused with
+    /// `.invalidObject` and no file is left: a replaced or huge object must not fill the disk.
+    func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo?
 
     /// nil when there is no such object.
     func head(_ key: String) async throws(StoreError) -> StoredObjectInfo?
@@ -132,8 +134,8 @@ func tooManyObjectsMessage(_ prefix: String, in location: String) -> String {
     "the listing of \"\(prefix)\" in \(location) passed \(maxListedObjects) objects, more than a store of sessions holds; not reading on"
 }
 
-/// Why an object is refused by `get(_:range:maxSize:)`. `size` is what the store says, or as much
-/// as was read before it went past the bound.
+/// Why an object is refused by `get(_:range:maxSize:)` or `download(_:toFileAt:maxSize:)`.
+/// `size` is what the store says, or as much as was read before it went past the bound.
 func tooLargeMessage(_ key: String, size: Int64, maxSize: Int64, in location: String) -> String {
     "\(key) in \(location) is \(size) bytes or more, larger than such an object can be (at most \(maxSize)); not reading it"
 }

@@ -61,10 +61,13 @@ public struct S3ObjectStore: ObjectStore {
         return object
     }
 
-    public func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+    public func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo? {
         try validateKey(key)
         do {
-            return storedInfo(try await client.downloadObject(key: prefix + key, toFileAt: path), key: key)
+            return storedInfo(try await client.downloadObject(key: prefix + key, toFileAt: path, maxSize: maxSize), key: key)
+        } catch .tooLarge(let size, _) {
+            unlink(path)
+            throw .invalidObject(tooLargeMessage(key, size: size, maxSize: maxSize, in: location))
         } catch {
             // The client created (or truncated) the file before the request; what is left is
             // no object, or part of one.
@@ -134,7 +137,7 @@ public struct S3ObjectStore: ObjectStore {
         case .transport: EngineMetrics.s3Error(code: "transport")
         case .integrity: EngineMetrics.s3Error(code: "integrity")
         case .invalidResponse: EngineMetrics.s3Error(code: "invalid_response")
-        case .io, .invalidRequest: break  // a local file or the request itself, not the store
+        case .io, .invalidRequest, .tooLarge: break  // a local file, the request itself or the object, not the store
         }
         return StoreError(error, key: key)
     }
@@ -183,6 +186,7 @@ extension StoreError {
         case .transport, .integrity: self = .unavailable(error.description)
         case .invalidResponse, .invalidRequest: self = .rejected(error.description)
         case .io(let reason): self = .io(reason)
+        case .tooLarge: self = .invalidObject("\(key): \(error)")
         }
     }
 }

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import S3Client
+import SessionArchive
 
 /// A list of session ids handed to `restore --sessions-from`: one id per line, or the JSON a
 /// gateway backend returns for a worker's assigned sessions, an array of objects with an `id`
@@ -26,7 +27,7 @@ public enum SessionList {
         var seen = Set<SessionID>()
         var ids: [SessionID] = []
         for (place, name) in names {
-            guard let id = SessionID(printed: name) else { throw SessionListError("\(place): \"\(name)\" is not a valid session id") }
+            guard let id = SessionID(printed: name) else { throw SessionListError("\(place): \"\(FileName.displayed(name))\" is not a valid session id") }
             if seen.insert(id).inserted { ids.append(id) }
         }
         return ids

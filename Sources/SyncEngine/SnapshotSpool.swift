@@ -68,15 +68,16 @@ final class DownloadedObject: Sendable {
     private let key: String
     let size: Int64
 
-    /// Nil when the store has no such object.
-    init?(_ key: String, from store: any ObjectStore) async throws {
+    /// Nil when the store has no such object. One larger than `maxSize` is refused with
+    /// `.invalidObject` before more than `maxSize` bytes of it are on disk.
+    init?(_ key: String, maxSize: Int64, from store: any ObjectStore) async throws {
         let (descriptor, path) = try createTemporaryFile(named: "sync-agent-download")
         // The store writes the object by name; once it has, the name goes and only this descriptor
         // (opened before, so it sees what was written) keeps the file.
         defer { unlink(path) }
         let info: StoredObjectInfo
         do {
-            guard let downloaded = try await store.download(key, toFileAt: path) else {
+            guard let downloaded = try await store.download(key, toFileAt: path, maxSize: maxSize) else {
                 close(descriptor)
                 return nil
             }
@@ -118,16 +119,24 @@ enum DownloadedSnapshot: Sendable {
 
     /// Nil when the store has no such object. Throws `SnapshotError.changedDuringRead` when it
     /// is not the `size` the listing said: keys are never written twice, so it was replaced since.
+    /// The listed size bounds the read, so a larger object in its place costs neither memory nor
+    /// disk past it.
     init?(_ key: String, size: Int64, from store: any ObjectStore) async throws {
         let downloadedSize: Int64
-        if size > SnapshotSpool.memoryLimit {
-            guard let object = try await DownloadedObject(key, from: store) else { return nil }
-            self = .spooled(object)
-            downloadedSize = object.size
-        } else {
-            guard let object = try await store.get(key, maxSize: Int64(SnapshotSpool.memoryLimit)) else { return nil }
-            self = .inMemory(object.bytes)
-            downloadedSize = Int64(object.bytes.count)
+        do {
+            if size > SnapshotSpool.memoryLimit {
+                guard let object = try await DownloadedObject(key, maxSize: size, from: store) else { return nil }
+                self = .spooled(object)
+                downloadedSize = object.size
+            } else {
+                guard let object = try await store.get(key, maxSize: size) else { return nil }
+                self = .inMemory(object.bytes)
+                downloadedSize = Int64(object.bytes.count)
+            }
+        } catch StoreError.invalidObject(let reason) {
+            // The listing saw a regular file of `size` bytes (a store lists nothing else): one
+            // larger, or no regular file, is in its place now.
+            throw SnapshotError.changedDuringRead("\(reason) (it was listed with \(size) bytes: replaced since)")
         }
         guard downloadedSize == size else {
             throw SnapshotError.changedDuringRead("\(key) is \(downloadedSize) bytes, not the \(size) it was listed with: it was replaced since")

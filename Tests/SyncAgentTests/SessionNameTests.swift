@@ -93,6 +93,19 @@ struct SessionNameTests {
         try await expectSameDirectories(fromList, workspace.sessions)
     }
 
+    /// A name typed as it is that cannot be an id as typed (a newline in it) is refused by every
+    /// command naming sessions, shown escaped, so the message stays one line. It was echoed raw.
+    @Test func everyCommandShowsAnInvalidIdEscapedOnOneLine() async throws {
+        let workspace = try Workspace(sessions: [])
+        let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
+        for arguments in [["backup"], ["snapshots"], ["verify"], ["prune", "--keep-last", "1"], ["restore"]] {
+            let result = try await runner.run(arguments[0], ["--sessions-dir", workspace.sessions] + arguments.dropFirst() + [newlineName])
+            #expect(result.termination == .exited(64), "\(arguments): \(result.standardError)")
+            #expect(result.standardError.contains(#""x\nFAKE line" is not a valid session id"#), "\(arguments): \(result.standardError)")
+            #expect(!result.standardError.split(separator: "\n").contains { $0.hasPrefix("FAKE line") }, "\(arguments): \(result.standardError)")
+        }
+    }
+
     private let newlineName = "x\nFAKE line"
     private let longestName = String(repeating: "é", count: 127) + "n"
 

@@ -75,6 +75,30 @@ struct StoreStateCommandTests {
         #expect(text.standardOutput.split(separator: "\n").contains { $0.hasPrefix("small") && $0.contains("failed") }, "\(text.standardOutput)")
     }
 
+    /// `status` without a running agent reads the store: a session whose head cannot be read is
+    /// listed with its error (state `failed`) beside the others, and the command exits 1. It
+    /// failed entirely, listing none.
+    @Test func statusFromTheStoreListsEverySessionAndMarksOneWhoseHeadIsCorrupt() async throws {
+        let fixture = try Fixture()
+        try await fixture.backup()
+        try write("not an encrypted head", to: fixture.headPath("small"))
+
+        let nobody = "http://127.0.0.1:\(try freePort())"
+        let result = try await fixture.runner.run("status", ["--agent", nobody, "--json"])
+        #expect(result.termination == .exited(1), "\(result.standardError)")
+        let rows = try #require(try jsonObject(result)["sessions"] as? [[String: Any]], "\(result.standardOutput)")
+        let byID = Dictionary(uniqueKeysWithValues: rows.map { ($0["sessionId"] as! String, $0) })
+        #expect(byID["medium"]?["state"] as? String == "stored")
+        #expect(byID["medium"]?["lastSnapshot"] as? String != nil)
+        #expect(byID["small"]?["state"] as? String == "failed", "\(rows)")
+        #expect((byID["small"]?["lastError"] as? String)?.contains("head") == true, "\(rows)")
+
+        let text = try await fixture.runner.run("status", ["--agent", nobody])
+        #expect(text.termination == .exited(1))
+        #expect(text.standardOutput.contains("medium"), "\(text.standardOutput)")
+        #expect(text.standardOutput.split(separator: "\n").contains { $0.hasPrefix("small\tfailed") }, "\(text.standardOutput)")
+    }
+
     /// Snapshots stored, the head gone: the session's state cannot be read, which is a failure
     /// of that session for every reader, `--all` included.
     @Test func aSessionWhoseHeadIsMissingBesideItsSnapshotsFailsRestoreAllAndIsFlagged() async throws {
@@ -176,6 +200,12 @@ struct StoreStateCommandTests {
         let snapshots = try await fixture.runner.run("snapshots", ["small"])
         #expect(snapshots.termination == .exited(1))
         #expect(snapshots.standardError.contains("put back"), "\(snapshots.standardError)")
+        // A head that cannot be trusted commits nothing: every object is listed, once, as an orphan.
+        let listed = try await fixture.runner.run("snapshots", ["small", "--json"])
+        #expect(listed.termination == .exited(1))
+        let rows = try #require(try jsonObject(listed)["snapshots"] as? [[String: Any]], "\(listed.standardOutput)")
+        #expect(rows.count == 3, "\(rows)")
+        #expect(rows.allSatisfy { $0["committed"] as? Bool == false }, "\(rows)")
 
         let (chosen, chosenStatuses) = try await fixture.restore(into: target, ["--snapshot", newest, "small"])
         #expect(chosen.termination == .exited(0), "\(chosen.standardError)")

@@ -73,9 +73,9 @@ final class InjectedFaultsStore: ObjectStore {
         return object
     }
 
-    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+    func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo? {
         try beforeGet(key)
-        return try await store.download(key, toFileAt: path)
+        return try await store.download(key, toFileAt: path, maxSize: maxSize)
     }
 
     func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? { try await store.head(key) }

@@ -109,6 +109,26 @@ struct ObjectStoreConformanceTests {
         }
     }
 
+    /// A download stops at its bound (the size the listing said): an object replaced by a larger
+    /// one, or a huge one, must not fill the disk before its size is checked. It downloaded any size.
+    @Test(arguments: StoreBackend.all)
+    func aDownloadPastItsBoundIsRefusedAndLeavesNoFile(backend: StoreBackend) async throws {
+        let fixture = try await backend.makeStore()
+        let bytes = randomBytes((4 << 20) + 17)
+        try await fixture.store.put("files/large", fileAt: try fixture.writeFile("large", bytes), condition: nil)
+        let out = fixture.scratch.file("large.back")
+        let error = await #expect(throws: StoreError.self) {
+            try await fixture.store.download("files/large", toFileAt: out, maxSize: 1 << 20)
+        }
+        guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(message.contains("files/large") && message.contains("\(1 << 20)"), "\(message)")
+        #expect(!FileManager.default.fileExists(atPath: out))
+
+        let info = try #require(try await fixture.store.download("files/large", toFileAt: out, maxSize: Int64(bytes.count)))
+        #expect(info.size == Int64(bytes.count))
+        #expect(try fixture.readFile("large.back") == bytes)
+    }
+
     @Test(arguments: StoreBackend.all)
     func rangeReadsAreCutAtTheEndLikeHTTP(backend: StoreBackend) async throws {
         let fixture = try await backend.makeStore()

@@ -27,6 +27,7 @@ struct SessionListTests {
         (#"{"sessions":[{"id":"a"}]}"#, "has no \"data\""),
         (#"[{"id":"a"},"#, "it is not valid JSON"),
         (#"[{"id":".hidden"}]"#, "session 1: \".hidden\" is not a valid session id"),
+        (#"[{"id":"a\nFAKE line"}]"#, #"session 1: "a\nFAKE line" is not a valid session id"#),
     ])
     func malformedListsAreRefusedWithOneLineSayingWhere(_ text: String, _ expected: String) throws {
         let error = try #require(throws: SessionListError.self) { try parse(text) }

@@ -12,6 +12,10 @@ extension ObjectStore {
     func get(_ key: String, range: ClosedRange<Int64>? = nil) async throws(StoreError) -> StoredObject? {
         try await get(key, range: range, maxSize: 1 << 30)
     }
+
+    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+        try await download(key, toFileAt: path, maxSize: 1 << 30)
+    }
 }
 
 /// Reading a session's objects when the store holds something no writer left there: heads too large
@@ -248,10 +252,19 @@ struct StoreObjectReadTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: root).isEmpty)
     }
 
+    enum Replacement: String, CaseIterable, CustomTestStringConvertible {
+        case deleted
+        case grownByAByte
+        /// Past the 256 KiB a snapshot listed smaller is read into memory with: it was reported
+        /// as an invalid object ("corrupt").
+        case grownPastTheMemoryLimit
+        var testDescription: String { rawValue }
+    }
+
     /// A snapshot deleted, or replaced, between the listing (the plan) and its download (a prune
     /// beside the restore, someone writing the store).
-    @Test(arguments: [false, true])
-    func aSnapshotDeletedBetweenTheListingAndTheDownloadChangedDuringTheRestore(_ replaced: Bool) async throws {
+    @Test(arguments: Replacement.allCases)
+    func aSnapshotDeletedBetweenTheListingAndTheDownloadChangedDuringTheRestore(_ replacement: Replacement) async throws {
         let scratch = try TemporaryDirectory()
         let sessionStore = try localStore(scratch)
         let store = InjectedFaultsStore(store: sessionStore.store)
@@ -263,16 +276,17 @@ struct StoreObjectReadTests {
         let plan = try await restorer.plan(session, into: root)
         let base = try #require(try await sessionStore.snapshots(session).first)
         let baseKey = SessionLayout.snapshotKey(session, base)
-        if replaced {
-            try await sessionStore.store.put(baseKey, bytes: try #require(try await sessionStore.store.get(baseKey)).bytes + [0])
-        } else {
-            try await sessionStore.store.delete([baseKey])
+        let original = try #require(try await sessionStore.store.get(baseKey)).bytes
+        switch replacement {
+        case .deleted: try await sessionStore.store.delete([baseKey])
+        case .grownByAByte: try await sessionStore.store.put(baseKey, bytes: original + [0])
+        case .grownPastTheMemoryLimit: try await sessionStore.store.put(baseKey, bytes: original + [UInt8](repeating: 0, count: 300 << 10))
         }
         do {
             _ = try await restorer.restore(plan, into: root)
             Issue.record("restored without its base")
         } catch SnapshotError.changedDuringRead(let message) {
-            #expect(message.contains(replaced ? baseKey : base.id.tagged), "\(message)")
+            #expect(message.contains(replacement == .deleted ? base.id.tagged : baseKey), "\(message)")
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: root).isEmpty)
     }

@@ -201,9 +201,9 @@ final class SwitchableStore: ObjectStore {
         return try await store.get(key, range: range, maxSize: maxSize)
     }
 
-    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
+    func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo? {
         try answer()
-        return try await store.download(key, toFileAt: path)
+        return try await store.download(key, toFileAt: path, maxSize: maxSize)
     }
 
     func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? {
