@@ -345,7 +345,7 @@ public actor SyncService {
         do {
             // A directory gone since it was scheduled is no upload's business unless it logged
             // out; what the local store already holds is still mirrored.
-            if FileManager.default.fileExists(atPath: replicator.directory) {
+            if SessionFiles.isDirectory(replicator.directory) {
                 sessions[id]?.loggedOut = false
                 let result = try await replicator.sync(changedPaths: changedPaths)
                 committed = true
@@ -509,7 +509,7 @@ public actor SyncService {
             do {
                 // A restore that falls back to two renames leaves the name missing for an instant;
                 // only a directory still gone now is a logout.
-                guard !FileManager.default.fileExists(atPath: directory) else { return }
+                guard !SessionFiles.isDirectory(directory) else { return }
                 let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
                 try await sessionStore.store.delete(keys)
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "purge"])
