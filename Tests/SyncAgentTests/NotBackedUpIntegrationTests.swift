@@ -69,6 +69,9 @@ struct NotBackedUpIntegrationTests {
         // Readable again: found within a max delay, and uploaded.
         #expect(chmod(workspace.session("locked"), 0o700) == 0)
         try await agent.waitForLog("] uploaded", count: 2)
+        // And watched from then on: a later change is uploaded too (it was missed until a restart).
+        try write(#"{"me":"\#(randomHex(8))"}"#, to: "\(workspace.session("locked"))/creds.json")
+        try await agent.waitForLog("] uploaded", count: 3)
         #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
     }
 
