@@ -3,6 +3,7 @@ import SessionArchive
 
 /// A file of a session that the agent cannot take: the session's snapshots keep its last good
 /// version (or, if it never had one, leave it out), and the agent tries it again at its next change.
+/// A subdirectory the agent may not list is one too, for every file below it.
 public struct SkippedFile: Codable, Sendable, Hashable {
     /// Relative to the session directory, as `FileName.displayed` shows it.
     public var name: String
@@ -24,7 +25,7 @@ public struct SkippedFile: Codable, Sendable, Hashable {
         switch error.reason {
         case .fileTooLarge(let limit):
             self.init(name: FileName.displayed(name), reason: "larger than the \(limit >> 20) MiB limit")
-        case .system("open", let code) where code == EACCES || code == EPERM:
+        case .system(let call, let code) where ["open", "opendir"].contains(call) && (code == EACCES || code == EPERM):
             self.init(name: FileName.displayed(name), reason: "cannot be read: \(String(cString: strerror(code)))")
         default:
             return nil

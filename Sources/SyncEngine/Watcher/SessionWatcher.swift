@@ -392,6 +392,12 @@ final class WatchLoop {
                 // Compared every maxDelay instead; one line says so (the consumer's), not one per directory.
                 watchLimitError = watchLimitError ?? error
                 unwatched.failed(directory, at: .now)
+            } else if let subdirectory = directory.subdirectory, case .system(_, let code) = error.reason,
+                code == EACCES || code == EPERM
+            {
+                // A subdirectory the agent may not read is part of its session, which names it as
+                // not backed up when it compares it; its parent's attribute event brings it back.
+                debouncer.record(directory.session, paths: [subdirectory], at: .now)
             } else {
                 emit(.watchFailed(error))
             }
