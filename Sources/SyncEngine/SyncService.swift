@@ -407,7 +407,7 @@ public actor SyncService {
         runningCount -= 1
         if var entry = sessions[id] {
             // The files mid-write go with the next upload, whatever starts it.
-            if !unsettled.isEmpty, entry.changedPaths != nil { entry.changedPaths!.formUnion(unsettled) }
+            entry.changedPaths = Self.pathsForNextUpload(reported: entry.changedPaths, unsettled: unsettled)
             switch entry.schedule.finished(outcome, at: .now, unsettledRetryDelay: settings.watcher.quietPeriod) {
             case .queue:
                 sessions[id] = entry
@@ -424,6 +424,13 @@ public actor SyncService {
         }
         startWaiting()
         if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
+    }
+
+    /// What the next upload of a session reads: the paths reported since this upload started and
+    /// the files it found mid-write; nil (the whole directory) when that was nil already or would
+    /// merge two canonically equivalent names, which are two files.
+    static func pathsForNextUpload(reported: Set<String>?, unsettled: [String]) -> Set<String>? {
+        reported?.addingReportedPaths(unsettled)
     }
 
     private func retryFired(_ id: SessionID) {

@@ -152,6 +152,18 @@ struct SyncServiceTests {
         #expect(!report.isComplete)
     }
 
+    /// "é" as one code point and as "e" + U+0301 are two files on Linux and one `String`: a file
+    /// found mid-write and a twin reported during the upload were merged, and one's change was
+    /// never read.
+    @Test func filesMidWriteJoinTheReportedPathsWithoutMergingCanonicallyEquivalentNames() {
+        let (composed, decomposed) = ("caf\u{E9}.json", "cafe\u{301}.json")
+        #expect(SyncService.pathsForNextUpload(reported: [decomposed], unsettled: [composed]) == nil)
+        #expect(SyncService.pathsForNextUpload(reported: [decomposed], unsettled: [decomposed]) == [decomposed])
+        #expect(SyncService.pathsForNextUpload(reported: ["creds.json"], unsettled: []) == ["creds.json"])
+        #expect(SyncService.pathsForNextUpload(reported: ["creds.json"], unsettled: ["a/b.json"]) == ["creds.json", "a/b.json"])
+        #expect(SyncService.pathsForNextUpload(reported: nil, unsettled: ["a/b.json"]) == nil)
+    }
+
     @Test func aFileStillMidWriteAtShutdownNamesItsSessionAsUnflushed() async throws {
         // The retry of the file mid-write would come after a quiet period: longer than the test.
         let sync = service {
