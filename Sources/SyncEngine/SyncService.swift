@@ -167,7 +167,7 @@ public actor SyncService {
             // A directory the agent may not read is a refused session, said once by the survey;
             // comparing every session again would find nothing new (one rescan per such directory).
             if case .system("inotify_add_watch", EACCES) = error.reason {
-                _ = try? survey()
+                scheduleAcceptedBySurvey()
                 return
             }
             logger.error("watching failed; rescanning", metadata: ["error": "\(error)"])
@@ -235,11 +235,16 @@ public actor SyncService {
 
     private func surveyPeriodically() async {
         while (try? await Task.sleep(for: settings.watcher.maxDelay)) != nil {
-            let before = Set(refused.keys)
-            guard let accepted = try? survey() else { continue }
-            // A session no longer refused (its mode fixed, say) is compared whole now.
-            for id in accepted where before.contains(id.rawValue) { schedule(id) }
+            scheduleAcceptedBySurvey()
         }
+    }
+
+    /// Surveys the root and schedules each session it accepts that was refused before (its mode
+    /// fixed, say), compared whole: once out of `refused`, no later survey would schedule it.
+    private func scheduleAcceptedBySurvey() {
+        let before = Set(refused.keys)
+        guard let accepted = try? survey() else { return }
+        for id in accepted where before.contains(id.rawValue) { schedule(id) }
     }
 
     /// Schedules every session and returns those found under the root.
