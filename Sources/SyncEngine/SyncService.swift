@@ -325,7 +325,10 @@ public actor SyncService {
         while runningCount < settings.concurrency, !waiting.isEmpty {
             let id = waiting.removeFirst()
             sessions[id]?.queued = false
-            guard var entry = sessions[id], entry.schedule.pending, !entry.schedule.running else { continue }
+            // A retry or the shutdown's flush may come after the session was refused (its directory
+            // now a link, say): nothing of it is uploaded until it is accepted again.
+            guard var entry = sessions[id], refused[id.rawValue] == nil, entry.schedule.pending, !entry.schedule.running
+            else { continue }
             let changedPaths = entry.changedPaths
             entry.changedPaths = []
             entry.uploadingChanges.absorb(entry.waitingChanges)

@@ -152,6 +152,33 @@ struct SyncServiceTests {
         #expect(!report.isComplete)
     }
 
+    /// A session refused while its upload waits for a retry (its directory replaced by a link)
+    /// is not uploaded by that retry: it wrote a tombstone for a session that is still there.
+    @Test func aRetryDueAfterItsSessionWasRefusedUploadsNothing() async throws {
+        let sync = service {
+            $0.retryBaseDelay = .seconds(4)
+            $0.retryMaxDelay = .seconds(4)
+        }
+        try makeSession("s1", files: ["creds.json": "{\"a\":1}"])
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        store.isDown = true
+        try makeSession("s1", files: ["creds.json": "{\"a\":2}"])
+        try await waitFor(sync, "s1", "failing") { $0.state == .failing }
+        let elsewhere = workspace.file("elsewhere")
+        #expect(rename("\(sessionsRoot)/s1", elsewhere) == 0)
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s1", withDestinationPath: elsewhere)
+        try await waitFor(sync, "s1", "refused") { $0.state == .refused }
+        store.isDown = false
+        // The retry is due within 4 s of the failure.
+        try await Task.sleep(for: .seconds(5))
+        #expect(try await sessionStore.head(SessionID("s1")!)?.head.isTombstoned == false)
+        #expect(await sync.status().first { $0.sessionId == "s1" }?.state == .refused)
+        running.cancel()
+        _ = try await running.value
+    }
+
     /// "é" as one code point and as "e" + U+0301 are two files on Linux and one `String`: a file
     /// found mid-write and a twin reported during the upload were merged, and one's change was
     /// never read.
