@@ -144,7 +144,7 @@ public actor SyncService {
         let unflushed = await flush(timeout: shutdownTimeout)
         return ShutdownReport(
             unflushed: unflushed,
-            refused: refused.map { ShutdownReport.Refused(name: FileName.displayed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
+            refused: refused.map { ShutdownReport.Refused(name: Self.printed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
             skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
 
@@ -155,7 +155,7 @@ public actor SyncService {
             if let id = accepted(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
         case .sessionRemoved(let name):
             if refused.removeValue(forKey: name) != nil {
-                logger.notice("refused session directory removed", metadata: ["name": "\(FileName.displayed(name))"])
+                logger.notice("refused session directory removed", metadata: ["name": "\(Self.printed(name))"])
             }
             if let id = SessionID(name) { removed(id) }
         case .rescanNeeded(let reason):
@@ -198,16 +198,22 @@ public actor SyncService {
     /// The session of a name found acceptable.
     private func accept(_ name: String) -> SessionID? {
         if refused.removeValue(forKey: name) != nil {
-            logger.notice("session directory accepted again", metadata: ["name": "\(FileName.displayed(name))"])
+            logger.notice("session directory accepted again", metadata: ["name": "\(Self.printed(name))"])
         }
         return SessionID(name)
+    }
+
+    /// A name under the root as `/sessions`, `/readyz`, the log and the shutdown report print it:
+    /// a session's one spelling (`~hex` for a name that cannot be printed as it is).
+    private static func printed(_ name: String) -> String {
+        SessionID(name)?.description ?? FileName.displayed(name)
     }
 
     /// Records a name as not backed up; logged once, when it is first refused or for another reason.
     private func refuse(_ name: String, _ refusal: Refusal) {
         guard refused.updateValue(refusal, forKey: name) != refusal else { return }
         logger.warning("session directory \(refusal.message)", metadata: [
-            "name": "\(FileName.displayed(name))", "reason": "\(refusal.rawValue)",
+            "name": "\(Self.printed(name))", "reason": "\(refusal.rawValue)",
         ])
     }
 
@@ -228,7 +234,7 @@ public actor SyncService {
         }
         for name in refused.keys where !stillRefused.contains(name) {
             refused[name] = nil
-            logger.notice("refused session directory gone", metadata: ["name": "\(FileName.displayed(name))"])
+            logger.notice("refused session directory gone", metadata: ["name": "\(Self.printed(name))"])
         }
         return accepted.sorted()
     }
@@ -607,7 +613,7 @@ extension SyncService {
         let refusedSessions = refused.map { name, refusal in
             let lastCommit = SessionID(name).flatMap { sessions[$0]?.lastCommit }
             return SessionStatus(
-                sessionId: FileName.displayed(name), state: .refused,
+                sessionId: Self.printed(name), state: .refused,
                 lastSnapshot: lastCommit.map { "\($0.snapshot)" }, lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: 0, pendingChanges: 0, lastError: refusal.message, consecutiveFailures: 0, watched: false,
                 refusal: refusal)
@@ -648,7 +654,7 @@ extension SyncService {
     private func notBackedUp() -> [String] {
         var notes: [String] = []
         if !refused.isEmpty {
-            let named = refused.keys.sorted().prefix(5).map { "\(FileName.displayed($0)) (\(refused[$0]!.rawValue))" }
+            let named = refused.keys.sorted().prefix(5).map { "\(Self.printed($0)) (\(refused[$0]!.rawValue))" }
             notes.append("\(refused.count) session(s) not backed up: \(named.joined(separator: ", "))\(refused.count > 5 ? ", …" : "")")
         }
         let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key.rawValue] == nil }

@@ -122,7 +122,9 @@ struct SyncServiceTests {
         #expect(try String(contentsOfFile: "\(restored)/s3/creds.json", encoding: .utf8) == "{\"a\":3}")
     }
 
-    @Test func aSymlinkedSessionAndANameThatCannotBeASessionIdAreShownRefused() async throws {
+    /// Refused names are printed as sessions are, in `/sessions`, `/readyz` and the shutdown report:
+    /// `~` and the hex of a name that cannot be printed as it is (they were escaped another way).
+    @Test func aSymlinkedSessionIsShownRefusedByItsPrintedName() async throws {
         let sync = service()
         try makeSession("s1", files: ["creds.json": "{}"])
         let elsewhere = workspace.file("elsewhere")
@@ -134,12 +136,13 @@ struct SyncServiceTests {
         // One made while the agent runs is found too.
         try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s3", withDestinationPath: "\(sessionsRoot)/s1")
         try await waitFor(sync, "s3", "refused") { $0.state == .refused && $0.refusal == .symlink }
-        try makeSession("bad name", files: ["creds.json": "{}"])
-        try await waitFor(sync, "bad name", "refused") { $0.state == .refused && $0.refusal == .invalidName }
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/link\nname", withDestinationPath: elsewhere)
+        let printed = "~6c696e6b0a6e616d65"
+        try await waitFor(sync, printed, "refused") { $0.state == .refused && $0.refusal == .symlink }
         try await waitFor(sync, "s1", "synced") { $0.state == .synced }
         let readiness = await sync.readiness()
         #expect(readiness.isReady)
-        #expect(readiness.reason.contains("3 session(s) not backed up: bad name (invalid_name), s2 (symlink), s3 (symlink)"))
+        #expect(readiness.reason.contains("3 session(s) not backed up: \(printed) (symlink), s2 (symlink), s3 (symlink)"), "\(readiness.reason)")
 
         try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s3")
         let deadline = ContinuousClock.now + .seconds(60)
@@ -148,7 +151,7 @@ struct SyncServiceTests {
         }
         running.cancel()
         let report = try await running.value
-        #expect(report.refused.map(\.name) == ["bad name", "s2"])
+        #expect(report.refused.map(\.name) == ["s2", printed])
         #expect(!report.isComplete)
     }
 

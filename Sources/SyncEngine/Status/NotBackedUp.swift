@@ -38,8 +38,6 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
     /// A symbolic link: the agent does not follow links out of the sessions directory, and a
     /// restore could not bring the link back.
     case symlink
-    /// A directory whose name cannot be a session id.
-    case invalidName = "invalid_name"
     /// A directory the agent may not list.
     case unreadable
 
@@ -47,7 +45,6 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
     public var message: String {
         switch self {
         case .symlink: "not backed up: a symbolic link (sessions must be directories; links are not followed)"
-        case .invalidName: "not backed up: the name cannot be a session id"
         case .unreadable: "not backed up: the agent may not read the directory (check its owner and mode)"
         }
     }
@@ -64,7 +61,6 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
         case S_IFDIR: break
         default: return nil
         }
-        if SessionID(name) == nil { return .invalidName }
         if FileName.withPlatformPath(path, { access($0, R_OK | X_OK) }) != 0 { return .unreadable }
         return nil
     }
@@ -76,7 +72,7 @@ public struct ShutdownReport: Sendable, Equatable {
     /// Sessions with changes not in the store: uploads failing, files still mid-write, or the
     /// shutdown timeout passed.
     public var unflushed: [SessionID]
-    /// Names under the root not backed up at all, as `FileName.displayed` shows them.
+    /// Names under the root not backed up at all, as a session's `description` prints them.
     public var refused: [Refused]
     /// Files the sessions' snapshots leave out.
     public var skippedFiles: [SessionID: [SkippedFile]]
