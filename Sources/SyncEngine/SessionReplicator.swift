@@ -241,7 +241,11 @@ public actor SessionReplicator {
 
     private func recordSkipped(_ outcome: SnapshotWriter.Outcome) {
         if let examined = outcome.examined {
-            for name in examined { skipped[name] = nil }
+            // A directory left out is taken again once a file below it was read.
+            for name in examined {
+                skipped[name] = nil
+                for directory in skipped.keys where name.utf8.starts(with: (directory + "/").utf8) { skipped[directory] = nil }
+            }
         } else {
             skipped = [:]
         }
@@ -302,10 +306,10 @@ public actor SessionReplicator {
         try await load(current)
     }
 
-    /// Not while a file of the state is skipped: a base must hold it, so every attempt would read
+    /// Not while a file of the state (or a directory holding some) is skipped: a base must hold it, so every attempt would read
     /// and compress the whole session only to fall back to a delta. The chain grows until it can be read.
     private var compactionDue: Bool {
-        guard !skipped.keys.contains(where: { state[$0] != nil }) else { return false }
+        guard !skipped.keys.contains(where: { state[$0] != nil || !state.names(inDirectory: $0).isEmpty }) else { return false }
         return deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
     }
 

@@ -289,8 +289,10 @@ public struct SessionRestorer: Sendable {
     }
 
     private func isMissingOrEmpty(_ directory: String) -> Bool {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return true }
-        return names.isEmpty
+        // Through `SessionFiles`, which passes the name's bytes: Foundation would pass the UTF-8 of
+        // the escapes of a name that is not UTF-8 and find nothing there.
+        guard let entries = try? SessionFiles.entries(of: directory) else { return true }
+        return entries.isEmpty
     }
 
     /// Everything under `directory`, of any kind, at any depth. Up to date means identical: a

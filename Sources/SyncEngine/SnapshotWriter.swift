@@ -62,11 +62,23 @@ struct SnapshotWriter {
         var reportedNames: [String]?
         if kind == .delta, let changedPaths { reportedNames = try expand(changedPaths, in: directory, previous: previous) }
         let readsReportedPaths = reportedNames != nil
+        var skipped: [String: SkippedFile] = [:]
+        // Subdirectories the agent may not list: each is named as skipped, and the files the
+        // previous state had below it keep their last good versions.
+        var unreadableDirectories: [String] = []
         let candidates: [(name: String, fingerprint: FileState?)]
         if let reportedNames {
             candidates = reportedNames.map { ($0, nil) }
         } else {
-            candidates = try SessionFiles.scan(sessionDirectory: directory).map { ($0.name, $0.state) }
+            var scanned = try SessionFiles.scan(sessionDirectory: directory) { name, error in
+                unreadableDirectories.append(name)
+                skipped[name] = SkippedFile(name: name, error)
+            }.map { (name: $0.name, fingerprint: Optional($0.state)) }
+            if !unreadableDirectories.isEmpty {
+                for name in unreadableDirectories { scanned += previous.names(inDirectory: name).map { ($0, nil) } }
+                scanned.sort { SessionState.precedes($0.name, $1.name) }
+            }
+            candidates = scanned
         }
         let expectedFileBytes =
             largeBasesOnWorkerThread && kind == .base ? candidates.reduce(0) { $0 + ($1.fingerprint?.size ?? 0) } : 0
@@ -94,10 +106,15 @@ struct SnapshotWriter {
             }
         }
         var unsettled: [String] = []
-        var skipped: [String: SkippedFile] = [:]
+        var keptBelowUnreadable = false
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
         for (name, fingerprint) in candidates {
             let previousRecord = previous[name]
+            if unreadableDirectories.contains(where: { name.utf8.starts(with: ($0 + "/").utf8) }) {
+                keptBelowUnreadable = true
+                found(name, previousRecord)
+                continue
+            }
             if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint {
                 found(name, previousRecord)
                 continue
@@ -142,7 +159,7 @@ struct SnapshotWriter {
             }
         }
         // A base holds every file of its state: one with a good version it cannot read again cannot be one.
-        if kind == .base, (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
+        if kind == .base, keptBelowUnreadable || (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
@@ -190,14 +207,24 @@ struct SnapshotWriter {
     /// any depth (created, or removed with everything the previous snapshot had below it). Nil
     /// when two of them are canonically equivalent ("é" as one code point and as "e" + U+0301,
     /// two files on Linux): the state is built by name, where Swift's String takes them for one,
-    /// so the caller scans the whole directory instead.
+    /// so the caller scans the whole directory instead; nil too when a directory among them may
+    /// not be listed, which that scan names.
     private func expand(_ paths: Set<String>, in directory: String, previous: SessionState) throws -> [String]? {
         var names: [String] = []
         for path in paths
         where !path.unicodeScalars.split(separator: "/").contains(where: { SessionFiles.isIgnoredName(String($0)) }) {
             names += previous.names(inDirectory: path)
             if SessionFiles.isDirectory("\(directory)/\(path)") {
-                names += try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)").map { path + "/" + $0.name }
+                // A directory the agent may not list, at any depth: the whole scan names it.
+                var unreadable = false
+                do {
+                    names += try SessionFiles.scan(sessionDirectory: "\(directory)/\(path)") { _, _ in unreadable = true }
+                        .map { path + "/" + $0.name }
+                } catch {
+                    guard case .system("opendir", let code) = error.reason, code == EACCES || code == EPERM else { throw error }
+                    unreadable = true
+                }
+                if unreadable { return nil }
             } else {
                 names.append(path)
             }

@@ -144,7 +144,7 @@ public actor SyncService {
         let unflushed = await flush(timeout: shutdownTimeout)
         return ShutdownReport(
             unflushed: unflushed,
-            refused: refused.map { ShutdownReport.Refused(name: FileName.displayed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
+            refused: refused.map { ShutdownReport.Refused(name: Self.printed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
             skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
 
@@ -155,7 +155,7 @@ public actor SyncService {
             if let id = accepted(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
         case .sessionRemoved(let name):
             if refused.removeValue(forKey: name) != nil {
-                logger.notice("refused session directory removed", metadata: ["name": "\(FileName.displayed(name))"])
+                logger.notice("refused session directory removed", metadata: ["name": "\(Self.printed(name))"])
             }
             if let id = SessionID(name) { removed(id) }
         case .rescanNeeded(let reason):
@@ -167,7 +167,7 @@ public actor SyncService {
             // A directory the agent may not read is a refused session, said once by the survey;
             // comparing every session again would find nothing new (one rescan per such directory).
             if case .system("inotify_add_watch", EACCES) = error.reason {
-                _ = try? survey()
+                scheduleAcceptedBySurvey()
                 return
             }
             logger.error("watching failed; rescanning", metadata: ["error": "\(error)"])
@@ -198,16 +198,22 @@ public actor SyncService {
     /// The session of a name found acceptable.
     private func accept(_ name: String) -> SessionID? {
         if refused.removeValue(forKey: name) != nil {
-            logger.notice("session directory accepted again", metadata: ["name": "\(FileName.displayed(name))"])
+            logger.notice("session directory accepted again", metadata: ["name": "\(Self.printed(name))"])
         }
         return SessionID(name)
+    }
+
+    /// A name under the root as `/sessions`, `/readyz`, the log and the shutdown report print it:
+    /// a session's one spelling (`~hex` for a name that cannot be printed as it is).
+    private static func printed(_ name: String) -> String {
+        SessionID(name)?.description ?? FileName.displayed(name)
     }
 
     /// Records a name as not backed up; logged once, when it is first refused or for another reason.
     private func refuse(_ name: String, _ refusal: Refusal) {
         guard refused.updateValue(refusal, forKey: name) != refusal else { return }
         logger.warning("session directory \(refusal.message)", metadata: [
-            "name": "\(FileName.displayed(name))", "reason": "\(refusal.rawValue)",
+            "name": "\(Self.printed(name))", "reason": "\(refusal.rawValue)",
         ])
     }
 
@@ -228,18 +234,23 @@ public actor SyncService {
         }
         for name in refused.keys where !stillRefused.contains(name) {
             refused[name] = nil
-            logger.notice("refused session directory gone", metadata: ["name": "\(FileName.displayed(name))"])
+            logger.notice("refused session directory gone", metadata: ["name": "\(Self.printed(name))"])
         }
         return accepted.sorted()
     }
 
     private func surveyPeriodically() async {
         while (try? await Task.sleep(for: settings.watcher.maxDelay)) != nil {
-            let before = Set(refused.keys)
-            guard let accepted = try? survey() else { continue }
-            // A session no longer refused (its mode fixed, say) is compared whole now.
-            for id in accepted where before.contains(id.rawValue) { schedule(id) }
+            scheduleAcceptedBySurvey()
         }
+    }
+
+    /// Surveys the root and schedules each session it accepts that was refused before (its mode
+    /// fixed, say), compared whole: once out of `refused`, no later survey would schedule it.
+    private func scheduleAcceptedBySurvey() {
+        let before = Set(refused.keys)
+        guard let accepted = try? survey() else { return }
+        for id in accepted where before.contains(id.rawValue) { schedule(id) }
     }
 
     /// Schedules every session and returns those found under the root.
@@ -320,7 +331,10 @@ public actor SyncService {
         while runningCount < settings.concurrency, !waiting.isEmpty {
             let id = waiting.removeFirst()
             sessions[id]?.queued = false
-            guard var entry = sessions[id], entry.schedule.pending, !entry.schedule.running else { continue }
+            // A retry or the shutdown's flush may come after the session was refused (its directory
+            // now a link, say): nothing of it is uploaded until it is accepted again.
+            guard var entry = sessions[id], refused[id.rawValue] == nil, entry.schedule.pending, !entry.schedule.running
+            else { continue }
             let changedPaths = entry.changedPaths
             entry.changedPaths = []
             entry.uploadingChanges.absorb(entry.waitingChanges)
@@ -345,7 +359,7 @@ public actor SyncService {
         do {
             // A directory gone since it was scheduled is no upload's business unless it logged
             // out; what the local store already holds is still mirrored.
-            if FileManager.default.fileExists(atPath: replicator.directory) {
+            if SessionFiles.isDirectory(replicator.directory) {
                 sessions[id]?.loggedOut = false
                 let result = try await replicator.sync(changedPaths: changedPaths)
                 committed = true
@@ -407,7 +421,7 @@ public actor SyncService {
         runningCount -= 1
         if var entry = sessions[id] {
             // The files mid-write go with the next upload, whatever starts it.
-            if !unsettled.isEmpty, entry.changedPaths != nil { entry.changedPaths!.formUnion(unsettled) }
+            entry.changedPaths = Self.pathsForNextUpload(reported: entry.changedPaths, unsettled: unsettled)
             switch entry.schedule.finished(outcome, at: .now, unsettledRetryDelay: settings.watcher.quietPeriod) {
             case .queue:
                 sessions[id] = entry
@@ -424,6 +438,13 @@ public actor SyncService {
         }
         startWaiting()
         if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
+    }
+
+    /// What the next upload of a session reads: the paths reported since this upload started and
+    /// the files it found mid-write; nil (the whole directory) when that was nil already or would
+    /// merge two canonically equivalent names, which are two files.
+    static func pathsForNextUpload(reported: Set<String>?, unsettled: [String]) -> Set<String>? {
+        reported?.addingReportedPaths(unsettled)
     }
 
     private func retryFired(_ id: SessionID) {
@@ -509,7 +530,7 @@ public actor SyncService {
             do {
                 // A restore that falls back to two renames leaves the name missing for an instant;
                 // only a directory still gone now is a logout.
-                guard !FileManager.default.fileExists(atPath: directory) else { return }
+                guard !SessionFiles.isDirectory(directory) else { return }
                 let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
                 try await sessionStore.store.delete(keys)
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "purge"])
@@ -592,7 +613,7 @@ extension SyncService {
         let refusedSessions = refused.map { name, refusal in
             let lastCommit = SessionID(name).flatMap { sessions[$0]?.lastCommit }
             return SessionStatus(
-                sessionId: FileName.displayed(name), state: .refused,
+                sessionId: Self.printed(name), state: .refused,
                 lastSnapshot: lastCommit.map { "\($0.snapshot)" }, lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: 0, pendingChanges: 0, lastError: refusal.message, consecutiveFailures: 0, watched: false,
                 refusal: refusal)
@@ -633,7 +654,7 @@ extension SyncService {
     private func notBackedUp() -> [String] {
         var notes: [String] = []
         if !refused.isEmpty {
-            let named = refused.keys.sorted().prefix(5).map { "\(FileName.displayed($0)) (\(refused[$0]!.rawValue))" }
+            let named = refused.keys.sorted().prefix(5).map { "\(Self.printed($0)) (\(refused[$0]!.rawValue))" }
             notes.append("\(refused.count) session(s) not backed up: \(named.joined(separator: ", "))\(refused.count > 5 ? ", …" : "")")
         }
         let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key.rawValue] == nil }

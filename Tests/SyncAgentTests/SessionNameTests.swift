@@ -71,6 +71,39 @@ struct SessionNameTests {
         #expect(forged.isEmpty, "lines that do not start with a time: \(forged)")
     }
 
+    /// A session named by bytes that are not UTF-8 under `watch`: uploaded at the start and at a
+    /// change made while watching, and `restore` finds it present (`--if-missing`) and up to date.
+    /// Foundation's checks of the directory passed the escapes' UTF-8 to the kernel: the session
+    /// looked gone, every upload was skipped in silence and `--if-missing` replaced it.
+    @Test func aSessionNamedByBytesThatAreNotUTF8IsWatchedAndFoundPresentByRestore() async throws {
+        let workspace = try Workspace(sessions: [])
+        var random = SplitMix64(seed: 7)
+        let name = Array("bytes-".utf8) + [0xFF, 0xC3]
+        try makeSession(named: name, in: workspace.sessions, using: &random)
+        let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
+        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s"])
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+        let content = Array(#"{"changed":"while watching"}"#.utf8)
+        try withRawPath(Array(workspace.sessions.utf8) + [UInt8(ascii: "/")] + name + Array("/creds.json".utf8)) { path in
+            let descriptor = open(path, O_WRONLY | O_TRUNC)
+            guard descriptor >= 0, write(descriptor, content, content.count) == content.count else {
+                throw ProgramFailure("write: \(String(cString: strerror(errno)))")
+            }
+            close(descriptor)
+        }
+        try await agent.waitForLog("] uploaded", count: 2)
+        #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
+
+        let restored = try workspace.freshDirectory()
+        try await runner.restore(into: restored)
+        try await expectSameDirectories(restored, workspace.sessions)
+        let printed = "~" + name.map { String(format: "%02x", $0) }.joined()
+        let (_, ifMissing) = try await restoreStatuses(runner, into: restored, ["--all", "--if-missing"])
+        #expect(ifMissing == [printed: "present"])
+        let (_, again) = try await restoreStatuses(runner, into: restored, ["--all"])
+        #expect(again == [printed: "up_to_date"])
+    }
+
     /// Each command that names sessions takes the hex spelling of a name that cannot be typed
     /// or listed one a line as it is, and a name with a space as it is.
     @Test func everyCommandTakesBothSpellings() async throws {

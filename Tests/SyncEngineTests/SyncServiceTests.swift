@@ -122,7 +122,9 @@ struct SyncServiceTests {
         #expect(try String(contentsOfFile: "\(restored)/s3/creds.json", encoding: .utf8) == "{\"a\":3}")
     }
 
-    @Test func aSymlinkedSessionAndANameThatCannotBeASessionIdAreShownRefused() async throws {
+    /// Refused names are printed as sessions are, in `/sessions`, `/readyz` and the shutdown report:
+    /// `~` and the hex of a name that cannot be printed as it is (they were escaped another way).
+    @Test func aSymlinkedSessionIsShownRefusedByItsPrintedName() async throws {
         let sync = service()
         try makeSession("s1", files: ["creds.json": "{}"])
         let elsewhere = workspace.file("elsewhere")
@@ -134,12 +136,13 @@ struct SyncServiceTests {
         // One made while the agent runs is found too.
         try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s3", withDestinationPath: "\(sessionsRoot)/s1")
         try await waitFor(sync, "s3", "refused") { $0.state == .refused && $0.refusal == .symlink }
-        try makeSession("bad name", files: ["creds.json": "{}"])
-        try await waitFor(sync, "bad name", "refused") { $0.state == .refused && $0.refusal == .invalidName }
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/link\nname", withDestinationPath: elsewhere)
+        let printed = "~6c696e6b0a6e616d65"
+        try await waitFor(sync, printed, "refused") { $0.state == .refused && $0.refusal == .symlink }
         try await waitFor(sync, "s1", "synced") { $0.state == .synced }
         let readiness = await sync.readiness()
         #expect(readiness.isReady)
-        #expect(readiness.reason.contains("3 session(s) not backed up: bad name (invalid_name), s2 (symlink), s3 (symlink)"))
+        #expect(readiness.reason.contains("3 session(s) not backed up: \(printed) (symlink), s2 (symlink), s3 (symlink)"), "\(readiness.reason)")
 
         try FileManager.default.removeItem(atPath: "\(sessionsRoot)/s3")
         let deadline = ContinuousClock.now + .seconds(60)
@@ -148,8 +151,47 @@ struct SyncServiceTests {
         }
         running.cancel()
         let report = try await running.value
-        #expect(report.refused.map(\.name) == ["bad name", "s2"])
+        #expect(report.refused.map(\.name) == ["s2", printed])
         #expect(!report.isComplete)
+    }
+
+    /// A session refused while its upload waits for a retry (its directory replaced by a link)
+    /// is not uploaded by that retry: it wrote a tombstone for a session that is still there.
+    @Test func aRetryDueAfterItsSessionWasRefusedUploadsNothing() async throws {
+        let sync = service {
+            $0.retryBaseDelay = .seconds(4)
+            $0.retryMaxDelay = .seconds(4)
+        }
+        try makeSession("s1", files: ["creds.json": "{\"a\":1}"])
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        store.isDown = true
+        try makeSession("s1", files: ["creds.json": "{\"a\":2}"])
+        try await waitFor(sync, "s1", "failing") { $0.state == .failing }
+        let elsewhere = workspace.file("elsewhere")
+        #expect(rename("\(sessionsRoot)/s1", elsewhere) == 0)
+        try FileManager.default.createSymbolicLink(atPath: "\(sessionsRoot)/s1", withDestinationPath: elsewhere)
+        try await waitFor(sync, "s1", "refused") { $0.state == .refused }
+        store.isDown = false
+        // The retry is due within 4 s of the failure.
+        try await Task.sleep(for: .seconds(5))
+        #expect(try await sessionStore.head(SessionID("s1")!)?.head.isTombstoned == false)
+        #expect(await sync.status().first { $0.sessionId == "s1" }?.state == .refused)
+        running.cancel()
+        _ = try await running.value
+    }
+
+    /// "é" as one code point and as "e" + U+0301 are two files on Linux and one `String`: a file
+    /// found mid-write and a twin reported during the upload were merged, and one's change was
+    /// never read.
+    @Test func filesMidWriteJoinTheReportedPathsWithoutMergingCanonicallyEquivalentNames() {
+        let (composed, decomposed) = ("caf\u{E9}.json", "cafe\u{301}.json")
+        #expect(SyncService.pathsForNextUpload(reported: [decomposed], unsettled: [composed]) == nil)
+        #expect(SyncService.pathsForNextUpload(reported: [decomposed], unsettled: [decomposed]) == [decomposed])
+        #expect(SyncService.pathsForNextUpload(reported: ["creds.json"], unsettled: []) == ["creds.json"])
+        #expect(SyncService.pathsForNextUpload(reported: ["creds.json"], unsettled: ["a/b.json"]) == ["creds.json", "a/b.json"])
+        #expect(SyncService.pathsForNextUpload(reported: nil, unsettled: ["a/b.json"]) == nil)
     }
 
     @Test func aFileStillMidWriteAtShutdownNamesItsSessionAsUnflushed() async throws {

@@ -3,6 +3,7 @@ import SessionArchive
 
 /// A file of a session that the agent cannot take: the session's snapshots keep its last good
 /// version (or, if it never had one, leave it out), and the agent tries it again at its next change.
+/// A subdirectory the agent may not list is one too, for every file below it.
 public struct SkippedFile: Codable, Sendable, Hashable {
     /// Relative to the session directory, as `FileName.displayed` shows it.
     public var name: String
@@ -24,7 +25,7 @@ public struct SkippedFile: Codable, Sendable, Hashable {
         switch error.reason {
         case .fileTooLarge(let limit):
             self.init(name: FileName.displayed(name), reason: "larger than the \(limit >> 20) MiB limit")
-        case .system("open", let code) where code == EACCES || code == EPERM:
+        case .system(let call, let code) where ["open", "opendir"].contains(call) && (code == EACCES || code == EPERM):
             self.init(name: FileName.displayed(name), reason: "cannot be read: \(String(cString: strerror(code)))")
         default:
             return nil
@@ -37,8 +38,6 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
     /// A symbolic link: the agent does not follow links out of the sessions directory, and a
     /// restore could not bring the link back.
     case symlink
-    /// A directory whose name cannot be a session id.
-    case invalidName = "invalid_name"
     /// A directory the agent may not list.
     case unreadable
 
@@ -46,7 +45,6 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
     public var message: String {
         switch self {
         case .symlink: "not backed up: a symbolic link (sessions must be directories; links are not followed)"
-        case .invalidName: "not backed up: the name cannot be a session id"
         case .unreadable: "not backed up: the agent may not read the directory (check its owner and mode)"
         }
     }
@@ -63,7 +61,6 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
         case S_IFDIR: break
         default: return nil
         }
-        if SessionID(name) == nil { return .invalidName }
         if FileName.withPlatformPath(path, { access($0, R_OK | X_OK) }) != 0 { return .unreadable }
         return nil
     }
@@ -75,7 +72,7 @@ public struct ShutdownReport: Sendable, Equatable {
     /// Sessions with changes not in the store: uploads failing, files still mid-write, or the
     /// shutdown timeout passed.
     public var unflushed: [SessionID]
-    /// Names under the root not backed up at all, as `FileName.displayed` shows them.
+    /// Names under the root not backed up at all, as a session's `description` prints them.
     public var refused: [Refused]
     /// Files the sessions' snapshots leave out.
     public var skippedFiles: [SessionID: [SkippedFile]]

@@ -33,15 +33,21 @@ public enum SessionFiles {
     /// and other special files; files in subdirectories, at any depth, are named "a/b/name". For
     /// the start-up comparison with the last manifest. (An array, not a dictionary: a session of
     /// 100,000 files.)
-    public static func scan(sessionDirectory directory: String) throws(WatcherError) -> [(name: String, state: FileState)] {
+    ///
+    /// `unreadable`: called with the name of each subdirectory the agent may not list, and the
+    /// error, which the scan then goes past; without it such a subdirectory fails the scan.
+    public static func scan(
+        sessionDirectory directory: String, unreadable: ((String, WatcherError) -> Void)? = nil
+    ) throws(WatcherError) -> [(name: String, state: FileState)] {
         var files: [(name: String, state: FileState)] = []
-        try collectFiles(in: directory, prefix: "", into: &files)
+        try collectFiles(in: directory, prefix: "", into: &files, unreadable: unreadable)
         files.sort { SessionState.precedes($0.name, $1.name) }
         return files
     }
 
     private static func collectFiles(
-        in directory: String, prefix: String, into files: inout [(name: String, state: FileState)]
+        in directory: String, prefix: String, into files: inout [(name: String, state: FileState)],
+        unreadable: ((String, WatcherError) -> Void)?
     ) throws(WatcherError) {
         for entry in try entries(of: directory) where !isIgnoredName(entry.name) {
             let path = directory + "/" + entry.name
@@ -50,11 +56,14 @@ public enum SessionFiles {
                 if let state = fileState(path) { files.append((prefix + entry.name, state)) }
             case .directory:
                 do {
-                    try collectFiles(in: path, prefix: prefix + entry.name + "/", into: &files)
+                    try collectFiles(in: path, prefix: prefix + entry.name + "/", into: &files, unreadable: unreadable)
                 } catch {
                     // A subdirectory removed (or replaced by a file) since the listing is simply
                     // not there any more; any other failure is one.
-                    guard case .system(_, let code) = error.reason, code == ENOENT || code == ENOTDIR else { throw error }
+                    guard case .system(let call, let code) = error.reason else { throw error }
+                    if code == ENOENT || code == ENOTDIR { continue }
+                    guard call == "opendir", code == EACCES || code == EPERM, let unreadable else { throw error }
+                    unreadable(prefix + entry.name, error)
                 }
             case .other:
                 continue

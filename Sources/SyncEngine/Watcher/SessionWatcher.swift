@@ -174,7 +174,11 @@ struct WatchedDirectory: Hashable {
 
 /// The watcher's state and event handling, confined to the watcher thread (tests drive it directly).
 final class WatchLoop {
-    static let rootMask: InotifyMask = [.create, .delete, .movedFrom, .movedTo, .deleteSelf, .moveSelf, .onlyDirectory]
+    /// `.attributes`: a session directory the agent could not watch (its mode) is tried again when
+    /// its mode or owner changes; nothing else would watch it before a restart.
+    static let rootMask: InotifyMask = [
+        .create, .delete, .movedFrom, .movedTo, .attributes, .deleteSelf, .moveSelf, .onlyDirectory,
+    ]
     static let sessionMask: InotifyMask = [
         .closeWrite, .movedTo, .movedFrom, .delete, .create, .attributes, .deleteSelf, .moveSelf,
         .onlyDirectory, .dontFollow, .excludeUnlinked,
@@ -289,7 +293,11 @@ final class WatchLoop {
             } else if event.watch == rootWatch {
                 if !event.mask.isDisjoint(with: [.deleteSelf, .moveSelf, .unmount, .ignored]) {
                     rescan = .watchLost(path: root)
-                } else if let name = event.name, SessionFiles.isSessionDirectoryName(name) {
+                } else if let name = event.name, SessionFiles.isSessionDirectoryName(name),
+                    !event.mask.contains(.attributes) || watchByDirectory[WatchedDirectory(session: name)] == nil
+                {
+                    // An attribute change matters only to a session without a watch: reconciling a
+                    // watched one would read all its files again for nothing.
                     reconcile(WatchedDirectory(session: name), at: now)
                 }
             } else if let directory = directoryByWatch[event.watch] {
@@ -384,6 +392,12 @@ final class WatchLoop {
                 // Compared every maxDelay instead; one line says so (the consumer's), not one per directory.
                 watchLimitError = watchLimitError ?? error
                 unwatched.failed(directory, at: .now)
+            } else if let subdirectory = directory.subdirectory, case .system(_, let code) = error.reason,
+                code == EACCES || code == EPERM
+            {
+                // A subdirectory the agent may not read is part of its session, which names it as
+                // not backed up when it compares it; its parent's attribute event brings it back.
+                debouncer.record(directory.session, paths: [subdirectory], at: .now)
             } else {
                 emit(.watchFailed(error))
             }
