@@ -98,7 +98,7 @@ struct BackupReport: Encodable {
     struct Failure: Encodable {
         var sessionId: String
         var error: String
-        /// Why a session directory is not backed up at all (`Refusal`): "symlink", "invalid_name", "unreadable".
+        /// Why a session directory is not backed up at all (`Refusal`): "symlink" or "unreadable".
         var refusal: String?
     }
     var backedUp: [Success] = []

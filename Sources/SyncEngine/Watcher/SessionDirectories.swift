@@ -1,6 +1,6 @@
 /// The session directories under a sessions root by the rules `watch` follows
 /// (`SessionFiles.entries(of:)`, `Refusal.of`), for the commands that take every session at once:
-/// a symbolic link, a name that cannot be an id or an unreadable directory is refused, never
+/// a symbolic link or an unreadable directory is refused, never
 /// followed nor skipped in silence.
 public struct SessionDirectories: Sendable {
     /// The directories backed up, sorted.
