@@ -229,29 +229,19 @@ struct StoreStateCommandTests {
         #expect(statuses == ["small": "failed: wrong_key"])
     }
 
-    /// The staging directory cannot be created: the restore runs as nobody into a root-owned
-    /// 0755 sessions directory (a cloud store, which nobody can reach as well as root).
-    @Test(.enabled(if: getuid() == 0, "setpriv needs root"))
-    func aStagingDirectoryThatCannotBeWrittenIsALocalFailure() async throws {
-        let workspace = try Workspace(sessions: ["small"])
-        let runner = try await workspace.cloudRunner(on: try await TestS3Server.seaweedFS.freshBucket())
-        let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
-        #expect(backup.termination == .exited(0), "\(backup.standardError)")
-        let target = try TemporaryDirectory()
-        #expect(chmod(target.path, 0o755) == 0)
+    /// The staging directory cannot be created: the sessions directory is read-only (0555) for the
+    /// agent, which is not root (AgentUser), as in production.
+    @Test func aStagingDirectoryThatCannotBeWrittenIsALocalFailure() async throws {
+        let fixture = try Fixture(sessions: ["small"])
+        try await fixture.backup()
+        let target = try fixture.workspace.freshDirectory()
+        #expect(chmod(target, 0o555) == 0)
 
-        let process = try ChildProcess(
-            "/usr/bin/setpriv",
-            ["--reuid=65534", "--regid=65534", "--clear-groups", try SyncAgentRunner.binaryPath, "restore"] + runner.storeArguments
-                + ["--sessions-dir", target.path, "--json", "small"],
-            environment: SyncAgentRunner.cleanEnvironment(runner.environment),
-            standardOutput: "\(workspace.logs)/unprivileged.out", standardError: "\(workspace.logs)/unprivileged.err")
-        let termination = try await process.waitForExit(timeout: .seconds(120))
-        #expect(termination == .exited(4), "\(process.standardError)")
-        let failed = try #require(try jsonObject((termination, process.standardOutput, process.standardError))["failedSessions"] as? [[String: Any]])
-        #expect(failed.first?["reason"] as? String == "local_io", "\(failed)")
-        #expect((failed.first?["error"] as? String)?.contains("Permission denied") == true, "\(failed)")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: target.path) == [])
+        let (result, statuses) = try await fixture.restore(into: target, ["small"])
+        #expect(result.termination == .exited(4), "\(result.standardError)")
+        #expect(statuses == ["small": "failed: local_io"])
+        #expect(result.standardOutput.contains("Permission denied"), "\(result.standardOutput)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: target) == [])
     }
 
     /// A sessions directory on a 1 MiB tmpfs: the medium fixture does not fit.
