@@ -56,14 +56,14 @@ import Testing
         let file = NSTemporaryDirectory() + "archive-name-tests-" + UUID().uuidString + ".tar.zst"
         try Data(sink.bytes).write(to: URL(fileURLWithPath: file))
         defer { try? FileManager.default.removeItem(atPath: file) }
-        let listing = try output(of: "/bin/sh", ["-c", """
+        let listing = try String(decoding: programOutput("/bin/sh", ["-c", """
             zstd -dc "$1" | python3 -c '
             import sys, tarfile
             with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", encoding="utf-8", errors="surrogateescape") as t:
                 for m in t:
                     print(m.name.encode("utf-8", "surrogateescape").hex(), m.pax_headers.get("hdrcharset", "-"), "path" in m.pax_headers)
             '
-            """, "sh", file])
+            """, "sh", file]), as: UTF8.self)
         let lines = listing.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
         #expect(lines.map { $0[0] } == names.map { FileName.bytes(of: "files/" + $0).map { String(format: "%02x", $0) }.joined() })
         #expect(lines.last == ["files/plain.json".utf8.map { String(format: "%02x", $0) }.joined(), "-", "False"])
@@ -72,7 +72,7 @@ import Testing
     /// FORMAT.md: a `path` record past ASCII must come after `hdrcharset=BINARY`; one without it
     /// (Python's and GNU tar's default, taken as UTF-8) is refused as corrupt, never misread.
     @Test func aPathPastASCIIWithoutHdrcharsetIsRefused() throws {
-        let archive = try output(of: "/bin/sh", ["-c", """
+        let archive = try String(decoding: programOutput("/bin/sh", ["-c", """
             python3 -c '
             import io, sys, tarfile
             buffer = io.BytesIO()
@@ -80,7 +80,7 @@ import Testing
                 t.addfile(tarfile.TarInfo("files/\\u00e9.json"), io.BytesIO(b""))
             sys.stdout.buffer.write(buffer.getvalue())
             ' | zstd -q -c | base64 -w0
-            """])
+            """]), as: UTF8.self)
         let bytes = try #require(Data(base64Encoded: archive.trimmingCharacters(in: .whitespacesAndNewlines)))
         let error = #expect(throws: ArchiveError.self) { try ArchiveReader(source: BufferSource([UInt8](bytes))).forEachEntry { _, _ in } }
         #expect(error?.reason == .corrupt, "\(String(describing: error))")
@@ -117,18 +117,5 @@ import Testing
             }
         }
         return paths
-    }
-
-    private func output(of executable: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        return String(decoding: data, as: UTF8.self)
     }
 }

@@ -50,14 +50,14 @@ final class ArchiveRoundTripTests: XCTestCase {
         // An independent reader (zstd CLI + Python's tarfile) sees the documented format.
         let root = try makeTemporaryDirectory(for: self)
         try Data(first).write(to: URL(fileURLWithPath: root + "/small.tar.zst"))
-        let listing = try run("/bin/sh", ["-c", """
+        let listing = try String(decoding: programOutput("/bin/sh", ["-c", """
             zstd -dc "$1" | python3 -c '
             import sys, tarfile
             with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as t:
                 for m in t:
                     print(m.name, m.type.decode(), oct(m.mode), m.uid, m.gid, repr(m.uname), repr(m.gname), m.size)
             '
-            """, "sh", root + "/small.tar.zst"])
+            """, "sh", root + "/small.tar.zst"]), as: UTF8.self)
         let lines = listing.split(separator: "\n")
         let names = try FileManager.default.contentsOfDirectory(atPath: session).sorted()
         XCTAssertEqual(lines.map { String($0.split(separator: " ")[0]) }, names)
@@ -144,18 +144,5 @@ final class ArchiveRoundTripTests: XCTestCase {
             try writer.addFile(relativePath: "creds.json", contents: Array("{}".utf8), modificationTime: 0)
         }
         XCTAssertThrowsError(try ArchiveReader(source: BufferSource(sink.bytes)).forEachEntry { _, _ in })
-    }
-
-    private func run(_ executable: String, _ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        XCTAssertEqual(process.terminationStatus, 0)
-        return String(decoding: data, as: UTF8.self)
     }
 }

@@ -80,15 +80,6 @@ import Testing
         let input = FileManager.default.temporaryDirectory.appendingPathComponent("typeflag-\(UUID().uuidString).tar")
         try Data(bytes).write(to: input)
         defer { try? FileManager.default.removeItem(at: input) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/zstd")
-        process.arguments = ["-q", "-c", input.path]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        return [UInt8](data)
+        return [UInt8](try programOutput("/usr/bin/zstd", ["-q", "-c", input.path]))
     }
 }

@@ -159,3 +159,20 @@ func assertArchiveError<T>(
         XCTAssertEqual(error.reason, reason, "\(error)", file: file, line: line)
     }
 }
+
+/// What `executable` writes to standard output, for the tests that check our bytes with tools
+/// written independently of ours (tar, zstd, Python); a tool that fails throws.
+func programOutput(_ executable: String, _ arguments: [String]) throws -> Data {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    guard process.terminationStatus == 0 else {
+        throw NSError(domain: "\(executable) exited \(process.terminationStatus)", code: Int(process.terminationStatus))
+    }
+    return data
+}
