@@ -179,18 +179,26 @@ struct RestoreCommand: AsyncParsableCommand {
 
     /// The ids asked for, or nil for --all (the store says which). A malformed list stops the
     /// command here, before the store is even opened.
+    /// Far above a worker's sessions (a million ids of 16 bytes), far below a memory limit.
+    static let sessionListLimit = 32 << 20
+
     private func requestedSessions() throws -> [SessionID]? {
         if all { return nil }
         guard let sessionsFrom else { return sessions.compactMap { SessionID(printed: $0) } }
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
-        let bytes: [UInt8]
-        if sessionsFrom == "-" {
-            bytes = try readStandardInput()
-        } else {
-            guard let data = FileManager.default.contents(atPath: sessionsFrom) else {
-                throw rejectInput("--sessions-from: cannot read \(sessionsFrom)")
-            }
-            bytes = Array(data)
+        let descriptor = sessionsFrom == "-" ? STDIN_FILENO : open(sessionsFrom, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw rejectInput("--sessions-from: cannot read \(FileName.displayed(sessionsFrom)): \(String(cString: strerror(errno)))")
+        }
+        defer { if descriptor != STDIN_FILENO { close(descriptor) } }
+        let read: [UInt8]?
+        do {
+            read = try readAll(descriptor, limit: Self.sessionListLimit)
+        } catch {
+            throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(error.reason)")
+        }
+        guard let bytes = read else {
+            throw rejectInput("--sessions-from \(FileName.displayed(source)): longer than \(Self.sessionListLimit >> 20) MiB")
         }
         do {
             return try SessionList.parse(bytes)

@@ -20,17 +20,25 @@ func writeStandardError(_ text: String) {
     }
 }
 
-/// All of standard input, for `--sessions-from -`.
-func readStandardInput() throws -> [UInt8] {
+/// All of `descriptor` (standard input, a file, a pipe), for `--sessions-from`; nil past `limit`
+/// bytes, read no further: the list comes from another program and is bounded like any input.
+func readAll(_ descriptor: Int32, limit: Int) throws(InputReadError) -> [UInt8]? {
     var bytes: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 64 << 10)
     while true {
-        let count = buffer.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, $0.count) }
+        let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
         if count < 0 && errno == EINTR { continue }
-        guard count >= 0 else { throw ValidationError("cannot read standard input: \(String(cString: strerror(errno)))") }
+        guard count >= 0 else { throw InputReadError(String(cString: strerror(errno))) }
         if count == 0 { return bytes }
+        guard bytes.count + count <= limit else { return nil }
         bytes += buffer[0..<count]
     }
+}
+
+/// Why a read of input failed, as the system said it.
+struct InputReadError: Error {
+    let reason: String
+    init(_ reason: String) { self.reason = reason }
 }
 
 /// Columns padded to their widest cell, for people; `--json` is for programs.

@@ -199,6 +199,15 @@ struct RestoreCommandTests {
             let lines = result.standardError.split(separator: "\n")
             #expect(lines.count == 1 && lines[0].contains(expected), "\(name): \(result.standardError)")
         }
+        // Bounded like any input: a list past 32 MiB is refused, from a file or a pipe.
+        let huge = "\(workspace.logs)/huge.list"
+        try write(String(repeating: "small\n", count: (32 << 20) / 6 + 1), to: huge)
+        for (arguments, input) in [(["--sessions-from", huge], "/dev/null"), (["--sessions-from", "-"], huge)] {
+            let result = try await runner.run("restore", ["--sessions-dir", target] + arguments, standardInput: input)
+            #expect(result.termination == .exited(64), "\(arguments)")
+            let lines = result.standardError.split(separator: "\n")
+            #expect(lines.count == 1 && lines[0].contains("longer than 32 MiB"), "\(arguments): \(result.standardError)")
+        }
         let unreadable = try await runner.run("restore", ["--sessions-dir", target, "--sessions-from", "\(workspace.logs)/no-such-file"])
         #expect(unreadable.termination == .exited(64))
         #expect(try tree(target) == before)
