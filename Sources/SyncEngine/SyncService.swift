@@ -49,6 +49,11 @@ public actor SyncService {
         var changedPaths: Set<String>?
         /// Sleeps until `schedule.retryAt`; cancelled whenever the schedule drops that retry.
         var retryTimer: Task<Void, Never>?
+
+        mutating func cancelRetryTimer() {
+            retryTimer?.cancel()
+            retryTimer = nil
+        }
         var fenced = false
         /// Changes no upload has taken yet, and those the running (or last failed) upload took.
         var waitingChanges = ChangeBacklog()
@@ -313,8 +318,7 @@ public actor SyncService {
         }
         let startNow = entry.schedule.changed()
         if entry.schedule.retryAt == nil {
-            entry.retryTimer?.cancel()
-            entry.retryTimer = nil
+            entry.cancelRetryTimer()
         }
         sessions[id] = entry
         if startNow { enqueue(id) }
@@ -340,8 +344,7 @@ public actor SyncService {
             entry.uploadingChanges.absorb(entry.waitingChanges)
             entry.waitingChanges = ChangeBacklog()
             entry.schedule.started()
-            entry.retryTimer?.cancel()
-            entry.retryTimer = nil
+            entry.cancelRetryTimer()
             sessions[id] = entry
             runningCount += 1
             let replicator = entry.replicator
@@ -516,8 +519,7 @@ public actor SyncService {
         // Nothing is retried for a directory that is gone: the retry's timer is cancelled and the
         // schedule forgets it. A retry cancelled but still recorded made the directory, once back,
         // wait for a retry that never came: the session never uploaded again.
-        entry.retryTimer?.cancel()
-        entry.retryTimer = nil
+        entry.cancelRetryTimer()
         entry.schedule.removed()
         entry.waitingChanges = ChangeBacklog()
         entry.lastError = nil
@@ -566,8 +568,7 @@ public actor SyncService {
         // Backoffs and retries of files mid-write run now, once: one still failing or mid-write
         // after it is named unflushed.
         for id in sessions.keys {
-            sessions[id]?.retryTimer?.cancel()
-            sessions[id]?.retryTimer = nil
+            sessions[id]?.cancelRetryTimer()
             if sessions[id]?.schedule.stop() == true { enqueue(id) }
         }
         startWaiting()

@@ -27,10 +27,10 @@ struct ChangeDebouncer {
 
     /// Records activity in `session`; `paths` may be empty (the directory itself changed).
     mutating func record(_ session: String, paths: some Sequence<String>, at now: ContinuousClock.Instant) {
-        var entry = pending[session, default: Pending(first: now, last: now, paths: [])]
-        entry.last = now
-        if let union = entry.paths.addingReportedPaths(paths) { entry.paths = union } else { entry.scansWholeSession = true }
-        pending[session] = entry
+        // In place: this runs for every inotify event, and a copy of the set per event would make
+        // a burst of files cost the square of its size.
+        pending[session, default: Pending(first: now, last: now, paths: [])].last = now
+        if !pending[session]!.paths.insertReportedPaths(paths) { pending[session]!.scansWholeSession = true }
     }
 
     /// When the earliest pending session falls due; nil when nothing is pending.
@@ -63,16 +63,22 @@ struct ChangeDebouncer {
 }
 
 extension Set<String> {
-    /// The set with `paths` added, or nil when that would merge two names that Swift's String
-    /// takes for one but that are two files on Linux: canonically equivalent, different bytes ("é"
-    /// as one code point and as "e" + U+0301). The set would keep one and lose the other's
-    /// change; nil asks for the whole session to be scanned.
+    /// Inserts `paths`; false when one of them is a name that Swift's String takes for a member
+    /// but that is another file on Linux: canonically equivalent, different bytes ("é" as one code
+    /// point and as "e" + U+0301). The set would keep one and lose the other's change, so the
+    /// caller scans the whole session instead.
+    mutating func insertReportedPaths(_ paths: some Sequence<String>) -> Bool {
+        var distinct = true
+        for path in paths {
+            let (inserted, member) = insert(path)
+            if !inserted, !member.utf8.elementsEqual(path.utf8) { distinct = false }
+        }
+        return distinct
+    }
+
+    /// The set with `paths` inserted, or nil when two names would merge (`insertReportedPaths`).
     func addingReportedPaths(_ paths: some Sequence<String>) -> Set<String>? {
         var union = self
-        for path in paths {
-            let (inserted, member) = union.insert(path)
-            if !inserted, !member.utf8.elementsEqual(path.utf8) { return nil }
-        }
-        return union
+        return union.insertReportedPaths(paths) ? union : nil
     }
 }
