@@ -192,14 +192,24 @@ public final class S3Client: Sendable {
     }
 
     /// ListObjectsV2 across every page.
-    public func listObjects(prefix: String = "", delimiter: String? = nil) async throws(S3ClientError) -> ListPage {
+    /// Every page of a listing. Bounded like any answer: a server repeating a page (a
+    /// continuation token seen before) or listing more than `maxObjects` is refused, not read
+    /// for ever.
+    public func listObjects(prefix: String = "", delimiter: String? = nil, maxObjects: Int = .max) async throws(S3ClientError) -> ListPage {
         var all = ListPage(objects: [], commonPrefixes: [], nextContinuationToken: nil)
         var token: String?
+        var tokens: Set<String> = []
         repeat {
             let page = try await listObjectsPage(prefix: prefix, delimiter: delimiter, continuationToken: token)
             all.objects += page.objects
             all.commonPrefixes += page.commonPrefixes
             token = page.nextContinuationToken
+            if all.objects.count > maxObjects {
+                throw .listingTooLong("the listing of \"\(prefix)\" passed \(maxObjects) objects; not reading on")
+            }
+            if let token, !tokens.insert(token).inserted {
+                throw .listingTooLong("the listing of \"\(prefix)\" repeats a page (continuation token \(token)); not reading on")
+            }
         } while token != nil
         return all
     }

@@ -88,6 +88,8 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
     case invalidRequest(String)
     /// The object is `size` bytes, more than the `maxSize` the caller allowed: not read further.
     case tooLarge(size: Int64, maxSize: Int64)
+    /// A listing past its bound, or repeating a page: not read further.
+    case listingTooLong(String)
 
     public var description: String {
         switch self {
@@ -98,6 +100,7 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
         case .io(let reason): reason
         case .invalidRequest(let reason): "invalid S3 request: \(reason)"
         case .tooLarge(let size, let maxSize): "the object is \(size) bytes, more than the \(maxSize) allowed; not reading it"
+        case .listingTooLong(let reason): reason
         }
     }
 
@@ -115,7 +118,7 @@ public enum S3ClientError: Error, CustomStringConvertible, Sendable {
         case .transport(let error): error.isRetryable
         // A body cut short or mangled in transit is worth fetching again.
         case .integrity: true
-        case .invalidResponse, .io, .invalidRequest, .tooLarge: false
+        case .invalidResponse, .io, .invalidRequest, .tooLarge, .listingTooLong: false
         }
     }
 }

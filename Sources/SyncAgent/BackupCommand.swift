@@ -31,7 +31,7 @@ struct BackupCommand: AsyncParsableCommand {
             ids = directories.sessions
             for (name, refusal) in directories.refused {
                 // Not backed up, as `watch` does not back it up: a failure, named.
-                let shown = SessionID(name)?.description ?? FileName.displayed(name)
+                let shown = Refusal.printed(name)
                 report.failed.append(.init(sessionId: shown, error: refusal.message, refusal: refusal.rawValue))
                 logger.error("session directory \(refusal.message)", metadata: ["name": "\(shown)", "reason": "\(refusal.rawValue)"])
             }

@@ -65,9 +65,6 @@ public struct S3ObjectStore: ObjectStore {
         try validateKey(key)
         do {
             return storedInfo(try await client.downloadObject(key: prefix + key, toFileAt: path, maxSize: maxSize), key: key)
-        } catch .tooLarge(let size, _) {
-            unlink(path)
-            throw .invalidObject(tooLargeMessage(key, size: size, maxSize: maxSize, in: location))
         } catch {
             // The client created (or truncated) the file before the request; what is left is
             // no object, or part of one.
@@ -90,20 +87,9 @@ public struct S3ObjectStore: ObjectStore {
 
     public func list(prefix listed: String) async throws(StoreError) -> [StoredObjectInfo] {
         try validatePrefix(listed)
-        var objects: [ObjectInfo] = []
-        var token: String?
-        var tokens: Set<String> = []
-        repeat {
-            let page = try await storeErrors(key: listed) { [token] () async throws(S3ClientError) in
-                try await client.listObjectsPage(prefix: prefix + listed, continuationToken: token)
-            }
-            objects += page.objects
-            token = page.nextContinuationToken
-            if objects.count > maxListedObjects { throw .invalidObject(tooManyObjectsMessage(listed, in: location)) }
-            if let token, !tokens.insert(token).inserted {
-                throw .invalidObject("the listing of \"\(listed)\" in \(location) repeats a page (continuation token \(token)); not reading on")
-            }
-        } while token != nil
+        let objects = try await storeErrors(key: listed) { () async throws(S3ClientError) in
+            try await client.listObjects(prefix: prefix + listed, maxObjects: maxListedObjects).objects
+        }
         return objects.map { object in
             storedInfo(object, key: String(decoding: object.key.utf8.dropFirst(prefix.utf8.count), as: UTF8.self))
         }.sortedByKey()
@@ -136,7 +122,7 @@ public struct S3ObjectStore: ObjectStore {
         case .service(let failure): EngineMetrics.s3Error(code: failure.code.isEmpty ? "HTTP\(failure.status)" : failure.code)
         case .transport: EngineMetrics.s3Error(code: "transport")
         case .integrity: EngineMetrics.s3Error(code: "integrity")
-        case .invalidResponse: EngineMetrics.s3Error(code: "invalid_response")
+        case .invalidResponse, .listingTooLong: EngineMetrics.s3Error(code: "invalid_response")
         case .io, .invalidRequest, .tooLarge: break  // a local file, the request itself or the object, not the store
         }
         return StoreError(error, key: key)
@@ -186,7 +172,7 @@ extension StoreError {
         case .transport, .integrity: self = .unavailable(error.description)
         case .invalidResponse, .invalidRequest: self = .rejected(error.description)
         case .io(let reason): self = .io(reason)
-        case .tooLarge: self = .invalidObject("\(key): \(error)")
+        case .tooLarge, .listingTooLong: self = .invalidObject("\(key): \(error)")
         }
     }
 }

@@ -149,7 +149,7 @@ public actor SyncService {
         let unflushed = await flush(timeout: shutdownTimeout)
         return ShutdownReport(
             unflushed: unflushed,
-            refused: refused.map { ShutdownReport.Refused(name: Self.printed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
+            refused: refused.map { ShutdownReport.Refused(name: Refusal.printed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
             skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
 
@@ -160,7 +160,7 @@ public actor SyncService {
             if let id = accepted(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
         case .sessionRemoved(let name):
             if refused.removeValue(forKey: name) != nil {
-                logger.notice("refused session directory removed", metadata: ["name": "\(Self.printed(name))"])
+                logger.notice("refused session directory removed", metadata: ["name": "\(Refusal.printed(name))"])
             }
             if let id = SessionID(name) { removed(id) }
         case .rescanNeeded(let reason):
@@ -203,22 +203,16 @@ public actor SyncService {
     /// The session of a name found acceptable.
     private func accept(_ name: String) -> SessionID? {
         if refused.removeValue(forKey: name) != nil {
-            logger.notice("session directory accepted again", metadata: ["name": "\(Self.printed(name))"])
+            logger.notice("session directory accepted again", metadata: ["name": "\(Refusal.printed(name))"])
         }
         return SessionID(name)
-    }
-
-    /// A name under the root as `/sessions`, `/readyz`, the log and the shutdown report print it:
-    /// a session's one spelling (`~hex` for a name that cannot be printed as it is).
-    private static func printed(_ name: String) -> String {
-        SessionID(name)?.description ?? FileName.displayed(name)
     }
 
     /// Records a name as not backed up; logged once, when it is first refused or for another reason.
     private func refuse(_ name: String, _ refusal: Refusal) {
         guard refused.updateValue(refusal, forKey: name) != refusal else { return }
         logger.warning("session directory \(refusal.message)", metadata: [
-            "name": "\(Self.printed(name))", "reason": "\(refusal.rawValue)",
+            "name": "\(Refusal.printed(name))", "reason": "\(refusal.rawValue)",
         ])
     }
 
@@ -239,7 +233,7 @@ public actor SyncService {
         }
         for name in refused.keys where !stillRefused.contains(name) {
             refused[name] = nil
-            logger.notice("refused session directory gone", metadata: ["name": "\(Self.printed(name))"])
+            logger.notice("refused session directory gone", metadata: ["name": "\(Refusal.printed(name))"])
         }
         return accepted.sorted()
     }
@@ -614,7 +608,7 @@ extension SyncService {
         let refusedSessions = refused.map { name, refusal in
             let lastCommit = SessionID(name).flatMap { sessions[$0]?.lastCommit }
             return SessionStatus(
-                sessionId: Self.printed(name), state: .refused,
+                sessionId: Refusal.printed(name), state: .refused,
                 lastSnapshot: lastCommit.map { "\($0.snapshot)" }, lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: 0, pendingChanges: 0, lastError: refusal.message, consecutiveFailures: 0, watched: false,
                 refusal: refusal)
@@ -655,7 +649,7 @@ extension SyncService {
     private func notBackedUp() -> [String] {
         var notes: [String] = []
         if !refused.isEmpty {
-            let named = refused.keys.sorted().prefix(5).map { "\(Self.printed($0)) (\(refused[$0]!.rawValue))" }
+            let named = refused.keys.sorted().prefix(5).map { "\(Refusal.printed($0)) (\(refused[$0]!.rawValue))" }
             notes.append("\(refused.count) session(s) not backed up: \(named.joined(separator: ", "))\(refused.count > 5 ? ", …" : "")")
         }
         let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key.rawValue] == nil }

@@ -49,6 +49,12 @@ public enum Refusal: String, Codable, Sendable, CaseIterable {
         }
     }
 
+    /// A refused name as `/sessions`, `/readyz`, the logs and the reports print it: a session's
+    /// one spelling (`~hex` for a name that cannot be printed as it is).
+    public static func printed(_ name: String) -> String {
+        SessionID(name)?.description ?? FileName.displayed(name)
+    }
+
     /// Whether the entry `name` of `root` is a session the agent refuses, and why; nil for a session
     /// it backs up, and for names that are no session at all (hidden names, plain files).
     static func of(_ name: String, inRoot root: String) -> Refusal? {
