@@ -298,10 +298,14 @@ public final class S3Client: Sendable {
         do {
             response = try await send(first)
         } catch .service(let error) where error.status == 416 {
-            // An empty object has no first byte to ask for.
+            // An empty object has no first byte to ask for: it is asked for whole, and the
+            // answer cut after `maxSize` + 1 bytes, as one from a server ignoring ranges is.
             var whole = Request(method: "GET", key: key)
+            whole.range = maxSize < .max ? 0...maxSize : nil
             whole.destination = first.destination
-            return try objectInfo(key: key, try await send(whole))
+            let info = try objectInfo(key: key, try await send(whole))
+            guard info.size <= maxSize else { throw .tooLarge(size: info.size, maxSize: maxSize) }
+            return info
         }
         let info = try objectInfo(key: key, response)
         let size = info.size
@@ -418,6 +422,8 @@ public final class S3Client: Sendable {
         /// protected by Content-MD5 instead.
         var payload = SigV4Payload.unsigned
         var destination: ResponseDestination = .memory
+        /// The bytes wanted. `init` asks for them with a `Range` header; set afterwards, it only
+        /// bounds the answer, which is cut after it.
         var range: ClosedRange<Int64>?
 
         init(method: String, key: String?, query: [(name: String, value: String)] = [], body: RequestBody = .empty,
