@@ -37,12 +37,12 @@ let package = Package(
             name: "S3Client",
             dependencies: ["CCurl", "COpenSSL", "CXML2", .product(name: "Logging", package: "swift-log")]
         ),
-        .target(name: "Crypto", dependencies: ["CSodium"]),
-        .target(name: "SessionArchive", dependencies: ["CArchive", "Crypto"]),
+        .target(name: "SessionCrypto", dependencies: ["CSodium"], path: "Sources/Crypto"),
+        .target(name: "SessionArchive", dependencies: ["CArchive", "SessionCrypto"]),
         .target(
             name: "SyncEngine",
             dependencies: [
-                "S3Client", "Crypto", "SessionArchive",
+                "S3Client", "SessionCrypto", "SessionArchive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
@@ -50,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "SyncAgent",
             dependencies: [
-                "SyncEngine", "S3Client", "Crypto", "SessionArchive", "CMalloc",
+                "SyncEngine", "S3Client", "SessionCrypto", "SessionArchive", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -64,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "SyncAgentBench",
             dependencies: [
-                "SyncEngine", "S3Client", "Crypto", "SessionArchive",
+                "SyncEngine", "S3Client", "SessionCrypto", "SessionArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -75,8 +75,8 @@ let package = Package(
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
-        .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
-        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto"]),
+        .testTarget(name: "CryptoTests", dependencies: ["SessionCrypto"]),
+        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "SessionCrypto"]),
         .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "TestSupport"]),
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
@@ -91,8 +91,8 @@ if Context.environment["SYNC_AGENT_FUZZ"] != nil {
         .target(name: "FuzzSupport", dependencies: ["CFuzzer"], path: "fuzz/FuzzSupport"),
     ]
     let fuzzTargets: [(product: String, target: String, dependencies: [Target.Dependency])] = [
-        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["Crypto"]),
-        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "Crypto"]),
+        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["SessionCrypto"]),
+        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "SessionCrypto"]),
         ("fuzz-manifest", "FuzzManifest", ["SyncEngine"]),
         ("fuzz-head", "FuzzHead", ["SyncEngine"]),
         ("fuzz-s3-xml", "FuzzS3XML", ["S3Client"]),

@@ -1,5 +1,5 @@
 import CArchive
-import Crypto
+import SessionCrypto
 import Glibc
 
 /// One entry of an archive, after validation: `path` is a safe relative path in canonical form

@@ -1,5 +1,5 @@
 import CArchive
-import Crypto
+import SessionCrypto
 import Glibc
 
 /// Writes a zstd-compressed POSIX pax tar to a `ByteSink`, one entry at a time, streaming file

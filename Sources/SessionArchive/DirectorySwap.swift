@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Glibc
 
 /// The points of an atomic replacement, reported after each one completes (for the crash tests).

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Glibc
 
 /// The process's umask, read once (from /proc: umask(2) can only read it by changing it, which

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Crypto
+import SessionCrypto
 import Foundation
 import SessionArchive
 

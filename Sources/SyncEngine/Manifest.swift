@@ -1,6 +1,6 @@
 import FoundationEssentials
 import Glibc
-import Crypto
+import SessionCrypto
 import S3Client
 
 /// One file of a session as a snapshot knows it.

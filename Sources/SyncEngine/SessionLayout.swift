@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import S3Client
 import SessionArchive
 

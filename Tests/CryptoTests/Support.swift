@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import XCTest
 
 /// Fixed keys so failures reproduce; FORMAT.md's worked example uses `TestKeys.sequential`.

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Foundation
 @testable import SessionArchive
 import Testing

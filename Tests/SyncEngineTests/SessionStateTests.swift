@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import S3Client
 @testable import SyncEngine
 import Testing

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import FuzzSupport
 
 // libFuzzer target: DecryptingSource over arbitrary bytes. Anything but a CryptoError (or a
