@@ -1,7 +1,7 @@
 import FoundationEssentials
 import Glibc
 import SessionCrypto
-import S3Client
+import SystemSupport
 
 /// One file of a session as a snapshot knows it.
 public struct FileRecord: Codable, Hashable, Sendable {

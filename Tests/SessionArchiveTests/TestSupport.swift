@@ -1,7 +1,8 @@
-import SessionCrypto
 import Foundation
 import Glibc
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 import XCTest
 
 enum Fixtures {

@@ -1,7 +1,8 @@
-import SessionCrypto
 import Foundation
 @testable import SessionArchive
+import SessionCrypto
 @testable import SyncEngine
+import SystemSupport
 import TestSupport
 import Testing
 
