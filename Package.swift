@@ -95,8 +95,8 @@ if Context.environment["SYNC_AGENT_FUZZ"] != nil {
         .target(name: "FuzzSupport", dependencies: ["CFuzzer"], path: "fuzz/FuzzSupport"),
     ]
     let fuzzTargets: [(product: String, target: String, dependencies: [Target.Dependency])] = [
-        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["SessionCrypto"]),
-        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "SessionCrypto"]),
+        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["SessionCrypto", "SystemSupport"]),
+        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "SessionCrypto", "SystemSupport"]),
         ("fuzz-manifest", "FuzzManifest", ["SyncEngine"]),
         ("fuzz-head", "FuzzHead", ["SyncEngine"]),
         ("fuzz-s3-xml", "FuzzS3XML", ["S3Client"]),
