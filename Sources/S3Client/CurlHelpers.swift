@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import SystemSupport
 
 /// A `Content-Range: bytes first-last/size` header; the size may be `*` (unknown).
 struct ContentRange: Equatable {

@@ -1,5 +1,6 @@
 import CCurl
 import Glibc
+import SystemSupport
 
 /// One transfer's state while libcurl runs it on the loop thread. Every field is touched
 /// only from that thread once the transfer is submitted.

@@ -1,4 +1,5 @@
 import Glibc
+import SystemSupport
 
 /// An open file descriptor, closed when the last user lets go (the parts of a multipart
 /// upload share one).

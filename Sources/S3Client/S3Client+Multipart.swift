@@ -1,4 +1,5 @@
 import Logging
+import SystemSupport
 
 /// Multipart uploads, and downloads in ranged parts: parts of one object in flight at once.
 extension S3Client {

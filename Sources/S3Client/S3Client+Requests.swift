@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Logging
+import SystemSupport
 
 /// Every request: addressed, signed, sent, retried, and its answer checked.
 extension S3Client {
