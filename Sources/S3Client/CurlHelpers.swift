@@ -29,15 +29,17 @@ struct ContentRange: Equatable {
     }
 }
 
-enum FileDescriptorWriter {
-    static func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws {
+extension FileDescriptor {
+    /// Writes all of `bytes` at `offset` with pwrite, so that parts of one object can be written
+    /// into one file concurrently.
+    func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
         var remaining = bytes
         var position = offset
         while !remaining.isEmpty {
-            let written = pwrite(descriptor, remaining.baseAddress, remaining.count, off_t(position))
+            let written = pwrite(raw, remaining.baseAddress, remaining.count, off_t(position))
             if written < 0 {
                 if errno == EINTR { continue }
-                throw SystemErrorDescription("write response body", errno: errno)
+                throw SystemError("write response body")
             }
             remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
             position += Int64(written)

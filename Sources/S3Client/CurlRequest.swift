@@ -1,11 +1,12 @@
 import FoundationEssentials
+import SystemSupport
 
 /// What a transfer sends: nothing, bytes in memory, or a region of an open file read with
 /// pread so that parts of one file can be uploaded concurrently.
 enum RequestBody: Sendable {
     case empty
     case bytes([UInt8])
-    case file(fileDescriptor: Int32, offset: Int64, length: Int64)
+    case file(fileDescriptor: FileDescriptor, offset: Int64, length: Int64)
 
     var length: Int64 {
         switch self {
@@ -22,7 +23,7 @@ enum ResponseDestination: Sendable {
     case memory
     /// Written with pwrite from `offset` on, so that parts of one object can be downloaded
     /// into one file concurrently and a retried part rewrites only its own region.
-    case file(fileDescriptor: Int32, offset: Int64)
+    case file(fileDescriptor: FileDescriptor, offset: Int64)
 }
 
 struct CurlRequest: Sendable {

@@ -47,7 +47,7 @@ final class CurlTransfer: @unchecked Sendable {
         errorBuffer.deallocate()
     }
 
-    var bodyGoesToFile: (descriptor: Int32, offset: Int64)? {
+    var bodyGoesToFile: (descriptor: FileDescriptor, offset: Int64)? {
         guard (200..<300).contains(status), case .file(let descriptor, let offset) = request.destination else {
             return nil
         }
@@ -133,9 +133,9 @@ final class CurlTransfer: @unchecked Sendable {
     }
 
     /// Writes what `receive` held back; called once more when the transfer ends.
-    func flushFileBytes(to descriptor: Int32) throws {
+    func flushFileBytes(to descriptor: FileDescriptor) throws {
         guard !pendingFileBytes.isEmpty else { return }
-        try pendingFileBytes.withUnsafeBytes { try FileDescriptorWriter.writeAll(descriptor, $0, at: pendingFileOffset) }
+        try pendingFileBytes.withUnsafeBytes { try descriptor.writeAll($0, at: pendingFileOffset) }
         pendingFileOffset += Int64(pendingFileBytes.count)
         pendingFileBytes.removeAll(keepingCapacity: true)
     }
@@ -159,9 +159,9 @@ final class CurlTransfer: @unchecked Sendable {
                 buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<start + count]))
             }
         case .file(let descriptor, let offset, _):
-            let read = pread(descriptor, buffer.baseAddress, count, off_t(offset + uploadOffset))
-            if read < 0 { throw SystemErrorDescription("read upload body", errno: errno) }
-            if read == 0 { throw SystemErrorDescription("read upload body: file shrank while uploading", errno: 0) }
+            let read = pread(descriptor.raw, buffer.baseAddress, count, off_t(offset + uploadOffset))
+            if read < 0 { throw SystemError("read upload body") }
+            if read == 0 { throw S3ClientError.io("read upload body: file shrank while uploading") }
             uploadOffset += Int64(read)
             return read
         }

@@ -1,28 +1,23 @@
 import Glibc
 import SystemSupport
 
-/// An open file descriptor, closed when the last user lets go (the parts of a multipart
-/// upload share one).
+/// A file a transfer reads or writes, with its size when opened. Its descriptor is closed when
+/// the last user lets go (the parts of a multipart upload share it).
 final class OpenFile: Sendable {
-    let descriptor: Int32
-    let path: String
+    let descriptor: FileDescriptor
     let size: Int64
 
-    init(path: String, flags: Int32, mode: mode_t = 0) throws(S3ClientError) {
+    convenience init(path: String, flags: Int32, mode: mode_t = 0) throws(S3ClientError) {
         let descriptor = open(path, flags | O_CLOEXEC, mode)
-        guard descriptor >= 0 else { throw .io("cannot open \(path): \(String(cString: strerror(errno)))") }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else {
-            close(descriptor)
-            throw .io("cannot stat \(path): \(String(cString: strerror(errno)))")
-        }
-        self.descriptor = descriptor
-        self.path = path
-        self.size = Int64(status.st_size)
+        guard descriptor >= 0 else { throw .io("\(SystemError("cannot open", path: path))") }
+        try self.init(FileDescriptor(owning: descriptor, path: path))
     }
 
-    deinit {
-        close(descriptor)
+    init(_ descriptor: FileDescriptor) throws(S3ClientError) {
+        var status = stat()
+        guard fstat(descriptor.raw, &status) == 0 else { throw .io("\(SystemError("cannot stat", path: descriptor.path))") }
+        self.descriptor = descriptor
+        self.size = Int64(status.st_size)
     }
 
     func md5(offset: Int64, length: Int64) throws(S3ClientError) -> [UInt8] {
@@ -52,10 +47,10 @@ final class OpenFile: Sendable {
     {
         var done = 0
         while done < buffer.count {
-            let count = pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
+            let count = pread(descriptor.raw, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
             if count < 0, errno == EINTR { continue }
             guard count > 0 else {
-                throw .io("cannot read \(path): \(count == 0 ? "file shrank" : String(cString: strerror(errno)))")
+                throw .io(count == 0 ? "cannot read \(descriptor.path): file shrank" : "\(SystemError("cannot read", path: descriptor.path))")
             }
             done += count
         }
@@ -63,8 +58,8 @@ final class OpenFile: Sendable {
     }
 
     func truncate(to length: Int64) throws(S3ClientError) {
-        guard ftruncate(descriptor, off_t(length)) == 0 else {
-            throw .io("cannot truncate \(path): \(String(cString: strerror(errno)))")
+        guard ftruncate(descriptor.raw, off_t(length)) == 0 else {
+            throw .io("\(SystemError("cannot truncate", path: descriptor.path))")
         }
     }
 }

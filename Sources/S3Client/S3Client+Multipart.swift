@@ -3,25 +3,14 @@ import SystemSupport
 
 /// Multipart uploads, and downloads in ranged parts: parts of one object in flight at once.
 extension S3Client {
-    /// Runs `job` for every part index with at most `concurrency` in flight, handing each
-    /// result to `collect` as it arrives (in completion order).
+    /// `job` for every part index, `multipart.concurrency` at most in flight; the results in
+    /// part order.
     private func forEachPart<PartResult: Sendable>(
-        count: Int, concurrency: Int, _ job: @escaping @Sendable (Int) async throws(S3ClientError) -> PartResult,
-        collect: (Int, PartResult) throws(S3ClientError) -> Void
-    ) async throws(S3ClientError) {
+        count: Int, _ job: @escaping @Sendable (Int) async throws(S3ClientError) -> PartResult
+    ) async throws(S3ClientError) -> [PartResult] {
         do {
-            try await withThrowingTaskGroup(of: (Int, PartResult).self) { group in
-                var next = 0
-                func addPart() {
-                    let index = next
-                    next += 1
-                    group.addTask { (index, try await job(index)) }
-                }
-                for _ in 0..<min(max(1, concurrency), count) { addPart() }
-                while let (index, result) = try await group.next() {
-                    try collect(index, result)
-                    if next < count { addPart() }
-                }
+            return try await (0..<count).concurrentMap(limit: max(1, configuration.multipart.concurrency)) {
+                try await job($0)
             }
         } catch let error as S3ClientError {
             throw error
@@ -61,36 +50,19 @@ extension S3Client {
         let restStart = response.curl.bodyLength
         guard restStart < size else { return info }
 
-        // A single-part object's ETag is its MD5: check it over the parts, in order, as the
-        // parts before it are complete.
-        let digest = configuration.verifyDownloads && isPlainMD5ETag(info.etag) ? StreamingDigest(.md5) : nil
-        var hashedThrough: Int64 = 0
-        var finishedParts: [Int64: Int64] = [0: restStart]  // offset: length
-        func hashFinishedPrefix() throws(S3ClientError) {
-            guard let digest else { return }
-            while let length = finishedParts.removeValue(forKey: hashedThrough) {
-                try file.update(digest, offset: hashedThrough, length: length)
-                hashedThrough += length
-            }
-        }
-
         let partCount = Int((size - restStart + restPartSize - 1) / restPartSize)
         let etag = info.etag
-        try await forEachPart(count: partCount, concurrency: configuration.multipart.concurrency) {
-            index throws(S3ClientError) in
+        _ = try await forEachPart(count: partCount) { index throws(S3ClientError) in
             let offset = restStart + Int64(index) * restPartSize
-            let range = offset...min(offset + restPartSize, size) - 1
-            var request = Request(method: "GET", key: key, range: range)
+            var request = Request(method: "GET", key: key, range: offset...min(offset + restPartSize, size) - 1)
             request.headers += ReadCondition.ifMatch(etag: etag).headers
             request.destination = .file(fileDescriptor: file.descriptor, offset: offset)
             _ = try await self.send(request)
-            return range
-        } collect: { _, range throws(S3ClientError) in
-            finishedParts[range.lowerBound] = Int64(range.count)
-            try hashFinishedPrefix()
         }
-        try hashFinishedPrefix()
-        if let digest {
+        // A single-part object's ETag is its MD5: check it over the file, whole once every part is in.
+        if configuration.verifyDownloads && isPlainMD5ETag(etag) {
+            let digest = StreamingDigest(.md5)
+            try file.update(digest, offset: 0, length: size)
             let md5 = digest.finalize().lowercaseHex
             guard md5 == etag.lowercased() else {
                 throw .integrity("\(configuration.bucket)/\(key): body MD5 \(md5) does not match ETag \(etag)")
@@ -139,9 +111,7 @@ extension S3Client {
     private func uploadParts(key: String, uploadID: String, file: OpenFile) async throws(S3ClientError) -> [String] {
         let partSize = configuration.multipart.partSize
         let partCount = Int((file.size + partSize - 1) / partSize)
-        var etags = [String](repeating: "", count: partCount)
-        try await forEachPart(count: partCount, concurrency: configuration.multipart.concurrency) {
-            index throws(S3ClientError) in
+        return try await forEachPart(count: partCount) { index throws(S3ClientError) in
             let offset = Int64(index) * partSize
             let length = min(partSize, file.size - offset)
             var request = Request(
@@ -149,9 +119,6 @@ extension S3Client {
                 body: .file(fileDescriptor: file.descriptor, offset: offset, length: length))
             request.headers.append(("Content-MD5", try file.md5(offset: offset, length: length).base64))
             return try await self.send(request).etag
-        } collect: { index, etag in
-            etags[index] = etag
         }
-        return etags
     }
 }

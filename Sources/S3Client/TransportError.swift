@@ -1,5 +1,4 @@
 import CCurl
-import Glibc
 
 /// A libcurl failure: the connection could not be made, broke, timed out, or TLS failed.
 public struct TransportError: Error, CustomStringConvertible, Sendable {
@@ -19,18 +18,5 @@ public struct TransportError: Error, CustomStringConvertible, Sendable {
         default:
             false
         }
-    }
-}
-
-/// A read or write failure inside a curl callback, carried out of C as a Swift error.
-struct SystemErrorDescription: Error, CustomStringConvertible {
-    let operation: String
-    let errno: Int32
-    init(_ operation: String, errno: Int32) {
-        self.operation = operation
-        self.errno = errno
-    }
-    var description: String {
-        errno == 0 ? operation : "\(operation): \(String(cString: strerror(errno)))"
     }
 }
