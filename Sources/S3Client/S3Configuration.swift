@@ -82,21 +82,6 @@ public struct S3Configuration: Sendable {
         public init() {}
     }
 
-    /// Exponential backoff with full jitter, as AWS's architecture blog recommends.
-    public struct RetryPolicy: Sendable {
-        public var maxAttempts = 5
-        public var baseDelay: Duration = .milliseconds(100)
-        public var maxDelay: Duration = .seconds(10)
-        public init() {}
-
-        func delay(beforeAttempt attempt: Int) -> Duration {
-            let exponent = min(attempt - 1, 30)
-            let ceiling = min(maxDelay, baseDelay * (1 << exponent))
-            let nanoseconds = ceiling.components.seconds * 1_000_000_000 + ceiling.components.attoseconds / 1_000_000_000
-            return .nanoseconds(Int64.random(in: 0...max(0, nanoseconds)))
-        }
-    }
-
     public struct Multipart: Sendable {
         /// Objects of at least this size go up in parts.
         public var threshold: Int64 = 64 << 20
