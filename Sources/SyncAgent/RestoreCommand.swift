@@ -3,7 +3,9 @@ import FoundationEssentials
 import Glibc
 import Logging
 import SessionArchive
+import SessionCrypto
 import SyncEngine
+import SystemSupport
 
 struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

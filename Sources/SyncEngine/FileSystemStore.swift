@@ -2,6 +2,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import S3Client
+import SystemSupport
 
 /// The `local` mode store: each object is a file under a root directory, at the path of its
 /// key. Objects are written to `<root>/.tmp/`, fsynced and renamed into place, so a crash

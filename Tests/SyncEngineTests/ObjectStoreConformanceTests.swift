@@ -1,6 +1,7 @@
 import Foundation
 import S3Client
 import SyncEngine
+import SystemSupport
 import TestSupport
 import Testing
 

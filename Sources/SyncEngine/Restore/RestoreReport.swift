@@ -1,4 +1,4 @@
-import Crypto
+import SystemSupport
 
 /// The report of a multi-session restore, which a worker can post to its backend as is: its
 /// JSON shape is a contract.

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import SessionArchive
+import SystemSupport
 
 /// The stores sessions are read back from: the primary store and, in hybrid mode, its S3 copy,
 /// of which a restore reads the newer.
@@ -114,7 +115,7 @@ public struct SessionsRestore: Sendable {
         case .named(let named): sessions = named
         case .all: sessions = try await sources.sessions()
         }
-        let plans = await concurrentMap(sessions, limit: request.parallel) { [sources, root, request] id in
+        let plans = try await sessions.concurrentMap(limit: request.parallel) { [sources, root, request] id in
             await Result { () async throws -> (SessionRestorer, RestorePlan) in
                 let restorer = SessionRestorer(sessionStore: try await sources.store(for: id))
                 return (restorer, try await restorer.plan(id, into: root, at: request.point, onlyIfMissing: request.onlyIfMissing))
@@ -134,7 +135,7 @@ public struct SessionsRestore: Sendable {
             try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try DirectorySwap.recoverLeftovers(in: root)
         }
-        let outcomes = await concurrentMap(Array(zip(plan.sessions, plan.plans)), limit: request.parallel) { [root, request] id, plan in
+        let outcomes = try await Array(zip(plan.sessions, plan.plans)).concurrentMap(limit: request.parallel) { [root, request] id, plan in
             let started = ContinuousClock.now
             let outcome = await Result { () async throws -> RestoreOutcome in
                 let (restorer, plan) = try plan.get()
@@ -170,27 +171,5 @@ extension Result where Failure == any Error {
         } catch {
             self = .failure(error)
         }
-    }
-}
-
-/// Runs `transform` over `items` with at most `limit` at once; results in the items' order.
-func concurrentMap<Item: Sendable, Output: Sendable>(
-    _ items: [Item], limit: Int, _ transform: @escaping @Sendable (Item) async -> Output
-) async -> [Output] {
-    await withTaskGroup(of: (Int, Output).self) { group in
-        var results = [Output?](repeating: nil, count: items.count)
-        var next = 0
-        func startNext() {
-            guard next < items.count else { return }
-            let index = next
-            next += 1
-            group.addTask { (index, await transform(items[index])) }
-        }
-        for _ in 0..<min(limit, items.count) { startNext() }
-        while let (index, output) = await group.next() {
-            results[index] = output
-            startNext()
-        }
-        return results.map { $0! }
     }
 }
