@@ -3,7 +3,6 @@ import FoundationEssentials
 import Glibc
 import Logging
 import SessionArchive
-import SessionCrypto
 import SyncEngine
 import SystemSupport
 
@@ -163,9 +162,9 @@ struct RestoreCommand: AsyncParsableCommand {
         defer { if descriptor != STDIN_FILENO { close(descriptor) } }
         let read: [UInt8]?
         do {
-            read = try readAll(descriptor, limit: Self.sessionListLimit)
-        } catch {
-            throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(error.reason)")
+            read = try readAll(FileDescriptorSource(fileDescriptor: descriptor), limit: Self.sessionListLimit)
+        } catch let error as SystemError {
+            throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(String(cString: strerror(error.errno)))")
         }
         guard let bytes = read else {
             throw rejectInput("--sessions-from \(FileName.displayed(source)): longer than \(Self.sessionListLimit >> 20) MiB")
