@@ -14,6 +14,8 @@ struct UsageError: Error, CustomStringConvertible {
         case durationTooShort
         case notATime
         case notACount
+        /// Not one of a setting's values.
+        case unknownValue
     }
 
     let reason: Reason

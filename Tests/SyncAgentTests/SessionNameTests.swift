@@ -134,7 +134,7 @@ struct SessionNameTests {
         for arguments in [["backup"], ["snapshots"], ["verify"], ["prune", "--keep-last", "1"], ["restore"]] {
             let result = try await runner.run(arguments[0], ["--sessions-dir", workspace.sessions] + arguments.dropFirst() + [newlineName])
             #expect(result.termination == .exited(64), "\(arguments): \(result.standardError)")
-            #expect(result.standardError.contains(#""x\nFAKE line" is not a valid session id"#), "\(arguments): \(result.standardError)")
+            #expect(result.standardError.contains(#"The value 'x\nFAKE line' is invalid for '<session"#), "\(arguments): \(result.standardError)")
             #expect(!result.standardError.split(separator: "\n").contains { $0.hasPrefix("FAKE line") }, "\(arguments): \(result.standardError)")
         }
     }

@@ -296,8 +296,6 @@ struct WatchIntegrationTests {
         var modeFromEnvironment = local
         modeFromEnvironment.storeArguments = ["--local-store", untouchedStore]
         modeFromEnvironment.environment["SESSION_STORAGE_TYPE"] = "clowd"
-        var unknownMode = local
-        unknownMode.storeArguments = ["--mode", "clowd", "--local-store", untouchedStore]
         let plainFile = workspace.logs + "/not-a-directory"
         try write("", to: plainFile)
         // The agent is never root (see AgentUser), so a mode does deny it.
@@ -306,8 +304,8 @@ struct WatchIntegrationTests {
         chmod(unreadable, 0)
 
         let cases: [(String, SyncAgentRunner, String, String)] = [
-            ("unknown --mode", unknownMode, workspace.sessions, "unknown mode \"clowd\""),
-            ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
+            // (An unknown --mode is the parser's to refuse: ConfigurationTests.badFlagValues.)
+            ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "SESSION_STORAGE_TYPE \"clowd\": use local, cloud or hybrid"),
             ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
             ("a bucket that does not exist", missingBucket, workspace.sessions, "does not exist"),
             ("credentials in the endpoint", credentialsInTheEndpoint, workspace.sessions, "credentials do not belong in the URL"),
