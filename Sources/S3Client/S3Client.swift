@@ -99,7 +99,21 @@ public final class S3Client: Sendable {
     public func putObject(key: String, fileAt path: String, condition: WriteCondition? = nil)
         async throws(S3ClientError) -> String
     {
-        let file = try OpenFile(path: path, flags: O_RDONLY)
+        try await putObject(key: key, file: try OpenFile(path: path, flags: O_RDONLY), condition: condition)
+    }
+
+    /// Uploads the content of an open file, from offset 0 to its end, like `putObject(key:fileAt:)`:
+    /// for a file without a name (an unlinked spool). The descriptor is duplicated (the parts of
+    /// a multipart upload and the retries read it with pread, never moving its position); the
+    /// caller keeps and closes its own.
+    @discardableResult
+    public func putObject(key: String, fileDescriptor: Int32, condition: WriteCondition? = nil)
+        async throws(S3ClientError) -> String
+    {
+        try await putObject(key: key, file: try OpenFile(duplicating: fileDescriptor), condition: condition)
+    }
+
+    private func putObject(key: String, file: OpenFile, condition: WriteCondition?) async throws(S3ClientError) -> String {
         if file.size >= configuration.multipart.threshold {
             return try await multipartUpload(key: key, file: file, condition: condition)
         }
@@ -597,9 +611,20 @@ final class OpenFile: Sendable {
     let path: String
     let size: Int64
 
-    init(path: String, flags: Int32, mode: mode_t = 0) throws(S3ClientError) {
+    convenience init(path: String, flags: Int32, mode: mode_t = 0) throws(S3ClientError) {
         let descriptor = open(path, flags | O_CLOEXEC, mode)
         guard descriptor >= 0 else { throw .io("cannot open \(path): \(String(cString: strerror(errno)))") }
+        try self.init(owning: descriptor, path: path)
+    }
+
+    /// A copy of a descriptor the caller keeps: an unlinked file has no path to open again.
+    convenience init(duplicating descriptor: Int32) throws(S3ClientError) {
+        let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw .io("cannot duplicate file descriptor \(descriptor): \(String(cString: strerror(errno)))") }
+        try self.init(owning: copy, path: "file descriptor \(descriptor)")
+    }
+
+    private init(owning descriptor: Int32, path: String) throws(S3ClientError) {
         var status = stat()
         guard fstat(descriptor, &status) == 0 else {
             close(descriptor)

@@ -35,51 +35,39 @@ public struct FileSystemStore: ObjectStore {
     }
 
     @discardableResult
-    public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+    public func put(_ key: String, body: ObjectBody, condition: WriteCondition?) async throws(StoreError) -> String {
         try checkKey(key)
         return try await blocking { () throws(StoreError) in
             try writeObject(key, condition: condition) { file throws(StoreError) in
-                try file.write(bytes[...])
-                return MD5.hash(bytes)
-            }
-        }
-    }
-
-    @discardableResult
-    public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
-        try checkKey(key)
-        return try await blocking { () throws(StoreError) in
-            guard let source = Descriptor(opening: path, flags: O_RDONLY) else {
-                throw .io("cannot open \(path): \(systemMessage())")
-            }
-            return try writeObject(key, condition: condition) { file throws(StoreError) in
-                let digest = StreamingDigest(.md5)
-                try source.readAll(readFailure: { .io("cannot read \(path): \(systemMessage())") }) { chunk, _ throws(StoreError) in
-                    digest.update(chunk)
-                    try file.write(chunk)
+                switch body {
+                case .bytes(let bytes):
+                    try file.write(bytes[...])
+                    return MD5.hash(bytes)
+                case .file(let descriptor):
+                    let digest = StreamingDigest(.md5)
+                    let source = "file descriptor \(descriptor)"
+                    try readAll(descriptor, readFailure: { .io("cannot read \(source): \(systemMessage())") }) { chunk, _ throws(StoreError) in
+                        digest.update(chunk)
+                        try file.write(chunk)
+                    }
+                    return digest.finalize()
                 }
-                return digest.finalize()
             }
         }
     }
 
-    public func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
+    public func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try checkKey(key)
-        try validateRange(range)
         return try await blocking { () throws(StoreError) in
             guard let (file, status) = try openObject(key) else { return nil }
             try checkSize(key, Int64(status.st_size), maxSize: maxSize)
             var bytes: [UInt8] = []
-            // The ETag covers the whole object, so the whole file is read even for a range.
             let digest = StreamingDigest(.md5)
-            let wanted = range ?? 0...Int64.max
-            try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+            try readAll(file.raw, readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
                 // Written to since it was opened: the size checked above no longer holds.
                 try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                 digest.update(chunk)
-                let start = max(wanted.lowerBound, offset)
-                let end = min(wanted.upperBound, offset + Int64(chunk.count) - 1)
-                if start <= end { bytes += chunk[Int(start - offset)...Int(end - offset)] }
+                bytes += chunk
             }
             return StoredObject(info: info(key, status, etag: digest.finalize().lowercaseHex), bytes: bytes)
         }
@@ -95,7 +83,7 @@ public struct FileSystemStore: ObjectStore {
             }
             do throws(StoreError) {
                 let digest = StreamingDigest(.md5)
-                try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+                try readAll(file.raw, readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
                     // Written to since it was opened: the size checked above no longer holds.
                     try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                     digest.update(chunk)
@@ -379,6 +367,25 @@ private func makeDirectories(_ path: String) throws(StoreError) {
     try syncDirectory(parent.isEmpty ? "/" : parent)
 }
 
+/// Hands every chunk of the open file, from offset 0 to its end, to `body` with its offset;
+/// pread leaves the descriptor's position alone (an `ObjectBody.file` is the caller's).
+private func readAll(
+    _ descriptor: Int32, readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
+) throws(StoreError) {
+    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    var offset: Int64 = 0
+    while true {
+        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw readFailure()
+        }
+        if count == 0 { return }
+        try body(buffer[0..<count], offset)
+        offset += Int64(count)
+    }
+}
+
 /// An open file descriptor, closed in deinit.
 private final class Descriptor {
     let raw: Int32
@@ -424,27 +431,9 @@ private final class Descriptor {
         if !written { throw failure() }
     }
 
-    /// Hands every chunk of the file, from its start to its end, to `body` with its offset.
-    func readAll(
-        readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
-    ) throws(StoreError) {
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var offset: Int64 = 0
-        while true {
-            let count = buffer.withUnsafeMutableBytes { pread(raw, $0.baseAddress, $0.count, off_t(offset)) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw readFailure()
-            }
-            if count == 0 { return }
-            try body(buffer[0..<count], offset)
-            offset += Int64(count)
-        }
-    }
-
     func md5Hex() throws(StoreError) -> String {
         let digest = StreamingDigest(.md5)
-        try readAll(readFailure: { storeFailure("read", path) }) { chunk, _ in digest.update(chunk) }
+        try readAll(raw, readFailure: { storeFailure("read", path) }) { chunk, _ in digest.update(chunk) }
         return digest.finalize().lowercaseHex
     }
 }

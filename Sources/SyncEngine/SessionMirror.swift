@@ -86,7 +86,7 @@ public struct SessionMirror: Sendable {
     /// False when the condition failed.
     private func putHead(_ bytes: [UInt8], session: SessionID, condition: WriteCondition?) async throws(StoreError) -> Bool {
         do {
-            try await remote.store.put(SessionLayout.headKey(session), bytes: bytes, condition: condition)
+            try await remote.store.put(SessionLayout.headKey(session), body: .bytes(bytes), condition: condition)
             return true
         } catch .preconditionFailed {
             return false

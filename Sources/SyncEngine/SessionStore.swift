@@ -196,7 +196,7 @@ public struct SessionStore: Sendable {
     public func writeHead(_ head: SessionHead, session: SessionID, condition: WriteCondition?) async throws -> String {
         let identity = SessionLayout.identity(session, objectName: "head")
         let bytes = encrypt(try head.encoded(), key: keyring.primary, identity: identity)
-        return try await store.put(SessionLayout.headKey(session), bytes: bytes, condition: condition)
+        return try await store.put(SessionLayout.headKey(session), body: .bytes(bytes), condition: condition)
     }
 
     /// Every snapshot object of the session, committed or not, oldest first.
