@@ -1,7 +1,6 @@
 import FoundationEssentials
 import Glibc
 import Crypto
-import S3Client
 
 /// One file of a session as a snapshot knows it.
 public struct FileRecord: Codable, Hashable, Sendable {

@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import S3Client
 
 /// Hybrid mode's second half: copies what the local store committed for a session to S3,
 /// snapshots first and the head last. S3 only ever names snapshots it holds: a head goes to S3

@@ -1,7 +1,6 @@
 import Crypto
 import FoundationEssentials
 import Glibc
-import S3Client
 import SessionArchive
 
 /// One snapshot object as a listing shows it: everything its key says, and the store's size and time.
