@@ -157,6 +157,21 @@ enum ObjectStoreConformance {
         }
     }
 
+    /// A file body is rewindable: each put (and each retried request) reads it from offset 0,
+    /// wherever the descriptor's position is, and it can be put again.
+    static func aFileBodyIsReadFromItsStartEachTime(backend: StoreBackend) async throws {
+        let fixture = try await backend.makeStore()
+        let bytes = randomBytes(300_000)
+        let body = try fixture.fileBody("spool", bytes)
+        guard case .file(let descriptor) = body else { Issue.record("not a file body"); return }
+        #expect(lseek(descriptor, 0, SEEK_END) == 300_000)
+        let first = try await fixture.store.put("sessions/abc/first", body: body, condition: nil)
+        let second = try await fixture.store.put("sessions/abc/second", body: body, condition: nil)
+        #expect(first == second)
+        #expect(try await fixture.store.get("sessions/abc/first")?.bytes == bytes)
+        #expect(try await fixture.store.get("sessions/abc/second")?.bytes == bytes)
+    }
+
     /// A download stops at its bound (the size the listing said): an object replaced by a larger
     /// one, or a huge one, must not fill the disk before its size is checked. It downloaded any size.
     static func aDownloadPastItsBoundIsRefusedAndLeavesNoFile(backend: StoreBackend) async throws {
@@ -350,6 +365,7 @@ enum ObjectStoreConformance {
 public let objectStoreConformanceCases = [
     ObjectStoreConformanceCase(name: "bytesRoundTripThroughPutGetHeadDelete", body: ObjectStoreConformance.bytesRoundTripThroughPutGetHeadDelete),
     ObjectStoreConformanceCase(name: "filesRoundTripThroughPutAndDownload", body: ObjectStoreConformance.filesRoundTripThroughPutAndDownload),
+    ObjectStoreConformanceCase(name: "aFileBodyIsReadFromItsStartEachTime", body: ObjectStoreConformance.aFileBodyIsReadFromItsStartEachTime),
     ObjectStoreConformanceCase(name: "aDownloadPastItsBoundIsRefusedAndLeavesNoFile", body: ObjectStoreConformance.aDownloadPastItsBoundIsRefusedAndLeavesNoFile),
     ObjectStoreConformanceCase(name: "boundedReadsStopAtTheBound", body: ObjectStoreConformance.boundedReadsStopAtTheBound),
     ObjectStoreConformanceCase(name: "missingObjectsAreNilAndDeletingThemIsFine", body: ObjectStoreConformance.missingObjectsAreNilAndDeletingThemIsFine),
