@@ -3,6 +3,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Synchronization
+import SystemSupport
 
 // All of libcurl's unsafe surface lives in this file: handle ownership, the typed
 // setopt shims and the C callbacks, bridged to Swift objects through Unmanaged.

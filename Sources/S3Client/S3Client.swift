@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Logging
+import SystemSupport
 
 /// What a stored object looks like from HEAD, GET or a listing.
 public struct ObjectInfo: Sendable, Equatable {

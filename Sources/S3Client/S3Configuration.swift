@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// Everything needed to talk to one bucket: where, as whom, and how patiently.
 public struct S3Configuration: Sendable {
     public enum Addressing: String, Sendable, CaseIterable {
@@ -198,13 +200,4 @@ public struct S3ConfigurationError: Error, CustomStringConvertible, Equatable, S
 
 private extension Character {
     var isLetterOrDigit: Bool { isASCII && (isLetter || isNumber) }
-}
-
-extension StringProtocol {
-    package func trimmingWhitespace() -> Substring {
-        var text = Substring(self)
-        while let first = text.first, first.isWhitespace { text = text.dropFirst() }
-        while let last = text.last, last.isWhitespace { text = text.dropLast() }
-        return text
-    }
 }

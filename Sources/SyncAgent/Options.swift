@@ -1,12 +1,13 @@
 import ArgumentParser
-import Crypto
 import FoundationEssentials
 import Glibc
 import Logging
 import S3Client
 import SessionArchive
+import SessionCrypto
 import SyncEngine
 import Synchronization
+import SystemSupport
 
 /// Reads an environment variable, treating an empty value as unset.
 func environment(_ names: String...) -> String? {

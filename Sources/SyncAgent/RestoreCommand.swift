@@ -1,10 +1,11 @@
 import ArgumentParser
-import Crypto
 import FoundationEssentials
 import Glibc
 import Logging
 import SessionArchive
+import SessionCrypto
 import SyncEngine
+import SystemSupport
 
 struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

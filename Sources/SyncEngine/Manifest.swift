@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
-import Crypto
+import SessionCrypto
+import SystemSupport
 
 /// One file of a session as a snapshot knows it.
 public struct FileRecord: Codable, Hashable, Sendable {

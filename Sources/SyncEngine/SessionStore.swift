@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 import Glibc
 import SessionArchive

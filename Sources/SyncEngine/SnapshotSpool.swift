@@ -1,6 +1,7 @@
-import Crypto
 import FoundationEssentials
 import Glibc
+import SessionCrypto
+import SystemSupport
 
 /// Where a snapshot is written before it is uploaded: memory while it is small (most deltas
 /// are a few KiB), an unlinked temporary file once it passes `memoryLimit`. A base of a large

@@ -1,7 +1,8 @@
-import Crypto
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// Turns a session directory into one snapshot: a zstd pax tar of the files it includes
 /// (`files/<name>`), then the manifest, encrypted as it is written.

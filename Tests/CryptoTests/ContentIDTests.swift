@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import XCTest
 
 final class ContentIDTests: XCTestCase {

@@ -1,4 +1,5 @@
-import Crypto
+import SessionCrypto
+import SystemSupport
 import XCTest
 
 final class EncryptedObjectTests: XCTestCase {

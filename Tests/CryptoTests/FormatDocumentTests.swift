@@ -1,5 +1,5 @@
 import CSodium
-import Crypto
+import SessionCrypto
 import XCTest
 
 /// FORMAT.md is the contract: these tests read and write objects with nothing but raw

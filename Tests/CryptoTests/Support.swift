@@ -1,4 +1,5 @@
-import Crypto
+import SessionCrypto
+import SystemSupport
 import XCTest
 
 /// Fixed keys so failures reproduce; FORMAT.md's worked example uses `TestKeys.sequential`.

@@ -1,4 +1,5 @@
 import S3Client
+import SystemSupport
 import XCTest
 
 final class HashingTests: XCTestCase {

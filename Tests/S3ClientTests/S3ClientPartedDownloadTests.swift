@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import SystemSupport
 import TestSupport
 import Testing
 

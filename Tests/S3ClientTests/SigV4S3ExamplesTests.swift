@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import SystemSupport
 import XCTest
 
 /// The worked examples of the Amazon S3 API reference: "Signature Calculations for the

@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import SystemSupport
 import XCTest
 
 final class SigV4SignerTests: XCTestCase {

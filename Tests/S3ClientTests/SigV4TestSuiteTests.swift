@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import SystemSupport
 import XCTest
 
 /// Runs every case of the AWS SigV4 test suite (from awslabs/aws-c-auth) in ../shared, in both

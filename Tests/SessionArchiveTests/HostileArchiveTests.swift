@@ -1,7 +1,8 @@
-import Crypto
 import Foundation
 import Glibc
 @testable import SessionArchive
+import SessionCrypto
+import SystemSupport
 import XCTest
 
 final class HostileArchiveTests: XCTestCase {

@@ -1,7 +1,8 @@
-import Crypto
 import Foundation
 import Glibc
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 import XCTest
 
 enum Fixtures {

@@ -1,9 +1,9 @@
 import Foundation
 import Glibc
-import S3Client
 import S3Store
 import Synchronization
 import SyncEngine
+import SystemSupport
 import TestSupport
 import Testing
 

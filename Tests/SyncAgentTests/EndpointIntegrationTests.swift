@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import S3Client
+import SystemSupport
 import TestSupport
 import Testing
 

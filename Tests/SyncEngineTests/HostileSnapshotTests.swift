@@ -1,7 +1,8 @@
-import Crypto
 import Foundation
 @testable import SessionArchive
+import SessionCrypto
 @testable import SyncEngine
+import SystemSupport
 import TestSupport
 import Testing
 

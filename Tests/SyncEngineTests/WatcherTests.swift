@@ -1,8 +1,9 @@
 import Foundation
 import Glibc
 @testable import SessionArchive
-import Synchronization
 @testable import SyncEngine
+import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 

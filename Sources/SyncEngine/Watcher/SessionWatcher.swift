@@ -2,6 +2,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Synchronization
+import SystemSupport
 
 /// What the watcher tells the engine.
 public enum WatchEvent: Sendable, Equatable {
@@ -63,7 +64,7 @@ public final class SessionWatcher: Sendable {
     public let root: String
     public let events: AsyncStream<WatchEvent>
     /// The wake-up socket's sending end; nil once stopped.
-    private let wakeUp: Mutex<OwnedDescriptor?>
+    private let wakeUp: Mutex<FileDescriptor?>
     private let finished = DispatchSemaphore(value: 0)
     private let loop: LoopOwner
 
@@ -73,7 +74,7 @@ public final class SessionWatcher: Sendable {
         self.root = root
         let (events, continuation) = AsyncStream.makeStream(of: WatchEvent.self)
         self.events = events
-        let (receiving, sending) = try OwnedDescriptor.socketPair()
+        let (receiving, sending) = try FileDescriptor.wakeUpSocketPair()
         let loop = try WatchLoop(
             root: root, configuration: configuration, wakeUp: receiving,
             emit: { continuation.yield($0) }, finish: { continuation.finish() })
@@ -114,19 +115,13 @@ private final class LoopOwner: @unchecked Sendable {
     init(_ loop: WatchLoop) { self.loop = loop }
 }
 
-/// A descriptor closed in deinit.
-final class OwnedDescriptor: Sendable {
-    let raw: Int32
-
-    init(_ raw: Int32) { self.raw = raw }
-
-    deinit { close(raw) }
-
-    static func socketPair() throws(WatcherError) -> (OwnedDescriptor, OwnedDescriptor) {
-        var pair: [Int32] = [-1, -1]
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        guard socketpair(AF_UNIX, type, 0, &pair) == 0 else { throw .lastSystemError("socketpair", path: "wake-up socket") }
-        return (OwnedDescriptor(pair[0]), OwnedDescriptor(pair[1]))
+extension FileDescriptor {
+    static func wakeUpSocketPair() throws(WatcherError) -> (FileDescriptor, FileDescriptor) {
+        do {
+            return try FileDescriptor.socketPair(type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), path: "wake-up socket")
+        } catch {
+            throw WatcherError(.system(operation: error.operation, errno: error.errno), path: "wake-up socket")
+        }
     }
 
     func writeByte() {
@@ -186,7 +181,7 @@ final class WatchLoop {
 
     let root: String
     let inotify: Inotify
-    private let wakeUp: OwnedDescriptor?
+    private let wakeUp: FileDescriptor?
     private var debouncer: ChangeDebouncer
     /// Directories the watch limit left unwatched, compared every `maxDelay` instead.
     private var unwatched: UnwatchedDirectories
@@ -202,7 +197,7 @@ final class WatchLoop {
     private var knownSessions: Set<String> = []
 
     init(
-        root: String, configuration: SessionWatcher.Configuration, wakeUp: OwnedDescriptor?,
+        root: String, configuration: SessionWatcher.Configuration, wakeUp: FileDescriptor?,
         emit: @escaping (WatchEvent) -> Void, finish: @escaping () -> Void = {}
     ) throws(WatcherError) {
         self.root = root
