@@ -45,15 +45,17 @@ let package = Package(
         .target(
             name: "SyncEngine",
             dependencies: [
-                "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive",
+                "SystemSupport", "SessionCrypto", "SessionArchive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
+        // The S3 backend of the engine's `ObjectStore`; the executable assembles the stores.
+        .target(name: "S3Store", dependencies: ["SyncEngine", "S3Client"]),
         .executableTarget(
             name: "SyncAgent",
             dependencies: [
-                "SyncEngine", "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive", "CMalloc",
+                "SyncEngine", "S3Store", "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -81,7 +83,15 @@ let package = Package(
         .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
         .testTarget(name: "CryptoTests", dependencies: ["SessionCrypto", "SystemSupport"]),
         .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "SessionCrypto", "SystemSupport"]),
-        .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "TestSupport"]),
+        // The `ObjectStore` conformance suite and the store backends of the tests, run against the
+        // filesystem store by SyncEngineTests and against the S3 store by S3StoreTests.
+        .target(
+            name: "StoreConformance",
+            dependencies: ["SyncEngine", "S3Store", "SystemSupport", "TestSupport"],
+            path: "Tests/StoreConformance"
+        ),
+        .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "S3Store", "StoreConformance", "TestSupport"]),
+        .testTarget(name: "S3StoreTests", dependencies: ["StoreConformance"]),
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
 )

@@ -13,6 +13,13 @@ final class OpenFile: Sendable {
         try self.init(FileDescriptor(owning: descriptor, path: path))
     }
 
+    /// A copy of a descriptor the caller keeps: an unlinked file has no path to open again.
+    convenience init(duplicating descriptor: Int32) throws(S3ClientError) {
+        let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw .io("\(SystemError("cannot duplicate", path: "file descriptor \(descriptor)"))") }
+        try self.init(FileDescriptor(owning: copy, path: "file descriptor \(descriptor)"))
+    }
+
     init(_ descriptor: FileDescriptor) throws(S3ClientError) {
         var status = stat()
         guard fstat(descriptor.raw, &status) == 0 else { throw .io("\(SystemError("cannot stat", path: descriptor.path))") }

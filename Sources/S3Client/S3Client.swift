@@ -100,7 +100,21 @@ public final class S3Client: Sendable {
     public func putObject(key: String, fileAt path: String, condition: WriteCondition? = nil)
         async throws(S3ClientError) -> String
     {
-        let file = try OpenFile(path: path, flags: O_RDONLY)
+        try await putObject(key: key, file: try OpenFile(path: path, flags: O_RDONLY), condition: condition)
+    }
+
+    /// Uploads the content of an open file, from offset 0 to its end, like `putObject(key:fileAt:)`:
+    /// for a file without a name (an unlinked spool). The descriptor is duplicated (the parts of
+    /// a multipart upload and the retries read it with pread, never moving its position); the
+    /// caller keeps and closes its own.
+    @discardableResult
+    public func putObject(key: String, fileDescriptor: Int32, condition: WriteCondition? = nil)
+        async throws(S3ClientError) -> String
+    {
+        try await putObject(key: key, file: try OpenFile(duplicating: fileDescriptor), condition: condition)
+    }
+
+    private func putObject(key: String, file: OpenFile, condition: WriteCondition?) async throws(S3ClientError) -> String {
         if file.size >= configuration.multipart.threshold {
             return try await multipartUpload(key: key, file: file, condition: condition)
         }

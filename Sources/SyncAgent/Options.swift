@@ -112,21 +112,7 @@ struct StorageOptions: ParsableArguments {
         } else {
             keyring = try Keyring.load(keyFiles: keyFile, environmentValue: keyValue)
         }
-        var s3: S3Configuration?
-        if mode != .local {
-            guard let bucket = bucket ?? environment("STORAGE_BUCKET") else {
-                throw ConfigurationError(.missingBucket, "\(mode.rawValue) mode needs a bucket: pass --bucket or set STORAGE_BUCKET")
-            }
-            var configuration = try S3Configuration.resolve(
-                bucket: bucket, endpoint: endpoint, region: region,
-                addressing: addressing,
-                environment: ProcessInfo.processInfo.environment)
-            configuration.tls.caBundlePath = caBundle ?? environment("SYNC_AGENT_CA_BUNDLE")
-            s3 = configuration
-        }
-        return StorageConfiguration(
-            mode: mode, localStore: resolvedLocalStore, s3: s3,
-            prefix: prefix ?? environment("SYNC_AGENT_PREFIX") ?? "", keyring: keyring)
+        return StorageConfiguration(mode: mode, localStore: resolvedLocalStore, keyring: keyring)
     }
 }
 
@@ -184,36 +170,6 @@ struct OpenedStorage {
     /// Hybrid mode: the S3 copy behind the local store.
     let mirror: SessionMirror?
 
-    /// `access`: what the command does with the local store. Commands that create it are the
-    /// ones that commit snapshots: they probe whether the stores enforce conditional writes (a write).
-    static func open(_ options: StorageOptions, logger: Logger, access: StoreAccess) async throws -> OpenedStorage {
-        let writes = access == .create
-        let configuration = try options.storageConfiguration(access: access)
-        let (primaryStore, mirrorStore) = try configuration.openStores(access: access, logger: logger)
-        let primary = SessionStore(store: primaryStore, keyring: configuration.keyring)
-        try await primary.probe()
-        let conditional = writes ? try await primaryStore.probeConditionalWrites() : true
-        if !conditional {
-            logger.warning("the store ignores conditional writes: fencing is off, two agents on one session could overwrite each other", metadata: ["store": "\(primaryStore.location)"])
-        }
-        var mirror: SessionMirror?
-        if let mirrorStore {
-            let remote = SessionStore(store: mirrorStore, keyring: configuration.keyring)
-            var mirrorConditional = true
-            do {
-                try await remote.probe()
-                if writes { mirrorConditional = try await mirrorStore.probeConditionalWrites() }
-            } catch StoreError.unavailable(let reason) {
-                // Hybrid mode exists for this: commit locally now, catch S3 up later.
-                logger.warning("S3 is unreachable; committing to the local store and catching up later", metadata: ["reason": "\(reason)"])
-            }
-            mirror = SessionMirror(local: primary, remote: remote, conditionalWrites: mirrorConditional)
-        }
-        return OpenedStorage(configuration: configuration, primary: primary, conditionalWrites: conditional, mirror: mirror)
-    }
-}
-
-extension OpenedStorage {
     /// The stores sessions are read back from.
     var sources: RestoreSources { RestoreSources(primary: primary, mirror: mirror) }
 }

@@ -2,7 +2,6 @@ import SessionCrypto
 import FoundationEssentials
 import Glibc
 import Logging
-import S3Client
 
 /// When a new base replaces a growing chain of deltas.
 public struct CompactionPolicy: Sendable {

@@ -8,11 +8,12 @@ public func runBlocking<Value: Sendable, Failure: Error>(
     _ work: @escaping @Sendable () throws(Failure) -> Value
 ) async throws(Failure) -> Value {
     let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, Failure>, Never>) in
-        blockingWorkQueue.async {
+        // A serial queue of its own: serial queues overcommit, so the work gets a thread even when
+        // others block. A concurrent queue shares a pool about as wide as the cores, and a few
+        // long restores there held up every store write behind them for a minute.
+        DispatchQueue(label: "sync-agent.blocking-work").async {
             continuation.resume(returning: Result { () throws(Failure) in try work() })
         }
     }
     return try result.get()
 }
-
-private let blockingWorkQueue = DispatchQueue(label: "sync-agent.blocking-work", attributes: .concurrent)

@@ -2,6 +2,7 @@ import SessionCrypto
 import Foundation
 import Logging
 import S3Client
+import S3Store
 import SyncEngine
 import TestSupport
 import Testing

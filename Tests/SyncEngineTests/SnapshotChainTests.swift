@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import S3Client
 import SessionArchive
+import StoreConformance
 @testable import SyncEngine
 import TestSupport
 import Testing
@@ -350,7 +351,7 @@ struct SnapshotChainTests {
         let lost = SnapshotEntry(
             id: SnapshotID(sequence: first.sequence + 1, generation: read.generation, tag: .random()), kind: .delta,
             parentTag: first.tag, size: 0, lastModified: nil)
-        try await sessionStore.store.put(SessionLayout.snapshotKey(session, lost), bytes: [])
+        try await sessionStore.store.put(SessionLayout.snapshotKey(session, lost), body: .bytes([]), condition: nil)
         for change in 1...2 {
             try write("{\"change\":\(change)}", to: "creds.json")
             _ = try await watcher.sync()
@@ -441,7 +442,7 @@ struct SnapshotChainTests {
         #expect(try pattern.wholeMatch(in: example) != nil, "FORMAT.md's example \(example)")
 
         let misspelled = prefix + "1-1-" + String(keys[0].3) + ".base"
-        try await sessionStore.store.put(misspelled, bytes: [])
+        try await sessionStore.store.put(misspelled, body: .bytes([]), condition: nil)
         #expect(try await sessionStore.snapshots(session).count == 2)
     }
 
@@ -452,7 +453,7 @@ struct SnapshotChainTests {
         let key = try #require(try await store.list(prefix: "sessions/").map(\.key).first { $0.hasSuffix(".base") })
         var bytes = try #require(try await store.get(key)).bytes
         bytes[bytes.count / 2] ^= 0x01
-        try await store.put(key, bytes: bytes)
+        try await store.put(key, body: .bytes(bytes), condition: nil)
 
         let root = workspace.file("existing")
         try FileManager.default.createDirectory(atPath: "\(root)/\(session.rawValue)", withIntermediateDirectories: true)

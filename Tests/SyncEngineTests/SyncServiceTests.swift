@@ -1,7 +1,6 @@
 import SessionCrypto
 import Foundation
 import Logging
-import S3Client
 import Synchronization
 @testable import SyncEngine
 import TestSupport
@@ -228,19 +227,14 @@ final class SwitchableStore: ObjectStore {
 
     var location: String { store.location }
 
-    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+    func put(_ key: String, body: ObjectBody, condition: WriteCondition?) async throws(StoreError) -> String {
         try answer()
-        return try await store.put(key, bytes: bytes, condition: condition)
+        return try await store.put(key, body: body, condition: condition)
     }
 
-    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
+    func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try answer()
-        return try await store.put(key, fileAt: path, condition: condition)
-    }
-
-    func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
-        try answer()
-        return try await store.get(key, range: range, maxSize: maxSize)
+        return try await store.get(key, maxSize: maxSize)
     }
 
     func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo? {
