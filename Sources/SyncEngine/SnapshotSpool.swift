@@ -7,7 +7,10 @@ import SystemSupport
 /// are a few KiB), an unlinked temporary file once it passes `memoryLimit`. A base of a large
 /// session then costs disk rather than memory, and each upload in flight holds at most
 /// `memoryLimit` bytes, whatever the sessions' sizes.
-final class SnapshotSpool: ByteSink {
+///
+/// `@unchecked Sendable`: a spool is filled on the thread that writes the snapshot, then handed
+/// whole to the replicator that uploads it; it is never used from two threads at once.
+final class SnapshotSpool: ByteSink, @unchecked Sendable {
     static let memoryLimit = 256 << 10
 
     private var buffer: [UInt8] = []
