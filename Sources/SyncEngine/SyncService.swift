@@ -98,11 +98,11 @@ public actor SyncService {
     /// the watcher's first scan.
     private var startupComparison: Set<SessionID>?
     private var storeHealth = StoreHealth.unknown
-    /// Names under the root that look like sessions and are not backed up, with why.
-    private var refused: [String: Refusal] = [:]
+    /// Sessions under the root that are not backed up, with why.
+    private var refused: [SessionID: Refusal] = [:]
     /// Sessions with a directory the watcher could not watch (the inotify watch limit): it
     /// compares them every `maxDelay` instead.
-    private var unwatched: Set<String> = []
+    private var unwatched: Set<SessionID> = []
 
     /// `mode` labels the upload metrics.
     public init(
@@ -149,20 +149,20 @@ public actor SyncService {
         let unflushed = await flush(timeout: shutdownTimeout)
         return ShutdownReport(
             unflushed: unflushed,
-            refused: refused.map { ShutdownReport.Refused(name: Refusal.printed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
+            refused: refused.map { ShutdownReport.Refused(name: $0.key.description, refusal: $0.value) }.sorted { $0.name < $1.name },
             skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
 
     private func handle(_ event: WatchEvent) {
         switch event {
-        case .changed(let name, let paths, let since):
+        case .changed(let id, let paths, let since):
             // No paths: the directory itself changed (created, swapped in by a restore).
-            if let id = accepted(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
-        case .sessionRemoved(let name):
-            if refused.removeValue(forKey: name) != nil {
-                logger.notice("refused session directory removed", metadata: ["name": "\(Refusal.printed(name))"])
+            if isAccepted(id) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
+        case .sessionRemoved(let id):
+            if refused.removeValue(forKey: id) != nil {
+                logger.notice("refused session directory removed", metadata: ["name": "\(id)"])
             }
-            if let id = SessionID(name) { removed(id) }
+            removed(id)
         case .rescanNeeded(let reason):
             logger.notice("rescanning every session", metadata: ["reason": "\(reason)"])
             EngineMetrics.rescan(reason.metricLabel)
@@ -191,28 +191,28 @@ public actor SyncService {
         }
     }
 
-    /// The session of a name the watcher reported, or nil when it is refused (and recorded so).
-    private func accepted(_ name: String) -> SessionID? {
-        if let refusal = Refusal.of(name, inRoot: root) {
-            refuse(name, refusal)
-            return nil
+    /// Whether a session the watcher reported is backed up; false when it is refused (and recorded so).
+    private func isAccepted(_ id: SessionID) -> Bool {
+        if let refusal = Refusal.of(id.rawValue, inRoot: root) {
+            refuse(id, refusal)
+            return false
         }
-        return accept(name)
+        accept(id)
+        return true
     }
 
-    /// The session of a name found acceptable.
-    private func accept(_ name: String) -> SessionID? {
-        if refused.removeValue(forKey: name) != nil {
-            logger.notice("session directory accepted again", metadata: ["name": "\(Refusal.printed(name))"])
+    /// Records a session found acceptable.
+    private func accept(_ id: SessionID) {
+        if refused.removeValue(forKey: id) != nil {
+            logger.notice("session directory accepted again", metadata: ["name": "\(id)"])
         }
-        return SessionID(name)
     }
 
-    /// Records a name as not backed up; logged once, when it is first refused or for another reason.
-    private func refuse(_ name: String, _ refusal: Refusal) {
-        guard refused.updateValue(refusal, forKey: name) != refusal else { return }
+    /// Records a session as not backed up; logged once, when it is first refused or for another reason.
+    private func refuse(_ id: SessionID, _ refusal: Refusal) {
+        guard refused.updateValue(refusal, forKey: id) != refusal else { return }
         logger.warning("session directory \(refusal.message)", metadata: [
-            "name": "\(Refusal.printed(name))", "reason": "\(refusal.rawValue)",
+            "name": "\(id)", "reason": "\(refusal.rawValue)",
         ])
     }
 
@@ -222,18 +222,20 @@ public actor SyncService {
     @discardableResult
     private func survey() throws(WatcherError) -> [SessionID] {
         var accepted: [SessionID] = []
-        var stillRefused: Set<String> = []
-        for entry in try SessionFiles.entries(of: root) where SessionFiles.isSessionDirectoryName(entry.name) {
+        var stillRefused: Set<SessionID> = []
+        for entry in try SessionFiles.entries(of: root) {
+            guard let id = SessionID(entry.name) else { continue }
             if let refusal = Refusal.of(entry.name, inRoot: root) {
-                refuse(entry.name, refusal)
-                stillRefused.insert(entry.name)
-            } else if entry.kind == .directory, let id = accept(entry.name) {
+                refuse(id, refusal)
+                stillRefused.insert(id)
+            } else if entry.kind == .directory {
+                accept(id)
                 accepted.append(id)
             }
         }
-        for name in refused.keys where !stillRefused.contains(name) {
-            refused[name] = nil
-            logger.notice("refused session directory gone", metadata: ["name": "\(Refusal.printed(name))"])
+        for id in refused.keys where !stillRefused.contains(id) {
+            refused[id] = nil
+            logger.notice("refused session directory gone", metadata: ["name": "\(id)"])
         }
         return accepted.sorted()
     }
@@ -249,7 +251,7 @@ public actor SyncService {
     private func scheduleAcceptedBySurvey() {
         let before = Set(refused.keys)
         guard let accepted = try? survey() else { return }
-        for id in accepted where before.contains(id.rawValue) { schedule(id) }
+        for id in accepted where before.contains(id) { schedule(id) }
     }
 
     /// Schedules every session and returns those found under the root.
@@ -300,7 +302,7 @@ public actor SyncService {
     /// against a store that was down, refusing or asking to slow down (13 failures in 6 s
     /// under a 403, FaultInjectionTests).
     private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil, since: ContinuousClock.Instant = .now) {
-        guard refused[id.rawValue] == nil else { return }
+        guard refused[id] == nil else { return }
         var entry = session(id)
         guard !entry.fenced else { return }
         entry.waitingChanges.record(changedPaths ?? [], at: since)
@@ -331,7 +333,7 @@ public actor SyncService {
             sessions[id]?.queued = false
             // A retry or the shutdown's flush may come after the session was refused (its directory
             // now a link, say): nothing of it is uploaded until it is accepted again.
-            guard var entry = sessions[id], refused[id.rawValue] == nil, entry.schedule.pending, !entry.schedule.running
+            guard var entry = sessions[id], refused[id] == nil, entry.schedule.pending, !entry.schedule.running
             else { continue }
             let changedPaths = entry.changedPaths
             entry.changedPaths = []
@@ -592,7 +594,7 @@ extension SyncService {
     /// Every session the agent has seen, by id.
     public func status() -> [SessionStatus] {
         let now = ContinuousClock.now
-        let backedUp = sessions.filter { refused[$0.key.rawValue] == nil }.map { id, entry in
+        let backedUp = sessions.filter { refused[$0.key] == nil }.map { id, entry in
             var backlog = entry.uploadingChanges
             backlog.absorb(entry.waitingChanges)
             return SessionStatus(
@@ -601,14 +603,14 @@ extension SyncService {
                 lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: backlog.oldest.map { EngineMetrics.seconds(now - $0) } ?? 0,
                 pendingChanges: backlog.paths.count, lastError: entry.lastError,
-                consecutiveFailures: entry.schedule.failures, watched: !unwatched.contains(id.rawValue),
+                consecutiveFailures: entry.schedule.failures, watched: !unwatched.contains(id),
                 skippedFiles: entry.skippedFiles)
         }
         // A refused session may have had snapshots before (its directory became a link, say).
-        let refusedSessions = refused.map { name, refusal in
-            let lastCommit = SessionID(name).flatMap { sessions[$0]?.lastCommit }
+        let refusedSessions = refused.map { id, refusal in
+            let lastCommit = sessions[id]?.lastCommit
             return SessionStatus(
-                sessionId: Refusal.printed(name), state: .refused,
+                sessionId: id.description, state: .refused,
                 lastSnapshot: lastCommit.map { "\($0.snapshot)" }, lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
                 lagSeconds: 0, pendingChanges: 0, lastError: refusal.message, consecutiveFailures: 0, watched: false,
                 refusal: refusal)
@@ -649,10 +651,10 @@ extension SyncService {
     private func notBackedUp() -> [String] {
         var notes: [String] = []
         if !refused.isEmpty {
-            let named = refused.keys.sorted().prefix(5).map { "\(Refusal.printed($0)) (\(refused[$0]!.rawValue))" }
+            let named = refused.keys.sorted().prefix(5).map { "\($0) (\(refused[$0]!.rawValue))" }
             notes.append("\(refused.count) session(s) not backed up: \(named.joined(separator: ", "))\(refused.count > 5 ? ", …" : "")")
         }
-        let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key.rawValue] == nil }
+        let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key] == nil }
         if !partial.isEmpty {
             let files = partial.values.map(\.skippedFiles.count).reduce(0, +)
             notes.append("\(files) file(s) not backed up in \(partial.count) session(s) (see /sessions)")
