@@ -218,11 +218,11 @@ struct SyncServiceTests {
     /// never read.
     @Test func filesMidWriteJoinTheReportedPathsWithoutMergingCanonicallyEquivalentNames() {
         let (composed, decomposed) = ("caf\u{E9}.json", "cafe\u{301}.json")
-        #expect(SyncService.pathsForNextUpload(reported: [decomposed], unsettled: [composed]) == nil)
-        #expect(SyncService.pathsForNextUpload(reported: [decomposed], unsettled: [decomposed]) == [decomposed])
-        #expect(SyncService.pathsForNextUpload(reported: ["creds.json"], unsettled: []) == ["creds.json"])
-        #expect(SyncService.pathsForNextUpload(reported: ["creds.json"], unsettled: ["a/b.json"]) == ["creds.json", "a/b.json"])
-        #expect(SyncService.pathsForNextUpload(reported: nil, unsettled: ["a/b.json"]) == nil)
+        #expect(SessionRecord.pathsForNextUpload(reported: [decomposed], unsettled: [composed]) == nil)
+        #expect(SessionRecord.pathsForNextUpload(reported: [decomposed], unsettled: [decomposed]) == [decomposed])
+        #expect(SessionRecord.pathsForNextUpload(reported: ["creds.json"], unsettled: []) == ["creds.json"])
+        #expect(SessionRecord.pathsForNextUpload(reported: ["creds.json"], unsettled: ["a/b.json"]) == ["creds.json", "a/b.json"])
+        #expect(SessionRecord.pathsForNextUpload(reported: nil, unsettled: ["a/b.json"]) == nil)
     }
 
     @Test func aFileStillMidWriteAtShutdownNamesItsSessionAsUnflushed() async throws {
