@@ -225,3 +225,31 @@ struct SessionPurgeTests {
         #expect(try await store.list(prefix: SessionLayout.sessionPrefix(other)).count == 2)
     }
 }
+
+extension SessionRecordTests {
+    @Test func aFileLeftOutIsSaidOnceWhenLeftOutAndOnceWhenTakenAgain() {
+        var record = SessionRecord()
+        let large = SkippedFile(name: "media.bin", reason: "larger than the 64 MiB limit")
+        let unreadable = SkippedFile(name: "keys", reason: "cannot be read: Permission denied")
+        let first = record.recordSkippedFiles([large])
+        #expect(first.leftOut == [large] && first.takenAgain.isEmpty)
+        let again = record.recordSkippedFiles([large, unreadable])
+        #expect(again.leftOut == [unreadable] && again.takenAgain.isEmpty)
+        let fixed = record.recordSkippedFiles([unreadable])
+        #expect(fixed.leftOut.isEmpty && fixed.takenAgain == [large])
+        #expect(record.skippedFiles == [unreadable])
+    }
+
+    @Test func aSyncKeepsOnlyTheChangesOfFilesMidWriteAndATombstoneNone() {
+        var record = SessionRecord()
+        _ = record.changed(["creds.json", "pre-key-1.json"], since: at(0))
+        _ = record.startUpload()
+        record.tombstoned = true
+        record.synced(unsettled: ["creds.json"])
+        #expect(!record.tombstoned)
+        #expect(record.uploadingChanges.paths == ["creds.json"] && record.uploadingChanges.oldest == at(0))
+        record.loggedOut = true
+        record.tombstoneWritten()
+        #expect(record.tombstoned && !record.loggedOut && record.uploadingChanges.isEmpty)
+    }
+}

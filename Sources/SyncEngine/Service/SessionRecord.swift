@@ -57,6 +57,29 @@ struct SessionRecord {
         return schedule.finished(outcome, at: now, unsettledRetryDelay: unsettledRetryDelay)
     }
 
+    /// The directory was compared with the store (a commit, or nothing new): only the changes of
+    /// the files it found mid-write (`unsettled`) are still not in the store.
+    mutating func synced(unsettled: [String]) {
+        uploadingChanges.keepOnly(unsettled)
+        tombstoned = false
+    }
+
+    /// The logout is recorded: nothing of the directory that went away is pending any more.
+    mutating func tombstoneWritten() {
+        loggedOut = false
+        tombstoned = true
+        uploadingChanges = ChangeBacklog()
+    }
+
+    /// Keeps the files the replicator reports left out; returns those left out since the last
+    /// report and those taken again, each said once rather than at every attempt.
+    mutating func recordSkippedFiles(_ files: [SkippedFile]) -> (leftOut: [SkippedFile], takenAgain: [SkippedFile]) {
+        let before = Set(skippedFiles)
+        let names = Set(files.map(\.name))
+        defer { skippedFiles = files }
+        return (files.filter { !before.contains($0) }, skippedFiles.filter { !names.contains($0.name) })
+    }
+
     /// What the next upload of a session reads: the paths reported since this upload started and
     /// the files it found mid-write; nil (the whole directory) when that was nil already or would
     /// merge two canonically equivalent names, which are two files.

@@ -320,8 +320,7 @@ public actor SyncService {
                 case .unchanged(let stillWriting):
                     unsettled = stillWriting
                 }
-                sessions[id]?.uploadingChanges.keepOnly(unsettled)
-                sessions[id]?.tombstoned = false
+                sessions[id]?.synced(unsettled: unsettled)
                 // Read before the assignment: `sessions[id]?.x = await …` opens its access to the
                 // dictionary entry first and holds it across the suspension, while other calls
                 // on this actor (new changes arriving) replace the entry. The access then wrote
@@ -337,9 +336,7 @@ public actor SyncService {
                 // Checked now, not when the removal was seen: a restore falling back to two renames
                 // leaves the name missing for an instant, and only a directory still gone is a logout.
                 try await replicator.tombstone()
-                sessions[id]?.loggedOut = false
-                sessions[id]?.tombstoned = true
-                sessions[id]?.uploadingChanges = ChangeBacklog()
+                sessions[id]?.tombstoneWritten()
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "tombstone"])
             } else {
                 sessions[id]?.uploadingChanges = ChangeBacklog()
@@ -391,17 +388,15 @@ public actor SyncService {
     /// Keeps what the replicator reports left out, logging each file once as it is left out and
     /// once as it is taken again, not at every attempt.
     private func recordSkippedFiles(_ id: SessionID, _ skippedFiles: [SkippedFile]) {
-        let before = Set(sessions[id]?.skippedFiles ?? [])
-        for file in skippedFiles where !before.contains(file) {
+        guard let (leftOut, takenAgain) = sessions[id]?.recordSkippedFiles(skippedFiles) else { return }
+        for file in leftOut {
             logger.warning("file not backed up; its last good version is kept and it is tried again at its next change", metadata: [
                 "session": "\(id)", "file": "\(file.name)", "reason": "\(file.reason)",
             ])
         }
-        let now = Set(skippedFiles.map(\.name))
-        for file in before where !now.contains(file.name) {
+        for file in takenAgain {
             logger.notice("file backed up again", metadata: ["session": "\(id)", "file": "\(file.name)"])
         }
-        sessions[id]?.skippedFiles = skippedFiles
     }
 
     private func fence(_ id: SessionID, _ error: SnapshotError) {
