@@ -41,7 +41,7 @@ public actor SyncService {
     private let baseBuilds = ConcurrencyLimit(1)
     private let logger: Logger
     private var sessions: [SessionID: SessionRecord] = [:]
-    /// Beside each record: what uploads the session, and the timer of the retry its schedule awaits.
+    /// Beside each record: what uploads the session.
     private var replicators: [SessionID: SessionReplicator] = [:]
     /// Sleeps until `schedule.retryAt`; cancelled whenever the schedule drops that retry.
     private var retryTimers: [SessionID: Task<Void, Never>] = [:]
