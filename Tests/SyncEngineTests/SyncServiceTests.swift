@@ -41,10 +41,11 @@ struct SyncServiceTests {
 
     /// Polls the service until `condition` holds for the session's status. The engine shares Swift's
     /// pool with every other test of the run, which two loaded cores can hold up for many seconds:
-    /// the timeout only bounds a failing test, so it is long.
+    /// the timeout only bounds a failing test, so it is long. (A whole `SyncEngineTests` run under a
+    /// load of 20 held the pool for 60 to 90 s at its start, failing every wait of 60 s here.)
     /// `session` is compared by its bytes: two canonically equivalent names are two sessions.
     func waitFor(
-        _ service: SyncService, _ session: String, _ what: String, timeout: Duration = .seconds(60),
+        _ service: SyncService, _ session: String, _ what: String, timeout: Duration = .seconds(180),
         _ condition: (SessionStatus) -> Bool
     ) async throws {
         let deadline = ContinuousClock.now + timeout
@@ -95,8 +96,8 @@ struct SyncServiceTests {
 
         try makeSession(composed, files: ["creds.json": "{\"nfc\":2}"])
         try makeSession(decomposed, files: ["creds.json": "{\"nfd\":2}"])
-        try await waitFor(sync, composed, "uploaded again", timeout: .seconds(20)) { !before.contains($0.lastSnapshot) && $0.state == .synced }
-        try await waitFor(sync, decomposed, "uploaded again", timeout: .seconds(20)) { !before.contains($0.lastSnapshot) && $0.state == .synced }
+        try await waitFor(sync, composed, "uploaded again") { !before.contains($0.lastSnapshot) && $0.state == .synced }
+        try await waitFor(sync, decomposed, "uploaded again") { !before.contains($0.lastSnapshot) && $0.state == .synced }
         running.cancel()
         #expect(try await running.value.isComplete)
         let restored = workspace.file("restored")

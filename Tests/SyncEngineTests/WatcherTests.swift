@@ -67,7 +67,7 @@ struct WatcherTests {
         try write("{}", to: root.file("\(composed)/a.json"))
         try write("{}", to: root.file("\(decomposed)/b.json"))
         let (composedID, decomposedID) = (try #require(SessionID(composed)), try #require(SessionID(decomposed)))
-        await recorder.wait(timeout: .seconds(20)) { !$0.changes(of: composedID).isEmpty && !$0.changes(of: decomposedID).isEmpty }
+        await recorder.wait { !$0.changes(of: composedID).isEmpty && !$0.changes(of: decomposedID).isEmpty }
         #expect(recorder.events.changedPaths(of: composedID) == ["a.json"])
         #expect(recorder.events.changedPaths(of: decomposedID) == ["b.json"])
     }
