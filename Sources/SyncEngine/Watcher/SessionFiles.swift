@@ -24,9 +24,9 @@ public enum SessionFiles {
 
     private static let ignoredSuffixes = [".tmp", ".swp", ".swx"]
 
-    /// The session ids under `root`, sorted.
-    public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [String] {
-        try entries(of: root).filter { $0.kind == .directory && isSessionDirectoryName($0.name) }.map(\.name).sorted()
+    /// The session directories under `root`, sorted by their bytes.
+    public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [SessionID] {
+        try entries(of: root).compactMap { $0.kind == .directory ? SessionID($0.name) : nil }.sorted()
     }
 
     /// The regular files of a session directory and their states, in the order of a

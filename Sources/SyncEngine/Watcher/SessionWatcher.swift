@@ -4,7 +4,9 @@ import Glibc
 import Synchronization
 import SystemSupport
 
-/// What the watcher tells the engine.
+/// What the watcher tells the engine. Sessions are `SessionID`s, equal by their bytes: two
+/// directories whose names are canonically equivalent ("é" as one code point and as "e" + U+0301)
+/// are two sessions, which `String` keys merged.
 public enum WatchEvent: Sendable, Equatable {
     /// Files of the session changed: `paths` (relative to the session directory, "name" or
     /// "a/b/name" at any depth) were closed after writing, moved in or out, deleted, or had their
@@ -13,10 +15,10 @@ public enum WatchEvent: Sendable, Equatable {
     /// directory itself changed (it was replaced, or created empty), or when two reported names
     /// were canonically equivalent (`addingReportedPaths`): the consumer scans the session.
     /// `since`: the first of these changes, where the replication lag starts.
-    case changed(session: String, paths: Set<String>, since: ContinuousClock.Instant)
+    case changed(session: SessionID, paths: Set<String>, since: ContinuousClock.Instant)
     /// The session directory no longer exists (after the quiet period, so a directory replaced by
     /// a restore is reported as changed, not removed).
-    case sessionRemoved(session: String)
+    case sessionRemoved(session: SessionID)
     /// Events may have been lost: compare every session directory, and every session in the store,
     /// with the last manifest. Pending changes are folded into it. The stream starts with
     /// `.rescanNeeded(.started)` once every watch is in place, so the start-up comparison misses
@@ -28,7 +30,7 @@ public enum WatchEvent: Sendable, Equatable {
     /// The sessions with a directory the watch limit left without a watch changed (empty: every
     /// directory is watched again). Each is reported changed, as a whole (no paths), every `maxDelay`
     /// and at `stop()`, and its watches are tried again then. `cause` names the limit to raise.
-    case unwatched(sessions: Set<String>, cause: WatcherError?)
+    case unwatched(sessions: Set<SessionID>, cause: WatcherError?)
 }
 
 public enum RescanReason: Sendable, Equatable {
@@ -132,7 +134,7 @@ extension FileDescriptor {
 
 /// A directory under watch: a session directory, or a subdirectory of it at any depth.
 struct WatchedDirectory: Hashable {
-    var session: String
+    var session: SessionID
     /// The path below the session directory ("a/b"); nil for the session directory itself.
     var subdirectory: String?
 
@@ -148,17 +150,16 @@ struct WatchedDirectory: Hashable {
 
     /// Whether this is `other` or lies below it.
     func isWithin(_ other: WatchedDirectory) -> Bool {
-        // String's == first: quick, and never false where the bytes are equal.
-        guard session == other.session, session.utf8.elementsEqual(other.session.utf8) else { return false }
+        guard session == other.session else { return false }
         guard let top = other.subdirectory else { return true }
         guard let subdirectory else { return false }
         return subdirectory.utf8.elementsEqual(top.utf8) || subdirectory.utf8.starts(with: (top + "/").utf8)
     }
 
-    /// Bytewise: String's == takes canonically equivalent names ("é" and "e\u{301}", two
-    /// directories on Linux) for one.
+    /// Bytewise (as `SessionID` is): String's == takes canonically equivalent names ("é" and
+    /// "e\u{301}", two directories on Linux) for one.
     static func == (first: WatchedDirectory, second: WatchedDirectory) -> Bool {
-        guard first.session.utf8.elementsEqual(second.session.utf8) else { return false }
+        guard first.session == second.session else { return false }
         switch (first.subdirectory, second.subdirectory) {
         case (nil, nil): return true
         case (let one?, let other?): return one.utf8.elementsEqual(other.utf8)
@@ -194,7 +195,7 @@ final class WatchLoop {
     private var directoryByWatch: [Int32: WatchedDirectory] = [:]
     private(set) var watchByDirectory: [WatchedDirectory: Int32] = [:]
     /// Session directories seen and not yet found gone: only those can be reported removed.
-    private var knownSessions: Set<String> = []
+    private var knownSessions: Set<SessionID> = []
 
     init(
         root: String, configuration: SessionWatcher.Configuration, wakeUp: FileDescriptor?,
@@ -288,12 +289,12 @@ final class WatchLoop {
             } else if event.watch == rootWatch {
                 if !event.mask.isDisjoint(with: [.deleteSelf, .moveSelf, .unmount, .ignored]) {
                     rescan = .watchLost(path: root)
-                } else if let name = event.name, SessionFiles.isSessionDirectoryName(name),
-                    !event.mask.contains(.attributes) || watchByDirectory[WatchedDirectory(session: name)] == nil
+                } else if let session = event.name.flatMap({ SessionID($0) }),
+                    !event.mask.contains(.attributes) || watchByDirectory[WatchedDirectory(session: session)] == nil
                 {
                     // An attribute change matters only to a session without a watch: reconciling a
                     // watched one would read all its files again for nothing.
-                    reconcile(WatchedDirectory(session: name), at: now)
+                    reconcile(WatchedDirectory(session: session), at: now)
                 }
             } else if let directory = directoryByWatch[event.watch] {
                 if event.mask.contains(.ignored) {
@@ -451,10 +452,10 @@ final class WatchLoop {
     }
 
     private func path(of directory: WatchedDirectory) -> String {
-        root + "/" + directory.session + (directory.subdirectory.map { "/" + $0 } ?? "")
+        root + "/" + directory.session.rawValue + (directory.subdirectory.map { "/" + $0 } ?? "")
     }
 }
 
 extension WatchedDirectory {
-    init(session: String) { self.init(session: session, subdirectory: nil) }
+    init(session: SessionID) { self.init(session: session, subdirectory: nil) }
 }
