@@ -210,8 +210,8 @@ struct SessionPurgeTests {
         let store = try FileSystemStore(root: workspace.file("store"))
         let (gone, other) = (SessionID("gone")!, SessionID("gone2")!)
         for id in [gone, other] {
-            _ = try await store.put(SessionLayout.headKey(id), bytes: Array("{}".utf8), condition: nil)
-            _ = try await store.put(SessionLayout.snapshotsPrefix(id) + "x", bytes: [1], condition: nil)
+            _ = try await store.put(SessionLayout.headKey(id), body: .bytes(Array("{}".utf8)), condition: nil)
+            _ = try await store.put(SessionLayout.snapshotsPrefix(id) + "x", body: .bytes([1]), condition: nil)
         }
         let purge = SessionPurge(store: store)
         let directory = workspace.file("sessions/gone")
