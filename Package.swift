@@ -75,8 +75,8 @@ let package = Package(
             path: "Tests/TestSupport"
         ),
         .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
-        .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
-        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto"]),
+        .testTarget(name: "CryptoTests", dependencies: ["Crypto", "TestSupport"]),
+        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto", "TestSupport"]),
         .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "TestSupport"]),
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
