@@ -7,17 +7,15 @@ struct EncryptedObjectTests {
     let header = 41
     let chunkOverhead = 4 + 17
 
-    @Test func roundTripsAtChunkEdgesWithAnyWriteAndReadSizes() throws {
-        let sizes = [0, 1, 17, chunk - 1, chunk, chunk + 1, 2 * chunk, 2 * chunk + 1, 3 * chunk - 1]
-        for size in sizes {
-            let plaintext = randomBytes(size, seed: UInt64(size))
-            for pieces in [[size + 1], [1], [chunk], [1000, 7, chunk + 3]] where size < 4096 || pieces != [1] {
-                let object = try encryptInPieces(plaintext, pieceSizes: pieces)
-                let chunks = max(1, (size + chunk - 1) / chunk)
-                #expect(object.count == header + chunks * chunkOverhead + size, "size \(size)")
-                for bufferSize in [1, 7, 4093, chunk + 5] where size < 4096 || bufferSize > 1 {
-                    #expect(try decryptReading(object, bufferSize: bufferSize) == plaintext, "size \(size), pieces \(pieces), buffer \(bufferSize)")
-                }
+    @Test(arguments: [0, 1, 17, chunk - 1, chunk, chunk + 1, 2 * chunk, 2 * chunk + 1, 3 * chunk - 1])
+    func roundTripsAtChunkEdgesWithAnyWriteAndReadSizes(size: Int) throws {
+        let plaintext = randomBytes(size, seed: UInt64(size))
+        for pieces in [[size + 1], [1], [chunk], [1000, 7, chunk + 3]] where size < 4096 || pieces != [1] {
+            let object = try encryptInPieces(plaintext, pieceSizes: pieces)
+            let chunks = max(1, (size + chunk - 1) / chunk)
+            #expect(object.count == header + chunks * chunkOverhead + size, "size \(size)")
+            for bufferSize in [1, 7, 4093, chunk + 5] where size < 4096 || bufferSize > 1 {
+                #expect(try decryptReading(object, bufferSize: bufferSize) == plaintext, "size \(size), pieces \(pieces), buffer \(bufferSize)")
             }
         }
     }
@@ -233,14 +231,12 @@ struct EncryptedObjectTests {
         #expect(throws: CryptoError.truncated) { try decrypt([], keyring: keyring, identity: identity) }
     }
 
-    @Test func errorMessagesSayWhatToDo() {
-        let messages: [(CryptoError, String)] = [
-            (.truncated, "cut short"), (.tampered, "another copy"), (.unsupportedVersion(9), "upgrade"),
-            (.notAnEncryptedObject, "magic"), (.noKeyConfigured, "SESSION_ENCRYPTION_KEY"),
-            (.insecureKeyFile(path: "/k", mode: 0o644), "(mode 0644); run: chmod 600 /k"),
-        ]
-        for (error, expected) in messages {
-            #expect(error.description.contains(expected), "\(error.description)")
-        }
+    @Test(arguments: [
+        (CryptoError.truncated, "cut short"), (.tampered, "another copy"), (.unsupportedVersion(9), "upgrade"),
+        (.notAnEncryptedObject, "magic"), (.noKeyConfigured, "SESSION_ENCRYPTION_KEY"),
+        (.insecureKeyFile(path: "/k", mode: 0o644), "(mode 0644); run: chmod 600 /k"),
+    ])
+    func errorMessagesSayWhatToDo(error: CryptoError, expected: String) {
+        #expect(error.description.contains(expected), "\(error.description)")
     }
 }

@@ -23,20 +23,18 @@ struct FormatDocumentTests {
         #expect(crypto_kdf_contextbytes() == 8)
     }
 
-    @Test func objectsDecryptWithOnlyTheDocument() throws {
-        for size in [0, 1, 1000, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024 + 5] {
-            let plaintext = randomBytes(size, seed: UInt64(size))
-            let object = encrypt(plaintext, key: TestKeys.sequential, identity: identity)
-            #expect(try Self.documentedDecrypt(object, identity: identity) == plaintext, "size \(size)")
-        }
+    @Test(arguments: [0, 1, 1000, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024 + 5])
+    func objectsDecryptWithOnlyTheDocument(size: Int) throws {
+        let plaintext = randomBytes(size, seed: UInt64(size))
+        let object = encrypt(plaintext, key: TestKeys.sequential, identity: identity)
+        #expect(try Self.documentedDecrypt(object, identity: identity) == plaintext, "size \(size)")
     }
 
-    @Test func objectsWrittenWithOnlyTheDocumentDecrypt() throws {
-        for size in [0, 5, 64 * 1024, 2 * 64 * 1024 + 3] {
-            let plaintext = randomBytes(size, seed: UInt64(size) + 7)
-            let object = Self.documentedEncrypt(plaintext, identity: identity)
-            #expect(try decrypt(object, keyring: Keyring(primary: TestKeys.sequential), identity: identity) == plaintext)
-        }
+    @Test(arguments: [0, 5, 64 * 1024, 2 * 64 * 1024 + 3])
+    func objectsWrittenWithOnlyTheDocumentDecrypt(size: Int) throws {
+        let plaintext = randomBytes(size, seed: UInt64(size) + 7)
+        let object = Self.documentedEncrypt(plaintext, identity: identity)
+        #expect(try decrypt(object, keyring: Keyring(primary: TestKeys.sequential), identity: identity) == plaintext)
     }
 
     @Test func keyIDAndContentIDDerivations() {

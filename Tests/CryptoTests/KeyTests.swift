@@ -24,29 +24,29 @@ struct KeyTests {
         #expect(TestKeys.sequential.id != expected)
     }
 
-    @Test func invalidKeysAreRejectedWithoutEchoingThem() {
-        let secretLooking = "c0ffee11c0ffee22c0ffee33c0ffee44c0ffee55c0ffee66c0ffee77c0ffee88"
-        let cases: [(String, String)] = [
-            ("", "is empty"),
-            ("   \n", "is empty"),
-            (String(secretLooking.dropLast()), "has 63 characters"),
-            (secretLooking + "99", "has 66 characters"),
-            (String(secretLooking.dropLast()) + "z", "is not hexadecimal"),
-            (String(Self.standardBase64.dropLast(2)) + "!=", "is not valid base64"),
-            (Data(Self.keyBytes.dropLast()).base64EncodedString(), "is not valid base64"),  // 31 bytes, 44 characters
-            (Data(Self.keyBytes + [1]).base64EncodedString(), "is not valid base64"),  // 33 bytes, 44 characters
-            (Data(Self.keyBytes + [1, 2, 3, 4]).base64EncodedString(), "has 48 characters"),
-            (String(repeating: "é", count: 22), "is not valid base64"),
-        ]
-        for (text, expectedReason) in cases {
-            let error = #expect(throws: CryptoError.self, "\(text.debugDescription)") { try EncryptionKey(parsing: text) }
-            guard case .invalidKey(let reason)? = error else {
-                Issue.record("\(text.debugDescription): \(String(describing: error))")
-                continue
-            }
-            #expect(reason.contains(expectedReason), "\(text.debugDescription): \(reason)")
-            expectNoSubstring(of: text, in: "\(error!)")
+    static let secretLooking = "c0ffee11c0ffee22c0ffee33c0ffee44c0ffee55c0ffee66c0ffee77c0ffee88"
+    static let invalidKeys: [(String, String)] = [
+        ("", "is empty"),
+        ("   \n", "is empty"),
+        (String(Self.secretLooking.dropLast()), "has 63 characters"),
+        (Self.secretLooking + "99", "has 66 characters"),
+        (String(Self.secretLooking.dropLast()) + "z", "is not hexadecimal"),
+        (String(standardBase64.dropLast(2)) + "!=", "is not valid base64"),
+        (Data(keyBytes.dropLast()).base64EncodedString(), "is not valid base64"),  // 31 bytes, 44 characters
+        (Data(keyBytes + [1]).base64EncodedString(), "is not valid base64"),  // 33 bytes, 44 characters
+        (Data(keyBytes + [1, 2, 3, 4]).base64EncodedString(), "has 48 characters"),
+        (String(repeating: "é", count: 22), "is not valid base64"),
+    ]
+
+    @Test(arguments: invalidKeys)
+    func invalidKeysAreRejectedWithoutEchoingThem(text: String, expectedReason: String) {
+        let error = #expect(throws: CryptoError.self, "\(text.debugDescription)") { try EncryptionKey(parsing: text) }
+        guard case .invalidKey(let reason)? = error else {
+            Issue.record("\(text.debugDescription): \(String(describing: error))")
+            return
         }
+        #expect(reason.contains(expectedReason), "\(text.debugDescription): \(reason)")
+        expectNoSubstring(of: text, in: "\(error!)")
     }
 
     @Test func keysNeverPrintTheirMaterial() throws {

@@ -26,19 +26,17 @@ struct DirectorySwapTests {
         }
     }
 
-    @Test func replacesExistingDirectoryWithAndWithoutExchange() throws {
-        for allowExchange in [true, false] {
-            try writeTree(["creds.json": [1]], at: target)
-            var steps: [SwapStep] = []
-            try DirectorySwap.replace(target, allowExchange: allowExchange, onStep: { steps.append($0) }, populate: populate(["creds.json": [2], "sub/x.json": [3]]))
-            #expect(try TreeSnapshot(target) == TreeSnapshot(nodes: [
-                "creds.json": .file(mode: 0o600, contents: [2]), "sub": .directory(mode: 0o700), "sub/x.json": .file(mode: 0o600, contents: [3]),
-            ]))
-            #expect(try names() == ["account"])
-            let swap: [SwapStep] = allowExchange ? [.exchanged] : [.oldMovedAside, .newMovedIntoPlace]
-            #expect(steps == [.stagingCreated, .stagingPopulated, .stagingSynced, .stagingSealed] + swap + [.parentSynced, .oldRemoved, .finished])
-            try FileManager.default.removeItem(atPath: target)
-        }
+    @Test(arguments: [true, false])
+    func replacesExistingDirectoryWithAndWithoutExchange(allowExchange: Bool) throws {
+        try writeTree(["creds.json": [1]], at: target)
+        var steps: [SwapStep] = []
+        try DirectorySwap.replace(target, allowExchange: allowExchange, onStep: { steps.append($0) }, populate: populate(["creds.json": [2], "sub/x.json": [3]]))
+        #expect(try TreeSnapshot(target) == TreeSnapshot(nodes: [
+            "creds.json": .file(mode: 0o600, contents: [2]), "sub": .directory(mode: 0o700), "sub/x.json": .file(mode: 0o600, contents: [3]),
+        ]))
+        #expect(try names() == ["account"])
+        let swap: [SwapStep] = allowExchange ? [.exchanged] : [.oldMovedAside, .newMovedIntoPlace]
+        #expect(steps == [.stagingCreated, .stagingPopulated, .stagingSynced, .stagingSealed] + swap + [.parentSynced, .oldRemoved, .finished])
     }
 
     @Test func createsMissingTarget() throws {

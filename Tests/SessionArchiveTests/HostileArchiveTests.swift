@@ -27,15 +27,15 @@ struct HostileArchiveTests {
         ("plain.tar", .unsupportedFormat, nil),
     ]
 
-    @Test func everyHostileArchiveIsRefusedByTheReader() throws {
-        for (fixture, reason, entry) in Self.expectedRefusals {
-            let payload = try Fixtures.hostile(fixture)
-            let error = #expect(throws: ArchiveError.self, "\(fixture)") {
-                try ArchiveReader(source: BufferSource(payload)).forEachEntry { _, _ in }
-            }
-            #expect(error?.reason == reason, "\(fixture): \(String(describing: error))")
-            if let entry { #expect(error?.entry == entry, "\(fixture)") }
+    @Test(arguments: expectedRefusals)
+    func everyHostileArchiveIsRefusedByTheReader(_ refusal: (fixture: String, reason: ArchiveError.Reason, entry: String?)) throws {
+        let (fixture, reason, entry) = refusal
+        let payload = try Fixtures.hostile(fixture)
+        let error = #expect(throws: ArchiveError.self, "\(fixture)") {
+            try ArchiveReader(source: BufferSource(payload)).forEachEntry { _, _ in }
         }
+        #expect(error?.reason == reason, "\(fixture): \(String(describing: error))")
+        if let entry { #expect(error?.entry == entry, "\(fixture)") }
     }
 
     @Test func errorMessagesNameTheEntryAndEscapeIt() {
