@@ -81,8 +81,8 @@ let package = Package(
         ),
         .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
-        .testTarget(name: "CryptoTests", dependencies: ["SessionCrypto", "SystemSupport"]),
-        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "SessionCrypto", "SystemSupport"]),
+        .testTarget(name: "CryptoTests", dependencies: ["SessionCrypto", "SystemSupport", "TestSupport"]),
+        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "SessionCrypto", "SystemSupport", "TestSupport"]),
         // The `ObjectStore` conformance suite and the store backends of the tests, run against the
         // filesystem store by SyncEngineTests and against the S3 store by S3StoreTests.
         .target(

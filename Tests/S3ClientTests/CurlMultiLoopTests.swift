@@ -41,7 +41,7 @@ struct CurlMultiLoopTests {
     /// any moment of the requests' lives (queued, connecting, waiting), changes nothing of that.
     /// (A request that waited for its answer would get it, 60 s later, instead of the shut-down
     /// error: the time limit only bounds such a failing run.)
-    @Test(.timeLimit(.minutes(5))) func shutdownWhileRequestsAreInFlightFailsThemAndFreesEveryHandle() async throws {
+    @Test(.needsTestServers, .timeLimit(.minutes(5))) func shutdownWhileRequestsAreInFlightFailsThemAndFreesEveryHandle() async throws {
         let proxy = try FaultProxy(upstream: try TestS3Server.seaweedFS.endpoint)
         proxy.inject(.delayResponse(.seconds(60)))
         for round in 0..<30 {

@@ -19,7 +19,7 @@ struct S3ClientPartedDownloadTests {
     }
 
     /// Single-part objects keep their MD5 check however many parts they come down in.
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func objectsOfEverySizeAgainstThePartSizeComeBackIdentical(server: TestS3Server) async throws {
         let client = try await client(server)
         let directory = try TemporaryDirectory()

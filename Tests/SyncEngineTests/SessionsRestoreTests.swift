@@ -24,7 +24,7 @@ struct SessionsRestoreTests {
         try FileManager.default.createDirectory(atPath: workspace.file("sessions"), withIntermediateDirectories: true)
         for session in [alive, loggedOut] {
             let directory = workspace.file("sessions/\(session.rawValue)")
-            try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+            try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
             let replicator = SessionReplicator(
                 session: session, directory: directory, sessionStore: store, owner: "test",
                 conditionalWrites: true, policy: CompactionPolicy(), logger: Logger(label: "test"))

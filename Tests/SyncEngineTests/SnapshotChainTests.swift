@@ -36,7 +36,7 @@ struct SnapshotChainTests {
     }
 
     func copyFixture(_ name: String) throws {
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/\(name)"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/\(name)"), toPath: directory)
     }
 
     /// Restores the session into a fresh root and returns that directory's files.
@@ -437,7 +437,7 @@ struct SnapshotChainTests {
         let head = try #require(try await sessionStore.head(session)?.head)
         #expect(head.latest?.tag.rawValue == String(keys[1].3))
 
-        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
         let example = try #require(format.firstMatch(of: /`(snapshots\/[^`]+)`/)?.output.1)
         #expect(try pattern.wholeMatch(in: example) != nil, "FORMAT.md's example \(example)")
 
@@ -529,11 +529,6 @@ struct SnapshotChainTests {
     private func write(_ text: String, to name: String) throws {
         try Data(text.utf8).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
     }
-}
-
-func fixturePath(_ relative: String) -> String {
-    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("fixtures/\(relative)").path
 }
 
 /// Every regular file below a directory, at any depth, name → content.

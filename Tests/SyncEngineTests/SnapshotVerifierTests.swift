@@ -26,7 +26,7 @@ struct SnapshotVerifierTests {
     /// A base then `deltas` deltas of the small fixture, each changing, adding and deleting
     /// files; optionally a tombstone last. Returns the committed ids, oldest first.
     func history(deltas: Int, tombstone: Bool = false) async throws -> [SnapshotID] {
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
         let writer = replicator(owner: "agent-a")
         var ids: [SnapshotID] = []
         for round in 0...deltas {

@@ -161,7 +161,3 @@ struct StableFileReaderTests {
         #expect(error?.description.contains("missing") == true)
     }
 }
-
-func write(_ text: String, to path: String) throws {
-    try Data(text.utf8).write(to: URL(fileURLWithPath: path))
-}

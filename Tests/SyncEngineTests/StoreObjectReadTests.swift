@@ -24,7 +24,7 @@ struct StoreObjectReadTests {
     {
         let directory = scratch.file("source/\(session.rawValue)")
         try FileManager.default.createDirectory(atPath: scratch.file("source"), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
         let writer = SessionReplicator(
             session: session, directory: directory, sessionStore: sessionStore, owner: "agent-a",
             conditionalWrites: true, logger: Logger(label: "test"))
@@ -347,16 +347,4 @@ struct StoreObjectReadTests {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: false)
         #expect(try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root).snapshot == committed[1].id)
     }
-}
-
-/// Every file under `root` with its bytes, directories as "path/".
-func directoryTree(_ root: String) throws -> [String: [UInt8]] {
-    var tree: [String: [UInt8]] = [:]
-    let enumerator = FileManager.default.enumerator(atPath: root)
-    while let name = enumerator?.nextObject() as? String {
-        var isDirectory: ObjCBool = false
-        _ = FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory)
-        tree[isDirectory.boolValue ? name + "/" : name] = isDirectory.boolValue ? [] : Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/\(name)")))
-    }
-    return tree
 }
