@@ -140,7 +140,9 @@ struct StoreObjectReadTests {
             return try await sessionStore.stored(session)
         }
         do {
-            try await waitUntil(timeout: .seconds(5), "the read of the head to end") { done.withLock { $0 } }
+            // A blocked open never returns: the bound only has to outlast a loaded machine (a full
+            // parallel run has kept a read of a few bytes waiting for the pool over 5 s).
+            try await waitUntil(timeout: .seconds(60), "the read of the head to end") { done.withLock { $0 } }
         } catch {
             // Before the fix the read waits in open(2) for a writer: be that writer, so the test ends.
             close(open(head, O_WRONLY | O_NONBLOCK))
