@@ -7,11 +7,6 @@ import SyncEngine
 // The engine's and libraries' types as the parser reads them from flags (and from the
 // environment variables beside them, through `resolve`).
 
-/// A session id in either spelling (`SessionID(printed:)`).
-extension SessionID: ExpressibleByArgument {
-    public init?(argument: String) { self.init(printed: argument) }
-}
-
 extension StorageMode: ExpressibleByArgument {
     /// Any case: `CLOUD` is the mode people mean.
     public init?(argument: String) { self.init(rawValue: argument.lowercased()) }

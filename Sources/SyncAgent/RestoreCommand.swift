@@ -37,7 +37,7 @@ struct RestoreCommand: AsyncParsableCommand {
     var dryRun = false
     @Option(help: "Sessions restored at once (default 8).") var parallel = 8
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids.") var sessions: [SessionID] = []
+    @Argument(help: "Session ids.", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
 
     func validate() throws {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {

@@ -130,7 +130,8 @@ struct SessionNameTests {
     }
 
     /// A name typed as it is that cannot be an id as typed (a newline in it) is refused by every
-    /// command naming sessions, shown escaped, so the message stays one line. It was echoed raw.
+    /// command naming sessions, shown escaped, so the message stays one line, and says why. It
+    /// was echoed raw.
     @Test func everyCommandShowsAnInvalidIdEscapedOnOneLine() async throws {
         let workspace = try Workspace(sessions: [])
         let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
@@ -138,6 +139,8 @@ struct SessionNameTests {
             let result = try await runner.run(arguments[0], ["--sessions-dir", workspace.sessions] + arguments.dropFirst() + [newlineName])
             #expect(result.termination == .exited(64), "\(arguments): \(result.standardError)")
             #expect(result.standardError.contains(#"The value 'x\nFAKE line' is invalid for '<session"#), "\(arguments): \(result.standardError)")
+            // Why, not only that: the parser's message alone lost the reason.
+            #expect(result.standardError.contains(">': this name cannot be typed as it is"), "\(arguments): \(result.standardError)")
             #expect(!result.standardError.split(separator: "\n").contains { $0.hasPrefix("FAKE line") }, "\(arguments): \(result.standardError)")
         }
     }
