@@ -7,6 +7,15 @@ import SyncEngine
 // The engine's and libraries' types as the parser reads them from flags (and from the
 // environment variables beside them, through `resolve`).
 
+extension SnapshotLabel {
+    /// `restore --snapshot`'s value, for the parser's `transform:`: a refused one says what a
+    /// label looks like (an `ExpressibleByArgument` type could not say why).
+    static func argument(_ text: String) throws(ValidationError) -> SnapshotLabel {
+        guard let label = SnapshotLabel(parsing: text) else { throw ValidationError("expected SEQUENCE.GENERATION, e.g. 42.3") }
+        return label
+    }
+}
+
 extension StorageMode: ExpressibleByArgument {
     /// Any case: `CLOUD` is the mode people mean.
     public init?(argument: String) { self.init(rawValue: argument.lowercased()) }
