@@ -1,42 +1,5 @@
-import ArgumentParser
 import SessionArchive
 import SystemSupport
-
-/// A value a command cannot take, from a flag or an environment variable: one line naming
-/// where the value came from, and the usage-error exit code, before anything happens.
-struct UsageError: Error, CustomStringConvertible {
-    enum Reason {
-        case notADuration
-        case negativeDuration
-        case zeroDuration
-        case durationTooLong
-        /// Shorter than another setting it must not be shorter than.
-        case durationTooShort
-        case notATime
-        case notACount
-        /// Not one of a setting's values.
-        case unknownValue
-    }
-
-    let reason: Reason
-    let description: String
-
-    init(_ reason: Reason, _ description: String) {
-        self.reason = reason
-        self.description = description
-    }
-}
-
-/// Runs a command's checks, turning a `UsageError` into one line on standard error and exit
-/// 64 (a `ValidationError` would add the usage text, which points at the flags even when the
-/// bad value came from the environment).
-func rejectingUsageErrors(_ checks: () throws -> Void) throws {
-    do {
-        try checks()
-    } catch let error as UsageError {
-        throw rejectInput(error.description)
-    }
-}
 
 /// A duration setting: "250ms", "5s", "1m", "36h", "7d", "2w", or a bare number of
 /// milliseconds (as in the environment variables). Whole units only, at most 100 years: a
