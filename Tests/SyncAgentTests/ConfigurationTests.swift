@@ -16,7 +16,7 @@ struct ConfigurationTests {
     }
 
     /// Durations that overflowed crashed the agent (SIGILL, no message); times that are not
-    /// finite were taken for times. Bad duration flags: `badDurationFlags`.
+    /// finite were taken for times. Bad duration flags: `flagsRefusedSayingWhy`.
     static let badValues: [BadValue] = [
         .init(subcommand: "watch", environment: ["GRACEFUL_SHUTDOWN_TIMEOUT": "99999999999999999"], named: "GRACEFUL_SHUTDOWN_TIMEOUT"),
         .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "-1"], named: "SESSION_BACKUP_INTERVAL"),
@@ -47,9 +47,9 @@ struct ConfigurationTests {
         #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
     }
 
-    /// Durations that overflowed crashed the agent (SIGILL, no message). A bad duration flag is
-    /// refused by the parser, which says why after naming the value and the flag.
-    static let badDurationFlags: [(arguments: [String], message: String)] = [
+    /// Durations that overflowed crashed the agent (SIGILL, no message). A bad duration or
+    /// snapshot flag is refused by the parser, which says why after naming the value and the flag.
+    static let flagsRefusedSayingWhy: [(arguments: [String], message: String)] = [
         (["watch", "--max-delay", "99999999999999w"], "'99999999999999w' is invalid for '--max-delay <max-delay>': longer than 100 years"),
         (["watch", "--max-delay=-5s"], "'-5s' is invalid for '--max-delay <max-delay>': a duration cannot be negative"),
         (["watch", "--max-delay", "0"], "'0' is invalid for '--max-delay <max-delay>': must be longer than 0"),
@@ -64,8 +64,8 @@ struct ConfigurationTests {
         (["restore", "--snapshot", fakeLine, "small"], #"'x\nFAKE line' is invalid for '--snapshot <snapshot>': expected SEQUENCE.GENERATION"#),
     ]
 
-    @Test(arguments: badDurationFlags)
-    func aBadDurationFlagIsRefusedByTheParserSayingWhy(_ arguments: [String], message: String) async throws {
+    @Test(arguments: flagsRefusedSayingWhy)
+    func aBadFlagIsRefusedByTheParserSayingWhy(_ arguments: [String], message: String) async throws {
         let workspace = try Workspace(sessions: ["small"])
         let store = workspace.directory.file("store")
         let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
