@@ -91,7 +91,7 @@ let package = Package(
             path: "Tests/StoreConformance"
         ),
         .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "S3Store", "StoreConformance", "TestSupport"]),
-        .testTarget(name: "S3StoreTests", dependencies: ["StoreConformance"]),
+        .testTarget(name: "S3StoreTests", dependencies: ["StoreConformance", "TestSupport"]),
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
 )

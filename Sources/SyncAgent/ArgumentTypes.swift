@@ -7,9 +7,13 @@ import SyncEngine
 // The engine's and libraries' types as the parser reads them from flags (and from the
 // environment variables beside them, through `resolve`).
 
-/// A session id in either spelling (`SessionID(printed:)`).
-extension SessionID: ExpressibleByArgument {
-    public init?(argument: String) { self.init(printed: argument) }
+extension SnapshotLabel {
+    /// `restore --snapshot`'s value, for the parser's `transform:`: a refused one says what a
+    /// label looks like (an `ExpressibleByArgument` type could not say why).
+    static func argument(_ text: String) throws(ValidationError) -> SnapshotLabel {
+        guard let label = SnapshotLabel(parsing: text) else { throw ValidationError("expected SEQUENCE.GENERATION, e.g. 42.3") }
+        return label
+    }
 }
 
 extension StorageMode: ExpressibleByArgument {

@@ -18,7 +18,7 @@ struct BackupCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
     @OptionGroup(title: "Retention") var retention: RetentionOptions
     @Flag(help: "Print the summary as JSON.") var json = false
-    @Argument(help: "Session ids (default: every session directory).") var sessions: [SessionID] = []
+    @Argument(help: "Session ids (default: every session directory).", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.backup")

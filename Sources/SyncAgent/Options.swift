@@ -160,26 +160,6 @@ struct LoggingOptions: ParsableArguments {
     }
 }
 
-/// The stores of one run, opened and checked: a missing bucket or bad credentials stop the
-/// command here, before it writes anything.
-struct OpenedStorage {
-    let configuration: StorageConfiguration
-    /// Where sessions are committed (and restored from, but in hybrid mode).
-    let primary: SessionStore
-    let conditionalWrites: Bool
-    /// Hybrid mode: the S3 copy behind the local store.
-    let mirror: SessionMirror?
-
-    /// The stores sessions are read back from.
-    var sources: RestoreSources { RestoreSources(primary: primary, mirror: mirror) }
-}
-
-/// "host/pid/random": who claimed a session, as a fenced agent's message names it.
-func agentIdentity() -> String {
-    let host = ProcessInfo.processInfo.hostName
-    return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
-}
-
 /// The session directories under the root, as `watch` sees them (`SessionDirectories`).
 func sessionDirectories(in root: String) throws -> SessionDirectories {
     do {
@@ -187,11 +167,4 @@ func sessionDirectories(in root: String) throws -> SessionDirectories {
     } catch {
         throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory: \(error)")
     }
-}
-
-/// Prints a `--json` report on standard output.
-func printJSON(_ value: some Encodable) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }

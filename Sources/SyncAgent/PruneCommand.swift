@@ -22,7 +22,8 @@ struct PruneCommand: AsyncParsableCommand {
     @OptionGroup(title: "Retention") var retention: RetentionOptions
     @Flag(help: "Say what would be kept and deleted; delete nothing.") var dryRun = false
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [SessionID] = []
+    @Argument(help: "Session ids (default: every session in the store, as for backup).", transform: SessionID.init(parsing:))
+    var sessions: [SessionID] = []
 
     func validate() throws {
         // restic refuses too: without a rule, "keep nothing but the newest" is too easy to run by mistake.

@@ -27,8 +27,10 @@ struct RestoreCommand: AsyncParsableCommand {
         valueName: "file"))
     var sessionsFrom: String?
     @Flag(help: "Restore only sessions whose directory is absent or empty.") var ifMissing = false
-    @Option(help: "Restore this snapshot (as `snapshots` prints it, e.g. 42.3) instead of the newest; one session only.")
-    var snapshot: String?
+    @Option(
+        help: "Restore this snapshot (as `snapshots` prints it, e.g. 42.3) instead of the newest; one session only.",
+        transform: SnapshotLabel.argument)
+    var snapshot: SnapshotLabel?
     @Option(help: ArgumentHelp(
         "Restore each session as it was at TIME: its newest snapshot written then or before. ISO 8601 (2026-11-22T10:00:00Z, with an offset, or without a zone for UTC) or @UNIX-SECONDS.",
         valueName: "time"))
@@ -37,16 +39,13 @@ struct RestoreCommand: AsyncParsableCommand {
     var dryRun = false
     @Option(help: "Sessions restored at once (default 8).") var parallel = 8
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids.") var sessions: [SessionID] = []
+    @Argument(help: "Session ids.", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
 
     func validate() throws {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
             throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
         }
-        if let snapshot {
-            guard SnapshotLabel(parsing: snapshot) != nil else {
-                throw ValidationError("--snapshot \(FileName.displayed(snapshot)): expected SEQUENCE.GENERATION, e.g. 42.3")
-            }
+        if snapshot != nil {
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
@@ -71,6 +70,9 @@ struct RestoreCommand: AsyncParsableCommand {
         return Date(timeIntervalSince1970: seconds)
     }
 
+    /// `Date.ISO8601FormatStyle` after making the text RFC 3339: the style alone takes neither
+    /// a time without seconds nor, in one style, both a "T" and a space; and a style without a
+    /// time zone field parses "…+02:00" as UTC, ignoring the offset (FoundationEssentials, Swift 6.3).
     private static func parseISO8601(_ text: String) -> Date? {
         var characters = Array(text)
         guard characters.count >= 16 else { return nil }
@@ -89,7 +91,7 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 
     private var restorePoint: RestorePoint {
-        if let label = snapshot.flatMap(SnapshotLabel.init(parsing:)) { return .snapshot(label) }
+        if let snapshot { return .snapshot(snapshot) }
         if let time = at.flatMap(Self.parseTime) { return .time(time) }
         return .newest
     }

@@ -15,8 +15,10 @@ struct RetentionOptions: ParsableArguments {
     var keepDaily: Int?
     @Option(help: "Likewise for ISO weeks (env SYNC_AGENT_KEEP_WEEKLY).")
     var keepWeekly: Int?
-    @Option(help: "Keep every snapshot written within this long before the newest, e.g. 36h, 7d, 2w (env SYNC_AGENT_KEEP_WITHIN).")
-    var keepWithin: String?
+    @Option(
+        help: "Keep every snapshot written within this long before the newest, e.g. 36h, 7d, 2w (env SYNC_AGENT_KEEP_WITHIN).",
+        transform: DurationSetting.positive)
+    var keepWithin: Duration?
 
     func validate() throws {
         try rejectingUsageErrors { _ = try policy() }
@@ -36,8 +38,7 @@ struct RetentionOptions: ParsableArguments {
             keepHourly: try count(keepHourly, "keep-hourly", "SYNC_AGENT_KEEP_HOURLY"),
             keepDaily: try count(keepDaily, "keep-daily", "SYNC_AGENT_KEEP_DAILY"),
             keepWeekly: try count(keepWeekly, "keep-weekly", "SYNC_AGENT_KEEP_WEEKLY"),
-            keepWithin: try DurationSetting.resolve(
-                flag: keepWithin, "--keep-within", variable: "SYNC_AGENT_KEEP_WITHIN", allowsZero: false))
+            keepWithin: try DurationSetting.resolve(keepWithin, variable: "SYNC_AGENT_KEEP_WITHIN", allowsZero: false))
         return policy == RetentionPolicy() ? nil : policy
     }
 

@@ -20,7 +20,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @Flag(help: "Also read every committed snapshot (downloads and decrypts) for its session's files and bytes.")
     var details = false
     @Flag(help: "Print the list as JSON.") var json = false
-    @Argument(help: "A session id; without one, list the sessions.") var session: SessionID?
+    @Argument(help: "A session id; without one, list the sessions.", transform: SessionID.init(parsing:)) var session: SessionID?
 
     func validate() throws {
         if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }

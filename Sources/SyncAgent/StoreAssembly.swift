@@ -41,6 +41,20 @@ extension StorageOptions {
     }
 }
 
+/// The stores of one run, opened and checked: a missing bucket or bad credentials stop the
+/// command here, before it writes anything.
+struct OpenedStorage {
+    let configuration: StorageConfiguration
+    /// Where sessions are committed (and restored from, but in hybrid mode).
+    let primary: SessionStore
+    let conditionalWrites: Bool
+    /// Hybrid mode: the S3 copy behind the local store.
+    let mirror: SessionMirror?
+
+    /// The stores sessions are read back from.
+    var sources: RestoreSources { RestoreSources(primary: primary, mirror: mirror) }
+}
+
 extension OpenedStorage {
     /// `access`: what the command does with the local store. Commands that create it are the
     /// ones that commit snapshots: they probe whether the stores enforce conditional writes (a write).

@@ -90,3 +90,10 @@ actor ProgressLine {
         if isShown && done > 0 { writeStandardError("\r\u{1B}[K") }
     }
 }
+
+/// Prints a `--json` report on standard output.
+func printJSON(_ value: some Encodable) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+}

@@ -22,7 +22,7 @@ struct VerifyCommand: AsyncParsableCommand {
     @Option(help: "Check this share of each session's snapshots, chosen at random (e.g. 10%); the newest always.")
     var sample: String?
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids.") var sessions: [SessionID] = []
+    @Argument(help: "Session ids.", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
 
     func validate() throws {
         guard all != !sessions.isEmpty else { throw ValidationError("name session ids or pass --all (not both)") }

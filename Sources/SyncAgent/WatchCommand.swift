@@ -29,12 +29,14 @@ struct WatchCommand: AsyncParsableCommand {
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
 
-    @Option(help: "Quiet time after the last write before a session is uploaded (default 250ms).")
-    var quietPeriod: String?
-    @Option(help: "Longest a continuously written session waits for its upload (env SESSION_BACKUP_INTERVAL; default 5s).")
-    var maxDelay: String?
-    @Option(help: "Time to flush pending changes on SIGTERM (env GRACEFUL_SHUTDOWN_TIMEOUT; default 10s).")
-    var shutdownTimeout: String?
+    @Option(help: "Quiet time after the last write before a session is uploaded (default 250ms).", transform: DurationSetting.nonNegative)
+    var quietPeriod: Duration?
+    @Option(
+        help: "Longest a continuously written session waits for its upload (env SESSION_BACKUP_INTERVAL; default 5s).",
+        transform: DurationSetting.positive)
+    var maxDelay: Duration?
+    @Option(help: "Time to flush pending changes on SIGTERM (env GRACEFUL_SHUTDOWN_TIMEOUT; default 10s).", transform: DurationSetting.nonNegative)
+    var shutdownTimeout: Duration?
     @Option(help: "What to do with the snapshots of a session whose directory disappears.")
     var onDelete: DeletePolicy = .tombstone
     @Option(help: "Sessions uploading at once (default 8).")
@@ -43,11 +45,13 @@ struct WatchCommand: AsyncParsableCommand {
     var listen: String?
     @Flag(help: "Serve no endpoint.")
     var noListen = false
-    @Option(help: "How often /readyz asks the store whether it answers (default 10s).")
-    var storeProbeInterval: String?
+    @Option(help: "How often /readyz asks the store whether it answers (default 10s).", transform: DurationSetting.positive)
+    var storeProbeInterval: Duration?
     @OptionGroup(title: "Retention (also applied after each new base)") var retention: RetentionOptions
-    @Option(help: "Also apply the retention policy to every session this often, e.g. 1h (env SYNC_AGENT_PRUNE_EVERY; default only after each new base).")
-    var pruneEvery: String?
+    @Option(
+        help: "Also apply the retention policy to every session this often, e.g. 1h (env SYNC_AGENT_PRUNE_EVERY; default only after each new base).",
+        transform: DurationSetting.positive)
+    var pruneEvery: Duration?
 
     func validate() throws {
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
@@ -66,21 +70,15 @@ struct WatchCommand: AsyncParsableCommand {
         var settings = WatchSettings()
         settings.onDelete = onDelete
         settings.concurrency = concurrency
-        settings.watcher.quietPeriod = try DurationSetting.resolve(flag: quietPeriod, "--quiet-period", allowsZero: true)
-            ?? .milliseconds(250)
-        settings.watcher.maxDelay = try DurationSetting.resolve(
-            flag: maxDelay, "--max-delay", variable: "SESSION_BACKUP_INTERVAL", allowsZero: false) ?? .seconds(5)
+        settings.watcher.quietPeriod = quietPeriod ?? .milliseconds(250)
+        settings.watcher.maxDelay = try DurationSetting.resolve(maxDelay, variable: "SESSION_BACKUP_INTERVAL", allowsZero: false) ?? .seconds(5)
         guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
             throw UsageError(.durationTooShort, "--max-delay must not be shorter than --quiet-period")
         }
-        if let interval = try DurationSetting.resolve(flag: storeProbeInterval, "--store-probe-interval", allowsZero: false) {
-            settings.storeProbeInterval = interval
-        }
+        if let storeProbeInterval { settings.storeProbeInterval = storeProbeInterval }
         settings.compaction.retention = try retention.compactionRetention()
-        settings.pruneInterval = try DurationSetting.resolve(
-            flag: pruneEvery, "--prune-every", variable: "SYNC_AGENT_PRUNE_EVERY", allowsZero: false)
-        let timeout = try DurationSetting.resolve(
-            flag: shutdownTimeout, "--shutdown-timeout", variable: "GRACEFUL_SHUTDOWN_TIMEOUT", allowsZero: true) ?? .seconds(10)
+        settings.pruneInterval = try DurationSetting.resolve(pruneEvery, variable: "SYNC_AGENT_PRUNE_EVERY", allowsZero: false)
+        let timeout = try DurationSetting.resolve(shutdownTimeout, variable: "GRACEFUL_SHUTDOWN_TIMEOUT", allowsZero: true) ?? .seconds(10)
         return (settings, timeout)
     }
 

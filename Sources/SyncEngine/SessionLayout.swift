@@ -15,23 +15,40 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
     /// The id of a directory named `name` (from `FileName.decode`); nil for a name no session
     /// directory can have.
     public init?(_ name: String) {
-        let bytes = FileName.bytes(of: name)
-        guard (1...255).contains(bytes.count), bytes.first != UInt8(ascii: "."),
-            !bytes.contains(0), !bytes.contains(UInt8(ascii: "/")), FileName.decode(bytes) == name
-        else { return nil }
+        guard Self.defect(ofName: name) == nil else { return nil }
         rawValue = name
     }
 
     /// The id spelled as `description` prints it: the name, or for a name that could not be
     /// printed or typed as it is, "~" and the lowercase hex of its bytes.
     public init?(printed text: String) {
+        try? self.init(parsing: text)
+    }
+
+    /// `init?(printed:)` saying why a text is not an id: for a command's arguments, where the
+    /// reason is all a user has to go on.
+    public init(parsing text: String) throws(InvalidSessionID) {
         guard text.hasPrefix("~") else {
-            guard let id = SessionID(text), id.description == text else { return nil }
-            self = id
+            if let reason = Self.defect(ofName: text) { throw InvalidSessionID(reason) }
+            rawValue = text
+            guard description == text else { throw InvalidSessionID(.notAsPrinted) }
             return
         }
-        guard let bytes = Self.bytes(fromHex: text.utf8.dropFirst()) else { return nil }
-        self.init(FileName.decode(bytes))
+        guard let bytes = Self.bytes(fromHex: text.utf8.dropFirst()) else { throw InvalidSessionID(.notHex) }
+        let name = FileName.decode(bytes)
+        if let reason = Self.defect(ofName: name) { throw InvalidSessionID(reason) }
+        rawValue = name
+    }
+
+    /// Why no session directory can be named `name`; nil when one can.
+    private static func defect(ofName name: String) -> InvalidSessionID.Reason? {
+        let bytes = FileName.bytes(of: name)
+        if !(1...255).contains(bytes.count) { return .length }
+        if bytes.first == UInt8(ascii: ".") { return .hidden }
+        if bytes.contains(0) || bytes.contains(UInt8(ascii: "/")) { return .separator }
+        // Text holding the escapes of bytes that are valid UTF-8 together: the name reads otherwise.
+        if FileName.decode(bytes) != name { return .notAsPrinted }
+        return nil
     }
 
     /// The name as it is when it is text that can be printed and typed; otherwise (what
@@ -104,6 +121,38 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
 
     public func hash(into hasher: inout Hasher) {
         for byte in rawValue.utf8 { hasher.combine(byte) }
+    }
+}
+
+/// Why a text is not a session id. The message does not repeat the text: whoever shows it
+/// shows the text beside it, escaped.
+public struct InvalidSessionID: Error, CustomStringConvertible {
+    public enum Reason: Sendable {
+        /// Not 1 to 255 bytes.
+        case length
+        /// Starts with ".".
+        case hidden
+        /// Holds "/" or NUL.
+        case separator
+        /// A name that prints otherwise (control characters, white space at an end, a leading
+        /// "~", bytes that are not UTF-8): typed as its "~" hex spelling.
+        case notAsPrinted
+        /// After "~", not the lowercase hex of at least one byte.
+        case notHex
+    }
+
+    public let reason: Reason
+
+    init(_ reason: Reason) { self.reason = reason }
+
+    public var description: String {
+        switch reason {
+        case .length: "a session id is 1 to 255 bytes"
+        case .hidden: "a session id cannot start with \".\""
+        case .separator: "a session id cannot contain \"/\" or NUL"
+        case .notAsPrinted: "this name cannot be typed as it is: give \"~\" and the lowercase hex of its bytes"
+        case .notHex: "after \"~\", a session id is the lowercase hex of its bytes"
+        }
     }
 }
 

@@ -16,22 +16,12 @@ struct ConfigurationTests {
     }
 
     /// Durations that overflowed crashed the agent (SIGILL, no message); times that are not
-    /// finite were taken for times.
+    /// finite were taken for times. Bad duration flags: `flagsRefusedSayingWhy`.
     static let badValues: [BadValue] = [
-        .init(subcommand: "watch", arguments: ["--max-delay", "99999999999999w"], named: "--max-delay"),
-        .init(subcommand: "watch", arguments: ["--max-delay=-5s"], named: "--max-delay"),
-        .init(subcommand: "watch", arguments: ["--max-delay", "0"], named: "--max-delay"),
-        .init(subcommand: "watch", arguments: ["--quiet-period", "99999999999999999999ms"], named: "--quiet-period"),
-        .init(subcommand: "watch", arguments: ["--shutdown-timeout", "1e9"], named: "--shutdown-timeout"),
-        .init(subcommand: "watch", arguments: ["--store-probe-interval", "0s"], named: "--store-probe-interval"),
-        .init(subcommand: "watch", arguments: ["--prune-every", "9999999999999d"], named: "--prune-every"),
         .init(subcommand: "watch", environment: ["GRACEFUL_SHUTDOWN_TIMEOUT": "99999999999999999"], named: "GRACEFUL_SHUTDOWN_TIMEOUT"),
         .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "-1"], named: "SESSION_BACKUP_INTERVAL"),
         .init(subcommand: "watch", environment: ["SYNC_AGENT_PRUNE_EVERY": "999999999999999w"], named: "SYNC_AGENT_PRUNE_EVERY"),
         .init(subcommand: "watch", environment: ["SESSION_BACKUP_INTERVAL": "5s\nFAKE line"], named: "SESSION_BACKUP_INTERVAL"),
-        .init(subcommand: "watch", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
-        .init(subcommand: "backup", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
-        .init(subcommand: "prune", arguments: ["--keep-within", "200000000000d"], named: "--keep-within"),
         .init(subcommand: "prune", environment: ["SYNC_AGENT_KEEP_WITHIN": "-7d"], named: "SYNC_AGENT_KEEP_WITHIN"),
         .init(subcommand: "prune", environment: ["SYNC_AGENT_KEEP_LAST": "0"], named: "SYNC_AGENT_KEEP_LAST"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "@nan"], named: "--at"),
@@ -54,6 +44,36 @@ struct ConfigurationTests {
         #expect(result.termination == .exited(64), "\(result.standardError)")
         let lines = result.standardError.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].hasPrefix("Error: \(bad.named) "), "\(result.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
+    }
+
+    /// Durations that overflowed crashed the agent (SIGILL, no message). A bad duration or
+    /// snapshot flag is refused by the parser, which says why after naming the value and the flag.
+    static let flagsRefusedSayingWhy: [(arguments: [String], message: String)] = [
+        (["watch", "--max-delay", "99999999999999w"], "'99999999999999w' is invalid for '--max-delay <max-delay>': longer than 100 years"),
+        (["watch", "--max-delay=-5s"], "'-5s' is invalid for '--max-delay <max-delay>': a duration cannot be negative"),
+        (["watch", "--max-delay", "0"], "'0' is invalid for '--max-delay <max-delay>': must be longer than 0"),
+        (["watch", "--quiet-period", "99999999999999999999ms"], "is invalid for '--quiet-period <quiet-period>': longer than 100 years"),
+        (["watch", "--shutdown-timeout", "1e9"], "'1e9' is invalid for '--shutdown-timeout <shutdown-timeout>': expected a duration such as 250ms"),
+        (["watch", "--store-probe-interval", "0s"], "'0s' is invalid for '--store-probe-interval <store-probe-interval>': must be longer than 0"),
+        (["watch", "--prune-every", "9999999999999d"], "'9999999999999d' is invalid for '--prune-every <prune-every>': longer than 100 years"),
+        (["watch", "--keep-within", "200000000000d"], "is invalid for '--keep-within <keep-within>': longer than 100 years"),
+        (["backup", "--keep-within", "200000000000d"], "is invalid for '--keep-within <keep-within>': longer than 100 years"),
+        (["prune", "--keep-within", "200000000000d"], "is invalid for '--keep-within <keep-within>': longer than 100 years"),
+        (["watch", "--max-delay", fakeLine], #"'x\nFAKE line' is invalid for '--max-delay <max-delay>': expected a duration"#),
+        (["restore", "--snapshot", fakeLine, "small"], #"'x\nFAKE line' is invalid for '--snapshot <snapshot>': expected SEQUENCE.GENERATION"#),
+    ]
+
+    @Test(arguments: flagsRefusedSayingWhy)
+    func aBadFlagIsRefusedByTheParserSayingWhy(_ arguments: [String], message: String) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = workspace.directory.file("store")
+        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        let result = try await runner.run(
+            arguments[0], ["--sessions-dir", workspace.sessions] + (arguments[0] == "watch" ? ["--no-listen"] : []) + arguments.dropFirst())
+        #expect(result.termination == .exited(64), "\(result.standardError)")
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("Error: The value ") == true && lines[0].contains(message), "\(result.standardError)")
         #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
     }
 

@@ -8,10 +8,7 @@ import Testing
 /// `/sessions`, with `/readyz` ready and exit 0.
 @Suite("session names")
 struct SessionNameTests {
-    /// The S3 case only where scripts/test started the servers (TestServers).
-    static let storesAndSeeds: [(Store, UInt64)] = [(.local, 1), (.local, 2), (.local, 3)] + (TestServers.available ? [(.seaweedFS, 4)] : [])
-
-    enum Store: String, CaseIterable, Sendable {
+    enum Store: String, Sendable {
         case local
         case seaweedFS
     }
@@ -19,8 +16,18 @@ struct SessionNameTests {
     /// Random names of every kind (spaces, non-ASCII letters, newlines and other control
     /// characters, a leading "~", white space at the ends, up to 255 bytes), each a session,
     /// through `backup` and `restore --all`: the same directories under the same names.
-    @Test(arguments: storesAndSeeds)
-    func randomNamesAreBackedUpAndRestoredExactly(_ store: Store, seed: UInt64) async throws {
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func randomNamesAreBackedUpAndRestoredExactly(seed: UInt64) async throws {
+        try await expectRandomNamesRestoredExactly(.local, seed: seed)
+    }
+
+    /// The same on S3, where scripts/test started the servers; the trait says so otherwise
+    /// (the case was left out in silence).
+    @Test(.needsTestServers) func randomNamesAreBackedUpAndRestoredExactlyOnS3() async throws {
+        try await expectRandomNamesRestoredExactly(.seaweedFS, seed: 4)
+    }
+
+    private func expectRandomNamesRestoredExactly(_ store: Store, seed: UInt64) async throws {
         let workspace = try Workspace(sessions: [])
         var random = SplitMix64(seed: seed)
         let names = (0..<8).map { _ in randomName(using: &random, utf8: true) } + [Array(longestName.utf8), Array(newlineName.utf8)]
@@ -130,7 +137,8 @@ struct SessionNameTests {
     }
 
     /// A name typed as it is that cannot be an id as typed (a newline in it) is refused by every
-    /// command naming sessions, shown escaped, so the message stays one line. It was echoed raw.
+    /// command naming sessions, shown escaped, so the message stays one line, and says why. It
+    /// was echoed raw.
     @Test func everyCommandShowsAnInvalidIdEscapedOnOneLine() async throws {
         let workspace = try Workspace(sessions: [])
         let runner = SyncAgentRunner.local(store: try workspace.freshDirectory(), logDirectory: workspace.logs)
@@ -138,6 +146,8 @@ struct SessionNameTests {
             let result = try await runner.run(arguments[0], ["--sessions-dir", workspace.sessions] + arguments.dropFirst() + [newlineName])
             #expect(result.termination == .exited(64), "\(arguments): \(result.standardError)")
             #expect(result.standardError.contains(#"The value 'x\nFAKE line' is invalid for '<session"#), "\(arguments): \(result.standardError)")
+            // Why, not only that: the parser's message alone lost the reason.
+            #expect(result.standardError.contains(">': this name cannot be typed as it is"), "\(arguments): \(result.standardError)")
             #expect(!result.standardError.split(separator: "\n").contains { $0.hasPrefix("FAKE line") }, "\(arguments): \(result.standardError)")
         }
     }

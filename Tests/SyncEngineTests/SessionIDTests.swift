@@ -80,4 +80,16 @@ struct SessionIDTests {
         #expect(SessionID(printed: "~780A") == nil)
         #expect(SessionID(printed: " lead") == nil)
     }
+
+    /// A refused argument says why: the parser alone said only that the value was invalid.
+    @Test(arguments: [
+        ("", InvalidSessionID.Reason.length), (String(repeating: "a", count: 256), .length), (".hidden", .hidden),
+        ("a/b", .separator), ("a\0b", .separator), ("~2e68", .hidden), ("~612f62", .separator), ("~", .notHex),
+        ("~tilde", .notHex), ("~780A", .notHex), ("x\nFAKE line", .notAsPrinted), (" lead", .notAsPrinted),
+        ("\u{10FFC3}\u{10FFA9}", .notAsPrinted),
+    ])
+    func aRefusedSpellingSaysWhy(_ text: String, reason: InvalidSessionID.Reason) {
+        let error = #expect(throws: InvalidSessionID.self) { try SessionID(parsing: text) }
+        #expect(error?.reason == reason)
+    }
 }

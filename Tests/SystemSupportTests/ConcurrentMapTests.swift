@@ -30,7 +30,9 @@ import Testing
             try await Task.sleep(for: .milliseconds(5))
             return value
         }
-        #expect(occupancy.most == 3)
+        // Never above the limit; not always at it: under load a transform can end before the
+        // next one starts, so exactly 3 failed on a busy machine.
+        #expect((1...3).contains(occupancy.most), "\(occupancy.most) at once")
     }
 
     @Test func rethrowsTheFirstErrorAndStartsNoMore() async {
