@@ -20,6 +20,7 @@ func environment(_ names: String...) -> String? {
 struct ConfigurationError: Error, CustomStringConvertible {
     enum Reason {
         case unknownMode
+        case unknownSessionFormat
         case missingKey
         case emptyKey
         case missingLocalStore
@@ -72,6 +73,9 @@ struct StorageOptions: ParsableArguments {
     @Option(help: "File with encryption keys, one per line, the first one writes (repeatable; env SESSION_ENCRYPTION_KEY holds keys inline).")
     var keyFile: [String] = []
 
+    @Option(help: "baileys (creds.json: the identity guard, the auth-state check on restore, session health) or opaque (files as bytes only) (env SYNC_AGENT_SESSION_FORMAT; default baileys).")
+    var sessionFormat: String?
+
     var resolvedSessionsDir: String { sessionsDir ?? environment("SESSIONS_DIR") ?? "./sessions" }
 
     var resolvedMode: StorageMode {
@@ -84,6 +88,16 @@ struct StorageOptions: ParsableArguments {
         }
     }
 
+    var resolvedSessionFormat: SessionFormat {
+        get throws {
+            let text = sessionFormat ?? environment(SessionFormat.environmentVariable) ?? SessionFormat.baileys.rawValue
+            guard let format = SessionFormat(rawValue: text.lowercased()) else {
+                throw ConfigurationError(.unknownSessionFormat, "unknown session format \"\(FileName.displayed(text))\": use baileys or opaque")
+            }
+            return format
+        }
+    }
+
     var resolvedLocalStore: String {
         localStore ?? environment("SYNC_AGENT_LOCAL_STORE")
             ?? "\(FileManager.default.homeDirectoryForCurrentUser.path)/.local/state/sync-agent/store"
@@ -91,6 +105,7 @@ struct StorageOptions: ParsableArguments {
 
     func validate() throws {
         _ = try resolvedMode
+        _ = try resolvedSessionFormat
         if let addressing, S3Configuration.Addressing(rawValue: addressing) == nil {
             throw ValidationError("unknown addressing \"\(addressing)\": use path or virtual-hosted")
         }

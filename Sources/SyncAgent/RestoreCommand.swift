@@ -98,6 +98,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let started = ContinuousClock.now
         let requested = try requestedSessions()
         let root = storage.resolvedSessionsDir
+        let format = try storage.resolvedSessionFormat
         let opened: OpenedStorage
         let ids: [SessionID]
         do {
@@ -120,7 +121,8 @@ struct RestoreCommand: AsyncParsableCommand {
         // have stops the command before any directory changes.
         let planned = await concurrentMap(ids, limit: parallel) { id in
             await Result { () async throws -> (SessionRestorer, RestorePlan) in
-                let restorer = SessionRestorer(sessionStore: try await opened.restoreSource(for: id))
+                var restorer = SessionRestorer(sessionStore: try await opened.restoreSource(for: id))
+                restorer.format = format
                 return (restorer, try await restorer.plan(id, into: root, at: restorePoint, onlyIfMissing: ifMissing))
             }
         }
@@ -274,6 +276,9 @@ struct RestoreReport: Encodable {
         var snapshot: String?
         var files: Int
         var bytes: Int64
+        /// False: the session was never paired, and its client will need a QR code. Absent with
+        /// `--session-format opaque`.
+        var registered: Bool?
     }
 
     struct Failed: Encodable {
@@ -290,7 +295,8 @@ struct RestoreReport: Encodable {
         case .restored, .upToDate, .present, .wouldRestore:
             recoveredSessions.append(.init(
                 sessionId: outcome.session.description, status: outcome.status.rawValue,
-                snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes))
+                snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes,
+                registered: outcome.registered))
         case .notFound, .loggedOut:
             failedSessions.append(.init(
                 sessionId: outcome.session.description,
@@ -317,6 +323,7 @@ struct RestoreReport: Encodable {
         // The staging directory, a download's temporary file: the disk, not the store.
         case SnapshotError.io, StoreError.io, is SystemError: "local_io"
         case let error as SessionDirectoryError: error.reason.rawValue
+        case is AuthStateError: AuthStateError.reason
         default: "failed"
         }
     }

@@ -69,6 +69,7 @@ struct WatchCommand: AsyncParsableCommand {
         var settings = WatchSettings()
         settings.onDelete = DeletePolicy(rawValue: onDelete) ?? .tombstone
         settings.concurrency = concurrency
+        settings.sessionFormat = try storage.resolvedSessionFormat
         settings.watcher.quietPeriod = try DurationSetting.resolve(flag: quietPeriod, "--quiet-period", allowsZero: true)
             ?? .milliseconds(250)
         settings.watcher.maxDelay = try DurationSetting.resolve(

@@ -45,6 +45,8 @@ public actor SessionReplicator {
 
     private var head: (head: SessionHead, etag: String)?
     private var state = SessionState()
+    /// The session's identity after the latest snapshot, when known (`SessionFormat`).
+    public private(set) var identity: SessionIdentity?
     private var baseBytes: Int64 = 0
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
@@ -65,7 +67,7 @@ public actor SessionReplicator {
     public init(
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
-        largeBasesOnWorkerThread: Bool = false,
+        largeBasesOnWorkerThread: Bool = false, format: SessionFormat = .opaque,
         policy: CompactionPolicy = CompactionPolicy(),
         remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
         logger: Logger
@@ -75,7 +77,7 @@ public actor SessionReplicator {
         self.sessionStore = sessionStore
         self.writer = SnapshotWriter(
             keyring: sessionStore.keyring, compressionLevel: compressionLevel,
-            largeBasesOnWorkerThread: largeBasesOnWorkerThread)
+            largeBasesOnWorkerThread: largeBasesOnWorkerThread, format: format)
         self.owner = owner
         self.policy = policy
         self.conditionalWrites = conditionalWrites
@@ -87,6 +89,9 @@ public actor SessionReplicator {
 
     /// The committed snapshot this writer last wrote or loaded.
     public var latest: SnapshotID? { head?.head.latest }
+
+    /// Since when the session's registered identity is gone, while retention keeps its last snapshot.
+    public var identityChangedAt: Date? { head?.head.identityHold?.since }
 
     /// The latest committed snapshot and when the head last moved (its commit, or a claim since).
     public var lastCommit: (snapshot: SnapshotID, at: Date)? {
@@ -146,6 +151,7 @@ public actor SessionReplicator {
     private func load(_ loaded: (head: SessionHead, etag: String)) async throws {
         do {
             var state = SessionState()
+            var identity: SessionIdentity?
             var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
             if loaded.head.latest != nil, !loaded.head.isTombstoned {
                 let chain = try await sessionStore.chain(session, head: loaded.head)
@@ -154,6 +160,7 @@ public actor SessionReplicator {
                         throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
                     }
                     state = manifest.applied(to: state)
+                    identity = manifest.identity
                     if entry.kind == .base {
                         baseBytes = entry.size
                     } else {
@@ -164,6 +171,7 @@ public actor SessionReplicator {
             }
             head = loaded
             self.state = state
+            self.identity = identity
             (self.baseBytes, self.deltaBytes, self.deltaCount) = (baseBytes, deltaBytes, deltaCount)
         } catch {
             head = nil
@@ -196,16 +204,16 @@ public actor SessionReplicator {
             do {
                 defer { turn?.release() }
                 outcome = try writer.write(
-                    session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    changedPaths: changedPaths, openSink: { spool })
+                    session: session, directory: directory, previous: state, previousIdentity: identity, kind: kind, id: id,
+                    parent: previous, changedPaths: changedPaths, openSink: { spool })
             } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
                 // Files mid-write cannot go into a base; a delta keeps their last good version.
                 // A spool of its own: the abandoned base may have written part of an archive.
                 kind = .delta
                 spool = SnapshotSpool()
                 outcome = try writer.write(
-                    session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    openSink: { spool })
+                    session: session, directory: directory, previous: state, previousIdentity: identity, kind: kind, id: id,
+                    parent: previous, openSink: { spool })
             }
             recordSkipped(outcome)
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
@@ -217,6 +225,11 @@ public actor SessionReplicator {
             next.latestKind = kind
             next.base = kind == .base ? id : current.head.base
             next.updatedAt = Date()
+            if outcome.replacesRegisteredIdentity, let previous {
+                // The snapshot is still taken (the directory is the truth); the last one with the
+                // registered identity stays until a logout or `prune --forget-identity`.
+                next.identityHold = IdentityHold(snapshot: previous, since: next.updatedAt)
+            }
             do {
                 let etag = try await sessionStore.writeHead(
                     next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
@@ -227,6 +240,13 @@ public actor SessionReplicator {
                 continue
             }
             state = outcome.state
+            identity = outcome.identity
+            if let hold = next.identityHold, outcome.replacesRegisteredIdentity {
+                EngineMetrics.identityChanged()
+                logger.warning(
+                    "the session's registered identity was replaced (creds.json missing, unregistered or another identity); keeping its last snapshot with it",
+                    metadata: ["session": "\(session)", "kept": "\(hold.snapshot)", "registered": "\(identity?.registered ?? false)"])
+            }
             let size = spool.size
             if kind == .base {
                 (baseBytes, deltaBytes, deltaCount) = (size, 0, 0)
@@ -269,11 +289,14 @@ public actor SessionReplicator {
             next.latest = id
             next.latestKind = .tombstone
             next.updatedAt = Date()
+            // A logout ends what an identity hold waited for.
+            next.identityHold = nil
             do {
                 let etag = try await sessionStore.writeHead(
                     next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
                 head = (next, etag)
                 state = SessionState()
+                identity = nil
                 return
             } catch StoreError.preconditionFailed {
                 try await headMoved()

@@ -26,6 +26,8 @@ public struct WatchSettings: Sendable {
     /// pruning after each new base (which alone never trims a session that only gets deltas).
     public var pruneInterval: Duration?
     public var compressionLevel = 3
+    /// What the agent knows of a session's files: its identity, recorded in each snapshot.
+    public var sessionFormat = SessionFormat.opaque
     /// How often the store is asked whether it answers, for readiness, besides what uploads say.
     public var storeProbeInterval: Duration = .seconds(10)
 
@@ -286,7 +288,7 @@ public actor SyncService {
         let created = Session(replicator: SessionReplicator(
             session: id, directory: "\(root)/\(id.rawValue)", sessionStore: sessionStore, owner: owner,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
-            policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger))
+            format: settings.sessionFormat, policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger))
         sessions[id] = created
         return created
     }

@@ -62,6 +62,11 @@ public enum EngineMetrics {
         }
     }
 
+    /// A session's registered identity replaced (by none, an unregistered or another one).
+    static func identityChanged() {
+        Counter(label: "sync_agent_identity_changes_total").increment()
+    }
+
     static func restored(status: String, duration: Duration) {
         Counter(label: "sync_agent_restores_total", dimensions: [("status", status)]).increment()
         Timer(label: restoreDurationLabel).record(duration: duration)
