@@ -43,10 +43,20 @@ public actor SessionReplicator {
     private let baseBuilds: ConcurrencyLimit?
     private let logger: Logger
 
-    private var head: (head: SessionHead, etag: String)?
-    private var state = SessionState()
+    private var state = SessionState() {
+        didSet {
+            health.files = state.count
+            health.bytes = state.byteCount
+            health.preKeys = format.preKeyCount(state.names)
+        }
+    }
     /// The session's identity after the latest snapshot, when known (`SessionFormat`).
-    public private(set) var identity: SessionIdentity?
+    public private(set) var identity: SessionIdentity? {
+        didSet { health.identity = identity }
+    }
+    /// The latest snapshot's size, identity and pre-keys.
+    public private(set) var health = SessionHealth()
+    private let format: SessionFormat
     private var baseBytes: Int64 = 0
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
@@ -79,6 +89,7 @@ public actor SessionReplicator {
             keyring: sessionStore.keyring, compressionLevel: compressionLevel,
             largeBasesOnWorkerThread: largeBasesOnWorkerThread, format: format)
         self.owner = owner
+        self.format = format
         self.policy = policy
         self.conditionalWrites = conditionalWrites
         self.claimsOwnership = claimsOwnership
@@ -90,8 +101,9 @@ public actor SessionReplicator {
     /// The committed snapshot this writer last wrote or loaded.
     public var latest: SnapshotID? { head?.head.latest }
 
-    /// Since when the session's registered identity is gone, while retention keeps its last snapshot.
-    public var identityChangedAt: Date? { head?.head.identityHold?.since }
+    private var head: (head: SessionHead, etag: String)? {
+        didSet { health.identityChangedAt = head?.head.identityHold?.since }
+    }
 
     /// The latest committed snapshot and when the head last moved (its commit, or a claim since).
     public var lastCommit: (snapshot: SnapshotID, at: Date)? {

@@ -70,6 +70,8 @@ public actor SyncService {
         var loggedOut = false
         /// Files its uploads leave out (too large, unreadable), as the replicator last reported them.
         var skippedFiles: [SkippedFile] = []
+        /// What its latest snapshot holds, as the replicator last reported it; nil before its first sync.
+        var health: SessionHealth?
     }
 
     /// What the store last said, by a probe or an upload.
@@ -385,6 +387,8 @@ public actor SyncService {
                 // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
                 let lastCommit = await replicator.lastCommit
                 sessions[id]?.lastCommit = lastCommit
+                let health = await replicator.health
+                sessions[id]?.health = health
                 let skippedFiles = await replicator.skippedFiles
                 recordSkippedFiles(id, skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
@@ -597,7 +601,7 @@ extension SyncService {
         let backedUp = sessions.filter { refused[$0.key.rawValue] == nil }.map { id, entry in
             var backlog = entry.uploadingChanges
             backlog.absorb(entry.waitingChanges)
-            return SessionStatus(
+            var status = SessionStatus(
                 sessionId: id.description, state: state(of: entry, backlog: backlog),
                 lastSnapshot: entry.lastCommit.map { "\($0.snapshot)" },
                 lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
@@ -605,6 +609,8 @@ extension SyncService {
                 pendingChanges: backlog.paths.count, lastError: entry.lastError,
                 consecutiveFailures: entry.schedule.failures, watched: !unwatched.contains(id.rawValue),
                 skippedFiles: entry.skippedFiles)
+            if let health = entry.health, !entry.tombstoned { status.describe(health) }
+            return status
         }
         // A refused session may have had snapshots before (its directory became a link, say).
         let refusedSessions = refused.map { name, refusal in
@@ -625,6 +631,7 @@ extension SyncService {
         if entry.schedule.failures > 0 { return .failing }
         if entry.schedule.running { return .uploading }
         if entry.schedule.pending || !backlog.isEmpty { return .pending }
+        if entry.health?.identityChangedAt != nil { return .identityChanged }
         if !entry.skippedFiles.isEmpty { return .partial }
         return .synced
     }
@@ -677,6 +684,7 @@ extension SyncService {
             failing: statuses.filter { $0.state == .failing }.count,
             skippedFiles: statuses.map(\.skippedFiles.count).reduce(0, +),
             refused: Dictionary(grouping: refused.values, by: { $0 }).mapValues(\.count))
+        EngineMetrics.sessionHealth(statuses)
     }
 
     /// Asks the store every `storeProbeInterval` whether it answers, so readiness follows an

@@ -125,7 +125,7 @@ struct SessionIdentityTests {
         let hold = try #require(try await sessionStore.head(session)?.head.identityHold)
         #expect(hold.snapshot == registered)
         // The head's time is stored to the second.
-        #expect(abs(try #require(await writer.identityChangedAt).timeIntervalSince(hold.since)) < 1)
+        #expect(abs(try #require(await writer.health.identityChangedAt).timeIntervalSince(hold.since)) < 1)
 
         for round in 0..<10 {
             try write(#"{"round":\#(round)}"#, to: "app-state-sync-version-critical_block.json")
