@@ -128,9 +128,11 @@ struct IdentityGuardTests {
         #expect(kept.contains { $0["id"] as? String == registered && ($0["reasons"] as? [String])?.contains("last_registered_identity") == true }, "\(kept)")
         #expect(kept.count == 2)
 
-        let snapshots = try await runner.run("snapshots", ["wa", "--json"])
+        let snapshots = try await runner.run("snapshots", ["wa", "--json"] + baileys)
         #expect(snapshots.termination == .exited(0), "\(snapshots.standardError)")
-        #expect(snapshots.standardOutput.contains(#""registered":true"#) && snapshots.standardOutput.contains(#""registered":false"#), "\(snapshots.standardOutput)")
+        let rows = try #require(try jsonObject(snapshots)["snapshots"] as? [[String: Any]])
+        #expect(rows.first { $0["id"] as? String == registered }?["registered"] as? Bool == true, "\(rows)")
+        #expect(rows.last?["registered"] as? Bool == false && (rows.last?["identity"] as? String)?.count == 12, "\(rows)")
 
         let target = try workspace.freshDirectory()
         let (restored, report) = try await restore(runner, into: target, baileys + ["--snapshot", registered, "wa"])
