@@ -47,7 +47,7 @@ public actor SessionReplicator {
         didSet {
             health.files = state.count
             health.bytes = state.byteCount
-            health.preKeys = format.preKeyCount(state.names)
+            health.preKeys = format.preKeyCount(state)
         }
     }
     /// The session's identity after the latest snapshot, when known (`SessionFormat`).

@@ -541,8 +541,10 @@ def creds_identity(content, keys):
     if not isinstance(creds, dict):
         return incomplete
     pre_key = creds.get("signedPreKey")
-    me = creds.get("me") if isinstance(creds.get("me"), dict) else None
-    account_id = me.get("id") if me else None
+    me = creds.get("me")
+    if me is not None and not isinstance(me, dict):
+        return incomplete
+    account_id = me.get("id") if me is not None else None
     valid = (pair(creds.get("noiseKey")) and pair(creds.get("signedIdentityKey"))
              and isinstance(pre_key, dict) and pair(pre_key.get("keyPair"))
              and len(baileys_bytes(pre_key.get("signature")) or b"") == 64 and type(pre_key.get("keyId")) is int

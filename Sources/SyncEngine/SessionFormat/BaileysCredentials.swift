@@ -65,7 +65,9 @@ struct BaileysCredentials: Sendable {
             let field = (path(context).isEmpty ? "" : path(context) + ".") + key.stringValue
             return Defect(reason: .incomplete, description: "\(fileName) has no \(field)")
         case .valueNotFound(_, let context), .typeMismatch(_, let context):
-            return Defect(reason: .incomplete, description: "\(fileName) has a malformed \(path(context))")
+            return Defect(
+                reason: .incomplete,
+                description: path(context).isEmpty ? "\(fileName) is not a JSON object" : "\(fileName) has a malformed \(path(context))")
         case .dataCorrupted(let context) where !context.codingPath.isEmpty:
             return Defect(reason: .incomplete, description: "\(fileName) has a malformed \(path(context))")
         default:

@@ -52,12 +52,12 @@ public enum SessionFormat: String, Sendable, CaseIterable {
         }
     }
 
-    /// The number of pre-keys among a session's file names: Baileys mints them without bound in
-    /// some versions (sessions of 5,000 to 7,400 files). Nil for a format without them.
-    func preKeyCount(_ names: some Sequence<String>) -> Int? {
+    /// The number of pre-keys among a session's files (`pre-key-<id>.json`): Baileys mints them
+    /// without bound in some versions (sessions of 5,000 to 7,400 files). Nil for a format without them.
+    func preKeyCount(_ state: SessionState) -> Int? {
         switch self {
         case .opaque: nil
-        case .baileys: names.reduce(0) { $0 + ($1.hasPrefix("pre-key-") && !$1.contains("/") ? 1 : 0) }
+        case .baileys: state.topLevelCount(withPrefix: "pre-key-")
         }
     }
 }
