@@ -228,7 +228,12 @@ public actor SessionReplicator {
                     parent: previous, openSink: { spool })
             }
             recordSkipped(outcome)
-            guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
+            guard outcome.manifest != nil else {
+                // The same files: an identity learnt from them (the first look at a session whose
+                // snapshots record none) describes the state, and the next snapshot records it.
+                identity = outcome.identity
+                return .unchanged(unsettled: outcome.unsettled)
+            }
 
             let entry = SnapshotEntry(id: id, kind: kind, parentTag: previous?.tag, size: spool.size, lastModified: nil)
             try await sessionStore.putSnapshot(session, entry, spool: spool)

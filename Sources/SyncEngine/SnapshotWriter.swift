@@ -127,7 +127,11 @@ struct SnapshotWriter {
                 found(name, previousRecord)
                 continue
             }
-            if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint {
+            // The credentials of a session whose identity is not known yet (a store written before
+            // identities were, or in the opaque format) are read once, to learn it.
+            if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint,
+                name != format.credentialsFile || previousIdentity != nil
+            {
                 found(name, previousRecord)
                 continue
             }

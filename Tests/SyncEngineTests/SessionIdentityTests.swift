@@ -190,6 +190,25 @@ struct SessionIdentityTests {
         #expect(try await sessionStore.manifest(session, entry)?.identity == identity)
     }
 
+    /// A store written in the opaque format (or before identities were recorded): the first look
+    /// with the Baileys format reads `creds.json` once, and the next snapshot records the identity.
+    @Test func anIdentityUnknownToTheStoreIsLearntAtTheFirstLook() async throws {
+        try writeSession(credentials: BaileysFixtures.credentials(pairedWith: Self.phone))
+        let opaque = SessionReplicator(
+            session: session, directory: directory, sessionStore: sessionStore, owner: "agent-a", conditionalWrites: true,
+            logger: Logger(label: "test"))
+        _ = try uploaded(try await opaque.sync())
+        #expect(await opaque.identity == nil)
+
+        let writer = replicator()
+        #expect(try await writer.sync() == .unchanged(unsettled: []))
+        #expect(await writer.identity?.registered == true)
+        try write(#"{"other":1}"#, to: "pre-key-3.json")
+        let delta = try uploaded(try await writer.sync(changedPaths: ["pre-key-3.json"]))
+        let entry = try #require(try await sessionStore.snapshots(session).first { $0.id == delta })
+        #expect(try await sessionStore.manifest(session, entry)?.identity?.registered == true)
+    }
+
     // MARK: - The auth-state check on restore
 
     @Test func aSnapshotWhoseCredentialsAreBrokenIsNotSwappedInAndTheNewestPassingOneIsNamed() async throws {
