@@ -209,6 +209,29 @@ struct SessionIdentityTests {
         #expect(try await sessionStore.manifest(session, entry)?.identity?.registered == true)
     }
 
+    /// After a key rotation the fingerprints differ, so the writer compares under the key the
+    /// previous one was keyed with: the same identity is no change, another one is.
+    @Test func aKeyRotationIsNoIdentityChange() async throws {
+        try writeSession(credentials: BaileysFixtures.credentials(pairedWith: Self.phone))
+        _ = try uploaded(try await replicator().sync())
+        let rotated = SessionStore(
+            store: sessionStore.store, keyring: Keyring(primary: .generate(), additional: [sessionStore.keyring.primary]))
+        var policy = CompactionPolicy()
+        policy.retention = .compactionDefault
+        let writer = SessionReplicator(
+            session: session, directory: directory, sessionStore: rotated, owner: "agent-b", conditionalWrites: true,
+            format: .baileys, policy: policy, logger: Logger(label: "test"))
+        let current = try String(contentsOfFile: "\(directory)/creds.json", encoding: .utf8)
+        try write(current.replacing(#""accountSyncCounter":0"#, with: #""accountSyncCounter":1"#), to: "creds.json")
+        let same = try uploaded(try await writer.sync())
+        #expect(try await rotated.head(session)?.head.identityHold == nil)
+        #expect(await writer.identity?.keyID == rotated.keyring.primary.id.description)
+
+        try write(BaileysFixtures.credentials(pairedWith: Self.phone), to: "creds.json")
+        _ = try uploaded(try await writer.sync())
+        #expect(try await rotated.head(session)?.head.identityHold?.snapshot == same)
+    }
+
     // MARK: - The auth-state check on restore
 
     @Test func aSnapshotWhoseCredentialsAreBrokenIsNotSwappedInAndTheNewestPassingOneIsNamed() async throws {
