@@ -117,6 +117,10 @@ struct IdentityGuardTests {
         #expect(agent.logLines.filter { $0.contains("registered identity was replaced") }.count == 1)
         #expect(try await agent.terminate() == .exited(0))
         #expect(!agent.log.contains(Self.phone))
+        // With no agent answering, `status` reads the flag from the head.
+        let stored = try await runner.run("status", ["--agent", "http://127.0.0.1:1", "--json", "--log-level", "error"])
+        let row = try #require((try jsonObject(stored)["sessions"] as? [[String: Any]])?.first)
+        #expect(row["state"] as? String == "identity_changed" && row["identityChangedAt"] is String, "\(row)")
 
         for round in 0..<10 {
             try write(#"{"round":\#(round)}"#, to: workspace.session("wa") + "/app-state-sync-version-critical_block.json")
