@@ -666,6 +666,10 @@ extension SyncService {
             let files = partial.values.map(\.skippedFiles.count).reduce(0, +)
             notes.append("\(files) file(s) not backed up in \(partial.count) session(s) (see /sessions)")
         }
+        let identityChanged = sessions.values.filter { $0.health?.identityChangedAt != nil && !$0.tombstoned }
+        if !identityChanged.isEmpty {
+            notes.append("\(identityChanged.count) session(s) whose registered identity was replaced (identity_changed, see /sessions)")
+        }
         if !unwatched.isEmpty {
             notes.append("\(unwatched.count) session(s) without an inotify watch (fs.inotify.max_user_watches reached), "
                 + "compared every \(settings.watcher.maxDelay)")

@@ -115,6 +115,8 @@ struct IdentityGuardTests {
         #expect(metrics.contains(#"sync_agent_sessions{identity_changed="true",registered="false"} 1"#)
             || metrics.contains(#"sync_agent_sessions{registered="false",identity_changed="true"} 1"#), "\(metrics)")
         #expect(agent.logLines.filter { $0.contains("registered identity was replaced") }.count == 1)
+        let ready = try await httpGet("\(endpoint)/readyz")
+        #expect(ready.status == 200 && ready.body.contains("1 session(s) whose registered identity was replaced"), "\(ready)")
         #expect(try await agent.terminate() == .exited(0))
         #expect(!agent.log.contains(Self.phone))
         // With no agent answering, `status` reads the flag from the head.
