@@ -23,13 +23,12 @@ struct PruneCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp(
         "End this session's identity hold: the snapshot kept for a registered identity it lost (last_registered_identity) is then judged by the rules alone.",
         valueName: "session"))
-    var forgetIdentity: String?
+    var forgetIdentity: SessionID?
     @Flag(help: "Say what would be kept and deleted; delete nothing.") var dryRun = false
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [String] = []
+    @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [SessionID] = []
 
     func validate() throws {
-        for name in sessions + [forgetIdentity].compactMap({ $0 }) { _ = try sessionID(argument: name) }
         // restic refuses too: without a rule, "keep nothing but the newest" is too easy to run by mistake.
         guard try retention.policy() != nil else {
             throw ValidationError("no retention policy: pass at least one --keep-* flag (or set SYNC_AGENT_KEEP_*)")
@@ -40,15 +39,14 @@ struct PruneCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.prune")
         let policy = try retention.policy()!
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .write)
-        let forgotten = forgetIdentity.flatMap(SessionID.init(printed:))
-        var ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions.compactMap { SessionID(printed: $0) }
-        if let forgotten, !ids.contains(forgotten) { ids.append(forgotten) }
+        var ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions
+        if let forgetIdentity, !ids.contains(forgetIdentity) { ids.append(forgetIdentity) }
         let pruner = SnapshotPruner(sessionStore: opened.primary, mirror: opened.mirror)
         let progress = ProgressLine(dryRun ? "checking" : "pruning", total: ids.count)
         var report = PruneReport(dryRun: dryRun)
         for id in ids {
             do {
-                let outcome = try await pruner.prune(id, policy: policy, dryRun: dryRun, forgetIdentity: id == forgotten)
+                let outcome = try await pruner.prune(id, policy: policy, dryRun: dryRun, forgetIdentity: id == forgetIdentity)
                 report.sessions.append(.init(outcome))
                 if let snapshot = outcome.forgottenIdentity {
                     logger.notice(dryRun ? "would end the identity hold" : "ended the identity hold", metadata: ["session": "\(id)", "snapshot": "\(snapshot)"])

@@ -52,7 +52,7 @@ struct IdentityGuardTests {
         let error = try #require(failure["error"] as? String)
         #expect(error.contains("snapshot \(broken)") && error.contains("--snapshot \(good) wa"), "\(error)")
         #expect(!(refused.standardOutput + refused.standardError).contains(Self.phone))
-        #expect(try tree("\(target)/wa") == ["creds.json": Array("the worker's last state".utf8)])
+        #expect(try directoryTree("\(target)/wa") == ["creds.json": Array("the worker's last state".utf8)])
 
         // The snapshot it names restores, paired.
         let (named, namedReport) = try await restore(runner, into: target, baileys + ["--snapshot", good, "wa"])

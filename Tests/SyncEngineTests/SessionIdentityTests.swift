@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
 @testable import SyncEngine
@@ -252,7 +252,7 @@ struct SessionIdentityTests {
             #expect(error?.description.contains("--snapshot \(good)") == true)
             #expect(error?.description.contains(Self.phone) == false)
         }
-        #expect(try directoryContents("\(root)/\(session.rawValue)") == ["creds.json": Array("the worker's last state".utf8)])
+        #expect(try directoryTree("\(root)/\(session.rawValue)") == ["creds.json": Array("the worker's last state".utf8)])
         #expect(try FileManager.default.contentsOfDirectory(atPath: root) == [session.rawValue])
 
         let outcome = try await restorer().restore(session, into: root, target: good.label)

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 
 /// A Baileys `creds.json` (its `useMultiFileAuthState`), as far as the agent needs it: whether

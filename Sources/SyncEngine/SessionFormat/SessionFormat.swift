@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 
 /// What the agent knows of the files in a session directory. Everything specific to a client

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 
 /// Who a session is, as each snapshot's manifest records it (FORMAT.md, "Session identity"):
