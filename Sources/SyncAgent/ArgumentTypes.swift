@@ -22,6 +22,7 @@ extension StorageMode: ExpressibleByArgument {
 }
 
 extension DeletePolicy: ExpressibleByArgument {}
+extension SessionFormat: ExpressibleByArgument {}
 extension S3Configuration.Addressing: ExpressibleByArgument {}
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 

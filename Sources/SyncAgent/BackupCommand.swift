@@ -45,7 +45,7 @@ struct BackupCommand: AsyncParsableCommand {
             let replicator = SessionReplicator(
                 session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: owner,
                 conditionalWrites: opened.conditionalWrites, claimsOwnership: false,
-                largeBasesOnWorkerThread: true, policy: policy, logger: logger)
+                largeBasesOnWorkerThread: true, format: try storage.resolvedSessionFormat, policy: policy, logger: logger)
             do {
                 let result = try await replicator.sync(forceBase: true)
                 try await opened.mirror?.mirror(id)

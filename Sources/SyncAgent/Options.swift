@@ -71,10 +71,17 @@ struct StorageOptions: ParsableArguments {
     @Option(help: "File with encryption keys, one per line, the first one writes (repeatable; env SESSION_ENCRYPTION_KEY holds keys inline).")
     var keyFile: [String] = []
 
+    @Option(help: "What a session's files are: baileys (creds.json: the identity guard, the auth-state check on restore, session health) or opaque (bytes only) (env SYNC_AGENT_SESSION_FORMAT; default baileys).")
+    var sessionFormat: SessionFormat?
+
     var resolvedSessionsDir: String { sessionsDir ?? environment("SESSIONS_DIR") ?? "./sessions" }
 
     var resolvedMode: StorageMode {
         get throws(UsageError) { try StorageMode.resolve(mode, variable: "SESSION_STORAGE_TYPE") ?? .local }
+    }
+
+    var resolvedSessionFormat: SessionFormat {
+        get throws(UsageError) { try SessionFormat.resolve(sessionFormat, variable: SessionFormat.environmentVariable) ?? .baileys }
     }
 
     var resolvedLocalStore: String {
@@ -83,7 +90,10 @@ struct StorageOptions: ParsableArguments {
     }
 
     func validate() throws {
-        try rejectingUsageErrors { _ = try resolvedMode }
+        try rejectingUsageErrors {
+            _ = try resolvedMode
+            _ = try resolvedSessionFormat
+        }
     }
 
     /// Resolves every option and the keys, failing with one clear line for a bad value.

@@ -20,6 +20,10 @@ struct PruneCommand: AsyncParsableCommand {
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
     @OptionGroup(title: "Retention") var retention: RetentionOptions
+    @Option(help: ArgumentHelp(
+        "End this session's identity hold: the snapshot kept for a registered identity it lost (last_registered_identity) is then judged by the rules alone.",
+        valueName: "session"), transform: SessionID.init(parsing:))
+    var forgetIdentity: SessionID?
     @Flag(help: "Say what would be kept and deleted; delete nothing.") var dryRun = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Argument(help: "Session ids (default: every session in the store, as for backup).", transform: SessionID.init(parsing:))
@@ -36,14 +40,18 @@ struct PruneCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.prune")
         let policy = try retention.policy()!
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .write)
-        let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions
+        var ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions
+        if let forgetIdentity, !ids.contains(forgetIdentity) { ids.append(forgetIdentity) }
         let pruner = SnapshotPruner(sessionStore: opened.primary, mirror: opened.mirror)
         let progress = ProgressLine(dryRun ? "checking" : "pruning", total: ids.count)
         var report = PruneReport(dryRun: dryRun)
         for id in ids {
             do {
-                let outcome = try await pruner.prune(id, policy: policy, dryRun: dryRun)
+                let outcome = try await pruner.prune(id, policy: policy, dryRun: dryRun, forgetIdentity: id == forgetIdentity)
                 report.sessions.append(.init(outcome))
+                if let snapshot = outcome.forgottenIdentity {
+                    logger.notice(dryRun ? "would end the identity hold" : "ended the identity hold", metadata: ["session": "\(id)", "snapshot": "\(snapshot)"])
+                }
                 // A session with nothing to delete is in the report, not in the log: a store of
                 // thousands of sessions would otherwise log thousands of lines saying nothing.
                 if dryRun || outcome.plan.deletedCount > 0 {
@@ -115,6 +123,8 @@ struct PruneReport: Encodable {
         var sessionId: String
         var kept: [Snapshot] = []
         var deleted: [Snapshot] = []
+        /// `--forget-identity`: the snapshot the session's identity hold named.
+        var forgottenIdentity: String?
         var error: String?
 
         init(sessionId: String, error: String) {
@@ -124,6 +134,7 @@ struct PruneReport: Encodable {
 
         init(_ outcome: PruneOutcome) {
             sessionId = outcome.session.description
+            forgottenIdentity = outcome.forgottenIdentity.map { "\($0)" }
             kept = outcome.plan.kept.map { kept in
                 var snapshot = Snapshot(kept.entry)
                 snapshot.reasons = kept.reasons.map(\.rawValue)

@@ -108,7 +108,7 @@ struct RestoreCommand: AsyncParsableCommand {
                 sources: opened.sources, root: storage.resolvedSessionsDir,
                 request: RestoreRequest(
                     sessions: requested.map { .named($0) } ?? .all, point: restorePoint, onlyIfMissing: ifMissing,
-                    dryRun: dryRun, parallel: parallel))
+                    dryRun: dryRun, parallel: parallel, format: try storage.resolvedSessionFormat))
             plan = try await restore.plan()
         } catch StoreError.unavailable(let reason) {
             // The worker still gets a report to post, naming every session it asked for.

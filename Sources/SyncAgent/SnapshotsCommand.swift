@@ -11,7 +11,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
             Without a session: every session in the store with its head (latest snapshot,
             generation, owner, tombstone). With one: each snapshot object, and whether the head
             committed it or it is an orphan (a writer still committing, or one that lost a race,
-            retried, crashed or was fenced). Reads only.
+            retried, crashed or was fenced). With the baileys session format (the default), each
+            committed snapshot is read (downloaded and decrypted) for the identity it holds:
+            registered or not, and its fingerprint prefix. Reads only.
             In hybrid mode, a session's snapshots are listed from the store a restore would use.
             """)
 
@@ -30,7 +32,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.snapshots")
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         if let session {
-            try await listSnapshots(session, store: try await opened.sources.store(for: session))
+            try await listSnapshots(
+                session, store: try await opened.sources.store(for: session),
+                showsIdentity: try storage.resolvedSessionFormat != .opaque)
         } else {
             try await listSessions(opened)
         }
@@ -68,7 +72,7 @@ struct SnapshotsCommand: AsyncParsableCommand {
 
     /// The objects are listed even when the session's state cannot be read (then all as
     /// orphans), with the error, and the command exits 1.
-    private func listSnapshots(_ session: SessionID, store: SessionStore) async throws {
+    private func listSnapshots(_ session: SessionID, store: SessionStore, showsIdentity: Bool) async throws {
         var head: SessionHead?
         var history: CommittedHistory?
         // The objects as the state's read listed them; nil when that read failed.
@@ -93,11 +97,15 @@ struct SnapshotsCommand: AsyncParsableCommand {
             var row = SnapshotsListing.Snapshot(
                 id: "\(entry.id)", tag: entry.id.tag.rawValue, kind: entry.kind.rawValue, size: entry.size,
                 time: entry.lastModified.map(timestamp), committed: isCommitted)
-            if details, isCommitted {
+            if details || showsIdentity, isCommitted, entry.kind != .tombstone || details {
                 do {
                     if let manifest = try await store.manifest(session, entry) {
-                        row.files = manifest.stateFileCount
-                        row.bytes = manifest.stateByteCount
+                        if details {
+                            row.files = manifest.stateFileCount
+                            row.bytes = manifest.stateByteCount
+                        }
+                        row.registered = manifest.identity?.registered
+                        row.identity = manifest.identity?.shownFingerprint
                     } else {
                         row.error = "vanished from the store"
                     }
@@ -112,6 +120,10 @@ struct SnapshotsCommand: AsyncParsableCommand {
         } else {
             for row in listing.snapshots {
                 var columns = [row.time ?? "-", row.id, row.kind, "\(row.size) B", row.committed ? "committed" : "orphan"]
+                if showsIdentity {
+                    columns.append(row.registered.map { $0 ? "registered" : "not registered" } ?? "-")
+                    columns.append(row.identity ?? "-")
+                }
                 if details {
                     columns.append(row.error ?? row.files.map { "\($0) files" } ?? "-")
                     columns.append(row.bytes.map { "\($0) bytes" } ?? "-")
@@ -136,6 +148,9 @@ struct SessionsListing: Encodable {
         var owner: String?
         var tombstoned: Bool
         var updatedAt: String?
+        /// The snapshot retention keeps for a registered identity the session lost, and since when.
+        var identityHeld: String?
+        var identityChangedAt: String?
         /// Why the session's state cannot be read: its head is corrupt, missing beside its
         /// snapshots, or behind a newer committed chain.
         var error: String?
@@ -150,6 +165,8 @@ struct SessionsListing: Encodable {
             owner = head?.owner
             tombstoned = head?.isTombstoned ?? false
             updatedAt = head.map { timestamp($0.updatedAt) }
+            identityHeld = head?.identityHold.map { "\($0.snapshot)" }
+            identityChangedAt = head?.identityHold.map { timestamp($0.since) }
         }
     }
 
@@ -172,8 +189,12 @@ struct SnapshotsListing: Encodable {
         /// With `--details`: the session after this snapshot.
         var files: Int?
         var bytes: Int64?
-        /// With `--details`: why the snapshot could not be read.
+        /// With `--details` or the baileys format: why the snapshot could not be read.
         var error: String?
+        /// The baileys format: whether the session after this snapshot is paired, and its
+        /// identity's fingerprint prefix (absent when the manifest records none).
+        var registered: Bool?
+        var identity: String?
     }
 
     var sessionId: String

@@ -42,7 +42,9 @@ struct StatusCommand: AsyncParsableCommand {
                 print([
                     row.sessionId, row.state, row.lastSnapshot ?? "-", row.lastSnapshotAt ?? "-",
                     row.lagSeconds.map { "lag \(($0 * 10).rounded() / 10)s" } ?? "lag -",
-                    row.pendingChanges.map { "\($0) pending" } ?? "- pending", row.lastError ?? "",
+                    row.pendingChanges.map { "\($0) pending" } ?? "- pending",
+                    row.registered.map { $0 ? "registered \(row.identity ?? "-")" : "not registered" } ?? "-",
+                    row.files.map { "\($0) files, \(row.preKeys.map(String.init) ?? "-") pre-keys" } ?? "-", row.lastError ?? "",
                 ].joined(separator: "\t"))
             }
         }
@@ -55,10 +57,15 @@ struct StatusCommand: AsyncParsableCommand {
         for id in try await opened.sources.sessions() {
             do {
                 let head = try await opened.sources.store(for: id).head(id)?.head
-                report.sessions.append(StatusReport.Row(
-                    sessionId: id.description, state: head?.isTombstoned == true ? "tombstoned" : "stored",
+                let state =
+                    head?.isTombstoned == true
+                    ? "tombstoned" : head?.identityHold != nil ? SessionStatus.State.identityChanged.rawValue : "stored"
+                var row = StatusReport.Row(
+                    sessionId: id.description, state: state,
                     lastSnapshot: head?.latest.map { "\($0)" }, lastSnapshotAt: head.map { timestamp($0.updatedAt) },
-                    lagSeconds: nil, pendingChanges: nil, lastError: nil))
+                    lagSeconds: nil, pendingChanges: nil, lastError: nil)
+                row.identityChangedAt = head?.identityHold.map { timestamp($0.since) }
+                report.sessions.append(row)
             } catch {
                 // One head that cannot be read (corrupt, oversized, no regular file) must not hide the others.
                 report.sessions.append(StatusReport.Row(
@@ -81,6 +88,13 @@ struct StatusReport: Encodable {
         var lagSeconds: Double?
         var pendingChanges: Int?
         var lastError: String?
+        /// From the agent (`SessionHealth`); from the store only `identityChangedAt`.
+        var files: Int?
+        var bytes: Int64?
+        var registered: Bool?
+        var identity: String?
+        var identityChangedAt: String?
+        var preKeys: Int?
 
         /// The state, read from the store, of a session whose head cannot be read (`lastError` says why).
         static let unreadableState = "failed"
@@ -97,6 +111,7 @@ extension StatusReport.Row {
         self.init(
             sessionId: status.sessionId, state: status.state.rawValue, lastSnapshot: status.lastSnapshot,
             lastSnapshotAt: status.lastSnapshotAt, lagSeconds: status.lagSeconds, pendingChanges: status.pendingChanges,
-            lastError: status.lastError)
+            lastError: status.lastError, files: status.files, bytes: status.bytes, registered: status.registered,
+            identity: status.identity, identityChangedAt: status.identityChangedAt, preKeys: status.preKeys)
     }
 }

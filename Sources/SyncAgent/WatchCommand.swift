@@ -70,6 +70,7 @@ struct WatchCommand: AsyncParsableCommand {
         var settings = WatchSettings()
         settings.onDelete = onDelete
         settings.concurrency = concurrency
+        settings.sessionFormat = try storage.resolvedSessionFormat
         settings.watcher.quietPeriod = quietPeriod ?? .milliseconds(250)
         settings.watcher.maxDelay = try DurationSetting.resolve(maxDelay, variable: "SESSION_BACKUP_INTERVAL", allowsZero: false) ?? .seconds(5)
         guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {

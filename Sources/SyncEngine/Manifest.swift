@@ -38,6 +38,10 @@ public struct SnapshotManifest: Sendable {
     public var stateFileCount: Int
     public var stateByteCount: Int64
     public var stateDigest: String
+    /// The session's identity after this snapshot (`SessionFormat`): nil for a tombstone, a
+    /// session format without one, a manifest written before identities were recorded, or a
+    /// snapshot that did not read the credentials of a session whose identity was not known yet.
+    public var identity: SessionIdentity? = nil
 
     /// The session state after applying this snapshot on top of `previous`.
     public func applied(to previous: SessionState) -> SessionState {
@@ -132,9 +136,12 @@ public struct SessionHead: Codable, Sendable, Equatable {
     /// The base the latest snapshot's chain starts from.
     public var base: SnapshotID?
     public var updatedAt: Date
+    /// The snapshot retention keeps for a registered identity the session lost; nil when none.
+    public var identityHold: IdentityHold?
 
     public init(
-        generation: UInt64, owner: String, latest: SnapshotID?, latestKind: SnapshotKind?, base: SnapshotID?, updatedAt: Date
+        generation: UInt64, owner: String, latest: SnapshotID?, latestKind: SnapshotKind?, base: SnapshotID?, updatedAt: Date,
+        identityHold: IdentityHold? = nil
     ) {
         self.generation = generation
         self.owner = owner
@@ -142,6 +149,7 @@ public struct SessionHead: Codable, Sendable, Equatable {
         self.latestKind = latestKind
         self.base = base
         self.updatedAt = updatedAt
+        self.identityHold = identityHold
     }
 
     public var isTombstoned: Bool { latestKind == .tombstone }

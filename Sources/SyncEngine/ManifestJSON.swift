@@ -31,6 +31,7 @@ enum ManifestJSON {
         var stateFileCount: Int
         var stateByteCount: Int64
         var stateDigest: String
+        var identity: SessionIdentity?
     }
 
     struct FileLine: Codable {
@@ -64,7 +65,7 @@ enum ManifestJSON {
                 formatVersion: manifest.formatVersion, session: manifest.session, id: manifest.id, kind: manifest.kind,
                 parent: manifest.parent, createdAt: manifest.createdAt, fileCount: manifest.files.count,
                 deletedCount: manifest.deleted.count, stateFileCount: manifest.stateFileCount,
-                stateByteCount: manifest.stateByteCount, stateDigest: manifest.stateDigest))
+                stateByteCount: manifest.stateByteCount, stateDigest: manifest.stateDigest, identity: manifest.identity))
         for (name, record) in manifest.files {
             try line(FileLine(name: name, size: record.size, contentID: record.contentID, fingerprint: record.fingerprint))
         }
@@ -109,7 +110,7 @@ enum ManifestJSON {
         var manifest = SnapshotManifest(
             session: header.session, id: header.id, kind: header.kind, parent: header.parent, createdAt: header.createdAt,
             files: files.build(), deleted: deleted, stateFileCount: header.stateFileCount,
-            stateByteCount: header.stateByteCount, stateDigest: header.stateDigest)
+            stateByteCount: header.stateByteCount, stateDigest: header.stateDigest, identity: header.identity)
         manifest.formatVersion = header.formatVersion
         return manifest
     }

@@ -3,7 +3,8 @@ import FoundationEssentials
 /// Which snapshots of a session to keep, like restic's `forget` options: each rule keeps some
 /// snapshots, a snapshot is kept when any rule keeps it, and whatever a kept snapshot needs to
 /// restore (a delta's chain back to its base) is kept with it. The head's snapshot is always
-/// kept, whatever the rules, so a session's current state is never pruned.
+/// kept, whatever the rules, so a session's current state is never pruned, and so is the
+/// snapshot the head's identity hold names (`IdentityHold`: a registered identity the session lost).
 ///
 /// A snapshot's time is when its object was written to the store, as the store lists it (what
 /// `sync-agent snapshots` prints): the manifest's own time is inside the encrypted object, and
@@ -42,6 +43,9 @@ public struct RetentionPolicy: Sendable, Equatable {
     public enum Reason: String, Sendable, Codable, Comparable {
         /// The head's snapshot.
         case newest
+        /// The newest snapshot of a registered identity the session lost (the head's identity
+        /// hold), until a logout or `prune --forget-identity`.
+        case lastRegisteredIdentity = "last_registered_identity"
         case last
         case hourly
         case daily
@@ -55,7 +59,7 @@ public struct RetentionPolicy: Sendable, Equatable {
 
         public static func < (lhs: Reason, rhs: Reason) -> Bool { lhs.order < rhs.order }
         private var order: Int {
-            [.newest, .last, .hourly, .daily, .weekly, .within, .chains, .chain, .unknownTime].firstIndex(of: self)!
+            [.newest, .lastRegisteredIdentity, .last, .hourly, .daily, .weekly, .within, .chains, .chain, .unknownTime].firstIndex(of: self)!
         }
     }
 
@@ -82,6 +86,13 @@ public struct RetentionPolicy: Sendable, Equatable {
         var kept: [SnapshotID: Set<Reason>] = [:]
         for link in try history.chain(to: history.latest, session: session) {
             kept[link.id, default: []].insert(link.id == latest ? .newest : .chain)
+        }
+        // Whatever the rules: the identity a worker may have lost for good otherwise. A held
+        // snapshot whose chain is broken cannot be restored, and keeps nothing.
+        if let hold = head.identityHold, let held = history.snapshots[hold.snapshot.sequence], held.id == hold.snapshot,
+            let chain = try? history.chain(to: held, session: session)
+        {
+            for link in chain { kept[link.id, default: []].insert(link.id == held.id ? .lastRegisteredIdentity : .chain) }
         }
 
         // Snapshots whose chain is broken (a prune interrupted half way) cannot be restored, so

@@ -43,8 +43,20 @@ public actor SessionReplicator {
     private let baseBuilds: ConcurrencyLimit?
     private let logger: Logger
 
-    private var head: (head: SessionHead, etag: String)?
-    private var state = SessionState()
+    private var state = SessionState() {
+        didSet {
+            health.files = state.count
+            health.bytes = state.byteCount
+            health.preKeys = format.preKeyCount(state)
+        }
+    }
+    /// The session's identity after the latest snapshot, when known (`SessionFormat`).
+    public private(set) var identity: SessionIdentity? {
+        didSet { health.identity = identity }
+    }
+    /// The latest snapshot's size, identity and pre-keys.
+    public private(set) var health = SessionHealth()
+    private let format: SessionFormat
     private var baseBytes: Int64 = 0
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
@@ -65,7 +77,7 @@ public actor SessionReplicator {
     public init(
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
-        largeBasesOnWorkerThread: Bool = false,
+        largeBasesOnWorkerThread: Bool = false, format: SessionFormat = .opaque,
         policy: CompactionPolicy = CompactionPolicy(),
         remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
         logger: Logger
@@ -75,8 +87,9 @@ public actor SessionReplicator {
         self.sessionStore = sessionStore
         self.writer = SnapshotWriter(
             keyring: sessionStore.keyring, compressionLevel: compressionLevel,
-            largeBasesOnWorkerThread: largeBasesOnWorkerThread)
+            largeBasesOnWorkerThread: largeBasesOnWorkerThread, format: format)
         self.owner = owner
+        self.format = format
         self.policy = policy
         self.conditionalWrites = conditionalWrites
         self.claimsOwnership = claimsOwnership
@@ -87,6 +100,10 @@ public actor SessionReplicator {
 
     /// The committed snapshot this writer last wrote or loaded.
     public var latest: SnapshotID? { head?.head.latest }
+
+    private var head: (head: SessionHead, etag: String)? {
+        didSet { health.identityChangedAt = head?.head.identityHold?.since }
+    }
 
     /// The latest committed snapshot and when the head last moved (its commit, or a claim since).
     public var lastCommit: (snapshot: SnapshotID, at: Date)? {
@@ -146,6 +163,7 @@ public actor SessionReplicator {
     private func load(_ loaded: (head: SessionHead, etag: String)) async throws {
         do {
             var state = SessionState()
+            var identity: SessionIdentity?
             var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
             if loaded.head.latest != nil, !loaded.head.isTombstoned {
                 let chain = try await sessionStore.chain(session, head: loaded.head)
@@ -154,6 +172,7 @@ public actor SessionReplicator {
                         throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
                     }
                     state = manifest.applied(to: state)
+                    identity = manifest.identity
                     if entry.kind == .base {
                         baseBytes = entry.size
                     } else {
@@ -164,6 +183,7 @@ public actor SessionReplicator {
             }
             head = loaded
             self.state = state
+            self.identity = identity
             (self.baseBytes, self.deltaBytes, self.deltaCount) = (baseBytes, deltaBytes, deltaCount)
         } catch {
             head = nil
@@ -203,7 +223,12 @@ public actor SessionReplicator {
             }
             let (outcome, spool) = written
             recordSkipped(outcome)
-            guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
+            guard outcome.manifest != nil else {
+                // The same files: an identity learnt from them (the first look at a session whose
+                // snapshots record none) describes the state, and the next snapshot records it.
+                identity = outcome.identity
+                return .unchanged(unsettled: outcome.unsettled)
+            }
 
             let entry = SnapshotEntry(id: id, kind: kind, parentTag: previous?.tag, size: spool.size, lastModified: nil)
             try await sessionStore.putSnapshot(session, entry, spool: spool)
@@ -212,6 +237,11 @@ public actor SessionReplicator {
             next.latestKind = kind
             next.base = kind == .base ? id : current.head.base
             next.updatedAt = Date()
+            if outcome.replacesRegisteredIdentity, let previous {
+                // The snapshot is still taken (the directory is the truth); the last one with the
+                // registered identity stays until a logout or `prune --forget-identity`.
+                next.identityHold = IdentityHold(snapshot: previous, since: next.updatedAt)
+            }
             do {
                 let etag = try await sessionStore.writeHead(
                     next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
@@ -222,6 +252,13 @@ public actor SessionReplicator {
                 continue
             }
             state = outcome.state
+            identity = outcome.identity
+            if let hold = next.identityHold, outcome.replacesRegisteredIdentity {
+                EngineMetrics.identityChanged()
+                logger.warning(
+                    "the session's registered identity was replaced (creds.json missing, unregistered or another identity); keeping its last snapshot with it",
+                    metadata: ["session": "\(session)", "kept": "\(hold.snapshot)", "registered": "\(identity?.registered ?? false)"])
+            }
             let size = spool.size
             if kind == .base {
                 (baseBytes, deltaBytes, deltaCount) = (size, 0, 0)
@@ -240,12 +277,12 @@ public actor SessionReplicator {
     private func writeSnapshot(kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>?)
         async throws -> (outcome: SnapshotWriter.Outcome, spool: SnapshotSpool)
     {
-        let (writer, session, directory, state) = (writer, session, directory, state)
+        let (writer, session, directory, state, identity) = (writer, session, directory, state, identity)
         return try await runBlocking {
             let spool = SnapshotSpool()
             let outcome = try writer.write(
-                session: session, directory: directory, previous: state, kind: kind, id: id, parent: parent,
-                changedPaths: changedPaths, openSink: { spool })
+                session: session, directory: directory, previous: state, previousIdentity: identity, kind: kind, id: id,
+                parent: parent, changedPaths: changedPaths, openSink: { spool })
             return (outcome, spool)
         }
     }
@@ -280,11 +317,14 @@ public actor SessionReplicator {
             next.latest = id
             next.latestKind = .tombstone
             next.updatedAt = Date()
+            // A logout ends what an identity hold waited for.
+            next.identityHold = nil
             do {
                 let etag = try await sessionStore.writeHead(
                     next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
                 head = (next, etag)
                 state = SessionState()
+                identity = nil
                 return
             } catch StoreError.preconditionFailed {
                 try await headMoved()

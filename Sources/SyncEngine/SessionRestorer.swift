@@ -25,6 +25,9 @@ public struct RestoreOutcome: Sendable, Equatable {
     public var snapshot: SnapshotID?
     public var files: Int
     public var bytes: Int64
+    /// Whether the restored session is paired with an account (false: its client will need a QR
+    /// code); nil for a session format without credentials, or a snapshot that does not record it.
+    public var registered: Bool? = nil
 }
 
 /// Which snapshot a restore brings back.
@@ -65,6 +68,9 @@ public struct RestorePlan: Sendable {
     public let session: SessionID
     /// The snapshots to apply, base first; empty when `decided` is set.
     let chain: [SnapshotEntry]
+    /// The committed snapshots before the one restored, newest first: where a snapshot that
+    /// passes the auth-state check is looked for when that one does not.
+    var earlier: [SnapshotEntry] = []
     /// Present, not found or logged out: nothing to download.
     let decided: RestoreOutcome?
 }
@@ -78,6 +84,8 @@ public struct SessionRestorer: Sendable {
     public var limits = ExtractionLimits.sessionDirectory
     /// Snapshot objects downloaded at once for one session.
     public var downloadConcurrency = 8
+    /// What a rebuilt session's credentials are checked against before it is swapped in.
+    public var format = SessionFormat.opaque
 
     public init(sessionStore: SessionStore) {
         self.sessionStore = sessionStore
@@ -157,7 +165,9 @@ public struct SessionRestorer: Sendable {
             target = entry
         }
         if target.kind == .tombstone { return decided(.loggedOut, target.id) }
-        return RestorePlan(session: session, chain: try history.chain(to: target, session: session), decided: nil)
+        return RestorePlan(
+            session: session, chain: try history.chain(to: target, session: session),
+            earlier: history.sorted.filter { $0.id < target.id }.reversed(), decided: nil)
     }
 
     /// Carries out a plan: downloads the chain, and unless the directory already equals the
@@ -185,6 +195,25 @@ public struct SessionRestorer: Sendable {
     }
 
     private func carryOut(_ plan: RestorePlan, into sessionsRoot: String, dryRun: Bool) async throws -> RestoreOutcome {
+        do {
+            return try await rebuild(plan, into: sessionsRoot, dryRun: dryRun)
+        } catch var error as AuthStateError {
+            error.passing = try await newestPassing(plan.earlier, session: plan.session)
+            throw error
+        }
+    }
+
+    /// The newest of `snapshots` (newest first) whose manifest records credentials that pass the
+    /// auth-state check: each manifest costs a download, so only a failed check looks. A snapshot
+    /// whose manifest records no identity (written before identities were) is not known to pass.
+    private func newestPassing(_ snapshots: [SnapshotEntry], session: SessionID) async throws -> SnapshotID? {
+        for entry in snapshots where entry.kind != .tombstone {
+            if try await sessionStore.manifest(session, entry)?.identity?.authState == .valid { return entry.id }
+        }
+        return nil
+    }
+
+    private func rebuild(_ plan: RestorePlan, into sessionsRoot: String, dryRun: Bool) async throws -> RestoreOutcome {
         if let decided = plan.decided { return decided }
         let session = plan.session
         let directory = "\(sessionsRoot)/\(session.rawValue)"
@@ -203,10 +232,10 @@ public struct SessionRestorer: Sendable {
         let chain = plan.chain
         let newest = chain.last!
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
-        func outcome(_ status: RestoreOutcome.Status, _ manifest: SnapshotManifest) -> RestoreOutcome {
+        func outcome(_ status: RestoreOutcome.Status, _ manifest: SnapshotManifest, registered: Bool?) -> RestoreOutcome {
             RestoreOutcome(
                 session: session, status: status, snapshot: newest.id, files: manifest.stateFileCount,
-                bytes: manifest.stateByteCount)
+                bytes: manifest.stateByteCount, registered: registered)
         }
         // The up-to-date check reads the newest object once before it is unpacked. A directory
         // that is missing or empty cannot be up to date, so the usual restore (a new worker, an
@@ -216,13 +245,15 @@ public struct SessionRestorer: Sendable {
             if let local = try? localState(directory), local.digest == manifest.stateDigest,
                 (try? entryCount(directory)) == local.count + Self.directories(holding: local.names).count
             {
-                return outcome(.upToDate, manifest)
+                return outcome(.upToDate, manifest, registered: format == .opaque ? nil : manifest.identity?.registered)
             }
         }
         if dryRun {
-            return outcome(.wouldRestore, try apply(chain, objects: objects, session: session, into: nil, reader: reader))
+            let rebuilt = try apply(chain, objects: objects, session: session, into: nil, reader: reader)
+            return outcome(.wouldRestore, rebuilt.manifest, registered: rebuilt.registered)
         }
-        return outcome(.restored, try replace(directory, session: session, chain: chain, objects: objects))
+        let rebuilt = try replace(directory, session: session, chain: chain, objects: objects)
+        return outcome(.restored, rebuilt.manifest, registered: rebuilt.registered)
     }
 
     /// Replaces `directory` by the session the chain's downloaded objects rebuild: each object
@@ -230,42 +261,58 @@ public struct SessionRestorer: Sendable {
     /// directories 0700, at any depth), checked against its manifest and the chain, then swapped
     /// in atomically (`DirectorySwap`). Every restore writes a session directory this way and no
     /// other (the fuzz target and the hostile-archive tests drive it). Anything refused leaves
-    /// `directory` as it was and nothing beside it. Returns the newest snapshot's manifest.
+    /// `directory` as it was and nothing beside it, and so does a session whose credentials fail
+    /// the auth-state check (`AuthStateError`). Returns the newest snapshot's manifest and
+    /// whether the session is paired.
     func replace(_ directory: String, session: SessionID, chain: [SnapshotEntry], objects: [DownloadedSnapshot]) throws
-        -> SnapshotManifest
+        -> Rebuilt
     {
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
-        var restored: SnapshotManifest?
+        var restored: Rebuilt?
         try DirectorySwap.replace(directory) { staging in
             restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
         }
         return restored!
     }
 
+    /// A session rebuilt from its chain, checked: its newest manifest, and whether it is paired.
+    struct Rebuilt {
+        var manifest: SnapshotManifest
+        var registered: Bool?
+    }
+
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
     /// holds it, and names a newer delta deleted are never taken from an older one. Without a
-    /// staging directory (a dry run) every check runs and the contents are only read. Returns
-    /// the newest snapshot's manifest.
+    /// staging directory (a dry run) every check runs and the contents are only read. The
+    /// credentials are checked last (`SessionFormat.checkAuthState`).
     private func apply(
         _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
-    ) throws -> SnapshotManifest {
+    ) throws -> Rebuilt {
         // Names as their UTF-8, compared bytewise: String's == takes canonically equivalent
         // names ("é" and "e\u{301}", two files on Linux) for one.
         var decided = Set<[UInt8]>()
         var written = Set<[UInt8]>()
         var manifests: [SnapshotManifest] = []
+        var credentials: CredentialsCapture?
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
                 let nameBytes = Array(name.utf8)
                 if decided.contains(nameBytes) { return try data.drain() }
+                let capture = name == format.credentialsFile ? CredentialsCapture() : nil
+                credentials = capture ?? credentials
                 // Its directories, at any depth, are created (0700) as the file is.
-                try staging?.writeFile(relativePath: name) { sink in try data.copy(to: sink) }
+                try staging?.writeFile(relativePath: name) { sink in
+                    capture?.downstream = sink
+                    try data.copy(to: capture ?? sink)
+                }
                 written.insert(nameBytes)
-                if staging == nil { try data.drain() }
+                if staging == nil {
+                    if let capture { try data.copy(to: capture) } else { try data.drain() }
+                }
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
@@ -279,7 +326,8 @@ public struct SessionRestorer: Sendable {
         guard written == Set(state.names.map { Array($0.utf8) }) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
-        return manifests[0]
+        let registered = try format.checkAuthState(credentials: credentials?.bytes, session: session, snapshot: chain.last!.id)
+        return Rebuilt(manifest: manifests[0], registered: registered)
     }
 
     private func isMissingOrEmpty(_ directory: String) -> Bool {
@@ -325,5 +373,18 @@ public struct SessionRestorer: Sendable {
                     fingerprint: nil))
         }
         return files.build()
+    }
+}
+
+/// Keeps the first bytes of the credentials file as it is restored, up to one byte past what the
+/// format reads (so a larger file is known to be), and passes everything on to `downstream`.
+private final class CredentialsCapture: ByteSink {
+    var downstream: ByteSink?
+    private(set) var bytes: [UInt8] = []
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        let room = BaileysCredentials.maximumByteCount + 1 - bytes.count
+        if room > 0 { bytes += chunk.prefix(room) }
+        try downstream?.write(chunk)
     }
 }

@@ -64,6 +64,21 @@ public struct SessionState: Sendable, Sequence {
         }
     }
 
+    /// How many names at the top level (no "/") start with `prefix`: adjacent in name order, so
+    /// counted without building a name (a count at each commit of a session of 100,000 files).
+    func topLevelCount(withPrefix prefix: String) -> Int {
+        var prefix = prefix
+        return prefix.withUTF8 { prefix in
+            var count = 0
+            var index = lowerBound(prefix)
+            while index < entries.count, nameBuffer(at: index, { $0.starts(with: prefix) }) {
+                if nameBuffer(at: index, { !$0.contains(UInt8(ascii: "/")) }) { count += 1 }
+                index += 1
+            }
+            return count
+        }
+    }
+
     /// The names this state has and `other` has not, in order.
     func names(absentFrom other: SessionState) -> [String] {
         var absent: [String] = []

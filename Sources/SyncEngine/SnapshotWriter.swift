@@ -21,6 +21,8 @@ struct SnapshotWriter: Sendable {
     /// at the cost of its job buffers, ~35 MB: right for a one-shot `backup`, which writes one
     /// session at a time; the sidecar keeps its memory instead.
     let largeBasesOnWorkerThread: Bool
+    /// Which file holds the session's identity, recorded in each manifest.
+    var format = SessionFormat.opaque
     let reader = StableFileReader()
 
     /// A file modified this recently may be rewritten again within one mtime tick with the
@@ -39,6 +41,10 @@ struct SnapshotWriter: Sendable {
         var skipped: [String: SkippedFile]
         /// The files looked at, when only reported paths were; nil when the whole directory was.
         var examined: [String]?
+        /// The session's identity after this snapshot (nil: unknown, or a format without one).
+        var identity: SessionIdentity?
+        /// This snapshot replaces the registered identity the previous one had.
+        var replacesRegisteredIdentity = false
     }
 
     enum Failure: Error {
@@ -52,9 +58,13 @@ struct SnapshotWriter: Sendable {
     /// `changedPaths` (deltas only): the paths the watcher reported since the previous
     /// snapshot; only those are read, so a change costs what changed, not the session's size.
     /// Nil scans the whole directory (start-up, rescans, after failures, bases).
+    ///
+    /// `previousIdentity`: the identity after the previous snapshot. The credentials file is
+    /// parsed only when it changed, or when that identity is not known.
     func write(
-        session: SessionID, directory: String, previous: SessionState, kind: SnapshotKind,
-        id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil, openSink: () throws -> ByteSink
+        session: SessionID, directory: String, previous: SessionState, previousIdentity: SessionIdentity? = nil,
+        kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil,
+        openSink: () throws -> ByteSink
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind, parentTag: parent?.tag))
@@ -107,6 +117,8 @@ struct SnapshotWriter: Sendable {
             }
         }
         var unsettled: [String] = []
+        /// The credentials file's bytes, when it was read and changed (or its identity is unknown).
+        var credentials: [UInt8]?
         var keptBelowUnreadable = false
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
         for (name, fingerprint) in candidates {
@@ -116,7 +128,11 @@ struct SnapshotWriter: Sendable {
                 found(name, previousRecord)
                 continue
             }
-            if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint {
+            // The credentials of a session whose identity is not known yet (a store written before
+            // identities were, or in the opaque format) are read once, to learn it.
+            if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint,
+                name != format.credentialsFile || previousIdentity != nil
+            {
                 found(name, previousRecord)
                 continue
             }
@@ -148,6 +164,9 @@ struct SnapshotWriter: Sendable {
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
                     fingerprint: settled ? file.state : nil)
                 found(name, record)
+                if name == format.credentialsFile, previousIdentity == nil || previousRecord?.contentID != record.contentID {
+                    credentials = file.bytes
+                }
                 if kind == .delta, previousRecord?.contentID == record.contentID { continue }
                 try archiveWriter().addFile(
                     relativePath: SnapshotManifest.filePrefix + name, contents: file.bytes, modificationTime: 0)
@@ -166,8 +185,17 @@ struct SnapshotWriter: Sendable {
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
         let state = readsReportedPaths ? previous.applying(reported) : scanned.build()
         let deleted = previous.names(absentFrom: state)
+        var sessionIdentity = previousIdentity
+        var replacesRegisteredIdentity = false
+        if let credentialsFile = format.credentialsFile,
+            credentials != nil || (state[credentialsFile] == nil && previousIdentity?.authState != .missing)
+        {
+            (sessionIdentity, replacesRegisteredIdentity) = format.identity(
+                ofCredentials: credentials, keyring: keyring, previous: previousIdentity)
+        }
         if kind == .delta, included.count == 0, deleted.isEmpty {
-            return Outcome(manifest: nil, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
+            return Outcome(
+                manifest: nil, state: state, unsettled: unsettled, skipped: skipped, examined: examined, identity: sessionIdentity)
         }
 
         // A base's state is exactly its files: every file read whole went into the archive, and a
@@ -175,12 +203,14 @@ struct SnapshotWriter: Sendable {
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: kind, parent: parent, createdAt: Date(),
             files: kind == .base ? state : included.build(), deleted: kind == .delta ? deleted : [],
-            stateFileCount: state.count, stateByteCount: state.byteCount, stateDigest: state.digest)
+            stateFileCount: state.count, stateByteCount: state.byteCount, stateDigest: state.digest, identity: sessionIdentity)
         let writer = try archiveWriter()
         try add(manifest, to: writer)
         try writer.finish()
         try archive!.encryption.finish()
-        return Outcome(manifest: manifest, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
+        return Outcome(
+            manifest: manifest, state: state, unsettled: unsettled, skipped: skipped, examined: examined, identity: sessionIdentity,
+            replacesRegisteredIdentity: replacesRegisteredIdentity)
     }
 
     /// The manifest as the archive's last entry. A delta's manifest (a few files) fits one

@@ -418,9 +418,12 @@ def read_head(store, keys, session_id):
     check_spelling(plaintext, head, "the head")
     fields = {"formatVersion", "generation", "owner", "updatedAt"}
     if "latest" in head:
-        fields |= {"latest", "latestKind"} | ({"base"} & head.keys())
+        fields |= {"latest", "latestKind"} | ({"base", "identityHold"} & head.keys())
     if set(head) != fields or not SECOND_DATE.fullmatch(head["updatedAt"]):
         raise FormatError(f"the head's fields are not FORMAT.md's: {sorted(head)}")
+    hold = head.get("identityHold")
+    if hold is not None and (set(hold) != {"since", "snapshot"} or not SECOND_DATE.fullmatch(hold["since"])):
+        raise FormatError(f"the head's identityHold {hold!r} is not as FORMAT.md describes it")
     if not re.fullmatch(r"[^/]*/\d+/\d+", head["owner"]):
         raise FormatError(f"the head's owner {head['owner']!r} is not <host>/<pid>/<number>")
     return head
@@ -428,9 +431,14 @@ def read_head(store, keys, session_id):
 
 def check_head_against_history(head, latest, history):
     """"The head": latestKind is the latest's kind; base the newest committed base, which a
-    tombstone does not change; after a tombstone comes a base."""
+    tombstone does not change; after a tombstone comes a base; an identity hold names a committed
+    snapshot below the latest, and never beside a tombstone."""
     if head["latestKind"] != latest.kind:
         raise FormatError(f"the head says latestKind {head['latestKind']}, its latest is a {latest.kind}")
+    hold = head.get("identityHold")
+    if hold is not None and (latest.kind == "tombstone" or hold["snapshot"]["sequence"] >= latest.sequence
+                             or hold["snapshot"] not in [s.id() for s in history.values()]):
+        raise FormatError(f"the head's identityHold names {hold['snapshot']}, not a committed snapshot before its latest")
     bases = [s for s in history.values() if s.kind == "base"]
     newest_base = max(bases, key=lambda s: s.sequence).id() if bases else None
     # With no base left in the history, one may have been pruned; with the history whole, there was none.
@@ -485,8 +493,96 @@ def rebuild(store, keys, session_id, label=None):
             last_header["stateDigest"], last_header["stateFileCount"], last_header["stateByteCount"]):
         raise FormatError(f"the rebuilt session does not match snapshot {target.label}'s manifest")
     if chain[-1].kind == "tombstone":
+        if "identity" in last_header:
+            raise FormatError(f"tombstone {target.label} records an identity")
         return dict(result, state="tombstone"), {}
+    if "identity" in last_header:
+        check_identity(last_header["identity"], state, keys, f"{session_id}/{target.label}")
+        result["registered"] = last_header["identity"]["registered"]
     return dict(result, state="restored"), state
+
+
+# --- Session identity ------------------------------------------------------------------------
+
+IDENTITY_DOMAIN = b"sync-agent session identity 1\n"
+
+
+def baileys_bytes(value):
+    """Baileys' {"type":"Buffer","data": base64 or byte values}, or None."""
+    if not isinstance(value, dict) or value.get("type") != "Buffer":
+        return None
+    data = value.get("data")
+    if isinstance(data, str):
+        try:
+            return base64.b64decode(data, validate=True)
+        except binascii.Error:
+            return None
+    if isinstance(data, list) and all(isinstance(b, int) and 0 <= b <= 255 for b in data):
+        return bytes(data)
+    return None
+
+
+def creds_identity(content, keys):
+    """"Session identity": what a manifest must record for this creds.json (None: the file is absent)."""
+    if content is None:
+        return {"authState": "missing", "registered": False}
+    if not content or len(content) > 1 << 20:
+        return {"authState": "unparsable", "registered": False}
+    try:
+        creds = json.loads(content)
+    except ValueError:
+        return {"authState": "unparsable", "registered": False}
+    incomplete = {"authState": "incomplete", "registered": False}
+
+    def pair(value):
+        return (isinstance(value, dict) and len(baileys_bytes(value.get("private")) or b"") == 32
+                and len(baileys_bytes(value.get("public")) or b"") in (32, 33))
+
+    if not isinstance(creds, dict):
+        return incomplete
+    pre_key = creds.get("signedPreKey")
+    me = creds.get("me")
+    if me is not None and not isinstance(me, dict):
+        return incomplete
+    account_id = me.get("id") if me is not None else None
+    valid = (pair(creds.get("noiseKey")) and pair(creds.get("signedIdentityKey"))
+             and isinstance(pre_key, dict) and pair(pre_key.get("keyPair"))
+             and len(baileys_bytes(pre_key.get("signature")) or b"") == 64 and type(pre_key.get("keyId")) is int
+             and type(creds.get("registrationId")) is int and creds["registrationId"] > 0
+             and isinstance(creds.get("advSecretKey"), str))
+    if valid:
+        try:
+            valid = len(base64.b64decode(creds["advSecretKey"], validate=True)) == 32
+        except binascii.Error:
+            valid = False
+    if me is not None and not isinstance(account_id, str):
+        valid = False
+    if valid and account_id:
+        account = creds.get("account")
+        valid = isinstance(account, dict) and all(
+            baileys_bytes(account.get(field)) is not None
+            for field in ("details", "accountSignatureKey", "accountSignature", "deviceSignature"))
+    if not valid:
+        return incomplete
+    return {"authState": "valid", "registered": bool(account_id), "material": (
+        baileys_bytes(creds["noiseKey"]["public"]), baileys_bytes(creds["signedIdentityKey"]["public"]),
+        (account_id or "").encode())}
+
+
+def check_identity(recorded, state, keys, what):
+    """A manifest's identity describes the rebuilt session's creds.json, its fingerprint keyed by keyID's key."""
+    expected = creds_identity(state["creds.json"][0] if "creds.json" in state else None, keys)
+    fields = {"authState", "registered"} | ({"fingerprint", "keyID"} if expected["authState"] == "valid" else set())
+    if set(recorded) != fields or (recorded["authState"], recorded["registered"]) != (expected["authState"], expected["registered"]):
+        raise FormatError(f"{what}: identity {recorded.get('authState')}/{recorded.get('registered')} does not describe creds.json "
+                          f"({expected['authState']}/{expected['registered']})")
+    if "fingerprint" in fields:
+        key = next((k for k in keys if k.key_id.hex() == recorded["keyID"]), None)
+        if key is None:
+            return  # keyed by a key this reader was not given: nothing to compare it with
+        message = IDENTITY_DOMAIN + b"".join(u32be(len(part)) + part for part in expected["material"])
+        if hashlib.blake2b(message, digest_size=32, key=key.content_id_key).hexdigest() != recorded["fingerprint"]:
+            raise FormatError(f"{what}: the identity's fingerprint is not creds.json's")
 
 
 def write_tree(state, out):

@@ -50,6 +50,21 @@ struct RetentionPolicyTests {
         #expect(longer.kept.first { $0.entry.id.sequence == 6 }?.reasons == [.newest, .last])
     }
 
+    /// The identity hold keeps its snapshot and that snapshot's chain whatever the rules; a hold
+    /// naming a snapshot that is gone (or another write attempt at its sequence) keeps nothing.
+    @Test func theSnapshotAnIdentityHoldNamesIsKeptWithItsChain() throws {
+        let entries = history([.base, .delta, .delta, .base, .delta, .base], hours: [0, 1, 2, 3, 4, 5])
+        var held = head(latest: 6, kind: .base)
+        held.identityHold = IdentityHold(snapshot: id(2), since: monday)
+        let kept = try RetentionPolicy(keepLast: 1).plan(entries, head: held, session: session).kept
+        #expect(kept.map(\.entry.id.sequence) == [1, 2, 6])
+        #expect(kept.first { $0.entry.id.sequence == 2 }?.reasons == [.lastRegisteredIdentity])
+        #expect(kept.first { $0.entry.id.sequence == 1 }?.reasons == [.chain])
+
+        held.identityHold = IdentityHold(snapshot: id(2, attempt: 1), since: monday)
+        #expect(try plan(RetentionPolicy(keepLast: 1), entries, head: held).kept == [6])
+    }
+
     @Test func theHeadsSnapshotIsKeptWhateverTheRules() throws {
         // Every other snapshot is older than a week before the newest one.
         let entries = history([.base, .base, .base], hours: [0, 1, 500])

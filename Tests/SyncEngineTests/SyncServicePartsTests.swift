@@ -193,13 +193,15 @@ struct ReadinessTests {
         let refused = Dictionary(uniqueKeysWithValues: (1...6).map { (SessionID("s\($0)")!, Refusal.symlink) })
         let skipped = SkippedFile(name: "media.bin", reason: "larger than the 64 MiB limit")
         let notes = Readiness.notBackedUp(
-            refused: refused, skippedFiles: [[skipped, skipped], [], [skipped]], unwatched: 2, comparedEvery: .seconds(5))
+            refused: refused, skippedFiles: [[skipped, skipped], [], [skipped]], identityChanged: 1, unwatched: 2,
+            comparedEvery: .seconds(5))
         #expect(notes == [
             "6 session(s) not backed up: s1 (symlink), s2 (symlink), s3 (symlink), s4 (symlink), s5 (symlink), …",
             "3 file(s) not backed up in 2 session(s) (see /sessions)",
+            "1 session(s) whose registered identity was replaced (identity_changed, see /sessions)",
             "2 session(s) without an inotify watch (fs.inotify.max_user_watches reached), compared every 5.0 seconds",
         ])
-        #expect(Readiness.notBackedUp(refused: [:], skippedFiles: [[]], unwatched: 0, comparedEvery: .seconds(5)).isEmpty)
+        #expect(Readiness.notBackedUp(refused: [:], skippedFiles: [[]], identityChanged: 0, unwatched: 0, comparedEvery: .seconds(5)).isEmpty)
     }
 }
 

@@ -117,10 +117,15 @@ public struct SyncAgentRunner: Sendable {
             (executable, programArguments) = try AgentUser.command(executable, programArguments)
         }
         return try ChildProcess(
-            executable, programArguments, environment: Self.cleanEnvironment(environment),
+            executable, programArguments, environment: Self.cleanEnvironment(Self.suiteDefaults.merging(environment) { $1 }),
             standardInput: standardInput,
             standardOutput: "\(logDirectory)/\(name).out", standardError: "\(logDirectory)/\(name).err")
     }
+
+    /// What every run gets unless the runner's environment says otherwise: most of the suite's
+    /// sessions hold files that are not Baileys' (a `creds.json` of `{"a":1}`), which the default
+    /// session format would refuse to restore; the tests of that format pass `--session-format baileys`.
+    static let suiteDefaults = ["SYNC_AGENT_SESSION_FORMAT": "opaque"]
 
     /// The directories and files the agent works in, which its user must own as in production.
     private static func pathsOwned(in arguments: [String]) -> [String] {

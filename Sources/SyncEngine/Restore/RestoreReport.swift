@@ -10,6 +10,9 @@ public struct RestoreReport: Encodable, Sendable {
         public var snapshot: String?
         public var files: Int
         public var bytes: Int64
+        /// False: the session was never paired, and its client will need a QR code. Absent with
+        /// `--session-format opaque`.
+        public var registered: Bool?
     }
 
     public struct Failed: Encodable, Sendable {
@@ -28,7 +31,8 @@ public struct RestoreReport: Encodable, Sendable {
         case .restored, .upToDate, .present, .wouldRestore:
             recoveredSessions.append(.init(
                 sessionId: outcome.session.description, status: outcome.status.rawValue,
-                snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes))
+                snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes,
+                registered: outcome.registered))
         case .notFound, .loggedOut:
             failedSessions.append(.init(
                 sessionId: outcome.session.description,
@@ -55,6 +59,7 @@ public struct RestoreReport: Encodable, Sendable {
         // The staging directory, a download's temporary file: the disk, not the store.
         case SnapshotError.io, StoreError.io, is SystemError: "local_io"
         case let error as SessionDirectoryError: error.reason.rawValue
+        case is AuthStateError: AuthStateError.reason
         default: "failed"
         }
     }

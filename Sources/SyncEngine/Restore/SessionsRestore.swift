@@ -47,13 +47,19 @@ public struct RestoreRequest: Sendable {
     public var dryRun: Bool
     /// Sessions restored at once.
     public var parallel: Int
+    /// What each rebuilt session's credentials are checked against before it is swapped in.
+    public var format: SessionFormat
 
-    public init(sessions: Sessions, point: RestorePoint = .newest, onlyIfMissing: Bool = false, dryRun: Bool = false, parallel: Int = 8) {
+    public init(
+        sessions: Sessions, point: RestorePoint = .newest, onlyIfMissing: Bool = false, dryRun: Bool = false, parallel: Int = 8,
+        format: SessionFormat = .opaque
+    ) {
         self.sessions = sessions
         self.point = point
         self.onlyIfMissing = onlyIfMissing
         self.dryRun = dryRun
         self.parallel = parallel
+        self.format = format
     }
 }
 
@@ -117,7 +123,8 @@ public struct SessionsRestore: Sendable {
         }
         let plans = try await sessions.concurrentMap(limit: request.parallel) { [sources, root, request] id in
             await Result { () async throws -> (SessionRestorer, RestorePlan) in
-                let restorer = SessionRestorer(sessionStore: try await sources.store(for: id))
+                var restorer = SessionRestorer(sessionStore: try await sources.store(for: id))
+                restorer.format = request.format
                 return (restorer, try await restorer.plan(id, into: root, at: request.point, onlyIfMissing: request.onlyIfMissing))
             }
         }

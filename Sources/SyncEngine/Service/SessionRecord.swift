@@ -23,6 +23,11 @@ struct SessionRecord {
     var loggedOut = false
     /// Files its uploads leave out (too large, unreadable), as the replicator last reported them.
     var skippedFiles: [SkippedFile] = []
+    /// What its latest snapshot holds, as the replicator last reported it; nil before its first sync.
+    var health: SessionHealth?
+
+    /// Its registered identity was replaced, and it has not logged out since.
+    var hasLostItsIdentity: Bool { health?.identityChangedAt != nil && !tombstoned }
 
     /// Records changes made at `since` (`paths` nil: compare the whole directory). True when the
     /// session should be queued now (see `UploadSchedule.changed`).
@@ -127,7 +132,7 @@ struct SessionRecord {
     func status(_ id: SessionID, watched: Bool, at now: ContinuousClock.Instant) -> SessionStatus {
         var backlog = uploadingChanges
         backlog.absorb(waitingChanges)
-        return SessionStatus(
+        var status = SessionStatus(
             sessionId: id.description, state: state(backlog: backlog),
             lastSnapshot: lastCommit.map { "\($0.snapshot)" },
             lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
@@ -135,6 +140,8 @@ struct SessionRecord {
             pendingChanges: backlog.paths.count, lastError: lastError,
             consecutiveFailures: schedule.failures, watched: watched,
             skippedFiles: skippedFiles)
+        if let health, !tombstoned { status.describe(health) }
+        return status
     }
 
     private func state(backlog: ChangeBacklog) -> SessionStatus.State {
@@ -144,6 +151,7 @@ struct SessionRecord {
         if schedule.failures > 0 { return .failing }
         if schedule.running { return .uploading }
         if schedule.pending || !backlog.isEmpty { return .pending }
+        if hasLostItsIdentity { return .identityChanged }
         if !skippedFiles.isEmpty { return .partial }
         return .synced
     }

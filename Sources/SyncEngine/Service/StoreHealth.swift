@@ -39,7 +39,8 @@ extension Readiness {
     /// the agent unready (and its pod leave service), but it is never left unsaid.
     /// `skippedFiles`: the files left out, for each session backed up without some.
     static func notBackedUp(
-        refused: [SessionID: Refusal], skippedFiles: [[SkippedFile]], unwatched: Int, comparedEvery maxDelay: Duration
+        refused: [SessionID: Refusal], skippedFiles: [[SkippedFile]], identityChanged: Int, unwatched: Int,
+        comparedEvery maxDelay: Duration
     ) -> [String] {
         var notes: [String] = []
         if !refused.isEmpty {
@@ -50,6 +51,9 @@ extension Readiness {
         if !partial.isEmpty {
             let files = partial.map(\.count).reduce(0, +)
             notes.append("\(files) file(s) not backed up in \(partial.count) session(s) (see /sessions)")
+        }
+        if identityChanged > 0 {
+            notes.append("\(identityChanged) session(s) whose registered identity was replaced (identity_changed, see /sessions)")
         }
         if unwatched > 0 {
             notes.append("\(unwatched) session(s) without an inotify watch (fs.inotify.max_user_watches reached), "

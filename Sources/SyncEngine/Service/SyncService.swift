@@ -16,6 +16,8 @@ public struct WatchSettings: Sendable {
     /// pruning after each new base (which alone never trims a session that only gets deltas).
     public var pruneInterval: Duration?
     public var compressionLevel = 3
+    /// What the agent knows of a session's files: its identity, recorded in each snapshot.
+    public var sessionFormat = SessionFormat.opaque
     /// How often the store is asked whether it answers, for readiness, besides what uploads say.
     public var storeProbeInterval: Duration = .seconds(10)
 
@@ -243,7 +245,7 @@ public actor SyncService {
         replicators[id] = SessionReplicator(
             session: id, directory: directory(of: id), sessionStore: sessionStore, owner: owner,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
-            policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger)
+            format: settings.sessionFormat, policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger)
         sessions[id] = SessionRecord()
         return SessionRecord()
     }
@@ -328,6 +330,8 @@ public actor SyncService {
                 // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
                 let lastCommit = await replicator.lastCommit
                 sessions[id]?.lastCommit = lastCommit
+                let health = await replicator.health
+                sessions[id]?.health = health
                 let skippedFiles = await replicator.skippedFiles
                 recordSkippedFiles(id, skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
@@ -500,10 +504,12 @@ extension SyncService {
     /// its last probe or upload (`Readiness.of`).
     public func readiness() -> Readiness {
         let skippedFiles = sessions.filter { refused[$0.key] == nil }.map(\.value.skippedFiles)
+        let identityChanged = sessions.values.filter(\.hasLostItsIdentity).count
         return Readiness.of(
             store: storeHealth, startupComparison: startupComparison,
             notBackedUp: Readiness.notBackedUp(
-                refused: refused, skippedFiles: skippedFiles, unwatched: unwatched.count, comparedEvery: settings.watcher.maxDelay))
+                refused: refused, skippedFiles: skippedFiles, identityChanged: identityChanged, unwatched: unwatched.count,
+                comparedEvery: settings.watcher.maxDelay))
     }
 
     /// Refreshes the gauges that summarise the sessions. Ages grow without any event, so an
@@ -517,6 +523,7 @@ extension SyncService {
             failing: statuses.filter { $0.state == .failing }.count,
             skippedFiles: statuses.map(\.skippedFiles.count).reduce(0, +),
             refused: Dictionary(grouping: refused.values, by: { $0 }).mapValues(\.count))
+        EngineMetrics.sessionHealth(statuses)
     }
 
     /// Asks the store every `storeProbeInterval` whether it answers, so readiness follows an

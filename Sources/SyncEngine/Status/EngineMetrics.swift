@@ -62,6 +62,29 @@ public enum EngineMetrics {
         }
     }
 
+    /// Sessions by whether they are registered (`unknown`: no identity known, or a format
+    /// without one) and flagged `identity_changed`, every pair present; and the largest
+    /// session's file count (Baileys' unbounded pre-keys show there first).
+    static func sessionHealth(_ statuses: [SessionStatus]) {
+        var counts: [String: [Bool: Int]] = [:]
+        for status in statuses where status.state != .refused && status.state != .tombstoned {
+            let registered = status.registered.map { "\($0)" } ?? "unknown"
+            counts[registered, default: [:]][status.identityChangedAt != nil, default: 0] += 1
+        }
+        for registered in ["true", "false", "unknown"] {
+            for changed in [false, true] {
+                Gauge(label: "sync_agent_sessions", dimensions: [("registered", registered), ("identity_changed", "\(changed)")])
+                    .record(counts[registered]?[changed] ?? 0)
+            }
+        }
+        Gauge(label: "sync_agent_session_files_max").record(statuses.compactMap(\.files).max() ?? 0)
+    }
+
+    /// A session's registered identity replaced (by none, an unregistered or another one).
+    static func identityChanged() {
+        Counter(label: "sync_agent_identity_changes_total").increment()
+    }
+
     static func restored(status: String, duration: Duration) {
         Counter(label: "sync_agent_restores_total", dimensions: [("status", status)]).increment()
         Timer(label: restoreDurationLabel).record(duration: duration)

@@ -22,6 +22,9 @@ public struct SessionStatus: Codable, Sendable, Equatable {
         case partial
         /// Present under the root but not backed up at all (`refusal` says why).
         case refused
+        /// Backed up, but its registered identity was replaced (by none, an unregistered or
+        /// another one) since `identityChangedAt`: retention keeps the last snapshot that has it.
+        case identityChanged = "identity_changed"
     }
 
     public var sessionId: String
@@ -45,6 +48,14 @@ public struct SessionStatus: Codable, Sendable, Equatable {
     public var skippedFiles: [SkippedFile]
     /// Why a `refused` session is not backed up.
     public var refusal: Refusal?
+    /// The session as its latest snapshot holds it (`SessionHealth`); absent until one is known.
+    public var files: Int?
+    public var bytes: Int64?
+    public var registered: Bool?
+    /// The identity's fingerprint prefix.
+    public var identity: String?
+    public var identityChangedAt: String?
+    public var preKeys: Int?
 
     public init(
         sessionId: String, state: State, lastSnapshot: String?, lastSnapshotAt: String?, lagSeconds: Double,
@@ -63,6 +74,31 @@ public struct SessionStatus: Codable, Sendable, Equatable {
         self.skippedFiles = skippedFiles
         self.refusal = refusal
     }
+
+    /// Fills the health fields.
+    mutating func describe(_ health: SessionHealth) {
+        files = health.files
+        bytes = health.bytes
+        registered = health.identity?.registered
+        identity = health.identity?.shownFingerprint
+        identityChangedAt = health.identityChangedAt?.formatted(.iso8601)
+        preKeys = health.preKeys
+    }
+}
+
+/// What a session's latest snapshot holds, for `/sessions` and the metrics: its size, its
+/// identity (`SessionFormat`), and its pre-keys, which some Baileys versions mint without bound.
+/// Reported only: the agent deletes nothing of a session.
+public struct SessionHealth: Sendable, Equatable {
+    public var files = 0
+    public var bytes: Int64 = 0
+    public var identity: SessionIdentity?
+    /// Since when the registered identity is gone (the head's identity hold).
+    public var identityChangedAt: Date?
+    /// Nil for a session format without pre-keys.
+    public var preKeys: Int?
+
+    public init() {}
 }
 
 /// Whether the sidecar does its job: its start-up comparison is over and its store answers.
