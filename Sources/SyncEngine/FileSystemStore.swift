@@ -218,8 +218,9 @@ public struct FileSystemStore: ObjectStore {
         while flock(lock.raw, LOCK_EX) != 0 {
             guard errno == EINTR else { throw storeFailure("lock", lockPath) }
         }
-        // Closing the descriptor (when `lock` goes) releases the lock.
-        return try body()
+        // Closing the descriptor releases the lock, and Swift may release `lock` right after its
+        // last use: kept alive explicitly until `body` has returned.
+        return try withExtendedLifetime(lock) { () throws(StoreError) in try body() }
     }
 
     // MARK: Reading

@@ -1,8 +1,12 @@
 import Glibc
 
-/// An open file descriptor, closed exactly once: when its owner goes. Whatever a type does with
-/// a descriptor, holding one of these instead of an `Int32` makes a leak or a double close
-/// impossible to write.
+/// An open file descriptor, closed exactly once: when the last reference to its owner goes. What
+/// it guarantees: the owner never leaks the descriptor and never closes it twice. What it does
+/// not: `raw` is a plain number, and Swift may release the owner right after its last use, which
+/// can be the read of `raw`; a call made with that number afterwards may find it closed, or
+/// reused by another open. So a descriptor is used through this type's methods (`self` lives
+/// through each call), or the owner is kept alive across every use of `raw`
+/// (`withExtendedLifetime`). Nor does it stop code from closing `raw` by hand.
 public final class FileDescriptor: Sendable {
     public let raw: Int32
     /// What the descriptor is open on, for error messages only.
