@@ -32,3 +32,39 @@ public final class FileDescriptor: Sendable {
         return (FileDescriptor(owning: pair[0], path: path), FileDescriptor(owning: pair[1], path: path))
     }
 }
+
+/// Positional reads and writes (pread, pwrite): the descriptor's position is left alone, so parts
+/// of one file can be read or written concurrently and a caller's file needs no rewinding.
+extension FileDescriptor {
+    /// Reads from `offset` until `buffer` is full or the file ends, retrying EINTR and short
+    /// reads. Returns how many bytes it read: fewer than `buffer.count` only when the file ended
+    /// first, which the caller decides about (the end of a file read in chunks, or a file that shrank).
+    public func readFully(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let count = pread(raw, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("read", path: path)
+            }
+            if count == 0 { break }
+            done += count
+        }
+        return done
+    }
+
+    /// Writes all of `bytes` at `offset`, retrying EINTR and short writes.
+    public func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
+        var remaining = bytes
+        var position = offset
+        while !remaining.isEmpty {
+            let written = pwrite(raw, remaining.baseAddress, remaining.count, off_t(position))
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("write", path: path)
+            }
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
+            position += Int64(written)
+        }
+    }
+}
