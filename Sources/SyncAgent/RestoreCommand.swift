@@ -162,14 +162,15 @@ struct RestoreCommand: AsyncParsableCommand {
         if all { return nil }
         guard let sessionsFrom else { return sessions }
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
-        let descriptor = sessionsFrom == "-" ? STDIN_FILENO : open(sessionsFrom, O_RDONLY | O_CLOEXEC)
+        // Standard input through a copy of its descriptor, so one owner closes whichever it is.
+        let descriptor = sessionsFrom == "-" ? fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 0) : open(sessionsFrom, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
             throw rejectInput("--sessions-from: cannot read \(FileName.displayed(sessionsFrom)): \(String(cString: strerror(errno)))")
         }
-        defer { if descriptor != STDIN_FILENO { close(descriptor) } }
+        let file = FileDescriptor(owning: descriptor, path: source)
         let read: [UInt8]?
         do {
-            read = try readAll(FileDescriptorSource(fileDescriptor: descriptor), limit: Self.sessionListLimit)
+            read = try readAll(FileDescriptorSource(file), limit: Self.sessionListLimit)
         } catch let error as SystemError {
             throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(String(cString: strerror(error.errno)))")
         }

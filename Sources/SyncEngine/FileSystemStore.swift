@@ -162,7 +162,11 @@ public struct FileSystemStore: ObjectStore {
         var renamed = false
         defer { if !renamed { unlink(temporaryPath) } }
         let etag = try fill(file).lowercaseHex
-        guard fsync(file.raw) == 0 else { throw storeFailure("fsync", temporaryPath) }
+        do throws(SystemError) {
+            try file.sync()
+        } catch {
+            throw storeFailure("fsync", temporaryPath, code: error.errno)
+        }
 
         try withLock { () throws(StoreError) in
             switch condition {
@@ -325,7 +329,11 @@ private func syncDirectory(_ path: String) throws(StoreError) {
     guard let directory = FileDescriptor.opening( path, flags: O_RDONLY | O_DIRECTORY) else {
         throw storeFailure("open directory", path)
     }
-    guard fsync(directory.raw) == 0 else { throw storeFailure("fsync", path) }
+    do throws(SystemError) {
+        try directory.sync()
+    } catch {
+        throw storeFailure("fsync", path, code: error.errno)
+    }
 }
 
 /// Creates `path` and any missing parents, each 0700 and made durable in its parent.

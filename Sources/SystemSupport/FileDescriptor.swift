@@ -33,6 +33,13 @@ public final class FileDescriptor: Sendable {
     }
 }
 
+extension FileDescriptor {
+    /// fsync(2): what was written to the file is on disk (for a directory, its entries).
+    public func sync() throws(SystemError) {
+        guard fsync(raw) == 0 else { throw SystemError("fsync", path: path) }
+    }
+}
+
 /// Positional reads and writes (pread, pwrite): the descriptor's position is left alone, so parts
 /// of one file can be read or written concurrently and a caller's file needs no rewinding.
 extension FileDescriptor {
