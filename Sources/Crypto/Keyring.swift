@@ -56,12 +56,13 @@ public struct Keyring: Sendable {
     /// the check and the read.
     private static func readKeyFile(_ path: String) throws -> (contents: WipedBuffer, count: Int) {
         // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
-        let fileDescriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fileDescriptor >= 0 else { throw unreadable(path, errno: errno) }
-        defer { close(fileDescriptor) }
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard descriptor >= 0 else { throw unreadable(path, errno: errno) }
+        // The source holds the owner, so the descriptor stays open through the read.
+        let source = FileDescriptorSource(FileDescriptor(owning: descriptor, path: path))
 
         var status = stat()
-        guard fstat(fileDescriptor, &status) == 0 else { throw unreadable(path, errno: errno) }
+        guard fstat(source.fileDescriptor, &status) == 0 else { throw unreadable(path, errno: errno) }
         guard status.st_mode & S_IFMT == S_IFREG else {
             throw CryptoError.keyFileUnreadable(path: path, reason: "it is not a regular file")
         }
@@ -71,7 +72,6 @@ public struct Keyring: Sendable {
 
         // One byte more than allowed, to tell a full buffer from a file that is too big.
         let buffer = WipedBuffer(count: maximumKeyFileByteCount + 1)
-        let source = FileDescriptorSource(fileDescriptor: fileDescriptor, path: path)
         let count: Int
         do {
             count = try source.readFully(into: buffer.bytes)

@@ -29,24 +29,6 @@ struct ContentRange: Equatable {
     }
 }
 
-extension FileDescriptor {
-    /// Writes all of `bytes` at `offset` with pwrite, so that parts of one object can be written
-    /// into one file concurrently.
-    func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
-        var remaining = bytes
-        var position = offset
-        while !remaining.isEmpty {
-            let written = pwrite(raw, remaining.baseAddress, remaining.count, off_t(position))
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("write response body")
-            }
-            remaining = UnsafeRawBufferPointer(rebasing: remaining[written...])
-            position += Int64(written)
-        }
-    }
-}
-
 extension Duration {
     var milliseconds: Int {
         let (seconds, attoseconds) = components

@@ -159,11 +159,8 @@ final class CurlTransfer: @unchecked Sendable {
                 buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[start..<start + count]))
             }
         case .file(let descriptor, let offset, _):
-            let read = pread(descriptor.raw, buffer.baseAddress, count, off_t(offset + uploadOffset))
-            if read < 0 { throw SystemError("read upload body") }
-            if read == 0 { throw S3ClientError.io("read upload body: file shrank while uploading") }
-            uploadOffset += Int64(read)
-            return read
+            let read = try descriptor.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<count]), at: offset + uploadOffset)
+            if read < count { throw S3ClientError.io("read upload body: file shrank while uploading") }
         }
         uploadOffset += Int64(count)
         return count

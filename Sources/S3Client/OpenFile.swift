@@ -14,10 +14,11 @@ final class OpenFile: Sendable {
     }
 
     /// A copy of a descriptor the caller keeps: an unlinked file has no path to open again.
-    convenience init(duplicating descriptor: Int32) throws(S3ClientError) {
-        let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
-        guard copy >= 0 else { throw .io("\(SystemError("cannot duplicate", path: "file descriptor \(descriptor)"))") }
-        try self.init(FileDescriptor(owning: copy, path: "file descriptor \(descriptor)"))
+    convenience init(duplicating descriptor: FileDescriptor) throws(S3ClientError) {
+        let copy = fcntl(descriptor.raw, F_DUPFD_CLOEXEC, 0)
+        let source = "file descriptor \(descriptor.raw)"
+        guard copy >= 0 else { throw .io("\(SystemError("cannot duplicate", path: source))") }
+        try self.init(FileDescriptor(owning: copy, path: source))
     }
 
     init(_ descriptor: FileDescriptor) throws(S3ClientError) {
@@ -48,19 +49,17 @@ final class OpenFile: Sendable {
         }
     }
 
-    /// Fills `buffer` from `offset` with pread and hashes it.
+    /// Fills `buffer` from `offset` and hashes it.
     private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64, digest: StreamingDigest)
         throws(S3ClientError)
     {
-        var done = 0
-        while done < buffer.count {
-            let count = pread(descriptor.raw, buffer.baseAddress! + done, buffer.count - done, off_t(offset + Int64(done)))
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else {
-                throw .io(count == 0 ? "cannot read \(descriptor.path): file shrank" : "\(SystemError("cannot read", path: descriptor.path))")
-            }
-            done += count
+        let count: Int
+        do {
+            count = try descriptor.readFully(into: buffer, at: offset)
+        } catch {
+            throw .io("\(SystemError("cannot read", path: descriptor.path, errno: error.errno))")
         }
+        guard count == buffer.count else { throw .io("cannot read \(descriptor.path): file shrank") }
         digest.update(UnsafeRawBufferPointer(buffer))
     }
 

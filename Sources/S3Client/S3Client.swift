@@ -108,7 +108,7 @@ public final class S3Client: Sendable {
     /// a multipart upload and the retries read it with pread, never moving its position); the
     /// caller keeps and closes its own.
     @discardableResult
-    public func putObject(key: String, fileDescriptor: Int32, condition: WriteCondition? = nil)
+    public func putObject(key: String, fileDescriptor: FileDescriptor, condition: WriteCondition? = nil)
         async throws(S3ClientError) -> String
     {
         try await putObject(key: key, file: try OpenFile(duplicating: fileDescriptor), condition: condition)

@@ -37,7 +37,10 @@ struct RestoreCommand: AsyncParsableCommand {
     var at: String?
     @Flag(help: "Say what would happen to each session: download and check its snapshots, write nothing.")
     var dryRun = false
-    @Option(help: "Sessions restored at once (default 8).") var parallel = 8
+    /// Each session restored at once holds a thread of its own while it unpacks (`runBlocking`),
+    /// so this bounds the restore's threads.
+    static let parallelRange = 1...64
+    @Option(help: "Sessions restored at once, 1 to 64 (default 8).") var parallel = 8
     @Flag(help: "Print the report as JSON.") var json = false
     @Argument(help: "Session ids.", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
 
@@ -53,8 +56,12 @@ struct RestoreCommand: AsyncParsableCommand {
             if let at, Self.parseTime(at) == nil {
                 throw UsageError(.notATime, "--at \(FileName.displayed(at)): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
             }
+            guard Self.parallelRange.contains(parallel) else {
+                throw UsageError(
+                    .countOutOfRange,
+                    "--parallel \(parallel): expected \(Self.parallelRange.lowerBound) to \(Self.parallelRange.upperBound) sessions at once")
+            }
         }
-        guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
     }
 
     /// RFC 3339 ("2026-11-22T10:00:00Z", an offset, fractional seconds), the same without a zone
@@ -157,14 +164,15 @@ struct RestoreCommand: AsyncParsableCommand {
         if all { return nil }
         guard let sessionsFrom else { return sessions }
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
-        let descriptor = sessionsFrom == "-" ? STDIN_FILENO : open(sessionsFrom, O_RDONLY | O_CLOEXEC)
+        // Standard input through a copy of its descriptor, so one owner closes whichever it is.
+        let descriptor = sessionsFrom == "-" ? fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 0) : open(sessionsFrom, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
             throw rejectInput("--sessions-from: cannot read \(FileName.displayed(sessionsFrom)): \(String(cString: strerror(errno)))")
         }
-        defer { if descriptor != STDIN_FILENO { close(descriptor) } }
+        let file = FileDescriptor(owning: descriptor, path: source)
         let read: [UInt8]?
         do {
-            read = try readAll(FileDescriptorSource(fileDescriptor: descriptor), limit: Self.sessionListLimit)
+            read = try readAll(FileDescriptorSource(file), limit: Self.sessionListLimit)
         } catch let error as SystemError {
             throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(String(cString: strerror(error.errno)))")
         }

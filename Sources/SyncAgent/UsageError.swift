@@ -14,6 +14,8 @@ struct UsageError: Error, CustomStringConvertible {
         case durationTooShort
         case notATime
         case notACount
+        /// A count outside the range a setting allows.
+        case countOutOfRange
         /// Not one of a setting's values.
         case unknownValue
     }

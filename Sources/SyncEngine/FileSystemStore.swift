@@ -44,8 +44,8 @@ public struct FileSystemStore: ObjectStore {
                     return MD5.hash(bytes)
                 case .file(let descriptor):
                     let digest = StreamingDigest(.md5)
-                    let source = "file descriptor \(descriptor)"
-                    try readAll(descriptor, readFailure: { .io("cannot read \(source): \(systemMessage())") }) { chunk, _ throws(StoreError) in
+                    let source = "file descriptor \(descriptor.raw)"
+                    try readAll(descriptor, readFailure: { .io("cannot read \(source): \(systemMessage($0))") }) { chunk, _ throws(StoreError) in
                         digest.update(chunk)
                         try file.write(chunk)
                     }
@@ -62,7 +62,7 @@ public struct FileSystemStore: ObjectStore {
             try checkSize(key, Int64(status.st_size), maxSize: maxSize)
             var bytes: [UInt8] = []
             let digest = StreamingDigest(.md5)
-            try readAll(file.raw, readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+            try readAll(file, readFailure: { storeFailure("read", file.path, code: $0) }) { chunk, offset throws(StoreError) in
                 // Written to since it was opened: the size checked above no longer holds.
                 try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                 digest.update(chunk)
@@ -82,7 +82,7 @@ public struct FileSystemStore: ObjectStore {
             }
             do throws(StoreError) {
                 let digest = StreamingDigest(.md5)
-                try readAll(file.raw, readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+                try readAll(file, readFailure: { storeFailure("read", file.path, code: $0) }) { chunk, offset throws(StoreError) in
                     // Written to since it was opened: the size checked above no longer holds.
                     try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                     digest.update(chunk)
@@ -162,7 +162,11 @@ public struct FileSystemStore: ObjectStore {
         var renamed = false
         defer { if !renamed { unlink(temporaryPath) } }
         let etag = try fill(file).lowercaseHex
-        guard fsync(file.raw) == 0 else { throw storeFailure("fsync", temporaryPath) }
+        do throws(SystemError) {
+            try file.sync()
+        } catch {
+            throw storeFailure("fsync", temporaryPath, code: error.errno)
+        }
 
         try withLock { () throws(StoreError) in
             switch condition {
@@ -218,8 +222,9 @@ public struct FileSystemStore: ObjectStore {
         while flock(lock.raw, LOCK_EX) != 0 {
             guard errno == EINTR else { throw storeFailure("lock", lockPath) }
         }
-        // Closing the descriptor (when `lock` goes) releases the lock.
-        return try body()
+        // Closing the descriptor releases the lock, and Swift may release `lock` right after its
+        // last use: kept alive explicitly until `body` has returned.
+        return try withExtendedLifetime(lock) { () throws(StoreError) in try body() }
     }
 
     // MARK: Reading
@@ -324,7 +329,11 @@ private func syncDirectory(_ path: String) throws(StoreError) {
     guard let directory = FileDescriptor.opening( path, flags: O_RDONLY | O_DIRECTORY) else {
         throw storeFailure("open directory", path)
     }
-    guard fsync(directory.raw) == 0 else { throw storeFailure("fsync", path) }
+    do throws(SystemError) {
+        try directory.sync()
+    } catch {
+        throw storeFailure("fsync", path, code: error.errno)
+    }
 }
 
 /// Creates `path` and any missing parents, each 0700 and made durable in its parent.
@@ -343,20 +352,25 @@ private func makeDirectories(_ path: String) throws(StoreError) {
 }
 
 /// Hands every chunk of the open file, from offset 0 to its end, to `body` with its offset;
-/// pread leaves the descriptor's position alone (an `ObjectBody.file` is the caller's).
+/// positional reads leave the descriptor's position alone (an `ObjectBody.file` is the caller's).
+/// `readFailure` makes the error from the read's errno.
 private func readAll(
-    _ descriptor: Int32, readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
+    _ file: FileDescriptor, readFailure: (Int32) -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
 ) throws(StoreError) {
     var buffer = [UInt8](repeating: 0, count: 1 << 20)
     var offset: Int64 = 0
     while true {
-        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
-        if count < 0 {
-            if errno == EINTR { continue }
-            throw readFailure()
+        let read = buffer.withUnsafeMutableBytes { chunk in
+            Result { () throws(SystemError) in try file.readFully(into: chunk, at: offset) }
         }
-        if count == 0 { return }
-        try body(buffer[0..<count], offset)
+        let count: Int
+        do {
+            count = try read.get()
+        } catch {
+            throw readFailure(error.errno)
+        }
+        if count > 0 { try body(buffer[0..<count], offset) }
+        if count < buffer.count { return }
         offset += Int64(count)
     }
 }
@@ -392,7 +406,7 @@ extension FileDescriptor {
 
     fileprivate func md5Hex() throws(StoreError) -> String {
         let digest = StreamingDigest(.md5)
-        try readAll(raw, readFailure: { storeFailure("read", path) }) { chunk, _ in digest.update(chunk) }
+        try readAll(self, readFailure: { storeFailure("read", path, code: $0) }) { chunk, _ in digest.update(chunk) }
         return digest.finalize().lowercaseHex
     }
 }

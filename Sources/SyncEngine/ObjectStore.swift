@@ -1,4 +1,5 @@
 import FoundationEssentials
+import SystemSupport
 
 /// The storage seam, like litestream's ReplicaClient: everything the engine needs from a
 /// backend, nothing more. `FileSystemStore` (local mode) and `S3ObjectStore` implement it,
@@ -47,10 +48,10 @@ public enum ObjectBody: Sendable {
     case bytes([UInt8])
     /// An open file, read with `pread` from offset 0 to its end at each attempt: the file position
     /// is never used, so the caller's descriptor needs no rewinding, and the file needs no name (a
-    /// spool is an unlinked temporary file). The store does not close it; the caller keeps it
-    /// open until the put returns. S3Client uploads it through `putObject(key:fileDescriptor:)`,
+    /// spool is an unlinked temporary file). The body holds the descriptor's owner, so it stays
+    /// open while the put reads it. S3Client uploads it through `putObject(key:fileDescriptor:)`,
     /// which duplicates the descriptor for its parts, so this type needs nothing of S3Client's.
-    case file(descriptor: Int32)
+    case file(descriptor: FileDescriptor)
 }
 
 /// Conditions on a write, for fencing: create only, or replace only a known version. The S3

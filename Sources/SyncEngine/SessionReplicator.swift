@@ -41,6 +41,10 @@ public actor SessionReplicator {
     private let remoteGeneration: (@Sendable () async throws -> UInt64?)?
     /// Shared by the replicators of one agent: how many bases are built at once (see `sync`).
     private let baseBuilds: ConcurrencyLimit?
+    /// One operation (`claim`, `sync`, `tombstone`) at a time: each reads the head and state, awaits
+    /// (the snapshot build, the store) and writes them back, and the actor lets other calls in at
+    /// every await. Two syncs interleaved there would both write the sequence after the same head.
+    private let operations = ConcurrencyLimit(1)
     private let logger: Logger
 
     private var state = SessionState() {
@@ -116,6 +120,10 @@ public actor SessionReplicator {
     /// the next sync uploads only what changed since, including changes made while no
     /// agent ran.
     public func claim() async throws {
+        try await oneAtATime { try await claimSession() }
+    }
+
+    private func claimSession() async throws {
         while true {
             let current = try await sessionStore.head(session)
             if let current, !claimsOwnership {
@@ -197,9 +205,13 @@ public actor SessionReplicator {
     /// `changedPaths`: what the watcher reported since the last sync, so a delta reads only
     /// those; nil reads the whole directory.
     public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil) async throws -> SyncResult {
+        try await oneAtATime { try await syncSession(forceBase: forceBase, changedPaths: changedPaths) }
+    }
+
+    private func syncSession(forceBase: Bool, changedPaths: Set<String>?) async throws -> SyncResult {
         var changedPaths = changedPaths
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
-        if head == nil { try await claim() }
+        if head == nil { try await claimSession() }
         while true {
             let current = head!
             let previous = current.head.latest
@@ -272,8 +284,8 @@ public actor SessionReplicator {
     }
 
     /// Writes the next snapshot into a new spool, off the cooperative pool (`runBlocking`): it
-    /// reads, hashes and compresses files. No other call of this replicator runs meanwhile: the
-    /// service keeps one operation in flight per session.
+    /// reads, hashes and compresses files. No other operation of this replicator runs meanwhile
+    /// (`operations`).
     private func writeSnapshot(kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>?)
         async throws -> (outcome: SnapshotWriter.Outcome, spool: SnapshotSpool)
     {
@@ -302,15 +314,24 @@ public actor SessionReplicator {
 
     /// Records that the session directory is gone (logout), so no restore brings it back.
     public func tombstone() async throws {
+        try await oneAtATime { try await tombstoneSession() }
+    }
+
+    private func tombstoneSession() async throws {
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
-        if head == nil { try await claim() }
+        if head == nil { try await claimSession() }
         while true {
             let current = head!
             guard !current.head.isTombstoned else { return }
             let previous = current.head.latest
             let id = nextID(after: current.head)
-            let spool = SnapshotSpool()
-            _ = try writer.tombstone(session: session, id: id, parent: previous, to: spool)
+            let (writer, session) = (writer, session)
+            // Compressing and encrypting, however little, off the cooperative pool like every snapshot.
+            let spool = try await runBlocking { () throws in
+                let spool = SnapshotSpool()
+                _ = try writer.tombstone(session: session, id: id, parent: previous, to: spool)
+                return spool
+            }
             let entry = SnapshotEntry(id: id, kind: .tombstone, parentTag: previous?.tag, size: spool.size, lastModified: nil)
             try await sessionStore.putSnapshot(session, entry, spool: spool)
             var next = current.head
@@ -330,6 +351,13 @@ public actor SessionReplicator {
                 try await headMoved()
             }
         }
+    }
+
+    /// Runs `operation` once every operation started before it has finished.
+    private func oneAtATime<Value: Sendable>(_ operation: () async throws -> Value) async throws -> Value {
+        await operations.acquire()
+        defer { operations.release() }
+        return try await operation()
     }
 
     /// The snapshot after the head's latest, with a tag of its own: another writer (a `backup`

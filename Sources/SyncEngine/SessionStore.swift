@@ -2,6 +2,7 @@ import SessionCrypto
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import SystemSupport
 
 /// One snapshot object as a listing shows it: everything its key says, and the store's size and time.
 public struct SnapshotEntry: Sendable, Equatable {
@@ -287,7 +288,10 @@ public struct SessionStore: Sendable {
     public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
         guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: store)
         else { return nil }
-        return try SnapshotReader(keyring: keyring, limits: .sessionDirectory)
-            .manifest(of: try object.source(), session: session, entry: entry)
+        // Decrypting, decompressing and hashing a whole snapshot blocks its thread: off the pool.
+        let reader = SnapshotReader(keyring: keyring, limits: .sessionDirectory)
+        return try await runBlocking { () throws in
+            try reader.manifest(of: try object.source(), session: session, entry: entry)
+        }
     }
 }

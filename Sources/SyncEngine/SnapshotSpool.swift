@@ -14,35 +14,32 @@ final class SnapshotSpool: ByteSink, @unchecked Sendable {
     static let memoryLimit = 256 << 10
 
     private var buffer: [UInt8] = []
-    private var file: FileDescriptorSink?
+    private var file: FileDescriptor?
+    /// Also where the next write goes in `file`: the spool only appends.
     private(set) var size: Int64 = 0
-
-    deinit {
-        if let file { close(file.fileDescriptor) }
-    }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         if file == nil, buffer.count + bytes.count > Self.memoryLimit {
             let spilled = try Self.temporaryFile()
-            try buffer.withUnsafeBytes { try spilled.write($0) }
+            try buffer.withUnsafeBytes { try spilled.writeAll($0, at: 0) }
             buffer = []
             file = spilled
         }
-        if let file { try file.write(bytes) } else { buffer.append(contentsOf: bytes) }
+        if let file { try file.writeAll(bytes, at: size) } else { buffer.append(contentsOf: bytes) }
         size += Int64(bytes.count)
     }
 
     /// Writes what the spool holds to `key` in `store`.
     func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
-        _ = try await store.put(key, body: file.map { .file(descriptor: $0.fileDescriptor) } ?? .bytes(buffer), condition: nil)
+        _ = try await store.put(key, body: file.map { .file(descriptor: $0) } ?? .bytes(buffer), condition: nil)
     }
 
     /// A file in the temporary directory, unlinked at once: nothing is left behind, even by a
     /// crash, and no other process can open it by name.
-    private static func temporaryFile() throws -> FileDescriptorSink {
-        let (descriptor, path) = try createTemporaryFile(named: "sync-agent-spool")
+    private static func temporaryFile() throws -> FileDescriptor {
+        let (file, path) = try createTemporaryFile(named: "sync-agent-spool", displayedAs: "a temporary file in \(temporaryDirectory)")
         unlink(path)
-        return FileDescriptorSink(fileDescriptor: descriptor, path: "a temporary file in \(temporaryDirectory)")
+        return file
     }
 }
 
@@ -51,58 +48,46 @@ private var temporaryDirectory: String {
     ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
 }
 
-/// A new empty file `<temporary directory>/<prefix>-XXXXXX` (0600, close-on-exec): its descriptor and path.
-private func createTemporaryFile(named prefix: String) throws -> (descriptor: Int32, path: String) {
+/// A new empty file `<temporary directory>/<prefix>-XXXXXX` (0600, close-on-exec), open, and its
+/// path; errors name it `description`.
+private func createTemporaryFile(named prefix: String, displayedAs description: String) throws
+    -> (file: FileDescriptor, path: String)
+{
     var template = Array("\(temporaryDirectory)/\(prefix)-XXXXXX".utf8CString)
     let descriptor = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
     guard descriptor >= 0 else { throw SystemError("create a temporary file in", path: temporaryDirectory) }
     _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
-    return (descriptor, template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+    let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+    return (FileDescriptor(owning: descriptor, path: description), path)
 }
 
 /// An object read back as a stream, through a temporary file: a snapshot read into memory whole
 /// cost its size (a base of 100,000 files is about 70 MB) and as much again while it grew.
 final class DownloadedObject: Sendable {
-    private let descriptor: Int32
-    private let key: String
+    private let file: FileDescriptor
     let size: Int64
 
     /// Nil when the store has no such object. One larger than `maxSize` is refused with
     /// `.invalidObject` before more than `maxSize` bytes of it are on disk.
     init?(_ key: String, maxSize: Int64, from store: any ObjectStore) async throws {
-        let (descriptor, path) = try createTemporaryFile(named: "sync-agent-download")
+        let (file, path) = try createTemporaryFile(named: "sync-agent-download", displayedAs: "a download of \(key)")
         // The store writes the object by name; once it has, the name goes and only this descriptor
         // (opened before, so it sees what was written) keeps the file.
         defer { unlink(path) }
-        let info: StoredObjectInfo
-        do {
-            guard let downloaded = try await store.download(key, toFileAt: path, maxSize: maxSize) else {
-                close(descriptor)
-                return nil
-            }
-            info = downloaded
-        } catch {
-            close(descriptor)
-            throw error
-        }
-        self.descriptor = descriptor
-        self.key = key
+        guard let info = try await store.download(key, toFileAt: path, maxSize: maxSize) else { return nil }
+        self.file = file
         self.size = info.size
-    }
-
-    deinit {
-        close(descriptor)
     }
 
     /// Writes the object to `key` in `store`, streamed from the file.
     func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
-        _ = try await store.put(key, body: .file(descriptor: descriptor), condition: nil)
+        _ = try await store.put(key, body: .file(descriptor: file), condition: nil)
     }
 
     /// The object's bytes from the start; each call reads them again (one reader at a time).
     func source() throws -> FileDescriptorSource {
-        guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw SystemError("seek in", path: "a download of \(key)") }
-        return FileDescriptorSource(fileDescriptor: descriptor, path: "a download of \(key)")
+        guard lseek(file.raw, 0, SEEK_SET) == 0 else { throw SystemError("seek in", path: file.path) }
+        return FileDescriptorSource(file)
     }
 }
 

@@ -1,6 +1,7 @@
 import SessionCrypto
 import FoundationEssentials
 import Glibc
+import SystemSupport
 
 /// Where snapshots go.
 public enum StorageMode: String, Sendable, CaseIterable {
@@ -68,17 +69,24 @@ public struct StorageConfiguration: Sendable {
             throw keyFileError("create", temporaryPath, errno)
         }
         defer { unlink(temporaryPath) }
+        let file = FileDescriptor(owning: descriptor, path: temporaryPath)
         let line = Array((EncryptionKey.generate().base64EncodedString() + "\n").utf8)
-        let written = line.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-        let failure = written == line.count && fsync(descriptor) == 0 ? 0 : errno
-        close(descriptor)
-        guard failure == 0 else { throw keyFileError("write", temporaryPath, failure) }
+        let written = line.withUnsafeBytes { bytes in Result { () throws(SystemError) in try file.writeAll(bytes, at: 0) } }
+        do throws(SystemError) {
+            try written.get()
+            try file.sync()
+        } catch {
+            throw keyFileError("write", temporaryPath, error.errno)
+        }
         guard link(temporaryPath, path) == 0 || errno == EEXIST else { throw keyFileError("create", path, errno) }
         let directoryPath = String(path[..<path.lastIndex(of: "/")!])
         let directory = open(directoryPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard directory >= 0 else { throw keyFileError("open", directoryPath, errno) }
-        defer { close(directory) }
-        guard fsync(directory) == 0 else { throw keyFileError("fsync", directoryPath, errno) }
+        do throws(SystemError) {
+            try FileDescriptor(owning: directory, path: directoryPath).sync()
+        } catch {
+            throw keyFileError("fsync", directoryPath, error.errno)
+        }
     }
 
     private static func keyFileError(_ operation: String, _ path: String, _ code: Int32) -> StoreError {

@@ -4,6 +4,11 @@ import Dispatch
 /// thread of its own rather than one of the cooperative pool's: the pool has one thread a core,
 /// and a task blocked there stalls every other task waiting for that thread (on two cores, a few
 /// restores fsyncing starve the rest of the process).
+///
+/// One thread per call in flight, and no limit here: whoever calls bounds how many calls run at
+/// once. The agent's syncs are bounded by `UploadQueue` (`--concurrency`), a restore by
+/// `--parallel` (at most 64 sessions, each downloading at most `SessionRestorer.downloadConcurrency`
+/// objects at once), the filesystem store's calls by the operations that make them.
 public func runBlocking<Value: Sendable, Failure: Error>(
     _ work: @escaping @Sendable () throws(Failure) -> Value
 ) async throws(Failure) -> Value {

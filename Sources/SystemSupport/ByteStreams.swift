@@ -106,14 +106,26 @@ public final class FileDescriptorSink: ByteSink, Sendable {
     }
 }
 
-/// Reads from a file descriptor the caller owns; retries EINTR.
+/// Reads from a file descriptor; retries EINTR.
 public final class FileDescriptorSource: ByteSource {
     public let fileDescriptor: Int32
     private let path: String?
+    /// The descriptor's owner when the source was made from one: kept, so the descriptor stays
+    /// open as long as the source is read.
+    private let owner: FileDescriptor?
 
+    /// Reads a descriptor the caller owns and keeps open while the source is read.
     public init(fileDescriptor: Int32, path: String? = nil) {
         self.fileDescriptor = fileDescriptor
         self.path = path
+        self.owner = nil
+    }
+
+    /// Reads `descriptor`, holding it open while the source lives.
+    public init(_ descriptor: FileDescriptor) {
+        self.fileDescriptor = descriptor.raw
+        self.path = descriptor.path
+        self.owner = descriptor
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {

@@ -1,7 +1,6 @@
 import Foundation
 import Glibc
 import S3Store
-import Synchronization
 import SyncEngine
 import SystemSupport
 import TestSupport
@@ -49,20 +48,14 @@ public struct StoreBackend: Sendable, CustomTestStringConvertible {
 }
 
 /// A store under test and a scratch directory for the test's own files (the filesystem
-/// store lives in it too); go through the fixture so the directory outlives every call, and the
-/// files opened for `ObjectBody.file` stay open until the fixture goes.
+/// store lives in it too); go through the fixture so the directory outlives every call.
 public final class StoreFixture: Sendable {
     public let store: any ObjectStore
     public let scratch: TemporaryDirectory
-    private let openFiles = Mutex<[Int32]>([])
 
     public init(store: any ObjectStore, scratch: TemporaryDirectory) {
         self.store = store
         self.scratch = scratch
-    }
-
-    deinit {
-        for descriptor in openFiles.withLock({ $0 }) { close(descriptor) }
     }
 
     public func writeFile(_ name: String, _ bytes: [UInt8]) throws -> String {
@@ -88,8 +81,7 @@ public final class StoreFixture: Sendable {
     private func opened(_ path: String, flags: Int32) throws -> ObjectBody {
         let descriptor = open(path, flags | O_CLOEXEC)
         guard descriptor >= 0 else { throw ProgramFailure("cannot open \(path): errno \(errno)") }
-        openFiles.withLock { $0.append(descriptor) }
-        return .file(descriptor: descriptor)
+        return .file(descriptor: FileDescriptor(owning: descriptor, path: path))
     }
 }
 
@@ -164,7 +156,7 @@ enum ObjectStoreConformance {
         let bytes = randomBytes(300_000)
         let body = try fixture.fileBody("spool", bytes)
         guard case .file(let descriptor) = body else { Issue.record("not a file body"); return }
-        #expect(lseek(descriptor, 0, SEEK_END) == 300_000)
+        #expect(lseek(descriptor.raw, 0, SEEK_END) == 300_000)
         let first = try await fixture.store.put("sessions/abc/first", body: body, condition: nil)
         let second = try await fixture.store.put("sessions/abc/second", body: body, condition: nil)
         #expect(first == second)

@@ -29,6 +29,9 @@ struct ConfigurationTests {
         .init(subcommand: "restore", arguments: ["--all", "--at", "@1e308"], named: "--at"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "@-1"], named: "--at"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "2026-11-22\nFAKE line"], named: "--at"),
+        .init(subcommand: "restore", arguments: ["--all", "--parallel", "0"], named: "--parallel"),
+        .init(subcommand: "restore", arguments: ["--all", "--parallel", "65"], named: "--parallel"),
+        .init(subcommand: "restore", arguments: ["--all", "--parallel", "100000"], named: "--parallel"),
         .init(subcommand: "backup", environment: ["SYNC_AGENT_LOG_LEVEL": "loud\nFAKE line"], named: "SYNC_AGENT_LOG_LEVEL"),
         .init(subcommand: "snapshots", environment: ["SYNC_AGENT_LOG_FORMAT": "xml"], named: "SYNC_AGENT_LOG_FORMAT"),
     ]

@@ -47,6 +47,23 @@ struct SnapshotChainTests {
         return (outcome, try directoryContents("\(root)/\(session.rawValue)"))
     }
 
+    /// Two syncs called at once on one replicator take turns: the second builds on the first's
+    /// commit. Interleaved at the snapshot build, both wrote the sequence after the same head
+    /// (unconditional writes: nothing catches it later).
+    @Test func concurrentSyncsOfOneReplicatorCommitConsecutiveSnapshots() async throws {
+        try copyFixture("small")
+        let writer = replicator(conditionalWrites: false)
+        try await writer.claim()
+        async let first = writer.sync(forceBase: true)
+        async let second = writer.sync(forceBase: true)
+        let sequences = try await [first, second].map { result -> UInt64? in
+            guard case .uploaded(let id, _, _, _) = result else { return nil }
+            return id.sequence
+        }
+        #expect(sequences.compactMap { $0 }.sorted() == [1, 2])
+        #expect(try await sessionStore.snapshots(session).map(\.id.sequence).sorted() == [1, 2])
+    }
+
     @Test func baseThenDeltasRestoreExactlyEachTime() async throws {
         try copyFixture("small")
         let writer = replicator()

@@ -70,4 +70,36 @@ import Testing
         // would race with tests running beside this one, which may be given it again.)
         #expect(send(second.raw, &byte, 1, Int32(MSG_NOSIGNAL)) == -1 && errno == EPIPE)
     }
+
+    /// What is written at an offset reads back whole; a read running past the end returns what
+    /// there was (an early end, told by the count), and one at the end returns nothing.
+    @Test func writesAllAndReadsFullyAtOffsets() throws {
+        try withTemporaryDirectory { root in
+            let path = "\(root)/file"
+            let file = FileDescriptor(owning: open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600), path: path)
+            let bytes = (0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7919 >> 3) }
+            try bytes.withUnsafeBytes { try file.writeAll($0, at: 10) }
+
+            var read = [UInt8](repeating: 0, count: bytes.count)
+            #expect(try read.withUnsafeMutableBytes { try file.readFully(into: $0, at: 10) } == bytes.count)
+            #expect(read == bytes)
+            var tail = [UInt8](repeating: 0, count: 100)
+            #expect(try tail.withUnsafeMutableBytes { try file.readFully(into: $0, at: Int64(10 + bytes.count - 40)) } == 40)
+            #expect(tail[..<40] == bytes[(bytes.count - 40)...])
+            #expect(try tail.withUnsafeMutableBytes { try file.readFully(into: $0, at: Int64(10 + bytes.count)) } == 0)
+            var start = [UInt8](repeating: 1, count: 10)
+            #expect(try start.withUnsafeMutableBytes { try file.readFully(into: $0, at: 0) } == 10)
+            #expect(start == [UInt8](repeating: 0, count: 10))
+        }
+    }
+
+    @Test func reportsAFailedReadWithItsPath() throws {
+        try withTemporaryDirectory { root in
+            let directory = FileDescriptor(owning: open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC), path: root)
+            var buffer = [UInt8](repeating: 0, count: 16)
+            #expect(throws: SystemError("read", path: root, errno: EISDIR)) {
+                try buffer.withUnsafeMutableBytes { _ = try directory.readFully(into: $0, at: 0) }
+            }
+        }
+    }
 }

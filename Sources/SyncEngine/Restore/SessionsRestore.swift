@@ -45,7 +45,8 @@ public struct RestoreRequest: Sendable {
     public var onlyIfMissing: Bool
     /// Download and check the snapshots, write nothing.
     public var dryRun: Bool
-    /// Sessions restored at once.
+    /// Sessions restored at once: each unpacks on a thread of its own (`runBlocking`), so this
+    /// is how many threads the restore holds (`restore --parallel` allows 1 to 64).
     public var parallel: Int
     /// What each rebuilt session's credentials are checked against before it is swapped in.
     public var format: SessionFormat

@@ -36,10 +36,10 @@ struct InotifyEvent: Equatable, Sendable {
     var name: String?
 }
 
-/// The inotify instance: one non-blocking, close-on-exec descriptor, closed in deinit. All the
-/// pointer work on inotify's variable-length records is in this file.
+/// The inotify instance: one non-blocking, close-on-exec descriptor, closed with its owner. All
+/// the pointer work on inotify's variable-length records is in this file.
 final class Inotify {
-    let descriptor: Int32
+    let descriptor: FileDescriptor
     private var buffer: [UInt8]
     /// Tests only: `fs.inotify.max_user_watches` for this instance, which `addWatch` then enforces
     /// as the kernel does (ENOSPC for a new watch past it), without touching the system's limit.
@@ -50,22 +50,18 @@ final class Inotify {
         self.watchLimit = watchLimit
         let descriptor = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         guard descriptor >= 0 else { throw .lastSystemError("inotify_init1", path: "inotify") }
-        self.descriptor = descriptor
+        self.descriptor = FileDescriptor(owning: descriptor, path: "inotify")
         // Room for many records: each is 16 bytes plus a name of at most NAME_MAX + 1 bytes, padded.
         buffer = [UInt8](repeating: 0, count: 64 * 1024)
-    }
-
-    deinit {
-        close(descriptor)
     }
 
     /// Adds a watch, or returns the existing one when `path` is an inode already watched
     /// (its mask is then replaced by `mask`).
     func addWatch(_ path: String, mask: InotifyMask) throws(WatcherError) -> Int32 {
-        let watch = FileName.withPlatformPath(path) { inotify_add_watch(descriptor, $0, mask.rawValue) }
+        let watch = FileName.withPlatformPath(path) { inotify_add_watch(descriptor.raw, $0, mask.rawValue) }
         guard watch >= 0 else { throw .lastSystemError("inotify_add_watch", path: path) }
         if let watchLimit, !watches.contains(watch), watches.count >= watchLimit {
-            inotify_rm_watch(descriptor, watch)
+            inotify_rm_watch(descriptor.raw, watch)
             throw WatcherError(.watchLimitReached, path: path)
         }
         watches.insert(watch)
@@ -75,7 +71,7 @@ final class Inotify {
     /// Removes a watch; the kernel then queues IN_IGNORED for it. A watch the kernel already
     /// dropped (its directory is gone) is no error.
     func removeWatch(_ watch: Int32) {
-        _ = inotify_rm_watch(descriptor, watch)
+        _ = inotify_rm_watch(descriptor.raw, watch)
         watches.remove(watch)
     }
 
@@ -83,7 +79,7 @@ final class Inotify {
     /// the caller from its other work; empty when none is queued (the descriptor never blocks).
     func readEvents() throws(WatcherError) -> [InotifyEvent] {
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            let count = buffer.withUnsafeMutableBytes { read(descriptor.raw, $0.baseAddress, $0.count) }
             if count >= 0 {
                 return buffer.withUnsafeBytes { Inotify.decode(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
             }

@@ -222,7 +222,7 @@ final class WatchLoop {
     func run() {
         guard let wakeUp else { return }
         var descriptors = [
-            pollfd(fd: inotify.descriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: inotify.descriptor.raw, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeUp.raw, events: Int16(POLLIN), revents: 0),
         ]
         while descriptors[1].revents == 0 {

@@ -50,19 +50,19 @@ public struct StableFileReader: Sendable {
             default: throw .lastSystemError("open", path: path)
             }
         }
-        defer { close(descriptor) }
+        let file = FileDescriptor(owning: descriptor, path: path)
 
-        let before = try status(of: descriptor, path: path)
+        let before = try status(of: file)
         guard before.st_mode & S_IFMT == S_IFREG else { throw WatcherError(.notRegularFile, path: path) }
         guard before.st_size <= maxFileSize else { throw WatcherError(.fileTooLarge(limit: maxFileSize), path: path) }
 
         // One byte past the limit tells a file that grew past it during the read.
-        guard let bytes = try readAll(descriptor, path: path, expected: Int(before.st_size), limit: maxFileSize + 1) else {
+        guard let bytes = try readAll(file, expected: Int(before.st_size), limit: maxFileSize + 1) else {
             return .unstable
         }
         afterRead?(path)
 
-        let after = try status(of: descriptor, path: path)
+        let after = try status(of: file)
         var current = stat()
         guard FileName.withPlatformPath(path, { lstat($0, &current) }) == 0 else {
             if errno == ENOENT { return .unstable }
@@ -88,14 +88,14 @@ public struct StableFileReader: Sendable {
         init(from decoder: any Decoder) throws {}
     }
 
-    private func status(of descriptor: Int32, path: String) throws(WatcherError) -> stat {
+    private func status(of file: FileDescriptor) throws(WatcherError) -> stat {
         var status = stat()
-        guard fstat(descriptor, &status) == 0 else { throw .lastSystemError("stat", path: path) }
+        guard fstat(file.raw, &status) == 0 else { throw .lastSystemError("stat", path: file.path) }
         return status
     }
 
     /// Reads to end of file; nil when the file holds more than `limit` bytes.
-    private func readAll(_ descriptor: Int32, path: String, expected: Int, limit: Int) throws(WatcherError) -> [UInt8]? {
+    private func readAll(_ file: FileDescriptor, expected: Int, limit: Int) throws(WatcherError) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: min(max(expected + 1, 4096), limit))
         var count = 0
         while true {
@@ -103,13 +103,19 @@ public struct StableFileReader: Sendable {
                 guard bytes.count < limit else { return nil }
                 bytes += [UInt8](repeating: 0, count: min(bytes.count, limit - bytes.count))
             }
-            let result = bytes.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress! + count, $0.count - count) }
-            if result < 0 {
-                if errno == EINTR { continue }
-                throw .lastSystemError("read", path: path)
+            let read = bytes.withUnsafeMutableBytes { buffer in
+                Result { () throws(SystemError) in
+                    try file.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buffer[count...]), at: Int64(count))
+                }
             }
-            if result == 0 { break }
-            count += result
+            let filled: Int
+            do {
+                filled = try read.get()
+            } catch {
+                throw WatcherError(.system(operation: "read", errno: error.errno), path: file.path)
+            }
+            count += filled
+            if count < bytes.count { break }  // the end of the file
         }
         bytes.removeSubrange(count...)
         return bytes
