@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 import SystemSupport
 
 /// Multipart uploads, and downloads in ranged parts: parts of one object in flight at once.
@@ -52,18 +53,21 @@ extension S3Client {
 
         let partCount = Int((size - restStart + restPartSize - 1) / restPartSize)
         let etag = info.etag
+        // A single-part object's ETag is its MD5: the file is hashed as far as its parts have
+        // arrived in order, while later parts are still coming, and checked once all are in.
+        let digest = configuration.verifyDownloads && isPlainMD5ETag(etag)
+            ? InOrderFileDigest(file: file, arrived: 0..<restStart) : nil
         _ = try await forEachPart(count: partCount) { index throws(S3ClientError) in
             let offset = restStart + Int64(index) * restPartSize
-            var request = Request(method: "GET", key: key, range: offset...min(offset + restPartSize, size) - 1)
+            let end = min(offset + restPartSize, size)
+            var request = Request(method: "GET", key: key, range: offset...end - 1)
             request.headers += ReadCondition.ifMatch(etag: etag).headers
             request.destination = .file(fileDescriptor: file.descriptor, offset: offset)
             _ = try await self.send(request)
+            try digest?.arrived(offset..<end)
         }
-        // A single-part object's ETag is its MD5: check it over the file, whole once every part is in.
-        if configuration.verifyDownloads && isPlainMD5ETag(etag) {
-            let digest = StreamingDigest(.md5)
-            try file.update(digest, offset: 0, length: size)
-            let md5 = digest.finalize().lowercaseHex
+        if let digest {
+            let md5 = try digest.finalize(size: size).lowercaseHex
             guard md5 == etag.lowercased() else {
                 throw .integrity("\(configuration.bucket)/\(key): body MD5 \(md5) does not match ETag \(etag)")
             }
@@ -119,6 +123,51 @@ extension S3Client {
                 body: .file(fileDescriptor: file.descriptor, offset: offset, length: length))
             request.headers.append(("Content-MD5", try file.md5(offset: offset, length: length).base64))
             return try await self.send(request).etag
+        }
+    }
+}
+
+/// The MD5 of a file whose regions are written in any order (the parts of a download): each
+/// region that arrives is recorded, and the file hashed from where the digest stands for as
+/// long as the next region is in, so most of the hashing overlaps the parts still in flight.
+final class InOrderFileDigest: Sendable {
+    private struct State {
+        let digest = StreamingDigest(.md5)
+        var hashedUpTo: Int64 = 0
+        /// Regions arrived beyond `hashedUpTo`: their end, by their start.
+        var pending: [Int64: Int64] = [:]
+    }
+
+    private let file: OpenFile
+    private let state: Mutex<State>
+
+    init(file: OpenFile, arrived first: Range<Int64>) {
+        self.file = file
+        var state = State()
+        if !first.isEmpty { state.pending[first.lowerBound] = first.upperBound }
+        self.state = Mutex(state)
+    }
+
+    /// Records that `region` is written in full, and hashes what is now contiguous. The lock
+    /// is held while hashing: a part finishing meanwhile waits, which the parts still in flight
+    /// (driven by the curl thread) do not.
+    func arrived(_ region: Range<Int64>) throws(S3ClientError) {
+        try state.withLock { state throws(S3ClientError) in
+            if !region.isEmpty { state.pending[region.lowerBound] = region.upperBound }
+            while let end = state.pending.removeValue(forKey: state.hashedUpTo) {
+                try file.update(state.digest, offset: state.hashedUpTo, length: end - state.hashedUpTo)
+                state.hashedUpTo = end
+            }
+        }
+    }
+
+    /// The digest of the first `size` bytes, which must all have arrived.
+    func finalize(size: Int64) throws(S3ClientError) -> [UInt8] {
+        try state.withLock { state throws(S3ClientError) in
+            guard state.hashedUpTo == size, state.pending.isEmpty else {
+                throw .io("a parted download hashed \(state.hashedUpTo) of \(size) bytes: a region never arrived")
+            }
+            return state.digest.finalize()
         }
     }
 }
