@@ -138,7 +138,7 @@ extension S3Client {
             var request = Request(
                 method: "PUT", key: key, query: [("partNumber", String(index + 1)), ("uploadId", uploadID)],
                 body: .file(fileDescriptor: file.descriptor, offset: offset, length: length))
-            request.headers.append(("Content-MD5", try file.md5(offset: offset, length: length).base64))
+            request.headers.append(("Content-MD5", try await file.md5(offset: offset, length: length).base64))
             return try await self.send(request).etag
         }
     }
