@@ -1,4 +1,6 @@
+import Dispatch
 import Logging
+import Synchronization
 import SystemSupport
 
 /// Multipart uploads, and downloads in ranged parts: parts of one object in flight at once.
@@ -52,18 +54,37 @@ extension S3Client {
 
         let partCount = Int((size - restStart + restPartSize - 1) / restPartSize)
         let etag = info.etag
-        _ = try await forEachPart(count: partCount) { index throws(S3ClientError) in
-            let offset = restStart + Int64(index) * restPartSize
-            var request = Request(method: "GET", key: key, range: offset...min(offset + restPartSize, size) - 1)
-            request.headers += ReadCondition.ifMatch(etag: etag).headers
-            request.destination = .file(fileDescriptor: file.descriptor, offset: offset)
-            _ = try await self.send(request)
+        // A single-part object's ETag is its MD5: the file is hashed on a thread of its own as
+        // far as its parts have arrived in order, while later parts are still coming, and
+        // checked once all are in.
+        let digest = configuration.verifyDownloads && isPlainMD5ETag(etag) ? InOrderFileDigest(file: file) : nil
+        digest?.arrived(0..<restStart)
+        async let md5 = digest?.md5(size: size)
+        do throws(S3ClientError) {
+            _ = try await forEachPart(count: partCount) { index throws(S3ClientError) in
+                let offset = restStart + Int64(index) * restPartSize
+                let end = min(offset + restPartSize, size)
+                var request = Request(method: "GET", key: key, range: offset...end - 1)
+                request.headers += ReadCondition.ifMatch(etag: etag).headers
+                request.destination = .file(fileDescriptor: file.descriptor, offset: offset)
+                _ = try await self.send(request)
+                digest?.arrived(offset..<end)
+            }
+        } catch {
+            digest?.finish()
+            throw error
         }
-        // A single-part object's ETag is its MD5: check it over the file, whole once every part is in.
-        if configuration.verifyDownloads && isPlainMD5ETag(etag) {
-            let digest = StreamingDigest(.md5)
-            try file.update(digest, offset: 0, length: size)
-            let md5 = digest.finalize().lowercaseHex
+        digest?.finish()
+        let hashed: [UInt8]?
+        do {
+            hashed = try await md5
+        } catch let error as S3ClientError {
+            throw error
+        } catch {
+            throw .io("\(error)")
+        }
+        if let hashed {
+            let md5 = hashed.lowercaseHex
             guard md5 == etag.lowercased() else {
                 throw .integrity("\(configuration.bucket)/\(key): body MD5 \(md5) does not match ETag \(etag)")
             }
@@ -117,8 +138,65 @@ extension S3Client {
             var request = Request(
                 method: "PUT", key: key, query: [("partNumber", String(index + 1)), ("uploadId", uploadID)],
                 body: .file(fileDescriptor: file.descriptor, offset: offset, length: length))
-            request.headers.append(("Content-MD5", try file.md5(offset: offset, length: length).base64))
+            request.headers.append(("Content-MD5", try await file.md5(offset: offset, length: length).base64))
             return try await self.send(request).etag
+        }
+    }
+}
+
+/// The MD5 of a file whose regions are written in any order (the parts of a download): the
+/// regions are recorded as they arrive, and `md5` hashes the file from its start for as long
+/// as the next region is in, so most of the hashing overlaps the parts still in flight.
+final class InOrderFileDigest: Sendable {
+    private struct Arrivals {
+        /// Regions arrived and not yet hashed: their end, by their start.
+        var pending: [Int64: Int64] = [:]
+        var finished = false
+    }
+
+    private let file: OpenFile
+    private let arrivals = Mutex(Arrivals())
+    /// Signalled at each arrival and at `finish`, for `md5`'s thread waiting for the next region.
+    private let signal = DispatchSemaphore(value: 0)
+
+    init(file: OpenFile) {
+        self.file = file
+    }
+
+    /// Records that `region` is written in full.
+    func arrived(_ region: Range<Int64>) {
+        guard !region.isEmpty else { return }
+        arrivals.withLock { $0.pending[region.lowerBound] = region.upperBound }
+        signal.signal()
+    }
+
+    /// No region arrives after this: `md5` hashes what is contiguous and returns.
+    func finish() {
+        arrivals.withLock { $0.finished = true }
+        signal.signal()
+    }
+
+    /// The digest of the first `size` bytes, hashed region by region as they arrive, on a thread
+    /// of its own (waiting for a region blocks it) until `finish`. Every byte must have arrived.
+    func md5(size: Int64) async throws(S3ClientError) -> [UInt8] {
+        try await runBlocking { () throws(S3ClientError) in
+            let digest = StreamingDigest(.md5)
+            var hashedUpTo: Int64 = 0
+            while true {
+                let (end, finished) = self.arrivals.withLock { ($0.pending.removeValue(forKey: hashedUpTo), $0.finished) }
+                if let end {
+                    try self.file.update(digest, offset: hashedUpTo, length: end - hashedUpTo)
+                    hashedUpTo = end
+                } else if finished {
+                    break
+                } else {
+                    self.signal.wait()
+                }
+            }
+            guard hashedUpTo == size else {
+                throw .io("a parted download hashed \(hashedUpTo) of \(size) bytes: a region never arrived")
+            }
+            return digest.finalize()
         }
     }
 }

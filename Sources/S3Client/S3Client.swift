@@ -119,7 +119,7 @@ public final class S3Client: Sendable {
             return try await multipartUpload(key: key, file: file, condition: condition)
         }
         var request = Request(method: "PUT", key: key, body: .file(fileDescriptor: file.descriptor, offset: 0, length: file.size))
-        request.headers.append(("Content-MD5", try file.md5(offset: 0, length: file.size).base64))
+        request.headers.append(("Content-MD5", try await file.md5(offset: 0, length: file.size).base64))
         request.headers += condition?.headers ?? []
         return try await send(request).etag
     }
