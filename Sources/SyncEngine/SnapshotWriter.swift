@@ -158,13 +158,21 @@ struct SnapshotWriter {
                 found(name, nil)
             }
         }
+        let examined = readsReportedPaths ? candidates.map(\.name) : nil
+        var state = readsReportedPaths ? previous.applying(reported) : scanned.build()
+        var deleted = previous.names(absentFrom: state)
+        // A file missing between the two renames of a replacement was not deleted: it keeps its
+        // last good version until the replacement is done.
+        let beingReplaced = deleted.filter { SessionFiles.isBeingReplaced("\(directory)/\($0)", now: now) }
+        if !beingReplaced.isEmpty {
+            state = state.applying(beingReplaced.map { ($0, previous[$0]) })
+            deleted = previous.names(absentFrom: state)
+            unsettled += beingReplaced
+        }
         // A base holds every file of its state: one with a good version it cannot read again cannot be one.
         if kind == .base, keptBelowUnreadable || (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
-        let examined = readsReportedPaths ? candidates.map(\.name) : nil
-        let state = readsReportedPaths ? previous.applying(reported) : scanned.build()
-        let deleted = previous.names(absentFrom: state)
         if kind == .delta, included.count == 0, deleted.isEmpty {
             return Outcome(manifest: nil, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
         }

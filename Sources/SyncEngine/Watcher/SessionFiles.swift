@@ -23,6 +23,21 @@ public enum SessionFiles {
 
     private static let ignoredSuffixes = [".tmp", ".swp", ".swx"]
 
+    /// Whether the missing file at `path` is being replaced. Baileys replaces a file in three
+    /// steps: `name.tmp` written whole, `name` renamed to `name.bak`, `name.tmp` renamed to `name`;
+    /// between the renames `name` is missing and was never deleted. It is being replaced while
+    /// `name.tmp` is younger than `replacementTimeout` (`now` and mtimes in nanoseconds since the
+    /// epoch); an older one was left by a writer that died between the renames, and `name` is then
+    /// gone (Baileys reads `name.bak`, which is part of the session, in its place).
+    static func isBeingReplaced(_ path: String, now: Int64) -> Bool {
+        guard let temporary = fileState(path + ".tmp") else { return false }
+        return abs(now - temporary.modificationTime) < replacementTimeout
+    }
+
+    /// Long enough for a writer stalled between its renames (a pause of its runtime, a busy
+    /// disk), short enough that one that died leaves its file counted as mid-write for seconds.
+    static let replacementTimeout: Int64 = 10_000_000_000
+
     /// The session ids under `root`, sorted.
     public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [String] {
         try entries(of: root).filter { $0.kind == .directory && isSessionDirectoryName($0.name) }.map(\.name).sorted()
