@@ -175,9 +175,11 @@ public actor SessionReplicator {
     /// has grown past the compaction policy or `forceBase` is set.
     ///
     /// `changedPaths`: what the watcher reported since the last sync, so a delta reads only
-    /// those; nil reads the whole directory.
-    public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil) async throws -> SyncResult {
+    /// those; nil reads the whole directory. `pause`: a session being written is taken between
+    /// two of its writer's transactions (see `WritePause`); nil takes it as it is.
+    public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil, pause: WritePause? = nil) async throws -> SyncResult {
         var changedPaths = changedPaths
+        let started = ContinuousClock.now
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
         if head == nil { try await claim() }
         while true {
@@ -193,19 +195,34 @@ public actor SessionReplicator {
             // (the uploads after them still overlap); a delta compresses a few files.
             let turn = kind == .base ? baseBuilds : nil
             await turn?.acquire()
+            // Past its patience, a snapshot takes the session as it is.
+            let awaitedPause = pause.flatMap { $0.isPatient(after: .now - started) ? $0 : nil }
             do {
-                defer { turn?.release() }
-                outcome = try writer.write(
-                    session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    changedPaths: changedPaths, openSink: { spool })
-            } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
-                // Files mid-write cannot go into a base; a delta keeps their last good version.
-                // A spool of its own: the abandoned base may have written part of an archive.
-                kind = .delta
-                spool = SnapshotSpool()
-                outcome = try writer.write(
-                    session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                    openSink: { spool })
+                do {
+                    defer { turn?.release() }
+                    outcome = try writer.write(
+                        session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
+                        changedPaths: changedPaths, pause: awaitedPause, openSink: { spool })
+                } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
+                    // Files mid-write cannot go into a base; a delta keeps their last good version.
+                    // A spool of its own: the abandoned base may have written part of an archive.
+                    kind = .delta
+                    spool = SnapshotSpool()
+                    outcome = try writer.write(
+                        session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
+                        pause: awaitedPause, openSink: { spool })
+                }
+            } catch SnapshotWriter.Failure.writtenDuringReads(let lastWrite) {
+                let wait = awaitedPause!.remaining(afterWriteAt: lastWrite, now: SnapshotWriter.epochNanoseconds())
+                logger.trace("session being written; snapshot deferred", metadata: ["session": "\(session)", "wait": "\(wait)"])
+                try await Task.sleep(for: wait)
+                // What is written meanwhile is reported to the next upload, not this one: this one
+                // compares the whole directory, or it would take part of a transaction.
+                changedPaths = nil
+                continue
+            }
+            if pause != nil, awaitedPause == nil {
+                logger.debug("session still written after the pause's patience; snapshot taken as it is", metadata: ["session": "\(session)"])
             }
             recordSkipped(outcome)
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }

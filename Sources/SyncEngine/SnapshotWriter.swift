@@ -43,6 +43,9 @@ struct SnapshotWriter {
     enum Failure: Error {
         /// A base needs every file, but some were mid-write; retry or write a delta.
         case baseIncomplete(unsettled: [String])
+        /// The session was written at `lastWrite` (nanoseconds since the epoch), in the pause
+        /// before the reads or during them (`WritePause`): try again once it is quiet.
+        case writtenDuringReads(lastWrite: Int64)
     }
 
     /// Writes the snapshot to `sink` (opened lazily through `openSink`, so an empty delta
@@ -51,9 +54,13 @@ struct SnapshotWriter {
     /// `changedPaths` (deltas only): the paths the watcher reported since the previous
     /// snapshot; only those are read, so a change costs what changed, not the session's size.
     /// Nil scans the whole directory (start-up, rescans, after failures, bases).
+    ///
+    /// `pause`: throws `writtenDuringReads` when the session was written in the pause before the
+    /// reads or during them; nil takes the session as it is.
     func write(
         session: SessionID, directory: String, previous: SessionState, kind: SnapshotKind,
-        id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil, openSink: () throws -> ByteSink
+        id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil, pause: WritePause? = nil,
+        openSink: () throws -> ByteSink
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
         let identity = SessionLayout.identity(session, objectName: SessionLayout.snapshotName(id, kind: kind, parentTag: parent?.tag))
@@ -107,7 +114,14 @@ struct SnapshotWriter {
         }
         var unsettled: [String] = []
         var keptBelowUnreadable = false
-        let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
+        let now = Self.epochNanoseconds()
+        /// Stops the snapshot when something modified then was written in the pause before the
+        /// reads or during them.
+        func expectPause(since modification: Int64) throws {
+            if let pause, pause.isRecent(modification, readsStartedAt: now, now: Self.epochNanoseconds()) {
+                throw Failure.writtenDuringReads(lastWrite: modification)
+            }
+        }
         for (name, fingerprint) in candidates {
             let previousRecord = previous[name]
             if unreadableDirectories.contains(where: { name.utf8.starts(with: ($0 + "/").utf8) }) {
@@ -142,6 +156,7 @@ struct SnapshotWriter {
             }
             switch read {
             case .stable(let file):
+                try expectPause(since: file.state.modificationTime)
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
@@ -152,6 +167,10 @@ struct SnapshotWriter {
                     relativePath: SnapshotManifest.filePrefix + name, contents: file.bytes, modificationTime: 0)
                 if kind == .delta { _ = included.add(name, record) }
             case .unstable, .invalidJSON:
+                // A file that changed under the read is a writer at work; one that does not parse
+                // may also be one left half-written long ago.
+                let modified = if case .invalidJSON(let state) = read { state.modificationTime } else { Self.epochNanoseconds() }
+                try expectPause(since: modified)
                 unsettled.append(name)
                 found(name, previousRecord)
             case .missing:
@@ -169,6 +188,8 @@ struct SnapshotWriter {
             deleted = previous.names(absentFrom: state)
             unsettled += beingReplaced
         }
+        // Renames and deletions move the directory's mtime, not a file's.
+        if let modified = SessionFiles.modificationTime(directory) { try expectPause(since: modified) }
         // A base holds every file of its state: one with a good version it cannot read again cannot be one.
         if kind == .base, keptBelowUnreadable || (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
             throw Failure.baseIncomplete(unsettled: unsettled)
@@ -188,6 +209,10 @@ struct SnapshotWriter {
         try writer.finish()
         try archive!.encryption.finish()
         return Outcome(manifest: manifest, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
+    }
+
+    static func epochNanoseconds() -> Int64 {
+        Int64(Date().timeIntervalSince1970 * 1_000_000_000)
     }
 
     /// The manifest as the archive's last entry. A delta's manifest (a few files) fits one

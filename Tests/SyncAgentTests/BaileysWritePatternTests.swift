@@ -30,9 +30,9 @@ struct BaileysWritePatternTests {
         #expect(try readBytes("\(session)/creds.json.bak") == written[written.count - 2])
         #expect(try readBytes("\(session)/app-state-sync-key-NEW.json") == replacement)
         #expect(!FileManager.default.fileExists(atPath: "\(session)/app-state-sync-key-NEW.json.bak"))
-        try await expectEverySnapshot(of: "baileys-registered", agent: agent, runner: runner, workspace: workspace) { files in
-            #expect(files.keys.allSatisfy { !$0.hasSuffix(".tmp") })
-            #expect(files["creds.json"].map(written.contains) == true, "creds.json missing or never written whole")
+        try await expectEverySnapshot(of: "baileys-registered", agent: agent, runner: runner, workspace: workspace) { snapshot, files in
+            #expect(files.keys.allSatisfy { !$0.hasSuffix(".tmp") }, "snapshot \(snapshot) holds a temporary")
+            #expect(files["creds.json"].map(written.contains) == true, "snapshot \(snapshot): creds.json missing or never written whole")
         }
         #expect(try await agent.terminate() == .exited(0))
     }
@@ -53,8 +53,8 @@ struct BaileysWritePatternTests {
         let restored = try await workspace.waitUntilStoreMatches(runner, agent: agent)
         #expect(try readBytes("\(restored)/baileys-registered/creds.json") == next)
         #expect(try readBytes("\(restored)/baileys-registered/creds.json.bak") == original)
-        try await expectEverySnapshot(of: "baileys-registered", agent: agent, runner: runner, workspace: workspace) { files in
-            #expect(files["creds.json"] == original || files["creds.json"] == next, "creds.json missing from a snapshot")
+        try await expectEverySnapshot(of: "baileys-registered", agent: agent, runner: runner, workspace: workspace) { snapshot, files in
+            #expect(files["creds.json"] == original || files["creds.json"] == next, "creds.json missing from snapshot \(snapshot)")
         }
         #expect(try await agent.terminate() == .exited(0))
     }
@@ -92,10 +92,12 @@ struct BaileysWritePatternTests {
     }
 
     /// One `keys.set` of a few dozen files (a transaction: every `.tmp` written, then the renames),
-    /// with `creds.json` written on its own between them, at gaps both shorter and longer than the
-    /// quiet period: no snapshot holds part of a transaction.
+    /// with `creds.json` written on its own between them, at gaps shorter than the quiet period
+    /// (so every snapshot comes from `--max-delay`, cut while the session is written) and longer
+    /// than the pause a snapshot waits for (`WritePause`, half the quiet period): no snapshot holds
+    /// part of a transaction.
     @Test func aSnapshotNeverHoldsPartOfATransaction() async throws {
-        let (workspace, runner, agent) = try await watching(["--quiet-period", "150ms", "--max-delay", "600ms"])
+        let (workspace, runner, agent) = try await watching(["--quiet-period", "300ms", "--max-delay", "1s"])
         let baileys = BaileysDirectory(workspace.session("baileys-registered"))
         let names = (1...36).map { "sender-key-120363000000000001@g.us--1555010\(String(format: "%04d", $0)).0.json" }
         var random = SplitMix64(seed: 15)
@@ -103,14 +105,15 @@ struct BaileysWritePatternTests {
             let contents = #"{"type":"Buffer","data":"\#(Data("transaction \(transaction)".utf8).base64EncodedString())"}"#
             try baileys.set(names.map { ($0, contents) })
             if transaction.isMultiple(of: 3) { _ = try baileys.writeData(try baileys.creds(version: transaction), to: "creds.json") }
-            try await Task.sleep(for: .milliseconds(Int.random(in: 20...260, using: &random)))
+            try await Task.sleep(for: .milliseconds(Int.random(in: 170...270, using: &random)))
         }
         _ = try await workspace.waitUntilStoreMatches(runner, agent: agent)
 
         var transactions: Set<String> = []
-        try await expectEverySnapshot(of: "baileys-registered", agent: agent, runner: runner, workspace: workspace) { files in
-            let held = Set(names.map { files[$0].map { String(decoding: $0, as: UTF8.self) } ?? "absent" })
-            #expect(held.count == 1, "a snapshot holds parts of \(held.count) transactions")
+        try await expectEverySnapshot(of: "baileys-registered", agent: agent, runner: runner, workspace: workspace) { snapshot, files in
+            let versions = names.map { files[$0].map { String(decoding: $0, as: UTF8.self) } ?? "absent" }
+            let held = Set(versions)
+            #expect(held.count == 1, "snapshot \(snapshot) holds parts of \(held.count) transactions: \(versions)")
             let backups = Set(names.map { files[$0 + ".bak"].map { String(decoding: $0, as: UTF8.self) } ?? "absent" })
             #expect(backups.count == 1, "a snapshot holds the backups of \(backups.count) transactions")
             transactions.formUnion(held)
@@ -135,14 +138,14 @@ struct BaileysWritePatternTests {
     /// Restores each snapshot of `session` the agent committed, and hands its files to `check`.
     private func expectEverySnapshot(
         of session: String, agent: RunningAgent, runner: SyncAgentRunner, workspace: Workspace,
-        _ check: ([String: [UInt8]]) throws -> Void
+        _ check: (_ snapshot: String, _ files: [String: [UInt8]]) throws -> Void
     ) async throws {
         let snapshots = agent.uploads.filter { $0.session == session }.map(\.snapshot)
         #expect(snapshots.count >= 2, "\(agent.log)")
         for snapshot in snapshots {
             let target = try workspace.freshDirectory()
             try await runner.restore(into: target, ["--snapshot", snapshot, session])
-            try check(try tree("\(target)/\(session)"))
+            try check(snapshot, try tree("\(target)/\(session)"))
         }
     }
 }

@@ -537,6 +537,27 @@ struct SnapshotChainTests {
         #expect(files == (try directoryContents(directory)).filter { !$0.key.hasSuffix(".tmp") })
     }
 
+    /// A session written just now is taken once a pause has passed since, the whole directory
+    /// compared (what changed while it waited was not reported to it); past the pause's patience,
+    /// as it is.
+    @Test func aSessionBeingWrittenIsTakenAfterAPauseInItsWrites() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try write("{\"reported\":1}", to: "creds.json")
+        try write("{\"unreported\":1}", to: "pre-key-1.json")
+        let started = ContinuousClock.now
+        _ = try await writer.sync(changedPaths: ["creds.json"], pause: WritePause(length: .milliseconds(300), patience: .seconds(30)))
+        #expect(ContinuousClock.now - started >= .milliseconds(250))
+        #expect(try await restored().1 == (try directoryContents(directory)))
+
+        try write("{\"impatient\":1}", to: "creds.json")
+        let impatient = ContinuousClock.now
+        _ = try await writer.sync(changedPaths: ["creds.json"], pause: WritePause(length: .seconds(30), patience: .zero))
+        #expect(ContinuousClock.now - impatient < .seconds(10))
+        #expect(try await restored().1["creds.json"] == Array("{\"impatient\":1}".utf8))
+    }
+
     /// Past `SnapshotSpool.memoryLimit`, a snapshot is spooled through an unlinked temporary file.
     @Test func aSnapshotLargerThanTheMemorySpoolRestoresExactly() async throws {
         try copyFixture("medium")
