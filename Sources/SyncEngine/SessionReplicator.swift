@@ -223,6 +223,7 @@ public actor SessionReplicator {
             }
             if pause != nil, awaitedPause == nil {
                 logger.debug("session still written after the pause's patience; snapshot taken as it is", metadata: ["session": "\(session)"])
+                EngineMetrics.takenWhileWritten()
             }
             recordSkipped(outcome)
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
