@@ -33,24 +33,29 @@ let package = Package(
         systemLibrary("CXML2", pkgConfig: "libxml-2.0", apt: "libxml2-dev"),
         .systemLibrary(name: "CMalloc"),
 
+        // Byte streams, system errors, descriptors, directory listing, hex, digests, a bounded
+        // concurrent map and the thread for blocking work: what every other target shares.
+        .target(name: "SystemSupport", dependencies: ["COpenSSL"]),
         .target(
             name: "S3Client",
-            dependencies: ["CCurl", "COpenSSL", "CXML2", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["SystemSupport", "CCurl", "CXML2", .product(name: "Logging", package: "swift-log")]
         ),
-        .target(name: "Crypto", dependencies: ["CSodium"]),
-        .target(name: "SessionArchive", dependencies: ["CArchive", "Crypto"]),
+        .target(name: "SessionCrypto", dependencies: ["SystemSupport", "CSodium"], path: "Sources/Crypto"),
+        .target(name: "SessionArchive", dependencies: ["SystemSupport", "CArchive"]),
         .target(
             name: "SyncEngine",
             dependencies: [
-                "S3Client", "Crypto", "SessionArchive",
+                "SystemSupport", "SessionCrypto", "SessionArchive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
+        // The S3 backend of the engine's `ObjectStore`; the executable assembles the stores.
+        .target(name: "S3Store", dependencies: ["SyncEngine", "S3Client"]),
         .executableTarget(
             name: "SyncAgent",
             dependencies: [
-                "SyncEngine", "S3Client", "Crypto", "SessionArchive", "CMalloc",
+                "SyncEngine", "S3Store", "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -64,7 +69,7 @@ let package = Package(
         .executableTarget(
             name: "SyncAgentBench",
             dependencies: [
-                "SyncEngine", "S3Client", "Crypto", "SessionArchive",
+                "SyncEngine", "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -74,10 +79,19 @@ let package = Package(
             dependencies: ["S3Client", .product(name: "Subprocess", package: "swift-subprocess")],
             path: "Tests/TestSupport"
         ),
+        .testTarget(name: "SystemSupportTests", dependencies: ["SystemSupport"]),
         .testTarget(name: "S3ClientTests", dependencies: ["S3Client", "TestSupport"]),
-        .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
-        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "Crypto"]),
-        .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "TestSupport"]),
+        .testTarget(name: "CryptoTests", dependencies: ["SessionCrypto", "SystemSupport", "TestSupport"]),
+        .testTarget(name: "SessionArchiveTests", dependencies: ["SessionArchive", "SessionCrypto", "SystemSupport", "TestSupport"]),
+        // The `ObjectStore` conformance suite and the store backends of the tests, run against the
+        // filesystem store by SyncEngineTests and against the S3 store by S3StoreTests.
+        .target(
+            name: "StoreConformance",
+            dependencies: ["SyncEngine", "S3Store", "SystemSupport", "TestSupport"],
+            path: "Tests/StoreConformance"
+        ),
+        .testTarget(name: "SyncEngineTests", dependencies: ["SyncEngine", "S3Store", "StoreConformance", "TestSupport"]),
+        .testTarget(name: "S3StoreTests", dependencies: ["StoreConformance"]),
         .testTarget(name: "SyncAgentTests", dependencies: ["SyncAgent", "TestSupport"]),
     ]
 )
@@ -91,8 +105,8 @@ if Context.environment["SYNC_AGENT_FUZZ"] != nil {
         .target(name: "FuzzSupport", dependencies: ["CFuzzer"], path: "fuzz/FuzzSupport"),
     ]
     let fuzzTargets: [(product: String, target: String, dependencies: [Target.Dependency])] = [
-        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["Crypto"]),
-        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "Crypto"]),
+        ("fuzz-encrypted-object", "FuzzEncryptedObject", ["SessionCrypto", "SystemSupport"]),
+        ("fuzz-archive", "FuzzArchive", ["SyncEngine", "SessionArchive", "SessionCrypto", "SystemSupport"]),
         ("fuzz-manifest", "FuzzManifest", ["SyncEngine"]),
         ("fuzz-head", "FuzzHead", ["SyncEngine"]),
         ("fuzz-s3-xml", "FuzzS3XML", ["S3Client"]),

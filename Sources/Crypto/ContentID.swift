@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// A deduplication id: keyed BLAKE2b-256 of the content, keyed by a subkey of the master
 /// key (FORMAT.md, "Content ids"). Equal content under the same key gives the same id;
 /// without the key the id says nothing about the content.
@@ -39,25 +41,12 @@ public struct ContentID: Sendable, Hashable, Codable, CustomStringConvertible {
 
     public var bytes: [UInt8] { withUnsafeBytes(of: words) { Array($0) } }
 
-    public var description: String { String(decoding: hexDigits(), as: UTF8.self) }
+    public var description: String { withUnsafeBytes(of: words) { $0.lowercaseHex } }
 
     /// Appends the lowercase hex form, without making a String: state digests spell every
     /// file's id this way on every upload.
     public func appendHex(to bytes: inout [UInt8]) {
-        bytes.append(contentsOf: hexDigits())
-    }
-
-    private func hexDigits() -> [UInt8] {
-        let digits = Array("0123456789abcdef".utf8)
-        return withUnsafeBytes(of: words) { raw in
-            [UInt8](unsafeUninitializedCapacity: 2 * Self.byteCount) { buffer, count in
-                for (index, byte) in raw.enumerated() {
-                    buffer[2 * index] = digits[Int(byte >> 4)]
-                    buffer[2 * index + 1] = digits[Int(byte & 0x0f)]
-                }
-                count = 2 * Self.byteCount
-            }
-        }
+        withUnsafeBytes(of: words) { Hex.append($0, to: &bytes) }
     }
 
     public static func == (lhs: ContentID, rhs: ContentID) -> Bool {

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// Decrypts an object in the container of FORMAT.md as it is pulled, one chunk at a time,
 /// with memory bounded by two chunk buffers.
 ///

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// Encrypts a byte stream into the container of FORMAT.md and pushes it downstream, one
 /// chunk at a time: memory stays at two chunk buffers whatever the stream's length.
 ///

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// A 32-byte master key and the subkeys derived from it (FORMAT.md, "Keys").
 ///
 /// The bytes live in memory that is wiped when the last reference goes away, and no
@@ -110,18 +112,7 @@ public struct KeyID: Sendable, Hashable, CustomStringConvertible {
         self.bytes = bytes
     }
 
-    public var description: String { hexString(bytes) }
-}
-
-/// Lowercase hex, for ids shown to people.
-func hexString(_ bytes: some Sequence<UInt8>) -> String {
-    let digits = Array("0123456789abcdef")
-    var text = ""
-    for byte in bytes {
-        text.append(digits[Int(byte >> 4)])
-        text.append(digits[Int(byte & 0x0f)])
-    }
-    return text
+    public var description: String { bytes.lowercaseHex }
 }
 
 func trimmingWhitespace(_ text: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {

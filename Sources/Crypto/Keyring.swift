@@ -1,4 +1,5 @@
 import Glibc
+import SystemSupport
 
 /// The keys this process may use: `primary` encrypts, and every key (primary first) may
 /// decrypt, so that objects written before a key rotation stay readable.

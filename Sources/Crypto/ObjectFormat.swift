@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// Where an encrypted object belongs. Both strings are bound into every chunk's associated
 /// data (as their UTF-8 bytes, unnormalised), so an object copied or renamed to another
 /// session or snapshot fails to decrypt.

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// Everything needed to talk to one bucket: where, as whom, and how patiently.
 public struct S3Configuration: Sendable {
     public enum Addressing: String, Sendable, CaseIterable {
@@ -78,21 +80,6 @@ public struct S3Configuration: Sendable {
         public var verifyCertificates = true
         public var caBundlePath: String?
         public init() {}
-    }
-
-    /// Exponential backoff with full jitter, as AWS's architecture blog recommends.
-    public struct RetryPolicy: Sendable {
-        public var maxAttempts = 5
-        public var baseDelay: Duration = .milliseconds(100)
-        public var maxDelay: Duration = .seconds(10)
-        public init() {}
-
-        func delay(beforeAttempt attempt: Int) -> Duration {
-            let exponent = min(attempt - 1, 30)
-            let ceiling = min(maxDelay, baseDelay * (1 << exponent))
-            let nanoseconds = ceiling.components.seconds * 1_000_000_000 + ceiling.components.attoseconds / 1_000_000_000
-            return .nanoseconds(Int64.random(in: 0...max(0, nanoseconds)))
-        }
     }
 
     public struct Multipart: Sendable {
@@ -198,13 +185,4 @@ public struct S3ConfigurationError: Error, CustomStringConvertible, Equatable, S
 
 private extension Character {
     var isLetterOrDigit: Bool { isASCII && (isLetter || isNumber) }
-}
-
-extension StringProtocol {
-    package func trimmingWhitespace() -> Substring {
-        var text = Substring(self)
-        while let first = text.first, first.isWhitespace { text = text.dropFirst() }
-        while let last = text.last, last.isWhitespace { text = text.dropLast() }
-        return text
-    }
 }

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// One HTTP request as SigV4 sees it.
 ///
 /// The path and query are kept in the form that goes on the wire, so what the client sends is

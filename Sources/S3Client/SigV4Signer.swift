@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import SystemSupport
 
 /// AWS Signature Version 4 (HMAC-SHA256), with the date always passed in.
 ///
@@ -183,14 +184,14 @@ public struct SigV4Signer: Sendable {
     /// Percent-encodes every UTF-8 byte except the unreserved `A-Z a-z 0-9 - . _ ~` (and '/'
     /// unless `encodeSlash`), with uppercase hex digits. A space becomes "%20", never "+".
     public static func uriEncode(_ string: String, encodeSlash: Bool) -> String {
-        let hexDigits = Array("0123456789ABCDEF".utf8)
         var encoded: [UInt8] = []
         encoded.reserveCapacity(string.utf8.count)
         for byte in string.utf8 {
             if isUnreserved(byte) || (byte == UInt8(ascii: "/") && !encodeSlash) {
                 encoded.append(byte)
             } else {
-                encoded.append(contentsOf: [UInt8(ascii: "%"), hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 0x0f)]])
+                encoded.append(UInt8(ascii: "%"))
+                Hex.append(CollectionOfOne(byte), to: &encoded, uppercase: true)
             }
         }
         return String(decoding: encoded, as: UTF8.self)

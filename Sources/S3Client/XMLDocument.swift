@@ -1,4 +1,5 @@
 import CXML2
+import SystemSupport
 
 /// A parsed S3 XML response: just elements and their text, which is all S3 answers carry.
 /// Parsing is bounded (size, depth, element count), never touches the network and never

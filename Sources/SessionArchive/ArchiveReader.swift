@@ -1,6 +1,6 @@
 import CArchive
-import Crypto
 import Glibc
+import SystemSupport
 
 /// One entry of an archive, after validation: `path` is a safe relative path in canonical form
 /// (components joined by "/", no trailing slash).

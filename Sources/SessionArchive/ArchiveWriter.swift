@@ -1,6 +1,6 @@
 import CArchive
-import Crypto
 import Glibc
+import SystemSupport
 
 /// Writes a zstd-compressed POSIX pax tar to a `ByteSink`, one entry at a time, streaming file
 /// contents in chunks so memory stays bounded whatever the archive size.

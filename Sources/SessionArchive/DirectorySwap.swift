@@ -1,5 +1,5 @@
-import Crypto
 import Glibc
+import SystemSupport
 
 /// The points of an atomic replacement, reported after each one completes (for the crash tests).
 enum SwapStep: String, CaseIterable, Sendable {

@@ -1,3 +1,5 @@
+import SystemSupport
+
 /// File and session names are bytes on Linux (anything but `/` and NUL), while the agent keeps
 /// names as Swift `String`s (manifests are JSON, object keys and logs are text). This is the one
 /// mapping between the two, lossless both ways, used wherever a name comes from or goes to the
@@ -88,18 +90,13 @@ public enum FileName {
             case "\\": shown += "\\\\"
             default:
                 if scalar.value >= firstEscape {
-                    shown += "\\x" + hexByte(UInt8(scalar.value - escapeBase))
+                    shown += "\\x" + CollectionOfOne(UInt8(scalar.value - escapeBase)).lowercaseHex
                 } else {
-                    shown += String(scalar).utf8.map { "\\x" + hexByte($0) }.joined()
+                    shown += String(scalar).utf8.map { "\\x" + CollectionOfOne($0).lowercaseHex }.joined()
                 }
             }
         }
         return shown
-    }
-
-    private static func hexByte(_ byte: UInt8) -> String {
-        let digits = Array("0123456789abcdef")
-        return String([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
     }
 
     /// The scalar of the well-formed UTF-8 sequence at `index` and its length (Unicode's

@@ -1,5 +1,5 @@
-import Crypto
 import Glibc
+import SystemSupport
 
 /// The process's umask, read once (from /proc: umask(2) can only read it by changing it, which
 /// would race with other threads creating files). A new file's mode is the requested mode less
@@ -19,30 +19,17 @@ let processUmask: mode_t = {
     return value
 }()
 
-/// An open file or directory, closed in deinit. Everything below a directory is reached with
-/// the *at() calls and O_NOFOLLOW, so a symlink planted in a staging or session directory is
+/// Opening and changing what lies below a directory. Everything below a directory is reached
+/// with the *at() calls and O_NOFOLLOW, so a symlink planted in a staging or session directory is
 /// never followed. Names are `FileName` strings: each goes to the kernel as the bytes it stands
 /// for, and `entryNames` decodes what readdir returns the same way.
-final class FileDescriptor {
-    let raw: Int32
-    /// For error messages only.
-    let path: String
-
-    private init(raw: Int32, path: String) {
-        self.raw = raw
-        self.path = path
-    }
-
-    deinit {
-        close(raw)
-    }
-
+extension FileDescriptor {
     /// Opens a directory given by the caller (the parent of a session directory), following symlinks
     /// in that path as the caller's configuration asks.
     static func openDirectory(_ path: String) throws -> FileDescriptor {
         let raw = FileName.withPlatformPath(path) { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard raw >= 0 else { throw SystemError("open", path: path) }
-        return FileDescriptor(raw: raw, path: path)
+        return FileDescriptor(owning: raw, path: path)
     }
 
     private func childPath(_ name: String) -> String {
@@ -52,13 +39,13 @@ final class FileDescriptor {
     func openDirectory(at name: String) throws -> FileDescriptor {
         let raw = FileName.withPlatformPath(name) { openat(self.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
         guard raw >= 0 else { throw SystemError("open", path: childPath(name)) }
-        return FileDescriptor(raw: raw, path: childPath(name))
+        return FileDescriptor(owning: raw, path: childPath(name))
     }
 
     func openFile(at name: String) throws -> FileDescriptor {
         let raw = FileName.withPlatformPath(name) { openat(self.raw, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
         guard raw >= 0 else { throw SystemError("open", path: childPath(name)) }
-        return FileDescriptor(raw: raw, path: childPath(name))
+        return FileDescriptor(owning: raw, path: childPath(name))
     }
 
     /// Creates a new directory (never reuses one) with exactly 0700, whatever the umask.
@@ -73,7 +60,7 @@ final class FileDescriptor {
     func createFile(at name: String) throws -> FileDescriptor {
         let raw = FileName.withPlatformPath(name) { openat(self.raw, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         guard raw >= 0 else { throw SystemError("create", path: childPath(name)) }
-        let file = FileDescriptor(raw: raw, path: childPath(name))
+        let file = FileDescriptor(owning: raw, path: childPath(name))
         if processUmask & 0o600 != 0 { try file.setMode(0o600) }
         return file
     }
@@ -101,24 +88,7 @@ final class FileDescriptor {
     }
 
     func entryNames() throws -> [String] {
-        let duplicate = dup(raw)
-        guard duplicate >= 0 else { throw SystemError("dup", path: path) }
-        guard let stream = fdopendir(duplicate) else {
-            close(duplicate)
-            throw SystemError("opendir", path: path)
-        }
-        defer { closedir(stream) }
-        rewinddir(stream)
-        var names: [String] = []
-        while true {
-            errno = 0
-            guard let entry = readdir(stream) else {
-                if errno != 0 { throw SystemError("readdir", path: path) }
-                return names
-            }
-            let name = withUnsafeBytes(of: &entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) }
-            if name != "." && name != ".." { names.append(name) }
-        }
+        try directoryEntries().map { FileName.decode($0.name) }
     }
 
     /// Removes `name` and, if it is a directory, everything below it; symlinks are removed, not followed.

@@ -1,4 +1,5 @@
-import Crypto
+import SystemSupport
+
 
 /// A fresh, private directory next to a session directory, filled before it replaces it (see
 /// `DirectorySwap`). Files are created 0600 and directories 0700 whatever the source says, with

@@ -18,7 +18,7 @@ struct BackupCommand: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
     @OptionGroup(title: "Retention") var retention: RetentionOptions
     @Flag(help: "Print the summary as JSON.") var json = false
-    @Argument(help: "Session ids (default: every session directory).") var sessions: [String] = []
+    @Argument(help: "Session ids (default: every session directory).") var sessions: [SessionID] = []
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.backup")
@@ -36,7 +36,7 @@ struct BackupCommand: AsyncParsableCommand {
                 logger.error("session directory \(refusal.message)", metadata: ["name": "\(shown)", "reason": "\(refusal.rawValue)"])
             }
         } else {
-            ids = try sessions.map(sessionID(argument:))
+            ids = sessions
         }
         let owner = agentIdentity()
         var policy = CompactionPolicy()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import SessionArchive
+import SystemSupport
 
 /// A value a command cannot take, from a flag or an environment variable: one line naming
 /// where the value came from, and the usage-error exit code, before anything happens.
@@ -13,6 +14,8 @@ struct UsageError: Error, CustomStringConvertible {
         case durationTooShort
         case notATime
         case notACount
+        /// Not one of a setting's values.
+        case unknownValue
     }
 
     let reason: Reason

@@ -1,8 +1,9 @@
-import Crypto
 import FoundationEssentials
 import Glibc
 import Logging
+import SessionCrypto
 import Synchronization
+import SystemSupport
 
 /// `--log-format json`: one JSON object per line on standard error, for log collectors
 /// (Loki, CloudWatch, Elasticsearch). Keys: time (ISO 8601, milliseconds), level, logger,

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Crypto
+import SessionCrypto
 
 struct KeygenCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

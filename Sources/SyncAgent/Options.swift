@@ -1,12 +1,13 @@
 import ArgumentParser
-import Crypto
 import FoundationEssentials
 import Glibc
 import Logging
 import S3Client
 import SessionArchive
+import SessionCrypto
 import SyncEngine
 import Synchronization
+import SystemSupport
 
 /// Reads an environment variable, treating an empty value as unset.
 func environment(_ names: String...) -> String? {
@@ -19,13 +20,11 @@ func environment(_ names: String...) -> String? {
 /// environment rather than a flag.
 struct ConfigurationError: Error, CustomStringConvertible {
     enum Reason {
-        case unknownMode
         case missingKey
         case emptyKey
         case missingLocalStore
         case missingBucket
         case unreadableSessionsDirectory
-        case unknownLogSetting
         case badListenAddress
         case cannotListen
     }
@@ -45,8 +44,8 @@ struct StorageOptions: ParsableArguments {
     @Option(help: "Directory with one subdirectory per session id (env SESSIONS_DIR; default ./sessions).")
     var sessionsDir: String?
 
-    @Option(help: "local, cloud or hybrid (env SESSION_STORAGE_TYPE; default local).")
-    var mode: String?
+    @Option(help: "Where snapshots go (env SESSION_STORAGE_TYPE; default local).")
+    var mode: StorageMode?
 
     @Option(help: "Local snapshot store directory (env SYNC_AGENT_LOCAL_STORE; default ~/.local/state/sync-agent/store).")
     var localStore: String?
@@ -63,8 +62,8 @@ struct StorageOptions: ParsableArguments {
     @Option(help: "S3 region (env AWS_REGION; default us-east-1).")
     var region: String?
 
-    @Option(help: "path or virtual-hosted (default path for custom endpoints, virtual-hosted for AWS).")
-    var addressing: String?
+    @Option(help: "How bucket URLs are written (default path for custom endpoints, virtual-hosted for AWS).")
+    var addressing: S3Configuration.Addressing?
 
     @Option(help: "CA bundle for the S3 endpoint's TLS certificate (env SYNC_AGENT_CA_BUNDLE).")
     var caBundle: String?
@@ -75,13 +74,7 @@ struct StorageOptions: ParsableArguments {
     var resolvedSessionsDir: String { sessionsDir ?? environment("SESSIONS_DIR") ?? "./sessions" }
 
     var resolvedMode: StorageMode {
-        get throws {
-            let text = mode ?? environment("SESSION_STORAGE_TYPE") ?? "local"
-            guard let mode = StorageMode(rawValue: text.lowercased()) else {
-                throw ConfigurationError(.unknownMode, "unknown mode \"\(text)\": use local, cloud or hybrid")
-            }
-            return mode
-        }
+        get throws(UsageError) { try StorageMode.resolve(mode, variable: "SESSION_STORAGE_TYPE") ?? .local }
     }
 
     var resolvedLocalStore: String {
@@ -90,10 +83,7 @@ struct StorageOptions: ParsableArguments {
     }
 
     func validate() throws {
-        _ = try resolvedMode
-        if let addressing, S3Configuration.Addressing(rawValue: addressing) == nil {
-            throw ValidationError("unknown addressing \"\(addressing)\": use path or virtual-hosted")
-        }
+        try rejectingUsageErrors { _ = try resolvedMode }
     }
 
     /// Resolves every option and the keys, failing with one clear line for a bad value.
@@ -122,26 +112,12 @@ struct StorageOptions: ParsableArguments {
         } else {
             keyring = try Keyring.load(keyFiles: keyFile, environmentValue: keyValue)
         }
-        var s3: S3Configuration?
-        if mode != .local {
-            guard let bucket = bucket ?? environment("STORAGE_BUCKET") else {
-                throw ConfigurationError(.missingBucket, "\(mode.rawValue) mode needs a bucket: pass --bucket or set STORAGE_BUCKET")
-            }
-            var configuration = try S3Configuration.resolve(
-                bucket: bucket, endpoint: endpoint, region: region,
-                addressing: addressing.flatMap(S3Configuration.Addressing.init(rawValue:)),
-                environment: ProcessInfo.processInfo.environment)
-            configuration.tls.caBundlePath = caBundle ?? environment("SYNC_AGENT_CA_BUNDLE")
-            s3 = configuration
-        }
-        return StorageConfiguration(
-            mode: mode, localStore: resolvedLocalStore, s3: s3,
-            prefix: prefix ?? environment("SYNC_AGENT_PREFIX") ?? "", keyring: keyring)
+        return StorageConfiguration(mode: mode, localStore: resolvedLocalStore, keyring: keyring)
     }
 }
 
 /// How log lines look: `text` for people (swift-log's stream format), `json` for collectors.
-enum LogFormat: String {
+enum LogFormat: String, CaseIterable, ExpressibleByArgument {
     case text
     case json
 }
@@ -151,26 +127,19 @@ enum LogFormat: String {
 private let loggingBootstrap = Mutex(false)
 
 struct LoggingOptions: ParsableArguments {
-    @Option(help: "trace, debug, info, notice, warning, error or critical (env SYNC_AGENT_LOG_LEVEL; default info).")
-    var logLevel: String?
+    @Option(help: "The least severe events logged (env SYNC_AGENT_LOG_LEVEL; default info).")
+    var logLevel: Logger.Level?
 
-    @Option(help: "text or json, one line per event on standard error (env SYNC_AGENT_LOG_FORMAT; default text).")
-    var logFormat: String?
+    @Option(help: "One line per event on standard error, for people or for collectors (env SYNC_AGENT_LOG_FORMAT; default text).")
+    var logFormat: LogFormat?
 
     func validate() throws {
-        _ = try resolved()
+        try rejectingUsageErrors { _ = try resolved() }
     }
 
-    func resolved() throws -> (level: Logger.Level, format: LogFormat) {
-        let levelText = logLevel ?? environment("SYNC_AGENT_LOG_LEVEL") ?? "info"
-        guard let level = Logger.Level(rawValue: levelText) else {
-            throw ConfigurationError(.unknownLogSetting, "unknown log level \"\(levelText)\": use trace, debug, info, notice, warning, error or critical")
-        }
-        let formatText = logFormat ?? environment("SYNC_AGENT_LOG_FORMAT") ?? "text"
-        guard let format = LogFormat(rawValue: formatText) else {
-            throw ConfigurationError(.unknownLogSetting, "unknown log format \"\(formatText)\": use text or json")
-        }
-        return (level, format)
+    func resolved() throws(UsageError) -> (level: Logger.Level, format: LogFormat) {
+        (try Logger.Level.resolve(logLevel, variable: "SYNC_AGENT_LOG_LEVEL") ?? .info,
+         try LogFormat.resolve(logFormat, variable: "SYNC_AGENT_LOG_FORMAT") ?? .text)
     }
 
     /// Logs go to standard error, so standard output carries only a command's result
@@ -201,59 +170,14 @@ struct OpenedStorage {
     /// Hybrid mode: the S3 copy behind the local store.
     let mirror: SessionMirror?
 
-    /// `access`: what the command does with the local store. Commands that create it are the
-    /// ones that commit snapshots: they probe whether the stores enforce conditional writes (a write).
-    static func open(_ options: StorageOptions, logger: Logger, access: StoreAccess) async throws -> OpenedStorage {
-        let writes = access == .create
-        let configuration = try options.storageConfiguration(access: access)
-        let (primaryStore, mirrorStore) = try configuration.openStores(access: access, logger: logger)
-        let primary = SessionStore(store: primaryStore, keyring: configuration.keyring)
-        try await primary.probe()
-        let conditional = writes ? try await primaryStore.probeConditionalWrites() : true
-        if !conditional {
-            logger.warning("the store ignores conditional writes: fencing is off, two agents on one session could overwrite each other", metadata: ["store": "\(primaryStore.location)"])
-        }
-        var mirror: SessionMirror?
-        if let mirrorStore {
-            let remote = SessionStore(store: mirrorStore, keyring: configuration.keyring)
-            var mirrorConditional = true
-            do {
-                try await remote.probe()
-                if writes { mirrorConditional = try await mirrorStore.probeConditionalWrites() }
-            } catch StoreError.unavailable(let reason) {
-                // Hybrid mode exists for this: commit locally now, catch S3 up later.
-                logger.warning("S3 is unreachable; committing to the local store and catching up later", metadata: ["reason": "\(reason)"])
-            }
-            mirror = SessionMirror(local: primary, remote: remote, conditionalWrites: mirrorConditional)
-        }
-        return OpenedStorage(configuration: configuration, primary: primary, conditionalWrites: conditional, mirror: mirror)
-    }
-
-    /// The store to restore a session from: in hybrid mode, the newer copy.
-    func restoreSource(for session: SessionID) async throws -> SessionStore {
-        guard let mirror else { return primary }
-        return try await mirror.newest(session)
-    }
-
-    /// Every session either store holds.
-    func storedSessions() async throws -> [SessionID] {
-        var sessions = Set(try await primary.sessions())
-        if let mirror { sessions.formUnion(try await mirror.remote.sessions()) }
-        return sessions.sorted()
-    }
+    /// The stores sessions are read back from.
+    var sources: RestoreSources { RestoreSources(primary: primary, mirror: mirror) }
 }
 
 /// "host/pid/random": who claimed a session, as a fenced agent's message names it.
 func agentIdentity() -> String {
     let host = ProcessInfo.processInfo.hostName
     return "\(host)/\(getpid())/\(UInt32.random(in: 0...UInt32.max))"
-}
-
-/// The session id an argument names, in either spelling (`SessionID(printed:)`); one that names
-/// none is shown escaped (`FileName.displayed`), so the message stays one line.
-func sessionID(argument name: String) throws -> SessionID {
-    guard let id = SessionID(printed: name) else { throw ValidationError("\"\(FileName.displayed(name))\" is not a valid session id") }
-    return id
 }
 
 /// The session directories under the root, as `watch` sees them (`SessionDirectories`).

@@ -22,10 +22,9 @@ struct PruneCommand: AsyncParsableCommand {
     @OptionGroup(title: "Retention") var retention: RetentionOptions
     @Flag(help: "Say what would be kept and deleted; delete nothing.") var dryRun = false
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [String] = []
+    @Argument(help: "Session ids (default: every session in the store, as for backup).") var sessions: [SessionID] = []
 
     func validate() throws {
-        for name in sessions { _ = try sessionID(argument: name) }
         // restic refuses too: without a rule, "keep nothing but the newest" is too easy to run by mistake.
         guard try retention.policy() != nil else {
             throw ValidationError("no retention policy: pass at least one --keep-* flag (or set SYNC_AGENT_KEEP_*)")
@@ -36,7 +35,7 @@ struct PruneCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.prune")
         let policy = try retention.policy()!
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .write)
-        let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions.compactMap { SessionID(printed: $0) }
+        let ids = try sessions.isEmpty ? await opened.primary.sessions() : sessions
         let pruner = SnapshotPruner(sessionStore: opened.primary, mirror: opened.mirror)
         let progress = ProgressLine(dryRun ? "checking" : "pruning", total: ids.count)
         var report = PruneReport(dryRun: dryRun)

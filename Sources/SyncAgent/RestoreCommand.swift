@@ -1,10 +1,10 @@
 import ArgumentParser
-import Crypto
 import FoundationEssentials
 import Glibc
 import Logging
 import SessionArchive
 import SyncEngine
+import SystemSupport
 
 struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -37,15 +37,16 @@ struct RestoreCommand: AsyncParsableCommand {
     var dryRun = false
     @Option(help: "Sessions restored at once (default 8).") var parallel = 8
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids.") var sessions: [String] = []
+    @Argument(help: "Session ids.") var sessions: [SessionID] = []
 
     func validate() throws {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
             throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
         }
-        for name in sessions { _ = try sessionID(argument: name) }
         if let snapshot {
-            guard SnapshotLabel(parsing: snapshot) != nil else { throw ValidationError("--snapshot \(snapshot): expected SEQUENCE.GENERATION, e.g. 42.3") }
+            guard SnapshotLabel(parsing: snapshot) != nil else {
+                throw ValidationError("--snapshot \(FileName.displayed(snapshot)): expected SEQUENCE.GENERATION, e.g. 42.3")
+            }
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
@@ -97,16 +98,16 @@ struct RestoreCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.restore")
         let started = ContinuousClock.now
         let requested = try requestedSessions()
-        let root = storage.resolvedSessionsDir
-        let opened: OpenedStorage
-        let ids: [SessionID]
+        let restore: SessionsRestore
+        let plan: SessionsRestore.Plan
         do {
-            opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
-            if let requested {
-                ids = requested
-            } else {
-                ids = try await opened.storedSessions()
-            }
+            let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
+            restore = SessionsRestore(
+                sources: opened.sources, root: storage.resolvedSessionsDir,
+                request: RestoreRequest(
+                    sessions: requested.map { .named($0) } ?? .all, point: restorePoint, onlyIfMissing: ifMissing,
+                    dryRun: dryRun, parallel: parallel))
+            plan = try await restore.plan()
         } catch StoreError.unavailable(let reason) {
             // The worker still gets a report to post, naming every session it asked for.
             logger.error("the store cannot be reached; nothing restored", metadata: ["error": "\(reason)"])
@@ -114,67 +115,35 @@ struct RestoreCommand: AsyncParsableCommand {
             for id in requested ?? [] { report.record(id, failure: StoreError.unavailable(reason)) }
             try finish(report, started: started)
             throw ExitCode(4)  // --all: not even the list of sessions could be had
+        } catch let error as RestoreRequestError {
+            for other in error.points.dropFirst() { writeStandardError("Error: \(other)\n") }
+            throw rejectInput(error.points[0].description)
         }
 
-        // Every session's snapshot is found first, so a snapshot or time some session does not
-        // have stops the command before any directory changes.
-        let planned = await concurrentMap(ids, limit: parallel) { id in
-            await Result { () async throws -> (SessionRestorer, RestorePlan) in
-                let restorer = SessionRestorer(sessionStore: try await opened.restoreSource(for: id))
-                return (restorer, try await restorer.plan(id, into: root, at: restorePoint, onlyIfMissing: ifMissing))
-            }
-        }
-        let badPoints = planned.compactMap { result -> RestorePointError? in
-            guard case .failure(let error as RestorePointError) = result else { return nil }
-            return error
-        }
-        if let first = badPoints.first {
-            for other in badPoints.dropFirst() { writeStandardError("Error: \(other)\n") }
-            throw rejectInput(first.description)
-        }
-
-        if !dryRun {
-            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            try DirectorySwap.recoverLeftovers(in: root)
-        }
-        let progress = ProgressLine(dryRun ? "checking" : "restoring", total: ids.count)
-        let outcomes = await concurrentMap(Array(zip(ids, planned)), limit: parallel) { id, plan in
-            let sessionStarted = ContinuousClock.now
-            let outcome = await Result { () async throws -> RestoreOutcome in
-                let (restorer, plan) = try plan.get()
-                return try await restorer.restore(plan, into: root, dryRun: dryRun)
-            }
-            switch outcome {
+        let progress = ProgressLine(dryRun ? "checking" : "restoring", total: plan.sessions.count)
+        let result = try await restore.run(plan) { finished in
+            let failed: Bool
+            switch finished.outcome {
             case .success(let outcome):
+                failed = false
                 logger.log(level: progress.isShown ? .debug : .info, "restore", metadata: [
-                    "session": "\(id)", "status": "\(outcome.status.rawValue)",
+                    "session": "\(finished.session)", "status": "\(outcome.status.rawValue)",
                     "snapshot": "\(outcome.snapshot.map(String.init(describing:)) ?? "-")",
-                    "files": "\(outcome.files)", "bytes": "\(outcome.bytes)", "duration": "\(ContinuousClock.now - sessionStarted)",
+                    "files": "\(outcome.files)", "bytes": "\(outcome.bytes)", "duration": "\(finished.duration)",
                 ])
             case .failure(let error):
-                logger.log(level: progress.isShown ? .debug : .error, "restore failed", metadata: ["session": "\(id)", "error": "\(error)"])
+                failed = true
+                logger.log(level: progress.isShown ? .debug : .error, "restore failed", metadata: ["session": "\(finished.session)", "error": "\(error)"])
             }
-            await progress.finished(failed: !outcome.isOK)
-            return outcome
+            await progress.finished(failed: failed)
         }
         await progress.end()
-
-        var report = RestoreReport()
-        for (id, outcome) in zip(ids, outcomes) {
-            switch outcome {
-            case .success(let outcome) where all && outcome.status == .loggedOut:
-                // --all asks for what the store can bring back: a session that logged out was not
-                // asked for, and must not fail a worker's start (named, it is reported as failed).
-                logger.info("not restoring a session that logged out", metadata: ["session": "\(id)"])
-            case .success(let outcome) where all && outcome.status == .notFound:
-                // Claimed by an agent that has not committed its first snapshot yet (or was killed
-                // before it did): nothing to bring back, and nothing wrong with the store.
-                logger.info("not restoring a session with no snapshot yet", metadata: ["session": "\(id)"])
-            case .success(let outcome): report.record(outcome)
-            case .failure(let error): report.record(id, failure: error)
-            }
+        for outcome in result.leftOut {
+            logger.info(
+                outcome.status == .loggedOut ? "not restoring a session that logged out" : "not restoring a session with no snapshot yet",
+                metadata: ["session": "\(outcome.session)"])
         }
-        try finish(report, started: started)
+        try finish(result.report, started: started)
     }
 
     /// The ids asked for, or nil for --all (the store says which). A malformed list stops the
@@ -184,7 +153,7 @@ struct RestoreCommand: AsyncParsableCommand {
 
     private func requestedSessions() throws -> [SessionID]? {
         if all { return nil }
-        guard let sessionsFrom else { return sessions.compactMap { SessionID(printed: $0) } }
+        guard let sessionsFrom else { return sessions }
         let source = sessionsFrom == "-" ? "standard input" : sessionsFrom
         let descriptor = sessionsFrom == "-" ? STDIN_FILENO : open(sessionsFrom, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
@@ -193,9 +162,9 @@ struct RestoreCommand: AsyncParsableCommand {
         defer { if descriptor != STDIN_FILENO { close(descriptor) } }
         let read: [UInt8]?
         do {
-            read = try readAll(descriptor, limit: Self.sessionListLimit)
-        } catch {
-            throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(error.reason)")
+            read = try readAll(FileDescriptorSource(fileDescriptor: descriptor), limit: Self.sessionListLimit)
+        } catch let error as SystemError {
+            throw rejectInput("--sessions-from: cannot read \(FileName.displayed(source)): \(String(cString: strerror(error.errno)))")
         }
         guard let bytes = read else {
             throw rejectInput("--sessions-from \(FileName.displayed(source)): longer than \(Self.sessionListLimit >> 20) MiB")
@@ -223,101 +192,6 @@ struct RestoreCommand: AsyncParsableCommand {
         }
         if !report.failedSessions.isEmpty {
             throw ExitCode(report.recoveredSessions.isEmpty ? 4 : 3)
-        }
-    }
-}
-
-/// Runs `transform` over `items` with at most `limit` at once; results in the items' order.
-func concurrentMap<Item: Sendable, Output: Sendable>(
-    _ items: [Item], limit: Int, _ transform: @escaping @Sendable (Item) async -> Output
-) async -> [Output] {
-    await withTaskGroup(of: (Int, Output).self) { group in
-        var results = [Output?](repeating: nil, count: items.count)
-        var next = 0
-        func startNext() {
-            guard next < items.count else { return }
-            let index = next
-            next += 1
-            group.addTask { (index, await transform(items[index])) }
-        }
-        for _ in 0..<min(limit, items.count) { startNext() }
-        while let (index, output) = await group.next() {
-            results[index] = output
-            startNext()
-        }
-        return results.map { $0! }
-    }
-}
-
-extension Result where Failure == any Error {
-    /// Result(catching:) for async work.
-    init(_ body: () async throws -> Success) async {
-        do {
-            self = .success(try await body())
-        } catch {
-            self = .failure(error)
-        }
-    }
-
-    var isOK: Bool {
-        if case .success = self { return true }
-        return false
-    }
-}
-
-/// The report a worker can post to its backend as is.
-struct RestoreReport: Encodable {
-    struct Recovered: Encodable {
-        var sessionId: String
-        /// `restored`, `up_to_date`, `present` (--if-missing) or `would_restore` (--dry-run).
-        var status: String
-        var snapshot: String?
-        var files: Int
-        var bytes: Int64
-    }
-
-    struct Failed: Encodable {
-        var sessionId: String
-        var error: String
-        var reason: String
-    }
-
-    var recoveredSessions: [Recovered] = []
-    var failedSessions: [Failed] = []
-
-    mutating func record(_ outcome: RestoreOutcome) {
-        switch outcome.status {
-        case .restored, .upToDate, .present, .wouldRestore:
-            recoveredSessions.append(.init(
-                sessionId: outcome.session.description, status: outcome.status.rawValue,
-                snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes))
-        case .notFound, .loggedOut:
-            failedSessions.append(.init(
-                sessionId: outcome.session.description,
-                error: outcome.status == .notFound ? "no snapshot in the store" : "the session logged out",
-                reason: outcome.status.rawValue))
-        }
-    }
-
-    mutating func record(_ session: SessionID, failure error: any Error) {
-        failedSessions.append(.init(sessionId: session.description, error: "\(error)", reason: Self.reason(for: error)))
-    }
-
-    static func reason(for error: any Error) -> String {
-        switch error {
-        case StoreError.unavailable: "unreachable"
-        case StoreError.rejected: "store_refused"
-        case SnapshotError.corrupt, StoreError.invalidObject: "corrupt"
-        case SnapshotError.notFound: "not_found"
-        case SnapshotError.unsupportedFormat: "unsupported_format"
-        case SnapshotError.wrongKey: "wrong_key"
-        case SnapshotError.headMissing: "head_missing"
-        case SnapshotError.headBehind: "head_behind"
-        case SnapshotError.changedDuringRead: "changed_during_restore"
-        // The staging directory, a download's temporary file: the disk, not the store.
-        case SnapshotError.io, StoreError.io, is SystemError: "local_io"
-        case let error as SessionDirectoryError: error.reason.rawValue
-        default: "failed"
         }
     }
 }

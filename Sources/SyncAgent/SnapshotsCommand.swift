@@ -20,18 +20,17 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @Flag(help: "Also read every committed snapshot (downloads and decrypts) for its session's files and bytes.")
     var details = false
     @Flag(help: "Print the list as JSON.") var json = false
-    @Argument(help: "A session id; without one, list the sessions.") var session: String?
+    @Argument(help: "A session id; without one, list the sessions.") var session: SessionID?
 
     func validate() throws {
-        if let session { _ = try sessionID(argument: session) }
         if details && session == nil { throw ValidationError("--details lists one session's snapshots: name a session") }
     }
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.snapshots")
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
-        if let session = session.flatMap({ SessionID(printed: $0) }) {
-            try await listSnapshots(session, store: try await opened.restoreSource(for: session))
+        if let session {
+            try await listSnapshots(session, store: try await opened.sources.store(for: session))
         } else {
             try await listSessions(opened)
         }
@@ -42,9 +41,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
     /// command exits 1 once every session is listed.
     private func listSessions(_ opened: OpenedStorage) async throws {
         var listing = SessionsListing()
-        for id in try await opened.storedSessions() {
+        for id in try await opened.sources.sessions() {
             do {
-                let stored = try await opened.restoreSource(for: id).stored(id)
+                let stored = try await opened.sources.store(for: id).stored(id)
                 try stored?.checkHeadIsNewest()
                 listing.sessions.append(.init(id.description, head: stored?.head))
             } catch {

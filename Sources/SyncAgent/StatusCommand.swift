@@ -52,9 +52,9 @@ struct StatusCommand: AsyncParsableCommand {
     private func storeReport(logger: Logger) async throws -> StatusReport {
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         var report = StatusReport(source: opened.primary.store.location, generatedAt: timestamp(Date()), sessions: [])
-        for id in try await opened.storedSessions() {
+        for id in try await opened.sources.sessions() {
             do {
-                let head = try await opened.restoreSource(for: id).head(id)?.head
+                let head = try await opened.sources.store(for: id).head(id)?.head
                 report.sessions.append(StatusReport.Row(
                     sessionId: id.description, state: head?.isTombstoned == true ? "tombstoned" : "stored",
                     lastSnapshot: head?.latest.map { "\($0)" }, lastSnapshotAt: head.map { timestamp($0.updatedAt) },

@@ -1,22 +1,47 @@
 import ArgumentParser
+import Glibc
+import SessionArchive
 
 @main
 struct SyncAgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync-agent",
         abstract: "Keeps WhatsApp gateway session directories safe across worker restarts.",
-        discussion: """
-            watch     run beside a worker: snapshot every change of every session
-            restore   run before a worker recovers sessions: bring their directories back
-            backup    run from cron or a timer: take a full snapshot of every session
-            prune     delete the snapshots a retention policy no longer keeps
-            snapshots list the stored sessions, or one session's snapshots
-            verify    download and check committed snapshots, writing nothing
-            status    print each session's state, from the running agent or the store
-            keygen    print a new encryption key
-            """,
         subcommands: [
             WatchCommand.self, RestoreCommand.self, BackupCommand.self, PruneCommand.self, SnapshotsCommand.self,
             VerifyCommand.self, StatusCommand.self, KeygenCommand.self,
         ])
+
+    /// ArgumentParser's `main`, but for one thing: the parser echoes a value it refuses as it
+    /// was given, and one that cannot print on one line (a line break, control bytes) is shown
+    /// escaped (`FileName.displayed`), as session ids are everywhere, so it cannot forge a line.
+    static func main() async {
+        do {
+            var command = try await asyncParseAsRoot(nil)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            let message = escapingArguments(in: fullMessage(for: error))
+            if !message.isEmpty {
+                // Help goes to standard output, like ArgumentParser's own `exit(withError:)`.
+                if code == .success { print(message) } else { writeStandardError(message + "\n") }
+            }
+            Glibc.exit(code.rawValue)
+        }
+    }
+
+    private static func escapingArguments(in message: String) -> String {
+        let arguments = CommandLine.arguments.dropFirst()
+        // "--flag=value" is echoed as its value.
+        let values = arguments + arguments.compactMap { argument in
+            argument.hasPrefix("-") ? argument.firstIndex(of: "=").map { String(argument[argument.index(after: $0)...]) } : nil
+        }
+        return values.filter { FileName.displayed($0, escapingBackslashes: false) != $0 }
+            .sorted { $0.count > $1.count }
+            .reduce(message) { message, value in message.replacing(value, with: FileName.displayed(value)) }
+    }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Glibc
+import SystemSupport
 
 /// Bad input found after parsing (a file's content, a snapshot the store does not have): one
 /// line on standard error and the usage-error exit code, without the usage text ArgumentParser
@@ -11,34 +12,21 @@ func rejectInput(_ message: String) -> ExitCode {
 }
 
 func writeStandardError(_ text: String) {
-    var rest = Array(text.utf8)[...]
-    while !rest.isEmpty {
-        let written = rest.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
-        if written < 0 && errno == EINTR { continue }
-        guard written > 0 else { return }
-        rest = rest.dropFirst(written)
-    }
+    // A standard error that cannot be written to loses the line: there is nowhere else to say so.
+    Array(text.utf8).withUnsafeBytes { try? FileDescriptorSink(fileDescriptor: STDERR_FILENO).write($0) }
 }
 
-/// All of `descriptor` (standard input, a file, a pipe), for `--sessions-from`; nil past `limit`
+/// All of `source` (standard input, a file, a pipe), for `--sessions-from`; nil past `limit`
 /// bytes, read no further: the list comes from another program and is bounded like any input.
-func readAll(_ descriptor: Int32, limit: Int) throws(InputReadError) -> [UInt8]? {
+func readAll(_ source: ByteSource, limit: Int) throws -> [UInt8]? {
     var bytes: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 64 << 10)
     while true {
-        let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-        if count < 0 && errno == EINTR { continue }
-        guard count >= 0 else { throw InputReadError(String(cString: strerror(errno))) }
+        let count = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
         if count == 0 { return bytes }
         guard bytes.count + count <= limit else { return nil }
         bytes += buffer[0..<count]
     }
-}
-
-/// Why a read of input failed, as the system said it.
-struct InputReadError: Error {
-    let reason: String
-    init(_ reason: String) { self.reason = reason }
 }
 
 /// Columns padded to their widest cell, for people; `--json` is for programs.

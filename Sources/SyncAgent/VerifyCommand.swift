@@ -1,6 +1,7 @@
 import ArgumentParser
 import FoundationEssentials
 import Glibc
+import SessionArchive
 import SyncEngine
 
 struct VerifyCommand: AsyncParsableCommand {
@@ -21,13 +22,12 @@ struct VerifyCommand: AsyncParsableCommand {
     @Option(help: "Check this share of each session's snapshots, chosen at random (e.g. 10%); the newest always.")
     var sample: String?
     @Flag(help: "Print the report as JSON.") var json = false
-    @Argument(help: "Session ids.") var sessions: [String] = []
+    @Argument(help: "Session ids.") var sessions: [SessionID] = []
 
     func validate() throws {
         guard all != !sessions.isEmpty else { throw ValidationError("name session ids or pass --all (not both)") }
-        for name in sessions { _ = try sessionID(argument: name) }
         if let sample, Self.share(sample) == nil {
-            throw ValidationError("--sample \(sample): expected a percentage above 0 and at most 100, e.g. 10%")
+            throw ValidationError("--sample \(FileName.displayed(sample)): expected a percentage above 0 and at most 100, e.g. 10%")
         }
     }
 
@@ -42,7 +42,7 @@ struct VerifyCommand: AsyncParsableCommand {
         let logger = logging.makeLogger("sync-agent.verify")
         let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
         let stores = [opened.primary] + (opened.mirror.map { [$0.remote] } ?? [])
-        let ids = try all ? await opened.storedSessions() : sessions.compactMap { SessionID(printed: $0) }
+        let ids = try all ? await opened.sources.sessions() : sessions
         var report = VerifyReport()
         for id in ids {
             var found = false

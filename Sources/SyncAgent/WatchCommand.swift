@@ -35,8 +35,8 @@ struct WatchCommand: AsyncParsableCommand {
     var maxDelay: String?
     @Option(help: "Time to flush pending changes on SIGTERM (env GRACEFUL_SHUTDOWN_TIMEOUT; default 10s).")
     var shutdownTimeout: String?
-    @Option(help: "When a session directory disappears: tombstone, keep or purge (default tombstone).")
-    var onDelete: String = DeletePolicy.tombstone.rawValue
+    @Option(help: "What to do with the snapshots of a session whose directory disappears.")
+    var onDelete: DeletePolicy = .tombstone
     @Option(help: "Sessions uploading at once (default 8).")
     var concurrency = 8
     @Option(help: "HOST:PORT for /healthz, /readyz, /metrics and /sessions; port 0 picks a free one (env SYNC_AGENT_LISTEN; default 127.0.0.1:9797).")
@@ -50,9 +50,6 @@ struct WatchCommand: AsyncParsableCommand {
     var pruneEvery: String?
 
     func validate() throws {
-        guard DeletePolicy(rawValue: onDelete) != nil else {
-            throw ValidationError("unknown --on-delete \"\(onDelete)\": use tombstone, keep or purge")
-        }
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
         if noListen && listen != nil { throw ValidationError("--listen and --no-listen: pass one") }
         try rejectingUsageErrors { _ = try settings() }
@@ -67,7 +64,7 @@ struct WatchCommand: AsyncParsableCommand {
 
     func settings() throws -> (WatchSettings, shutdownTimeout: Duration) {
         var settings = WatchSettings()
-        settings.onDelete = DeletePolicy(rawValue: onDelete) ?? .tombstone
+        settings.onDelete = onDelete
         settings.concurrency = concurrency
         settings.watcher.quietPeriod = try DurationSetting.resolve(flag: quietPeriod, "--quiet-period", allowsZero: true)
             ?? .milliseconds(250)

@@ -1,7 +1,8 @@
 import ArgumentParser
-import Crypto
 import Foundation
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// Every bench object is bound to this identity: the benchmark measures speed, not placement.
 let benchIdentity = ObjectIdentity(sessionID: "bench", objectName: "bench")
@@ -14,31 +15,23 @@ struct KeyOptions: ParsableArguments {
     }
 }
 
-/// An open file descriptor, closed when released.
-final class OpenFile {
-    let descriptor: Int32
-    let path: String
-
-    init(_ path: String, flags: Int32, mode: mode_t = 0o600) throws {
-        descriptor = open(path, flags | O_CLOEXEC, mode)
-        guard descriptor >= 0 else { throw SystemError("open", path: path) }
-        self.path = path
+extension FileDescriptor {
+    static func opening(_ path: String, flags: Int32, mode: mode_t = 0o600) throws -> FileDescriptor {
+        let raw = open(path, flags | O_CLOEXEC, mode)
+        guard raw >= 0 else { throw SystemError("open", path: path) }
+        return FileDescriptor(owning: raw, path: path)
     }
 
-    static func reading(_ path: String) throws -> OpenFile {
-        try OpenFile(path, flags: O_RDONLY)
+    static func reading(_ path: String) throws -> FileDescriptor {
+        try opening(path, flags: O_RDONLY)
     }
 
-    static func creating(_ path: String) throws -> OpenFile {
-        try OpenFile(path, flags: O_WRONLY | O_CREAT | O_TRUNC)
+    static func creating(_ path: String) throws -> FileDescriptor {
+        try opening(path, flags: O_WRONLY | O_CREAT | O_TRUNC)
     }
 
-    var source: FileDescriptorSource { FileDescriptorSource(fileDescriptor: descriptor, path: path) }
-    var sink: FileDescriptorSink { FileDescriptorSink(fileDescriptor: descriptor, path: path) }
-
-    deinit {
-        close(descriptor)
-    }
+    var source: FileDescriptorSource { FileDescriptorSource(fileDescriptor: raw, path: path) }
+    var sink: FileDescriptorSink { FileDescriptorSink(fileDescriptor: raw, path: path) }
 }
 
 struct ArchivePack: ParsableCommand {
@@ -52,14 +45,14 @@ struct ArchivePack: ParsableCommand {
 
     func run() throws {
         let keyring = try key.keyring()
-        let output = try OpenFile.creating(object)
+        let output = try FileDescriptor.creating(object)
         let encryption = EncryptingSink(key: keyring.primary, identity: benchIdentity, downstream: output.sink)
         // As for a base `backup` writes, the sizes come from a scan before the first file is
         // read, and a large archive compresses on zstd's worker thread.
         let tree = try DirectoryTree(root: directory)
         let writer = try ArchiveWriter(sink: encryption, compressionLevel: level, expectedFileBytes: tree.fileBytes)
         for directory in tree.directories {
-            let parent = try OpenFile(directory.path, flags: O_RDONLY | O_DIRECTORY)
+            let parent = try FileDescriptor.opening(directory.path, flags: O_RDONLY | O_DIRECTORY)
             for entry in directory.entries {
                 let path = directory.relativePrefix + entry.name
                 let mtime = Int64(entry.status.st_mtim.tv_sec)
@@ -67,7 +60,7 @@ struct ArchivePack: ParsableCommand {
                     try writer.addDirectory(relativePath: path, modificationTime: mtime)
                     continue
                 }
-                let descriptor = openat(parent.descriptor, entry.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+                let descriptor = openat(parent.raw, entry.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
                 guard descriptor >= 0 else { throw SystemError("open", path: directory.path + "/" + entry.name) }
                 defer { close(descriptor) }
                 try writer.addFile(
@@ -104,15 +97,12 @@ struct DirectoryTree {
     }
 
     private mutating func read(path: String, relativePrefix: String) throws {
-        let handle = try OpenFile(path, flags: O_RDONLY | O_DIRECTORY)
-        guard let stream = fdopendir(dup(handle.descriptor)) else { throw SystemError("opendir", path: path) }
-        defer { closedir(stream) }
+        let handle = try FileDescriptor.opening(path, flags: O_RDONLY | O_DIRECTORY)
         var entries: [Entry] = []
-        while let dirent = readdir(stream) {
-            let name = withUnsafeBytes(of: dirent.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name == "." || name == ".." { continue }
+        for entry in try handle.directoryEntries() where entry.kind != .other {
+            let name = String(decoding: entry.name, as: UTF8.self)
             var status = stat()
-            guard fstatat(handle.descriptor, name, &status, AT_SYMLINK_NOFOLLOW) == 0 else {
+            guard fstatat(handle.raw, name, &status, AT_SYMLINK_NOFOLLOW) == 0 else {
                 throw SystemError("stat", path: path + "/" + name)
             }
             let type = status.st_mode & S_IFMT
@@ -137,7 +127,7 @@ struct ArchiveUnpack: ParsableCommand {
     @Argument(help: "Directory to restore into (replaced atomically if it exists).") var directory: String
 
     func run() throws {
-        let input = try OpenFile.reading(object)
+        let input = try FileDescriptor.reading(object)
         let decryption = try DecryptingSource(keyring: try key.keyring(), identity: benchIdentity, upstream: input.source)
         // The archive layer of a restore, which SessionRestorer runs for each snapshot (with the
         // manifest's checks on top): a directory entry adds nothing, a file's directories are
@@ -159,8 +149,8 @@ struct SecretstreamEncrypt: ParsableCommand {
 
     func run() throws {
         let keyring = try key.keyring()
-        let plaintext = try OpenFile.reading(input)
-        let object = try OpenFile.creating(output)
+        let plaintext = try FileDescriptor.reading(input)
+        let object = try FileDescriptor.creating(output)
         let encryption = EncryptingSink(key: keyring.primary, identity: benchIdentity, downstream: object.sink)
         try plaintext.source.copy(to: encryption)
         try encryption.finish()
@@ -175,9 +165,9 @@ struct SecretstreamDecrypt: ParsableCommand {
     @Argument(help: "Plaintext file to write.") var output: String
 
     func run() throws {
-        let object = try OpenFile.reading(input)
+        let object = try FileDescriptor.reading(input)
         let decryption = try DecryptingSource(keyring: try key.keyring(), identity: benchIdentity, upstream: object.source)
-        let plaintext = try OpenFile.creating(output)
+        let plaintext = try FileDescriptor.creating(output)
         try decryption.copy(to: plaintext.sink)
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import S3Client
 import Synchronization
+import SystemSupport
 
 /// The writer of `bench/sidecar`: rewrites files of the sessions under a root the way Baileys
 /// does (open with O_TRUNC, write, close; no fsync, no rename) at a fixed total rate, and

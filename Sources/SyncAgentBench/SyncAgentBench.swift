@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import S3Client
+import SystemSupport
 
 /// The benchmark driver: each subcommand does one measured job with the project's own
 /// code, so `bench/` scripts can time it beside a baseline tool on the same data.
@@ -34,20 +35,6 @@ struct S3Options: ParsableArguments {
     }
 }
 
-/// Runs `job` over `items` with at most `limit` in flight.
-func forEach<Item: Sendable>(_ items: [Item], limit: Int, _ job: @escaping @Sendable (Item) async throws -> Void) async throws {
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        var iterator = items.makeIterator()
-        for _ in 0..<limit {
-            guard let item = iterator.next() else { break }
-            group.addTask { try await job(item) }
-        }
-        while try await group.next() != nil {
-            if let item = iterator.next() { group.addTask { try await job(item) } }
-        }
-    }
-}
-
 struct S3Upload: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "s3-upload", abstract: "Upload every file of a directory.")
     @OptionGroup var s3: S3Options
@@ -57,7 +44,7 @@ struct S3Upload: AsyncParsableCommand {
         let client = try s3.client()
         let names = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
         let prefix = s3.prefix
-        try await forEach(names, limit: s3.concurrency) { name in
+        _ = try await names.concurrentMap(limit: s3.concurrency) { name in
             try await client.putObject(key: prefix + name, fileAt: "\(directory)/\(name)")
         }
     }
@@ -73,7 +60,7 @@ struct S3Download: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let objects = try await client.listObjects(prefix: s3.prefix).objects
         let prefix = s3.prefix
-        try await forEach(objects, limit: s3.concurrency) { object in
+        _ = try await objects.concurrentMap(limit: s3.concurrency) { object in
             let name = String(object.key.dropFirst(prefix.count))
             try await client.downloadObject(key: object.key, toFileAt: "\(directory)/\(name)")
         }

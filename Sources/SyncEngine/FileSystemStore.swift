@@ -1,7 +1,6 @@
-import Dispatch
 import FoundationEssentials
 import Glibc
-import S3Client
+import SystemSupport
 
 /// The `local` mode store: each object is a file under a root directory, at the path of its
 /// key. Objects are written to `<root>/.tmp/`, fsynced and renamed into place, so a crash
@@ -35,51 +34,39 @@ public struct FileSystemStore: ObjectStore {
     }
 
     @discardableResult
-    public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+    public func put(_ key: String, body: ObjectBody, condition: WriteCondition?) async throws(StoreError) -> String {
         try checkKey(key)
-        return try await blocking { () throws(StoreError) in
+        return try await runBlocking { () throws(StoreError) in
             try writeObject(key, condition: condition) { file throws(StoreError) in
-                try file.write(bytes[...])
-                return MD5.hash(bytes)
-            }
-        }
-    }
-
-    @discardableResult
-    public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
-        try checkKey(key)
-        return try await blocking { () throws(StoreError) in
-            guard let source = Descriptor(opening: path, flags: O_RDONLY) else {
-                throw .io("cannot open \(path): \(systemMessage())")
-            }
-            return try writeObject(key, condition: condition) { file throws(StoreError) in
-                let digest = StreamingDigest(.md5)
-                try source.readAll(readFailure: { .io("cannot read \(path): \(systemMessage())") }) { chunk, _ throws(StoreError) in
-                    digest.update(chunk)
-                    try file.write(chunk)
+                switch body {
+                case .bytes(let bytes):
+                    try file.write(bytes[...])
+                    return MD5.hash(bytes)
+                case .file(let descriptor):
+                    let digest = StreamingDigest(.md5)
+                    let source = "file descriptor \(descriptor)"
+                    try readAll(descriptor, readFailure: { .io("cannot read \(source): \(systemMessage())") }) { chunk, _ throws(StoreError) in
+                        digest.update(chunk)
+                        try file.write(chunk)
+                    }
+                    return digest.finalize()
                 }
-                return digest.finalize()
             }
         }
     }
 
-    public func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
+    public func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try checkKey(key)
-        try validateRange(range)
-        return try await blocking { () throws(StoreError) in
+        return try await runBlocking { () throws(StoreError) in
             guard let (file, status) = try openObject(key) else { return nil }
             try checkSize(key, Int64(status.st_size), maxSize: maxSize)
             var bytes: [UInt8] = []
-            // The ETag covers the whole object, so the whole file is read even for a range.
             let digest = StreamingDigest(.md5)
-            let wanted = range ?? 0...Int64.max
-            try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+            try readAll(file.raw, readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
                 // Written to since it was opened: the size checked above no longer holds.
                 try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                 digest.update(chunk)
-                let start = max(wanted.lowerBound, offset)
-                let end = min(wanted.upperBound, offset + Int64(chunk.count) - 1)
-                if start <= end { bytes += chunk[Int(start - offset)...Int(end - offset)] }
+                bytes += chunk
             }
             return StoredObject(info: info(key, status, etag: digest.finalize().lowercaseHex), bytes: bytes)
         }
@@ -87,19 +74,19 @@ public struct FileSystemStore: ObjectStore {
 
     public func download(_ key: String, toFileAt path: String, maxSize: Int64) async throws(StoreError) -> StoredObjectInfo? {
         try checkKey(key)
-        return try await blocking { () throws(StoreError) in
+        return try await runBlocking { () throws(StoreError) in
             guard let (file, status) = try openObject(key) else { return nil }
             try checkSize(key, Int64(status.st_size), maxSize: maxSize)
-            guard let destination = Descriptor(creating: path, flags: O_TRUNC) else {
+            guard let destination = FileDescriptor.creating( path, flags: O_TRUNC) else {
                 throw .io("cannot create \(path): \(systemMessage())")
             }
             do throws(StoreError) {
                 let digest = StreamingDigest(.md5)
-                try file.readAll(readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
+                try readAll(file.raw, readFailure: { storeFailure("read", file.path) }) { chunk, offset throws(StoreError) in
                     // Written to since it was opened: the size checked above no longer holds.
                     try checkSize(key, offset + Int64(chunk.count), maxSize: maxSize)
                     digest.update(chunk)
-                    try destination.write(chunk, failure: { .io("cannot write \(path): \(systemMessage())") })
+                    try destination.write(chunk, failure: { .io("cannot write \(path): \(systemMessage($0))") })
                 }
                 return info(key, status, etag: digest.finalize().lowercaseHex)
             } catch {
@@ -111,7 +98,7 @@ public struct FileSystemStore: ObjectStore {
 
     public func head(_ key: String) async throws(StoreError) -> StoredObjectInfo? {
         try checkKey(key)
-        return try await blocking { () throws(StoreError) in
+        return try await runBlocking { () throws(StoreError) in
             guard let (file, status) = try openObject(key) else { return nil }
             return info(key, status, etag: try file.md5Hex())
         }
@@ -120,7 +107,7 @@ public struct FileSystemStore: ObjectStore {
     public func list(prefix: String) async throws(StoreError) -> [StoredObjectInfo] {
         let (directory, namePrefix) = try validatePrefix(prefix)
         if isReserved(directory) { return [] }
-        return try await blocking { () throws(StoreError) in
+        return try await runBlocking { () throws(StoreError) in
             var objects: [StoredObjectInfo] = []
             for name in try entries(of: directory) where name.utf8.starts(with: namePrefix.utf8) {
                 let key = directory.isEmpty ? name : directory + "/" + name
@@ -132,7 +119,7 @@ public struct FileSystemStore: ObjectStore {
 
     public func delete(_ keys: [String]) async throws(StoreError) {
         for key in keys { try checkKey(key) }
-        try await blocking { () throws(StoreError) in
+        try await runBlocking { () throws(StoreError) in
             try withLock { () throws(StoreError) in
                 var changedDirectories: Set<String> = []
                 for key in keys {
@@ -165,11 +152,11 @@ public struct FileSystemStore: ObjectStore {
     /// Writes a new file in `.tmp` with `fill` (which returns the content's MD5), makes it
     /// durable, then, under the lock, checks `condition` and renames it into place.
     private func writeObject(
-        _ key: String, condition: WriteCondition?, fill: (Descriptor) throws(StoreError) -> [UInt8]
+        _ key: String, condition: WriteCondition?, fill: (FileDescriptor) throws(StoreError) -> [UInt8]
     ) throws(StoreError) -> String {
         let path = root + "/" + key
         let temporaryPath = "\(temporaryDirectory)/\(String(UInt64.random(in: .min ... .max), radix: 16))"
-        guard let file = Descriptor(creating: temporaryPath, flags: O_EXCL) else {
+        guard let file = FileDescriptor.creating( temporaryPath, flags: O_EXCL) else {
             throw storeFailure("create", temporaryPath)
         }
         var renamed = false
@@ -225,7 +212,7 @@ public struct FileSystemStore: ObjectStore {
     /// Serialises writers, in this process and others, for the span of `body`.
     private func withLock<Value>(_ body: () throws(StoreError) -> Value) throws(StoreError) -> Value {
         let lockPath = root + "/" + Self.lockName
-        guard let lock = Descriptor(opening: lockPath, flags: O_RDWR | O_CREAT) else {
+        guard let lock = FileDescriptor.opening( lockPath, flags: O_RDWR | O_CREAT) else {
             throw storeFailure("open", lockPath)
         }
         while flock(lock.raw, LOCK_EX) != 0 {
@@ -241,9 +228,9 @@ public struct FileSystemStore: ObjectStore {
     /// holds other objects, as a key prefix does on S3). Anything else that is not a regular file
     /// is refused: it is opened without following a symbolic link and without blocking (an open
     /// of a FIFO for reading waits for a writer, forever), then `fstat` must say regular file.
-    private func openObject(_ key: String) throws(StoreError) -> (Descriptor, stat)? {
+    private func openObject(_ key: String) throws(StoreError) -> (FileDescriptor, stat)? {
         let path = root + "/" + key
-        guard let file = Descriptor(opening: path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK) else {
+        guard let file = FileDescriptor.opening( path, flags: O_RDONLY | O_NOFOLLOW | O_NONBLOCK) else {
             if errno == ENOENT || errno == ENOTDIR { return nil }
             if errno == ELOOP { throw .invalidObject("\(key) in \(location) is a symbolic link, not a regular file") }
             throw storeFailure("open", path)
@@ -285,22 +272,12 @@ public struct FileSystemStore: ObjectStore {
     /// The names in the directory at `key` ("" for the root); none when it does not exist.
     private func entries(of key: String) throws(StoreError) -> [String] {
         let path = key.isEmpty ? root : root + "/" + key
-        guard let stream = opendir(path) else {
-            if errno == ENOENT || errno == ENOTDIR { return [] }
-            throw storeFailure("open directory", path)
-        }
-        defer { closedir(stream) }
-        var names: [String] = []
-        while true {
-            errno = 0
-            guard let entry = readdir(stream) else {
-                if errno != 0 { throw storeFailure("read directory", path) }
-                return names
-            }
-            let name = withUnsafeBytes(of: &entry.pointee.d_name) { bytes in
-                String(cString: bytes.baseAddress!.assumingMemoryBound(to: CChar.self))
-            }
-            if name != "." && name != ".." { names.append(name) }
+        do {
+            return try FileDescriptor.directoryEntries(atPath: path, displayedAs: path).map { String(decoding: $0.name, as: UTF8.self) }
+        } catch where error.errno == ENOENT || error.errno == ENOTDIR {
+            return []
+        } catch {
+            throw storeFailure(error.operation == "opendir" ? "open directory" : "read directory", path, code: error.errno)
         }
     }
 
@@ -322,34 +299,20 @@ public struct FileSystemStore: ObjectStore {
         let first = key.prefix { $0 != "/" }
         return first == Self.temporaryName || first == Self.lockName
     }
-
-    /// Runs blocking file work (fsync can take a while) off the cooperative thread pool.
-    private func blocking<Value: Sendable>(
-        _ work: @escaping @Sendable () throws(StoreError) -> Value
-    ) async throws(StoreError) -> Value {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Value, StoreError>, Never>) in
-            fileWorkQueue.async {
-                continuation.resume(returning: Result { () throws(StoreError) in try work() })
-            }
-        }
-        return try result.get()
-    }
 }
-
-private let fileWorkQueue = DispatchQueue(label: "sync-agent.file-system-store", attributes: .concurrent)
 
 /// A failure of the store's own files, sorted like a server's: permissions, a read-only file
 /// system or a clash of names need an operator; a full disk or an I/O error may pass.
-private func storeFailure(_ operation: String, _ path: String) -> StoreError {
-    let reason = "cannot \(operation) \(path): \(systemMessage())"
-    switch errno {
+private func storeFailure(_ operation: String, _ path: String, code: Int32 = errno) -> StoreError {
+    let reason = "cannot \(operation) \(path): \(systemMessage(code))"
+    switch code {
     case EACCES, EPERM, EROFS, ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP: return .rejected(reason)
     default: return .unavailable(reason)
     }
 }
 
-private func systemMessage() -> String {
-    String(cString: strerror(errno))
+private func systemMessage(_ code: Int32 = errno) -> String {
+    String(cString: strerror(code))
 }
 
 private func parentPath(_ path: String) -> String {
@@ -358,7 +321,7 @@ private func parentPath(_ path: String) -> String {
 
 /// Makes the directory's entries (a rename, a new or removed name) durable.
 private func syncDirectory(_ path: String) throws(StoreError) {
-    guard let directory = Descriptor(opening: path, flags: O_RDONLY | O_DIRECTORY) else {
+    guard let directory = FileDescriptor.opening( path, flags: O_RDONLY | O_DIRECTORY) else {
         throw storeFailure("open directory", path)
     }
     guard fsync(directory.raw) == 0 else { throw storeFailure("fsync", path) }
@@ -379,72 +342,57 @@ private func makeDirectories(_ path: String) throws(StoreError) {
     try syncDirectory(parent.isEmpty ? "/" : parent)
 }
 
-/// An open file descriptor, closed in deinit.
-private final class Descriptor {
-    let raw: Int32
-    /// For error messages.
-    let path: String
+/// Hands every chunk of the open file, from offset 0 to its end, to `body` with its offset;
+/// pread leaves the descriptor's position alone (an `ObjectBody.file` is the caller's).
+private func readAll(
+    _ descriptor: Int32, readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
+) throws(StoreError) {
+    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    var offset: Int64 = 0
+    while true {
+        let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw readFailure()
+        }
+        if count == 0 { return }
+        try body(buffer[0..<count], offset)
+        offset += Int64(count)
+    }
+}
 
+/// The store's ways of opening files and writing and hashing them, on the one descriptor owner.
+extension FileDescriptor {
     /// nil with `errno` set when the file cannot be opened.
-    init?(opening path: String, flags: Int32) {
-        raw = open(path, flags | O_CLOEXEC, 0o600)
-        self.path = path
-        if raw < 0 { return nil }
+    fileprivate static func opening(_ path: String, flags: Int32) -> FileDescriptor? {
+        let raw = open(path, flags | O_CLOEXEC, 0o600)
+        return raw < 0 ? nil : FileDescriptor(owning: raw, path: path)
     }
 
     /// A file written with exactly 0600, whatever the umask; nil with `errno` set on failure.
-    init?(creating path: String, flags: Int32) {
-        raw = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0o600)
-        self.path = path
-        if raw < 0 { return nil }
-        if fchmod(raw, 0o600) != 0 { return nil }
+    fileprivate static func creating(_ path: String, flags: Int32) -> FileDescriptor? {
+        let raw = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | flags, 0o600)
+        guard raw >= 0 else { return nil }
+        let file = FileDescriptor(owning: raw, path: path)
+        return fchmod(raw, 0o600) == 0 ? file : nil
     }
 
-    deinit {
-        if raw >= 0 { close(raw) }
+    fileprivate func write(_ bytes: ArraySlice<UInt8>) throws(StoreError) {
+        try write(bytes, failure: { storeFailure("write", path, code: $0) })
     }
 
-    func write(_ bytes: ArraySlice<UInt8>) throws(StoreError) {
-        try write(bytes, failure: { storeFailure("write", path) })
-    }
-
-    func write(_ bytes: ArraySlice<UInt8>, failure: () -> StoreError) throws(StoreError) {
-        let written = bytes.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let count = Glibc.write(raw, buffer.baseAddress! + offset, buffer.count - offset)
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                offset += count
-            }
-            return true
-        }
-        if !written { throw failure() }
-    }
-
-    /// Hands every chunk of the file, from its start to its end, to `body` with its offset.
-    func readAll(
-        readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
-    ) throws(StoreError) {
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var offset: Int64 = 0
-        while true {
-            let count = buffer.withUnsafeMutableBytes { pread(raw, $0.baseAddress, $0.count, off_t(offset)) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw readFailure()
-            }
-            if count == 0 { return }
-            try body(buffer[0..<count], offset)
-            offset += Int64(count)
+    /// `failure` makes the error from the write's errno.
+    fileprivate func write(_ bytes: ArraySlice<UInt8>, failure: (Int32) -> StoreError) throws(StoreError) {
+        do {
+            try bytes.withUnsafeBytes { try FileDescriptorSink(fileDescriptor: raw, path: path).write($0) }
+        } catch {
+            throw failure((error as? SystemError)?.errno ?? EIO)
         }
     }
 
-    func md5Hex() throws(StoreError) -> String {
+    fileprivate func md5Hex() throws(StoreError) -> String {
         let digest = StreamingDigest(.md5)
-        try readAll(readFailure: { storeFailure("read", path) }) { chunk, _ in digest.update(chunk) }
+        try readAll(raw, readFailure: { storeFailure("read", path) }) { chunk, _ in digest.update(chunk) }
         return digest.finalize().lowercaseHex
     }
 }

@@ -1,7 +1,7 @@
 import FoundationEssentials
 import Glibc
-import Crypto
-import S3Client
+import SessionCrypto
+import SystemSupport
 
 /// One file of a session as a snapshot knows it.
 public struct FileRecord: Codable, Hashable, Sendable {

@@ -1,6 +1,7 @@
-import Crypto
 import FoundationEssentials
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// The manifest as JSON Lines (FORMAT.md): a header, then one line per file in name order, then
 /// one line per deleted name, each line written by one JSONEncoder call and read by one

@@ -1,6 +1,4 @@
 import FoundationEssentials
-import Glibc
-import S3Client
 
 /// The storage seam, like litestream's ReplicaClient: everything the engine needs from a
 /// backend, nothing more. `FileSystemStore` (local mode) and `S3ObjectStore` implement it,
@@ -15,18 +13,14 @@ public protocol ObjectStore: Sendable {
     /// Writes a whole object: a reader sees the old object or the new one, never a part.
     /// Returns the new object's ETag. A failed `condition` throws `.preconditionFailed`.
     @discardableResult
-    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String
+    func put(_ key: String, body: ObjectBody, condition: WriteCondition?) async throws(StoreError) -> String
 
-    /// Writes a file's content as an object, streamed from disk.
-    @discardableResult
-    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String
-
-    /// The object, or the bytes of `range` of it; nil when there is no such object. An object
-    /// larger than `maxSize` bytes is refused with `.invalidObject`, from its size before its
-    /// bytes are read, and while they are read should it grow: a read never costs more memory
-    /// than what the object can legitimately be (a head is a few hundred bytes; one of 3 GB, or
-    /// a FIFO in its place, must not take the agent down or hang it).
-    func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject?
+    /// The object; nil when there is no such object. An object larger than `maxSize` bytes is
+    /// refused with `.invalidObject`, from its size before its bytes are read, and while they are
+    /// read should it grow: a read never costs more memory than what the object can legitimately
+    /// be (a head is a few hundred bytes; one of 3 GB, or a FIFO in its place, must not take the
+    /// agent down or hang it).
+    func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject?
 
     /// Streams the object into a new file at `path` (mode 0600); nil when there is no such object.
     /// An object larger than `maxSize` bytes (the size its listing said) is refused with
@@ -47,16 +41,25 @@ public protocol ObjectStore: Sendable {
     func probeConditionalWrites() async throws(StoreError) -> Bool
 }
 
-extension ObjectStore {
-    @discardableResult
-    public func put(_ key: String, bytes: [UInt8]) async throws(StoreError) -> String {
-        try await put(key, bytes: bytes, condition: nil)
-    }
+/// What a put writes, read as often as the store needs (restic's `Save` takes a rewindable
+/// reader): each attempt, a retry included, reads it again from the start.
+public enum ObjectBody: Sendable {
+    case bytes([UInt8])
+    /// An open file, read with `pread` from offset 0 to its end at each attempt: the file position
+    /// is never used, so the caller's descriptor needs no rewinding, and the file needs no name (a
+    /// spool is an unlinked temporary file). The store does not close it; the caller keeps it
+    /// open until the put returns. S3Client uploads it through `putObject(key:fileDescriptor:)`,
+    /// which duplicates the descriptor for its parts, so this type needs nothing of S3Client's.
+    case file(descriptor: Int32)
+}
 
-    /// The whole object, at most `maxSize` bytes.
-    public func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
-        try await get(key, range: nil, maxSize: maxSize)
-    }
+/// Conditions on a write, for fencing: create only, or replace only a known version. The S3
+/// store sends them as `If-None-Match: *` and `If-Match`; the local store checks them under its lock.
+public enum WriteCondition: Sendable, Equatable {
+    /// Fails with `.preconditionFailed` when the key exists.
+    case ifAbsent
+    /// Fails with `.preconditionFailed` unless the object's current ETag is `etag`.
+    case ifMatch(etag: String)
 }
 
 public struct StoredObjectInfo: Sendable, Equatable {
@@ -115,7 +118,7 @@ public enum StoreError: Error, CustomStringConvertible, Sendable, Equatable {
 /// Checks a relative key: "/"-separated components, none empty, "." or "..", no NUL.
 /// Components are split on the UTF-8 bytes, as a file system sees them: split into
 /// Characters, "/" followed by a combining mark would be one Character and hide a "..".
-func validateKey(_ key: String) throws(StoreError) {
+package func validateKey(_ key: String) throws(StoreError) {
     let components = key.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
     guard !key.isEmpty, !key.utf8.contains(0),
         components.allSatisfy({ !$0.isEmpty && !$0.elementsEqual(".".utf8) && !$0.elementsEqual("..".utf8) })
@@ -128,14 +131,14 @@ func validateKey(_ key: String) throws(StoreError) {
 /// snapshots, lists a few million under "sessions/"; a listing past this is a store answering
 /// without end (a server repeating its pages, a tree grown by something else), and reading on
 /// would take the agent's memory.
-let maxListedObjects = 5_000_000
+package let maxListedObjects = 5_000_000
 
-func tooManyObjectsMessage(_ prefix: String, in location: String) -> String {
+package func tooManyObjectsMessage(_ prefix: String, in location: String) -> String {
     "the listing of \"\(prefix)\" in \(location) passed \(maxListedObjects) objects, more than a store of sessions holds; not reading on"
 }
 
-/// Why an object is refused by `get(_:range:maxSize:)` or `download(_:toFileAt:maxSize:)`.
+/// Why an object is refused by `get(_:maxSize:)` or `download(_:toFileAt:maxSize:)`.
 /// `size` is what the store says, or as much as was read before it went past the bound.
-func tooLargeMessage(_ key: String, size: Int64, maxSize: Int64, in location: String) -> String {
+package func tooLargeMessage(_ key: String, size: Int64, maxSize: Int64, in location: String) -> String {
     "\(key) in \(location) is \(size) bytes or more, larger than such an object can be (at most \(maxSize)); not reading it"
 }

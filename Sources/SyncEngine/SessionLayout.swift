@@ -1,6 +1,6 @@
-import Crypto
-import S3Client
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// A session's id: the name of its directory under the sessions root, any name a directory can
 /// have (1 to 255 bytes, neither "/" nor NUL), as `FileName` maps it to a `String`, except names
@@ -90,23 +90,9 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
         }
     }
 
-    /// Lowercase hex digits, two a byte; nil for anything else.
+    /// The bytes of a "~" name's hex: lowercase only (a name has one spelling), never empty.
     private static func bytes(fromHex hex: some Collection<UInt8>) -> [UInt8]? {
-        func value(_ digit: UInt8) -> UInt8? {
-            switch digit {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
-            default: nil
-            }
-        }
-        let digits = Array(hex)
-        guard !digits.isEmpty, digits.count.isMultiple(of: 2) else { return nil }
-        var bytes: [UInt8] = []
-        for index in stride(from: 0, to: digits.count, by: 2) {
-            guard let high = value(digits[index]), let low = value(digits[index + 1]) else { return nil }
-            bytes.append(high << 4 | low)
-        }
-        return bytes
+        hex.isEmpty ? nil : Hex.decode(hex)
     }
 
     // By bytes, not by Swift's String comparison: "é" as one scalar and as "e" + U+0301 are two

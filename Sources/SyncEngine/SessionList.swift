@@ -1,6 +1,6 @@
 import FoundationEssentials
-import S3Client
 import SessionArchive
+import SystemSupport
 
 /// A list of session ids handed to `restore --sessions-from`: one id per line, or the JSON a
 /// gateway backend returns for a worker's assigned sessions, an array of objects with an `id`

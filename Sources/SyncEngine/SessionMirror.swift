@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import S3Client
 
 /// Hybrid mode's second half: copies what the local store committed for a session to S3,
 /// snapshots first and the head last. S3 only ever names snapshots it holds: a head goes to S3
@@ -86,7 +85,7 @@ public struct SessionMirror: Sendable {
     /// False when the condition failed.
     private func putHead(_ bytes: [UInt8], session: SessionID, condition: WriteCondition?) async throws(StoreError) -> Bool {
         do {
-            try await remote.store.put(SessionLayout.headKey(session), bytes: bytes, condition: condition)
+            try await remote.store.put(SessionLayout.headKey(session), body: .bytes(bytes), condition: condition)
             return true
         } catch .preconditionFailed {
             return false

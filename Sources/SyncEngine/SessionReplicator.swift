@@ -1,8 +1,8 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 import Glibc
 import Logging
-import S3Client
+import SystemSupport
 
 /// When a new base replaces a growing chain of deltas.
 public struct CompactionPolicy: Sendable {
@@ -187,8 +187,7 @@ public actor SessionReplicator {
             let previous = current.head.latest
             let id = nextID(after: current.head)
             var kind: SnapshotKind = forceBase || previous == nil || current.head.isTombstoned || compactionDue ? .base : .delta
-            var spool = SnapshotSpool()
-            let outcome: SnapshotWriter.Outcome
+            let written: (outcome: SnapshotWriter.Outcome, spool: SnapshotSpool)
             // A base reads and compresses every file of its session, and zstd's window and tables
             // alone take a few MiB: when every session needs its first base at once (an agent's
             // first start), those builds add up to the agent's peak memory. So bases take turns
@@ -200,17 +199,13 @@ public actor SessionReplicator {
             do {
                 do {
                     defer { turn?.release() }
-                    outcome = try writer.write(
-                        session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                        changedPaths: changedPaths, pause: awaitedPause, openSink: { spool })
+                    written = try await writeSnapshot(
+                        kind: kind, id: id, parent: previous, changedPaths: changedPaths, pause: awaitedPause)
                 } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
                     // Files mid-write cannot go into a base; a delta keeps their last good version.
                     // A spool of its own: the abandoned base may have written part of an archive.
                     kind = .delta
-                    spool = SnapshotSpool()
-                    outcome = try writer.write(
-                        session: session, directory: directory, previous: state, kind: kind, id: id, parent: previous,
-                        pause: awaitedPause, openSink: { spool })
+                    written = try await writeSnapshot(kind: kind, id: id, parent: previous, changedPaths: nil, pause: awaitedPause)
                 }
             } catch SnapshotWriter.Failure.writtenDuringReads(let lastWrite) {
                 let wait = awaitedPause!.remaining(afterWriteAt: lastWrite, now: SnapshotWriter.epochNanoseconds())
@@ -225,6 +220,7 @@ public actor SessionReplicator {
                 logger.debug("session still written after the pause's patience; snapshot taken as it is", metadata: ["session": "\(session)"])
                 EngineMetrics.takenWhileWritten()
             }
+            let (outcome, spool) = written
             recordSkipped(outcome)
             guard outcome.manifest != nil else { return .unchanged(unsettled: outcome.unsettled) }
 
@@ -254,6 +250,22 @@ public actor SessionReplicator {
                 deltaCount += 1
             }
             return .uploaded(id, kind, bytes: size, unsettled: outcome.unsettled)
+        }
+    }
+
+    /// Writes the next snapshot into a new spool, off the cooperative pool (`runBlocking`): it
+    /// reads, hashes and compresses files. No other call of this replicator runs meanwhile: the
+    /// service keeps one operation in flight per session.
+    private func writeSnapshot(
+        kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>?, pause: WritePause?
+    ) async throws -> (outcome: SnapshotWriter.Outcome, spool: SnapshotSpool) {
+        let (writer, session, directory, state) = (writer, session, directory, state)
+        return try await runBlocking {
+            let spool = SnapshotSpool()
+            let outcome = try writer.write(
+                session: session, directory: directory, previous: state, kind: kind, id: id, parent: parent,
+                changedPaths: changedPaths, pause: pause, openSink: { spool })
+            return (outcome, spool)
         }
     }
 

@@ -1,7 +1,8 @@
-import Crypto
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// What restoring one session did.
 public struct RestoreOutcome: Sendable, Equatable {
@@ -187,9 +188,20 @@ public struct SessionRestorer: Sendable {
         if let decided = plan.decided { return decided }
         let session = plan.session
         let directory = "\(sessionsRoot)/\(session.rawValue)"
+        let objects = try await plan.chain.concurrentMap(limit: downloadConcurrency) { [sessionStore] entry in
+            try await sessionStore.downloadSnapshot(session, entry)
+        }
+        // Reading, extracting, fsync and syncfs block their thread for as long as the session is large.
+        return try await runBlocking { () throws in try restore(plan, from: objects, into: directory, dryRun: dryRun) }
+    }
+
+    /// The blocking half of `carryOut`, once the chain is downloaded.
+    private func restore(_ plan: RestorePlan, from objects: [DownloadedSnapshot], into directory: String, dryRun: Bool) throws
+        -> RestoreOutcome
+    {
+        let session = plan.session
         let chain = plan.chain
         let newest = chain.last!
-        let objects = try await download(chain, session: session)
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
         func outcome(_ status: RestoreOutcome.Status, _ manifest: SnapshotManifest) -> RestoreOutcome {
             RestoreOutcome(
@@ -230,24 +242,6 @@ public struct SessionRestorer: Sendable {
         return restored!
     }
 
-
-    private func download(_ chain: [SnapshotEntry], session: SessionID) async throws -> [DownloadedSnapshot] {
-        var objects = [DownloadedSnapshot?](repeating: nil, count: chain.count)
-        try await withThrowingTaskGroup(of: (Int, DownloadedSnapshot).self) { group in
-            var next = 0
-            func start() {
-                let index = next
-                next += 1
-                group.addTask { (index, try await sessionStore.downloadSnapshot(session, chain[index])) }
-            }
-            for _ in 0..<min(downloadConcurrency, chain.count) { start() }
-            while let (index, object) = try await group.next() {
-                objects[index] = object
-                if next < chain.count { start() }
-            }
-        }
-        return objects.map { $0! }
-    }
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
     /// holds it, and names a newer delta deleted are never taken from an older one. Without a

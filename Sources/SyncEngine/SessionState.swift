@@ -1,5 +1,5 @@
 import Glibc
-import S3Client
+import SystemSupport
 
 /// The full set of files of a session at one point: name → record, in the byte order of the
 /// names (FORMAT.md's order for the state digest).

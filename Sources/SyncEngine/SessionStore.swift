@@ -1,7 +1,6 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 import Glibc
-import S3Client
 import SessionArchive
 
 /// One snapshot object as a listing shows it: everything its key says, and the store's size and time.
@@ -196,7 +195,7 @@ public struct SessionStore: Sendable {
     public func writeHead(_ head: SessionHead, session: SessionID, condition: WriteCondition?) async throws -> String {
         let identity = SessionLayout.identity(session, objectName: "head")
         let bytes = encrypt(try head.encoded(), key: keyring.primary, identity: identity)
-        return try await store.put(SessionLayout.headKey(session), bytes: bytes, condition: condition)
+        return try await store.put(SessionLayout.headKey(session), body: .bytes(bytes), condition: condition)
     }
 
     /// Every snapshot object of the session, committed or not, oldest first.

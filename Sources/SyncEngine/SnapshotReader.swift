@@ -1,7 +1,8 @@
-import Crypto
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// Reads snapshot objects back: decrypts, unpacks and checks each file against the manifest.
 struct SnapshotReader {

@@ -1,12 +1,16 @@
-import Crypto
 import FoundationEssentials
 import Glibc
+import SessionCrypto
+import SystemSupport
 
 /// Where a snapshot is written before it is uploaded: memory while it is small (most deltas
 /// are a few KiB), an unlinked temporary file once it passes `memoryLimit`. A base of a large
 /// session then costs disk rather than memory, and each upload in flight holds at most
 /// `memoryLimit` bytes, whatever the sessions' sizes.
-final class SnapshotSpool: ByteSink {
+///
+/// `@unchecked Sendable`: a spool is filled on the thread that writes the snapshot, then handed
+/// whole to the replicator that uploads it; it is never used from two threads at once.
+final class SnapshotSpool: ByteSink, @unchecked Sendable {
     static let memoryLimit = 256 << 10
 
     private var buffer: [UInt8] = []
@@ -30,12 +34,7 @@ final class SnapshotSpool: ByteSink {
 
     /// Writes what the spool holds to `key` in `store`.
     func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
-        if let file {
-            // The file has no name left; the process's descriptor link opens it again.
-            _ = try await store.put(key, fileAt: "/proc/self/fd/\(file.fileDescriptor)", condition: nil)
-        } else {
-            _ = try await store.put(key, bytes: buffer, condition: nil)
-        }
+        _ = try await store.put(key, body: file.map { .file(descriptor: $0.fileDescriptor) } ?? .bytes(buffer), condition: nil)
     }
 
     /// A file in the temporary directory, unlinked at once: nothing is left behind, even by a
@@ -97,8 +96,7 @@ final class DownloadedObject: Sendable {
 
     /// Writes the object to `key` in `store`, streamed from the file.
     func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
-        // The file has no name left; the process's descriptor link opens it again.
-        _ = try await store.put(key, fileAt: "/proc/self/fd/\(descriptor)", condition: nil)
+        _ = try await store.put(key, body: .file(descriptor: descriptor), condition: nil)
     }
 
     /// The object's bytes from the start; each call reads them again (one reader at a time).
@@ -146,7 +144,7 @@ enum DownloadedSnapshot: Sendable {
     /// Writes the object to `key` in `store`.
     func upload(to store: any ObjectStore, key: String) async throws(StoreError) {
         switch self {
-        case .inMemory(let bytes): _ = try await store.put(key, bytes: bytes, condition: nil)
+        case .inMemory(let bytes): _ = try await store.put(key, body: .bytes(bytes), condition: nil)
         case .spooled(let object): try await object.upload(to: store, key: key)
         }
     }

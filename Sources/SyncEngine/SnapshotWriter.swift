@@ -1,7 +1,8 @@
-import Crypto
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import SessionCrypto
+import SystemSupport
 
 /// Turns a session directory into one snapshot: a zstd pax tar of the files it includes
 /// (`files/<name>`), then the manifest, encrypted as it is written.
@@ -12,7 +13,7 @@ import SessionArchive
 /// never captured: the snapshot keeps its previous good version and the caller retries. A file
 /// the agent cannot take (over the size limit, unreadable) is skipped the same way, and reported:
 /// the rest of its session is still backed up.
-struct SnapshotWriter {
+struct SnapshotWriter: Sendable {
     let keyring: Keyring
     let compressionLevel: Int
     /// Large bases (`ArchiveWriter.workerThreadThreshold`) compress on zstd's worker thread,
@@ -27,7 +28,7 @@ struct SnapshotWriter {
     /// file gets no fingerprint, so the next snapshot reads and hashes it again.
     static let fingerprintSettleTime: Int64 = 2_000_000_000
 
-    struct Outcome {
+    struct Outcome: Sendable {
         /// Nil when a delta would be empty: nothing to upload.
         var manifest: SnapshotManifest?
         /// The session state after this snapshot.

@@ -1,8 +1,6 @@
-import Crypto
+import SessionCrypto
 import FoundationEssentials
 import Glibc
-import Logging
-import S3Client
 
 /// Where snapshots go.
 public enum StorageMode: String, Sendable, CaseIterable {
@@ -27,38 +25,19 @@ public enum StoreAccess: Sendable {
     case read
 }
 
-/// Everything needed to open the stores of one mode; built by the CLI from flags and the
-/// environment, and independent of it.
+/// The settings every mode shares, built by the CLI from flags and the environment, and
+/// independent of it. The stores themselves are assembled in the executable, which alone knows
+/// the backends (`StoreAssembly.swift`); the engine only sees them as `ObjectStore`s.
 public struct StorageConfiguration: Sendable {
     public var mode: StorageMode
+    /// The local store's directory: the store of local mode, hybrid mode's backlog.
     public var localStore: String
-    public var s3: S3Configuration?
-    /// Key prefix in the bucket ("" for none).
-    public var prefix: String
     public var keyring: Keyring
 
-    public init(mode: StorageMode, localStore: String, s3: S3Configuration?, prefix: String, keyring: Keyring) {
+    public init(mode: StorageMode, localStore: String, keyring: Keyring) {
         self.mode = mode
         self.localStore = localStore
-        self.s3 = s3
-        self.prefix = prefix
         self.keyring = keyring
-    }
-
-    /// The stores of this mode: where sessions are committed, and in hybrid mode the S3
-    /// store the local store is mirrored to.
-    public func openStores(access: StoreAccess, logger: Logger) throws -> (primary: any ObjectStore, mirror: (any ObjectStore)?) {
-        switch mode {
-        case .local: (try FileSystemStore(root: localStore, access: access), nil)
-        case .cloud: (try openS3(logger: logger), nil)
-        // The local store is hybrid mode's backlog: a new machine restores from S3 without one.
-        case .hybrid: (try FileSystemStore(root: localStore, access: .create), try openS3(logger: logger))
-        }
-    }
-
-    private func openS3(logger: Logger) throws -> S3ObjectStore {
-        guard let s3 else { throw StoreError.rejected("\(mode.rawValue) mode needs a bucket (--bucket or STORAGE_BUCKET)") }
-        return try S3ObjectStore(client: S3Client(configuration: s3, logger: logger), prefix: prefix)
     }
 
     /// In local mode an encryption key is optional: without one, the agent keeps its own in

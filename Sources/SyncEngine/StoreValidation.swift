@@ -3,7 +3,7 @@
 /// follow the key rules (so a prefix never reaches outside a store's root), and the start of
 /// the names to list in it, which only filters.
 @discardableResult
-func validatePrefix(_ prefix: String) throws(StoreError) -> (directory: String, namePrefix: String) {
+package func validatePrefix(_ prefix: String) throws(StoreError) -> (directory: String, namePrefix: String) {
     guard !prefix.contains("\0") else { throw .rejected("invalid listing prefix \"\(prefix)\"") }
     guard let slash = prefix.utf8.lastIndex(of: UInt8(ascii: "/")) else { return ("", prefix) }
     let directory = String(decoding: prefix.utf8[..<slash], as: UTF8.self)
@@ -15,17 +15,9 @@ func validatePrefix(_ prefix: String) throws(StoreError) -> (directory: String, 
     return (directory, String(decoding: prefix.utf8[prefix.utf8.index(after: slash)...], as: UTF8.self))
 }
 
-/// Checks a byte range for `get`: it may run past the end (cut there, as HTTP does), but
-/// cannot start before the beginning.
-func validateRange(_ range: ClosedRange<Int64>?) throws(StoreError) {
-    if let range, range.lowerBound < 0 {
-        throw .rejected("invalid byte range \(range)")
-    }
-}
-
 extension Array<StoredObjectInfo> {
     /// In S3's order: by the UTF-8 bytes of the key.
-    func sortedByKey() -> [StoredObjectInfo] {
+    package func sortedByKey() -> [StoredObjectInfo] {
         sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
     }
 }

@@ -1,52 +1,52 @@
 import CSodium
-import Crypto
-import XCTest
+import Foundation
+import SessionCrypto
+import TestSupport
+import Testing
 
 /// FORMAT.md is the contract: these tests read and write objects with nothing but raw
 /// libsodium calls, following the document's offsets and rules, never this module's code.
-final class FormatDocumentTests: XCTestCase {
+struct FormatDocumentTests {
     static let masterKey: [UInt8] = Array(0..<32)  // TestKeys.sequential
     static let context = "syncagnt"
 
-    override class func setUp() {
-        XCTAssertGreaterThanOrEqual(sodium_init(), 0)
+    init() {
+        #expect(sodium_init() >= 0)
     }
 
-    func testLibsodiumConstantsAreTheDocumentedOnes() {
-        XCTAssertEqual(crypto_secretstream_xchacha20poly1305_headerbytes(), 24)
-        XCTAssertEqual(crypto_secretstream_xchacha20poly1305_abytes(), 17)
-        XCTAssertEqual(crypto_secretstream_xchacha20poly1305_keybytes(), 32)
-        XCTAssertEqual(crypto_secretstream_xchacha20poly1305_tag_message(), 0)
-        XCTAssertEqual(crypto_secretstream_xchacha20poly1305_tag_final(), 3)
-        XCTAssertEqual(crypto_kdf_contextbytes(), 8)
+    @Test func libsodiumConstantsAreTheDocumentedOnes() {
+        #expect(crypto_secretstream_xchacha20poly1305_headerbytes() == 24)
+        #expect(crypto_secretstream_xchacha20poly1305_abytes() == 17)
+        #expect(crypto_secretstream_xchacha20poly1305_keybytes() == 32)
+        #expect(crypto_secretstream_xchacha20poly1305_tag_message() == 0)
+        #expect(crypto_secretstream_xchacha20poly1305_tag_final() == 3)
+        #expect(crypto_kdf_contextbytes() == 8)
     }
 
-    func testObjectsDecryptWithOnlyTheDocument() throws {
-        for size in [0, 1, 1000, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024 + 5] {
-            let plaintext = pseudoRandomBytes(size, seed: UInt64(size))
-            let object = encrypt(plaintext, key: TestKeys.sequential, identity: identity)
-            XCTAssertEqual(try Self.documentedDecrypt(object, identity: identity), plaintext, "size \(size)")
-        }
+    @Test(arguments: [0, 1, 1000, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024 + 5])
+    func objectsDecryptWithOnlyTheDocument(size: Int) throws {
+        let plaintext = randomBytes(size, seed: UInt64(size))
+        let object = encrypt(plaintext, key: TestKeys.sequential, identity: identity)
+        #expect(try Self.documentedDecrypt(object, identity: identity) == plaintext, "size \(size)")
     }
 
-    func testObjectsWrittenWithOnlyTheDocumentDecrypt() throws {
-        for size in [0, 5, 64 * 1024, 2 * 64 * 1024 + 3] {
-            let plaintext = pseudoRandomBytes(size, seed: UInt64(size) + 7)
-            let object = Self.documentedEncrypt(plaintext, identity: identity)
-            XCTAssertEqual(try decrypt(object, keyring: Keyring(primary: TestKeys.sequential), identity: identity), plaintext)
-        }
+    @Test(arguments: [0, 5, 64 * 1024, 2 * 64 * 1024 + 3])
+    func objectsWrittenWithOnlyTheDocumentDecrypt(size: Int) throws {
+        let plaintext = randomBytes(size, seed: UInt64(size) + 7)
+        let object = Self.documentedEncrypt(plaintext, identity: identity)
+        #expect(try decrypt(object, keyring: Keyring(primary: TestKeys.sequential), identity: identity) == plaintext)
     }
 
-    func testKeyIDAndContentIDDerivations() {
-        XCTAssertEqual(TestKeys.sequential.id.bytes, Array(Self.subkey(id: 3, length: 16).prefix(8)))
+    @Test func keyIDAndContentIDDerivations() {
+        #expect(TestKeys.sequential.id.bytes == Array(Self.subkey(id: 3, length: 16).prefix(8)))
         let content = Array("session-4915112345678.0.json".utf8)
         var expected = [UInt8](repeating: 0, count: 32)
         let contentKey = Self.subkey(id: 2, length: 32)
         crypto_generichash(&expected, 32, content, UInt64(content.count), contentKey, 32)
-        XCTAssertEqual(TestKeys.sequential.contentID(of: content).bytes, expected)
+        #expect(TestKeys.sequential.contentID(of: content).bytes == expected)
     }
 
-    func testKDFIsPlainBLAKE2bWithSaltAndPersonalisation() {
+    @Test func kdfIsPlainBLAKE2bWithSaltAndPersonalisation() {
         // FORMAT.md restates crypto_kdf in BLAKE2b terms for implementations without libsodium.
         for (id, length) in [(1, 32), (2, 32), (3, 16)] {
             var salt = [UInt8](repeating: 0, count: 16)
@@ -54,16 +54,16 @@ final class FormatDocumentTests: XCTestCase {
             let personal = Array(Self.context.utf8) + [UInt8](repeating: 0, count: 8)
             var output = [UInt8](repeating: 0, count: length)
             crypto_generichash_blake2b_salt_personal(&output, length, nil, 0, Self.masterKey, 32, salt, personal)
-            XCTAssertEqual(output, Self.subkey(id: UInt64(id), length: length), "subkey \(id)")
+            #expect(output == Self.subkey(id: UInt64(id), length: length), "subkey \(id)")
         }
     }
 
-    func testWorkedExampleInTheDocumentDecrypts() throws {
+    @Test func workedExampleInTheDocumentDecrypts() throws {
         let example = ObjectIdentity(sessionID: "s1", objectName: "snap/1.manifest")
-        let object = try XCTUnwrap(Self.bytes(hex: Self.workedExample.joined()))
+        let object = try #require(Self.bytes(hex: Self.workedExample.joined()))
         let plaintext = Array("hi\n".utf8)
-        XCTAssertEqual(try Self.documentedDecrypt(object, identity: example), plaintext)
-        XCTAssertEqual(try decrypt(object, keyring: Keyring(primary: TestKeys.sequential), identity: example), plaintext)
+        #expect(try Self.documentedDecrypt(object, identity: example) == plaintext)
+        #expect(try decrypt(object, keyring: Keyring(primary: TestKeys.sequential), identity: example) == plaintext)
 
         let format = try String(contentsOfFile: Self.formatDocumentPath, encoding: .utf8)
         let shown = Self.workedExample + [
@@ -75,7 +75,7 @@ final class FormatDocumentTests: XCTestCase {
             "00000002 7331 0000000f \(Self.hex(Array("snap/1.manifest".utf8)))",
         ]
         for value in shown {
-            XCTAssertTrue(format.contains(value), "FORMAT.md's worked example must show \(value)")
+            #expect(format.contains(value), "FORMAT.md's worked example must show \(value)")
         }
     }
 
@@ -95,7 +95,7 @@ final class FormatDocumentTests: XCTestCase {
     /// crypto_kdf_derive_from_key(length, id, "syncagnt", master key).
     static func subkey(id: UInt64, length: Int) -> [UInt8] {
         var subkey = [UInt8](repeating: 0, count: length)
-        XCTAssertEqual(crypto_kdf_derive_from_key(&subkey, length, id, context, masterKey), 0)
+        #expect(crypto_kdf_derive_from_key(&subkey, length, id, context, masterKey) == 0)
         return subkey
     }
 

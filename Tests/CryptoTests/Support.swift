@@ -1,5 +1,6 @@
-import Crypto
-import XCTest
+import Foundation
+import SessionCrypto
+import SystemSupport
 
 /// Fixed keys so failures reproduce; FORMAT.md's worked example uses `TestKeys.sequential`.
 enum TestKeys {
@@ -12,33 +13,6 @@ enum TestKeys {
 
 let chunk = 64 * 1024
 let identity = ObjectIdentity(sessionID: "4915112345678", objectName: "snap/000123.base")
-
-/// A deterministic pseudo-random generator (SplitMix64), so "random" cases are repeatable.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var generator = SeededGenerator(state: seed)
-    var bytes = [UInt8](repeating: 0, count: count)
-    var index = 0
-    while index < count {
-        var word = generator.next()
-        for _ in 0..<min(8, count - index) {
-            bytes[index] = UInt8(truncatingIfNeeded: word)
-            word >>= 8
-            index += 1
-        }
-    }
-    return bytes
-}
 
 /// Encrypts through the sink, writing pieces of the given sizes in turn.
 func encryptInPieces(
@@ -74,24 +48,6 @@ func decryptReading(
         if count == 0 { return plaintext }
         plaintext += buffer[0..<count]
     }
-}
-
-func assertThrows<T>(
-    _ expected: CryptoError, _ message: @autoclosure () -> String = "",
-    file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> T
-) {
-    XCTAssertThrowsError(try body(), message(), file: file, line: line) { error in
-        XCTAssertEqual(error as? CryptoError, expected, message(), file: file, line: line)
-    }
-}
-
-/// A fresh private directory, removed after the test.
-func makeTemporaryDirectory(for test: XCTestCase) throws -> String {
-    let path = FileManager.default.temporaryDirectory
-        .appendingPathComponent("CryptoTests-\(UUID().uuidString)").path
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
-    test.addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-    return path
 }
 
 func writeFile(_ path: String, _ contents: String, mode: Int) throws {

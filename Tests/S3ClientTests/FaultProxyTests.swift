@@ -17,7 +17,7 @@ struct FaultProxyTests {
         return (S3Client(configuration: configuration), proxy)
     }
 
-    @Test func passesRequestsThrough() async throws {
+    @Test(.needsTestServers) func passesRequestsThrough() async throws {
         let (client, proxy) = try await clientThroughProxy()
         let bytes = randomBytes(300_000)
         for index in 0..<5 {
@@ -29,7 +29,7 @@ struct FaultProxyTests {
         #expect(proxy.faultedRequests == 0)
     }
 
-    @Test func errorRepliesAreTheServiceErrorsTheyImitate() async throws {
+    @Test(.needsTestServers) func errorRepliesAreTheServiceErrorsTheyImitate() async throws {
         let (client, proxy) = try await clientThroughProxy()
         try await client.putObject(key: "k", bytes: [1, 2, 3])
         let cases: [(FaultProxy.Fault, S3Error.Kind)] = [
@@ -46,7 +46,7 @@ struct FaultProxyTests {
         #expect(proxy.faultedRequests == 4)
     }
 
-    @Test func brokenConnectionsAreTransportErrors() async throws {
+    @Test(.needsTestServers) func brokenConnectionsAreTransportErrors() async throws {
         let (client, proxy) = try await clientThroughProxy()
         let bytes = randomBytes(100_000)
         try await client.putObject(key: "k", bytes: bytes)

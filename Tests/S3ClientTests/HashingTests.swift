@@ -1,48 +1,35 @@
+import Foundation
 import S3Client
-import XCTest
+import SystemSupport
+import Testing
 
-final class HashingTests: XCTestCase {
-    func testSHA256KnownVectors() {
-        XCTAssertEqual(
-            SHA256.hash([UInt8]()).lowercaseHex,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        )
-        XCTAssertEqual(
-            SHA256.hash("abc".utf8).lowercaseHex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        )
+struct HashingTests {
+    @Test func sha256KnownVectors() {
+        #expect(SHA256.hash([UInt8]()).lowercaseHex == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hash("abc".utf8).lowercaseHex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 
-    func testMD5KnownVectorsAndContentMD5Form() {
-        XCTAssertEqual(MD5.hash([UInt8]()).lowercaseHex, "d41d8cd98f00b204e9800998ecf8427e")
-        XCTAssertEqual(MD5.hash("abc".utf8).lowercaseHex, "900150983cd24fb0d6963f7d28e17f72")
-        XCTAssertEqual(MD5.hash([UInt8]()).base64, "1B2M2Y8AsgTpgAmY7PhCfg==")
+    @Test func md5KnownVectorsAndContentMD5Form() {
+        #expect(MD5.hash([UInt8]()).lowercaseHex == "d41d8cd98f00b204e9800998ecf8427e")
+        #expect(MD5.hash("abc".utf8).lowercaseHex == "900150983cd24fb0d6963f7d28e17f72")
+        #expect(MD5.hash([UInt8]()).base64 == "1B2M2Y8AsgTpgAmY7PhCfg==")
     }
 
-    func testHMACSHA256RFC4231() {
+    @Test func hmacSHA256RFC4231() {
         // Test case 2: a key shorter than the block size.
-        XCTAssertEqual(
-            HMACSHA256.authenticationCode(key: "Jefe".utf8, message: "what do ya want for nothing?".utf8).lowercaseHex,
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        )
+        #expect(HMACSHA256.authenticationCode(key: "Jefe".utf8, message: "what do ya want for nothing?".utf8).lowercaseHex == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
         // Test case 6: a key longer than the block size, hashed first.
-        XCTAssertEqual(
-            HMACSHA256.authenticationCode(
+        #expect(HMACSHA256.authenticationCode(
                 key: [UInt8](repeating: 0xaa, count: 131),
                 message: "Test Using Larger Than Block-Size Key - Hash Key First".utf8
-            ).lowercaseHex,
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        )
+            ).lowercaseHex == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
     }
 
-    func testHMACSHA256WithEmptyKeyAndMessage() {
-        XCTAssertEqual(
-            HMACSHA256.authenticationCode(key: [UInt8](), message: [UInt8]()).lowercaseHex,
-            "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad"
-        )
+    @Test func hmacSHA256WithEmptyKeyAndMessage() {
+        #expect(HMACSHA256.authenticationCode(key: [UInt8](), message: [UInt8]()).lowercaseHex == "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad")
     }
 
-    func testStreamingDigestMatchesOneShotAcrossUnevenChunks() {
+    @Test func streamingDigestMatchesOneShotAcrossUnevenChunks() {
         let data = (0..<1_000_003).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         for algorithm in [DigestAlgorithm.sha256, .md5] {
             let digest = StreamingDigest(algorithm)
@@ -55,28 +42,25 @@ final class HashingTests: XCTestCase {
                 chunk = chunk * 3 + 1
             }
             let oneShot = algorithm == .sha256 ? SHA256.hash(data) : MD5.hash(data)
-            XCTAssertEqual(digest.finalize(), oneShot, "\(algorithm)")
+            #expect(digest.finalize() == oneShot, "\(algorithm)")
         }
     }
 
-    func testFinalizeStartsOverForTheNextBody() {
+    @Test func finalizeStartsOverForTheNextBody() {
         let digest = StreamingDigest(.sha256)
         digest.update("first body".utf8)
-        XCTAssertEqual(digest.finalize(), SHA256.hash("first body".utf8))
+        #expect(digest.finalize() == SHA256.hash("first body".utf8))
         digest.update("abc".utf8)
-        XCTAssertEqual(
-            digest.finalize().lowercaseHex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        )
+        #expect(digest.finalize().lowercaseHex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 
-    func testNonContiguousCollectionsHashLikeArrays() {
+    @Test func nonContiguousCollectionsHashLikeArrays() {
         let bytes = "abc".utf8.lazy.map { $0 }
-        XCTAssertEqual(SHA256.hash(bytes), SHA256.hash(Array("abc".utf8)))
+        #expect(SHA256.hash(bytes) == SHA256.hash(Array("abc".utf8)))
     }
 
-    func testHexIsLowercaseTwoDigitsPerByte() {
-        XCTAssertEqual([UInt8]([0x00, 0x0f, 0xa5, 0xff]).lowercaseHex, "000fa5ff")
-        XCTAssertEqual([UInt8]().lowercaseHex, "")
+    @Test func hexIsLowercaseTwoDigitsPerByte() {
+        #expect([UInt8]([0x00, 0x0f, 0xa5, 0xff]).lowercaseHex == "000fa5ff")
+        #expect([UInt8]().lowercaseHex == "")
     }
 }

@@ -7,7 +7,7 @@ import Testing
 /// on each (as litestream's RunWithReplicaClient runs every backend).
 @Suite("S3 client against real servers")
 struct S3ClientConformanceTests {
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func bytesRoundTripThroughPutGetHeadDelete(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let bytes = randomBytes(100_000)
@@ -25,14 +25,14 @@ struct S3ClientConformanceTests {
         #expect(error?.isNotFound == true)
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func emptyObjectRoundTrips(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         try await client.putObject(key: "empty", bytes: [])
         #expect(try await client.getObject(key: "empty").bytes == [])
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func missingKeyIsNotFound(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let error = await #expect(throws: S3ClientError.self) { try await client.getObject(key: "nothing-here") }
@@ -42,7 +42,7 @@ struct S3ClientConformanceTests {
 
     /// rclone answers a range with 200 and the whole object; the client must cut the range
     /// out itself rather than trust the status.
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func rangeReadsReturnExactlyTheRange(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let bytes = randomBytes(70_000)
@@ -58,7 +58,7 @@ struct S3ClientConformanceTests {
         #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory.file("part")))) == Array(bytes[1000...1999]))
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func filesStreamUpAndDownIncludingMultipart(server: TestS3Server) async throws {
         let client = try await server.freshBucket { configuration in
             configuration.multipart.threshold = 6 << 20
@@ -78,7 +78,7 @@ struct S3ClientConformanceTests {
         #expect(permissions as? Int == 0o600)
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func listingFollowsEveryPageWithPrefixAndDelimiter(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let keys = ["s1/a", "s1/b", "s1/c/d", "s1/c/e", "s2/a"]
@@ -112,7 +112,7 @@ struct S3ClientConformanceTests {
         return keys
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func batchDeleteRemovesEveryKey(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let keys = (0..<25).map { "batch/\($0)" }
@@ -126,7 +126,7 @@ struct S3ClientConformanceTests {
     }
 
     /// Servers that ignore conditional writes are detected, not assumed.
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func conditionalWritesAreHonouredOrDetectedAsIgnored(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let honoured = try await client.probeConditionalWrites(key: "probe")
@@ -147,7 +147,7 @@ struct S3ClientConformanceTests {
         #expect(try await client.headObject(key: "head").etag == newer)
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func conditionalReads(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let etag = try await client.putObject(key: "read", bytes: [9, 9])
@@ -158,7 +158,7 @@ struct S3ClientConformanceTests {
         #expect(unchanged?.serviceKind == .notModified)
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func presignedURLsWorkWithPlainCurl(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let directory = try TemporaryDirectory()
@@ -171,7 +171,7 @@ struct S3ClientConformanceTests {
         #expect(!getURL.contains(try server.secretKey))
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func manyConcurrentRequestsShareTheClient(server: TestS3Server) async throws {
         let client = try await server.freshBucket()
         let objects = (0..<64).map { ("many/\($0)", randomBytes(Int.random(in: 0...20_000))) }
@@ -190,7 +190,7 @@ struct S3ClientConformanceTests {
 /// signing, checksums and multipart agree with the reference implementation.
 @Suite("S3 client interoperates with the AWS CLI")
 struct AWSCLIInteropTests {
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func objectsCrossBetweenOurClientAndTheAWSCLI(server: TestS3Server) async throws {
         let client = try await server.freshBucket { $0.multipart.threshold = 6 << 20; $0.multipart.partSize = 5 << 20 }
         let bucket = client.configuration.bucket

@@ -7,7 +7,7 @@ import Testing
 /// misbehaving endpoints, TLS that does not verify.
 @Suite("S3 client errors")
 struct S3ClientErrorTests {
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func wrongSecretIsACredentialsError(server: TestS3Server) async throws {
         let good = try await server.freshBucket()
         var configuration = good.configuration
@@ -20,7 +20,7 @@ struct S3ClientErrorTests {
         #expect(error?.description.contains("not-the-secret") == false)
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func unknownAccessKeyIsACredentialsError(server: TestS3Server) async throws {
         let good = try await server.freshBucket()
         var configuration = good.configuration
@@ -31,7 +31,7 @@ struct S3ClientErrorTests {
         #expect(error?.serviceKind == .invalidCredentials || error?.serviceKind == .accessDenied)
     }
 
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func missingBucketSaysSo(server: TestS3Server) async throws {
         let client = S3Client(configuration: try server.configuration(bucket: "missing-" + randomHex(6)))
         let head = await #expect(throws: S3ClientError.self) { try await client.headBucket() }

@@ -1,5 +1,6 @@
 import Foundation
 import S3Client
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -18,7 +19,7 @@ struct S3ClientPartedDownloadTests {
     }
 
     /// Single-part objects keep their MD5 check however many parts they come down in.
-    @Test(arguments: TestS3Server.all)
+    @Test(.needsTestServers, arguments: TestS3Server.all)
     func objectsOfEverySizeAgainstThePartSizeComeBackIdentical(server: TestS3Server) async throws {
         let client = try await client(server)
         let directory = try TemporaryDirectory()
@@ -80,6 +81,29 @@ struct S3ClientPartedDownloadTests {
                 #expect(error?.description.contains("does not match ETag") == true)
             }
         }
+    }
+
+    /// An empty object has no first byte, so the bounded first GET gets 416 and the object is
+    /// asked for whole: that answer stays bounded by `maxSize` too, whatever its length.
+    @Test func wholeObjectAskedForAfterA416StaysBounded() async throws {
+        let unsatisfiable = "HTTP/1.1 416 Requested Range Not Satisfiable\r\nContent-Length: 0\r\nContent-Range: bytes */0\r\n\r\n"
+        let body = String(repeating: "x", count: 1000)
+        let server = try FaultyHTTPServer(responses: [
+            Array(unsatisfiable.utf8), Array(response(status: "200 OK", body: body, etag: md5Hex(body)).utf8),
+        ])
+        let directory = try TemporaryDirectory()
+        let error = await #expect(throws: S3ClientError.self) {
+            try await S3Client(configuration: configuration(port: server.port))
+                .downloadObject(key: "k", toFileAt: directory.file("out"), maxSize: 20)
+        }
+        guard case .tooLarge(let size, let maxSize) = error else {
+            Issue.record("expected tooLarge, got \(String(describing: error))")
+            return
+        }
+        #expect(size == 1000 && maxSize == 20)
+        let written = try FileManager.default.attributesOfItem(atPath: directory.file("out"))[.size] as? Int
+        #expect(written.map { $0 <= 21 } == true, "\(String(describing: written)) bytes written")
+        #expect(server.connectionCount == 2)
     }
 
     /// Each part is written where it was asked for, so an answer for other bytes is refused.

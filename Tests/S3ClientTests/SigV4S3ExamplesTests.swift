@@ -1,11 +1,12 @@
 import Foundation
 import S3Client
-import XCTest
+import SystemSupport
+import Testing
 
 /// The worked examples of the Amazon S3 API reference: "Signature Calculations for the
 /// Authorization Header: Transferring Payload in a Single Chunk" and "Authenticating Requests:
 /// Using Query Parameters", with the canonical requests, strings to sign and signatures they print.
-final class SigV4S3ExamplesTests: XCTestCase {
+struct SigV4S3ExamplesTests {
     private let signer = SigV4Signer(
         credentials: AWSCredentials(
             accessKeyID: "AKIAIOSFODNN7EXAMPLE",
@@ -18,11 +19,11 @@ final class SigV4S3ExamplesTests: XCTestCase {
     private let date = Date(timeIntervalSince1970: 1_369_353_600)
     private let emptyHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
-    func testGetObjectWithRange() {
+    @Test func getObjectWithRange() {
         let request = SigV4Request(method: "GET", host: host, path: "/test.txt", headers: [(name: "Range", value: "bytes=0-9")])
         let signed = signer.signHeaders(request, payload: .empty, date: date)
 
-        XCTAssertEqual(signed.calculation.canonicalRequest, """
+        #expect(signed.calculation.canonicalRequest == """
             GET
             /test.txt
 
@@ -34,29 +35,23 @@ final class SigV4S3ExamplesTests: XCTestCase {
             host;range;x-amz-content-sha256;x-amz-date
             \(emptyHash)
             """)
-        XCTAssertEqual(signed.calculation.stringToSign, """
+        #expect(signed.calculation.stringToSign == """
             AWS4-HMAC-SHA256
             20130524T000000Z
             20130524/us-east-1/s3/aws4_request
             7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972
             """)
-        XCTAssertEqual(signed.calculation.signature, "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
-        XCTAssertEqual(
-            signed.headersToAdd.map(\.name),
-            ["x-amz-date", "x-amz-content-sha256", "authorization"]
-        )
-        XCTAssertEqual(
-            signed.headersToAdd.last?.value,
-            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        #expect(signed.calculation.signature == "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+        #expect(signed.headersToAdd.map(\.name) == ["x-amz-date", "x-amz-content-sha256", "authorization"])
+        #expect(signed.headersToAdd.last?.value == "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
                 + "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
-                + "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
-        )
+                + "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
     }
 
-    func testPutObjectWithBodyAndStorageClass() {
+    @Test func putObjectWithBodyAndStorageClass() {
         let body = Array("Welcome to Amazon S3.".utf8)
         let payload = SigV4Payload.hashing(body)
-        XCTAssertEqual(payload, .sha256(hex: "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072"))
+        #expect(payload == .sha256(hex: "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072"))
         let request = SigV4Request(
             method: "PUT",
             host: host,
@@ -66,10 +61,10 @@ final class SigV4S3ExamplesTests: XCTestCase {
                 (name: "x-amz-storage-class", value: "REDUCED_REDUNDANCY"),
             ]
         )
-        XCTAssertEqual(request.encodedPath, "/test%24file.text")
+        #expect(request.encodedPath == "/test%24file.text")
         let signed = signer.signHeaders(request, payload: payload, date: date)
 
-        XCTAssertEqual(signed.calculation.canonicalRequest, """
+        #expect(signed.calculation.canonicalRequest == """
             PUT
             /test%24file.text
 
@@ -82,21 +77,21 @@ final class SigV4S3ExamplesTests: XCTestCase {
             date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class
             44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072
             """)
-        XCTAssertEqual(signed.calculation.stringToSign, """
+        #expect(signed.calculation.stringToSign == """
             AWS4-HMAC-SHA256
             20130524T000000Z
             20130524/us-east-1/s3/aws4_request
             9e0e90d9c76de8fa5b200d8c849cd5b8dc7a3be3951ddb7f6a76b4158342019d
             """)
-        XCTAssertEqual(signed.calculation.signature, "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd")
+        #expect(signed.calculation.signature == "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd")
     }
 
-    func testGetBucketLifecycle() {
+    @Test func getBucketLifecycle() {
         let request = SigV4Request(method: "GET", host: host, path: "/", query: [(name: "lifecycle", value: "")])
-        XCTAssertEqual(request.encodedQuery, "lifecycle=")
+        #expect(request.encodedQuery == "lifecycle=")
         let signed = signer.signHeaders(request, payload: .empty, date: date)
 
-        XCTAssertEqual(signed.calculation.canonicalRequest, """
+        #expect(signed.calculation.canonicalRequest == """
             GET
             /
             lifecycle=
@@ -107,24 +102,21 @@ final class SigV4S3ExamplesTests: XCTestCase {
             host;x-amz-content-sha256;x-amz-date
             \(emptyHash)
             """)
-        XCTAssertEqual(
-            signed.calculation.stringToSign.split(separator: "\n").last,
-            "9766c798316ff2757b517bc739a67f6213b4ab36dd5da2f94eaebf79c77395ca"
-        )
-        XCTAssertEqual(signed.calculation.signature, "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543")
+        #expect(signed.calculation.stringToSign.split(separator: "\n").last == "9766c798316ff2757b517bc739a67f6213b4ab36dd5da2f94eaebf79c77395ca")
+        #expect(signed.calculation.signature == "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543")
     }
 
-    func testListObjectsWithPrefixAndMaxKeys() {
+    @Test func listObjectsWithPrefixAndMaxKeys() {
         let request = SigV4Request(
             method: "GET",
             host: host,
             path: "/",
             query: [(name: "prefix", value: "J"), (name: "max-keys", value: "2")]
         )
-        XCTAssertEqual(request.encodedQuery, "max-keys=2&prefix=J")
+        #expect(request.encodedQuery == "max-keys=2&prefix=J")
         let signed = signer.signHeaders(request, payload: .empty, date: date)
 
-        XCTAssertEqual(signed.calculation.canonicalRequest, """
+        #expect(signed.calculation.canonicalRequest == """
             GET
             /
             max-keys=2&prefix=J
@@ -135,18 +127,15 @@ final class SigV4S3ExamplesTests: XCTestCase {
             host;x-amz-content-sha256;x-amz-date
             \(emptyHash)
             """)
-        XCTAssertEqual(
-            signed.calculation.stringToSign.split(separator: "\n").last,
-            "df57d21db20da04d7fa30298dd4488ba3a2b47ca3a489c74750e0f1e7df1b9b7"
-        )
-        XCTAssertEqual(signed.calculation.signature, "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")
+        #expect(signed.calculation.stringToSign.split(separator: "\n").last == "df57d21db20da04d7fa30298dd4488ba3a2b47ca3a489c74750e0f1e7df1b9b7")
+        #expect(signed.calculation.signature == "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")
     }
 
-    func testPresignedGetObject() {
+    @Test func presignedGetObject() {
         let request = SigV4Request(method: "GET", host: host, path: "/test.txt")
         let presigned = signer.presign(request, expiresIn: 86_400, date: date)
 
-        XCTAssertEqual(presigned.calculation.canonicalRequest, """
+        #expect(presigned.calculation.canonicalRequest == """
             GET
             /test.txt
             X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host
@@ -155,19 +144,16 @@ final class SigV4S3ExamplesTests: XCTestCase {
             host
             UNSIGNED-PAYLOAD
             """)
-        XCTAssertEqual(presigned.calculation.stringToSign, """
+        #expect(presigned.calculation.stringToSign == """
             AWS4-HMAC-SHA256
             20130524T000000Z
             20130524/us-east-1/s3/aws4_request
             3bfa292879f6447bbcda7001decf97f4a54dc650c8942174ae0a9121cf58ad04
             """)
-        XCTAssertEqual(presigned.calculation.signature, "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
-        XCTAssertEqual(
-            presigned.queryString,
-            "X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        #expect(presigned.calculation.signature == "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
+        #expect(presigned.queryString == "X-Amz-Algorithm=AWS4-HMAC-SHA256"
                 + "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
                 + "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
-                + "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
-        )
+                + "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
     }
 }

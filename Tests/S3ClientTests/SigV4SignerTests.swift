@@ -1,8 +1,9 @@
 import Foundation
 import S3Client
-import XCTest
+import SystemSupport
+import Testing
 
-final class SigV4SignerTests: XCTestCase {
+struct SigV4SignerTests {
     private let credentials = AWSCredentials(
         accessKeyID: "AKIDEXAMPLE",
         secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
@@ -13,75 +14,72 @@ final class SigV4SignerTests: XCTestCase {
 
     // MARK: - URI encoding
 
-    func testUnreservedCharactersStayAsTheyAre() {
+    @Test func unreservedCharactersStayAsTheyAre() {
         let unreserved = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-        XCTAssertEqual(SigV4Signer.uriEncode(unreserved, encodeSlash: true), unreserved)
+        #expect(SigV4Signer.uriEncode(unreserved, encodeSlash: true) == unreserved)
     }
 
-    func testReservedCharactersAreEncodedWithUppercaseHex() {
-        XCTAssertEqual(SigV4Signer.uriEncode(" ", encodeSlash: true), "%20")
-        XCTAssertEqual(SigV4Signer.uriEncode("+", encodeSlash: true), "%2B")
-        XCTAssertEqual(SigV4Signer.uriEncode("=", encodeSlash: true), "%3D")
-        XCTAssertEqual(SigV4Signer.uriEncode("*", encodeSlash: true), "%2A")
-        XCTAssertEqual(SigV4Signer.uriEncode("%", encodeSlash: true), "%25")
-        XCTAssertEqual(SigV4Signer.uriEncode("$&,:;?@!'()#[]", encodeSlash: true), "%24%26%2C%3A%3B%3F%40%21%27%28%29%23%5B%5D")
+    @Test func reservedCharactersAreEncodedWithUppercaseHex() {
+        #expect(SigV4Signer.uriEncode(" ", encodeSlash: true) == "%20")
+        #expect(SigV4Signer.uriEncode("+", encodeSlash: true) == "%2B")
+        #expect(SigV4Signer.uriEncode("=", encodeSlash: true) == "%3D")
+        #expect(SigV4Signer.uriEncode("*", encodeSlash: true) == "%2A")
+        #expect(SigV4Signer.uriEncode("%", encodeSlash: true) == "%25")
+        #expect(SigV4Signer.uriEncode("$&,:;?@!'()#[]", encodeSlash: true) == "%24%26%2C%3A%3B%3F%40%21%27%28%29%23%5B%5D")
     }
 
-    func testSlashIsKeptInPathsAndEncodedElsewhere() {
-        XCTAssertEqual(SigV4Signer.uriEncode("/a/b c/", encodeSlash: false), "/a/b%20c/")
-        XCTAssertEqual(SigV4Signer.uriEncode("/a/b c/", encodeSlash: true), "%2Fa%2Fb%20c%2F")
+    @Test func slashIsKeptInPathsAndEncodedElsewhere() {
+        #expect(SigV4Signer.uriEncode("/a/b c/", encodeSlash: false) == "/a/b%20c/")
+        #expect(SigV4Signer.uriEncode("/a/b c/", encodeSlash: true) == "%2Fa%2Fb%20c%2F")
     }
 
-    func testNonASCIIIsEncodedAsUTF8Bytes() {
-        XCTAssertEqual(SigV4Signer.uriEncode("é", encodeSlash: true), "%C3%A9")
-        XCTAssertEqual(SigV4Signer.uriEncode("日本", encodeSlash: true), "%E6%97%A5%E6%9C%AC")
-        XCTAssertEqual(SigV4Signer.uriEncode("😀", encodeSlash: true), "%F0%9F%98%80")
+    @Test func nonASCIIIsEncodedAsUTF8Bytes() {
+        #expect(SigV4Signer.uriEncode("é", encodeSlash: true) == "%C3%A9")
+        #expect(SigV4Signer.uriEncode("日本", encodeSlash: true) == "%E6%97%A5%E6%9C%AC")
+        #expect(SigV4Signer.uriEncode("😀", encodeSlash: true) == "%F0%9F%98%80")
     }
 
-    func testRequestEncodesItsUnencodedPathOnce() {
+    @Test func requestEncodesItsUnencodedPathOnce() {
         let request = SigV4Request(method: "GET", host: "h", path: "/bucket/some key+é/a%b")
-        XCTAssertEqual(request.encodedPath, "/bucket/some%20key%2B%C3%A9/a%25b")
+        #expect(request.encodedPath == "/bucket/some%20key%2B%C3%A9/a%25b")
     }
 
     // MARK: - Canonical parts
 
-    func testCanonicalQueryStringSortsByEncodedNameThenValue() {
+    @Test func canonicalQueryStringSortsByEncodedNameThenValue() {
         let query = SigV4Signer.canonicalQueryString([
             (name: "b", value: "2"), (name: "a", value: "z"), (name: "a", value: "y"),
             (name: "list-type", value: "2"), (name: "prefix", value: "dir/sub dir/"), (name: "uploads", value: ""),
         ])
-        XCTAssertEqual(query, "a=y&a=z&b=2&list-type=2&prefix=dir%2Fsub%20dir%2F&uploads=")
-        XCTAssertEqual(SigV4Signer.canonicalQueryString([]), "")
+        #expect(query == "a=y&a=z&b=2&list-type=2&prefix=dir%2Fsub%20dir%2F&uploads=")
+        #expect(SigV4Signer.canonicalQueryString([]) == "")
     }
 
-    func testS3RulesSignThePathExactlyAsSent() {
+    @Test func s3RulesSignThePathExactlyAsSent() {
         let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
-        XCTAssertEqual(signer.canonicalURI(encodedPath: "/b/./k//x/../y%20z"), "/b/./k//x/../y%20z")
-        XCTAssertEqual(signer.canonicalURI(encodedPath: ""), "/")
+        #expect(signer.canonicalURI(encodedPath: "/b/./k//x/../y%20z") == "/b/./k//x/../y%20z")
+        #expect(signer.canonicalURI(encodedPath: "") == "/")
     }
 
-    func testGenericRulesNormaliseAndEncodeThePathAgain() {
+    @Test func genericRulesNormaliseAndEncodeThePathAgain() {
         let signer = SigV4Signer(credentials: credentials, region: "us-east-1", service: "service", rules: .generic)
-        XCTAssertEqual(signer.canonicalURI(encodedPath: "/a/./b//c/../d%20e"), "/a/b/d%2520e")
-        XCTAssertEqual(signer.canonicalURI(encodedPath: "/a/b/.."), "/a/")
-        XCTAssertEqual(signer.canonicalURI(encodedPath: "/../.."), "/")
+        #expect(signer.canonicalURI(encodedPath: "/a/./b//c/../d%20e") == "/a/b/d%2520e")
+        #expect(signer.canonicalURI(encodedPath: "/a/b/..") == "/a/")
+        #expect(signer.canonicalURI(encodedPath: "/../..") == "/")
     }
 
-    func testCanonicalHeadersTrimCollapseMergeAndSort() {
+    @Test func canonicalHeadersTrimCollapseMergeAndSort() {
         let headers = CanonicalHeaders([
             (name: "X-Amz-Meta-B", value: "  two   words\t "),
             (name: "Host", value: "example.com"),
             (name: "x-amz-meta-b", value: "second"),
             (name: "Content-MD5", value: "1B2M2Y8AsgTpgAmY7PhCfg=="),
         ])
-        XCTAssertEqual(
-            headers.canonicalHeaders,
-            "content-md5:1B2M2Y8AsgTpgAmY7PhCfg==\nhost:example.com\nx-amz-meta-b:two words,second\n"
-        )
-        XCTAssertEqual(headers.signedHeaders, "content-md5;host;x-amz-meta-b")
+        #expect(headers.canonicalHeaders == "content-md5:1B2M2Y8AsgTpgAmY7PhCfg==\nhost:example.com\nx-amz-meta-b:two words,second\n")
+        #expect(headers.signedHeaders == "content-md5;host;x-amz-meta-b")
     }
 
-    func testSigningKeyMatchesTheAWSDerivationExample() {
+    @Test func signingKeyMatchesTheAWSDerivationExample() {
         // "Examples of how to derive a signing key for Signature Version 4" (IAM, 2012-02-15).
         let signer = SigV4Signer(
             credentials: AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
@@ -89,52 +87,43 @@ final class SigV4SignerTests: XCTestCase {
             service: "iam",
             rules: .generic
         )
-        XCTAssertEqual(
-            signer.signingKey(date: Date(timeIntervalSince1970: 1_329_264_000)).lowercaseHex,
-            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
-        )
+        #expect(signer.signingKey(date: Date(timeIntervalSince1970: 1_329_264_000)).lowercaseHex == "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d")
     }
 
-    func testFractionsOfASecondDoNotChangeTheTimestamp() {
+    @Test func fractionsOfASecondDoNotChangeTheTimestamp() {
         let signer = SigV4Signer(credentials: credentials, region: "eu-west-1")
         let request = SigV4Request(method: "GET", host: "h", path: "/")
-        XCTAssertEqual(
-            signer.signHeaders(request, payload: .empty, date: date.addingTimeInterval(0.999)).headersToAdd.first?.value,
-            "20130524T000000Z"
-        )
-        XCTAssertEqual(signer.credentialScope(date: date), "20130524/eu-west-1/s3/aws4_request")
+        #expect(signer.signHeaders(request, payload: .empty, date: date.addingTimeInterval(0.999)).headersToAdd.first?.value == "20130524T000000Z")
+        #expect(signer.credentialScope(date: date) == "20130524/eu-west-1/s3/aws4_request")
     }
 
     // MARK: - Payload and session tokens
 
-    func testEmptyPayloadIsTheHashOfNothing() {
-        XCTAssertEqual(SigV4Payload.empty, SigV4Payload.hashing([UInt8]()))
+    @Test func emptyPayloadIsTheHashOfNothing() {
+        #expect(SigV4Payload.empty == SigV4Payload.hashing([UInt8]()))
     }
 
-    func testUnsignedPayloadIsSentAndSignedAsSuch() {
+    @Test func unsignedPayloadIsSentAndSignedAsSuch() {
         let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
         let signed = signer.signHeaders(
             SigV4Request(method: "PUT", host: "127.0.0.1:9000", path: "/bucket/key"),
             payload: .unsigned,
             date: date
         )
-        XCTAssertTrue(signed.headersToAdd.contains { $0.name == "x-amz-content-sha256" && $0.value == "UNSIGNED-PAYLOAD" })
-        XCTAssertTrue(signed.calculation.canonicalRequest.hasSuffix("\nUNSIGNED-PAYLOAD"))
-        XCTAssertTrue(signed.calculation.canonicalRequest.contains("\nhost:127.0.0.1:9000\n"))
+        #expect(signed.headersToAdd.contains { $0.name == "x-amz-content-sha256" && $0.value == "UNSIGNED-PAYLOAD" })
+        #expect(signed.calculation.canonicalRequest.hasSuffix("\nUNSIGNED-PAYLOAD"))
+        #expect(signed.calculation.canonicalRequest.contains("\nhost:127.0.0.1:9000\n"))
     }
 
-    func testSessionTokenIsASignedHeader() {
+    @Test func sessionTokenIsASignedHeader() {
         let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
         let signed = signer.signHeaders(SigV4Request(method: "GET", host: "h", path: "/"), payload: .empty, date: date)
-        XCTAssertEqual(
-            signed.headersToAdd.map(\.name),
-            ["x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"]
-        )
-        XCTAssertTrue(signed.calculation.canonicalRequest.contains("\nx-amz-security-token:session/token+with=specials\n"))
-        XCTAssertTrue(signed.headersToAdd.last!.value.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"))
+        #expect(signed.headersToAdd.map(\.name) == ["x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"])
+        #expect(signed.calculation.canonicalRequest.contains("\nx-amz-security-token:session/token+with=specials\n"))
+        #expect(signed.headersToAdd.last!.value.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"))
     }
 
-    func testSessionTokenIsASignedQueryParameterWhenPresigning() {
+    @Test func sessionTokenIsASignedQueryParameterWhenPresigning() {
         let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
         let request = SigV4Request(
             method: "PUT",
@@ -144,45 +133,39 @@ final class SigV4SignerTests: XCTestCase {
         )
         let presigned = signer.presign(request, expiresIn: 3600, date: date)
         let canonicalQuery = presigned.calculation.canonicalRequest.split(separator: "\n", omittingEmptySubsequences: false)[2]
-        XCTAssertEqual(
-            canonicalQuery,
-            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+        #expect(canonicalQuery == "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
                 + "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=3600"
                 + "&X-Amz-Security-Token=session%2Ftoken%2Bwith%3Dspecials&X-Amz-SignedHeaders=host"
-                + "&partNumber=3&uploadId=u%2F1"
-        )
-        XCTAssertEqual(presigned.queryString, "\(canonicalQuery)&X-Amz-Signature=\(presigned.calculation.signature)")
-        XCTAssertTrue(presigned.calculation.canonicalRequest.hasPrefix("PUT\n/bucket/a%20key\n"))
+                + "&partNumber=3&uploadId=u%2F1")
+        #expect(presigned.queryString == "\(canonicalQuery)&X-Amz-Signature=\(presigned.calculation.signature)")
+        #expect(presigned.calculation.canonicalRequest.hasPrefix("PUT\n/bucket/a%20key\n"))
     }
 
     // MARK: - Credentials never show their secrets
 
-    func testCredentialTextRedactsSecretAndToken() {
+    @Test func credentialTextRedactsSecretAndToken() {
         var dumped = ""
         dump(credentials, to: &dumped)
         for text in ["\(credentials)", String(describing: credentials), String(reflecting: credentials), credentials.debugDescription, dumped] {
-            XCTAssertFalse(text.contains(credentials.secretAccessKey), text)
-            XCTAssertFalse(text.contains("session/token"), text)
-            XCTAssertTrue(text.contains("AKIDEXAMPLE"), text)
-            XCTAssertTrue(text.contains("<redacted>"), text)
+            #expect(!text.contains(credentials.secretAccessKey), "\(text)")
+            #expect(!(text.contains("session/token")), "\(text)")
+            #expect(text.contains("AKIDEXAMPLE"), "\(text)")
+            #expect(text.contains("<redacted>"), "\(text)")
         }
     }
 
-    func testSignerTextRedactsTheCredentials() {
+    @Test func signerTextRedactsTheCredentials() {
         let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
         var dumped = ""
         dump(signer, to: &dumped)
         for text in ["\(signer)", String(reflecting: signer), dumped] {
-            XCTAssertFalse(text.contains(credentials.secretAccessKey), text)
-            XCTAssertFalse(text.contains("session/token"), text)
+            #expect(!text.contains(credentials.secretAccessKey), "\(text)")
+            #expect(!(text.contains("session/token")), "\(text)")
         }
     }
 
-    func testCredentialTextSaysWhenThereIsNoToken() {
+    @Test func credentialTextSaysWhenThereIsNoToken() {
         let permanent = AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "secret-value")
-        XCTAssertEqual(
-            permanent.description,
-            "AWSCredentials(accessKeyID: AKIDEXAMPLE, secretAccessKey: <redacted>, sessionToken: none)"
-        )
+        #expect(permanent.description == "AWSCredentials(accessKeyID: AKIDEXAMPLE, secretAccessKey: <redacted>, sessionToken: none)")
     }
 }

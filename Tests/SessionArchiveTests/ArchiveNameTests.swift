@@ -1,7 +1,8 @@
-import Crypto
 import Foundation
 import Glibc
 @testable import SessionArchive
+import SessionCrypto
+import SystemSupport
 import Testing
 
 /// Names of any bytes (FORMAT.md "Names"): written to the tar and read back exactly, and

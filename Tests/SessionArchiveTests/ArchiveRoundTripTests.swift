@@ -1,54 +1,60 @@
-import Crypto
 import Foundation
 import Glibc
 @testable import SessionArchive
-import XCTest
+import SessionCrypto
+import SystemSupport
+import TestSupport
+import Testing
 
-final class ArchiveRoundTripTests: XCTestCase {
-    func testEveryFixtureSessionRestoresByteIdenticalWithPrivateModes() throws {
-        let root = try makeTemporaryDirectory(for: self)
+struct ArchiveRoundTripTests {
+    @Test func everyFixtureSessionRestoresByteIdenticalWithPrivateModes() throws {
+        let temporary = try TemporaryDirectory()
+        let root = temporary.path
         var restored: [String] = []
         for name in Fixtures.sessionNames {
-            let original = try XCTUnwrap(try TreeSnapshot(Fixtures.session(name)))
+            let original = try #require(try TreeSnapshot(Fixtures.session(name)))
             let archive = try archiveBytes(of: Fixtures.session(name))
             let target = root + "/" + name
             try unpack(BufferSource(archive), replacing: target)
-            XCTAssertEqual(try TreeSnapshot(target), original.normalized, name)
+            #expect(try TreeSnapshot(target) == original.normalized, "\(name)")
             restored.append(name)
-            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root).sorted(), restored.sorted(), "no leftovers")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: root).sorted() == restored.sorted(), "no leftovers")
             var info = stat()
-            XCTAssertEqual(lstat(target, &info), 0)
-            XCTAssertEqual(info.st_mode & 0o7777, 0o700, "restored session directory mode")
+            #expect(lstat(target, &info) == 0)
+            #expect(info.st_mode & 0o7777 == 0o700, "restored session directory mode")
         }
     }
 
     /// A large archive compresses on zstd's worker thread (`backup`): still one frame the same
     /// reader restores byte-identical.
-    func testWorkerThreadCompressionRoundTrips() throws {
-        let root = try makeTemporaryDirectory(for: self)
+    @Test func workerThreadCompressionRoundTrips() throws {
+        let temporary = try TemporaryDirectory()
+        let root = temporary.path
         let session = Fixtures.session("medium")
         let archive = try archiveBytes(of: session, expectedFileBytes: ArchiveWriter.workerThreadThreshold)
         try unpack(BufferSource(archive), replacing: root + "/target")
-        XCTAssertEqual(try TreeSnapshot(root + "/target"), try XCTUnwrap(try TreeSnapshot(session)).normalized)
+        #expect(try TreeSnapshot(root + "/target") == #require(try TreeSnapshot(session)).normalized)
     }
 
-    func testSubdirectoriesAtAnyDepthRoundTrip() throws {
-        let root = try makeTemporaryDirectory(for: self)
+    @Test func subdirectoriesAtAnyDepthRoundTrip() throws {
+        let temporary = try TemporaryDirectory()
+        let root = temporary.path
         try writeTree(
             ["creds.json": Array("{}".utf8), "keys/pre-key-1.json": [1, 2, 3], "keys/empty.json": [], "a/b/c/d/e.json": [4]],
             at: root + "/source")
         try unpack(BufferSource(try archiveBytes(of: root + "/source")), replacing: root + "/target")
-        XCTAssertEqual(try TreeSnapshot(root + "/target"), try XCTUnwrap(try TreeSnapshot(root + "/source")).normalized)
+        #expect(try TreeSnapshot(root + "/target") == #require(try TreeSnapshot(root + "/source")).normalized)
     }
 
-    func testArchivesAreReproducibleAndCarryNoHostDetails() throws {
+    @Test func archivesAreReproducibleAndCarryNoHostDetails() throws {
         let session = Fixtures.session("small")
         let first = try archiveBytes(of: session)
-        XCTAssertEqual(first, try archiveBytes(of: session))
-        XCTAssertEqual(Array(first.prefix(4)), [0x28, 0xB5, 0x2F, 0xFD], "starts with a zstd frame")
+        #expect(try first == archiveBytes(of: session))
+        #expect(Array(first.prefix(4)) == [0x28, 0xB5, 0x2F, 0xFD], "starts with a zstd frame")
 
         // An independent reader (zstd CLI + Python's tarfile) sees the documented format.
-        let root = try makeTemporaryDirectory(for: self)
+        let temporary = try TemporaryDirectory()
+        let root = temporary.path
         try Data(first).write(to: URL(fileURLWithPath: root + "/small.tar.zst"))
         let listing = try String(decoding: programOutput("/bin/sh", ["-c", """
             zstd -dc "$1" | python3 -c '
@@ -60,33 +66,33 @@ final class ArchiveRoundTripTests: XCTestCase {
             """, "sh", root + "/small.tar.zst"]), as: UTF8.self)
         let lines = listing.split(separator: "\n")
         let names = try FileManager.default.contentsOfDirectory(atPath: session).sorted()
-        XCTAssertEqual(lines.map { String($0.split(separator: " ")[0]) }, names)
+        #expect(lines.map { String($0.split(separator: " ")[0]) } == names)
         for line in lines {
-            XCTAssertEqual(line.split(separator: " ").dropFirst().dropLast().joined(separator: " "), "0 0o600 0 0 '' ''", String(line))
+            #expect(line.split(separator: " ").dropFirst().dropLast().joined(separator: " ") == "0 0o600 0 0 '' ''", "\(String(line))")
         }
     }
 
-    func testVisitingEntriesStreamsContentsWithoutWritingToDisk() throws {
+    @Test func visitingEntriesStreamsContentsWithoutWritingToDisk() throws {
         let session = Fixtures.session("medium")
         let reader = try ArchiveReader(source: BufferSource(try archiveBytes(of: session)))
         var visited: [String: [UInt8]] = [:]
         var skipped = 0
         try reader.forEachEntry { entry, data in
-            XCTAssertEqual(entry.kind, .file)
+            #expect(entry.kind == .file)
             // Leaving data unread is allowed: the reader skips it.
             if entry.path.hasPrefix("pre-key-") { skipped += 1; return }
             let sink = BufferSink()
             try data.copy(to: sink)
-            XCTAssertEqual(Int64(sink.bytes.count), entry.size)
+            #expect(Int64(sink.bytes.count) == entry.size)
             visited[entry.path] = sink.bytes
         }
-        XCTAssertGreaterThan(skipped, 100)
+        #expect(skipped > 100)
         for (path, contents) in visited {
-            XCTAssertEqual(contents, [UInt8](try Data(contentsOf: URL(fileURLWithPath: session + "/" + path))), path)
+            #expect(contents == [UInt8](try Data(contentsOf: URL(fileURLWithPath: session + "/" + path))), "\(path)")
         }
     }
 
-    func testSinkErrorsPropagateAsThemselves() throws {
+    @Test func sinkErrorsPropagateAsThemselves() throws {
         final class FailingSink: ByteSink {
             var budget: Int
             init(budget: Int) { self.budget = budget }
@@ -95,12 +101,12 @@ final class ArchiveRoundTripTests: XCTestCase {
                 if budget < 0 { throw SystemError("write", path: "upload body", errno: ENOSPC) }
             }
         }
-        XCTAssertThrowsError(try archiveDirectory(Fixtures.session("medium"), to: FailingSink(budget: 100_000))) { error in
-            XCTAssertEqual(error as? SystemError, SystemError("write", path: "upload body", errno: ENOSPC))
+        #expect(throws: SystemError("write", path: "upload body", errno: ENOSPC)) {
+            try archiveDirectory(Fixtures.session("medium"), to: FailingSink(budget: 100_000))
         }
     }
 
-    func testSourceErrorsPropagateAsThemselves() throws {
+    @Test func sourceErrorsPropagateAsThemselves() throws {
         final class FailingSource: ByteSource {
             let wrapped: ByteSource
             var budget: Int
@@ -113,36 +119,38 @@ final class ArchiveRoundTripTests: XCTestCase {
             }
         }
         let archive = try archiveBytes(of: Fixtures.session("medium"))
-        let root = try makeTemporaryDirectory(for: self)
-        XCTAssertThrowsError(try unpack(FailingSource(BufferSource(archive), budget: archive.count / 2), replacing: root + "/target")) { error in
-            XCTAssertEqual(error as? SystemError, SystemError("read", path: "download", errno: ECONNRESET))
+        let temporary = try TemporaryDirectory()
+        let root = temporary.path
+        #expect(throws: SystemError("read", path: "download", errno: ECONNRESET)) {
+            try unpack(FailingSource(BufferSource(archive), budget: archive.count / 2), replacing: root + "/target")
         }
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: root), [])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root) == [])
     }
 
-    func testFileShrinkingWhileArchivedIsReported() throws {
-        let root = try makeTemporaryDirectory(for: self)
+    @Test func fileShrinkingWhileArchivedIsReported() throws {
+        let temporary = try TemporaryDirectory()
+        let root = temporary.path
         try writeTree(["creds.json": Array(repeating: 7, count: 1000)], at: root)
         let descriptor = open(root + "/creds.json", O_RDONLY)
         defer { close(descriptor) }
         let writer = try ArchiveWriter(sink: BufferSink())
-        assertArchiveError(try writer.addFile(relativePath: "creds.json", fileDescriptor: descriptor, size: 2000, modificationTime: 0), .sourceChanged)
+        expectArchiveError(.sourceChanged) { try writer.addFile(relativePath: "creds.json", fileDescriptor: descriptor, size: 2000, modificationTime: 0) }
     }
 
-    func testWriterRefusesWhatTheReaderWouldRefuse() throws {
+    @Test func writerRefusesWhatTheReaderWouldRefuse() throws {
         let writer = try ArchiveWriter(sink: BufferSink())
         for path in ["", "/etc/passwd", "../x", "a/../b", "./a", "a//b", String(repeating: "x", count: 256)] {
-            assertArchiveError(try writer.addFile(relativePath: path, contents: [], modificationTime: 0), .unsafePath)
+            expectArchiveError(.unsafePath) { try writer.addFile(relativePath: path, contents: [], modificationTime: 0) }
         }
-        assertArchiveError(try ArchiveWriter(sink: BufferSink(), compressionLevel: 0), .invalidCompressionLevel(0))
+        expectArchiveError(.invalidCompressionLevel(0)) { try ArchiveWriter(sink: BufferSink(), compressionLevel: 0) }
     }
 
-    func testAbandonedWriterEmitsNoCompleteArchive() throws {
+    @Test func abandonedWriterEmitsNoCompleteArchive() throws {
         let sink = BufferSink()
         do {
             let writer = try ArchiveWriter(sink: sink)
             try writer.addFile(relativePath: "creds.json", contents: Array("{}".utf8), modificationTime: 0)
         }
-        XCTAssertThrowsError(try ArchiveReader(source: BufferSource(sink.bytes)).forEachEntry { _, _ in })
+        #expect(throws: (any Error).self) { try ArchiveReader(source: BufferSource(sink.bytes)).forEachEntry { _, _ in } }
     }
 }

@@ -1,10 +1,12 @@
-import Crypto
 import Foundation
 import Glibc
 @testable import SessionArchive
-import XCTest
+import SessionCrypto
+import SystemSupport
+import TestSupport
+import Testing
 
-final class HostileArchiveTests: XCTestCase {
+struct HostileArchiveTests {
     /// Snapshot payloads (fixtures/hostile, scripts/generate-fixtures) and the reader's refusal of
     /// each. That a restore refuses them and changes nothing is SyncEngineTests' HostileSnapshotTests,
     /// through the path every restore takes.
@@ -26,41 +28,40 @@ final class HostileArchiveTests: XCTestCase {
         ("plain.tar", .unsupportedFormat, nil),
     ]
 
-    func testEveryHostileArchiveIsRefusedByTheReader() throws {
-        for (fixture, reason, entry) in Self.expectedRefusals {
-            XCTAssertThrowsError(
-                try ArchiveReader(source: BufferSource(try Fixtures.hostile(fixture))).forEachEntry { _, _ in },
-                fixture
-            ) { error in
-                XCTAssertEqual((error as? ArchiveError)?.reason, reason, "\(fixture): \(error)")
-                if let entry { XCTAssertEqual((error as? ArchiveError)?.entry, entry, fixture) }
-            }
+    @Test(arguments: expectedRefusals)
+    func everyHostileArchiveIsRefusedByTheReader(_ refusal: (fixture: String, reason: ArchiveError.Reason, entry: String?)) throws {
+        let (fixture, reason, entry) = refusal
+        let payload = try Fixtures.hostile(fixture)
+        let error = #expect(throws: ArchiveError.self, "\(fixture)") {
+            try ArchiveReader(source: BufferSource(payload)).forEachEntry { _, _ in }
         }
+        #expect(error?.reason == reason, "\(fixture): \(String(describing: error))")
+        if let entry { #expect(error?.entry == entry, "\(fixture)") }
     }
 
-    func testErrorMessagesNameTheEntryAndEscapeIt() {
+    @Test func errorMessagesNameTheEntryAndEscapeIt() {
         let error = ArchiveError(.unsafePath, entry: "../a\nb")
-        XCTAssertEqual(error.description, #"archive entry "../a\nb": unsafe path (absolute, empty, '.' or '..' component, or too long)"#)
+        #expect(error.description == #"archive entry "../a\nb": unsafe path (absolute, empty, '.' or '..' component, or too long)"#)
     }
 
-    func testPathRules() {
+    @Test func pathRules() {
         for path in ["creds.json", "keys/pre-key-1.json", "dir/", "a.b/c..d", "..hidden", ".creds"] {
-            XCTAssertNotNil(ArchivePath.components(of: path), path)
+            #expect(ArchivePath.components(of: path) != nil, "\(path)")
         }
         for path in ["", "/", "/abs", "..", "../x", "a/..", "a/../b", ".", "./a", "a/./b", "a//b", "a\0b",
                      String(repeating: "x", count: 256), String(repeating: "a/", count: 600)] {
-            XCTAssertNil(ArchivePath.components(of: path), path)
+            #expect(ArchivePath.components(of: path) == nil, "\(path)")
         }
     }
 
-    func testEntrySizeLimitStopsABombAtItsHeader() throws {
+    @Test func entrySizeLimitStopsABombAtItsHeader() throws {
         let source = CountingSource(BufferSource(try Fixtures.hostile("bomb-entry.tar.zst")))
         let reader = try ArchiveReader(source: source)
-        assertArchiveError(try reader.forEachEntry { _, _ in XCTFail("bomb entry visited") }, .entryTooLarge(limit: 64 << 20))
-        XCTAssertLessThan(source.bytesRead, 64 * 1024, "refused before decompressing the body")
+        expectArchiveError(.entryTooLarge(limit: 64 << 20)) { try reader.forEachEntry { _, _ in Issue.record("bomb entry visited") } }
+        #expect(source.bytesRead < 64 * 1024, "refused before decompressing the body")
     }
 
-    func testLowLimitsAreEnforcedMidStream() throws {
+    @Test func lowLimitsAreEnforcedMidStream() throws {
         let archive = try archiveBytes(of: Fixtures.session("medium"))
         let cases: [(ExtractionLimits, ArchiveError.Reason)] = [
             (ExtractionLimits(maxTotalBytes: 200_000), .totalSizeExceeded(limit: 200_000)),
@@ -69,27 +70,25 @@ final class HostileArchiveTests: XCTestCase {
         ]
         for (limits, reason) in cases {
             let source = CountingSource(BufferSource(archive))
-            assertArchiveError(try ArchiveReader(source: source, limits: limits).forEachEntry { _, _ in }, reason)
-            XCTAssertLessThan(source.bytesRead, archive.count, "\(reason): refused before the end of the stream")
+            expectArchiveError(reason, "\(reason)") { try ArchiveReader(source: source, limits: limits).forEachEntry { _, _ in } }
+            #expect(source.bytesRead < archive.count, "\(reason): refused before the end of the stream")
         }
     }
 
-    func testArchiveCutAnywhereIsRefused() throws {
+    @Test func archiveCutAnywhereIsRefused() throws {
         let archive = try archiveBytes(of: Fixtures.session("small"))
         var cuts = Array(stride(from: 0, to: archive.count, by: max(1, archive.count / 40)))
         cuts += [archive.count - 1, archive.count - 2, archive.count - 8]
         for cut in cuts {
-            XCTAssertThrowsError(try ArchiveReader(source: BufferSource(Array(archive[..<cut]))).forEachEntry { _, _ in }, "cut at \(cut)") { error in
-                XCTAssertEqual((error as? ArchiveError)?.reason, .truncated, "cut at \(cut): \(error)")
-            }
+            expectArchiveError(.truncated, "cut at \(cut)") { try ArchiveReader(source: BufferSource(Array(archive[..<cut]))).forEachEntry { _, _ in } }
         }
     }
 
-    func testEmptyArchiveIsValid() throws {
+    @Test func emptyArchiveIsValid() throws {
         let sink = BufferSink()
         try ArchiveWriter(sink: sink).finish()
         var count = 0
         try ArchiveReader(source: BufferSource(sink.bytes)).forEachEntry { _, _ in count += 1 }
-        XCTAssertEqual(count, 0)
+        #expect(count == 0)
     }
 }

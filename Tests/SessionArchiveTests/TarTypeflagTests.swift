@@ -1,6 +1,7 @@
-import Crypto
 import Foundation
 @testable import SessionArchive
+import SessionCrypto
+import SystemSupport
 import Testing
 
 /// What the reader makes of each tar typeflag, as FORMAT.md ("What the reader rejects") states

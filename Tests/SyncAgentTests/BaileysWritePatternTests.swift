@@ -145,7 +145,7 @@ struct BaileysWritePatternTests {
         for snapshot in snapshots {
             let target = try workspace.freshDirectory()
             try await runner.restore(into: target, ["--snapshot", snapshot, session])
-            try check(snapshot, try tree("\(target)/\(session)"))
+            try check(snapshot, try directoryTree("\(target)/\(session)"))
         }
     }
 }

@@ -39,6 +39,8 @@ struct ConfigurationTests {
         .init(subcommand: "restore", arguments: ["--all", "--at", "@1e308"], named: "--at"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "@-1"], named: "--at"),
         .init(subcommand: "restore", arguments: ["--all", "--at", "2026-11-22\nFAKE line"], named: "--at"),
+        .init(subcommand: "backup", environment: ["SYNC_AGENT_LOG_LEVEL": "loud\nFAKE line"], named: "SYNC_AGENT_LOG_LEVEL"),
+        .init(subcommand: "snapshots", environment: ["SYNC_AGENT_LOG_FORMAT": "xml"], named: "SYNC_AGENT_LOG_FORMAT"),
     ]
 
     @Test(arguments: badValues)
@@ -52,6 +54,29 @@ struct ConfigurationTests {
         #expect(result.termination == .exited(64), "\(result.standardError)")
         let lines = result.standardError.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].hasPrefix("Error: \(bad.named) "), "\(result.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
+    }
+
+    static let badFlagValues: [[String]] = [
+        ["watch", "--mode", fakeLine], ["backup", "--mode=\(fakeLine)"], ["watch", "--log-level", fakeLine],
+        ["snapshots", "--log-format", fakeLine], ["watch", "--on-delete", fakeLine], ["backup", "--addressing", fakeLine],
+        ["restore", "--snapshot", fakeLine, "small"], ["verify", "--all", "--sample", fakeLine], ["prune", "--keep-last", "1", fakeLine],
+    ]
+    static let fakeLine = "x\nFAKE line"
+
+    /// A bad flag value is echoed escaped, so the message cannot forge a line of its own: the
+    /// values of --snapshot, --sample, --mode and --log-level were echoed as given.
+    @Test(arguments: badFlagValues)
+    func aBadFlagValueIsEchoedOnOneLine(_ arguments: [String]) async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = workspace.directory.file("store")
+        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        let result = try await runner.run(
+            arguments[0], ["--sessions-dir", workspace.sessions] + (arguments[0] == "watch" ? ["--no-listen"] : []) + arguments.dropFirst())
+        #expect(result.termination == .exited(64), "\(result.standardError)")
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("Error: ") == true && lines[0].contains(#"x\nFAKE line"#), "\(result.standardError)")
+        #expect(!lines.contains { $0.hasPrefix("FAKE line") }, "\(result.standardError)")
         #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
     }
 

@@ -62,7 +62,7 @@ struct CrashLoopTests {
             try history.catchUp()
             for session in try sortedFiles(newestSnapshots) {
                 let placed = history.place(
-                    try tree("\(newestSnapshots)/\(session)"), session: session, notBefore: positions[session] ?? [:])
+                    try directoryTree("\(newestSnapshots)/\(session)"), session: session, notBefore: positions[session] ?? [:])
                 switch placed {
                 case .success(let placement): positions[session] = placement
                 case .failure(let failure): Issue.record("\(session): \(failure); \(context)")
@@ -201,7 +201,7 @@ private struct DirectoryState: Equatable, CustomTestStringConvertible {
     }
 
     init(_ path: String) throws {
-        self.init(files: try tree(path), modes: try SyncAgentTests.modes(path))
+        self.init(files: try directoryTree(path), modes: try TestSupport.modes(path))
     }
 
     /// Thousands of files: a failed expectation names how many, `difference(from:)` says what differs.

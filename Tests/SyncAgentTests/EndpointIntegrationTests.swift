@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import S3Client
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -8,7 +9,7 @@ import Testing
 /// `status` reading them. Waits poll with generous bounds; nothing measures speed.
 @Suite("watch: the HTTP endpoint and status")
 struct EndpointIntegrationTests {
-    @Test func readinessFollowsTheStoreDownAndBackAndLogsStayJSON() async throws {
+    @Test(.needsTestServers) func readinessFollowsTheStoreDownAndBackAndLogsStayJSON() async throws {
         let server = try await PrivateSeaweedFS()
         let workspace = try Workspace(sessions: ["small"])
         let runner = try await workspace.cloudRunner(on: try await server.freshBucket(), server: server)
@@ -35,7 +36,7 @@ struct EndpointIntegrationTests {
         #expect(agent.logLines.contains { $0.contains(#""message":"uploaded""#) && $0.contains(#""session":"small""#) })
     }
 
-    @Test func metricsParseAsPrometheusText() async throws {
+    @Test(.needsTestServers) func metricsParseAsPrometheusText() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"])
         let runner = try await workspace.cloudRunner(on: try await TestS3Server.seaweedFS.freshBucket())
         let agent = try runner.watch(workspace.sessions)
@@ -95,7 +96,7 @@ struct EndpointIntegrationTests {
 
     /// One agent sees both: a session a second agent claimed (fenced), and one whose uploads fail
     /// while the store is down (failing); `status` prints what `/sessions` says.
-    @Test func sessionsReportAFencedAndAFailingSession() async throws {
+    @Test(.needsTestServers) func sessionsReportAFencedAndAFailingSession() async throws {
         let server = try await PrivateSeaweedFS()
         let workspace = try Workspace(sessions: ["small", "medium"])
         let runner = try await workspace.cloudRunner(on: try await server.freshBucket(), server: server)
@@ -144,7 +145,7 @@ struct EndpointIntegrationTests {
         _ = try await first.terminate()
     }
 
-    @Test func statusReadsTheStoreWhenNoAgentAnswers() async throws {
+    @Test(.needsTestServers) func statusReadsTheStoreWhenNoAgentAnswers() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let runner = try await workspace.cloudRunner(on: try await TestS3Server.seaweedFS.freshBucket())
         let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
@@ -185,7 +186,7 @@ struct EndpointIntegrationTests {
 
     /// Clients that open connections and trickle a request, or send an oversized one, hold no
     /// upload up, and the endpoint answers again once their connections time out.
-    @Test func slowAndOversizedClientsStallNeitherUploadsNorTheEndpoint() async throws {
+    @Test(.needsTestServers) func slowAndOversizedClientsStallNeitherUploadsNorTheEndpoint() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let runner = try await workspace.cloudRunner(on: try await TestS3Server.seaweedFS.freshBucket())
         let agent = try runner.watch(workspace.sessions)

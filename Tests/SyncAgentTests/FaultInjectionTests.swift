@@ -25,7 +25,7 @@ struct FaultInjectionTests {
     ]
 
     /// Serialized: each case runs an agent and a writer, enough load for two shared cores.
-    @Test(.serialized, arguments: faults)
+    @Test(.needsTestServers, .serialized, arguments: faults)
     func noChangeIsLostAndNothingCorruptIsStored(_ fault: FaultProxy.Fault, every: Int) async throws {
         let workspace = try Workspace(copies: Self.sessionCount, of: "small")
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
@@ -74,7 +74,7 @@ struct FaultInjectionTests {
 
     /// A logout seen while the store fails: its tombstone waits for the store, it is not dropped
     /// (it was: the failure was logged once, and a restore brought the session back).
-    @Test func aSessionRemovedWhileTheStoreFailsIsTombstonedOnceItRecovers() async throws {
+    @Test(.needsTestServers) func aSessionRemovedWhileTheStoreFailsIsTombstonedOnceItRecovers() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["small": "logged-out"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let direct = try await workspace.cloudRunner(on: bucket)
@@ -97,7 +97,7 @@ struct FaultInjectionTests {
 
     /// `restore` through faults that break a share of its requests, over older copies of the
     /// sessions: each session ends up exactly as stored or exactly as it was, never in between.
-    @Test(arguments: [(FaultProxy.Fault.cutResponseBody, every: 2), (.dropMidRequest, every: 2), (.internalError, every: 3)])
+    @Test(.needsTestServers, arguments: [(FaultProxy.Fault.cutResponseBody, every: 2), (.dropMidRequest, every: 2), (.internalError, every: 3)])
     func aRestoreThroughFaultsIsExactOrChangesNothing(_ fault: FaultProxy.Fault, every: Int) async throws {
         let sessions = ["small", "medium"]
         let workspace = try Workspace(sessions: sessions)
@@ -111,7 +111,7 @@ struct FaultInjectionTests {
             try write(#"{"older":true}"#, to: "\(target)/\(session)/creds.json")
             try write("{}", to: "\(target)/\(session)/stale.json")
         }
-        let older = try sessions.map { try tree("\(target)/\($0)") }
+        let older = try sessions.map { try directoryTree("\(target)/\($0)") }
 
         let (proxy, throughProxy) = try Self.throughProxy(direct)
         proxy.inject(fault, every: every)
@@ -119,8 +119,8 @@ struct FaultInjectionTests {
         #expect(proxy.faultedRequests > 0, "the fault never hit a request")
         #expect(try sortedFiles(target) == sessions.sorted(), "a restore left working directories behind")
         for (session, older) in zip(sessions, older) {
-            let now = try tree("\(target)/\(session)")
-            let stored = try tree(workspace.session(session))
+            let now = try directoryTree("\(target)/\(session)")
+            let stored = try directoryTree(workspace.session(session))
             #expect(now == stored || (now == older && restore.termination != .exited(0)), "\(session): \(restore.standardError)")
         }
     }

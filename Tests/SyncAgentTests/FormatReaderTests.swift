@@ -31,9 +31,9 @@ struct FormatReaderTests {
                 let (result, directory) = try await read(session)
                 last = result
                 guard result.state == "restored" else { return false }
-                return try tree(directory) == tree(workspace.session(session))
+                return try directoryTree(directory) == directoryTree(workspace.session(session))
             }
-            seen.append((session, last!.snapshot, try tree(workspace.session(session))))
+            seen.append((session, last!.snapshot, try directoryTree(workspace.session(session))))
         }
 
         let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
@@ -64,7 +64,7 @@ struct FormatReaderTests {
         for (session, snapshot, expected) in seen {
             let (result, directory) = try await read(session, snapshot: snapshot)
             #expect(result.state == "restored")
-            #expect(try tree(directory) == expected, "\(session) at \(snapshot)")
+            #expect(try directoryTree(directory) == expected, "\(session) at \(snapshot)")
             try expectPrivateModes(directory)
         }
     }
@@ -82,7 +82,7 @@ struct FormatReaderTests {
             try write(#"{"round":\#(round)}"#, to: workspace.session("small") + "/creds.json")
             let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions, "--keep-last", "10"])
             #expect(backup.termination == .exited(0), "\(backup.standardError)")
-            trees.append(try tree(workspace.session("small")))
+            trees.append(try directoryTree(workspace.session("small")))
         }
         let snapshots = store + "/sessions/small/snapshots"
         let names = try sortedFiles(snapshots)
@@ -95,10 +95,10 @@ struct FormatReaderTests {
         let directory = try workspace.freshDirectory() + "/small"
         let result = try await FormatReader(store: store, keyFile: store + "/.sync-agent-key").read("small", into: directory, snapshot: "1.1")
         #expect(result.chain == ["1.1.base"])
-        #expect(try tree(directory) == trees[0])
+        #expect(try directoryTree(directory) == trees[0])
         let restored = try workspace.freshDirectory()
         try await runner.restore(into: restored, ["--snapshot", "1.1", "small"])
-        #expect(try tree(restored + "/small") == trees[0])
+        #expect(try directoryTree(restored + "/small") == trees[0])
     }
 
     /// After a key rotation a delta records the files it read under the new key and the state
@@ -129,7 +129,7 @@ struct FormatReaderTests {
             directory = try workspace.freshDirectory() + "/small"
             last = try await reader.read("small", into: directory)
             guard last?.state == "restored" else { return false }
-            return try tree(directory) == tree(small)
+            return try directoryTree(directory) == directoryTree(small)
         }
         #expect(try await agent.terminate() == .exited(0))
         let result = try #require(last)

@@ -21,7 +21,7 @@ struct NamesAndDepthPropertyTests {
         try await roundTrip(seed: seed, workspace: workspace, runner: .local(store: workspace.directory.file("store"), logDirectory: workspace.logs))
     }
 
-    @Test(arguments: seeds)
+    @Test(.needsTestServers, arguments: seeds)
     func randomTreesRoundTripThroughWatchAndBackupOnSeaweedFS(seed: UInt64) async throws {
         let workspace = try Workspace(sessions: [])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()

@@ -20,12 +20,12 @@ struct PruneCommandTests {
             #expect(result.termination == .exited(0), "\(result.standardError)")
             let report = try JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
             let id = try #require((report?["backedUp"] as? [[String: Any]])?.first?["snapshot"] as? String)
-            history.append((id, try tree(workspace.session("small"))))
+            history.append((id, try directoryTree(workspace.session("small"))))
         }
         return history
     }
 
-    @Test func aDryRunDeletesNothingAndPruneKeepsWhatThePolicySaysEachStillRestoring() async throws {
+    @Test(.needsTestServers) func aDryRunDeletesNothingAndPruneKeepsWhatThePolicySaysEachStillRestoring() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
@@ -49,7 +49,7 @@ struct PruneCommandTests {
         for (id, expected) in history.suffix(2) {
             let target = try workspace.freshDirectory()
             try await runner.restore(into: target, ["--snapshot", id, "small"])
-            #expect(try tree("\(target)/small") == expected, "snapshot \(id)")
+            #expect(try directoryTree("\(target)/small") == expected, "snapshot \(id)")
         }
 
         // backup applies the same policy after its base, and says what it deleted.
@@ -62,7 +62,7 @@ struct PruneCommandTests {
         try expectSameTree(target, workspace.sessions)
     }
 
-    @Test func inHybridModeS3FollowsTheLocalStoresPrune() async throws {
+    @Test(.needsTestServers) func inHybridModeS3FollowsTheLocalStoresPrune() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         var runner = try await workspace.cloudRunner(on: bucket)
@@ -79,10 +79,10 @@ struct PruneCommandTests {
         #expect(try await snapshotKeys(bucket, "small").map { ($0 as NSString).lastPathComponent } == local)
         let target = try workspace.freshDirectory()
         try await runner.restore(into: target)
-        #expect(try tree("\(target)/small") == history.last!.tree)
+        #expect(try directoryTree("\(target)/small") == history.last!.tree)
     }
 
-    @Test func watchAppliesThePolicyOnItsScheduleToSessionsThatGetNoNewBase() async throws {
+    @Test(.needsTestServers) func watchAppliesThePolicyOnItsScheduleToSessionsThatGetNoNewBase() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         var runner = try await workspace.cloudRunner(on: bucket)

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import S3Client
 import SyncEngine
@@ -38,7 +38,7 @@ struct RestoreCommandTests {
 
     // MARK: - Round trips
 
-    @Test(arguments: Mode.allCases)
+    @Test(.needsTestServers, arguments: Mode.allCases)
     func roundTripsInEachModeAndLeavesWhatIsAlreadyThereAlone(_ mode: Mode) async throws {
         let workspace = try Workspace(sessions: ["small", "medium"])
         let runner = try await runner(mode, workspace)
@@ -122,7 +122,7 @@ struct RestoreCommandTests {
 
     // MARK: - Earlier points
 
-    @Test func atAndSnapshotRestoreAnEarlierPointAndUnknownPointsAreRefusedBeforeAnythingChanges() async throws {
+    @Test(.needsTestServers) func atAndSnapshotRestoreAnEarlierPointAndUnknownPointsAreRefusedBeforeAnythingChanges() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let runner = try await runner(.cloud, workspace)
         let original = try readBytes("\(workspace.session("small"))/creds.json")
@@ -156,7 +156,7 @@ struct RestoreCommandTests {
             #expect(result.termination == .exited(64), "\(arguments)")
             #expect(result.standardError.split(separator: "\n").first?.contains(expected) == true, "\(arguments): \(result.standardError)")
         }
-        #expect(try tree(target) == ["keep-me": Array("stale".utf8)])
+        #expect(try directoryTree(target) == ["keep-me": Array("stale".utf8)])
     }
 
     // MARK: - Which sessions
@@ -185,7 +185,7 @@ struct RestoreCommandTests {
         let target = try workspace.freshDirectory()
         try FileManager.default.createDirectory(atPath: "\(target)/small", withIntermediateDirectories: false)
         try write("stale", to: "\(target)/small/creds.json")
-        let before = try tree(target)
+        let before = try directoryTree(target)
         let malformed = [
             ("not json", "small\n../../etc\n", "line 2: \"../../etc\" is not a valid session id"),
             ("truncated", #"[{"id":"small"},"#, "not valid JSON"),
@@ -210,7 +210,7 @@ struct RestoreCommandTests {
         }
         let unreadable = try await runner.run("restore", ["--sessions-dir", target, "--sessions-from", "\(workspace.logs)/no-such-file"])
         #expect(unreadable.termination == .exited(64))
-        #expect(try tree(target) == before)
+        #expect(try directoryTree(target) == before)
     }
 
     @Test func aDryRunSaysWhatWouldHappenAndChangesNothing() async throws {
@@ -221,12 +221,12 @@ struct RestoreCommandTests {
         try FileManager.default.copyItem(atPath: workspace.session("medium"), toPath: "\(target)/medium")
         try FileManager.default.createDirectory(atPath: "\(target)/small", withIntermediateDirectories: false)
         try write("stale", to: "\(target)/small/creds.json")
-        let before = try tree(target)
+        let before = try directoryTree(target)
 
         let (result, statuses) = try await restoreStatuses(runner, into: target, ["--all", "--dry-run"])
         #expect(result.termination == .exited(0), "\(result.standardError)")
         #expect(statuses == ["small": "would_restore", "medium": "up_to_date"])
-        #expect(try tree(target) == before)
+        #expect(try directoryTree(target) == before)
 
         let absent = workspace.logs + "/never-created"
         let (_, intoNothing) = try await restoreStatuses(runner, into: absent, ["small", "--dry-run"])
@@ -236,7 +236,7 @@ struct RestoreCommandTests {
 
     // MARK: - Failures
 
-    @Test func withTheStoreDownEverySessionFailsUnreachableAndNoDirectoryChanges() async throws {
+    @Test(.needsTestServers) func withTheStoreDownEverySessionFailsUnreachableAndNoDirectoryChanges() async throws {
         let server = try await PrivateSeaweedFS()
         let workspace = try Workspace(sessions: ["small", "medium"])
         let runner = try await workspace.cloudRunner(on: try await server.freshBucket(), server: server)
@@ -244,7 +244,7 @@ struct RestoreCommandTests {
         let target = try workspace.freshDirectory()
         try await runner.restore(into: target)
         try write("changed since", to: "\(target)/small/creds.json")
-        let before = try tree(target)
+        let before = try directoryTree(target)
 
         try await server.stop()
         for arguments in [["small", "medium"], ["--all"]] {
@@ -253,10 +253,10 @@ struct RestoreCommandTests {
             if arguments != ["--all"] { #expect(statuses == ["small": "failed: unreachable", "medium": "failed: unreachable"]) }
             #expect(result.standardError.contains("cannot be reached"))
         }
-        #expect(try tree(target) == before)
+        #expect(try directoryTree(target) == before)
     }
 
-    @Test func oneTamperedObjectFailsItsSessionAndTheOthersRestore() async throws {
+    @Test(.needsTestServers) func oneTamperedObjectFailsItsSessionAndTheOthersRestore() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["small": "tampered"])
         try FileManager.default.copyItem(atPath: Workspace.fixtures + "/small", toPath: workspace.session("healthy"))
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
@@ -273,7 +273,7 @@ struct RestoreCommandTests {
         let (result, statuses) = try await restoreStatuses(runner, into: target, ["--all"])
         #expect(result.termination == .exited(3), "\(result.standardError)")
         #expect(statuses == ["tampered": "failed: corrupt", "medium": "restored", "healthy": "restored"])
-        #expect(try tree("\(target)/tampered") == ["creds.json": Array("the worker's last state".utf8)])
+        #expect(try directoryTree("\(target)/tampered") == ["creds.json": Array("the worker's last state".utf8)])
         try expectSameTree("\(target)/medium", workspace.session("medium"))
         try expectSameTree("\(target)/healthy", workspace.session("healthy"))
     }

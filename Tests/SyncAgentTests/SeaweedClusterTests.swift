@@ -15,7 +15,7 @@ import Testing
 struct SeaweedClusterTests {
     static let sessionCount = 10
 
-    @Test func uploadsCatchUpAfterAVolumeServerDiesAndEverySessionRestoresExactly() async throws {
+    @Test(.needsTestServers) func uploadsCatchUpAfterAVolumeServerDiesAndEverySessionRestoresExactly() async throws {
         let cluster = try await SeaweedFSCluster(volumeServers: 2, replication: "001")
         let workspace = try Workspace(copies: Self.sessionCount, of: "small")
         let runner = try await workspace.cloudRunner(on: try await cluster.freshBucket(), server: cluster)

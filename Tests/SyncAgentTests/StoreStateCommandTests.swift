@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Glibc
 import SyncEngine

@@ -11,7 +11,7 @@ import Testing
 struct WatchIntegrationTests {
     // MARK: - Replication
 
-    @Test func createdRewrittenAndDeletedFilesRestoreToExactlyTheDirectory() async throws {
+    @Test(.needsTestServers) func createdRewrittenAndDeletedFilesRestoreToExactlyTheDirectory() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
@@ -47,7 +47,7 @@ struct WatchIntegrationTests {
     }
 
     /// Baileys truncates and writes without fsync; the agent must only ever capture whole files.
-    @Test func aTornCredsFileNeverReachesASnapshot() async throws {
+    @Test(.needsTestServers) func aTornCredsFileNeverReachesASnapshot() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
@@ -96,7 +96,7 @@ struct WatchIntegrationTests {
 
     // MARK: - Outages and crashes
 
-    @Test func changesMadeWhileTheServerIsDownArriveWhenItIsBack() async throws {
+    @Test(.needsTestServers) func changesMadeWhileTheServerIsDownArriveWhenItIsBack() async throws {
         let server = try await PrivateSeaweedFS()
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await server.freshBucket()
@@ -121,7 +121,7 @@ struct WatchIntegrationTests {
         #expect(try await agent.terminate() == .exited(0))
     }
 
-    @Test func anAgentKilledMidUploadCatchesUpOnRestart() async throws {
+    @Test(.needsTestServers) func anAgentKilledMidUploadCatchesUpOnRestart() async throws {
         let workspace = try Workspace(sessions: ["medium", "small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
@@ -162,7 +162,7 @@ struct WatchIntegrationTests {
         var testDescription: String { rawValue }
     }
 
-    @Test(arguments: SharedStore.allCases)
+    @Test(.needsTestServers, arguments: SharedStore.allCases)
     func aSecondAgentFencesTheFirstAndNewerStateIsNeverOverwritten(_ shared: SharedStore) async throws {
         let workspace = try Workspace(sessions: ["small"])
         let runner: SyncAgentRunner
@@ -209,7 +209,7 @@ struct WatchIntegrationTests {
 
     // MARK: - Shutdown
 
-    @Test func sigtermFlushesPendingChangesAndExitsZero() async throws {
+    @Test(.needsTestServers) func sigtermFlushesPendingChangesAndExitsZero() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
@@ -227,7 +227,7 @@ struct WatchIntegrationTests {
         try expectSameTree(restored, workspace.sessions)
     }
 
-    @Test func sigtermWithTheStoreDownExitsNonZeroNamingTheUnflushedSession() async throws {
+    @Test(.needsTestServers) func sigtermWithTheStoreDownExitsNonZeroNamingTheUnflushedSession() async throws {
         let server = try await PrivateSeaweedFS()
         let workspace = try Workspace(sessions: ["small"], renamedTo: ["small": "session-left-behind"])
         let bucket = try await server.freshBucket()
@@ -246,7 +246,7 @@ struct WatchIntegrationTests {
 
     // MARK: - Logout
 
-    @Test func aRemovedSessionIsTombstonedAndRestoreLeavesItGone() async throws {
+    @Test(.needsTestServers) func aRemovedSessionIsTombstonedAndRestoreLeavesItGone() async throws {
         let workspace = try Workspace(sessions: ["small", "medium"], renamedTo: ["small": "logged-out"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
@@ -277,11 +277,11 @@ struct WatchIntegrationTests {
 
     // MARK: - Start-up checks
 
-    @Test func badStartUpValuesStopTheAgentWithOneClearLineBeforeItTouchesAnything() async throws {
+    @Test(.needsTestServers) func badStartUpValuesStopTheAgentWithOneClearLineBeforeItTouchesAnything() async throws {
         let workspace = try Workspace(sessions: ["small"])
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let cloud = try await workspace.cloudRunner(on: bucket)
-        let before = try tree(workspace.sessions)
+        let before = try directoryTree(workspace.sessions)
         let untouchedStore = workspace.logs + "/never-created-store"
         var noKey = cloud
         noKey.environment["SESSION_ENCRYPTION_KEY"] = nil
@@ -296,8 +296,6 @@ struct WatchIntegrationTests {
         var modeFromEnvironment = local
         modeFromEnvironment.storeArguments = ["--local-store", untouchedStore]
         modeFromEnvironment.environment["SESSION_STORAGE_TYPE"] = "clowd"
-        var unknownMode = local
-        unknownMode.storeArguments = ["--mode", "clowd", "--local-store", untouchedStore]
         let plainFile = workspace.logs + "/not-a-directory"
         try write("", to: plainFile)
         // The agent is never root (see AgentUser), so a mode does deny it.
@@ -306,8 +304,8 @@ struct WatchIntegrationTests {
         chmod(unreadable, 0)
 
         let cases: [(String, SyncAgentRunner, String, String)] = [
-            ("unknown --mode", unknownMode, workspace.sessions, "unknown mode \"clowd\""),
-            ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "unknown mode \"clowd\""),
+            // (An unknown --mode is the parser's to refuse: ConfigurationTests.badFlagValues.)
+            ("unknown SESSION_STORAGE_TYPE", modeFromEnvironment, workspace.sessions, "SESSION_STORAGE_TYPE \"clowd\": use local, cloud or hybrid"),
             ("cloud without a key", noKey, workspace.sessions, "needs an encryption key"),
             ("a bucket that does not exist", missingBucket, workspace.sessions, "does not exist"),
             ("credentials in the endpoint", credentialsInTheEndpoint, workspace.sessions, "credentials do not belong in the URL"),
@@ -327,7 +325,7 @@ struct WatchIntegrationTests {
         }
         #expect(!FileManager.default.fileExists(atPath: untouchedStore))
         #expect(try await bucket.listObjects().objects.isEmpty)
-        #expect(try tree(workspace.sessions) == before)
+        #expect(try directoryTree(workspace.sessions) == before)
     }
 }
 
@@ -403,96 +401,11 @@ struct Workspace {
                 last = "restore: \(result.termination) \(result.standardError)"
                 return false
             }
-            let expected = try tree(sessions).filter { !ignored.contains(($0.key as NSString).lastPathComponent) }
-            let actual = try tree(restored)
+            let expected = try directoryTree(sessions).filter { !ignored.contains(($0.key as NSString).lastPathComponent) }
+            let actual = try directoryTree(restored)
             last = "differs in \(Set(expected.keys).symmetricDifference(actual.keys).sorted()) and contents of \(expected.filter { actual[$0.key] != nil && actual[$0.key] != $0.value }.keys.sorted())"
             return actual == expected
         }
         return restored
-    }
-}
-
-// MARK: - Files
-
-/// Every file under `root` (relative path → bytes), directories as "path/".
-func tree(_ root: String) throws -> [String: [UInt8]] {
-    var files: [String: [UInt8]] = [:]
-    for name in try entryNames(root) {
-        files[name] = name.hasSuffix("/") ? [] : try readBytes("\(root)/\(name)")
-    }
-    return files
-}
-
-/// The relative paths of everything under `root`, directories ending in "/".
-private func entryNames(_ root: String) throws -> [String] {
-    guard let enumerator = FileManager.default.enumerator(atPath: root) else { throw ProgramFailure("cannot list \(root)") }
-    var names: [String] = []
-    while let name = enumerator.nextObject() as? String {
-        var isDirectory: ObjCBool = false
-        _ = FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory)
-        names.append(isDirectory.boolValue ? name + "/" : name)
-    }
-    return names
-}
-
-func expectSameTree(_ actual: String, _ expected: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    let actualTree = try tree(actual)
-    let expectedTree = try tree(expected)
-    #expect(actualTree.keys.sorted() == expectedTree.keys.sorted(), sourceLocation: sourceLocation)
-    for (name, bytes) in expectedTree where actualTree[name] != nil {
-        #expect(actualTree[name] == bytes, "\(name) differs", sourceLocation: sourceLocation)
-    }
-}
-
-/// The permission bits of everything under `root`, named as `tree` names them.
-func modes(_ root: String) throws -> [String: Int] {
-    var modes: [String: Int] = [:]
-    for name in try entryNames(root) {
-        guard let mode = try FileManager.default.attributesOfItem(atPath: "\(root)/\(name)")[.posixPermissions] as? Int else {
-            throw ProgramFailure("no mode for \(root)/\(name)")
-        }
-        modes[name] = mode
-    }
-    return modes
-}
-
-/// Restored session files are 0600 and their directories 0700.
-func expectPrivateModes(_ root: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-    for (name, mode) in try modes(root) {
-        #expect(mode == (name.hasSuffix("/") ? 0o700 : 0o600), "\(name) is \(String(mode, radix: 8))", sourceLocation: sourceLocation)
-    }
-}
-
-func sortedFiles(_ directory: String) throws -> [String] {
-    try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
-}
-
-func readBytes(_ path: String) throws -> [UInt8] {
-    guard let data = FileManager.default.contents(atPath: path) else { throw ProgramFailure("cannot read \(path)") }
-    return [UInt8](data)
-}
-
-/// Rewrites in place as Baileys does (open with O_TRUNC, write, close; no rename, no fsync).
-func write(_ text: String, to path: String) throws {
-    try write(bytes: Array(text.utf8), to: path)
-}
-
-func write(bytes: [UInt8], to path: String) throws {
-    try writeRaw(bytes[...], to: path, flags: O_TRUNC)
-}
-
-func writeRaw(_ bytes: ArraySlice<UInt8>, to path: String, flags: Int32) throws {
-    let descriptor = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0o644)
-    guard descriptor >= 0 else { throw ProgramFailure("cannot open \(path): \(String(cString: strerror(errno)))") }
-    defer { close(descriptor) }
-    try writeAll(descriptor, bytes)
-}
-
-func writeAll(_ descriptor: Int32, _ bytes: ArraySlice<UInt8>) throws {
-    var rest = bytes
-    while !rest.isEmpty {
-        let written = rest.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
-        guard written > 0 else { throw ProgramFailure("write failed: \(String(cString: strerror(errno)))") }
-        rest = rest.dropFirst(written)
     }
 }

@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
 @testable import SyncEngine
@@ -24,7 +24,7 @@ struct HeadFormatTests {
         let head = SessionHead(
             generation: 1, owner: "worker-1/4242/3141592653", latest: nil, latestKind: nil, base: nil,
             updatedAt: Date(timeIntervalSince1970: 1_763_633_760))
-        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
         let example = try #require(format.firstMatch(of: /`(\{"formatVersion":2,"generation"[^`]*)`/)?.output.1)
         #expect(String(decoding: try head.encoded(), as: UTF8.self) == example)
     }

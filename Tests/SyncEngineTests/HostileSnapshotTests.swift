@@ -1,7 +1,8 @@
-import Crypto
 import Foundation
 @testable import SessionArchive
+import SessionCrypto
 @testable import SyncEngine
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -12,7 +13,7 @@ import Testing
 /// reasons themselves: SessionArchiveTests' HostileArchiveTests.)
 @Suite("Hostile snapshots")
 struct HostileSnapshotTests {
-    static let fixtures = (try? FileManager.default.contentsOfDirectory(atPath: fixturePath("hostile")).sorted()) ?? []
+    static let fixtures = (try? FileManager.default.contentsOfDirectory(atPath: Fixtures.path("hostile")).sorted()) ?? []
 
     @Test func everyFixtureIsHere() {
         #expect(Self.fixtures.count == 15)
@@ -26,7 +27,7 @@ struct HostileSnapshotTests {
         let target = "\(root)/\(session.rawValue)"
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
         try Data("keep me".utf8).write(to: URL(fileURLWithPath: "\(target)/creds.json"))
-        let payload = try [UInt8](Data(contentsOf: URL(fileURLWithPath: fixturePath("hostile/\(fixture)"))))
+        let payload = try Fixtures.hostile(fixture)
         let restorer = SessionRestorer(
             sessionStore: SessionStore(store: try FileSystemStore(root: workspace.file("store")), keyring: Keyring(primary: .generate())))
         let entry = SnapshotEntry(

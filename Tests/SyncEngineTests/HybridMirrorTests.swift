@@ -1,7 +1,8 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
 import S3Client
+import S3Store
 import SyncEngine
 import TestSupport
 import Testing
@@ -18,7 +19,7 @@ struct HybridMirrorTests {
     init() throws {
         workspace = try TemporaryDirectory()
         try FileManager.default.createDirectory(atPath: workspace.file("sessions"), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
     }
 
     func stores() async throws -> (local: SessionStore, remote: SessionStore) {
@@ -43,7 +44,7 @@ struct HybridMirrorTests {
         return try directoryContents("\(root)/\(session.rawValue)")
     }
 
-    @Test func s3CatchesUpWithEverySnapshotAfterAnOutage() async throws {
+    @Test(.needsTestServers) func s3CatchesUpWithEverySnapshotAfterAnOutage() async throws {
         let (local, remote) = try await stores()
         let mirror = SessionMirror(local: local, remote: remote, conditionalWrites: true)
         let writer = replicator(local, mirror)
@@ -73,7 +74,7 @@ struct HybridMirrorTests {
     /// The local writer commits while the mirror reads the local head: S3 gets a head whose
     /// snapshots it holds, whichever head the mirror read, and the next pass brings the newer one.
     /// A snapshot past the memory spool's 256 KiB is copied from a temporary file, whole.
-    @Test func aSnapshotLargerThanTheMemorySpoolIsMirroredWhole() async throws {
+    @Test(.needsTestServers) func aSnapshotLargerThanTheMemorySpoolIsMirroredWhole() async throws {
         let large = #"{"type":"Buffer","data":"\#(Data(randomBytes(600 << 10)).base64EncodedString())"}"#
         try large.write(toFile: "\(directory)/app-state-sync-key-large.json", atomically: false, encoding: .utf8)
         let (local, remote) = try await stores()
@@ -84,7 +85,7 @@ struct HybridMirrorTests {
         #expect(try await restore(from: remote) == directoryContents(directory))
     }
 
-    @Test func aCommitWhileTheMirrorReadsTheHeadNeverLeavesS3NamingASnapshotItLacks() async throws {
+    @Test(.needsTestServers) func aCommitWhileTheMirrorReadsTheHeadNeverLeavesS3NamingASnapshotItLacks() async throws {
         let (local, remote) = try await stores()
         let racing = InjectedFaultsStore(store: local.store)
         let mirror = SessionMirror(
@@ -111,7 +112,7 @@ struct HybridMirrorTests {
         #expect(try await restore(from: remote) == directoryContents(directory))
     }
 
-    @Test func aClaimInS3ByAnotherAgentFencesTheMirror() async throws {
+    @Test(.needsTestServers) func aClaimInS3ByAnotherAgentFencesTheMirror() async throws {
         let (local, remote) = try await stores()
         let mirror = SessionMirror(local: local, remote: remote, conditionalWrites: true)
         let writer = replicator(local, mirror)

@@ -1,4 +1,3 @@
-import S3Client
 import Synchronization
 import SyncEngine
 
@@ -54,21 +53,15 @@ final class InjectedFaultsStore: ObjectStore {
 
     var location: String { store.location }
 
-    func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
-        let etag = try await store.put(key, bytes: bytes, condition: condition)
+    func put(_ key: String, body: ObjectBody, condition: WriteCondition?) async throws(StoreError) -> String {
+        let etag = try await store.put(key, body: body, condition: condition)
         try afterPut(key)
         return etag
     }
 
-    func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
-        let etag = try await store.put(key, fileAt: path, condition: condition)
-        try afterPut(key)
-        return etag
-    }
-
-    func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
+    func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try beforeGet(key)
-        let object = try await store.get(key, range: range, maxSize: maxSize)
+        let object = try await store.get(key, maxSize: maxSize)
         await runAfterRead(key)
         return object
     }

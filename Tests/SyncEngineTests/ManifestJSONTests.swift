@@ -1,7 +1,8 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Glibc
 @testable import SyncEngine
+import TestSupport
 import Testing
 
 /// The manifest's JSON Lines: written and read back a line at a time, in the bytes FORMAT.md
@@ -101,7 +102,7 @@ struct ManifestJSONTests {
             parent: SnapshotID(sequence: 1, generation: 1, tag: SnapshotTag("5f0c3a9e7d21b846")!),
             createdAt: Date(timeIntervalSince1970: 1_763_633_762), files: SessionState(["keys/a\n.json": record]),
             deleted: ["old.json"], stateFileCount: 1, stateByteCount: 3, stateDigest: String(repeating: "0", count: 64))
-        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
         let example = try #require(format.firstMatch(of: /For example, a delta with one file changed[^`]*```\n([^`]*)```/)?.output.1)
         let expected = String(example)
             .replacingOccurrences(of: "00…00", with: String(repeating: "0", count: 64))

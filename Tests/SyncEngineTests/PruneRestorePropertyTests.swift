@@ -1,4 +1,4 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
 import SyncEngine
@@ -48,7 +48,7 @@ struct PruneRestorePropertyTests {
 
         for _ in 0..<Int.random(in: 10...22, using: &random) {
             if !FileManager.default.fileExists(atPath: directory) {
-                try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+                try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
             } else if !snapshotted.isEmpty, Int.random(in: 0..<10, using: &random) == 0 {
                 try FileManager.default.removeItem(atPath: directory)
                 try await replicator.tombstone()
@@ -182,7 +182,7 @@ struct PruneBesideAWriterTests {
         let session = SessionID("busy")!
         let directory = workspace.file("sessions/\(session.rawValue)")
         try FileManager.default.createDirectory(atPath: workspace.file("sessions"), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
         var compaction = CompactionPolicy()
         compaction.maxChainLength = 3
         let writer = SessionReplicator(

@@ -1,6 +1,7 @@
-import Crypto
 import S3Client
+import SessionCrypto
 @testable import SyncEngine
+import SystemSupport
 import Testing
 
 /// The compact session state against the dictionary it replaced: same lookups, same changes,

@@ -1,8 +1,9 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
 import S3Client
 import SessionArchive
+import StoreConformance
 @testable import SyncEngine
 import TestSupport
 import Testing
@@ -35,7 +36,7 @@ struct SnapshotChainTests {
     }
 
     func copyFixture(_ name: String) throws {
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/\(name)"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/\(name)"), toPath: directory)
     }
 
     /// Restores the session into a fresh root and returns that directory's files.
@@ -350,7 +351,7 @@ struct SnapshotChainTests {
         let lost = SnapshotEntry(
             id: SnapshotID(sequence: first.sequence + 1, generation: read.generation, tag: .random()), kind: .delta,
             parentTag: first.tag, size: 0, lastModified: nil)
-        try await sessionStore.store.put(SessionLayout.snapshotKey(session, lost), bytes: [])
+        try await sessionStore.store.put(SessionLayout.snapshotKey(session, lost), body: .bytes([]), condition: nil)
         for change in 1...2 {
             try write("{\"change\":\(change)}", to: "creds.json")
             _ = try await watcher.sync()
@@ -436,12 +437,12 @@ struct SnapshotChainTests {
         let head = try #require(try await sessionStore.head(session)?.head)
         #expect(head.latest?.tag.rawValue == String(keys[1].3))
 
-        let format = try String(contentsOfFile: fixturePath("../FORMAT.md"), encoding: .utf8)
+        let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
         let example = try #require(format.firstMatch(of: /`(snapshots\/[^`]+)`/)?.output.1)
         #expect(try pattern.wholeMatch(in: example) != nil, "FORMAT.md's example \(example)")
 
         let misspelled = prefix + "1-1-" + String(keys[0].3) + ".base"
-        try await sessionStore.store.put(misspelled, bytes: [])
+        try await sessionStore.store.put(misspelled, body: .bytes([]), condition: nil)
         #expect(try await sessionStore.snapshots(session).count == 2)
     }
 
@@ -452,7 +453,7 @@ struct SnapshotChainTests {
         let key = try #require(try await store.list(prefix: "sessions/").map(\.key).first { $0.hasSuffix(".base") })
         var bytes = try #require(try await store.get(key)).bytes
         bytes[bytes.count / 2] ^= 0x01
-        try await store.put(key, bytes: bytes)
+        try await store.put(key, body: .bytes(bytes), condition: nil)
 
         let root = workspace.file("existing")
         try FileManager.default.createDirectory(atPath: "\(root)/\(session.rawValue)", withIntermediateDirectories: true)
@@ -593,11 +594,6 @@ struct SnapshotChainTests {
     private func write(_ text: String, to name: String) throws {
         try Data(text.utf8).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
     }
-}
-
-func fixturePath(_ relative: String) -> String {
-    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("fixtures/\(relative)").path
 }
 
 /// Every regular file below a directory, at any depth, name → content.

@@ -1,6 +1,7 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
+import StoreConformance
 import SyncEngine
 import TestSupport
 import Testing
@@ -25,7 +26,7 @@ struct SnapshotVerifierTests {
     /// A base then `deltas` deltas of the small fixture, each changing, adding and deleting
     /// files; optionally a tombstone last. Returns the committed ids, oldest first.
     func history(deltas: Int, tombstone: Bool = false) async throws -> [SnapshotID] {
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
         let writer = replicator(owner: "agent-a")
         var ids: [SnapshotID] = []
         for round in 0...deltas {
@@ -75,7 +76,7 @@ struct SnapshotVerifierTests {
         let flipped = try await key(ids[2])
         var bytes = try #require(try await sessionStore.store.get(flipped)).bytes
         bytes[bytes.count / 2] ^= 0x01
-        try await sessionStore.store.put(flipped, bytes: bytes)
+        try await sessionStore.store.put(flipped, body: .bytes(bytes), condition: nil)
 
         let checks = try await verifier.verify(session)
         #expect(checks.map(\.id) == ids)
@@ -92,7 +93,7 @@ struct SnapshotVerifierTests {
         let flipped = try await key(ids[2])
         var bytes = try #require(try await sessionStore.store.get(flipped)).bytes
         bytes[bytes.count - 1] ^= 0x80
-        try await sessionStore.store.put(flipped, bytes: bytes)
+        try await sessionStore.store.put(flipped, body: .bytes(bytes), condition: nil)
 
         let checks = try await verifier.verify(session)
         #expect(checks.filter { $0.isOK }.map(\.id) == Array(ids.prefix(2)))
@@ -179,7 +180,7 @@ struct SnapshotVerifierTests {
         let lost = SnapshotID(sequence: ids[2].sequence, generation: head.generation, tag: .random())
         for (id, parent) in [(beyond, ids[2]), (fenced, ids[0]), (lost, ids[1])] {
             let orphan = SnapshotEntry(id: id, kind: .delta, parentTag: parent.tag, size: 0, lastModified: nil)
-            try await sessionStore.store.put(SessionLayout.snapshotKey(session, orphan), bytes: newest)
+            try await sessionStore.store.put(SessionLayout.snapshotKey(session, orphan), body: .bytes(newest), condition: nil)
         }
 
         let entries = try await sessionStore.snapshots(session)

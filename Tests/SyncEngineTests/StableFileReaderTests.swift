@@ -156,12 +156,8 @@ struct StableFileReaderTests {
         #expect(files.map(\.name) == ["creds.json", "pre-key-1.json", "sub/deeper/z.json", "sub/x.json"])
         #expect(files.first?.state == SessionFiles.fileState(directory.file("creds.json")))
 
-        #expect(try SessionFiles.sessionIDs(inRoot: directory.path) == ["sub"])
+        #expect(try SessionFiles.sessionIDs(inRoot: directory.path).map(\.rawValue) == ["sub"])
         let error = #expect(throws: WatcherError.self) { try SessionFiles.scan(sessionDirectory: directory.file("missing")) }
         #expect(error?.description.contains("missing") == true)
     }
-}
-
-func write(_ text: String, to path: String) throws {
-    try Data(text.utf8).write(to: URL(fileURLWithPath: path))
 }

@@ -1,22 +1,13 @@
-import Crypto
+import SessionCrypto
 import Foundation
 import Logging
 import S3Client
+import S3Store
 import Synchronization
+import StoreConformance
 import SyncEngine
 import TestSupport
 import Testing
-
-extension ObjectStore {
-    /// Tests read back objects they wrote themselves; the bound is only there because every read has one.
-    func get(_ key: String, range: ClosedRange<Int64>? = nil) async throws(StoreError) -> StoredObject? {
-        try await get(key, range: range, maxSize: 1 << 30)
-    }
-
-    func download(_ key: String, toFileAt path: String) async throws(StoreError) -> StoredObjectInfo? {
-        try await download(key, toFileAt: path, maxSize: 1 << 30)
-    }
-}
 
 /// Reading a session's objects when the store holds something no writer left there: heads too large
 /// or not files at all, mutated, truncated or oversized objects, a head put back over a newer one,
@@ -33,7 +24,7 @@ struct StoreObjectReadTests {
     {
         let directory = scratch.file("source/\(session.rawValue)")
         try FileManager.default.createDirectory(atPath: scratch.file("source"), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: fixturePath("sessions/small"), toPath: directory)
+        try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small"), toPath: directory)
         let writer = SessionReplicator(
             session: session, directory: directory, sessionStore: sessionStore, owner: "agent-a",
             conditionalWrites: true, logger: Logger(label: "test"))
@@ -59,7 +50,7 @@ struct StoreObjectReadTests {
     func aHeadLargerThanAHeadCanBeIsRefusedNamingItAndTheBound(_ backend: StoreBackend) async throws {
         let fixture = try await backend.makeStore()
         let sessionStore = SessionStore(store: fixture.store, keyring: Keyring(primary: .generate()))
-        try await fixture.store.put(SessionLayout.headKey(session), bytes: [UInt8](repeating: 7, count: Int(SessionStore.maxHeadSize) + 1))
+        try await fixture.store.put(SessionLayout.headKey(session), body: .bytes([UInt8](repeating: 7, count: Int(SessionStore.maxHeadSize) + 1)), condition: nil)
         let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
         #expect(message.contains(SessionLayout.headKey(session)) && message.contains("\(SessionStore.maxHeadSize)"), "\(message)")
@@ -191,7 +182,7 @@ struct StoreObjectReadTests {
             let key = keys[Int(random.next() % UInt64(keys.count))]
             let original = try #require(try await fixture.store.get(key)).bytes
             let mutated = mutate(original, key: key, random: &random)
-            try await fixture.store.put(key, bytes: mutated)
+            try await fixture.store.put(key, body: .bytes(mutated), condition: nil)
             do {
                 let outcome = try await restorer.restore(session, into: root)
                 Issue.record("seed \(seed): \(key) mutated to \(mutated.count) bytes restored: \(outcome)")
@@ -201,7 +192,7 @@ struct StoreObjectReadTests {
                 Issue.record("seed \(seed): \(key): an untyped error \(error)")
             }
             #expect(try directoryTree(root) == before, "seed \(seed): \(key)")
-            try await fixture.store.put(key, bytes: original)
+            try await fixture.store.put(key, body: .bytes(original), condition: nil)
         }
     }
 
@@ -279,8 +270,8 @@ struct StoreObjectReadTests {
         let original = try #require(try await sessionStore.store.get(baseKey)).bytes
         switch replacement {
         case .deleted: try await sessionStore.store.delete([baseKey])
-        case .grownByAByte: try await sessionStore.store.put(baseKey, bytes: original + [0])
-        case .grownPastTheMemoryLimit: try await sessionStore.store.put(baseKey, bytes: original + [UInt8](repeating: 0, count: 300 << 10))
+        case .grownByAByte: try await sessionStore.store.put(baseKey, body: .bytes(original + [0]), condition: nil)
+        case .grownPastTheMemoryLimit: try await sessionStore.store.put(baseKey, body: .bytes(original + [UInt8](repeating: 0, count: 300 << 10)), condition: nil)
         }
         do {
             _ = try await restorer.restore(plan, into: root)
@@ -300,7 +291,7 @@ struct StoreObjectReadTests {
         let scratch = try TemporaryDirectory()
         let sessionStore = try localStore(scratch)
         let committed = try await history(in: sessionStore, scratch, deltas: 3)
-        try await sessionStore.store.put(SessionLayout.headKey(session), bytes: committed[1].head)
+        try await sessionStore.store.put(SessionLayout.headKey(session), body: .bytes(committed[1].head), condition: nil)
 
         let stored = try #require(try await sessionStore.stored(session))
         #expect(stored.newerChain().map(\.id) == committed[2...].map(\.id))
@@ -344,10 +335,10 @@ struct StoreObjectReadTests {
         let sessionStore = try localStore(scratch)
         let committed = try await history(in: sessionStore, scratch, deltas: 3)
 
-        try await sessionStore.store.put(SessionLayout.headKey(session), bytes: committed[2].head)
+        try await sessionStore.store.put(SessionLayout.headKey(session), body: .bytes(committed[2].head), condition: nil)
         #expect(try await sessionStore.stored(session)?.newerChain() == [])
 
-        try await sessionStore.store.put(SessionLayout.headKey(session), bytes: committed[1].head)
+        try await sessionStore.store.put(SessionLayout.headKey(session), body: .bytes(committed[1].head), condition: nil)
         var times = [timespec(tv_sec: 1_000_000_000, tv_nsec: 0), timespec(tv_sec: 1_000_000_000, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, headPath(scratch), &times, 0) == 0)
         let stored = try #require(try await sessionStore.stored(session))
@@ -356,16 +347,4 @@ struct StoreObjectReadTests {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: false)
         #expect(try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root).snapshot == committed[1].id)
     }
-}
-
-/// Every file under `root` with its bytes, directories as "path/".
-func directoryTree(_ root: String) throws -> [String: [UInt8]] {
-    var tree: [String: [UInt8]] = [:]
-    let enumerator = FileManager.default.enumerator(atPath: root)
-    while let name = enumerator?.nextObject() as? String {
-        var isDirectory: ObjCBool = false
-        _ = FileManager.default.fileExists(atPath: "\(root)/\(name)", isDirectory: &isDirectory)
-        tree[isDirectory.boolValue ? name + "/" : name] = isDirectory.boolValue ? [] : Array(try Data(contentsOf: URL(fileURLWithPath: "\(root)/\(name)")))
-    }
-    return tree
 }

@@ -1,8 +1,9 @@
 import Foundation
 import Glibc
 @testable import SessionArchive
-import Synchronization
 @testable import SyncEngine
+import Synchronization
+import SystemSupport
 import TestSupport
 import Testing
 
@@ -29,11 +30,11 @@ struct WatcherTests {
         try write("{}", to: root.file("bob/.hidden"))
         try write("{}", to: root.file("bob/notes.swp"))
 
-        await recorder.wait { $0.changes(of: "alice").count == 1 && $0.changes(of: "bob").count == 1 }
+        await recorder.wait { $0.changes(of: sessionID("alice")).count == 1 && $0.changes(of: sessionID("bob")).count == 1 }
         try await Task.sleep(for: .seconds(1))
         let events = recorder.events
-        #expect(events.changes(of: "alice") == [["creds.json", "pre-key-1.json"]])
-        #expect(events.changes(of: "bob") == [["session-x.json"]])
+        #expect(events.changes(of: sessionID("alice")) == [["creds.json", "pre-key-1.json"]])
+        #expect(events.changes(of: sessionID("bob")) == [["session-x.json"]])
         #expect(events.count == 3)
     }
 
@@ -45,11 +46,31 @@ struct WatcherTests {
 
         let names = (0..<30).map { "pre-key-\($0).json" }
         try makeSession(root, "new-session", files: names)
-        await recorder.wait { Set(names).isSubset(of: $0.changedPaths(of: "new-session")) }
+        await recorder.wait { Set(names).isSubset(of: $0.changedPaths(of: sessionID("new-session"))) }
 
         try write("{}", to: root.file("new-session/creds.json"))
-        await recorder.wait { $0.changedPaths(of: "new-session").contains("creds.json") }
+        await recorder.wait { $0.changedPaths(of: sessionID("new-session")).contains("creds.json") }
         #expect(!recorder.events.contains { if case .rescanNeeded(let reason) = $0 { reason != .started } else { false } })
+    }
+
+    /// "café" in NFC and in NFD are two directories and one Swift `String`: the watcher's maps
+    /// keyed by `String` reported the changes of both under one of the names.
+    @Test func twoCanonicallyEquivalentSessionsAreReportedApart() async throws {
+        let root = try TemporaryDirectory()
+        let (composed, decomposed) = ("caf\u{E9}", "cafe\u{301}")
+        try makeSession(root, composed, files: [])
+        try makeSession(root, decomposed, files: [])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(300)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+        await recorder.wait { $0.first == .rescanNeeded(.started) }
+
+        try write("{}", to: root.file("\(composed)/a.json"))
+        try write("{}", to: root.file("\(decomposed)/b.json"))
+        let (composedID, decomposedID) = (try #require(SessionID(composed)), try #require(SessionID(decomposed)))
+        await recorder.wait { !$0.changes(of: composedID).isEmpty && !$0.changes(of: decomposedID).isEmpty }
+        #expect(recorder.events.changedPaths(of: composedID) == ["a.json"])
+        #expect(recorder.events.changedPaths(of: decomposedID) == ["b.json"])
     }
 
     @Test func aRemovedSessionIsReportedOnceAndNoWatchCountsAsLost() async throws {
@@ -61,16 +82,16 @@ struct WatcherTests {
         defer { watcher.stop() }
 
         try FileManager.default.removeItem(atPath: root.file("gone"))
-        await recorder.wait { $0.contains(.sessionRemoved(session: "gone")) }
+        await recorder.wait { $0.contains(.sessionRemoved(session: sessionID("gone"))) }
         try await Task.sleep(for: .milliseconds(600))
         // Its files' deletions may come as a change first, if the removal was slow enough to fall
         // quiet half-way; the removal itself is reported once, and nothing else.
         let events = recorder.events
-        #expect(events.filter { $0 == .sessionRemoved(session: "gone") }.count == 1)
-        #expect(events.last == .sessionRemoved(session: "gone"))
+        #expect(events.filter { $0 == .sessionRemoved(session: sessionID("gone")) }.count == 1)
+        #expect(events.last == .sessionRemoved(session: sessionID("gone")))
         #expect(events.allSatisfy { event in
             switch event {
-            case .rescanNeeded(.started), .sessionRemoved("gone"), .changed("gone", _, _): true
+            case .rescanNeeded(.started), .sessionRemoved(sessionID("gone")), .changed(sessionID("gone"), _, _): true
             default: false
             }
         }, "\(events)")
@@ -92,20 +113,20 @@ struct WatcherTests {
                 }
             }
         }
-        await recorder.wait { !$0.changes(of: "restored").isEmpty }
+        await recorder.wait { !$0.changes(of: sessionID("restored")).isEmpty }
         try await Task.sleep(for: .milliseconds(800))
         #expect(recorder.events.allSatisfy { event in
             switch event {
             case .rescanNeeded(.started): true
-            case .changed(let session, _, _): session == "restored"
+            case .changed(let session, _, _): session == sessionID("restored")
             default: false
             }
         })
-        #expect(recorder.events.changedPaths(of: "restored").contains("app-state-sync-key-1.json"))
+        #expect(recorder.events.changedPaths(of: sessionID("restored")).contains("app-state-sync-key-1.json"))
 
         // Watching goes on in the new directory (a new name: a change of creds.json could still be the restore's).
         try write("{}", to: root.file("restored/written-after-restore.json"))
-        await recorder.wait { $0.changedPaths(of: "restored").contains("written-after-restore.json") }
+        await recorder.wait { $0.changedPaths(of: sessionID("restored")).contains("written-after-restore.json") }
     }
 
     @Test func temporariesAndDotDirectoriesAreIgnored() async throws {
@@ -124,9 +145,9 @@ struct WatcherTests {
         // Events are handled in order and sessions reported oldest first: once a file written after
         // all that is reported, anything reported for the names above would have come already.
         try write("{}", to: root.file("quiet/sentinel.json"))
-        await recorder.wait { $0.contains { if case .changed("quiet", _, _) = $0 { true } else { false } } }
+        await recorder.wait { $0.contains { if case .changed(sessionID("quiet"), _, _) = $0 { true } else { false } } }
         try await Task.sleep(for: .milliseconds(300))
-        #expect(recorder.events.map(\.reported) == [.rescan(.started), .changed("quiet", ["sentinel.json"])])
+        #expect(recorder.events.map(\.reported) == [.rescan(.started), .changed(sessionID("quiet"), ["sentinel.json"])])
     }
 
     @Test func filesOneSubdirectoryDownAreWatched() async throws {
@@ -138,9 +159,9 @@ struct WatcherTests {
 
         mkdir(root.file("nested/keys"), 0o700)
         try write("{}", to: root.file("nested/keys/a.json"))
-        await recorder.wait { $0.changedPaths(of: "nested").contains("keys/a.json") }
+        await recorder.wait { $0.changedPaths(of: sessionID("nested")).contains("keys/a.json") }
         try write("{}", to: root.file("nested/keys/b.json"))
-        await recorder.wait { $0.changedPaths(of: "nested").contains("keys/b.json") }
+        await recorder.wait { $0.changedPaths(of: sessionID("nested")).contains("keys/b.json") }
     }
 
     /// Any depth: a directory created and filled before its watch is in place is scanned when the
@@ -156,19 +177,19 @@ struct WatcherTests {
         try FileManager.default.createDirectory(atPath: root.file("deep/a/b/c/d"), withIntermediateDirectories: true)
         try write("{}", to: root.file("deep/a/b/c/d/x.json"))
         try write("{}", to: root.file("deep/a/b/y.json"))
-        await recorder.wait { $0.changedPaths(of: "deep").isSuperset(of: ["a/b/c/d/x.json", "a/b/y.json"]) }
+        await recorder.wait { $0.changedPaths(of: sessionID("deep")).isSuperset(of: ["a/b/c/d/x.json", "a/b/y.json"]) }
         try write("{}", to: root.file("deep/a/b/c/d/later.json"))
-        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b/c/d/later.json") }
+        await recorder.wait { $0.changedPaths(of: sessionID("deep")).contains("a/b/c/d/later.json") }
         // A removed subtree is reported by its top directory's name, and its watches go.
         try FileManager.default.removeItem(atPath: root.file("deep/a/b"))
-        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b") }
+        await recorder.wait { $0.changedPaths(of: sessionID("deep")).contains("a/b") }
         // A directory that comes back under a former file's name, and the reverse.
         try write("{}", to: root.file("deep/a/b"))
-        await recorder.wait { $0.changes(of: "deep").last?.contains("a/b") == true }
+        await recorder.wait { $0.changes(of: sessionID("deep")).last?.contains("a/b") == true }
         unlink(root.file("deep/a/b"))
         try FileManager.default.createDirectory(atPath: root.file("deep/a/b/c"), withIntermediateDirectories: true)
         try write("{}", to: root.file("deep/a/b/c/z.json"))
-        await recorder.wait { $0.changedPaths(of: "deep").contains("a/b/c/z.json") }
+        await recorder.wait { $0.changedPaths(of: sessionID("deep")).contains("a/b/c/z.json") }
     }
 
     @Test func theStartUpScanFindsFilesAtAnyDepth() throws {
@@ -198,7 +219,7 @@ struct WatcherTests {
 
         _ = Glibc.write(descriptor, "1}", 2)
         close(descriptor)
-        await recorder.wait { $0.map(\.reported).contains(.changed("writer", ["creds.json"])) }
+        await recorder.wait { $0.map(\.reported).contains(.changed(sessionID("writer"), ["creds.json"])) }
     }
 
     /// Baileys' replacement: `name.tmp` written and closed, `name` renamed to `name.bak`, `name.tmp`
@@ -216,8 +237,8 @@ struct WatcherTests {
         #expect(rename(root.file("baileys/creds.json.tmp"), root.file("baileys/creds.json")) == 0)
         try write("{\"next\":1}", to: root.file("baileys/pre-key-1.json.tmp"))
         #expect(rename(root.file("baileys/pre-key-1.json.tmp"), root.file("baileys/pre-key-1.json")) == 0)
-        await recorder.wait { $0.changedPaths(of: "baileys") == ["creds.json", "creds.json.bak", "pre-key-1.json"] }
-        #expect(recorder.events.changedPaths(of: "baileys") == ["creds.json", "creds.json.bak", "pre-key-1.json"])
+        await recorder.wait { $0.changedPaths(of: sessionID("baileys")) == ["creds.json", "creds.json.bak", "pre-key-1.json"] }
+        #expect(recorder.events.changedPaths(of: sessionID("baileys")) == ["creds.json", "creds.json.bak", "pre-key-1.json"])
     }
 
     /// Written every 50 ms for 2 s, the session never falls quiet for its 250 ms; only the maximum
@@ -235,8 +256,8 @@ struct WatcherTests {
         writer.stop()
         // Without the maximum delay this would be one notification, after the writing ended. Three
         // leaves room for a loaded machine; when they are consumed does not matter.
-        await recorder.wait { $0.changes(of: "busy").count >= 3 }
-        #expect(recorder.events.allSatisfy { $0.reported == .rescan(.started) || $0.reported == .changed("busy", ["creds.json"]) })
+        await recorder.wait { $0.changes(of: sessionID("busy")).count >= 3 }
+        #expect(recorder.events.allSatisfy { $0.reported == .rescan(.started) || $0.reported == .changed(sessionID("busy"), ["creds.json"]) })
     }
 
     /// Restores in a loop, by exchange and by two renames in turn, while the session is written all
@@ -257,12 +278,12 @@ struct WatcherTests {
         try write("{}", to: root.file("restored/after-last-swap.json"))
         try write("{}", to: root.file("restored/keys/after-last-swap.json"))
         await recorder.wait {
-            $0.changedPaths(of: "restored").isSuperset(of: ["after-last-swap.json", "keys/after-last-swap.json"])
+            $0.changedPaths(of: sessionID("restored")).isSuperset(of: ["after-last-swap.json", "keys/after-last-swap.json"])
         }
         // Between the two renames the directory is missing, and a report falling due then says so.
         let unexpected = recorder.events.filter { event in
             switch event {
-            case .rescanNeeded(.started), .rescanNeeded(.queueOverflow), .changed("restored", _, _), .sessionRemoved("restored"): false
+            case .rescanNeeded(.started), .rescanNeeded(.queueOverflow), .changed(sessionID("restored"), _, _), .sessionRemoved(sessionID("restored")): false
             default: true
             }
         }
@@ -279,7 +300,7 @@ struct WatcherTests {
         #expect(watcher.isLoopReleased)
         var events: [WatchEvent] = []
         for await event in watcher.events { events.append(event) }
-        #expect(events.map(\.reported) == [.rescan(.started), .changed("pending", ["creds.json"])])
+        #expect(events.map(\.reported) == [.rescan(.started), .changed(sessionID("pending"), ["creds.json"])])
         watcher.stop()
     }
 
@@ -292,18 +313,18 @@ struct WatcherTests {
         let recorder = EventRecorder(watcher)
         defer { watcher.stop() }
         await recorder.wait { $0.contains(.rescanNeeded(.started)) }
-        #expect(recorder.events.first?.reported == .unwatched(["c"]))
+        #expect(recorder.events.first?.reported == .unwatched([sessionID("c")]))
 
         // Reported whole (no paths: compare everything), again and again, while it has no watch.
-        await recorder.wait { $0.changes(of: "c").filter(\.isEmpty).count >= 2 }
-        #expect(recorder.events.changes(of: "a").isEmpty)
+        await recorder.wait { $0.changes(of: sessionID("c")).filter(\.isEmpty).count >= 2 }
+        #expect(recorder.events.changes(of: sessionID("a")).isEmpty)
 
         // A watch freed: the next comparison watches the session and says every session is watched.
         try FileManager.default.removeItem(atPath: root.file("a"))
         await recorder.wait { $0.map(\.reported).contains(.unwatched([])) }
         let watchedAt = recorder.events.count
         try write("{}", to: root.file("c/creds.json"))
-        await recorder.wait { $0.dropFirst(watchedAt).contains { $0.reported == .changed("c", ["creds.json"]) } }
+        await recorder.wait { $0.dropFirst(watchedAt).contains { $0.reported == .changed(sessionID("c"), ["creds.json"]) } }
     }
 
     @Test func aMissingRootIsAClearError() throws {
@@ -345,7 +366,7 @@ struct WatcherEventHandlingTests {
         let recorded = Mutex<[WatchEvent]>([])
         let loop = try WatchLoop(
             root: root.path, configuration: .init(), wakeUp: nil, emit: { event in recorded.withLock { $0.append(event) } })
-        let watch = try #require(loop.watchByDirectory[WatchedDirectory(session: "a")])
+        let watch = try #require(loop.watchByDirectory[WatchedDirectory(session: sessionID("a"))])
 
         loop.handle(decoded([InotifyEvent(watch: watch, mask: .closeWrite, cookie: 0, name: "creds.json")]), at: .now)
         try makeSession(root, "b", files: [])
@@ -353,7 +374,7 @@ struct WatcherEventHandlingTests {
 
         #expect(recorded.withLock { $0 } == [.rescanNeeded(.started), .rescanNeeded(.queueOverflow)])
         // The rescan re-established the watches, including the session created meanwhile.
-        #expect(Set(loop.watchByDirectory.keys) == [WatchedDirectory(session: "a"), WatchedDirectory(session: "b")])
+        #expect(Set(loop.watchByDirectory.keys) == [WatchedDirectory(session: sessionID("a")), WatchedDirectory(session: sessionID("b"))])
     }
 
     @Test func aWatchDroppedByTheKernelAsksForARescanAndIsReplaced() throws {
@@ -362,12 +383,12 @@ struct WatcherEventHandlingTests {
         let recorded = Mutex<[WatchEvent]>([])
         let loop = try WatchLoop(
             root: root.path, configuration: .init(), wakeUp: nil, emit: { event in recorded.withLock { $0.append(event) } })
-        let watch = try #require(loop.watchByDirectory[WatchedDirectory(session: "a")])
+        let watch = try #require(loop.watchByDirectory[WatchedDirectory(session: sessionID("a"))])
         loop.inotify.removeWatch(watch)
 
         loop.handle(decoded([InotifyEvent(watch: watch, mask: .ignored, cookie: 0, name: nil)]), at: .now)
         #expect(recorded.withLock { $0 } == [.rescanNeeded(.started), .rescanNeeded(.watchLost(path: root.file("a")))])
-        let replacement = try #require(loop.watchByDirectory[WatchedDirectory(session: "a")])
+        let replacement = try #require(loop.watchByDirectory[WatchedDirectory(session: sessionID("a"))])
         #expect(replacement != watch)
     }
 
@@ -400,7 +421,7 @@ struct WatcherEventHandlingTests {
                 try write("{}", to: root.file("restored/keys/after-swap.json"))
                 let events = try loop.inotify.readEvents()
                 let context = Comment(rawValue: "steps read \(stepsRead), one record per read: \(oneRecordPerRead)")
-                for directory in [WatchedDirectory(session: "restored"), WatchedDirectory(session: "restored", subdirectory: "keys")] {
+                for directory in [WatchedDirectory(session: sessionID("restored")), WatchedDirectory(session: sessionID("restored"), subdirectory: "keys")] {
                     let watch = try #require(loop.watchByDirectory[directory], context)
                     #expect(events.contains { $0.watch == watch && $0.name == "after-swap.json" && $0.mask.contains(.closeWrite) }, context)
                 }
@@ -419,9 +440,9 @@ struct WatcherEventHandlingTests {
         configuration.watchLimit = 3
         let loop = try WatchLoop(
             root: root.path, configuration: configuration, wakeUp: nil, emit: { event in recorded.withLock { $0.append(event) } })
-        #expect(Set(loop.watchByDirectory.keys) == [WatchedDirectory(session: "a"), WatchedDirectory(session: "b")])
+        #expect(Set(loop.watchByDirectory.keys) == [WatchedDirectory(session: sessionID("a")), WatchedDirectory(session: sessionID("b"))])
         // One event for all of them, naming the setting to raise; no rescan per directory.
-        #expect(recorded.withLock { $0 }.map(\.reported) == [.unwatched(["c", "d"]), .rescan(.started)])
+        #expect(recorded.withLock { $0 }.map(\.reported) == [.unwatched([sessionID("c"), sessionID("d")]), .rescan(.started)])
         guard case .unwatched(_, let cause) = recorded.withLock({ $0.first }) else { return }
         #expect(cause?.reason == .watchLimitReached)
         #expect(cause?.description.contains("sysctl fs.inotify.max_user_watches=524288") == true)
@@ -450,15 +471,15 @@ struct ChangeDebouncerTests {
     @Test func aSessionIsDueAfterTheQuietPeriodWithAllItsPaths() {
         var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .seconds(5))
         #expect(debouncer.nextDeadline == nil)
-        debouncer.record("a", paths: ["x"], at: at(0))
-        debouncer.record("a", paths: ["y"], at: at(200))
-        debouncer.record("b", paths: [], at: at(100))
+        debouncer.record(sessionID("a"), paths: ["x"], at: at(0))
+        debouncer.record(sessionID("a"), paths: ["y"], at: at(200))
+        debouncer.record(sessionID("b"), paths: [], at: at(100))
         #expect(debouncer.nextDeadline == at(350))
         #expect(debouncer.takeDue(at: at(349)).isEmpty)
-        #expect(debouncer.takeDue(at: at(350)).map(\.session) == ["b"])
+        #expect(debouncer.takeDue(at: at(350)).map(\.session.rawValue) == ["b"])
         #expect(debouncer.nextDeadline == at(450))
         let due = debouncer.takeDue(at: at(450))
-        #expect(due.map(\.session) == ["a"])
+        #expect(due.map(\.session.rawValue) == ["a"])
         #expect(due.first?.paths == ["x", "y"])
         #expect(due.first?.since == at(0), "the lag starts at the session's first change")
         #expect(debouncer.nextDeadline == nil)
@@ -467,29 +488,29 @@ struct ChangeDebouncerTests {
     @Test func aSessionNeverQuietIsDueAtTheMaximumDelay() {
         var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .milliseconds(1000))
         for milliseconds in stride(from: 0, through: 950, by: 50) {
-            debouncer.record("busy", paths: ["creds.json"], at: at(milliseconds))
+            debouncer.record(sessionID("busy"), paths: ["creds.json"], at: at(milliseconds))
             #expect(debouncer.takeDue(at: at(milliseconds)).isEmpty)
         }
         #expect(debouncer.nextDeadline == at(1000))
-        #expect(debouncer.takeDue(at: at(1000)).map(\.session) == ["busy"])
+        #expect(debouncer.takeDue(at: at(1000)).map(\.session.rawValue) == ["busy"])
         // The next change starts a new maximum delay.
-        debouncer.record("busy", paths: ["creds.json"], at: at(1010))
+        debouncer.record(sessionID("busy"), paths: ["creds.json"], at: at(1010))
         #expect(debouncer.nextDeadline == at(1260))
     }
 
     @Test func unwatchedDirectoriesAreDueEveryIntervalFromTheFirstFailureUntilNoneIsLeft() {
         var unwatched = UnwatchedDirectories(interval: .seconds(5))
         #expect(unwatched.nextPoll == nil)
-        unwatched.failed(WatchedDirectory(session: "b"), at: at(0))
-        unwatched.failed(WatchedDirectory(session: "a", subdirectory: "keys"), at: at(1000))
+        unwatched.failed(WatchedDirectory(session: sessionID("b")), at: at(0))
+        unwatched.failed(WatchedDirectory(session: sessionID("a"), subdirectory: "keys"), at: at(1000))
         #expect(unwatched.nextPoll == at(5000))
-        #expect(unwatched.sessions == ["a", "b"])
+        #expect(unwatched.sessions == [sessionID("a"), sessionID("b")])
         #expect(unwatched.takeDue(at: at(4999)).isEmpty)
-        #expect(unwatched.takeDue(at: at(6000)) == [WatchedDirectory(session: "a", subdirectory: "keys"), WatchedDirectory(session: "b")])
+        #expect(unwatched.takeDue(at: at(6000)) == [WatchedDirectory(session: sessionID("a"), subdirectory: "keys"), WatchedDirectory(session: sessionID("b"))])
         // From when the comparison ran, so a late one never makes the next ones pile up.
         #expect(unwatched.nextPoll == at(11000))
-        unwatched.resolved(WatchedDirectory(session: "b"))
-        unwatched.resolvedSession("a")
+        unwatched.resolved(WatchedDirectory(session: sessionID("b")))
+        unwatched.resolvedSession(sessionID("a"))
         #expect(unwatched.directories.isEmpty)
         #expect(unwatched.nextPoll == nil)
     }
@@ -499,21 +520,32 @@ struct ChangeDebouncerTests {
     /// reported with no paths instead, which has it scanned whole.
     @Test func canonicallyEquivalentPathsAskForAWholeScan() {
         var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .seconds(5))
-        debouncer.record("a", paths: ["keys/\u{E9}.json", "creds.json"], at: at(0))
-        debouncer.record("a", paths: ["keys/e\u{301}.json"], at: at(10))
-        debouncer.record("b", paths: ["keys/\u{E9}.json", "keys/\u{E9}.json"], at: at(10))
+        debouncer.record(sessionID("a"), paths: ["keys/\u{E9}.json", "creds.json"], at: at(0))
+        debouncer.record(sessionID("a"), paths: ["keys/e\u{301}.json"], at: at(10))
+        debouncer.record(sessionID("b"), paths: ["keys/\u{E9}.json", "keys/\u{E9}.json"], at: at(10))
         let due = debouncer.takeDue(at: at(300))
-        #expect(due.map(\.session) == ["a", "b"])
+        #expect(due.map(\.session.rawValue) == ["a", "b"])
         #expect(due.map(\.paths) == [[], ["keys/\u{E9}.json"]])
         #expect(Set(["x"]).addingReportedPaths(["e\u{301}", "\u{E9}"]) == nil)
         #expect(Set(["x"]).addingReportedPaths(["x", "y"]) == ["x", "y"])
     }
 
+    @Test func canonicallyEquivalentSessionsArePendingApart() throws {
+        var debouncer = ChangeDebouncer(quietPeriod: .milliseconds(250), maxDelay: .seconds(5))
+        let composed = try #require(SessionID("caf\u{E9}"))
+        let decomposed = try #require(SessionID("cafe\u{301}"))
+        debouncer.record(composed, paths: ["a.json"], at: at(0))
+        debouncer.record(decomposed, paths: ["b.json"], at: at(10))
+        let due = debouncer.takeDue(at: at(300))
+        #expect(due.map(\.session) == [decomposed, composed], "by their bytes: \"e\" before \"\u{E9}\"")
+        #expect(due.map(\.paths) == [["b.json"], ["a.json"]])
+    }
+
     @Test func takeAllReturnsEveryPendingSession() {
         var debouncer = ChangeDebouncer(quietPeriod: .seconds(10), maxDelay: .seconds(10))
-        debouncer.record("b", paths: ["1"], at: at(0))
-        debouncer.record("a", paths: ["2"], at: at(5))
-        #expect(debouncer.takeAll().map(\.session) == ["a", "b"])
+        debouncer.record(sessionID("b"), paths: ["1"], at: at(0))
+        debouncer.record(sessionID("a"), paths: ["2"], at: at(5))
+        #expect(debouncer.takeAll().map(\.session.rawValue) == ["a", "b"])
         #expect(debouncer.nextDeadline == nil)
     }
 }
@@ -554,11 +586,11 @@ final class EventRecorder: Sendable {
 extension WatchEvent {
     /// What an event reports, without when the change was made: tests compare the former.
     enum Reported: Equatable {
-        case changed(String, Set<String>)
-        case removed(String)
+        case changed(SessionID, Set<String>)
+        case removed(SessionID)
         case rescan(RescanReason)
         case watchFailed
-        case unwatched(Set<String>)
+        case unwatched(Set<SessionID>)
     }
 
     var reported: Reported {
@@ -573,13 +605,18 @@ extension WatchEvent {
 }
 
 extension [WatchEvent] {
-    func changes(of session: String) -> [Set<String>] {
+    func changes(of session: SessionID) -> [Set<String>] {
         compactMap { if case .changed(session, let paths, _) = $0 { paths } else { nil } }
     }
 
-    func changedPaths(of session: String) -> Set<String> {
+    func changedPaths(of session: SessionID) -> Set<String> {
         changes(of: session).reduce(into: []) { $0.formUnion($1) }
     }
+}
+
+/// The session of a directory name valid as one ("alice").
+func sessionID(_ name: String) -> SessionID {
+    SessionID(name)!
 }
 
 /// Creates `root/session` and writes `{}` to each file right after the mkdir.

@@ -1,8 +1,8 @@
 import Foundation
 import Synchronization
 
-/// A fake HTTP server for fault injection only: it answers every connection with the same
-/// raw bytes and closes, so a test can send what no real S3 server would.
+/// A fake HTTP server for fault injection only: it answers each connection with raw bytes and
+/// closes, so a test can send what no real S3 server would.
 public final class FaultyHTTPServer: Sendable {
     public let port: Int
     private let listener: Int32
@@ -11,14 +11,21 @@ public final class FaultyHTTPServer: Sendable {
     public var connectionCount: Int { connections.withLock { $0 } }
 
     /// `response` is raw bytes, so it may hold what no String can (bytes that are not UTF-8).
-    public init(response: [UInt8]) throws {
-        (listener, port) = try listenOnLoopback()
-        let thread = Thread { [self] in serve(response) }
-        thread.start()
+    public convenience init(response: [UInt8]) throws {
+        try self.init(responses: [response])
     }
 
     public convenience init(response: String) throws {
-        try self.init(response: Array(response.utf8))
+        try self.init(responses: [Array(response.utf8)])
+    }
+
+    /// Answers the first connection with the first response, the next with the next, and every
+    /// connection after the last with the last.
+    public init(responses: [[UInt8]]) throws {
+        precondition(!responses.isEmpty, "a server answers something")
+        (listener, port) = try listenOnLoopback()
+        let thread = Thread { [self] in serve(responses) }
+        thread.start()
     }
 
     deinit {
@@ -26,11 +33,15 @@ public final class FaultyHTTPServer: Sendable {
         close(listener)
     }
 
-    private func serve(_ response: [UInt8]) {
+    private func serve(_ responses: [[UInt8]]) {
         while true {
             let connection = accept(listener, nil, nil)
             guard connection >= 0 else { return }
-            connections.withLock { $0 += 1 }
+            let index = connections.withLock { count in
+                defer { count += 1 }
+                return count
+            }
+            let response = responses[min(index, responses.count - 1)]
             var request: [UInt8] = []
             var buffer = [UInt8](repeating: 0, count: 4096)
             while !request.ends(with: [13, 10, 13, 10]) {

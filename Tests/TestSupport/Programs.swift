@@ -47,6 +47,16 @@ public func randomHex(_ byteCount: Int) -> String {
 /// Random bytes, eight at a time: byte by byte is far too slow for megabytes in a debug build.
 public func randomBytes(_ count: Int) -> [UInt8] {
     var generator = SystemRandomNumberGenerator()
+    return randomBytes(count, using: &generator)
+}
+
+/// The same bytes for the same seed, so a failing case reproduces.
+public func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var generator = SplitMix64(seed: seed)
+    return randomBytes(count, using: &generator)
+}
+
+public func randomBytes(_ count: Int, using generator: inout some RandomNumberGenerator) -> [UInt8] {
     var bytes = [UInt8](repeating: 0, count: count)
     bytes.withUnsafeMutableBytes { buffer in
         var offset = 0

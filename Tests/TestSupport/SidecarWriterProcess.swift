@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import S3Client
+import SystemSupport
 
 /// `sync-agent-bench sidecar-writer` as a child process: Baileys-like rewrites, new pre-keys and
 /// deletions across every session under a root (Sources/SyncAgentBench/SidecarWriter.swift),

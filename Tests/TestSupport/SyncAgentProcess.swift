@@ -1,9 +1,10 @@
 import Foundation
-#if canImport(FoundationNetworking)
 import FoundationNetworking
-#endif
 import Glibc
+import SystemSupport
 import Testing
+#if canImport(FoundationNetworking)
+#endif
 
 /// Runs the real `sync-agent` binary, which SwiftPM builds next to the test bundle.
 public struct SyncAgentRunner: Sendable {

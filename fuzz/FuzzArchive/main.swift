@@ -1,8 +1,9 @@
-import Crypto
 import Foundation
 import FuzzSupport
 import SessionArchive
+import SessionCrypto
 @testable import SyncEngine
+import SystemSupport
 
 // libFuzzer target: the path every restore takes (`SessionRestorer.replace`: decrypt, unpack into
 // a staging directory, check against the manifest, swap) over any snapshot payload, which the

@@ -1,5 +1,6 @@
-import Crypto
 import FuzzSupport
+import SessionCrypto
+import SystemSupport
 
 // libFuzzer target: DecryptingSource over arbitrary bytes. Anything but a CryptoError (or a
 // crash, a hang, a sanitizer report) is a finding.

@@ -29,7 +29,7 @@ public enum EngineMetrics {
     public static let restoreDurationLabel = "sync_agent_restore_duration_seconds"
 
     /// An S3 request that failed after the client's retries, by S3 error code.
-    static func s3Error(code: String) {
+    package static func s3Error(code: String) {
         Counter(label: "sync_agent_s3_errors_total", dimensions: [("code", code)]).increment()
     }
 

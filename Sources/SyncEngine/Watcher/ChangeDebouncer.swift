@@ -1,7 +1,8 @@
 /// Coalesces changes per session: a session is due once it has been quiet for `quietPeriod`, or
 /// `maxDelay` after its first unreported change, whichever comes first, so a session written
 /// continuously is still reported every `maxDelay`. Time is passed in, which keeps it testable
-/// without sleeping.
+/// without sleeping. Keyed by `SessionID`, equal by its bytes: `String` keys merged the changes
+/// of two sessions whose names are canonically equivalent.
 struct ChangeDebouncer {
     struct Pending: Equatable {
         var first: ContinuousClock.Instant
@@ -18,7 +19,7 @@ struct ChangeDebouncer {
 
     let quietPeriod: Duration
     let maxDelay: Duration
-    private(set) var pending: [String: Pending] = [:]
+    private(set) var pending: [SessionID: Pending] = [:]
 
     init(quietPeriod: Duration, maxDelay: Duration) {
         self.quietPeriod = quietPeriod
@@ -26,7 +27,7 @@ struct ChangeDebouncer {
     }
 
     /// Records activity in `session`; `paths` may be empty (the directory itself changed).
-    mutating func record(_ session: String, paths: some Sequence<String>, at now: ContinuousClock.Instant) {
+    mutating func record(_ session: SessionID, paths: some Sequence<String>, at now: ContinuousClock.Instant) {
         // In place: this runs for every inotify event, and a copy of the set per event would make
         // a burst of files cost the square of its size.
         pending[session, default: Pending(first: now, last: now, paths: [])].last = now
@@ -51,9 +52,9 @@ struct ChangeDebouncer {
         return Self.sorted(pending)
     }
 
-    typealias Due = (session: String, paths: Set<String>, since: ContinuousClock.Instant)
+    typealias Due = (session: SessionID, paths: Set<String>, since: ContinuousClock.Instant)
 
-    private static func sorted(_ pending: [String: Pending]) -> [Due] {
+    private static func sorted(_ pending: [SessionID: Pending]) -> [Due] {
         pending.map { ($0.key, $0.value.scansWholeSession ? [] : $0.value.paths, $0.value.first) }.sorted { $0.session < $1.session }
     }
 

@@ -1,5 +1,6 @@
 import Glibc
 import SessionArchive
+import SystemSupport
 
 /// inotify event bits, with the kernel's values (include/uapi/linux/inotify.h): some of the
 /// composite macros are not imported into Swift, and one place for all of them keeps the types uniform.

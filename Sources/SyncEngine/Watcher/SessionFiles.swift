@@ -1,5 +1,6 @@
 import Glibc
 import SessionArchive
+import SystemSupport
 
 /// What the watcher and the start-up comparison consider part of a session: the same rules in
 /// both, so a file the watcher ignores is never uploaded by a rescan either.
@@ -39,9 +40,9 @@ public enum SessionFiles {
     /// disk), short enough that one that died leaves its file counted as mid-write for seconds.
     static let replacementTimeout: Int64 = 10_000_000_000
 
-    /// The session ids under `root`, sorted.
-    public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [String] {
-        try entries(of: root).filter { $0.kind == .directory && isSessionDirectoryName($0.name) }.map(\.name).sorted()
+    /// The session directories under `root`, sorted by their bytes.
+    public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [SessionID] {
+        try entries(of: root).compactMap { $0.kind == .directory ? SessionID($0.name) : nil }.sorted()
     }
 
     /// The regular files of a session directory and their states, in the order of a
@@ -88,42 +89,22 @@ public enum SessionFiles {
     }
 
     struct Entry: Equatable {
-        enum Kind: Equatable {
-            case file
-            case directory
-            case other
-        }
+        typealias Kind = DirectoryEntry.Kind
         var name: String
         var kind: Kind
     }
 
-    /// The entries of a directory, typed without following symlinks (from readdir's d_type, or
-    /// lstat where the file system does not fill it in). Entries gone before their lstat are left out.
+    /// The entries of a directory, typed without following symlinks (`directoryEntries`), with
+    /// their names decoded as `FileName` strings.
     static func entries(of directory: String) throws(WatcherError) -> [Entry] {
-        guard let stream = FileName.withPlatformPath(directory, { opendir($0) }) else {
-            throw .lastSystemError("opendir", path: directory)
+        let listed = FileName.withPlatformPath(directory) { path in
+            Result { () throws(SystemError) in try FileDescriptor.directoryEntries(atPath: path, displayedAs: directory) }
         }
-        defer { closedir(stream) }
-        var entries: [Entry] = []
-        while true {
-            errno = 0
-            guard let entry = readdir(stream) else {
-                if errno != 0 { throw .lastSystemError("readdir", path: directory) }
-                return entries
-            }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { FileName.decode($0.prefix { $0 != 0 }) }
-            if name == "." || name == ".." { continue }
-            let kind: Entry.Kind
-            switch Int(entry.pointee.d_type) {
-            case Int(DT_REG): kind = .file
-            case Int(DT_DIR): kind = .directory
-            case Int(DT_UNKNOWN):
-                var status = stat()
-                guard FileName.withPlatformPath(directory + "/" + name, { lstat($0, &status) }) == 0 else { continue }
-                kind = Entry.Kind(mode: status.st_mode)
-            default: kind = .other
-            }
-            entries.append(Entry(name: name, kind: kind))
+        switch listed {
+        case .success(let entries):
+            return entries.map { Entry(name: FileName.decode($0.name), kind: $0.kind) }
+        case .failure(let error):
+            throw WatcherError(.system(operation: error.operation, errno: error.errno), path: directory)
         }
     }
 
@@ -146,16 +127,6 @@ public enum SessionFiles {
     static func isDirectory(_ path: String) -> Bool {
         var status = stat()
         return FileName.withPlatformPath(path, { lstat($0, &status) }) == 0 && Entry.Kind(mode: status.st_mode) == .directory
-    }
-}
-
-extension SessionFiles.Entry.Kind {
-    init(mode: mode_t) {
-        switch mode & S_IFMT {
-        case S_IFREG: self = .file
-        case S_IFDIR: self = .directory
-        default: self = .other
-        }
     }
 }
 

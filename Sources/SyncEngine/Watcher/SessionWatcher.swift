@@ -2,8 +2,11 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Synchronization
+import SystemSupport
 
-/// What the watcher tells the engine.
+/// What the watcher tells the engine. Sessions are `SessionID`s, equal by their bytes: two
+/// directories whose names are canonically equivalent ("é" as one code point and as "e" + U+0301)
+/// are two sessions, which `String` keys merged.
 public enum WatchEvent: Sendable, Equatable {
     /// Files of the session changed: `paths` (relative to the session directory, "name" or
     /// "a/b/name" at any depth) were closed after writing, moved in or out, deleted, or had their
@@ -12,10 +15,10 @@ public enum WatchEvent: Sendable, Equatable {
     /// directory itself changed (it was replaced, or created empty), or when two reported names
     /// were canonically equivalent (`addingReportedPaths`): the consumer scans the session.
     /// `since`: the first of these changes, where the replication lag starts.
-    case changed(session: String, paths: Set<String>, since: ContinuousClock.Instant)
+    case changed(session: SessionID, paths: Set<String>, since: ContinuousClock.Instant)
     /// The session directory no longer exists (after the quiet period, so a directory replaced by
     /// a restore is reported as changed, not removed).
-    case sessionRemoved(session: String)
+    case sessionRemoved(session: SessionID)
     /// Events may have been lost: compare every session directory, and every session in the store,
     /// with the last manifest. Pending changes are folded into it. The stream starts with
     /// `.rescanNeeded(.started)` once every watch is in place, so the start-up comparison misses
@@ -27,7 +30,7 @@ public enum WatchEvent: Sendable, Equatable {
     /// The sessions with a directory the watch limit left without a watch changed (empty: every
     /// directory is watched again). Each is reported changed, as a whole (no paths), every `maxDelay`
     /// and at `stop()`, and its watches are tried again then. `cause` names the limit to raise.
-    case unwatched(sessions: Set<String>, cause: WatcherError?)
+    case unwatched(sessions: Set<SessionID>, cause: WatcherError?)
 }
 
 public enum RescanReason: Sendable, Equatable {
@@ -63,7 +66,7 @@ public final class SessionWatcher: Sendable {
     public let root: String
     public let events: AsyncStream<WatchEvent>
     /// The wake-up socket's sending end; nil once stopped.
-    private let wakeUp: Mutex<OwnedDescriptor?>
+    private let wakeUp: Mutex<FileDescriptor?>
     private let finished = DispatchSemaphore(value: 0)
     private let loop: LoopOwner
 
@@ -73,7 +76,7 @@ public final class SessionWatcher: Sendable {
         self.root = root
         let (events, continuation) = AsyncStream.makeStream(of: WatchEvent.self)
         self.events = events
-        let (receiving, sending) = try OwnedDescriptor.socketPair()
+        let (receiving, sending) = try FileDescriptor.wakeUpSocketPair()
         let loop = try WatchLoop(
             root: root, configuration: configuration, wakeUp: receiving,
             emit: { continuation.yield($0) }, finish: { continuation.finish() })
@@ -114,19 +117,13 @@ private final class LoopOwner: @unchecked Sendable {
     init(_ loop: WatchLoop) { self.loop = loop }
 }
 
-/// A descriptor closed in deinit.
-final class OwnedDescriptor: Sendable {
-    let raw: Int32
-
-    init(_ raw: Int32) { self.raw = raw }
-
-    deinit { close(raw) }
-
-    static func socketPair() throws(WatcherError) -> (OwnedDescriptor, OwnedDescriptor) {
-        var pair: [Int32] = [-1, -1]
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        guard socketpair(AF_UNIX, type, 0, &pair) == 0 else { throw .lastSystemError("socketpair", path: "wake-up socket") }
-        return (OwnedDescriptor(pair[0]), OwnedDescriptor(pair[1]))
+extension FileDescriptor {
+    static func wakeUpSocketPair() throws(WatcherError) -> (FileDescriptor, FileDescriptor) {
+        do {
+            return try FileDescriptor.socketPair(type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), path: "wake-up socket")
+        } catch {
+            throw WatcherError(.system(operation: error.operation, errno: error.errno), path: "wake-up socket")
+        }
     }
 
     func writeByte() {
@@ -137,7 +134,7 @@ final class OwnedDescriptor: Sendable {
 
 /// A directory under watch: a session directory, or a subdirectory of it at any depth.
 struct WatchedDirectory: Hashable {
-    var session: String
+    var session: SessionID
     /// The path below the session directory ("a/b"); nil for the session directory itself.
     var subdirectory: String?
 
@@ -153,17 +150,16 @@ struct WatchedDirectory: Hashable {
 
     /// Whether this is `other` or lies below it.
     func isWithin(_ other: WatchedDirectory) -> Bool {
-        // String's == first: quick, and never false where the bytes are equal.
-        guard session == other.session, session.utf8.elementsEqual(other.session.utf8) else { return false }
+        guard session == other.session else { return false }
         guard let top = other.subdirectory else { return true }
         guard let subdirectory else { return false }
         return subdirectory.utf8.elementsEqual(top.utf8) || subdirectory.utf8.starts(with: (top + "/").utf8)
     }
 
-    /// Bytewise: String's == takes canonically equivalent names ("é" and "e\u{301}", two
-    /// directories on Linux) for one.
+    /// Bytewise (as `SessionID` is): String's == takes canonically equivalent names ("é" and
+    /// "e\u{301}", two directories on Linux) for one.
     static func == (first: WatchedDirectory, second: WatchedDirectory) -> Bool {
-        guard first.session.utf8.elementsEqual(second.session.utf8) else { return false }
+        guard first.session == second.session else { return false }
         switch (first.subdirectory, second.subdirectory) {
         case (nil, nil): return true
         case (let one?, let other?): return one.utf8.elementsEqual(other.utf8)
@@ -186,7 +182,7 @@ final class WatchLoop {
 
     let root: String
     let inotify: Inotify
-    private let wakeUp: OwnedDescriptor?
+    private let wakeUp: FileDescriptor?
     private var debouncer: ChangeDebouncer
     /// Directories the watch limit left unwatched, compared every `maxDelay` instead.
     private var unwatched: UnwatchedDirectories
@@ -199,10 +195,10 @@ final class WatchLoop {
     private var directoryByWatch: [Int32: WatchedDirectory] = [:]
     private(set) var watchByDirectory: [WatchedDirectory: Int32] = [:]
     /// Session directories seen and not yet found gone: only those can be reported removed.
-    private var knownSessions: Set<String> = []
+    private var knownSessions: Set<SessionID> = []
 
     init(
-        root: String, configuration: SessionWatcher.Configuration, wakeUp: OwnedDescriptor?,
+        root: String, configuration: SessionWatcher.Configuration, wakeUp: FileDescriptor?,
         emit: @escaping (WatchEvent) -> Void, finish: @escaping () -> Void = {}
     ) throws(WatcherError) {
         self.root = root
@@ -293,12 +289,12 @@ final class WatchLoop {
             } else if event.watch == rootWatch {
                 if !event.mask.isDisjoint(with: [.deleteSelf, .moveSelf, .unmount, .ignored]) {
                     rescan = .watchLost(path: root)
-                } else if let name = event.name, SessionFiles.isSessionDirectoryName(name),
-                    !event.mask.contains(.attributes) || watchByDirectory[WatchedDirectory(session: name)] == nil
+                } else if let session = event.name.flatMap({ SessionID($0) }),
+                    !event.mask.contains(.attributes) || watchByDirectory[WatchedDirectory(session: session)] == nil
                 {
                     // An attribute change matters only to a session without a watch: reconciling a
                     // watched one would read all its files again for nothing.
-                    reconcile(WatchedDirectory(session: name), at: now)
+                    reconcile(WatchedDirectory(session: session), at: now)
                 }
             } else if let directory = directoryByWatch[event.watch] {
                 if event.mask.contains(.ignored) {
@@ -456,10 +452,10 @@ final class WatchLoop {
     }
 
     private func path(of directory: WatchedDirectory) -> String {
-        root + "/" + directory.session + (directory.subdirectory.map { "/" + $0 } ?? "")
+        root + "/" + directory.session.rawValue + (directory.subdirectory.map { "/" + $0 } ?? "")
     }
 }
 
 extension WatchedDirectory {
-    init(session: String) { self.init(session: session, subdirectory: nil) }
+    init(session: SessionID) { self.init(session: session, subdirectory: nil) }
 }

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import SystemSupport
 
 /// A file's complete content together with the state it had throughout the read.
 public struct StableFile: Sendable, Equatable {

@@ -14,7 +14,7 @@ struct UnwatchedDirectories {
     }
 
     /// The sessions with a directory not watched, whose changes only a comparison finds.
-    var sessions: Set<String> { Set(directories.map(\.session)) }
+    var sessions: Set<SessionID> { Set(directories.map(\.session)) }
 
     mutating func failed(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
         if directories.insert(directory).inserted { version += 1 }
@@ -28,7 +28,7 @@ struct UnwatchedDirectories {
     }
 
     /// Every directory of a session that is gone.
-    mutating func resolvedSession(_ session: String) {
+    mutating func resolvedSession(_ session: SessionID) {
         for directory in directories where directory.session == session { resolved(directory) }
     }
 

@@ -1,5 +1,6 @@
 import Glibc
 import SessionArchive
+import SystemSupport
 
 /// Why watching the sessions root or reading a session file failed. The description is one line
 /// naming the path and, for the inotify limits, the kernel setting to raise.

@@ -1,8 +1,11 @@
 import FoundationEssentials
 import Glibc
 import S3Client
+import SyncEngine
 
-/// The objects of a store under a key prefix of one S3 bucket.
+/// The objects of a store under a key prefix of one S3 bucket: the S3 backend of the engine's
+/// storage seam. The conformance is declared here, in the backend's module, and checked when it
+/// compiles (litestream's `var _ litestream.ReplicaClient = (*ReplicaClient)(nil)`).
 public struct S3ObjectStore: ObjectStore {
     public let client: S3Client
     /// Empty, or ending with "/"; every store key is appended to it.
@@ -21,36 +24,36 @@ public struct S3ObjectStore: ObjectStore {
     }
 
     @discardableResult
-    public func put(_ key: String, bytes: [UInt8], condition: WriteCondition?) async throws(StoreError) -> String {
+    public func put(_ key: String, body: ObjectBody, condition: SyncEngine::WriteCondition?) async throws(StoreError) -> String {
         try validateKey(key)
-        return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
-            try await client.putObject(key: prefix + key, bytes: bytes, condition: condition)
+        let condition = condition.map(S3Client::WriteCondition.init)
+        do {
+            switch body {
+            case .bytes(let bytes): return try await client.putObject(key: prefix + key, bytes: bytes, condition: condition)
+            case .file(let descriptor): return try await client.putObject(key: prefix + key, fileDescriptor: descriptor, condition: condition)
+            }
+        } catch .service(let error) where error.kind == .notFound && condition != nil {
+            // AWS answers If-Match on a missing key with 404 NoSuchKey: the condition failed.
+            throw .preconditionFailed(key: key)
+        } catch {
+            throw failure(error, key: key)
         }
     }
 
-    @discardableResult
-    public func put(_ key: String, fileAt path: String, condition: WriteCondition?) async throws(StoreError) -> String {
+    public func get(_ key: String, maxSize: Int64) async throws(StoreError) -> StoredObject? {
         try validateKey(key)
-        return try await putErrors(key: key, condition: condition) { () async throws(S3ClientError) in
-            try await client.putObject(key: prefix + key, fileAt: path, condition: condition)
-        }
-    }
-
-    public func get(_ key: String, range: ClosedRange<Int64>?, maxSize: Int64) async throws(StoreError) -> StoredObject? {
-        try validateKey(key)
-        try validateRange(range)
         let object: StoredObject?
         do {
-            // A whole object is asked for as its first `maxSize` + 1 bytes: the answer's
+            // The object is asked for as its first `maxSize` + 1 bytes: the answer's
             // Content-Range gives the object's size, and however large it is, at most one byte
             // past the bound comes into memory (the client cuts an answer that ignores the range).
-            let read = try await client.getObject(key: prefix + key, range: range ?? 0...maxSize)
+            let read = try await client.getObject(key: prefix + key, range: 0...maxSize)
             object = StoredObject(info: storedInfo(read.info, key: key), bytes: read.bytes)
         } catch .service(let error) where error.kind == .notFound {
             return nil
         } catch .service(let error) where error.status == 416 {
-            // The range starts at or past the end (an empty object has no satisfiable range):
-            // HTTP refuses it, the store answers with the bytes that are there, none.
+            // An empty object has no satisfiable range: HTTP refuses it, the store answers with
+            // the bytes that are there, none.
             object = try await head(key).map { StoredObject(info: $0, bytes: []) }
         } catch {
             throw failure(error, key: key)
@@ -132,19 +135,6 @@ public struct S3ObjectStore: ObjectStore {
         StoredObjectInfo(key: key, size: info.size, etag: info.etag, lastModified: info.lastModified)
     }
 
-    private func putErrors(
-        key: String, condition: WriteCondition?, _ put: () async throws(S3ClientError) -> String
-    ) async throws(StoreError) -> String {
-        do {
-            return try await put()
-        } catch .service(let error) where error.kind == .notFound && condition != nil {
-            // AWS answers If-Match on a missing key with 404 NoSuchKey: the condition failed.
-            throw .preconditionFailed(key: key)
-        } catch {
-            throw failure(error, key: key)
-        }
-    }
-
     private func storeErrors<Result>(
         key: String, _ operation: () async throws(S3ClientError) -> Result
     ) async throws(StoreError) -> Result {
@@ -152,6 +142,16 @@ public struct S3ObjectStore: ObjectStore {
             return try await operation()
         } catch {
             throw failure(error, key: key)
+        }
+    }
+}
+
+extension S3Client::WriteCondition {
+    /// The engine's condition, sent as `If-None-Match: *` or `If-Match`.
+    init(_ condition: SyncEngine::WriteCondition) {
+        switch condition {
+        case .ifAbsent: self = .ifAbsent
+        case .ifMatch(let etag): self = .ifMatch(etag: etag)
         }
     }
 }

@@ -1,23 +1,9 @@
-import Crypto
 import Foundation
 import Glibc
 import SessionArchive
-import XCTest
-
-enum Fixtures {
-    static let root = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("fixtures")
-    static let sessionNames = ["small", "medium"]
-
-    static func session(_ name: String) -> String {
-        root.appendingPathComponent("sessions/\(name)").path
-    }
-
-    static func hostile(_ name: String) throws -> [UInt8] {
-        try [UInt8](Data(contentsOf: root.appendingPathComponent("hostile/\(name)")))
-    }
-}
+import SystemSupport
+import TestSupport
+import Testing
 
 /// A directory tree as comparable values: relative path → what is there.
 struct TreeSnapshot: Equatable, CustomStringConvertible {
@@ -53,7 +39,7 @@ struct TreeSnapshot: Equatable, CustomStringConvertible {
             case S_IFREG:
                 nodes[prefix + name] = .file(mode: mode, contents: [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))))
             default:
-                XCTFail("unexpected file type at \(path)")
+                Issue.record("unexpected file type at \(path)")
             }
         }
     }
@@ -71,14 +57,6 @@ struct TreeSnapshot: Equatable, CustomStringConvertible {
     var description: String {
         "\(nodes.count) entries: " + nodes.keys.sorted().prefix(5).joined(separator: ", ")
     }
-}
-
-/// A fresh directory under the system temp dir, removed by the returned test's teardown.
-func makeTemporaryDirectory(for test: XCTestCase) throws -> String {
-    let path = NSTemporaryDirectory() + "session-archive-tests-" + UUID().uuidString
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
-    test.addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-    return path
 }
 
 /// Archives a directory tree in sorted order the way the sync engine does: file contents streamed
@@ -122,16 +100,6 @@ func archiveBytes(of directory: String, compressionLevel: Int = 3, expectedFileB
     return sink.bytes
 }
 
-/// Writes files (relative path → contents) into a new directory at `path`.
-func writeTree(_ files: [String: [UInt8]], at path: String) throws {
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    for (relativePath, contents) in files {
-        let url = URL(fileURLWithPath: path + "/" + relativePath)
-        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try Data(contents).write(to: url)
-    }
-}
-
 /// Counts what is pulled from the wrapped source, to show refusal happens mid-stream.
 final class CountingSource: ByteSource {
     private let wrapped: ByteSource
@@ -148,16 +116,13 @@ final class CountingSource: ByteSource {
     }
 }
 
-func assertArchiveError<T>(
-    _ expression: @autoclosure () throws -> T, _ reason: ArchiveError.Reason,
-    file: StaticString = #filePath, line: UInt = #line
+/// Expects `body` to throw an ArchiveError for `reason`.
+func expectArchiveError<T>(
+    _ reason: ArchiveError.Reason, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> T
 ) {
-    XCTAssertThrowsError(try expression(), file: file, line: line) { error in
-        guard let error = error as? ArchiveError else {
-            return XCTFail("expected ArchiveError(\(reason)), got \(error)", file: file, line: line)
-        }
-        XCTAssertEqual(error.reason, reason, "\(error)", file: file, line: line)
-    }
+    let error = #expect(throws: ArchiveError.self, comment, sourceLocation: sourceLocation) { try body() }
+    if let error { #expect(error.reason == reason, "\(comment.map { "\($0): " } ?? "")\(error)", sourceLocation: sourceLocation) }
 }
 
 /// What `executable` writes to standard output, for the tests that check our bytes with tools

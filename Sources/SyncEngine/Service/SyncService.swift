@@ -3,16 +3,6 @@ import Glibc
 import Logging
 import SessionArchive
 
-/// What to do with a session's snapshots when its directory disappears (a logout).
-public enum DeletePolicy: String, Sendable, CaseIterable {
-    /// Write a tombstone so no restore brings the logged-out session back.
-    case tombstone
-    /// Leave the snapshots as they are.
-    case keep
-    /// Delete every object of the session.
-    case purge
-}
-
 public struct WatchSettings: Sendable {
     public var watcher = SessionWatcher.Configuration()
     /// Sessions uploading at once.
@@ -37,46 +27,6 @@ public struct WatchSettings: Sendable {
 /// limit on concurrent uploads, and retries with backoff while the store is down, so an
 /// outage delays uploads but never drops them.
 public actor SyncService {
-    private struct Session {
-        let replicator: SessionReplicator
-        /// When its uploads run: pending, running, failures, the retry awaited.
-        var schedule = UploadSchedule()
-        /// In `waiting`. Not the same as pending: a failed or unsettled upload leaves the
-        /// session pending but waiting for its retry, not queued.
-        var queued = false
-        /// What the watcher reported since the running or last upload started; nil means the
-        /// next upload compares the whole directory (first upload, rescans, after a failure).
-        var changedPaths: Set<String>?
-        /// Sleeps until `schedule.retryAt`; cancelled whenever the schedule drops that retry.
-        var retryTimer: Task<Void, Never>?
-
-        mutating func cancelRetryTimer() {
-            retryTimer?.cancel()
-            retryTimer = nil
-        }
-        var fenced = false
-        /// Changes no upload has taken yet, and those the running (or last failed) upload took.
-        var waitingChanges = ChangeBacklog()
-        var uploadingChanges = ChangeBacklog()
-        var lastCommit: (snapshot: SnapshotID, at: Date)?
-        var lastError: String?
-        /// The directory is gone and its logout recorded; cleared when a directory is synced again.
-        var tombstoned = false
-        /// Its directory went away under the tombstone policy: its uploads write the tombstone,
-        /// so a store that fails delays it (with the same backoff and SIGTERM flush) but never
-        /// drops it.
-        var loggedOut = false
-        /// Files its uploads leave out (too large, unreadable), as the replicator last reported them.
-        var skippedFiles: [SkippedFile] = []
-    }
-
-    /// What the store last said, by a probe or an upload.
-    private enum StoreHealth {
-        case unknown
-        case answered
-        case failed(String)
-    }
-
     public nonisolated let root: String
     private let sessionStore: SessionStore
     private let owner: String
@@ -90,19 +40,22 @@ public actor SyncService {
     /// Measured at an agent's first start on 50 sessions of 1,000 files: 3.4 MiB less at the peak.
     private let baseBuilds = ConcurrencyLimit(1)
     private let logger: Logger
-    private var sessions: [SessionID: Session] = [:]
-    private var waiting: [SessionID] = []
-    private var runningCount = 0
+    private var sessions: [SessionID: SessionRecord] = [:]
+    /// Beside each record: what uploads the session.
+    private var replicators: [SessionID: SessionReplicator] = [:]
+    /// Sleeps until `schedule.retryAt`; cancelled whenever the schedule drops that retry.
+    private var retryTimers: [SessionID: Task<Void, Never>] = [:]
+    private var queue: UploadQueue
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
     /// The sessions the start-up scan found that have not had their first upload yet; nil until
     /// the watcher's first scan.
     private var startupComparison: Set<SessionID>?
     private var storeHealth = StoreHealth.unknown
-    /// Names under the root that look like sessions and are not backed up, with why.
-    private var refused: [String: Refusal] = [:]
+    /// Sessions under the root that are not backed up, with why.
+    private var refused: [SessionID: Refusal] = [:]
     /// Sessions with a directory the watcher could not watch (the inotify watch limit): it
     /// compares them every `maxDelay` instead.
-    private var unwatched: Set<String> = []
+    private var unwatched: Set<SessionID> = []
 
     /// `mode` labels the upload metrics.
     public init(
@@ -115,6 +68,7 @@ public actor SyncService {
         self.mode = mode
         self.conditionalWrites = conditionalWrites
         self.settings = settings
+        queue = UploadQueue(limit: settings.concurrency)
         self.mirror = mirror
         self.logger = logger
     }
@@ -149,20 +103,20 @@ public actor SyncService {
         let unflushed = await flush(timeout: shutdownTimeout)
         return ShutdownReport(
             unflushed: unflushed,
-            refused: refused.map { ShutdownReport.Refused(name: Refusal.printed($0.key), refusal: $0.value) }.sorted { $0.name < $1.name },
+            refused: refused.map { ShutdownReport.Refused(name: $0.key.description, refusal: $0.value) }.sorted { $0.name < $1.name },
             skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
 
     private func handle(_ event: WatchEvent) {
         switch event {
-        case .changed(let name, let paths, let since):
+        case .changed(let id, let paths, let since):
             // No paths: the directory itself changed (created, swapped in by a restore).
-            if let id = accepted(name) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
-        case .sessionRemoved(let name):
-            if refused.removeValue(forKey: name) != nil {
-                logger.notice("refused session directory removed", metadata: ["name": "\(Refusal.printed(name))"])
+            if isAccepted(id) { schedule(id, changedPaths: paths.isEmpty ? nil : paths, since: since) }
+        case .sessionRemoved(let id):
+            if refused.removeValue(forKey: id) != nil {
+                logger.notice("refused session directory removed", metadata: ["name": "\(id)"])
             }
-            if let id = SessionID(name) { removed(id) }
+            removed(id)
         case .rescanNeeded(let reason):
             logger.notice("rescanning every session", metadata: ["reason": "\(reason)"])
             EngineMetrics.rescan(reason.metricLabel)
@@ -191,28 +145,28 @@ public actor SyncService {
         }
     }
 
-    /// The session of a name the watcher reported, or nil when it is refused (and recorded so).
-    private func accepted(_ name: String) -> SessionID? {
-        if let refusal = Refusal.of(name, inRoot: root) {
-            refuse(name, refusal)
-            return nil
+    /// Whether a session the watcher reported is backed up; false when it is refused (and recorded so).
+    private func isAccepted(_ id: SessionID) -> Bool {
+        if let refusal = Refusal.of(id.rawValue, inRoot: root) {
+            refuse(id, refusal)
+            return false
         }
-        return accept(name)
+        accept(id)
+        return true
     }
 
-    /// The session of a name found acceptable.
-    private func accept(_ name: String) -> SessionID? {
-        if refused.removeValue(forKey: name) != nil {
-            logger.notice("session directory accepted again", metadata: ["name": "\(Refusal.printed(name))"])
+    /// Records a session found acceptable.
+    private func accept(_ id: SessionID) {
+        if refused.removeValue(forKey: id) != nil {
+            logger.notice("session directory accepted again", metadata: ["name": "\(id)"])
         }
-        return SessionID(name)
     }
 
-    /// Records a name as not backed up; logged once, when it is first refused or for another reason.
-    private func refuse(_ name: String, _ refusal: Refusal) {
-        guard refused.updateValue(refusal, forKey: name) != refusal else { return }
+    /// Records a session as not backed up; logged once, when it is first refused or for another reason.
+    private func refuse(_ id: SessionID, _ refusal: Refusal) {
+        guard refused.updateValue(refusal, forKey: id) != refusal else { return }
         logger.warning("session directory \(refusal.message)", metadata: [
-            "name": "\(Refusal.printed(name))", "reason": "\(refusal.rawValue)",
+            "name": "\(id)", "reason": "\(refusal.rawValue)",
         ])
     }
 
@@ -222,18 +176,20 @@ public actor SyncService {
     @discardableResult
     private func survey() throws(WatcherError) -> [SessionID] {
         var accepted: [SessionID] = []
-        var stillRefused: Set<String> = []
-        for entry in try SessionFiles.entries(of: root) where SessionFiles.isSessionDirectoryName(entry.name) {
+        var stillRefused: Set<SessionID> = []
+        for entry in try SessionFiles.entries(of: root) {
+            guard let id = SessionID(entry.name) else { continue }
             if let refusal = Refusal.of(entry.name, inRoot: root) {
-                refuse(entry.name, refusal)
-                stillRefused.insert(entry.name)
-            } else if entry.kind == .directory, let id = accept(entry.name) {
+                refuse(id, refusal)
+                stillRefused.insert(id)
+            } else if entry.kind == .directory {
+                accept(id)
                 accepted.append(id)
             }
         }
-        for name in refused.keys where !stillRefused.contains(name) {
-            refused[name] = nil
-            logger.notice("refused session directory gone", metadata: ["name": "\(Refusal.printed(name))"])
+        for id in refused.keys where !stillRefused.contains(id) {
+            refused[id] = nil
+            logger.notice("refused session directory gone", metadata: ["name": "\(id)"])
         }
         return accepted.sorted()
     }
@@ -249,7 +205,7 @@ public actor SyncService {
     private func scheduleAcceptedBySurvey() {
         let before = Set(refused.keys)
         guard let accepted = try? survey() else { return }
-        for id in accepted where before.contains(id.rawValue) { schedule(id) }
+        for id in accepted where before.contains(id) { schedule(id) }
     }
 
     /// Schedules every session and returns those found under the root.
@@ -277,18 +233,27 @@ public actor SyncService {
         return found
     }
 
-    private func session(_ id: SessionID) -> Session {
+    /// The session's record, created with its replicator when the session is new.
+    private func session(_ id: SessionID) -> SessionRecord {
         if let existing = sessions[id] { return existing }
         var remoteGeneration: (@Sendable () async throws -> UInt64?)?
         if let mirror {
             remoteGeneration = { try await mirror.remoteGeneration(id) }
         }
-        let created = Session(replicator: SessionReplicator(
-            session: id, directory: "\(root)/\(id.rawValue)", sessionStore: sessionStore, owner: owner,
+        replicators[id] = SessionReplicator(
+            session: id, directory: directory(of: id), sessionStore: sessionStore, owner: owner,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
-            policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger))
-        sessions[id] = created
-        return created
+            policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger)
+        sessions[id] = SessionRecord()
+        return SessionRecord()
+    }
+
+    private func directory(of id: SessionID) -> String {
+        "\(root)/\(id.rawValue)"
+    }
+
+    private func cancelRetryTimer(_ id: SessionID) {
+        retryTimers.removeValue(forKey: id)?.cancel()
     }
 
     /// Marks the session dirty and starts its upload when a slot is free. A session already
@@ -300,48 +265,29 @@ public actor SyncService {
     /// against a store that was down, refusing or asking to slow down (13 failures in 6 s
     /// under a 403, FaultInjectionTests).
     private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil, since: ContinuousClock.Instant = .now) {
-        guard refused[id.rawValue] == nil else { return }
+        guard refused[id] == nil else { return }
         var entry = session(id)
         guard !entry.fenced else { return }
-        entry.waitingChanges.record(changedPaths ?? [], at: since)
-        if let changedPaths, entry.changedPaths != nil {
-            // Nil (scan it whole) rather than merge two canonically equivalent names into one.
-            entry.changedPaths = entry.changedPaths!.addingReportedPaths(changedPaths)
-        } else {
-            entry.changedPaths = nil
-        }
-        let startNow = entry.schedule.changed()
+        let startNow = entry.changed(changedPaths, since: since)
         if entry.schedule.retryAt == nil {
-            entry.cancelRetryTimer()
+            cancelRetryTimer(id)
         }
         sessions[id] = entry
-        if startNow { enqueue(id) }
+        if startNow { queue.enqueue(id) }
         startWaiting()
     }
 
-    private func enqueue(_ id: SessionID) {
-        guard sessions[id]?.queued == false else { return }
-        sessions[id]?.queued = true
-        waiting.append(id)
-    }
-
     private func startWaiting() {
-        while runningCount < settings.concurrency, !waiting.isEmpty {
-            let id = waiting.removeFirst()
-            sessions[id]?.queued = false
+        while let id = queue.next() {
             // A retry or the shutdown's flush may come after the session was refused (its directory
             // now a link, say): nothing of it is uploaded until it is accepted again.
-            guard var entry = sessions[id], refused[id.rawValue] == nil, entry.schedule.pending, !entry.schedule.running
+            guard var entry = sessions[id], let replicator = replicators[id], refused[id] == nil,
+                entry.schedule.pending, !entry.schedule.running
             else { continue }
-            let changedPaths = entry.changedPaths
-            entry.changedPaths = []
-            entry.uploadingChanges.absorb(entry.waitingChanges)
-            entry.waitingChanges = ChangeBacklog()
-            entry.schedule.started()
-            entry.cancelRetryTimer()
+            let changedPaths = entry.startUpload()
+            cancelRetryTimer(id)
             sessions[id] = entry
-            runningCount += 1
-            let replicator = entry.replicator
+            queue.started()
             Task { await self.upload(id, replicator, changedPaths: changedPaths) }
         }
     }
@@ -375,8 +321,7 @@ public actor SyncService {
                 case .unchanged(let stillWriting):
                     unsettled = stillWriting
                 }
-                sessions[id]?.uploadingChanges.keepOnly(unsettled)
-                sessions[id]?.tombstoned = false
+                sessions[id]?.synced(unsettled: unsettled)
                 // Read before the assignment: `sessions[id]?.x = await …` opens its access to the
                 // dictionary entry first and holds it across the suspension, while other calls
                 // on this actor (new changes arriving) replace the entry. The access then wrote
@@ -392,9 +337,7 @@ public actor SyncService {
                 // Checked now, not when the removal was seen: a restore falling back to two renames
                 // leaves the name missing for an instant, and only a directory still gone is a logout.
                 try await replicator.tombstone()
-                sessions[id]?.loggedOut = false
-                sessions[id]?.tombstoned = true
-                sessions[id]?.uploadingChanges = ChangeBacklog()
+                sessions[id]?.tombstoneWritten()
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "tombstone"])
             } else {
                 sessions[id]?.uploadingChanges = ChangeBacklog()
@@ -416,64 +359,49 @@ public actor SyncService {
             outcome = .failed(backoff: failed(id, error, committed: committed))
         }
         startupComparison?.remove(id)
-        runningCount -= 1
+        queue.finished()
         if var entry = sessions[id] {
-            // The files mid-write go with the next upload, whatever starts it.
-            entry.changedPaths = Self.pathsForNextUpload(reported: entry.changedPaths, unsettled: unsettled)
-            switch entry.schedule.finished(outcome, at: .now, unsettledRetryDelay: settings.watcher.quietPeriod) {
+            let next = entry.uploadFinished(outcome, unsettled: unsettled, at: .now, unsettledRetryDelay: settings.watcher.quietPeriod)
+            sessions[id] = entry
+            switch next {
             case .queue:
-                sessions[id] = entry
-                enqueue(id)
+                queue.enqueue(id)
             case .retry(let instant):
-                entry.retryTimer = Task {
+                retryTimers[id] = Task {
                     try? await Task.sleep(until: instant, clock: .continuous)
                     self.retryFired(id)
                 }
-                sessions[id] = entry
             case .idle:
-                sessions[id] = entry
+                break
             }
         }
         startWaiting()
-        if runningCount == 0 && waiting.isEmpty { releaseIdleWaiters() }
-    }
-
-    /// What the next upload of a session reads: the paths reported since this upload started and
-    /// the files it found mid-write; nil (the whole directory) when that was nil already or would
-    /// merge two canonically equivalent names, which are two files.
-    static func pathsForNextUpload(reported: Set<String>?, unsettled: [String]) -> Set<String>? {
-        reported?.addingReportedPaths(unsettled)
+        if queue.isIdle { releaseIdleWaiters() }
     }
 
     private func retryFired(_ id: SessionID) {
         guard sessions[id]?.schedule.retryDue(at: .now) == true else { return }
-        sessions[id]?.retryTimer = nil
-        enqueue(id)
+        retryTimers[id] = nil
+        queue.enqueue(id)
         startWaiting()
     }
 
     /// Keeps what the replicator reports left out, logging each file once as it is left out and
     /// once as it is taken again, not at every attempt.
     private func recordSkippedFiles(_ id: SessionID, _ skippedFiles: [SkippedFile]) {
-        let before = Set(sessions[id]?.skippedFiles ?? [])
-        for file in skippedFiles where !before.contains(file) {
+        guard let (leftOut, takenAgain) = sessions[id]?.recordSkippedFiles(skippedFiles) else { return }
+        for file in leftOut {
             logger.warning("file not backed up; its last good version is kept and it is tried again at its next change", metadata: [
                 "session": "\(id)", "file": "\(file.name)", "reason": "\(file.reason)",
             ])
         }
-        let now = Set(skippedFiles.map(\.name))
-        for file in before where !now.contains(file.name) {
+        for file in takenAgain {
             logger.notice("file backed up again", metadata: ["session": "\(id)", "file": "\(file.name)"])
         }
-        sessions[id]?.skippedFiles = skippedFiles
     }
 
-    /// Fenced is final: the session's changes are the new owner's to upload, none is pending here.
     private func fence(_ id: SessionID, _ error: SnapshotError) {
-        sessions[id]?.fenced = true
-        sessions[id]?.waitingChanges = ChangeBacklog()
-        sessions[id]?.uploadingChanges = ChangeBacklog()
-        sessions[id]?.lastError = "\(error)"
+        sessions[id]?.fence(error)
         logger.error("stopped writing a session another agent claimed", metadata: [
             "session": "\(id)", "error": "\(error)",
         ])
@@ -482,16 +410,9 @@ public actor SyncService {
     /// Records a failed upload and returns how long to wait before the next attempt.
     /// `committed`: the primary store took the snapshot and something after it failed.
     private func failed(_ id: SessionID, _ error: any Error, committed: Bool) -> Duration {
-        if !committed, let storeError = error as? StoreError {
-            switch storeError {
-            case .unavailable, .rejected: storeHealth = .failed("\(storeError)")
-            case .preconditionFailed, .io, .invalidObject: break
-            }
-        }
+        storeHealth.uploadFailed(error, committed: committed)
         let failures = (sessions[id]?.schedule.failures ?? 0) + 1
-        sessions[id]?.lastError = "\(error)"
-        // What the failed upload had taken is not committed: compare everything next time.
-        sessions[id]?.changedPaths = nil
+        sessions[id]?.uploadFailed(error)
         let delay = UploadSchedule.backoff(
             failures: failures, base: settings.retryBaseDelay, ceiling: settings.retryMaxDelay, jitter: .random(in: 0...1))
         logger.warning("upload failed; will retry", metadata: [
@@ -502,34 +423,20 @@ public actor SyncService {
 
     private func removed(_ id: SessionID) {
         var entry = session(id)
-        if settings.onDelete == .tombstone {
-            // The session's uploads write the tombstone (see `upload`), so it is retried with
-            // backoff while the store fails and flushed on SIGTERM like any change. Written here
-            // once, a failure was only logged, and a restore brought the logged-out session back.
-            entry.loggedOut = true
-            sessions[id] = entry
+        let uploads = entry.directoryRemoved(policy: settings.onDelete)
+        sessions[id] = entry
+        if uploads {
             schedule(id)
             return
         }
-        // Nothing is retried for a directory that is gone: the retry's timer is cancelled and the
-        // schedule forgets it. A retry cancelled but still recorded made the directory, once back,
-        // wait for a retry that never came: the session never uploaded again.
-        entry.cancelRetryTimer()
-        entry.schedule.removed()
-        entry.waitingChanges = ChangeBacklog()
-        entry.lastError = nil
-        entry.skippedFiles = []
-        sessions[id] = entry
+        cancelRetryTimer(id)
         startupComparison?.remove(id)
         guard settings.onDelete == .purge else { return }
-        let directory = entry.replicator.directory
+        let purge = SessionPurge(store: sessionStore.store)
+        let directory = directory(of: id)
         Task {
             do {
-                // A restore that falls back to two renames leaves the name missing for an instant;
-                // only a directory still gone now is a logout.
-                guard !SessionFiles.isDirectory(directory) else { return }
-                let keys = try await sessionStore.store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
-                try await sessionStore.store.delete(keys)
+                guard try await purge.purge(id, directory: directory) else { return }
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "purge"])
             } catch {
                 self.sessions[id]?.lastError = "\(error)"
@@ -538,22 +445,12 @@ public actor SyncService {
         }
     }
 
-    /// Applies the retention policy to each session now and then, one session at a time.
     /// Sessions another agent claimed are that agent's to prune.
     private func prunePeriodically(every interval: Duration) async {
-        let pruner = SnapshotPruner(sessionStore: sessionStore, mirror: mirror)
+        let pruning = PeriodicPruning(
+            pruner: SnapshotPruner(sessionStore: sessionStore, mirror: mirror), policy: settings.compaction.retention, logger: logger)
         while (try? await Task.sleep(for: interval)) != nil {
-            for id in sessions.filter({ !$0.value.fenced }).keys.sorted() where !Task.isCancelled {
-                do {
-                    let outcome = try await pruner.prune(id, policy: settings.compaction.retention)
-                    let deleted = outcome.plan.deletedCount
-                    if deleted > 0 {
-                        logger.info("pruned", metadata: ["session": "\(id)", "deleted": "\(deleted)", "kept": "\(outcome.plan.kept.count)"])
-                    }
-                } catch {
-                    logger.warning("scheduled prune failed", metadata: ["session": "\(id)", "error": "\(error)"])
-                }
-            }
+            await pruning.prune(sessions.filter { !$0.value.fenced }.keys.sorted())
         }
     }
 
@@ -563,8 +460,8 @@ public actor SyncService {
         // Backoffs and retries of files mid-write run now, once: one still failing or mid-write
         // after it is named unflushed.
         for id in sessions.keys {
-            sessions[id]?.cancelRetryTimer()
-            if sessions[id]?.schedule.stop() == true { enqueue(id) }
+            cancelRetryTimer(id)
+            if sessions[id]?.schedule.stop() == true { queue.enqueue(id) }
         }
         startWaiting()
         let deadline = Task {
@@ -582,7 +479,7 @@ public actor SyncService {
     }
 
     private func waitUntilIdle() async {
-        if runningCount == 0 && waiting.isEmpty { return }
+        if queue.isIdle { return }
         await withCheckedContinuation { idleWaiters.append($0) }
     }
 }
@@ -593,76 +490,21 @@ extension SyncService {
     /// Every session the agent has seen, by id.
     public func status() -> [SessionStatus] {
         let now = ContinuousClock.now
-        let backedUp = sessions.filter { refused[$0.key.rawValue] == nil }.map { id, entry in
-            var backlog = entry.uploadingChanges
-            backlog.absorb(entry.waitingChanges)
-            return SessionStatus(
-                sessionId: id.description, state: state(of: entry, backlog: backlog),
-                lastSnapshot: entry.lastCommit.map { "\($0.snapshot)" },
-                lastSnapshotAt: entry.lastCommit.map { $0.at.formatted(.iso8601) },
-                lagSeconds: backlog.oldest.map { EngineMetrics.seconds(now - $0) } ?? 0,
-                pendingChanges: backlog.paths.count, lastError: entry.lastError,
-                consecutiveFailures: entry.schedule.failures, watched: !unwatched.contains(id.rawValue),
-                skippedFiles: entry.skippedFiles)
+        let backedUp = sessions.filter { refused[$0.key] == nil }.map { id, entry in
+            entry.status(id, watched: !unwatched.contains(id), at: now)
         }
-        // A refused session may have had snapshots before (its directory became a link, say).
-        let refusedSessions = refused.map { name, refusal in
-            let lastCommit = SessionID(name).flatMap { sessions[$0]?.lastCommit }
-            return SessionStatus(
-                sessionId: Refusal.printed(name), state: .refused,
-                lastSnapshot: lastCommit.map { "\($0.snapshot)" }, lastSnapshotAt: lastCommit.map { $0.at.formatted(.iso8601) },
-                lagSeconds: 0, pendingChanges: 0, lastError: refusal.message, consecutiveFailures: 0, watched: false,
-                refusal: refusal)
-        }
+        let refusedSessions = refused.map { id, refusal in SessionStatus.refused(id, refusal, lastCommit: sessions[id]?.lastCommit) }
         return (backedUp + refusedSessions).sorted { $0.sessionId < $1.sessionId }
     }
 
-    private func state(of entry: Session, backlog: ChangeBacklog) -> SessionStatus.State {
-        if entry.fenced { return .fenced }
-        if entry.tombstoned && entry.schedule.isSettled { return .tombstoned }
-        // A retry in flight is still failing until it succeeds: a heartbeat should not flicker.
-        if entry.schedule.failures > 0 { return .failing }
-        if entry.schedule.running { return .uploading }
-        if entry.schedule.pending || !backlog.isEmpty { return .pending }
-        if !entry.skippedFiles.isEmpty { return .partial }
-        return .synced
-    }
-
-    /// Ready once the start-up scan has had every session it found compared (uploaded, found
-    /// unchanged, or failed) and the store answered its last probe or upload.
+    /// Ready once the start-up scan has had every session it found compared and the store answered
+    /// its last probe or upload (`Readiness.of`).
     public func readiness() -> Readiness {
-        switch storeHealth {
-        case .unknown: return Readiness(isReady: false, reason: "waiting for the store's first answer")
-        case .failed(let reason): return Readiness(isReady: false, reason: "the store does not answer: \(reason)")
-        case .answered: break
-        }
-        guard let remaining = startupComparison else {
-            return Readiness(isReady: false, reason: "starting: watching the sessions directory")
-        }
-        guard remaining.isEmpty else {
-            return Readiness(isReady: false, reason: "starting: \(remaining.count) session(s) to compare with the store")
-        }
-        return Readiness(isReady: true, reason: (["ready"] + notBackedUp()).joined(separator: "; "))
-    }
-
-    /// What readiness names beside "ready": none of it is fixed by waiting, so it does not make
-    /// the agent unready (and its pod leave service), but it is never left unsaid.
-    private func notBackedUp() -> [String] {
-        var notes: [String] = []
-        if !refused.isEmpty {
-            let named = refused.keys.sorted().prefix(5).map { "\(Refusal.printed($0)) (\(refused[$0]!.rawValue))" }
-            notes.append("\(refused.count) session(s) not backed up: \(named.joined(separator: ", "))\(refused.count > 5 ? ", …" : "")")
-        }
-        let partial = sessions.filter { !$0.value.skippedFiles.isEmpty && refused[$0.key.rawValue] == nil }
-        if !partial.isEmpty {
-            let files = partial.values.map(\.skippedFiles.count).reduce(0, +)
-            notes.append("\(files) file(s) not backed up in \(partial.count) session(s) (see /sessions)")
-        }
-        if !unwatched.isEmpty {
-            notes.append("\(unwatched.count) session(s) without an inotify watch (fs.inotify.max_user_watches reached), "
-                + "compared every \(settings.watcher.maxDelay)")
-        }
-        return notes
+        let skippedFiles = sessions.filter { refused[$0.key] == nil }.map(\.value.skippedFiles)
+        return Readiness.of(
+            store: storeHealth, startupComparison: startupComparison,
+            notBackedUp: Readiness.notBackedUp(
+                refused: refused, skippedFiles: skippedFiles, unwatched: unwatched.count, comparedEvery: settings.watcher.maxDelay))
     }
 
     /// Refreshes the gauges that summarise the sessions. Ages grow without any event, so an

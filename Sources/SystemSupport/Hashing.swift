@@ -2,7 +2,7 @@ import COpenSSL
 import FoundationEssentials
 import Glibc
 
-// All OpenSSL calls of the module live here; the rest of S3Client only sees byte arrays.
+// All OpenSSL calls of the package live here; the rest only sees byte arrays.
 
 /// A digest algorithm that `StreamingDigest` can compute.
 public enum DigestAlgorithm: Sendable {
@@ -124,18 +124,6 @@ public enum HMACSHA256 {
 }
 
 extension Sequence<UInt8> {
-    /// Lowercase hexadecimal, two digits per byte, as SigV4 and ETags use.
-    public var lowercaseHex: String {
-        let digits = Array("0123456789abcdef".utf8)
-        var text: [UInt8] = []
-        text.reserveCapacity(underestimatedCount * 2)
-        for byte in self {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0x0f)])
-        }
-        return String(decoding: text, as: UTF8.self)
-    }
-
     /// Standard base64 with padding, as `Content-MD5` and `x-amz-checksum-*` headers use.
     public var base64: String {
         Data(self).base64EncodedString()

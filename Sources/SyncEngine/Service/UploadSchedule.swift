@@ -1,8 +1,8 @@
 /// When one session's uploads run: one in flight, the newest state always uploaded after it,
 /// backoff after a failure that new changes do not cut short, a prompt retry of files caught
 /// mid-write, and everything waiting run at shutdown. Decisions only, with the time passed in:
-/// `SyncService` holds one per session, queues the session when a call says so, and sleeps
-/// until `retryAt` (a timer that fires for a retry since dropped finds none due).
+/// `SyncService` holds one per session (in its `SessionRecord`), queues the session when a call
+/// says so, and sleeps until `retryAt` (a timer that fires for a retry since dropped finds none due).
 struct UploadSchedule: Equatable {
     enum RetryReason: Equatable {
         /// The last upload failed: wait out the backoff, whatever changes meanwhile.

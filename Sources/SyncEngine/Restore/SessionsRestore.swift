@@ -1,0 +1,175 @@
+import FoundationEssentials
+import SessionArchive
+import SystemSupport
+
+/// The stores sessions are read back from: the primary store and, in hybrid mode, its S3 copy,
+/// of which a restore reads the newer.
+public struct RestoreSources: Sendable {
+    /// Where sessions are committed (and restored from, but in hybrid mode).
+    public let primary: SessionStore
+    /// Hybrid mode: the S3 copy behind the local store.
+    public let mirror: SessionMirror?
+
+    public init(primary: SessionStore, mirror: SessionMirror?) {
+        self.primary = primary
+        self.mirror = mirror
+    }
+
+    /// The store to restore a session from: in hybrid mode, the newer copy.
+    public func store(for session: SessionID) async throws -> SessionStore {
+        guard let mirror else { return primary }
+        return try await mirror.newest(session)
+    }
+
+    /// Every session either store holds.
+    public func sessions() async throws -> [SessionID] {
+        var sessions = Set(try await primary.sessions())
+        if let mirror { sessions.formUnion(try await mirror.remote.sessions()) }
+        return sessions.sorted()
+    }
+}
+
+/// Which sessions to bring back, to which point, and how.
+public struct RestoreRequest: Sendable {
+    public enum Sessions: Sendable, Equatable {
+        /// These sessions: one with no snapshot, or that logged out, is reported as failed.
+        case named([SessionID])
+        /// What the store can bring back: sessions that logged out or have no snapshot yet are
+        /// left out, not failed.
+        case all
+    }
+
+    public var sessions: Sessions
+    public var point: RestorePoint
+    /// Restore only sessions whose directory is absent or empty.
+    public var onlyIfMissing: Bool
+    /// Download and check the snapshots, write nothing.
+    public var dryRun: Bool
+    /// Sessions restored at once.
+    public var parallel: Int
+
+    public init(sessions: Sessions, point: RestorePoint = .newest, onlyIfMissing: Bool = false, dryRun: Bool = false, parallel: Int = 8) {
+        self.sessions = sessions
+        self.point = point
+        self.onlyIfMissing = onlyIfMissing
+        self.dryRun = dryRun
+        self.parallel = parallel
+    }
+}
+
+/// Restore points some sessions do not have: bad input, found before any directory changed.
+public struct RestoreRequestError: Error, CustomStringConvertible, Sendable {
+    public enum Reason: Sendable {
+        case missingRestorePoints
+    }
+
+    public let reason: Reason
+    /// One per session without the point asked for, in the sessions' order.
+    public let points: [RestorePointError]
+    public var description: String { points.map(\.description).joined(separator: "; ") }
+}
+
+/// One session's restore, done or failed, as it finishes.
+public struct FinishedRestore: Sendable {
+    public let session: SessionID
+    public let outcome: Result<RestoreOutcome, any Error>
+    public let duration: Duration
+}
+
+/// What a multi-session restore did.
+public struct RestoreResult: Sendable {
+    /// The report a worker can post to its backend.
+    public var report = RestoreReport()
+    /// Sessions `.all` left out: logged out or without a snapshot yet.
+    public var leftOut: [RestoreOutcome] = []
+}
+
+/// Brings many sessions back at once, as `restore` does before a worker recovers its sessions:
+/// every session's snapshot is found first (`plan`), so a snapshot or time some session does not
+/// have stops the whole before any directory changes; then each session is replaced by its
+/// verified snapshot (`SessionRestorer`), `parallel` at once.
+public struct SessionsRestore: Sendable {
+    public let sources: RestoreSources
+    /// The directory holding one directory per session.
+    public let root: String
+    public let request: RestoreRequest
+
+    public init(sources: RestoreSources, root: String, request: RestoreRequest) {
+        self.sources = sources
+        self.root = root
+        self.request = request
+    }
+
+    /// Each session with how it will be restored, or why it cannot be.
+    public struct Plan: Sendable {
+        public let sessions: [SessionID]
+        fileprivate let plans: [Result<(SessionRestorer, RestorePlan), any Error>]
+    }
+
+    /// Lists the sessions for `.all` and finds each one's snapshot. Throws `RestoreRequestError`
+    /// when some session lacks the point asked for; a store that cannot list the sessions
+    /// throws its error. A session whose store fails is planned as failed.
+    public func plan() async throws -> Plan {
+        let sessions: [SessionID]
+        switch request.sessions {
+        case .named(let named): sessions = named
+        case .all: sessions = try await sources.sessions()
+        }
+        let plans = try await sessions.concurrentMap(limit: request.parallel) { [sources, root, request] id in
+            await Result { () async throws -> (SessionRestorer, RestorePlan) in
+                let restorer = SessionRestorer(sessionStore: try await sources.store(for: id))
+                return (restorer, try await restorer.plan(id, into: root, at: request.point, onlyIfMissing: request.onlyIfMissing))
+            }
+        }
+        let badPoints = plans.compactMap { result -> RestorePointError? in
+            guard case .failure(let error as RestorePointError) = result else { return nil }
+            return error
+        }
+        guard badPoints.isEmpty else { throw RestoreRequestError(reason: .missingRestorePoints, points: badPoints) }
+        return Plan(sessions: sessions, plans: plans)
+    }
+
+    /// Restores what `plan` found; `finished` hears of each session as it is done.
+    public func run(_ plan: Plan, finished: @escaping @Sendable (FinishedRestore) async -> Void) async throws -> RestoreResult {
+        if !request.dryRun {
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try DirectorySwap.recoverLeftovers(in: root)
+        }
+        let outcomes = try await Array(zip(plan.sessions, plan.plans)).concurrentMap(limit: request.parallel) { [root, request] id, plan in
+            let started = ContinuousClock.now
+            let outcome = await Result { () async throws -> RestoreOutcome in
+                let (restorer, plan) = try plan.get()
+                return try await restorer.restore(plan, into: root, dryRun: request.dryRun)
+            }
+            await finished(FinishedRestore(session: id, outcome: outcome, duration: ContinuousClock.now - started))
+            return outcome
+        }
+
+        var result = RestoreResult()
+        for (id, outcome) in zip(plan.sessions, outcomes) {
+            switch outcome {
+            case .success(let outcome) where request.sessions == .all && [.loggedOut, .notFound].contains(outcome.status):
+                // .all asks for what the store can bring back: a session that logged out was not
+                // asked for, and must not fail a worker's start (named, it is reported as failed).
+                // One with no snapshot was claimed by an agent that has not committed its first
+                // snapshot yet (or was killed before it did): nothing to bring back, and nothing
+                // wrong with the store.
+                result.leftOut.append(outcome)
+            case .success(let outcome): result.report.record(outcome)
+            case .failure(let error): result.report.record(id, failure: error)
+            }
+        }
+        return result
+    }
+}
+
+extension Result where Failure == any Error {
+    /// Result(catching:) for async work.
+    init(_ body: () async throws -> Success) async {
+        do {
+            self = .success(try await body())
+        } catch {
+            self = .failure(error)
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import Glibc
+import SystemSupport
+import Testing
+
+@Suite struct DescriptorTests {
+    /// A fresh empty directory, removed with everything in it after `body`.
+    func withTemporaryDirectory(_ body: (String) throws -> Void) throws {
+        var template = Array("/tmp/system-support-XXXXXX".utf8CString)
+        let path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        defer { _ = system("rm -rf '\(path)'") }
+        try body(path)
+    }
+
+    func create(_ path: [UInt8]) {
+        let descriptor = (path + [0]).withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { open($0.baseAddress!, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600) }
+        }
+        #expect(descriptor >= 0)
+        close(descriptor)
+    }
+
+    @Test func listsEntriesTypedWithoutFollowingSymlinks() throws {
+        try withTemporaryDirectory { root in
+            create(Array("\(root)/file".utf8))
+            #expect(mkdir("\(root)/directory", 0o700) == 0)
+            #expect(symlink("\(root)/directory", "\(root)/link-to-directory") == 0)
+            #expect(symlink("\(root)/file", "\(root)/link-to-file") == 0)
+            // Not UTF-8: names are bytes.
+            let oddName: [UInt8] = [0x66, 0xff, 0xfe, 0x0a]
+            create(Array("\(root)/".utf8) + oddName)
+
+            let entries = try root.withCString { try FileDescriptor.directoryEntries(atPath: $0, displayedAs: root) }
+            let byName = Dictionary(uniqueKeysWithValues: entries.map { ($0.name, $0.kind) })
+            #expect(byName.count == 5)
+            #expect(byName[Array("file".utf8)] == .file)
+            #expect(byName[Array("directory".utf8)] == .directory)
+            #expect(byName[Array("link-to-directory".utf8)] == .other)
+            #expect(byName[Array("link-to-file".utf8)] == .other)
+            #expect(byName[oddName] == .file)
+        }
+    }
+
+    @Test func listsTheSameDescriptorTwice() throws {
+        try withTemporaryDirectory { root in
+            create(Array("\(root)/a".utf8))
+            let raw = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            let directory = FileDescriptor(owning: raw, path: root)
+            let first = try directory.directoryEntries().map(\.name)
+            let second = try directory.directoryEntries().map(\.name)
+            #expect(first == [Array("a".utf8)])
+            #expect(second == first)
+        }
+    }
+
+    @Test func reportsAMissingDirectoryAsOpendir() {
+        let path = "/nonexistent/system-support"
+        #expect(throws: SystemError("opendir", path: path, errno: ENOENT)) {
+            try path.withCString { try FileDescriptor.directoryEntries(atPath: $0, displayedAs: path) }
+        }
+    }
+
+    @Test func closesItsDescriptorWhenReleased() throws {
+        var (first, second): (FileDescriptor?, FileDescriptor) = try FileDescriptor.socketPair(
+            type: Int32(SOCK_STREAM.rawValue), path: "test")
+        #expect(fcntl(first!.raw, F_GETFD) & FD_CLOEXEC != 0)
+        var byte: UInt8 = 1
+        #expect(send(second.raw, &byte, 1, Int32(MSG_NOSIGNAL)) == 1)
+        first = nil
+        // The other end closed: a socket pair has no reader left. (Checking the number itself
+        // would race with tests running beside this one, which may be given it again.)
+        #expect(send(second.raw, &byte, 1, Int32(MSG_NOSIGNAL)) == -1 && errno == EPIPE)
+    }
+}
