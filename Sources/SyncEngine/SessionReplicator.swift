@@ -203,13 +203,15 @@ public actor SessionReplicator {
     /// has grown past the compaction policy or `forceBase` is set.
     ///
     /// `changedPaths`: what the watcher reported since the last sync, so a delta reads only
-    /// those; nil reads the whole directory.
-    public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil) async throws -> SyncResult {
-        try await oneAtATime { try await syncSession(forceBase: forceBase, changedPaths: changedPaths) }
+    /// those; nil reads the whole directory. `pause`: a session being written is taken between
+    /// two of its writer's transactions (see `WritePause`); nil takes it as it is.
+    public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil, pause: WritePause? = nil) async throws -> SyncResult {
+        try await oneAtATime { try await syncSession(forceBase: forceBase, changedPaths: changedPaths, pause: pause) }
     }
 
-    private func syncSession(forceBase: Bool, changedPaths: Set<String>?) async throws -> SyncResult {
+    private func syncSession(forceBase: Bool, changedPaths: Set<String>?, pause: WritePause?) async throws -> SyncResult {
         var changedPaths = changedPaths
+        let started = ContinuousClock.now
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
         if head == nil { try await claimSession() }
         while true {
@@ -224,14 +226,31 @@ public actor SessionReplicator {
             // (the uploads after them still overlap); a delta compresses a few files.
             let turn = kind == .base ? baseBuilds : nil
             await turn?.acquire()
+            // Past its patience, a snapshot takes the session as it is.
+            let awaitedPause = pause.flatMap { $0.isPatient(after: .now - started) ? $0 : nil }
             do {
-                defer { turn?.release() }
-                written = try await writeSnapshot(kind: kind, id: id, parent: previous, changedPaths: changedPaths)
-            } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
-                // Files mid-write cannot go into a base; a delta keeps their last good version.
-                // A spool of its own: the abandoned base may have written part of an archive.
-                kind = .delta
-                written = try await writeSnapshot(kind: kind, id: id, parent: previous, changedPaths: nil)
+                do {
+                    defer { turn?.release() }
+                    written = try await writeSnapshot(
+                        kind: kind, id: id, parent: previous, changedPaths: changedPaths, pause: awaitedPause)
+                } catch SnapshotWriter.Failure.baseIncomplete where previous != nil && !current.head.isTombstoned {
+                    // Files mid-write cannot go into a base; a delta keeps their last good version.
+                    // A spool of its own: the abandoned base may have written part of an archive.
+                    kind = .delta
+                    written = try await writeSnapshot(kind: kind, id: id, parent: previous, changedPaths: nil, pause: awaitedPause)
+                }
+            } catch SnapshotWriter.Failure.writtenDuringReads(let lastWrite) {
+                let wait = awaitedPause!.remaining(afterWriteAt: lastWrite, now: SnapshotWriter.epochNanoseconds())
+                logger.trace("session being written; snapshot deferred", metadata: ["session": "\(session)", "wait": "\(wait)"])
+                try await Task.sleep(for: wait)
+                // What is written meanwhile is reported to the next upload, not this one: this one
+                // compares the whole directory, or it would take part of a transaction.
+                changedPaths = nil
+                continue
+            }
+            if pause != nil, awaitedPause == nil {
+                logger.debug("session still written after the pause's patience; snapshot taken as it is", metadata: ["session": "\(session)"])
+                EngineMetrics.takenWhileWritten()
             }
             let (outcome, spool) = written
             recordSkipped(outcome)
@@ -286,15 +305,15 @@ public actor SessionReplicator {
     /// Writes the next snapshot into a new spool, off the cooperative pool (`runBlocking`): it
     /// reads, hashes and compresses files. No other operation of this replicator runs meanwhile
     /// (`operations`).
-    private func writeSnapshot(kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>?)
-        async throws -> (outcome: SnapshotWriter.Outcome, spool: SnapshotSpool)
-    {
+    private func writeSnapshot(
+        kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>?, pause: WritePause?
+    ) async throws -> (outcome: SnapshotWriter.Outcome, spool: SnapshotSpool) {
         let (writer, session, directory, state, identity) = (writer, session, directory, state, identity)
         return try await runBlocking {
             let spool = SnapshotSpool()
             let outcome = try writer.write(
                 session: session, directory: directory, previous: state, previousIdentity: identity, kind: kind, id: id,
-                parent: parent, changedPaths: changedPaths, openSink: { spool })
+                parent: parent, changedPaths: changedPaths, pause: pause, openSink: { spool })
             return (outcome, spool)
         }
     }

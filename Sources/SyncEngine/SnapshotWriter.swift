@@ -50,6 +50,9 @@ struct SnapshotWriter: Sendable {
     enum Failure: Error {
         /// A base needs every file, but some were mid-write; retry or write a delta.
         case baseIncomplete(unsettled: [String])
+        /// The session was written at `lastWrite` (nanoseconds since the epoch), in the pause
+        /// before the reads or during them (`WritePause`): try again once it is quiet.
+        case writtenDuringReads(lastWrite: Int64)
     }
 
     /// Writes the snapshot to `sink` (opened lazily through `openSink`, so an empty delta
@@ -61,9 +64,11 @@ struct SnapshotWriter: Sendable {
     ///
     /// `previousIdentity`: the identity after the previous snapshot. The credentials file is
     /// parsed only when it changed, or when that identity is not known.
+    /// `pause`: throws `writtenDuringReads` when the session was written in the pause before the
+    /// reads or during them; nil takes the session as it is.
     func write(
         session: SessionID, directory: String, previous: SessionState, previousIdentity: SessionIdentity? = nil,
-        kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil,
+        kind: SnapshotKind, id: SnapshotID, parent: SnapshotID?, changedPaths: Set<String>? = nil, pause: WritePause? = nil,
         openSink: () throws -> ByteSink
     ) throws -> Outcome {
         precondition(kind != .tombstone, "tombstones carry no files; see tombstone(...)")
@@ -120,7 +125,14 @@ struct SnapshotWriter: Sendable {
         /// The credentials file's bytes, when it was read and changed (or its identity is unknown).
         var credentials: [UInt8]?
         var keptBelowUnreadable = false
-        let now = Int64(Date().timeIntervalSince1970 * 1_000_000_000)
+        let now = Self.epochNanoseconds()
+        /// Stops the snapshot when something modified then was written in the pause before the
+        /// reads or during them.
+        func expectPause(since modification: Int64) throws {
+            if let pause, pause.isRecent(modification, readsStartedAt: now, now: Self.epochNanoseconds()) {
+                throw Failure.writtenDuringReads(lastWrite: modification)
+            }
+        }
         for (name, fingerprint) in candidates {
             let previousRecord = previous[name]
             if unreadableDirectories.contains(where: { name.utf8.starts(with: ($0 + "/").utf8) }) {
@@ -159,6 +171,7 @@ struct SnapshotWriter: Sendable {
             }
             switch read {
             case .stable(let file):
+                try expectPause(since: file.state.modificationTime)
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
@@ -172,19 +185,33 @@ struct SnapshotWriter: Sendable {
                     relativePath: SnapshotManifest.filePrefix + name, contents: file.bytes, modificationTime: 0)
                 if kind == .delta { _ = included.add(name, record) }
             case .unstable, .invalidJSON:
+                // A file that changed under the read is a writer at work; one that does not parse
+                // may also be one left half-written long ago.
+                let modified = if case .invalidJSON(let state) = read { state.modificationTime } else { Self.epochNanoseconds() }
+                try expectPause(since: modified)
                 unsettled.append(name)
                 found(name, previousRecord)
             case .missing:
                 found(name, nil)
             }
         }
+        let examined = readsReportedPaths ? candidates.map(\.name) : nil
+        var state = readsReportedPaths ? previous.applying(reported) : scanned.build()
+        var deleted = previous.names(absentFrom: state)
+        // A file missing between the two renames of a replacement was not deleted: it keeps its
+        // last good version until the replacement is done.
+        let beingReplaced = deleted.filter { SessionFiles.isBeingReplaced("\(directory)/\($0)", now: now) }
+        if !beingReplaced.isEmpty {
+            state = state.applying(beingReplaced.map { ($0, previous[$0]) })
+            deleted = previous.names(absentFrom: state)
+            unsettled += beingReplaced
+        }
+        // Renames and deletions move the directory's mtime, not a file's.
+        if let modified = SessionFiles.modificationTime(directory) { try expectPause(since: modified) }
         // A base holds every file of its state: one with a good version it cannot read again cannot be one.
         if kind == .base, keptBelowUnreadable || (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
-        let examined = readsReportedPaths ? candidates.map(\.name) : nil
-        let state = readsReportedPaths ? previous.applying(reported) : scanned.build()
-        let deleted = previous.names(absentFrom: state)
         var sessionIdentity = previousIdentity
         var replacesRegisteredIdentity = false
         if let credentialsFile = format.credentialsFile,
@@ -211,6 +238,10 @@ struct SnapshotWriter: Sendable {
         return Outcome(
             manifest: manifest, state: state, unsettled: unsettled, skipped: skipped, examined: examined, identity: sessionIdentity,
             replacesRegisteredIdentity: replacesRegisteredIdentity)
+    }
+
+    static func epochNanoseconds() -> Int64 {
+        Int64(Date().timeIntervalSince1970 * 1_000_000_000)
     }
 
     /// The manifest as the archive's last entry. A delta's manifest (a few files) fits one

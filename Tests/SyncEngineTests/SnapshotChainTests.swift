@@ -511,6 +511,71 @@ struct SnapshotChainTests {
         #expect(try await restored().1 == expected)
     }
 
+    /// Baileys replaces a file in three steps: `name.tmp` written, `name` renamed to `name.bak`,
+    /// `name.tmp` renamed to `name`. Between the renames `name` was not deleted: reported or found
+    /// by a scan, and in a base, it keeps its last good version until the replacement is done.
+    @Test(arguments: ["reported", "scanned", "base"])
+    func aFileBetweenTheRenamesOfItsReplacementKeepsItsLastGoodVersion(_ read: String) async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        let good = try directoryContents(directory)["creds.json"]
+        try write("{\"next\":1}", to: "creds.json.tmp")
+        try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
+        let result = try await writer.sync(forceBase: read == "base", changedPaths: read == "reported" ? ["creds.json", "creds.json.bak"] : nil)
+        guard case .uploaded(_, .delta, _, let unsettled) = result else {
+            Issue.record("the backup should upload, as a delta: \(result)")
+            return
+        }
+        #expect(unsettled == ["creds.json"])
+        var files = try await restored().1
+        #expect(files["creds.json"] == good)
+        #expect(files["creds.json.bak"] == good)
+        #expect(files["creds.json.tmp"] == nil)
+
+        try FileManager.default.moveItem(atPath: "\(directory)/creds.json.tmp", toPath: "\(directory)/creds.json")
+        _ = try await writer.sync(changedPaths: ["creds.json"])
+        files = try await restored().1
+        #expect(files == (try directoryContents(directory)))
+        #expect(files["creds.json"] == Array("{\"next\":1}".utf8))
+    }
+
+    /// A writer that died between the renames leaves a temporary no replacement will follow.
+    @Test func aNameWhoseTemporaryIsStaleIsDeleted() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try write("{\"next\":1}", to: "creds.json.tmp")
+        let stale = Date().addingTimeInterval(-Double(SessionFiles.replacementTimeout / 1_000_000_000) - 1)
+        try FileManager.default.setAttributes([.modificationDate: stale], ofItemAtPath: "\(directory)/creds.json.tmp")
+        try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
+        #expect(try await writer.sync(changedPaths: ["creds.json", "creds.json.bak"]) != .unchanged(unsettled: []))
+        let files = try await restored().1
+        #expect(files["creds.json"] == nil)
+        #expect(files == (try directoryContents(directory)).filter { !$0.key.hasSuffix(".tmp") })
+    }
+
+    /// A session written just now is taken once a pause has passed since, the whole directory
+    /// compared (what changed while it waited was not reported to it); past the pause's patience,
+    /// as it is.
+    @Test func aSessionBeingWrittenIsTakenAfterAPauseInItsWrites() async throws {
+        try copyFixture("small")
+        let writer = replicator()
+        _ = try await writer.sync()
+        try write("{\"reported\":1}", to: "creds.json")
+        try write("{\"unreported\":1}", to: "pre-key-1.json")
+        let started = ContinuousClock.now
+        _ = try await writer.sync(changedPaths: ["creds.json"], pause: WritePause(length: .milliseconds(300), patience: .seconds(30)))
+        #expect(ContinuousClock.now - started >= .milliseconds(250))
+        #expect(try await restored().1 == (try directoryContents(directory)))
+
+        try write("{\"impatient\":1}", to: "creds.json")
+        let impatient = ContinuousClock.now
+        _ = try await writer.sync(changedPaths: ["creds.json"], pause: WritePause(length: .seconds(30), patience: .zero))
+        #expect(ContinuousClock.now - impatient < .seconds(10))
+        #expect(try await restored().1["creds.json"] == Array("{\"impatient\":1}".utf8))
+    }
+
     /// Past `SnapshotSpool.memoryLimit`, a snapshot is spooled through an unlinked temporary file.
     @Test func aSnapshotLargerThanTheMemorySpoolRestoresExactly() async throws {
         try copyFixture("medium")

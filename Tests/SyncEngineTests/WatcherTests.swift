@@ -222,6 +222,25 @@ struct WatcherTests {
         await recorder.wait { $0.map(\.reported).contains(.changed(sessionID("writer"), ["creds.json"])) }
     }
 
+    /// Baileys' replacement: `name.tmp` written and closed, `name` renamed to `name.bak`, `name.tmp`
+    /// renamed over `name` (and, without a backup, over an existing `name`): changes of `name` and
+    /// `name.bak`, never of the temporary.
+    @Test func aTemporaryRenamedOverANameIsAChangeOfTheName() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "baileys", files: ["creds.json", "pre-key-1.json"])
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(100)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        try write("{\"next\":1}", to: root.file("baileys/creds.json.tmp"))
+        #expect(rename(root.file("baileys/creds.json"), root.file("baileys/creds.json.bak")) == 0)
+        #expect(rename(root.file("baileys/creds.json.tmp"), root.file("baileys/creds.json")) == 0)
+        try write("{\"next\":1}", to: root.file("baileys/pre-key-1.json.tmp"))
+        #expect(rename(root.file("baileys/pre-key-1.json.tmp"), root.file("baileys/pre-key-1.json")) == 0)
+        await recorder.wait { $0.changedPaths(of: sessionID("baileys")) == ["creds.json", "creds.json.bak", "pre-key-1.json"] }
+        #expect(recorder.events.changedPaths(of: sessionID("baileys")) == ["creds.json", "creds.json.bak", "pre-key-1.json"])
+    }
+
     /// Written every 50 ms for 2 s, the session never falls quiet for its 250 ms; only the maximum
     /// delay of 500 ms reports it before the writing ends, about four times.
     @Test func aSessionWrittenContinuouslyIsReportedEveryMaxDelay() async throws {

@@ -306,7 +306,8 @@ public actor SyncService {
             // out; what the local store already holds is still mirrored.
             if SessionFiles.isDirectory(replicator.directory) {
                 sessions[id]?.loggedOut = false
-                let result = try await replicator.sync(changedPaths: changedPaths)
+                let result = try await replicator.sync(
+                    changedPaths: changedPaths, pause: WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay))
                 committed = true
                 switch result {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):

@@ -33,6 +33,11 @@ public enum EngineMetrics {
         Counter(label: "sync_agent_s3_errors_total", dimensions: [("code", code)]).increment()
     }
 
+    /// A snapshot that found no pause in its session's writes within its patience (`WritePause`).
+    static func takenWhileWritten() {
+        Counter(label: "sync_agent_snapshots_taken_while_written_total").increment()
+    }
+
     static func rescan(_ reason: String) {
         Counter(label: "sync_agent_rescans_total", dimensions: [("reason", reason)]).increment()
         if reason == "queue_overflow" { Counter(label: "sync_agent_inotify_overflows_total").increment() }

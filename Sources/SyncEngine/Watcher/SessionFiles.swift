@@ -24,6 +24,22 @@ public enum SessionFiles {
 
     private static let ignoredSuffixes = [".tmp", ".swp", ".swx"]
 
+    /// Whether the file at `path`, found missing, is being replaced. Baileys replaces a file in
+    /// three steps: `name.tmp` written whole, `name` renamed to `name.bak`, `name.tmp` renamed to
+    /// `name`; between the renames `name` is missing and was never deleted. It is being replaced
+    /// while `name.tmp` is younger than `replacementTimeout` (`now` and mtimes in nanoseconds since
+    /// the epoch), or once it is back; an older temporary was left by a writer that died between
+    /// the renames, and `name` is then gone (Baileys reads `name.bak`, part of the session, instead).
+    static func isBeingReplaced(_ path: String, now: Int64) -> Bool {
+        if fileState(path) != nil { return true }
+        guard let temporary = fileState(path + ".tmp") else { return false }
+        return abs(now - temporary.modificationTime) < replacementTimeout
+    }
+
+    /// Long enough for a writer stalled between its renames (a pause of its runtime, a busy
+    /// disk), short enough that one that died leaves its file counted as mid-write for seconds.
+    static let replacementTimeout: Int64 = 10_000_000_000
+
     /// The session directories under `root`, sorted by their bytes.
     public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [SessionID] {
         try entries(of: root).compactMap { $0.kind == .directory ? SessionID($0.name) : nil }.sorted()
@@ -99,6 +115,13 @@ public enum SessionFiles {
             return nil
         }
         return FileState(status)
+    }
+
+    /// The modification time of what `path` names, in nanoseconds since the epoch; nil if nothing.
+    static func modificationTime(_ path: String) -> Int64? {
+        var status = stat()
+        guard FileName.withPlatformPath(path, { lstat($0, &status) }) == 0 else { return nil }
+        return FileState(status).modificationTime
     }
 
     static func isDirectory(_ path: String) -> Bool {
