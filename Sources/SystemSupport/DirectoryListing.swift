@@ -50,7 +50,12 @@ extension FileDescriptor {
                 if errno != 0 { throw SystemError("readdir", path: path) }
                 return entries
             }
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            // The name is read in place: a record is only as long as its name (d_reclen), so copying
+            // the whole `d_name` tuple out of it read past the end of readdir's buffer (a crash on
+            // a directory of 1,000 files whose last record ended near the end of a page).
+            let namePointer = UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+                .assumingMemoryBound(to: CChar.self)
+            let name = Array(UnsafeRawBufferPointer(start: namePointer, count: strlen(namePointer)))
             if name == [UInt8(ascii: ".")] || name == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
             let kind: DirectoryEntry.Kind
             switch Int32(entry.pointee.d_type) {
@@ -58,10 +63,7 @@ extension FileDescriptor {
             case Int32(DT_DIR): kind = .directory
             case Int32(DT_UNKNOWN):
                 var status = stat()
-                let found = withUnsafeBytes(of: entry.pointee.d_name) { name in
-                    fstatat(raw, name.baseAddress!.assumingMemoryBound(to: CChar.self), &status, AT_SYMLINK_NOFOLLOW) == 0
-                }
-                guard found else { continue }
+                guard fstatat(raw, namePointer, &status, AT_SYMLINK_NOFOLLOW) == 0 else { continue }
                 kind = DirectoryEntry.Kind(mode: status.st_mode)
             default: kind = .other
             }

@@ -40,6 +40,19 @@ import Testing
         }
     }
 
+    /// Enough entries to fill readdir's buffer several times, with names of every length, so
+    /// some record ends right at the buffer's end: reading a name past its record (the whole
+    /// `d_name` array) crashed `watch` there, and an address-sanitized run reports it on any.
+    @Test func listsEveryEntryOfADirectoryLargerThanReaddirsBuffer() throws {
+        try withTemporaryDirectory { root in
+            let names = (0..<3_000).map { index in Array("\(index)-".utf8) + Array(repeating: UInt8(ascii: "n"), count: index % 200) }
+            for name in names { create(Array("\(root)/".utf8) + name) }
+            let entries = try root.withCString { try FileDescriptor.directoryEntries(atPath: $0, displayedAs: root) }
+            #expect(Set(entries.map(\.name)) == Set(names))
+            #expect(entries.count == names.count)
+        }
+    }
+
     @Test func listsTheSameDescriptorTwice() throws {
         try withTemporaryDirectory { root in
             create(Array("\(root)/a".utf8))
