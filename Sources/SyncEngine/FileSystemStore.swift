@@ -360,7 +360,7 @@ private func readAll(
     // Sized to the file, up to 1 MiB: a zeroed 1 MiB buffer for a head of a few hundred bytes was
     // mapped, faulted in and unmapped at every read, most of a restart's CPU (1,000 sessions).
     var status = stat()
-    let size = fstat(descriptor, &status) == 0 ? Int(status.st_size) : 1 << 20
+    let size = fstat(file.raw, &status) == 0 ? Int(status.st_size) : 1 << 20
     var buffer = [UInt8](repeating: 0, count: min(max(size + 1, 4096), 1 << 20))
     var offset: Int64 = 0
     while true {

@@ -136,6 +136,16 @@ struct BaileysCredentials: Sendable {
         private enum CodingKeys: String, CodingKey { case type, data }
 
         init(from decoder: any Decoder) throws {
+            // Bytes written as a bare base64 string, as Baileys writes `advSecretKey` and some
+            // versions and forks write the account's fields: the check is for credentials a
+            // session cannot reconnect with, not for one spelling of the same bytes.
+            if let text = try? decoder.singleValueContainer().decode(String.self) {
+                guard let data = Data(base64Encoded: text) else {
+                    throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not base64"))
+                }
+                bytes = Array(data)
+                return
+            }
             let container = try decoder.container(keyedBy: CodingKeys.self)
             guard try container.decode(String.self, forKey: .type) == "Buffer" else {
                 throw DecodingError.dataCorruptedError(forKey: .type, in: container, debugDescription: "not a Buffer")
