@@ -11,7 +11,8 @@ import SystemSupport
 enum SyncAgentBenchMain {
     static func main() {
         let finished = DispatchSemaphore(value: 0)
-        Task {
+        // Detached: a task started here would run on the main actor, whose thread waits below.
+        Task.detached {
             await SyncAgentBench.main()
             finished.signal()
         }
