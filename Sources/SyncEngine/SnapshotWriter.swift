@@ -165,7 +165,12 @@ struct SnapshotWriter: Sendable {
         }
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
         let state = readsReportedPaths ? previous.applying(reported) : scanned.build()
-        let deleted = previous.names(absentFrom: state)
+        // After reported paths, only a reported name can have gone (they come sorted, each once):
+        // no comparison of the whole state with the previous one.
+        let deleted =
+            readsReportedPaths
+            ? reported.compactMap { $0.record == nil && previous[$0.name] != nil ? $0.name : nil }
+            : previous.names(absentFrom: state)
         if kind == .delta, included.count == 0, deleted.isEmpty {
             return Outcome(manifest: nil, state: state, unsettled: unsettled, skipped: skipped, examined: examined)
         }
