@@ -347,7 +347,11 @@ private func makeDirectories(_ path: String) throws(StoreError) {
 private func readAll(
     _ descriptor: Int32, readFailure: () -> StoreError, _ body: (ArraySlice<UInt8>, Int64) throws(StoreError) -> Void
 ) throws(StoreError) {
-    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    // Sized to the file, up to 1 MiB: a delta is a few KiB, and zeroing a whole MiB for it cost
+    // each small put a million instructions. A file that grew meanwhile takes more reads.
+    var status = stat()
+    let size = fstat(descriptor, &status) == 0 ? Int(status.st_size) : 1 << 20
+    var buffer = [UInt8](repeating: 0, count: min(max(size, 1), 1 << 20))
     var offset: Int64 = 0
     while true {
         let count = buffer.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
