@@ -69,8 +69,9 @@ let package = Package(
         .executableTarget(
             name: "SyncAgentBench",
             dependencies: [
-                "SyncEngine", "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive",
+                "SyncEngine", "S3Store", "SystemSupport", "S3Client", "SessionCrypto", "SessionArchive",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 

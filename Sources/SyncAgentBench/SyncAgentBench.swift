@@ -3,9 +3,25 @@ import Foundation
 import S3Client
 import SystemSupport
 
+/// The entry point. Not `@main` on the async root command: an async main parks the main thread
+/// in libdispatch's `dispatch_main` (`pthread_exit`, then `sigsuspend`), and valgrind 3.19 dies
+/// of an internal SIGSEGV when such a process exits; `bench/instructions` runs this under
+/// callgrind. Here the main thread waits for the command and returns.
+@main
+enum SyncAgentBenchMain {
+    static func main() {
+        let finished = DispatchSemaphore(value: 0)
+        // Detached: a task started here would run on the main actor, whose thread waits below.
+        Task.detached {
+            await SyncAgentBench.main()
+            finished.signal()
+        }
+        finished.wait()
+    }
+}
+
 /// The benchmark driver: each subcommand does one measured job with the project's own
 /// code, so `bench/` scripts can time it beside a baseline tool on the same data.
-@main
 struct SyncAgentBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sync-agent-bench",
@@ -13,7 +29,7 @@ struct SyncAgentBench: AsyncParsableCommand {
         subcommands: [
             S3Upload.self, S3Download.self,
             ArchivePack.self, ArchiveUnpack.self, SecretstreamEncrypt.self, SecretstreamDecrypt.self,
-            SidecarWriter.self,
+            SidecarWriter.self, ChangeCost.self,
         ])
 }
 

@@ -106,6 +106,10 @@ public struct SessionState: Sendable, Sequence {
         }
         var result = SessionState()
         result.reserveCapacity(count + changes.count, nameBytes: nameBytes.count + changes.reduce(0) { $0 + $1.name.utf8.count })
+        // The files between two changed names are copied a run at a time (one copy of their
+        // names' bytes, no comparison per file): an upload changing one file of 100,000 costs
+        // two binary searches and two copies, not 100,000 comparisons and appends.
+        var byteCount = byteCount
         var index = 0
         for (position, change) in order.enumerated() {
             // A later change to the same name follows: it wins.
@@ -113,15 +117,21 @@ public struct SessionState: Sendable, Sequence {
             var name = changes[change].name
             let record = changes[change].record
             name.withUTF8 { key in
-                while index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) < 0 {
-                    result.append(entryAt: index, of: self)
+                let found = lowerBound(key, from: index)
+                result.append(entriesIn: index..<found, of: self)
+                index = found
+                if index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) == 0 {
+                    byteCount -= entries[index].record.size
                     index += 1
                 }
-                if index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) == 0 { index += 1 }
-                if let record { result.append(key, record) }
+                if let record {
+                    result.append(key, record)
+                    byteCount += record.size
+                }
             }
         }
-        for index in index..<entries.count { result.append(entryAt: index, of: self) }
+        result.append(entriesIn: index..<entries.count, of: self)
+        result.byteCount = byteCount
         return result
     }
 
@@ -130,21 +140,45 @@ public struct SessionState: Sendable, Sequence {
     /// digest, whatever their fingerprints.
     public var digest: String {
         let digest = StreamingDigest(.sha256)
-        // Every upload digests every file of its session: one reused buffer, no String per line.
-        var line: [UInt8] = []
-        line.reserveCapacity(256)
+        // Every upload digests every file of its session: the lines go into one reused buffer,
+        // hashed a chunk at a time (one call into OpenSSL per line cost as much as the hashing).
+        let chunkSize = 64 * 1024
+        var chunk: [UInt8] = []
+        chunk.reserveCapacity(chunkSize + 1024)
         for index in entries.indices {
             let record = entries[index].record
-            line.removeAll(keepingCapacity: true)
-            nameBuffer(at: index) { line.append(contentsOf: $0) }
-            line.append(0)
-            line.append(contentsOf: String(record.size).utf8)
-            line.append(0)
-            record.contentID.appendHex(to: &line)
-            line.append(UInt8(ascii: "\n"))
-            digest.update(line)
+            nameBuffer(at: index) { chunk.append(contentsOf: $0) }
+            chunk.append(0)
+            Self.appendDecimal(record.size, to: &chunk)
+            chunk.append(0)
+            record.contentID.appendHex(to: &chunk)
+            chunk.append(UInt8(ascii: "\n"))
+            if chunk.count >= chunkSize {
+                digest.update(chunk)
+                chunk.removeAll(keepingCapacity: true)
+            }
         }
+        digest.update(chunk)
         return digest.finalize().lowercaseHex
+    }
+
+    /// `value` in decimal ASCII digits, as `String(value)` spells it (a size read from a damaged
+    /// manifest may be negative), without the String.
+    private static func appendDecimal(_ value: Int64, to bytes: inout [UInt8]) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { digits in
+            if value < 0 { bytes.append(UInt8(ascii: "-")) }
+            var remaining = value.magnitude
+            var start = digits.count
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(remaining % 10)
+                remaining /= 10
+            } while remaining > 0
+            bytes.append(contentsOf: digits[start...])
+        }
     }
 
     /// The order of names in a state: by their UTF-8 bytes.
@@ -201,8 +235,17 @@ public struct SessionState: Sendable, Sequence {
         byteCount += record.size
     }
 
-    private mutating func append(entryAt index: Int, of other: SessionState) {
-        other.nameBuffer(at: index) { append($0, other.entries[index].record) }
+    /// Appends `other`'s entries in `range`, leaving `byteCount` to the caller.
+    private mutating func append(entriesIn range: Range<Int>, of other: SessionState) {
+        guard !range.isEmpty else { return }
+        let start = range.lowerBound == 0 ? 0 : Int(other.entries[range.lowerBound - 1].nameEnd)
+        let end = Int(other.entries[range.upperBound - 1].nameEnd)
+        // Where the run's names start here, less where they started there.
+        let shift = Int64(nameBytes.count) - Int64(start)
+        nameBytes.append(contentsOf: other.nameBytes[start..<end])
+        entries.append(contentsOf: other.entries[range].lazy.map {
+            Entry(record: $0.record, nameEnd: UInt32(Int64($0.nameEnd) + shift))
+        })
     }
 
     private func nameBuffer<Result>(at index: Int, _ body: (UnsafeBufferPointer<UInt8>) throws -> Result) rethrows -> Result {
@@ -222,9 +265,9 @@ public struct SessionState: Sendable, Sequence {
         return index
     }
 
-    /// The first entry whose name is not before `key`.
-    private func lowerBound(_ key: UnsafeBufferPointer<UInt8>) -> Int {
-        var (low, high) = (0, entries.count)
+    /// The first entry from `start` on whose name is not before `key`.
+    private func lowerBound(_ key: UnsafeBufferPointer<UInt8>, from start: Int = 0) -> Int {
+        var (low, high) = (start, entries.count)
         while low < high {
             let middle = (low + high) / 2
             if nameBuffer(at: middle, { Self.compare($0, key) }) < 0 { low = middle + 1 } else { high = middle }

@@ -197,13 +197,18 @@ struct SnapshotWriter: Sendable {
         }
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
         var state = readsReportedPaths ? previous.applying(reported) : scanned.build()
-        var deleted = previous.names(absentFrom: state)
+        // After reported paths, only a reported name can have gone (they come sorted, each once):
+        // no comparison of the whole state with the previous one.
+        var deleted =
+            readsReportedPaths
+            ? reported.compactMap { $0.record == nil && previous[$0.name] != nil ? $0.name : nil }
+            : previous.names(absentFrom: state)
         // A file missing between the two renames of a replacement was not deleted: it keeps its
         // last good version until the replacement is done.
         let beingReplaced = deleted.filter { SessionFiles.isBeingReplaced("\(directory)/\($0)", now: now) }
         if !beingReplaced.isEmpty {
             state = state.applying(beingReplaced.map { ($0, previous[$0]) })
-            deleted = previous.names(absentFrom: state)
+            deleted.removeAll { beingReplaced.contains($0) }
             unsettled += beingReplaced
         }
         // Renames and deletions move the directory's mtime, not a file's.

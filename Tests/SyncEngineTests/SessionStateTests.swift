@@ -27,7 +27,11 @@ struct SessionStateTests {
     }
 
     @Test func digestIsFormatsHashOfTheSortedLines() {
-        let files = ["creds.json": record("{}"), "sub/x.json": record("[1]"), "pre-key-1.json": record(#"{"k":1}"#)]
+        // Sizes of one digit, of several, and 0 (spelled "0").
+        let files = [
+            "creds.json": record("{}"), "sub/x.json": record("[1]"), "pre-key-1.json": record(#"{"k":1}"#),
+            "empty.json": record(""), "large.json": record(String(repeating: "x", count: 1_234_567)),
+        ]
         let digest = StreamingDigest(.sha256)
         for name in files.keys.sorted() {
             digest.update(Array("\(name)\0\(files[name]!.size)\0\(files[name]!.contentID)\n".utf8))
