@@ -1,4 +1,4 @@
-internal import CXML2
+import CXML2
 import SystemSupport
 
 /// A parsed S3 XML response: just elements and their text, which is all S3 answers carry.
