@@ -69,15 +69,8 @@ struct ConfigurationTests {
 
     @Test(arguments: flagsRefusedSayingWhy)
     func aBadFlagIsRefusedByTheParserSayingWhy(_ arguments: [String], message: String) async throws {
-        let workspace = try Workspace(sessions: ["small"])
-        let store = workspace.directory.file("store")
-        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
-        let result = try await runner.run(
-            arguments[0], ["--sessions-dir", workspace.sessions] + (arguments[0] == "watch" ? ["--no-listen"] : []) + arguments.dropFirst())
-        #expect(result.termination == .exited(64), "\(result.standardError)")
-        let lines = result.standardError.split(separator: "\n")
-        #expect(lines.first?.hasPrefix("Error: The value ") == true && lines[0].contains(message), "\(result.standardError)")
-        #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
+        let lines = try await refusedUsage(arguments)
+        #expect(lines.first?.hasPrefix("Error: The value ") == true && lines.first?.contains(message) == true, "\(lines)")
     }
 
     static let badFlagValues: [[String]] = [
@@ -91,16 +84,22 @@ struct ConfigurationTests {
     /// values of --snapshot, --sample, --mode and --log-level were echoed as given.
     @Test(arguments: badFlagValues)
     func aBadFlagValueIsEchoedOnOneLine(_ arguments: [String]) async throws {
+        let lines = try await refusedUsage(arguments)
+        #expect(lines.first?.hasPrefix("Error: ") == true && lines.first?.contains(#"x\nFAKE line"#) == true, "\(lines)")
+        #expect(!lines.contains { $0.hasPrefix("FAKE line") }, "\(lines)")
+    }
+
+    /// Runs `arguments` (a command and its flags) on a fresh workspace, expects exit 64 and no
+    /// store created, and hands back standard error's lines.
+    private func refusedUsage(_ arguments: [String]) async throws -> [Substring] {
         let workspace = try Workspace(sessions: ["small"])
         let store = workspace.directory.file("store")
         let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
         let result = try await runner.run(
             arguments[0], ["--sessions-dir", workspace.sessions] + (arguments[0] == "watch" ? ["--no-listen"] : []) + arguments.dropFirst())
         #expect(result.termination == .exited(64), "\(result.standardError)")
-        let lines = result.standardError.split(separator: "\n")
-        #expect(lines.first?.hasPrefix("Error: ") == true && lines[0].contains(#"x\nFAKE line"#), "\(result.standardError)")
-        #expect(!lines.contains { $0.hasPrefix("FAKE line") }, "\(result.standardError)")
         #expect(!FileManager.default.fileExists(atPath: store), "the store was created")
+        return result.standardError.split(separator: "\n")
     }
 
     /// An empty key variable is a secret that did not arrive: it fell back to the local store's
