@@ -61,8 +61,8 @@ struct BaileysWritePatternTests {
     }
 
     /// A writer that died between the renames leaves `name.bak` and `name.tmp` for good: the
-    /// deletion of `name` is recorded once the temporary is stale, and `name.bak`, what Baileys
-    /// then reads, restores.
+    /// deletion of `name` is recorded once the replacement is stale (its temporary and its rename
+    /// to the backup 10 s old), and `name.bak`, what Baileys then reads, restores.
     @Test func aReplacementLeftHalfDoneIsADeletionOnceItsTemporaryIsStale() async throws {
         let (workspace, runner, agent) = try await watching(["--quiet-period", "100ms"])
         let baileys = BaileysDirectory(workspace.session("baileys-registered"))

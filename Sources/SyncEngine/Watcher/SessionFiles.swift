@@ -41,11 +41,7 @@ public enum SessionFiles {
     /// The change time of the regular file at `path` (which a rename sets), in nanoseconds since
     /// the epoch; nil if there is none.
     static func changeTime(_ path: String) -> Int64? {
-        var status = stat()
-        guard FileName.withPlatformPath(path, { lstat($0, &status) }) == 0, Entry.Kind(mode: status.st_mode) == .file else {
-            return nil
-        }
-        return Int64(status.st_ctim.tv_sec) * 1_000_000_000 + Int64(status.st_ctim.tv_nsec)
+        regularFileStatus(path).map { Int64($0.st_ctim.tv_sec) * 1_000_000_000 + Int64($0.st_ctim.tv_nsec) }
     }
 
     /// The session directories under `root`, sorted by their bytes.
@@ -118,11 +114,15 @@ public enum SessionFiles {
 
     /// The state of the regular file at `path`; nil if there is none (any more).
     static func fileState(_ path: String) -> FileState? {
+        regularFileStatus(path).map(FileState.init)
+    }
+
+    private static func regularFileStatus(_ path: String) -> stat? {
         var status = stat()
         guard FileName.withPlatformPath(path, { lstat($0, &status) }) == 0, Entry.Kind(mode: status.st_mode) == .file else {
             return nil
         }
-        return FileState(status)
+        return status
     }
 
     /// The modification time of what `path` names, in nanoseconds since the epoch; nil if nothing.
