@@ -205,7 +205,12 @@ struct SnapshotWriter: Sendable {
             : previous.names(absentFrom: state)
         // A file missing between the two renames of a replacement was not deleted: it keeps its
         // last good version until the replacement is done.
-        let beingReplaced = deleted.filter { SessionFiles.isBeingReplaced("\(directory)/\($0)", now: now) }
+        // (`previous` has every deleted name: a backup missing too holds nothing.)
+        let beingReplaced = deleted.filter { name in
+            SessionFiles.missingFile(
+                "\(directory)/\(name)", backupHoldsItsLastVersion: state[name + ".bak"]?.contentID == previous[name]?.contentID
+            ).isBeingReplaced(now: now)
+        }
         if !beingReplaced.isEmpty {
             state = state.applying(beingReplaced.map { ($0, previous[$0]) })
             deleted.removeAll { beingReplaced.contains($0) }

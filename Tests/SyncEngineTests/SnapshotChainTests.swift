@@ -540,18 +540,60 @@ struct SnapshotChainTests {
         #expect(files["creds.json"] == Array("{\"next\":1}".utf8))
     }
 
-    /// A writer that died between the renames leaves a temporary no replacement will follow.
-    @Test func aNameWhoseTemporaryIsStaleIsDeleted() async throws {
+    /// Between the renames, with no temporary yet or one written long before (a writer stalled
+    /// between writing it and renaming): `name` was moved to `name.bak`, the first step of a
+    /// replacement, so it keeps its last good version, whether reported, found by a scan, in a
+    /// base, or by an agent started between the renames.
+    @Test(arguments: ["no temporary", "stale temporary"], ["reported", "scanned", "base", "restarted"])
+    func aFileMovedToItsBackupIsBeingReplacedWhateverItsTemporary(_ temporary: String, _ read: String) async throws {
         try copyFixture("small")
+        let first = replicator()
+        _ = try await first.sync()
+        let good = try directoryContents(directory)["creds.json"]
+        if temporary == "stale temporary" {
+            try write("{\"next\":1}", to: "creds.json.tmp")
+            try age("creds.json.tmp")
+        }
+        try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
+        // A restarted agent knows only the store: a new replicator, comparing the whole directory.
+        let writer = read == "restarted" ? replicator() : first
+        let result = try await writer.sync(forceBase: read == "base", changedPaths: read == "reported" ? ["creds.json", "creds.json.bak"] : nil)
+        guard case .uploaded(_, .delta, _, let unsettled) = result else {
+            Issue.record("the backup should upload, as a delta: \(result)")
+            return
+        }
+        #expect(unsettled == ["creds.json"])
+        var files = try await restored().1
+        #expect(files["creds.json"] == good)
+        #expect(files["creds.json.bak"] == good)
+
+        try write("{\"next\":2}", to: "creds.json.tmp")
+        try FileManager.default.moveItem(atPath: "\(directory)/creds.json.tmp", toPath: "\(directory)/creds.json")
+        _ = try await writer.sync(changedPaths: ["creds.json"])
+        files = try await restored().1
+        #expect(files["creds.json"] == Array("{\"next\":2}".utf8))
+        #expect(files == (try directoryContents(directory)))
+    }
+
+    /// A `null` write unlinks `name`, `name.tmp` and `name.bak`. Part way (`name` gone, the backup
+    /// of an earlier version still there), and whatever stale temporary is left, `name` is deleted:
+    /// the backup does not hold the version `name` had.
+    @Test func aNameGoneWithoutABackupOfItsLastVersionIsDeleted() async throws {
+        try copyFixture("small")
+        try write("{\"version\":1}", to: "creds.json.bak")
+        try write("{\"stale\":1}", to: "creds.json.tmp")
+        try age("creds.json.tmp")
         let writer = replicator()
         _ = try await writer.sync()
-        try write("{\"next\":1}", to: "creds.json.tmp")
-        let stale = Date().addingTimeInterval(-Double(SessionFiles.replacementTimeout / 1_000_000_000) - 1)
-        try FileManager.default.setAttributes([.modificationDate: stale], ofItemAtPath: "\(directory)/creds.json.tmp")
-        try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
-        #expect(try await writer.sync(changedPaths: ["creds.json", "creds.json.bak"]) != .unchanged(unsettled: []))
-        let files = try await restored().1
+        try FileManager.default.removeItem(atPath: "\(directory)/creds.json")
+        #expect(try await writer.sync(changedPaths: ["creds.json"]) != .unchanged(unsettled: []))
+        var files = try await restored().1
         #expect(files["creds.json"] == nil)
+        #expect(files["creds.json.bak"] == Array("{\"version\":1}".utf8))
+
+        try FileManager.default.removeItem(atPath: "\(directory)/creds.json.bak")
+        #expect(try await writer.sync(changedPaths: ["creds.json.bak"]) != .unchanged(unsettled: []))
+        files = try await restored().1
         #expect(files == (try directoryContents(directory)).filter { !$0.key.hasSuffix(".tmp") })
     }
 
@@ -606,6 +648,12 @@ struct SnapshotChainTests {
             return
         }
         #expect(try await restored().1 == directoryContents(directory))
+    }
+
+    /// Sets the file's modification time past the replacement timeout.
+    private func age(_ name: String) throws {
+        let stale = Date().addingTimeInterval(-Double(MissingFile.replacementTimeout / 1_000_000_000) - 1)
+        try FileManager.default.setAttributes([.modificationDate: stale], ofItemAtPath: "\(directory)/\(name)")
     }
 
     private func write(_ text: String, to name: String) throws {

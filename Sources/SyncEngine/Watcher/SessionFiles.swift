@@ -24,21 +24,25 @@ public enum SessionFiles {
 
     private static let ignoredSuffixes = [".tmp", ".swp", ".swx"]
 
-    /// Whether the file at `path`, found missing, is being replaced. Baileys replaces a file in
-    /// three steps: `name.tmp` written whole, `name` renamed to `name.bak`, `name.tmp` renamed to
-    /// `name`; between the renames `name` is missing and was never deleted. It is being replaced
-    /// while `name.tmp` is younger than `replacementTimeout` (`now` and mtimes in nanoseconds since
-    /// the epoch), or once it is back; an older temporary was left by a writer that died between
-    /// the renames, and `name` is then gone (Baileys reads `name.bak`, part of the session, instead).
-    static func isBeingReplaced(_ path: String, now: Int64) -> Bool {
-        if fileState(path) != nil { return true }
-        guard let temporary = fileState(path + ".tmp") else { return false }
-        return abs(now - temporary.modificationTime) < replacementTimeout
+    /// What the directory shows of a file that the previous snapshot had and a snapshot found
+    /// missing, looked at in the order that cannot miss the second rename of a replacement
+    /// (`name.tmp` renamed to `name` turns one into the other): the temporary first, the name last.
+    ///
+    /// `backupHoldsItsLastVersion`: `name.bak`, as this snapshot has it, holds the version the
+    /// previous snapshot had for `name`; its change time is then when it was renamed there.
+    static func missingFile(_ path: String, backupHoldsItsLastVersion: Bool) -> MissingFile {
+        var missing = MissingFile()
+        missing.temporaryWritten = fileState(path + ".tmp")?.modificationTime
+        if backupHoldsItsLastVersion { missing.movedToBackup = changeTime(path + ".bak") }
+        missing.isBack = fileState(path) != nil
+        return missing
     }
 
-    /// Long enough for a writer stalled between its renames (a pause of its runtime, a busy
-    /// disk), short enough that one that died leaves its file counted as mid-write for seconds.
-    static let replacementTimeout: Int64 = 10_000_000_000
+    /// The change time of the regular file at `path` (which a rename sets), in nanoseconds since
+    /// the epoch; nil if there is none.
+    static func changeTime(_ path: String) -> Int64? {
+        regularFileStatus(path).map { Int64($0.st_ctim.tv_sec) * 1_000_000_000 + Int64($0.st_ctim.tv_nsec) }
+    }
 
     /// The session directories under `root`, sorted by their bytes.
     public static func sessionIDs(inRoot root: String) throws(WatcherError) -> [SessionID] {
@@ -110,11 +114,15 @@ public enum SessionFiles {
 
     /// The state of the regular file at `path`; nil if there is none (any more).
     static func fileState(_ path: String) -> FileState? {
+        regularFileStatus(path).map(FileState.init)
+    }
+
+    private static func regularFileStatus(_ path: String) -> stat? {
         var status = stat()
         guard FileName.withPlatformPath(path, { lstat($0, &status) }) == 0, Entry.Kind(mode: status.st_mode) == .file else {
             return nil
         }
-        return FileState(status)
+        return status
     }
 
     /// The modification time of what `path` names, in nanoseconds since the epoch; nil if nothing.
@@ -128,6 +136,35 @@ public enum SessionFiles {
         var status = stat()
         return FileName.withPlatformPath(path, { lstat($0, &status) }) == 0 && Entry.Kind(mode: status.st_mode) == .directory
     }
+}
+
+/// A file the previous snapshot had, found missing: deleted, or between the two renames of a
+/// replacement. Baileys replaces `name` in three steps: `name.tmp` written whole, `name` renamed to
+/// `name.bak`, `name.tmp` renamed to `name`; between the renames `name` is missing and was never
+/// deleted. A `null` write unlinks `name`, `name.tmp` and `name.bak`: a deletion.
+///
+/// Pure: times in nanoseconds since the epoch, as the file system's are, `now` passed in.
+struct MissingFile: Equatable {
+    /// When `name.tmp` was written, if there is one.
+    var temporaryWritten: Int64?
+    /// When `name` was renamed to `name.bak`, if `name.bak` holds the version `name` last had.
+    var movedToBackup: Int64?
+    /// `name` is there again (the second rename came while the snapshot looked).
+    var isBack = false
+
+    /// Whether `name` is being replaced: it is back, or its replacement began less than
+    /// `replacementTimeout` ago, as a temporary written that recently or the rename to the backup
+    /// of its last version says (either is enough: the backup whatever the temporary is yet, the
+    /// temporary for writers that rename it over `name` with no backup). A replacement older than
+    /// that was left by a writer that died between its renames: `name` is then gone, and Baileys
+    /// reads `name.bak`, part of the session, instead.
+    func isBeingReplaced(now: Int64) -> Bool {
+        isBack || [temporaryWritten, movedToBackup].contains { $0.map { abs(now - $0) < Self.replacementTimeout } ?? false }
+    }
+
+    /// Long enough for a writer stalled between its renames (a pause of its runtime, a busy
+    /// disk), short enough that one that died leaves its file counted as mid-write for seconds.
+    static let replacementTimeout: Int64 = 10_000_000_000
 }
 
 /// A regular file's identity and metadata, as compared between reads and with the last manifest.
