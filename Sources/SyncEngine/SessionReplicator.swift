@@ -130,19 +130,22 @@ public actor SessionReplicator {
     private func claimSession() async throws {
         while true {
             let current = try await sessionStore.head(session)
-            if let current, !claimsOwnership {
-                try await load(current)
-                return
-            }
-            if let agent, let holder = current?.head.agent, holder != agent, current?.head.isTombstoned == false {
+            if let agent, let current, let holder = current.head.agent, !current.head.isTombstoned,
+                holder != agent || (!claimsOwnership && current.head.released != nil)
+            {
                 // Another agent holds it, or released it to be acquired: only an acquire (a restore
-                // before the worker runs the session) takes it, never a directory found here, which
-                // may be older than what that agent committed.
+                // before the worker runs the session) takes it, never a directory found here (by
+                // `watch` or `backup`), which may be older than what that agent committed. A `backup`
+                // joins only a session its agent holds, not one it released.
                 fencedBy = "agent \(holder)"
                 logger.error("session held by another agent; not writing it (an acquire takes it over)", metadata: [
                     "session": "\(session)", "holder": "\(holder)",
                 ])
                 throw SnapshotError.fenced(session: session.rawValue, by: "agent \(holder)")
+            }
+            if let current, !claimsOwnership {
+                try await load(current)
+                return
             }
             let claimed = (current?.head ?? .unclaimed(at: Date())).claimed(
                 owner: owner, agent: agent, above: try await generationElsewhere(), at: Date())
