@@ -239,3 +239,63 @@ extension SyncServiceTests {
         _ = try await running.value
     }
 }
+
+extension SyncServiceTests {
+    /// A second agent on a sessions root of its own, on the same store.
+    func otherAgent(_ agent: String) throws -> (SyncService, root: String) {
+        let root = workspace.file("sessions-\(agent)")
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        var settings = WatchSettings()
+        settings.watcher.quietPeriod = .milliseconds(50)
+        settings.watcher.maxDelay = .milliseconds(500)
+        let service = SyncService(
+            root: root, sessionStore: sessionStore, owner: "\(agent)/1", mode: .local, conditionalWrites: true,
+            settings: settings, lease: leaseHolder(agent), logger: Logger(label: "test"))
+        return (service, root)
+    }
+
+    /// The worker's runtime move: release on A, acquire on B (restored, then watched without a new
+    /// snapshot of what it restored), B's writes committed and A's ignored; then B's logout.
+    @Test func aRunningAgentAcquiresAReleasedSessionWatchesItAndLogsItOut() async throws {
+        let a = service(lease: leaseHolder("a"))
+        try makeSession("s1", files: ["creds.json": "{\"v\":1}"])
+        let runningA = Task { try await a.run(shutdownTimeout: .seconds(60)) }
+        defer { runningA.cancel() }
+        try await waitFor(a, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        try makeSession("s1", files: ["creds.json": "{\"v\":2}"])
+        _ = try await a.release(SessionID("s1")!, timeout: .seconds(120))
+        let releasedHead = try #require(try await sessionStore.head(SessionID("s1")!)?.head)
+
+        let (b, rootB) = try otherAgent("b")
+        let runningB = Task { try await b.run(shutdownTimeout: .seconds(60)) }
+        defer { runningB.cancel() }
+        let report = try await b.acquire(SessionID("s1")!, options: AcquireOptions(waitRelease: .seconds(60)))
+        #expect(report.recoveredSessions.map(\.acquired) == ["released"])
+        #expect(report.recoveredSessions.map(\.status) == ["restored"])
+        #expect(try String(contentsOfFile: "\(rootB)/s1/creds.json", encoding: .utf8) == "{\"v\":2}")
+        try await waitFor(b, "s1", "synced") { $0.state == .synced }
+        try await Task.sleep(for: .seconds(2))
+        let acquiredHead = try #require(try await sessionStore.head(SessionID("s1")!)?.head)
+        // The swap is no change: at most one snapshot, of the restored state (here the chain is due
+        // for a new base: its one delta is as large as its base).
+        #expect(acquiredHead.latest!.sequence <= releasedHead.latest!.sequence + 1, "\(acquiredHead)")
+        #expect(try await restored("s1") == "{\"v\":2}")
+        #expect(acquiredHead.agent == "b" && acquiredHead.released == nil)
+
+        try makeSession("s1", files: ["creds.json": "{\"v\":3}"])  // A's old copy: not A's any more
+        try Data("{\"v\":4}".utf8).write(to: URL(fileURLWithPath: "\(rootB)/s1/creds.json"))
+        let flushed = try await b.flush(SessionID("s1")!, timeout: .seconds(120))
+        #expect(flushed.snapshot != nil && flushed.snapshot != releasedHead.latest.map { "\($0)" })
+        #expect(try await restored("s1") == "{\"v\":4}")
+
+        _ = try await b.logout(SessionID("s1")!, timeout: .seconds(120))
+        #expect(!FileManager.default.fileExists(atPath: "\(rootB)/s1"))
+        #expect(try await sessionStore.head(SessionID("s1")!)?.head.isTombstoned == true)
+        let unknown = await #expect(throws: SessionControlError.self) { _ = try await b.flush(SessionID("nope")!, timeout: .seconds(1)) }
+        #expect(unknown?.reason == .unknownSession)
+        runningA.cancel()
+        runningB.cancel()
+        _ = try await runningA.value
+        _ = try await runningB.value
+    }
+}
