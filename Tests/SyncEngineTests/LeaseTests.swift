@@ -66,6 +66,16 @@ struct LeaseExpiryTests {
         #expect(claimed.generation == 4 && claimed.agent == "b" && claimed.owner == "b/2/2" && claimed.released == nil)
     }
 
+    @Test func theDefaultAgentIDIsTheHostAndTheSessionsDirectoryAndAlwaysAValidID() {
+        #expect(AgentIdentity.defaultID(host: "worker-1", sessionsDirectory: "/data/./sessions/") == "worker-1:/data/sessions")
+        for path in ["/data/line\nbreak", "/" + String(repeating: "long/", count: 100)] {
+            let id = AgentIdentity.defaultID(host: "worker-1", sessionsDirectory: path)
+            #expect(id.hasPrefix("worker-1:sha256:") && id.utf8.count == "worker-1:sha256:".utf8.count + 16, "\(id)")
+            #expect(AgentIdentity.defect(ofID: id) == nil)
+        }
+        #expect(AgentIdentity.defect(ofID: "") != nil && AgentIdentity.defect(ofID: "a\tb") != nil)
+    }
+
     @Test func theLeaseKeyNamesNoAgentAndDependsOnTheKey() {
         let (one, two) = (EncryptionKey.generate(), EncryptionKey.generate())
         let key = LeaseStore.key(agent: "worker-1:/sessions", key: one)
