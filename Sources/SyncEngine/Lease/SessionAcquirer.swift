@@ -74,7 +74,7 @@ public struct SessionAcquirer: Sendable {
         let leases = LeaseStore(sessionStore)
         var expiry = LeaseExpiry()
         var watchedHolder: String?
-        /// When the store wrote this agent's lease, read once: the store's "now" at the first look.
+        // When the store wrote this agent's lease, read once: the store's "now" at the first look.
         var storeNow: Date?
         while true {
             let current = try await sessionStore.head(session)
