@@ -14,7 +14,8 @@ struct WatchCommand: AsyncParsableCommand {
         discussion: """
             Durations take a unit (250ms, 5s, 1m); a bare number is milliseconds, as in the
             environment variables. On SIGTERM or SIGINT the agent stops taking events, flushes
-            every pending change within --shutdown-timeout, and exits 0 when all were flushed,
+            every pending change within --shutdown-timeout, releases every session it flushed
+            (the next acquire need not wait for its lease), and exits 0 when all were flushed,
             otherwise 1 naming the sessions left; also 1 when sessions were refused (symbolic
             links, names that cannot be session ids, unreadable directories) or files left out
             (over 64 MiB, unreadable), naming them.
@@ -28,6 +29,8 @@ struct WatchCommand: AsyncParsableCommand {
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var agent: AgentOptions
+    @OptionGroup var lease: LeaseOptions
 
     @Option(help: "Quiet time after the last write before a session is uploaded (default 250ms).", transform: DurationSetting.nonNegative)
     var quietPeriod: Duration?
@@ -56,7 +59,11 @@ struct WatchCommand: AsyncParsableCommand {
     func validate() throws {
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
         if noListen && listen != nil { throw ValidationError("--listen and --no-listen: pass one") }
-        try rejectingUsageErrors { _ = try settings() }
+        try rejectingUsageErrors {
+            _ = try settings()
+            _ = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir)
+            _ = try lease.resolvedLeaseTTL
+        }
         _ = try listenAddress()
     }
 
@@ -105,11 +112,13 @@ struct WatchCommand: AsyncParsableCommand {
             await endpoint?.close()
             throw error
         }
+        let identity = try agent.identity(sessionsDirectory: root)
         let sync = SyncService(
-            root: root, sessionStore: opened.primary, owner: agentIdentity(), mode: opened.configuration.mode,
-            conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror, logger: logger)
+            root: root, sessionStore: opened.primary, owner: identity.instance, mode: opened.configuration.mode,
+            conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror,
+            lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary)), logger: logger)
         logger.info("watching", metadata: [
-            "sessions_dir": "\(root)", "mode": "\(opened.configuration.mode.rawValue)",
+            "sessions_dir": "\(root)", "agent": "\(identity.id)", "mode": "\(opened.configuration.mode.rawValue)",
             "store": "\(opened.primary.store.location)",
             "mirror": "\(opened.mirror.map { $0.remote.store.location } ?? "-")",
             "endpoint": "\(endpoint.map { "http://\($0.boundAddress)" } ?? "-")",
@@ -126,6 +135,9 @@ struct WatchCommand: AsyncParsableCommand {
         guard let report = await sidecar.outcome.report else {
             logger.error("stopped before the engine said what it uploaded")
             throw ExitCode(1)
+        }
+        if !report.released.isEmpty {
+            logger.info("released", metadata: ["sessions": "\(report.released.map(\.description))"])
         }
         guard report.isComplete else {
             if !report.unflushed.isEmpty {
