@@ -425,13 +425,13 @@ struct SnapshotChainTests {
     /// Heads and manifests of format version 1 (untagged snapshot ids) or of a newer agent say
     /// which version they are, rather than failing on a field.
     @Test func aHeadOrManifestOfAnotherFormatVersionIsAClearError() throws {
-        for version in [1, 3] {
+        for version in [1, 4] {
             let head = Array(#"{"formatVersion":\#(version),"generation":1,"owner":"old","latest":{"generation":1,"sequence":1},"latestKind":"base","updatedAt":"2025-11-20T10:15:30Z"}"#.utf8)
-            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads version 2)")) {
+            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads versions 2 to 3)")) {
                 try SessionHead.decode(head)
             }
             let manifest = Array(#"{"formatVersion":\#(version),"session":"s"}"#.utf8)
-            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads version 2)")) {
+            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads versions 2 to 3)")) {
                 try SnapshotManifest.decode(manifest)
             }
         }

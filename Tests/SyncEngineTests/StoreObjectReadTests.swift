@@ -84,8 +84,8 @@ struct StoreObjectReadTests {
     @Test func anOversizedHeadFromAServerIgnoringTheRangeIsCutAndRefused() async throws {
         let body = String(repeating: "x", count: 1 << 20)
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\nETag: \"x\"\r\n\r\n\(body)")
-        let sessionStore = SessionStore(store: try fakeS3Store(server), keyring: Keyring(primary: .generate()))
-        let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
+        let store = try fakeS3Store(server)
+        let error = await #expect(throws: StoreError.self) { try await store.get(SessionPlace.plain(session).headKey, maxSize: SessionStore.maxHeadSize) }
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
         #expect(message.contains("\(1 << 20) bytes"), "\(message)")
     }
@@ -96,8 +96,8 @@ struct StoreObjectReadTests {
     @Test func aServerSendingAHugeHeadWholeIsNotReadPastTheBound() async throws {
         let body = String(repeating: "x", count: 1 << 20)
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(3 << 30)\r\nETag: \"x\"\r\n\r\n\(body)")
-        let sessionStore = SessionStore(store: try fakeS3Store(server), keyring: Keyring(primary: .generate()))
-        let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
+        let store = try fakeS3Store(server)
+        let error = await #expect(throws: StoreError.self) { try await store.get(SessionPlace.plain(session).headKey, maxSize: SessionStore.maxHeadSize) }
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
         #expect(message.contains("\(3 << 30) bytes"), "\(message)")
     }
@@ -227,6 +227,16 @@ struct StoreObjectReadTests {
         let sessionStore = try localStore(scratch)
         _ = try await history(in: sessionStore, scratch, deltas: 0)
         let otherKey = SessionStore(store: sessionStore.store, keyring: Keyring(primary: .generate()))
+        do {
+            _ = try await otherKey.head(session)
+            Issue.record("a session found with the wrong key")
+        } catch SnapshotError.wrongKey(let message) {
+            #expect(message.contains("names its sessions with a secret wrapped for key id(s) \(sessionStore.keyring.primary.id), none of which is configured"), "\(message)")
+        }
+        // The other key gets a wrap of the naming secret (a rotation's first write), then reads the
+        // old key's head: the wrong key, for the head.
+        let rotated = SessionStore(store: sessionStore.store, keyring: Keyring(primary: otherKey.keyring.primary, additional: [sessionStore.keyring.primary]))
+        _ = try await rotated.preparedNaming(conditionalWrites: true)
         do {
             _ = try await otherKey.head(session)
             Issue.record("a head opened with the wrong key")
