@@ -76,7 +76,7 @@ struct PruneCommandTests {
 
         let pruned = try await runner.run("prune", ["--keep-last", "1"])
         #expect(pruned.termination == .exited(0), "\(pruned.standardError)")
-        let local = try FileManager.default.contentsOfDirectory(atPath: "\(localStore)/sessions/small/snapshots")
+        let local = try FileManager.default.contentsOfDirectory(atPath: "\(localStore)/" + (try await runner.locate("small")[0]) + "snapshots")
         #expect(local.count == 1)
         #expect(try await snapshotKeys(runner, bucket, "small").map { ($0 as NSString).lastPathComponent } == local)
         let target = try workspace.freshDirectory()
