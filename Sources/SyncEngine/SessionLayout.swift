@@ -257,6 +257,7 @@ public struct SnapshotLabel: Hashable, Sendable, CustomStringConvertible {
 /// random tags and kinds only: nothing from inside the session.
 ///
 ///     sessions/<place>/head                               the commit point (encrypted)
+///     sessions/<place>/name                               the session's id (encrypted; keyed places)
 ///     sessions/<place>/snapshots/<seq:020>-<gen:010>-<tag>[-<parent tag>].<kind>
 ///                                                         one snapshot (encrypted archive)
 ///     naming/<key id>                                     the store's naming secret, wrapped
@@ -340,6 +341,9 @@ public struct SessionPlace: Hashable, Sendable, CustomStringConvertible {
 
     public var prefix: String { SessionLayout.root + component + "/" }
     public var headKey: String { prefix + "head" }
+    /// A keyed place's name object: the session's id, encrypted, so a listing can still name a
+    /// session whose head is damaged or missing.
+    public var nameKey: String { prefix + "name" }
     public var snapshotsPrefix: String { prefix + "snapshots/" }
     public func snapshotKey(_ entry: SnapshotEntry) -> String { prefix + SessionLayout.snapshotName(entry) }
 
@@ -348,6 +352,8 @@ public struct SessionPlace: Hashable, Sendable, CustomStringConvertible {
     func headIdentity(_ session: SessionID) -> ObjectIdentity {
         ObjectIdentity(sessionID: isKeyed ? component : session.rawValue, objectName: "head")
     }
+
+    var nameIdentity: ObjectIdentity { ObjectIdentity(sessionID: component, objectName: "name") }
 
     public var description: String { prefix }
 }

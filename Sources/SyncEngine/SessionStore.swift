@@ -198,16 +198,30 @@ public struct SessionStore: Sendable {
     /// head is of version 3 and `component` is its keyed id; otherwise the component itself as
     /// a name (a session of version 2 so named, or a place whose reading will say what is wrong).
     private func session(at component: String, naming: StoreNaming?) async throws -> SessionID {
-        let asName = SessionID(component)!
-        let identity = ObjectIdentity(sessionID: component, objectName: "head")
-        guard let object = try await store.get(SessionLayout.root + component + "/head", maxSize: Self.maxHeadSize),
-            let plaintext = try? decrypt(object.bytes, keyring: keyring, identity: identity),
-            let head = try? SessionHead.decode(plaintext), let name = head.session, let id = SessionID(name),
-            let naming, SessionPlace.keyed(id, naming: naming).component == component
-        else { return asName }
-        known.remember(SessionPlace.keyed(id, naming: naming), for: id)
-        return id
+        let place = SessionPlace(component: component, isKeyed: true)
+        func named(_ name: String?) -> SessionID? {
+            guard let name, let id = SessionID(name), let naming, SessionPlace.keyed(id, naming: naming) == place else { return nil }
+            return id
+        }
+        if let object = try await store.get(place.headKey, maxSize: Self.maxHeadSize),
+            let plaintext = try? decrypt(object.bytes, keyring: keyring, identity: place.headIdentity(SessionID(component)!)),
+            let id = named((try? SessionHead.decode(plaintext))?.session)
+        {
+            known.remember(place, for: id)
+            return id
+        }
+        // The head is damaged or gone: the name object still names the session, whose reading then says what is wrong.
+        if let object = try await store.get(place.nameKey, maxSize: Self.maxNameSize),
+            let plaintext = try? decrypt(object.bytes, keyring: keyring, identity: place.nameIdentity),
+            let id = named(FileName.decode(plaintext))
+        {
+            return id
+        }
+        return SessionID(component)!
     }
+
+    /// A name object holds at most 255 bytes of name, encrypted.
+    static let maxNameSize: Int64 = 1 << 10
 
     /// The largest head object read. Its JSON is a few hundred bytes (the owner is a host name, a
     /// pid and a random part); a larger one is not a head, and reading it whole could take the
@@ -304,8 +318,19 @@ public struct SessionStore: Sendable {
     public func prepareForWriting(_ session: SessionID, conditionalWrites: Bool) async throws {
         let naming = try await preparedNaming(conditionalWrites: conditionalWrites)
         // Found at its keyed place: moved (leftovers of a move stopped halfway wait for the next start).
-        if known.place(of: session)?.isKeyed == true { return }
-        _ = try await move(session, naming: naming, conditionalWrites: conditionalWrites, dryRun: false)
+        if known.place(of: session)?.isKeyed != true {
+            _ = try await move(session, naming: naming, conditionalWrites: conditionalWrites, dryRun: false)
+        }
+        if !known.isNamed(session) {
+            let place = SessionPlace.keyed(session, naming: naming)
+            let bytes = encrypt(FileName.bytes(of: session.rawValue), key: keyring.primary, identity: place.nameIdentity)
+            do {
+                try await store.put(place.nameKey, body: .bytes(bytes), condition: conditionalWrites ? .ifAbsent : nil)
+            } catch StoreError.preconditionFailed {
+                // Named before: the name never changes.
+            }
+            known.markNamed(session)
+        }
     }
 
     /// The naming secret, made or wrapped for the primary key if need be, once per process.
@@ -487,7 +512,8 @@ public struct SessionMove: Sendable {
 /// What a `SessionStore` learnt of its store and keeps: the naming secret, and the sessions found
 /// at their keyed place (a session never moves back, so this never goes stale).
 private final class KnownPlaces: Sendable {
-    private let state = Mutex<(naming: StoreNaming?, prepared: Bool, places: [SessionID: SessionPlace])>((nil, false, [:]))
+    private let state = Mutex<(naming: StoreNaming?, prepared: Bool, places: [SessionID: SessionPlace], named: Set<SessionID>)>(
+        (nil, false, [:], []))
 
     var naming: StoreNaming? {
         get { state.withLock { $0.naming } }
@@ -503,4 +529,9 @@ private final class KnownPlaces: Sendable {
     func place(of session: SessionID) -> SessionPlace? { state.withLock { $0.places[session] } }
 
     func remember(_ place: SessionPlace, for session: SessionID) { state.withLock { $0.places[session] = place } }
+
+    /// Whether this process wrote (or found) the session's name object.
+    func isNamed(_ session: SessionID) -> Bool { state.withLock { $0.named.contains(session) } }
+
+    func markNamed(_ session: SessionID) { _ = state.withLock { $0.named.insert(session) } }
 }
