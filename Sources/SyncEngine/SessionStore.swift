@@ -306,6 +306,9 @@ public struct SessionStore: Sendable {
         }.sorted { $0.id < $1.id }
     }
 
+    /// Forgets what was learnt of the session's place, after its objects were deleted.
+    func forget(_ session: SessionID) { known.forget(session) }
+
     /// The keys of these snapshots of the session, where they are now.
     public func snapshotKeys(_ session: SessionID, _ entries: [SnapshotEntry]) async throws -> [String] {
         let place = try await place(session)
@@ -529,6 +532,14 @@ private final class KnownPlaces: Sendable {
     func place(of session: SessionID) -> SessionPlace? { state.withLock { $0.places[session] } }
 
     func remember(_ place: SessionPlace, for session: SessionID) { state.withLock { $0.places[session] = place } }
+
+    /// The session's objects were deleted (`--on-delete purge`): a new write starts afresh.
+    func forget(_ session: SessionID) {
+        state.withLock {
+            $0.places[session] = nil
+            $0.named.remove(session)
+        }
+    }
 
     /// Whether this process wrote (or found) the session's name object.
     func isNamed(_ session: SessionID) -> Bool { state.withLock { $0.named.contains(session) } }

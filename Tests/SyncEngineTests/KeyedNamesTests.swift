@@ -98,7 +98,7 @@ struct KeyedNamesTests {
     /// plain place (snapshots byte for byte: they are bound to the name, not the place), its head
     /// of version 2 bound to the name; then the store's naming wraps go. (Its manifests still say
     /// version 3, which a reader takes as it takes 2: they hold the same fields.)
-    func downgradeToVersion2(_ sessionStore: SessionStore) async throws {
+    func downgradeToVersion2(_ sessionStore: SessionStore, _ sessions: [SessionID]) async throws {
         let store = sessionStore.store
         for session in sessions {
             let (keyed, plain) = (try await sessionStore.place(session), SessionPlace.plain(session))
@@ -121,7 +121,7 @@ struct KeyedNamesTests {
         let fixture = try await backend.makeStore()
         let keyring = Keyring(primary: .generate())
         for session in sessions { try await writeTwice(SessionStore(store: fixture.store, keyring: keyring), session) }
-        try await downgradeToVersion2(SessionStore(store: fixture.store, keyring: keyring))
+        try await downgradeToVersion2(SessionStore(store: fixture.store, keyring: keyring), sessions)
         #expect(try await fixture.store.list(prefix: "").contains { $0.key.contains(Self.number) }, "the version 2 store names the number")
 
         let old = SessionStore(store: fixture.store, keyring: keyring)
@@ -162,7 +162,7 @@ struct KeyedNamesTests {
         let keyring = Keyring(primary: .generate())
         let session = sessions[0]
         try await writeTwice(SessionStore(store: store, keyring: keyring), session)
-        try await downgradeToVersion2(SessionStore(store: store, keyring: keyring))
+        try await downgradeToVersion2(SessionStore(store: store, keyring: keyring), [session])
         let before = try directoryTree(directory(session))
 
         let stopped = SessionStore(store: store, keyring: keyring)

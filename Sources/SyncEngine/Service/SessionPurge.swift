@@ -13,6 +13,7 @@ struct SessionPurge: Sendable {
             let keys = try await sessionStore.store.list(prefix: place.prefix).map(\.key)
             if !keys.isEmpty { try await sessionStore.store.delete(keys) }
         }
+        sessionStore.forget(id)
         return true
     }
 }
