@@ -396,9 +396,13 @@ public struct SessionStore: Sendable {
                     try await copy.upload(to: store, key: keyed.snapshotKey(entry))
                 }
                 do {
-                    try await store.put(
-                        keyed.headKey, body: .bytes(try encodeHead(head, session: session, place: keyed)),
-                        condition: conditionalWrites ? .ifAbsent : nil)
+                    // Without conditional writes, at least not over a keyed head another mover wrote meanwhile.
+                    let writtenMeanwhile = conditionalWrites ? false : try await store.head(keyed.headKey) != nil
+                    if !writtenMeanwhile {
+                        try await store.put(
+                            keyed.headKey, body: .bytes(try encodeHead(head, session: session, place: keyed)),
+                            condition: conditionalWrites ? .ifAbsent : nil)
+                    }
                 } catch StoreError.preconditionFailed {
                     // Another writer finished the move first.
                 }

@@ -154,6 +154,37 @@ struct KeyedNamesTests {
         }
     }
 
+    /// Two agents moving the same sessions at once: both end without error, the plain places are
+    /// empty and every session reads as it was.
+    @Test(arguments: StoreBackend.all)
+    func twoMoversRacingLoseNothing(_ backend: StoreBackend) async throws {
+        let fixture = try await backend.makeStore()
+        let keyring = Keyring(primary: .generate())
+        for session in sessions { try await writeTwice(SessionStore(store: fixture.store, keyring: keyring), session) }
+        try await downgradeToVersion2(SessionStore(store: fixture.store, keyring: keyring), sessions)
+        let conditional = backend.enforcesConditionalWrites
+        let (first, second) = (SessionStore(store: fixture.store, keyring: keyring), SessionStore(store: fixture.store, keyring: keyring))
+        let naming = try await first.preparedNaming(conditionalWrites: conditional)
+        #expect(try await second.preparedNaming(conditionalWrites: conditional).sameSecret(as: naming))
+        let sessions = sessions
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for mover in [first, second] {
+                group.addTask {
+                    for session in sessions { _ = try await mover.move(session, naming: naming, conditionalWrites: conditional, dryRun: false) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let reader = SessionStore(store: fixture.store, keyring: keyring)
+        #expect(try await reader.sessions() == sessions.sorted())
+        for session in sessions {
+            #expect(try await fixture.store.list(prefix: SessionPlace.plain(session).prefix).isEmpty)
+            #expect(try await reader.place(session).isKeyed)
+            #expect(try await restored(reader, session) == directoryTree(directory(session)))
+        }
+        expectNothingRevealed(try await fixture.store.list(prefix: ""))
+    }
+
     /// A move stopped after its seal and part of its copy: readers read the sealed plain place; a
     /// writer of the plain head that read it before the seal loses its condition; the next writer
     /// finishes the move, and the history is whole.
