@@ -29,7 +29,7 @@ struct KeyedNamesTests {
 
     func writer(_ sessionStore: SessionStore, _ session: SessionID) -> SessionReplicator {
         SessionReplicator(
-            session: session, directory: directory(session), sessionStore: sessionStore, owner: "agent-a",
+            session: session, directory: directory(session), sessionStore: sessionStore, owner: "host-a/4242/3141592653",
             conditionalWrites: true, logger: Logger(label: "test"))
     }
 
@@ -195,6 +195,14 @@ struct KeyedNamesTests {
         try await writeTwice(SessionStore(store: store, keyring: keyring), session)
         try await downgradeToVersion2(SessionStore(store: store, keyring: keyring), [session])
         let before = try directoryTree(directory(session))
+        // The reader written from FORMAT.md alone reads each state: version 2, sealed, moved.
+        let formatReader = FormatReader(store: workspace.file("store"), keys: keyring.primary.base64EncodedString())
+        func readByTheDocument(_ expected: [String: [UInt8]]) async throws {
+            let out = workspace.file("read-\(randomHex(4))")
+            #expect(try await formatReader.read(session.rawValue, into: out).state == "restored")
+            #expect(try directoryTree(out) == expected)
+        }
+        try await readByTheDocument(before)
 
         let stopped = SessionStore(store: store, keyring: keyring)
         let naming = try await stopped.preparedNaming(conditionalWrites: true)
@@ -212,6 +220,7 @@ struct KeyedNamesTests {
         #expect(try await reader.place(session) == plain)
         #expect(try await reader.sessions() == [session])
         #expect(try await restored(reader, session) == before)
+        try await readByTheDocument(before)
 
         try Data(#"{"after":"the move"}"#.utf8).write(to: URL(fileURLWithPath: "\(directory(session))/creds.json"))
         guard case .uploaded = try await writer(SessionStore(store: store, keyring: keyring), session).sync() else {
@@ -222,6 +231,7 @@ struct KeyedNamesTests {
         #expect(try await after.place(session) == keyed)
         #expect(try await after.snapshots(session).map(\.id.sequence) == [1, 2, 3])
         #expect(try await restored(after, session) == directoryTree(directory(session)))
+        try await readByTheDocument(try directoryTree(directory(session)))
     }
 
     /// The primary key rotates: the next write wraps the naming secret for the new key, every
