@@ -137,9 +137,9 @@ struct RestoreCommand: AsyncParsableCommand {
             if acquires {
                 let identity = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir)
                 acquiring = RestoreRequest.Acquiring(
-                    lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary)),
+                    lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary, conditionalWrites: opened.conditionalWrites)),
                     options: AcquireOptions(waitRelease: waitRelease, takeOver: takeOver),
-                    conditionalWrites: try await opened.primary.store.probeConditionalWrites())
+                    conditionalWrites: opened.conditionalWrites)
             }
             restore = SessionsRestore(
                 sources: opened.sources, root: storage.resolvedSessionsDir,

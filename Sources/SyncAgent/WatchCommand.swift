@@ -116,7 +116,7 @@ struct WatchCommand: AsyncParsableCommand {
         let sync = SyncService(
             root: root, sessionStore: opened.primary, owner: identity.instance, mode: opened.configuration.mode,
             conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror,
-            lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary)), logger: logger)
+            lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary, conditionalWrites: opened.conditionalWrites)), logger: logger)
         logger.info("watching", metadata: [
             "sessions_dir": "\(root)", "agent": "\(identity.id)", "mode": "\(opened.configuration.mode.rawValue)",
             "store": "\(opened.primary.store.location)",

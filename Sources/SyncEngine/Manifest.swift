@@ -17,8 +17,11 @@ public struct FileRecord: Codable, Hashable, Sendable {
 /// What one snapshot holds, stored encrypted as the last entry of its archive, as JSON Lines
 /// that `ManifestJSON` writes and reads a line at a time.
 public struct SnapshotManifest: Sendable {
-    /// 2: snapshot ids carry their write attempt's tag (FORMAT.md).
-    public static let currentFormatVersion = 2
+    /// 3: the store's keys name sessions by keyed ids (FORMAT.md); the manifest itself is as in 2.
+    public static let currentFormatVersion = 3
+    /// 2: snapshot ids carry their write attempt's tag. A session moved from version 2 keeps its
+    /// snapshots byte for byte, so both are read.
+    static let readableFormatVersions = 2...currentFormatVersion
     /// The archive entry that carries the manifest; file contents are under `filePrefix`.
     static let entryName = "manifest.jsonl"
     static let filePrefix = "files/"
@@ -99,10 +102,11 @@ enum StoredJSON {
 
     /// Decodes a versioned document: its `formatVersion` is checked first, so an older or newer
     /// format says so rather than failing on whichever field changed.
-    static func decode<Value: Decodable>(_ type: Value.Type, from bytes: [UInt8], formatVersion: Int, what: String) throws -> Value {
+    static func decode<Value: Decodable>(_ type: Value.Type, from bytes: [UInt8], formatVersions: ClosedRange<Int>, what: String) throws -> Value {
         let version = try decode(FormatVersion.self, from: bytes).formatVersion
-        guard version == formatVersion else {
-            throw SnapshotError.unsupportedFormat("\(what) has unsupported format version \(version) (this sync-agent reads version \(formatVersion))")
+        guard formatVersions.contains(version) else {
+            throw SnapshotError.unsupportedFormat(
+                "\(what) has unsupported format version \(version) (this sync-agent reads versions \(formatVersions.lowerBound) to \(formatVersions.upperBound))")
         }
         return try decode(type, from: bytes)
     }
@@ -124,10 +128,14 @@ enum StoredJSON {
 /// `generation` is the ownership claim used for fencing: an agent that starts serving a
 /// session raises it, and a writer whose generation is no longer the head's has been fenced.
 public struct SessionHead: Codable, Sendable, Equatable {
-    /// 2: `latest` and `base` carry their write attempt's tag (FORMAT.md).
-    public static let currentFormatVersion = 2
+    /// 3: the head names its session (`session`), which its key no longer does (FORMAT.md).
+    public static let currentFormatVersion = 3
+    /// 2: `latest` and `base` carry their write attempt's tag; the session is its key's.
+    static let readableFormatVersions = 2...currentFormatVersion
 
     public var formatVersion = SessionHead.currentFormatVersion
+    /// The session's id (`SessionID.rawValue`); nil in a head of version 2. `SessionStore` sets it.
+    public var session: String?
     public var generation: UInt64
     /// Which process claimed the session: "host/pid/random", for the message a fenced agent
     /// prints, and to tell two processes of one agent apart.
@@ -175,7 +183,9 @@ public struct SessionHead: Codable, Sendable, Equatable {
     package func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     package static func decode(_ bytes: [UInt8]) throws -> SessionHead {
-        try StoredJSON.decode(SessionHead.self, from: bytes, formatVersion: currentFormatVersion, what: "the head")
+        let head = try StoredJSON.decode(SessionHead.self, from: bytes, formatVersions: readableFormatVersions, what: "the head")
+        guard head.formatVersion < 3 || head.session != nil else { throw SnapshotError.corrupt("the head has no session") }
+        return head
     }
 }
 

@@ -86,7 +86,7 @@ enum ManifestJSON {
         // The version alone first, even on an unterminated line: another version's header may
         // not decode as this one's.
         let header = try StoredJSON.decode(
-            Header.self, from: first.bytes, formatVersion: SnapshotManifest.currentFormatVersion, what: "the manifest")
+            Header.self, from: first.bytes, formatVersions: SnapshotManifest.readableFormatVersions, what: "the manifest")
         guard first.terminated else { throw lines.failure("the header line has no newline") }
         guard header.fileCount >= 0, header.deletedCount >= 0 else { throw lines.failure("a negative count") }
 

@@ -62,7 +62,7 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
         return printable ? rawValue : "~" + FileName.bytes(of: rawValue).lowercaseHex
     }
 
-    /// The name in object keys: as it is for names of today's key-safe set
+    /// The name in object keys of format version 2 (a plain place): as it is for names of today's key-safe set
     /// (`[A-Za-z0-9._-@+=]`, at most 200 bytes), so the keys of existing stores stay; any other
     /// name as the lowercase hex of its bytes in components of at most 120 bytes each, each
     /// starting with "~" (outside the safe set), all but the last ending with "~" too (so no
@@ -76,9 +76,9 @@ public struct SessionID: Hashable, Comparable, Sendable, CustomStringConvertible
         }.joined(separator: "~/")
     }
 
-    /// The id whose `keyComponent` and a "/" start `rest` (a key after "sessions/"); nil when
-    /// none does in the writer's spelling (one session, one key).
-    static func keyed(_ rest: Substring) -> SessionID? {
+    /// The id whose `keyComponent` and a "/" start `rest` (a key after "sessions/" at a plain
+    /// place, of format version 2); nil when none does in the writer's spelling (one session, one key).
+    static func plainlyKeyed(_ rest: Substring) -> SessionID? {
         let name: String
         if rest.hasPrefix("~") {
             var bytes: [UInt8] = []
@@ -252,22 +252,21 @@ public struct SnapshotLabel: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Where a session's objects live in a store. Keys carry the session id, sequence and
-/// generation numbers, random tags and kinds only: nothing from inside the session.
+/// Where a session's objects live in a store. Keys carry a keyed id of the session (or, in a
+/// store of format version 2 not yet migrated, its name), sequence and generation numbers,
+/// random tags and kinds only: nothing from inside the session.
 ///
-///     sessions/<id>/head                                  the commit point (encrypted)
-///     sessions/<id>/snapshots/<seq:020>-<gen:010>-<tag>[-<parent tag>].<kind>
+///     sessions/<place>/head                               the commit point (encrypted)
+///     sessions/<place>/name                               the session's id (encrypted; keyed places)
+///     sessions/<place>/snapshots/<seq:020>-<gen:010>-<tag>[-<parent tag>].<kind>
 ///                                                         one snapshot (encrypted archive)
+///     naming/<key id>                                     the store's naming secret, wrapped
 ///
 /// The parent's tag (the snapshot at the sequence before, absent only for a session's first)
 /// links each object to the one it follows, so the committed history is a walk from the head
 /// through the listing.
 public enum SessionLayout {
     static let root = "sessions/"
-
-    public static func sessionPrefix(_ session: SessionID) -> String { "\(root)\(session.keyComponent)/" }
-    public static func headKey(_ session: SessionID) -> String { sessionPrefix(session) + "head" }
-    public static func snapshotsPrefix(_ session: SessionID) -> String { sessionPrefix(session) + "snapshots/" }
 
     public static func snapshotName(_ id: SnapshotID, kind: SnapshotKind, parentTag: SnapshotTag?) -> String {
         "snapshots/" + zeroPadded(id.sequence, 20) + "-" + zeroPadded(id.generation, 10) + "-" + id.tag.rawValue
@@ -278,13 +277,9 @@ public enum SessionLayout {
         snapshotName(entry.id, kind: entry.kind, parentTag: entry.parentTag)
     }
 
-    public static func snapshotKey(_ session: SessionID, _ entry: SnapshotEntry) -> String {
-        sessionPrefix(session) + snapshotName(entry)
-    }
-
-    /// Parses a key from a listing of `snapshotsPrefix`; nil for anything else.
-    static func parseSnapshotKey(_ key: String, session: SessionID) -> (id: SnapshotID, kind: SnapshotKind, parentTag: SnapshotTag?)? {
-        let prefix = snapshotsPrefix(session)
+    /// Parses a key from a listing of `place.snapshotsPrefix`; nil for anything else.
+    static func parseSnapshotKey(_ key: String, place: SessionPlace) -> (id: SnapshotID, kind: SnapshotKind, parentTag: SnapshotTag?)? {
+        let prefix = place.snapshotsPrefix
         guard key.hasPrefix(prefix) else { return nil }
         let name = key.dropFirst(prefix.count)
         guard let dot = name.firstIndex(of: "."), let kind = SnapshotKind(rawValue: String(name[name.index(after: dot)...]))
@@ -304,17 +299,20 @@ public enum SessionLayout {
         return (id, kind, parentTag)
     }
 
-    /// Session ids that have objects in the store, from a listing of every key.
-    static func sessionIDs(in keys: [String]) -> [SessionID] {
+    /// Session ids at plain places (format version 2) in a listing of keys; keys at a keyed
+    /// place (whose component has a keyed id's spelling) are not read here: their heads name them.
+    static func plainSessionIDs(in keys: [String]) -> [SessionID] {
         var seen = Set<SessionID>()
         for key in keys where key.hasPrefix(root) {
-            if let id = SessionID.keyed(key.dropFirst(root.count)) { seen.insert(id) }
+            let rest = key.dropFirst(root.count)
+            if !StoreNaming.isKeyedID(rest.prefix { $0 != "/" }), let id = SessionID.plainlyKeyed(rest) { seen.insert(id) }
         }
         return seen.sorted()
     }
 
-    /// The identity bound into an object's encryption, so an object copied to another
-    /// session or renamed to another snapshot fails to decrypt.
+    /// The identity bound into a snapshot's encryption, so an object copied to another
+    /// session or renamed to another snapshot fails to decrypt. The session's name, in both
+    /// layouts: a snapshot moves to its keyed place byte for byte.
     static func identity(_ session: SessionID, objectName: String) -> ObjectIdentity {
         ObjectIdentity(sessionID: session.rawValue, objectName: objectName)
     }
@@ -323,4 +321,39 @@ public enum SessionLayout {
         let digits = String(value)
         return String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
+}
+
+/// One session's place in a store: the component after `sessions/`, a keyed id (format version
+/// 3) or the name's own spelling (`SessionID.keyComponent`, version 2).
+public struct SessionPlace: Hashable, Sendable, CustomStringConvertible {
+    public let component: String
+    public let isKeyed: Bool
+
+    /// Where a session written by this version lives.
+    public static func keyed(_ session: SessionID, naming: StoreNaming) -> SessionPlace {
+        SessionPlace(component: naming.keyedID(.session, name: FileName.bytes(of: session.rawValue)), isKeyed: true)
+    }
+
+    /// Where format version 2 kept the session: its name in the key.
+    public static func plain(_ session: SessionID) -> SessionPlace {
+        SessionPlace(component: session.keyComponent, isKeyed: false)
+    }
+
+    public var prefix: String { SessionLayout.root + component + "/" }
+    public var headKey: String { prefix + "head" }
+    /// A keyed place's name object: the session's id, encrypted, so a listing can still name a
+    /// session whose head is damaged or missing.
+    public var nameKey: String { prefix + "name" }
+    public var snapshotsPrefix: String { prefix + "snapshots/" }
+    public func snapshotKey(_ entry: SnapshotEntry) -> String { prefix + SessionLayout.snapshotName(entry) }
+
+    /// The identity bound into the head's encryption: the keyed id at a keyed place, so a head is
+    /// read from the listing alone; the name at a plain place (version 2, and a migration's seal).
+    func headIdentity(_ session: SessionID) -> ObjectIdentity {
+        ObjectIdentity(sessionID: isKeyed ? component : session.rawValue, objectName: "head")
+    }
+
+    var nameIdentity: ObjectIdentity { ObjectIdentity(sessionID: component, objectName: "name") }
+
+    public var description: String { prefix }
 }

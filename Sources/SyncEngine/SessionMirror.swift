@@ -35,10 +35,15 @@ public struct SessionMirror: Sendable {
     @discardableResult
     public func mirror(_ session: SessionID) async throws -> [SnapshotEntry] {
         var copied: [SnapshotEntry] = []
+        var prepared = false
         round: for _ in 0..<Self.maxRounds {
-            guard let headObject = try await local.store.get(SessionLayout.headKey(session), maxSize: SessionStore.maxHeadSize) else { return copied }
-            let localHead = try local.decodeHead(headObject.bytes, session: session)
+            guard let (localHead, localETag) = try await local.head(session) else { return copied }
             guard localHead.latest != nil else { return copied }
+            if !prepared {
+                // S3's copy of a session of format version 2 moves to its keyed place first.
+                try await remote.prepareForWriting(session, conditionalWrites: conditionalWrites)
+                prepared = true
+            }
             let remoteHead = try await remote.head(session)
             if let remoteHead, isNewerClaim(remoteHead.head, than: localHead) {
                 throw SnapshotError.fenced(session: session.rawValue, by: remoteHead.head.owner)
@@ -53,14 +58,14 @@ public struct SessionMirror: Sendable {
                 found = try SessionStore.committed(entries, head: localHead, session: session)
             } catch {
                 // The local head moved on since it was read, and a prune took the snapshot it named.
-                if try await local.store.get(SessionLayout.headKey(session), maxSize: SessionStore.maxHeadSize)?.bytes != headObject.bytes { continue round }
+                if try await local.head(session)?.etag != localETag { continue round }
                 throw error
             }
             guard let history = found else { return copied }
             let present = Set(try await remote.snapshots(session).map(SessionLayout.snapshotName))
             for entry in history.sorted where !present.contains(SessionLayout.snapshotName(entry)) {
                 // Gone since the listing: a local prune took it; the next round's walk knows.
-                guard let object = try await DownloadedSnapshot(SessionLayout.snapshotKey(session, entry), size: entry.size, from: local.store)
+                guard let object = try await DownloadedSnapshot(try await local.place(session).snapshotKey(entry), size: entry.size, from: local.store)
                 else { continue round }
                 try await remote.putSnapshot(session, entry, downloaded: object)
                 copied.append(entry)
@@ -69,9 +74,9 @@ public struct SessionMirror: Sendable {
             if conditionalWrites {
                 condition = remoteHead.map { .ifMatch(etag: $0.etag) } ?? .ifAbsent
             }
-            // The head object is copied as stored: same key, same session and name, so it
-            // decrypts the same on both sides.
-            guard try await putHead(headObject.bytes, session: session, condition: condition) else {
+            // The head is written again, not copied: each store names its sessions with a naming
+            // secret of its own, and the head is bound to the keyed id of its store.
+            guard try await putHead(localHead, session: session, condition: condition) else {
                 continue round  // S3's head moved since it was read: look again
             }
             try await deletePruned(session, remoteHead: localHead)
@@ -83,11 +88,11 @@ public struct SessionMirror: Sendable {
     private static let maxRounds = 8
 
     /// False when the condition failed.
-    private func putHead(_ bytes: [UInt8], session: SessionID, condition: WriteCondition?) async throws(StoreError) -> Bool {
+    private func putHead(_ head: SessionHead, session: SessionID, condition: WriteCondition?) async throws -> Bool {
         do {
-            try await remote.store.put(SessionLayout.headKey(session), body: .bytes(bytes), condition: condition)
+            try await remote.writeHead(head, session: session, condition: condition)
             return true
-        } catch .preconditionFailed {
+        } catch StoreError.preconditionFailed {
             return false
         }
     }
@@ -128,7 +133,6 @@ public struct SessionMirror: Sendable {
         let kept = Set(try await local.snapshots(session).map(SessionLayout.snapshotName)).union(needed)
         let doomed = remoteEntries
             .filter { !kept.contains(SessionLayout.snapshotName($0)) && $0.id.sequence < history.latest.id.sequence }
-            .map { SessionLayout.snapshotKey(session, $0) }
-        if !doomed.isEmpty { try await remote.store.delete(doomed) }
+        if !doomed.isEmpty { try await remote.store.delete(try await remote.snapshotKeys(session, doomed)) }
     }
 }

@@ -128,6 +128,8 @@ public actor SessionReplicator {
     }
 
     private func claimSession() async throws {
+        // The first write to a session of format version 2 moves it to its keyed place.
+        try await sessionStore.prepareForWriting(session, conditionalWrites: conditionalWrites)
         while true {
             let current = try await sessionStore.head(session)
             if let agent, let current, let holder = current.head.agent, !current.head.isTombstoned,

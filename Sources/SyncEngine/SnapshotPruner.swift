@@ -53,7 +53,7 @@ public struct SnapshotPruner: Sendable {
             // committed history crosses the gap by taking the newest object below it, which must
             // then be a committed one (`SessionStore.committed`).
             for doomed in [plan.orphans, plan.deleted] where !doomed.isEmpty {
-                try await sessionStore.store.delete(doomed.map { SessionLayout.snapshotKey(session, $0) })
+                try await sessionStore.store.delete(try await sessionStore.snapshotKeys(session, doomed))
             }
             try await mirror?.mirrorDeletions(session)
         }

@@ -264,10 +264,53 @@ class Snapshot:
         return {"generation": self.generation, "sequence": self.sequence, "tag": self.tag}
 
 
-def list_snapshots(store, session_id):
-    """Objects under sessions/<id>/snapshots/ in exactly the documented spelling, with the time the
+# --- Keyed names ----------------------------------------------------------------------------
+
+KEYED_NAME_LABEL = b"sync-agent keyed name 1\n"
+
+
+def naming_secret(store, keys):
+    """The store's naming secret from the wrap of a configured key (naming/<key id>); None when the
+    store holds no wrap (format version 2)."""
+    directory = os.path.join(store, "naming")
+    wraps = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    if not wraps:
+        return None
+    secrets = set()
+    for key in keys:
+        name = key.key_id.hex()
+        if name in wraps:
+            with open(os.path.join(directory, name), "rb") as file:
+                secret, _ = decrypt(file.read(), [key], "", "naming/" + name)
+            if len(secret) != 32:
+                raise FormatError(f"naming/{name} holds {len(secret)} bytes, not a 32-byte secret")
+            secrets.add(secret)
+    if len(secrets) != 1:
+        raise FormatError(f"naming/ holds {sorted(wraps)}: {'no wrap for a configured key' if not secrets else 'secrets that differ'}")
+    return secrets.pop()
+
+
+def keyed_id(secret, domain, name):
+    """BLAKE2b-128 keyed with the naming secret over label ‖ u32be(len(domain)) ‖ domain ‖ u32be(len(name)) ‖ name."""
+    message = KEYED_NAME_LABEL + u32be(len(domain)) + domain + u32be(len(name)) + name
+    return hashlib.blake2b(message, digest_size=16, key=secret).hexdigest()
+
+
+def session_place(store, keys, session_id):
+    """(the component after sessions/, the session id bound into the head): the keyed id when its
+    head is there, else the session's own name (format version 2, or a move not finished)."""
+    secret = naming_secret(store, keys)
+    if secret is not None:
+        component = keyed_id(secret, b"session", session_id.encode())
+        if os.path.exists(os.path.join(store, "sessions", component, "head")):
+            return component, component
+    return session_id, session_id
+
+
+def list_snapshots(store, place):
+    """Objects under sessions/<place>/snapshots/ in exactly the documented spelling, with the time the
     store lists them as written (the file's mtime, as a float of seconds)."""
-    directory = os.path.join(store, "sessions", session_id, "snapshots")
+    directory = os.path.join(store, "sessions", place, "snapshots")
     snapshots = []
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
         match = SNAPSHOT_NAME.fullmatch(name)
@@ -341,7 +384,7 @@ def read_manifest(data, what):
     if not lines:
         raise FormatError(f"{what}: the manifest is empty")
     header = json.loads(lines[0])
-    if header.get("formatVersion") != 2:
+    if header.get("formatVersion") not in (2, 3):
         raise FormatError(f"{what}: unsupported format version {header.get('formatVersion')}")
     if not SECOND_DATE.fullmatch(header["createdAt"]):
         raise FormatError(f"{what}: createdAt {header['createdAt']!r}")
@@ -366,11 +409,11 @@ def read_manifest(data, what):
     return header, files, deleted
 
 
-def read_snapshot(store, keys, session_id, snapshot, previous_id):
+def read_snapshot(store, keys, session_id, place, snapshot, previous_id):
     """Decrypts and unpacks one snapshot object; returns (manifest header, {name: (contents, contentID,
     key id)}, deleted, the key id that opened it)."""
     what = f"{session_id}/{snapshot.name}"
-    with open(os.path.join(store, "sessions", session_id, snapshot.name), "rb") as file:
+    with open(os.path.join(store, "sessions", place, snapshot.name), "rb") as file:
         payload, key = decrypt(file.read(), keys, session_id, snapshot.name)
     entries = read_tar(decompress(payload, what), what)
     if not entries or entries[-1][0] != "manifest.jsonl":
@@ -409,14 +452,16 @@ def state_digest(state):
     return digest.hexdigest()
 
 
-def read_head(store, keys, session_id):
-    with open(os.path.join(store, "sessions", session_id, "head"), "rb") as file:
-        plaintext, _ = decrypt(file.read(), keys, session_id, "head")
+def read_head(store, keys, session_id, place, bound):
+    with open(os.path.join(store, "sessions", place, "head"), "rb") as file:
+        plaintext, _ = decrypt(file.read(), keys, bound, "head")
     head = json.loads(plaintext)
-    if head.get("formatVersion") != 2:
+    if head.get("formatVersion") not in (2, 3):
         raise FormatError(f"the head has unsupported format version {head.get('formatVersion')}")
+    if head["formatVersion"] == 3 and head.get("session") != session_id:
+        raise FormatError(f"the head names session {head.get('session')!r}")
     check_spelling(plaintext, head, "the head")
-    fields = {"formatVersion", "generation", "owner", "updatedAt"}
+    fields = {"formatVersion", "generation", "owner", "updatedAt"} | ({"session"} if head["formatVersion"] == 3 else set())
     if "latest" in head:
         fields |= {"latest", "latestKind"} | ({"base", "identityHold"} & head.keys())
     fields |= {"agent", "released"} & head.keys()  # "Leases and handoff"
@@ -460,8 +505,8 @@ STORE_OWN_NAMES = {".lock", ".tmp", ".sync-agent-key"}
 
 
 def check_store_root(store, keys):
-    """A local store's root holds `sessions/`, `agents/` and only the store's own names besides."""
-    unexpected = set(os.listdir(store)) - STORE_OWN_NAMES - {"sessions", "agents"}
+    """A local store's root holds `sessions/`, `naming/`, `agents/` and only the store's own names besides."""
+    unexpected = set(os.listdir(store)) - STORE_OWN_NAMES - {"sessions", "naming", "agents"}
     if unexpected:
         raise FormatError(f"the store root holds {sorted(unexpected)}, which FORMAT.md does not name")
     agents = os.path.join(store, "agents")
@@ -482,19 +527,21 @@ def read_lease(store, keys, lease_id):
         raise FormatError(f"the lease's fields are not FORMAT.md's: {sorted(lease)}")
     if not SECOND_DATE.fullmatch(lease["renewedAt"]) or lease["renewal"] < 1 or lease["ttlMilliseconds"] < 1:
         raise FormatError(f"the lease {lease!r} is not as FORMAT.md describes it")
-    expected = hashlib.blake2b(b"sync-agent lease 1\n" + lease["agent"].encode(), digest_size=32, key=key.content_id_key).digest()[:16]
-    if expected.hex() != lease_id:
-        raise FormatError(f"the lease of {lease['agent']!r} is at agents/{lease_id}, not agents/{expected.hex()}")
+    secret = naming_secret(store, keys)
+    expected = keyed_id(secret, b"agent", lease["agent"].encode()) if secret is not None else None
+    if expected != lease_id:
+        raise FormatError(f"the lease of {lease['agent']!r} is at agents/{lease_id}, not agents/{expected}")
     return lease
 
 
 def rebuild(store, keys, session_id, label=None):
     """The session as of the head's latest (or the committed snapshot SEQ.GEN): (result, state)."""
     check_store_root(store, keys)
-    head = read_head(store, keys, session_id)
+    place, bound = session_place(store, keys, session_id)
+    head = read_head(store, keys, session_id, place, bound)
     if "latest" not in head:
         return {"state": "no-snapshot", "chain": []}, {}
-    target, history = committed_history(list_snapshots(store, session_id), head)
+    target, history = committed_history(list_snapshots(store, place), head)
     check_head_against_history(head, target, history)
     if label is not None:
         target = next((s for s in history.values() if s.label == label), None)
@@ -503,7 +550,7 @@ def rebuild(store, keys, session_id, label=None):
     chain = chain_to(target, history)
     state, previous_id, last_header, key_ids = {}, None, None, []
     for snapshot in chain:
-        header, contents, deleted, key_id = read_snapshot(store, keys, session_id, snapshot, previous_id)
+        header, contents, deleted, key_id = read_snapshot(store, keys, session_id, place, snapshot, previous_id)
         key_ids.append(key_id)
         if snapshot.kind == "base":
             state = dict(contents)
@@ -640,6 +687,8 @@ def self_test():
     plaintext, _ = decrypt(example, [key], "s1", "snap/1.manifest")
     assert plaintext == b"hi\n", plaintext
     assert key.content_id(b"hi\n") == "36eb393892dfe0d7e4818586d5136d5c97a4db40bfac8a8451138b8bed7f33a5"
+    assert keyed_id(bytes(range(32)), b"session", b"4915112345678") == "86f15cd681534aeea6b4d38cd5f0233e"
+    assert keyed_id(bytes(range(32)), b"agent", b"worker-1") == "94622e189c9beebcb475084437afe39a"
     print(json.dumps({"selfTest": "passed"}))
 
 

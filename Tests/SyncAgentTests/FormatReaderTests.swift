@@ -84,7 +84,7 @@ struct FormatReaderTests {
             #expect(backup.termination == .exited(0), "\(backup.standardError)")
             trees.append(try directoryTree(workspace.session("small")))
         }
-        let snapshots = store + "/sessions/small/snapshots"
+        let snapshots = store + "/" + (try await runner.locate("small")[0]) + "snapshots"
         let names = try sortedFiles(snapshots)
         try #require(names.count == 3, "\(names)")
         try FileManager.default.removeItem(atPath: "\(snapshots)/\(names[1])")

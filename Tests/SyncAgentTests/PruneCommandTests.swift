@@ -7,8 +7,10 @@ import Testing
 /// a real SeaweedFS.
 @Suite("prune: retention on a real store")
 struct PruneCommandTests {
-    func snapshotKeys(_ bucket: S3Client, _ session: String) async throws -> [String] {
-        try await bucket.listObjects(prefix: "sessions/\(session)/snapshots/").objects.map(\.key).sorted()
+    /// The session's snapshot keys in the bucket (S3's copy in hybrid mode: `locate`'s last line).
+    func snapshotKeys(_ runner: SyncAgentRunner, _ bucket: S3Client, _ session: String) async throws -> [String] {
+        let prefix = try #require(try await runner.locate(session).last)
+        return try await bucket.listObjects(prefix: prefix + "snapshots/").objects.map(\.key).sorted()
     }
 
     /// Four backups, each a base with its own creds.json; returns each one's snapshot id and tree.
@@ -30,7 +32,7 @@ struct PruneCommandTests {
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
         let history = try await fourBackups(runner, workspace)
-        let all = try await snapshotKeys(bucket, "small")
+        let all = try await snapshotKeys(runner, bucket, "small")
         #expect(all.count == 4)
 
         let noPolicy = try await runner.run("prune", [])
@@ -41,11 +43,11 @@ struct PruneCommandTests {
         #expect(dryRun.termination == .exited(0), "\(dryRun.standardError)")
         let planned = try JSONSerialization.jsonObject(with: Data(dryRun.standardOutput.utf8)) as? [String: Any]
         #expect(planned?["deleted"] as? Int == 2)
-        #expect(try await snapshotKeys(bucket, "small") == all)
+        #expect(try await snapshotKeys(runner, bucket, "small") == all)
 
         let pruned = try await runner.run("prune", ["small", "--keep-last", "2"])
         #expect(pruned.termination == .exited(0), "\(pruned.standardError)")
-        #expect(try await snapshotKeys(bucket, "small") == Array(all.suffix(2)))
+        #expect(try await snapshotKeys(runner, bucket, "small") == Array(all.suffix(2)))
         for (id, expected) in history.suffix(2) {
             let target = try workspace.freshDirectory()
             try await runner.restore(into: target, ["--snapshot", id, "small"])
@@ -56,7 +58,7 @@ struct PruneCommandTests {
         let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions, "--json", "--keep-last", "1"])
         let report = try JSONSerialization.jsonObject(with: Data(backup.standardOutput.utf8)) as? [String: Any]
         #expect((report?["backedUp"] as? [[String: Any]])?.first?["pruned"] as? Int == 2, "\(backup.standardOutput)")
-        #expect(try await snapshotKeys(bucket, "small").count == 1)
+        #expect(try await snapshotKeys(runner, bucket, "small").count == 1)
         let target = try workspace.freshDirectory()
         try await runner.restore(into: target)
         try expectSameTree(target, workspace.sessions)
@@ -70,13 +72,13 @@ struct PruneCommandTests {
         runner.storeArguments[runner.storeArguments.firstIndex(of: "cloud")!] = "hybrid"
         runner.storeArguments += ["--local-store", localStore]
         let history = try await fourBackups(runner, workspace)
-        #expect(try await snapshotKeys(bucket, "small").count == 4)
+        #expect(try await snapshotKeys(runner, bucket, "small").count == 4)
 
         let pruned = try await runner.run("prune", ["--keep-last", "1"])
         #expect(pruned.termination == .exited(0), "\(pruned.standardError)")
-        let local = try FileManager.default.contentsOfDirectory(atPath: "\(localStore)/sessions/small/snapshots")
+        let local = try FileManager.default.contentsOfDirectory(atPath: "\(localStore)/" + (try await runner.locate("small")[0]) + "snapshots")
         #expect(local.count == 1)
-        #expect(try await snapshotKeys(bucket, "small").map { ($0 as NSString).lastPathComponent } == local)
+        #expect(try await snapshotKeys(runner, bucket, "small").map { ($0 as NSString).lastPathComponent } == local)
         let target = try workspace.freshDirectory()
         try await runner.restore(into: target)
         #expect(try directoryTree("\(target)/small") == history.last!.tree)
@@ -91,7 +93,7 @@ struct PruneCommandTests {
         runner.environment["SYNC_AGENT_KEEP_LAST"] = "1"
         let agent = try runner.watch(workspace.sessions, ["--prune-every", "300ms"])
         try await agent.waitForLog("] pruned")
-        #expect(try await snapshotKeys(bucket, "small").count == 1)
+        #expect(try await snapshotKeys(runner, bucket, "small").count == 1)
         let target = try workspace.freshDirectory()
         try await runner.restore(into: target)
         try expectSameTree(target, workspace.sessions)

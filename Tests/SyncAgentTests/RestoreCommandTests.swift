@@ -271,7 +271,8 @@ struct RestoreCommandTests {
         let bucket = try await TestS3Server.seaweedFS.freshBucket()
         let runner = try await workspace.cloudRunner(on: bucket)
         _ = try await backup(runner, workspace)
-        let key = try #require(try await bucket.listObjects(prefix: "sessions/tampered/snapshots/").objects.first?.key)
+        let prefix = try #require(try await runner.locate("tampered").first)
+        let key = try #require(try await bucket.listObjects(prefix: prefix + "snapshots/").objects.first?.key)
         var bytes = try await bucket.getObject(key: key).bytes
         bytes[bytes.count / 2] ^= 0x01
         try await bucket.putObject(key: key, bytes: bytes)

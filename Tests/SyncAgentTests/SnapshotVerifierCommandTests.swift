@@ -30,8 +30,9 @@ struct SnapshotVerifierCommandTests {
         let healthy = try await runner.run("verify", ["--all", "--json"])
         #expect(healthy.termination == .exited(0), "\(healthy.standardOutput) \(healthy.standardError)")
 
-        let objects = try FileManager.default.contentsOfDirectory(atPath: "\(store)/sessions/small/snapshots").sorted()
-        let newest = "\(store)/sessions/small/snapshots/\(objects.last!)"
+        let objectDirectory = "\(store)/" + (try await runner.locate("small")[0]) + "snapshots"
+        let objects = try FileManager.default.contentsOfDirectory(atPath: objectDirectory).sorted()
+        let newest = "\(objectDirectory)/\(objects.last!)"
         var bytes = try readBytes(newest)
         bytes[bytes.count / 2] ^= 0x01
         try Data(bytes).write(to: URL(fileURLWithPath: newest))

@@ -28,7 +28,7 @@ struct StoreStateCommandTests {
             #expect(result.termination == .exited(0), "\(result.standardError)")
         }
 
-        func headPath(_ session: String) -> String { "\(store)/sessions/\(session)/head" }
+        func headPath(_ session: String) async throws -> String { "\(store)/" + (try await runner.locate(session)[0]) + "head" }
 
         /// `restore --json` into `target`: the run and each session's status ("failed: <reason>" for failures).
         func restore(into target: String, _ arguments: [String]) async throws -> (Run, statuses: [String: String]) {
@@ -59,7 +59,7 @@ struct StoreStateCommandTests {
     @Test func snapshotsListsEverySessionAndMarksOneWhoseHeadIsCorrupt() async throws {
         let fixture = try Fixture()
         try await fixture.backup()
-        try write("not an encrypted head", to: fixture.headPath("small"))
+        try write("not an encrypted head", to: try await fixture.headPath("small"))
 
         let listing = try await fixture.runner.run("snapshots", ["--json"])
         #expect(listing.termination == .exited(1), "\(listing.standardError)")
@@ -81,7 +81,7 @@ struct StoreStateCommandTests {
     @Test func statusFromTheStoreListsEverySessionAndMarksOneWhoseHeadIsCorrupt() async throws {
         let fixture = try Fixture()
         try await fixture.backup()
-        try write("not an encrypted head", to: fixture.headPath("small"))
+        try write("not an encrypted head", to: try await fixture.headPath("small"))
 
         let nobody = "http://127.0.0.1:\(try freePort())"
         let result = try await fixture.runner.run("status", ["--agent", nobody, "--json"])
@@ -104,7 +104,7 @@ struct StoreStateCommandTests {
     @Test func aSessionWhoseHeadIsMissingBesideItsSnapshotsFailsRestoreAllAndIsFlagged() async throws {
         let fixture = try Fixture()
         try await fixture.backup()
-        try FileManager.default.removeItem(atPath: fixture.headPath("small"))
+        try FileManager.default.removeItem(atPath: try await fixture.headPath("small"))
 
         let target = try fixture.workspace.freshDirectory()
         let (all, statuses) = try await fixture.restore(into: target, ["--all"])
@@ -178,15 +178,15 @@ struct StoreStateCommandTests {
     @Test func aHeadPutBackOverANewerOneFailsRestoreAndIsFlagged() async throws {
         let fixture = try Fixture(sessions: ["small"])
         try await fixture.backup(["--keep-last", "10"])
-        let oldHead = try readBytes(fixture.headPath("small"))
+        let oldHead = try readBytes(try await fixture.headPath("small"))
         var newest = ""
         for round in 2...3 {
             try write(#"{"round":\#(round)}"#, to: "\(fixture.workspace.session("small"))/creds.json")
             let result = try await fixture.runner.run("backup", ["--sessions-dir", fixture.workspace.sessions, "--json", "--keep-last", "10"])
             newest = try #require((try jsonObject(result)["backedUp"] as? [[String: Any]])?.first?["snapshot"] as? String)
         }
-        try FileManager.default.removeItem(atPath: fixture.headPath("small"))
-        try write(bytes: oldHead, to: fixture.headPath("small"))
+        try FileManager.default.removeItem(atPath: try await fixture.headPath("small"))
+        try write(bytes: oldHead, to: try await fixture.headPath("small"))
 
         let target = try fixture.workspace.freshDirectory()
         let (restore, statuses) = try await fixture.restore(into: target, ["--all"])

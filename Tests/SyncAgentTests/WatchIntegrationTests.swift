@@ -37,10 +37,10 @@ struct WatchIntegrationTests {
             #expect(!FileManager.default.fileExists(atPath: "\(restored)/\(session)/creds.json.tmp"))
         }
         try expectPrivateModes(restored)
-        // Object keys carry the session id only, never a file name from inside the session.
+        // Object keys carry a keyed id of the session only, never its name or a file name from inside it.
         let keys = try await bucket.listObjects(prefix: "sessions/").objects.map(\.key)
         #expect(!keys.isEmpty)
-        #expect(keys.allSatisfy { !$0.contains("creds") && !$0.contains("key") && !$0.contains("1555") }, "\(keys)")
+        #expect(keys.allSatisfy { !$0.contains("creds") && !$0.contains("key") && !$0.contains("1555") && !$0.contains("small") && !$0.contains("medium") }, "\(keys)")
         #expect(!agent.log.contains(runner.environment["SESSION_ENCRYPTION_KEY"]!))
         #expect(agent.process.isRunning)
         #expect(try await agent.terminate() == .exited(0))
@@ -171,11 +171,11 @@ struct WatchIntegrationTests {
         case .filesystem:
             let store = try workspace.freshDirectory()
             runner = .local(store: store, logDirectory: workspace.logs)
-            headVersion = { try readBytes("\(store)/sessions/small/head").description }
+            headVersion = { try readBytes("\(store)/\(try await runner.locate("small")[0])head").description }
         case .seaweedFS:
             let bucket = try await TestS3Server.seaweedFS.freshBucket()
             runner = try await workspace.cloudRunner(on: bucket)
-            headVersion = { try await bucket.headObject(key: "sessions/small/head").etag }
+            headVersion = { try await bucket.headObject(key: try await runner.locate("small")[0] + "head").etag }
         }
         let first = try runner.watch(workspace.sessions)
         try await first.waitUntilWatching(uploadedAtStart: 1)

@@ -21,11 +21,12 @@ struct HeadFormatTests {
 
     /// FORMAT.md's example of a head written by a claim, byte for byte: absent fields, not nulls.
     @Test func aClaimedHeadIsSpelledAsFormatMDShowsIt() throws {
-        let head = SessionHead(
+        var head = SessionHead(
             generation: 1, owner: "worker-1/4242/3141592653", latest: nil, latestKind: nil, base: nil,
             updatedAt: Date(timeIntervalSince1970: 1_763_633_760))
+        head.session = "4915112345678"
         let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
-        let example = try #require(format.firstMatch(of: /`(\{"formatVersion":2,"generation"[^`]*)`/)?.output.1)
+        let example = try #require(format.firstMatch(of: /`(\{"formatVersion":3,"generation"[^`]*)`/)?.output.1)
         #expect(String(decoding: try head.encoded(), as: UTF8.self) == example)
     }
 

@@ -86,14 +86,14 @@ struct LeaseExpiryTests {
         #expect(AgentIdentity.defect(ofID: "") != nil && AgentIdentity.defect(ofID: "a\tb") != nil)
     }
 
-    @Test func theLeaseKeyNamesNoAgentAndDependsOnTheKey() {
-        let (one, two) = (EncryptionKey.generate(), EncryptionKey.generate())
-        let key = LeaseStore.key(agent: "worker-1:/sessions", key: one)
+    @Test func theLeaseKeyNamesNoAgentAndDependsOnTheNamingSecret() {
+        let (one, two) = (StoreNaming.generate(), StoreNaming.generate())
+        let key = LeaseStore.key(agent: "worker-1:/sessions", naming: one)
         #expect(key.hasPrefix("agents/") && key.hasSuffix("/lease") && key.utf8.count == "agents/".utf8.count + 32 + "/lease".utf8.count)
         #expect(!key.contains("worker"))
-        #expect(key == LeaseStore.key(agent: "worker-1:/sessions", key: one))
-        #expect(key != LeaseStore.key(agent: "worker-2:/sessions", key: one))
-        #expect(key != LeaseStore.key(agent: "worker-1:/sessions", key: two))
+        #expect(key == LeaseStore.key(agent: "worker-1:/sessions", naming: one))
+        #expect(key != LeaseStore.key(agent: "worker-2:/sessions", naming: one))
+        #expect(key != LeaseStore.key(agent: "worker-1:/sessions", naming: two))
     }
 }
 
@@ -102,7 +102,7 @@ extension SyncServiceTests {
     func leaseHolder(_ agent: String, ttl: Duration = .seconds(2)) -> LeaseHolder {
         LeaseHolder(
             agent: AgentIdentity(id: agent, instance: "\(agent)/\(UInt32.random(in: 0...UInt32.max))"), ttl: ttl,
-            leases: LeaseStore(sessionStore))
+            leases: LeaseStore(sessionStore, conditionalWrites: true))
     }
 
     func acquirer(_ lease: LeaseHolder, wait: Duration, takeOver: Bool = false) -> SessionAcquirer {
@@ -330,7 +330,7 @@ extension SyncServiceTests {
             SessionHead(generation: 1, owner: dead.agent.instance, latest: nil, latestKind: nil, base: nil, updatedAt: Date())
                 .claimed(owner: dead.agent.instance, agent: "a", at: Date()),
             session: SessionID("s1")!, condition: nil)
-        let leaseFile = workspace.file("store/" + LeaseStore.key(agent: "a", key: sessionStore.keyring.primary))
+        let leaseFile = workspace.file("store/" + LeaseStore.key(agent: "a", naming: try await sessionStore.naming()!))
         try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: leaseFile)
 
         let started = ContinuousClock.now

@@ -43,7 +43,7 @@ struct PruneRestorePropertyTests {
             written[id] = Written(kind: kind, time: time)
             let entry = try #require(try await sessionStore.snapshots(session).first { $0.id == id })
             try FileManager.default.setAttributes(
-                [.modificationDate: time], ofItemAtPath: workspace.file("store/" + SessionLayout.snapshotKey(session, entry)))
+                [.modificationDate: time], ofItemAtPath: workspace.file("store/" + (try await sessionStore.snapshotKeys(session, [entry]))[0]))
         }
 
         for _ in 0..<Int.random(in: 10...22, using: &random) {

@@ -6,10 +6,10 @@ import Testing
 /// Session ids of any name a directory can have, in keys and in print.
 @Suite("Session ids")
 struct SessionIDTests {
-    @Test func namesOfTodaysSafeSetKeepTheirKeys() throws {
+    @Test func namesOfTheSafeSetKeepTheirPlainKeys() throws {
         for name in ["4915112345678", "alice@s.whatsapp.net", "a+b=c_d-e.f", String(repeating: "z", count: 200)] {
             let id = try #require(SessionID(name))
-            #expect(SessionLayout.headKey(id) == "sessions/\(name)/head")
+            #expect(SessionPlace.plain(id).headKey == "sessions/\(name)/head")
             #expect(id.description == name)
         }
     }
@@ -35,10 +35,10 @@ struct SessionIDTests {
             if bytes[0] == UInt8(ascii: ".") { bytes[0] = UInt8(ascii: "s") }
             let id = try #require(SessionID(FileName.decode(bytes)))
             #expect(FileName.bytes(of: id.rawValue) == bytes)
-            #expect(SessionLayout.sessionIDs(in: [SessionLayout.headKey(id), SessionLayout.snapshotsPrefix(id) + "x"]) == [id])
+            #expect(SessionLayout.plainSessionIDs(in: [SessionPlace.plain(id).headKey, SessionPlace.plain(id).snapshotsPrefix + "x"]) == [id])
             #expect(SessionID(printed: id.description) == id)
             #expect(!id.description.unicodeScalars.contains { $0.value < 0x20 || $0.value >= 0x10FF80 })
-            let key = SessionLayout.headKey(id)
+            let key = SessionPlace.plain(id).headKey
             #expect(key.utf8.allSatisfy { (0x21...0x7E).contains($0) }, "\(key)")
             #expect(key.split(separator: "/").allSatisfy { $0.utf8.count <= 255 }, "\(key)")
             ids.append(id)
@@ -46,7 +46,7 @@ struct SessionIDTests {
         ids += ["a", "~", "~61", "x~"].compactMap { SessionID($0) }
         for first in ids {
             for second in ids where first != second {
-                #expect(!SessionLayout.sessionPrefix(second).hasPrefix(SessionLayout.sessionPrefix(first)))
+                #expect(!SessionPlace.plain(second).prefix.hasPrefix(SessionPlace.plain(first).prefix))
             }
         }
     }
@@ -54,8 +54,8 @@ struct SessionIDTests {
     /// Keys another writer could make for a session in another spelling (an unsafe name as it
     /// is, a safe one in hex, other chunks) are not sessions: one session, one key.
     @Test func onlyTheWritersSpellingIsListed() {
-        #expect(SessionLayout.sessionIDs(in: ["sessions/a b/head", "sessions/~61/head", "sessions/~6~/~62/head", "sessions/~6/head"]) == [])
-        #expect(SessionLayout.sessionIDs(in: ["sessions/~6120/head", "sessions/a/head"]).map(\.rawValue) == ["a", "a "])
+        #expect(SessionLayout.plainSessionIDs(in: ["sessions/a b/head", "sessions/~61/head", "sessions/~6~/~62/head", "sessions/~6/head"]) == [])
+        #expect(SessionLayout.plainSessionIDs(in: ["sessions/~6120/head", "sessions/a/head"]).map { $0.rawValue } == ["a", "a "])
     }
 
     /// "é" as one scalar and as "e" + U+0301 are two directories: two sessions with keys of their
@@ -65,8 +65,8 @@ struct SessionIDTests {
         let decomposed = try #require(SessionID("cafe\u{301}"))
         #expect(composed != decomposed && Set([composed, decomposed]).count == 2)
         #expect(composed.keyComponent != decomposed.keyComponent)
-        let keys = [composed, decomposed].map { SessionLayout.headKey($0) }
-        #expect(Set(SessionLayout.sessionIDs(in: keys)) == [composed, decomposed])
+        let keys = [composed, decomposed].map { SessionPlace.plain($0).headKey }
+        #expect(Set(SessionLayout.plainSessionIDs(in: keys)) == [composed, decomposed])
     }
 
     @Test func unprintableNamesAreSpelledInHex() throws {

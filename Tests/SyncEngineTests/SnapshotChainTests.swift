@@ -368,7 +368,7 @@ struct SnapshotChainTests {
         let lost = SnapshotEntry(
             id: SnapshotID(sequence: first.sequence + 1, generation: read.generation, tag: .random()), kind: .delta,
             parentTag: first.tag, size: 0, lastModified: nil)
-        try await sessionStore.store.put(SessionLayout.snapshotKey(session, lost), body: .bytes([]), condition: nil)
+        try await sessionStore.store.put(try await sessionStore.snapshotKeys(session, [lost])[0], body: .bytes([]), condition: nil)
         for change in 1...2 {
             try write("{\"change\":\(change)}", to: "creds.json")
             _ = try await watcher.sync()
@@ -399,12 +399,13 @@ struct SnapshotChainTests {
     /// The grammar `parseSnapshotKey` reads: the writer's spelling only, the parent's tag absent
     /// on a session's first snapshot.
     @Test func snapshotKeysParseOnlyInTheWritersSpelling() {
-        let prefix = SessionLayout.snapshotsPrefix(session)
+        let place = SessionPlace.plain(session)
+        let prefix = place.snapshotsPrefix
         let tag = "5f0c3a9e7d21b846", parent = "0123456789abcdef"
-        let first = SessionLayout.parseSnapshotKey(prefix + "00000000000000000001-0000000003-\(tag).base", session: session)
+        let first = SessionLayout.parseSnapshotKey(prefix + "00000000000000000001-0000000003-\(tag).base", place: place)
         #expect(first?.id == SnapshotID(sequence: 1, generation: 3, tag: SnapshotTag(tag)!))
         #expect(first?.kind == .base && first?.parentTag == nil)
-        let next = SessionLayout.parseSnapshotKey(prefix + "00000000000000000042-0000000003-\(tag)-\(parent).delta", session: session)
+        let next = SessionLayout.parseSnapshotKey(prefix + "00000000000000000042-0000000003-\(tag)-\(parent).delta", place: place)
         #expect(next?.id.sequence == 42 && next?.kind == .delta && next?.parentTag == SnapshotTag(parent))
         for malformed in [
             "00000000000000000001-0000000003.base",  // no tag
@@ -416,21 +417,21 @@ struct SnapshotChainTests {
             "00000000000000000001-0000000003-\(tag).snapshot",
             "00000000000000000001-0000000003-\(tag)",
         ] {
-            #expect(SessionLayout.parseSnapshotKey(prefix + malformed, session: session) == nil, "\(malformed)")
+            #expect(SessionLayout.parseSnapshotKey(prefix + malformed, place: place) == nil, "\(malformed)")
         }
-        #expect(SessionLayout.parseSnapshotKey(SessionLayout.snapshotsPrefix(SessionID("other")!) + "00000000000000000001-0000000003-\(tag).base", session: session) == nil)
+        #expect(SessionLayout.parseSnapshotKey(SessionPlace.plain(SessionID("other")!).snapshotsPrefix + "00000000000000000001-0000000003-\(tag).base", place: place) == nil)
     }
 
     /// Heads and manifests of format version 1 (untagged snapshot ids) or of a newer agent say
     /// which version they are, rather than failing on a field.
     @Test func aHeadOrManifestOfAnotherFormatVersionIsAClearError() throws {
-        for version in [1, 3] {
+        for version in [1, 4] {
             let head = Array(#"{"formatVersion":\#(version),"generation":1,"owner":"old","latest":{"generation":1,"sequence":1},"latestKind":"base","updatedAt":"2025-11-20T10:15:30Z"}"#.utf8)
-            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads version 2)")) {
+            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads versions 2 to 3)")) {
                 try SessionHead.decode(head)
             }
             let manifest = Array(#"{"formatVersion":\#(version),"session":"s"}"#.utf8)
-            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads version 2)")) {
+            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads versions 2 to 3)")) {
                 try SnapshotManifest.decode(manifest)
             }
         }
@@ -446,7 +447,7 @@ struct SnapshotChainTests {
         try write("{\"id\":1}", to: "pre-key-9999.json")
         _ = try await writer.sync()
         let pattern = /snapshots\/(\d{20})-(\d{10})-([0-9a-f]{16})(?:-([0-9a-f]{16}))?\.(base|delta|tombstone)/
-        let prefix = SessionLayout.snapshotsPrefix(session)
+        let prefix = try await sessionStore.place(session).snapshotsPrefix
         let names = try await sessionStore.store.list(prefix: prefix).map { "snapshots/" + $0.key.dropFirst(prefix.count) }
         let keys = try names.map { try #require(try pattern.wholeMatch(in: $0), "\($0)").output }
         #expect(keys.map { "\($0.1).\($0.2).\($0.5)" } == ["00000000000000000001.0000000001.base", "00000000000000000002.0000000001.delta"])

@@ -56,7 +56,7 @@ struct SnapshotVerifierTests {
     }
 
     func key(_ id: SnapshotID) async throws -> String {
-        SessionLayout.snapshotKey(session, try await entry(id))
+        try await sessionStore.snapshotKeys(session, [try await entry(id)])[0]
     }
 
     func entry(_ id: SnapshotID) async throws -> SnapshotEntry {
@@ -180,7 +180,7 @@ struct SnapshotVerifierTests {
         let lost = SnapshotID(sequence: ids[2].sequence, generation: head.generation, tag: .random())
         for (id, parent) in [(beyond, ids[2]), (fenced, ids[0]), (lost, ids[1])] {
             let orphan = SnapshotEntry(id: id, kind: .delta, parentTag: parent.tag, size: 0, lastModified: nil)
-            try await sessionStore.store.put(SessionLayout.snapshotKey(session, orphan), body: .bytes(newest), condition: nil)
+            try await sessionStore.store.put(try await sessionStore.snapshotKeys(session, [orphan])[0], body: .bytes(newest), condition: nil)
         }
 
         let entries = try await sessionStore.snapshots(session)

@@ -32,7 +32,7 @@ struct StoreObjectReadTests {
         for round in 0...deltas {
             if round > 0 { try Data(#"{"round":\#(round)}"#.utf8).write(to: URL(fileURLWithPath: "\(directory)/creds.json")) }
             guard case .uploaded(let id, _, _, _) = try await writer.sync() else { throw ProgramFailure("round \(round) uploaded nothing") }
-            let head = try #require(try await sessionStore.store.get(SessionLayout.headKey(session)))
+            let head = try #require(try await sessionStore.store.get(try await sessionStore.place(session).headKey))
             committed.append((id, head.bytes))
         }
         return committed
@@ -42,7 +42,9 @@ struct StoreObjectReadTests {
         SessionStore(store: try FileSystemStore(root: scratch.file("store")), keyring: Keyring(primary: .generate()))
     }
 
-    func headPath(_ scratch: TemporaryDirectory) -> String { scratch.file("store/" + SessionLayout.headKey(session)) }
+    func headPath(_ scratch: TemporaryDirectory, _ sessionStore: SessionStore) async throws -> String {
+        scratch.file("store/" + (try await sessionStore.place(session)).headKey)
+    }
 
     // MARK: - Bounds
 
@@ -50,10 +52,10 @@ struct StoreObjectReadTests {
     func aHeadLargerThanAHeadCanBeIsRefusedNamingItAndTheBound(_ backend: StoreBackend) async throws {
         let fixture = try await backend.makeStore()
         let sessionStore = SessionStore(store: fixture.store, keyring: Keyring(primary: .generate()))
-        try await fixture.store.put(SessionLayout.headKey(session), body: .bytes([UInt8](repeating: 7, count: Int(SessionStore.maxHeadSize) + 1)), condition: nil)
+        try await fixture.store.put(SessionPlace.plain(session).headKey, body: .bytes([UInt8](repeating: 7, count: Int(SessionStore.maxHeadSize) + 1)), condition: nil)
         let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
-        #expect(message.contains(SessionLayout.headKey(session)) && message.contains("\(SessionStore.maxHeadSize)"), "\(message)")
+        #expect(message.contains(SessionPlace.plain(session).headKey) && message.contains("\(SessionStore.maxHeadSize)"), "\(message)")
     }
 
     /// A 3 GB sparse file as the head: refused from its size, not read (it took 4.2 GB of memory).
@@ -61,7 +63,7 @@ struct StoreObjectReadTests {
         let scratch = try TemporaryDirectory()
         let sessionStore = try localStore(scratch)
         _ = try await history(in: sessionStore, scratch, deltas: 0)
-        #expect(truncate(headPath(scratch), 3 << 30) == 0)
+        #expect(truncate(try await headPath(scratch, sessionStore), 3 << 30) == 0)
         let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
         // The size the file system reports, before any byte is read.
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
@@ -82,8 +84,8 @@ struct StoreObjectReadTests {
     @Test func anOversizedHeadFromAServerIgnoringTheRangeIsCutAndRefused() async throws {
         let body = String(repeating: "x", count: 1 << 20)
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(body.utf8.count)\r\nETag: \"x\"\r\n\r\n\(body)")
-        let sessionStore = SessionStore(store: try fakeS3Store(server), keyring: Keyring(primary: .generate()))
-        let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
+        let store = try fakeS3Store(server)
+        let error = await #expect(throws: StoreError.self) { try await store.get(SessionPlace.plain(session).headKey, maxSize: SessionStore.maxHeadSize) }
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
         #expect(message.contains("\(1 << 20) bytes"), "\(message)")
     }
@@ -94,8 +96,8 @@ struct StoreObjectReadTests {
     @Test func aServerSendingAHugeHeadWholeIsNotReadPastTheBound() async throws {
         let body = String(repeating: "x", count: 1 << 20)
         let server = try FaultyHTTPServer(response: "HTTP/1.1 200 OK\r\nContent-Length: \(3 << 30)\r\nETag: \"x\"\r\n\r\n\(body)")
-        let sessionStore = SessionStore(store: try fakeS3Store(server), keyring: Keyring(primary: .generate()))
-        let error = await #expect(throws: StoreError.self) { try await sessionStore.head(session) }
+        let store = try fakeS3Store(server)
+        let error = await #expect(throws: StoreError.self) { try await store.get(SessionPlace.plain(session).headKey, maxSize: SessionStore.maxHeadSize) }
         guard case .invalidObject(let message) = error else { Issue.record("\(String(describing: error))"); return }
         #expect(message.contains("\(3 << 30) bytes"), "\(message)")
     }
@@ -125,7 +127,7 @@ struct StoreObjectReadTests {
         let scratch = try TemporaryDirectory()
         let sessionStore = try localStore(scratch)
         let committed = try await history(in: sessionStore, scratch, deltas: 0)
-        let head = headPath(scratch)
+        let head = try await headPath(scratch, sessionStore)
         try FileManager.default.removeItem(atPath: head)
         switch special {
         case .fifo: #expect(mkfifo(head, 0o600) == 0)
@@ -152,7 +154,7 @@ struct StoreObjectReadTests {
         switch special {
         case .fifo, .symlink:
             guard case .failure(StoreError.invalidObject(let message)) = result else { Issue.record("\(result)"); return }
-            #expect(message.contains(SessionLayout.headKey(session)) && message.contains(special == .fifo ? "FIFO" : "symbolic link"))
+            #expect(message.contains(head.dropFirst(scratch.file("store/").count)) && message.contains(special == .fifo ? "FIFO" : "symbolic link"))
         case .directory:
             guard case .failure(SnapshotError.headMissing) = result else { Issue.record("\(result)"); return }
         }
@@ -177,8 +179,8 @@ struct StoreObjectReadTests {
         try Data("the worker's own state".utf8).write(to: URL(fileURLWithPath: local))
         let before = try directoryTree(root)
 
-        let keys = [SessionLayout.headKey(session)]
-            + (try await sessionStore.snapshots(session)).map { SessionLayout.snapshotKey(session, $0) }
+        let keys = [try await sessionStore.place(session).headKey]
+            + (try await sessionStore.snapshotKeys(session, try await sessionStore.snapshots(session)))
         for seed in UInt64(0)..<24 {
             var random = SplitMix64(seed: seed)
             let key = keys[Int(random.next() % UInt64(keys.count))]
@@ -227,6 +229,16 @@ struct StoreObjectReadTests {
         let otherKey = SessionStore(store: sessionStore.store, keyring: Keyring(primary: .generate()))
         do {
             _ = try await otherKey.head(session)
+            Issue.record("a session found with the wrong key")
+        } catch SnapshotError.wrongKey(let message) {
+            #expect(message.contains("names its sessions with a secret wrapped for key id(s) \(sessionStore.keyring.primary.id), none of which is configured"), "\(message)")
+        }
+        // The other key gets a wrap of the naming secret (a rotation's first write), then reads the
+        // old key's head: the wrong key, for the head.
+        let rotated = SessionStore(store: sessionStore.store, keyring: Keyring(primary: otherKey.keyring.primary, additional: [sessionStore.keyring.primary]))
+        _ = try await rotated.preparedNaming(conditionalWrites: true)
+        do {
+            _ = try await otherKey.head(session)
             Issue.record("a head opened with the wrong key")
         } catch SnapshotError.wrongKey(let message) {
             #expect(message.contains("head of session"), "\(message)")
@@ -268,7 +280,7 @@ struct StoreObjectReadTests {
         let restorer = SessionRestorer(sessionStore: restoring)
         let plan = try await restorer.plan(session, into: root)
         let base = try #require(try await sessionStore.snapshots(session).first)
-        let baseKey = SessionLayout.snapshotKey(session, base)
+        let baseKey = try await sessionStore.snapshotKeys(session, [base])[0]
         let original = try #require(try await sessionStore.store.get(baseKey)).bytes
         switch replacement {
         case .deleted: try await sessionStore.store.delete([baseKey])
@@ -293,7 +305,7 @@ struct StoreObjectReadTests {
         let scratch = try TemporaryDirectory()
         let sessionStore = try localStore(scratch)
         let committed = try await history(in: sessionStore, scratch, deltas: 3)
-        try await sessionStore.store.put(SessionLayout.headKey(session), body: .bytes(committed[1].head), condition: nil)
+        try await sessionStore.store.put(try await sessionStore.place(session).headKey, body: .bytes(committed[1].head), condition: nil)
 
         let stored = try #require(try await sessionStore.stored(session))
         #expect(stored.newerChain().map(\.id) == committed[2...].map(\.id))
@@ -337,12 +349,12 @@ struct StoreObjectReadTests {
         let sessionStore = try localStore(scratch)
         let committed = try await history(in: sessionStore, scratch, deltas: 3)
 
-        try await sessionStore.store.put(SessionLayout.headKey(session), body: .bytes(committed[2].head), condition: nil)
+        try await sessionStore.store.put(try await sessionStore.place(session).headKey, body: .bytes(committed[2].head), condition: nil)
         #expect(try await sessionStore.stored(session)?.newerChain() == [])
 
-        try await sessionStore.store.put(SessionLayout.headKey(session), body: .bytes(committed[1].head), condition: nil)
+        try await sessionStore.store.put(try await sessionStore.place(session).headKey, body: .bytes(committed[1].head), condition: nil)
         var times = [timespec(tv_sec: 1_000_000_000, tv_nsec: 0), timespec(tv_sec: 1_000_000_000, tv_nsec: 0)]
-        #expect(utimensat(AT_FDCWD, headPath(scratch), &times, 0) == 0)
+        #expect(utimensat(AT_FDCWD, try await headPath(scratch, sessionStore), &times, 0) == 0)
         let stored = try #require(try await sessionStore.stored(session))
         #expect(stored.newerChain() == [])
         let root = scratch.file("restored")

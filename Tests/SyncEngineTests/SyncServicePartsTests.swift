@@ -1,4 +1,5 @@
 import Foundation
+import SessionCrypto
 @testable import SyncEngine
 import TestSupport
 import Testing
@@ -212,19 +213,19 @@ struct SessionPurgeTests {
         let store = try FileSystemStore(root: workspace.file("store"))
         let (gone, other) = (SessionID("gone")!, SessionID("gone2")!)
         for id in [gone, other] {
-            _ = try await store.put(SessionLayout.headKey(id), body: .bytes(Array("{}".utf8)), condition: nil)
-            _ = try await store.put(SessionLayout.snapshotsPrefix(id) + "x", body: .bytes([1]), condition: nil)
+            _ = try await store.put(SessionPlace.plain(id).headKey, body: .bytes(Array("{}".utf8)), condition: nil)
+            _ = try await store.put(SessionPlace.plain(id).snapshotsPrefix + "x", body: .bytes([1]), condition: nil)
         }
-        let purge = SessionPurge(store: store)
+        let purge = SessionPurge(sessionStore: SessionStore(store: store, keyring: Keyring(primary: .generate())))
         let directory = workspace.file("sessions/gone")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         #expect(try await !purge.purge(gone, directory: directory), "back already: a restore's two renames")
-        #expect(try await store.list(prefix: SessionLayout.sessionPrefix(gone)).count == 2)
+        #expect(try await store.list(prefix: SessionPlace.plain(gone).prefix).count == 2)
 
         try FileManager.default.removeItem(atPath: directory)
         #expect(try await purge.purge(gone, directory: directory))
-        #expect(try await store.list(prefix: SessionLayout.sessionPrefix(gone)).isEmpty)
-        #expect(try await store.list(prefix: SessionLayout.sessionPrefix(other)).count == 2)
+        #expect(try await store.list(prefix: SessionPlace.plain(gone).prefix).isEmpty)
+        #expect(try await store.list(prefix: SessionPlace.plain(other).prefix).count == 2)
     }
 }
 

@@ -279,3 +279,13 @@ public func sessionStatuses(_ endpoint: String) async throws -> [String: [String
     else { throw ProgramFailure("/sessions answered \(status): \(body)") }
     return Dictionary(uniqueKeysWithValues: sessions.map { ($0["sessionId"] as? String ?? "", $0) })
 }
+
+extension SyncAgentRunner {
+    /// A session's key prefixes as `sync-agent locate` prints them, one per store (in hybrid mode
+    /// the local store's, then S3's): object keys name sessions by keyed ids.
+    public func locate(_ session: String) async throws -> [String] {
+        let result = try await run("locate", [session])
+        guard result.termination == .exited(0) else { throw ProgramFailure("locate \(session): \(result.standardError)") }
+        return result.standardOutput.split(separator: "\n").map { String($0.split(separator: "\t")[1]) }
+    }
+}

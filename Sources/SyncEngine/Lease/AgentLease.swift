@@ -24,50 +24,54 @@ public struct AgentLease: Codable, Sendable, Equatable {
     package func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 
     package static func decode(_ bytes: [UInt8]) throws -> AgentLease {
-        try StoredJSON.decode(AgentLease.self, from: bytes, formatVersion: currentFormatVersion, what: "the lease")
+        try StoredJSON.decode(AgentLease.self, from: bytes, formatVersions: currentFormatVersion...currentFormatVersion, what: "the lease")
     }
 }
 
-/// Where leases live and how they are read and written. The key names the agent by a keyed
-/// hash of its id (`agents/<32 hex digits>/lease`), so the store reveals no host name.
+/// Where leases live and how they are read and written. The key names the agent by its keyed id
+/// under the store's naming secret (`agents/<32 hex digits>/lease`, FORMAT.md "Keyed names", domain
+/// `agent`), so the store reveals no host name, and a key rotation moves no lease.
 public struct LeaseStore: Sendable {
-    public let store: any ObjectStore
-    public let keyring: Keyring
+    public let sessionStore: SessionStore
+    /// Whether the store honours write conditions: the first writer of a store makes its naming
+    /// secret with one.
+    public let conditionalWrites: Bool
 
-    public init(store: any ObjectStore, keyring: Keyring) {
-        self.store = store
-        self.keyring = keyring
-    }
-
-    public init(_ sessionStore: SessionStore) {
-        self.init(store: sessionStore.store, keyring: sessionStore.keyring)
+    public init(_ sessionStore: SessionStore, conditionalWrites: Bool) {
+        self.sessionStore = sessionStore
+        self.conditionalWrites = conditionalWrites
     }
 
     static let root = "agents/"
     /// A lease is a few hundred bytes.
     static let maxLeaseSize: Int64 = 16 << 10
 
-    /// The lease's key under `key`: the first 16 bytes of the keyed BLAKE2b-256 content id of
-    /// "sync-agent lease 1\n" and the agent id, as hex.
-    static func key(agent: String, key: EncryptionKey) -> String {
-        let id = key.contentID(of: Array("sync-agent lease 1\n".utf8) + Array(agent.utf8))
-        return root + id.bytes.prefix(16).lowercaseHex + "/lease"
+    static func key(agent: String, naming: StoreNaming) -> String {
+        root + naming.keyedID(.agent, name: Array(agent.utf8)) + "/lease"
     }
 
     private static func identity(key: String) -> ObjectIdentity { ObjectIdentity(sessionID: "", objectName: key) }
 
-    /// Writes `lease` under the primary key's name (blind: one agent, one lease, and two
-    /// processes of it write the same truth).
-    func write(_ lease: AgentLease) async throws {
-        let key = Self.key(agent: lease.agent, key: keyring.primary)
-        let bytes = encrypt(try lease.encoded(), key: keyring.primary, identity: Self.identity(key: key))
-        try await store.put(key, body: .bytes(bytes), condition: nil)
+    /// The key of `agent`'s lease; nil while the store has no naming secret (then it has no lease).
+    private func existingKey(agent: String) async throws -> String? {
+        try await sessionStore.naming().map { Self.key(agent: agent, naming: $0) }
     }
 
-    /// When the store says `agent`'s lease (under the primary key) was written: after a write of
-    /// it, the store's own "now", comparable with another lease's time from the same store.
+    /// Writes `lease` under the primary key (blind: one agent, one lease, and two processes of it
+    /// write the same truth).
+    func write(_ lease: AgentLease) async throws {
+        let naming = try await sessionStore.preparedNaming(conditionalWrites: conditionalWrites)
+        let key = Self.key(agent: lease.agent, naming: naming)
+        let primary = sessionStore.keyring.primary
+        try await sessionStore.store.put(
+            key, body: .bytes(encrypt(try lease.encoded(), key: primary, identity: Self.identity(key: key))), condition: nil)
+    }
+
+    /// When the store says `agent`'s lease was written: after a write of it, the store's own
+    /// "now", comparable with another lease's time from the same store.
     func written(agent: String) async throws -> Date? {
-        try await store.head(Self.key(agent: agent, key: keyring.primary))?.lastModified
+        guard let key = try await existingKey(agent: agent) else { return nil }
+        return try await sessionStore.store.head(key)?.lastModified
     }
 
     /// A lease as read, with when the store says it was written (its own clock).
@@ -76,21 +80,19 @@ public struct LeaseStore: Sendable {
         public var written: Date?
     }
 
-    /// The agent's lease, nil when it has none: looked for under each key's name, primary first
-    /// (the holder may write under another primary during a key rotation).
+    /// The agent's lease, nil when it has none.
     public func read(agent: String) async throws -> Read? {
-        for encryptionKey in keyring.keys {
-            let key = Self.key(agent: agent, key: encryptionKey)
-            guard let object = try await store.get(key, maxSize: Self.maxLeaseSize) else { continue }
-            do {
-                let lease = try AgentLease.decode(try decrypt(object.bytes, keyring: keyring, identity: Self.identity(key: key)))
-                guard lease.agent == agent else { throw SnapshotError.corrupt("the lease at \(key) names another agent") }
-                return Read(lease: lease, written: object.info.lastModified)
-            } catch let error as CryptoError {
-                throw SnapshotError.corrupt("the lease at \(key): \(error)")
-            }
+        guard let key = try await existingKey(agent: agent),
+            let object = try await sessionStore.store.get(key, maxSize: Self.maxLeaseSize)
+        else { return nil }
+        do {
+            let lease = try AgentLease.decode(
+                try decrypt(object.bytes, keyring: sessionStore.keyring, identity: Self.identity(key: key)))
+            guard lease.agent == agent else { throw SnapshotError.corrupt("the lease at \(key) names another agent") }
+            return Read(lease: lease, written: object.info.lastModified)
+        } catch let error as CryptoError {
+            throw SnapshotError.corrupt("the lease at \(key): \(error)")
         }
-        return nil
     }
 }
 

@@ -71,7 +71,7 @@ public struct SessionAcquirer: Sendable {
 
     public func acquire(_ session: SessionID) async throws -> Acquisition {
         let started = ContinuousClock.now
-        let leases = LeaseStore(sessionStore)
+        let leases = LeaseStore(sessionStore, conditionalWrites: conditionalWrites)
         var expiry = LeaseExpiry()
         var watchedHolder: String?
         // When the store wrote this agent's lease, read once: the store's "now" at the first look.

@@ -1,13 +1,19 @@
 /// Deletes every object of a session whose directory went away (`--on-delete purge`).
 struct SessionPurge: Sendable {
-    let store: any ObjectStore
+    let sessionStore: SessionStore
 
     /// False, deleting nothing, when `directory` is there again: a restore that falls back to two
     /// renames leaves the name missing for an instant; only a directory still gone now is a logout.
-    func purge(_ id: SessionID, directory: String) async throws(StoreError) -> Bool {
+    /// Both places go: the keyed one, and the plain one of a move stopped halfway.
+    func purge(_ id: SessionID, directory: String) async throws -> Bool {
         guard !SessionFiles.isDirectory(directory) else { return false }
-        let keys = try await store.list(prefix: SessionLayout.sessionPrefix(id)).map(\.key)
-        try await store.delete(keys)
+        var places = [SessionPlace.plain(id)]
+        if let naming = try await sessionStore.naming() { places.append(.keyed(id, naming: naming)) }
+        for place in places {
+            let keys = try await sessionStore.store.list(prefix: place.prefix).map(\.key)
+            if !keys.isEmpty { try await sessionStore.store.delete(keys) }
+        }
+        sessionStore.forget(id)
         return true
     }
 }

@@ -450,7 +450,7 @@ public actor SyncService {
         cancelRetryTimer(id)
         startupComparison?.remove(id)
         guard settings.onDelete == .purge else { return }
-        let purge = SessionPurge(store: sessionStore.store)
+        let purge = SessionPurge(sessionStore: sessionStore)
         let directory = directory(of: id)
         Task {
             do {
