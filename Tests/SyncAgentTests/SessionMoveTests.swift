@@ -8,7 +8,7 @@ import Testing
 /// every bound is generous: the machine is shared.
 @Suite("Moving sessions between agents")
 struct SessionMoveTests {
-    static let ttl = ["--lease-ttl", "2s"]
+    static let ttl = ["--lease-ttl", "5s"]
 
     /// `restore --json` for agent `agent` into `target`: the run, and each session's `acquired`
     /// (or "failed: <reason>").
@@ -80,7 +80,7 @@ struct SessionMoveTests {
         let (result, acquired) = try await acquire(runner, "agent-b", into: b, ["small", "--wait-release", "100s"])
         #expect(result.termination == .exited(0), "\(result.standardError)")
         #expect(acquired == ["small": "lease_expired"])
-        #expect(ContinuousClock.now - started >= .seconds(2), "a whole TTL")
+        #expect(ContinuousClock.now - started >= .seconds(5), "a whole TTL")
         let taken = try directoryTree(b)
         #expect(taken == lastCommitted)
 
@@ -114,7 +114,7 @@ struct SessionMoveTests {
         try write("B's own", to: "\(b)/small/creds.json")
         let before = try directoryTree(b)
         // Twice the TTL: A renews meanwhile.
-        let (refused, refusedAcquired) = try await acquire(runner, "agent-b", into: b, ["small", "--wait-release", "4s"])
+        let (refused, refusedAcquired) = try await acquire(runner, "agent-b", into: b, ["small", "--wait-release", "10s"])
         #expect(refused.termination == .exited(4), "\(refused.standardError)")
         #expect(refusedAcquired == ["small": "failed: held_elsewhere"])
         #expect(try directoryTree(b) == before)

@@ -164,7 +164,7 @@ extension SyncServiceTests {
     /// A live holder keeps the session past the wait (held_elsewhere, nothing changed); a take-over
     /// fences it: its next commit fails, it shows `fenced` and commits nothing more.
     @Test func aLiveHolderKeepsItsSessionUnlessTakenOverAndThenIsFenced() async throws {
-        let sync = service(lease: leaseHolder("a", ttl: .seconds(2)))
+        let sync = service(lease: leaseHolder("a", ttl: .seconds(5)))
         try makeSession("s1", files: ["creds.json": "{\"v\":1}"])
         let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
@@ -174,7 +174,7 @@ extension SyncServiceTests {
         let b = leaseHolder("b")
         // Longer than A's TTL: A renews meanwhile, so its lease never looks expired.
         let error = await #expect(throws: SessionControlError.self) {
-            _ = try await acquirer(b, wait: .seconds(4)).acquire(SessionID("s1")!)
+            _ = try await acquirer(b, wait: .seconds(10)).acquire(SessionID("s1")!)
         }
         #expect(error?.reason == .heldElsewhere)
         #expect(try await sessionStore.head(SessionID("s1")!)?.etag == before?.etag)
