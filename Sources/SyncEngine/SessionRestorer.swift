@@ -284,8 +284,9 @@ public struct SessionRestorer: Sendable {
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
     /// holds it, and names a newer delta deleted are never taken from an older one. Without a
-    /// staging directory (a dry run) every check runs and the contents are only read. The
-    /// credentials are checked last (`SessionFormat.checkAuthState`).
+    /// staging directory (a dry run) every check runs and the contents are only read. SQLite
+    /// databases pass `PRAGMA integrity_check` (`corrupt`), then the credentials are checked last
+    /// (`SessionFormat.checkAuthState`): `creds.json`, or without it a database's creds row.
     private func apply(
         _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
@@ -296,23 +297,30 @@ public struct SessionRestorer: Sendable {
         var written = Set<[UInt8]>()
         var manifests: [SnapshotManifest] = []
         var credentials: CredentialsCapture?
+        var databases: [(name: String, capture: DatabaseCapture)] = []
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
                 let nameBytes = Array(name.utf8)
                 if decided.contains(nameBytes) { return try data.drain() }
-                let capture = name == format.credentialsFile ? CredentialsCapture() : nil
-                credentials = capture ?? credentials
+                let capture: any CapturingSink
+                if name == format.credentialsFile {
+                    let credentialsCapture = CredentialsCapture()
+                    credentials = credentialsCapture
+                    capture = credentialsCapture
+                } else {
+                    let databaseCapture = DatabaseCapture()
+                    databases.append((name, databaseCapture))
+                    capture = databaseCapture
+                }
                 // Its directories, at any depth, are created (0700) as the file is.
                 try staging?.writeFile(relativePath: name) { sink in
-                    capture?.downstream = sink
-                    try data.copy(to: capture ?? sink)
+                    capture.downstream = sink
+                    try data.copy(to: capture)
                 }
                 written.insert(nameBytes)
-                if staging == nil {
-                    if let capture { try data.copy(to: capture) } else { try data.drain() }
-                }
+                if staging == nil { try data.copy(to: capture) }
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
@@ -326,7 +334,27 @@ public struct SessionRestorer: Sendable {
         guard written == Set(state.names.map { Array($0.utf8) }) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
-        let registered = try format.checkAuthState(credentials: credentials?.bytes, session: session, snapshot: chain.last!.id)
+        let snapshot = chain.last!.id
+        // Each database as the snapshot holds it: whole, one file, checked before the swap.
+        var images: [(name: String, image: SQLiteImage)] = []
+        for (name, capture) in databases.sorted(by: { SessionState.precedes($0.name, $1.name) }) {
+            guard let bytes = capture.database else { continue }
+            let image = try SQLiteImage(bytes)
+            if let problem = image.integrityProblem() {
+                throw SnapshotError.corrupt(
+                    "the database \(FileName.displayed(name)) in snapshot \(snapshot) of session \(session) fails SQLite's integrity check: \(problem)")
+            }
+            images.append((name, image))
+        }
+        var credentialsBytes = credentials?.bytes
+        var source = BaileysCredentials.fileName
+        if credentials == nil, format.credentialsFile != nil, !images.isEmpty {
+            let limit = BaileysCredentials.maximumByteCount + 1
+            let found = images.lazy.compactMap { database in database.image.credentials(limit: limit).map { (database.name, $0) } }.first
+            credentialsBytes = found?.1
+            source = "the creds row of \(found.map { FileName.displayed($0.0) } ?? images.map { FileName.displayed($0.name) }.joined(separator: ", "))"
+        }
+        let registered = try format.checkAuthState(credentials: credentialsBytes, source: source, session: session, snapshot: snapshot)
         return Rebuilt(manifest: manifests[0], registered: registered)
     }
 
@@ -376,9 +404,38 @@ public struct SessionRestorer: Sendable {
     }
 }
 
+/// A sink that keeps what a check needs of a restored file and passes everything on to `downstream`
+/// (nil in a dry run).
+private protocol CapturingSink: ByteSink, AnyObject {
+    var downstream: ByteSink? { get set }
+}
+
+/// Keeps a restored file whole when it is a SQLite database (its first 16 bytes are the header),
+/// for the integrity check; anything else only passes through.
+private final class DatabaseCapture: CapturingSink {
+    var downstream: ByteSink?
+    private var bytes: [UInt8] = []
+    private var isDatabase = true
+
+    /// The whole file, when it is a database.
+    var database: [UInt8]? { isDatabase && SQLiteDatabase.startsWithHeader(bytes) ? bytes : nil }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        if isDatabase {
+            bytes += chunk
+            let checked = min(bytes.count, SQLiteDatabase.header.count)
+            if !SQLiteDatabase.header.starts(with: bytes[0..<checked]) {
+                isDatabase = false
+                bytes = []
+            }
+        }
+        try downstream?.write(chunk)
+    }
+}
+
 /// Keeps the first bytes of the credentials file as it is restored, up to one byte past what the
 /// format reads (so a larger file is known to be), and passes everything on to `downstream`.
-private final class CredentialsCapture: ByteSink {
+private final class CredentialsCapture: CapturingSink {
     var downstream: ByteSink?
     private(set) var bytes: [UInt8] = []
 

@@ -124,6 +124,9 @@ struct SnapshotWriter: Sendable {
         var unsettled: [String] = []
         /// The credentials file's bytes, when it was read and changed (or its identity is unknown).
         var credentials: [UInt8]?
+        /// The creds row of the first database read and changed, for a session without the file.
+        var databaseCredentials: [UInt8]?
+        var readChangedDatabase = false
         var keptBelowUnreadable = false
         let now = Self.epochNanoseconds()
         /// Stops the snapshot when something modified then was written in the pause before the
@@ -175,10 +178,14 @@ struct SnapshotWriter: Sendable {
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
-                    fingerprint: settled ? file.state : nil)
+                    fingerprint: settled && !file.isDatabase ? file.state : nil)
                 found(name, record)
-                if name == format.credentialsFile, previousIdentity == nil || previousRecord?.contentID != record.contentID {
+                let changed = previousIdentity == nil || previousRecord?.contentID != record.contentID
+                if name == format.credentialsFile, changed {
                     credentials = file.bytes
+                } else if file.isDatabase, changed, format.credentialsFile != nil, databaseCredentials == nil {
+                    readChangedDatabase = true
+                    databaseCredentials = try SQLiteImage(file.bytes).credentials(limit: BaileysCredentials.maximumByteCount + 1)
                 }
                 if kind == .delta, previousRecord?.contentID == record.contentID { continue }
                 try archiveWriter().addFile(
@@ -219,8 +226,15 @@ struct SnapshotWriter: Sendable {
         }
         var sessionIdentity = previousIdentity
         var replacesRegisteredIdentity = false
+        // A session that keeps its credentials in a database (`useSqliteAuthState`) has no file:
+        // its identity comes from the creds row, and stays as it was while no database changed.
+        if let credentialsFile = format.credentialsFile, state[credentialsFile] == nil {
+            credentials = databaseCredentials
+        }
         if let credentialsFile = format.credentialsFile,
-            credentials != nil || (state[credentialsFile] == nil && previousIdentity?.authState != .missing)
+            credentials != nil
+                || (state[credentialsFile] == nil && previousIdentity?.authState != .missing
+                    && (readChangedDatabase || !state.names.contains { SQLiteDatabase.isDatabase("\(directory)/\($0)") }))
         {
             (sessionIdentity, replacesRegisteredIdentity) = format.identity(
                 ofCredentials: credentials, keyring: keyring, previous: previousIdentity)
@@ -292,6 +306,11 @@ struct SnapshotWriter: Sendable {
                     unreadable = true
                 }
                 if unreadable { return nil }
+            } else if let database = SQLiteDatabase.database(ofCompanion: path),
+                SQLiteDatabase.isDatabase("\(directory)/\(database)")
+            {
+                // A write to a database's WAL or journal is a change of the database.
+                names.append(database)
             } else {
                 names.append(path)
             }
