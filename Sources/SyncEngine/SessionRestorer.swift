@@ -339,12 +339,7 @@ public struct SessionRestorer: Sendable {
         var images: [(name: String, image: SQLiteImage)] = []
         for (name, capture) in databases.sorted(by: { SessionState.precedes($0.name, $1.name) }) {
             guard let bytes = capture.database else { continue }
-            let image = try SQLiteImage(bytes)
-            if let problem = image.integrityProblem() {
-                throw SnapshotError.corrupt(
-                    "the database \(FileName.displayed(name)) in snapshot \(snapshot) of session \(session) fails SQLite's integrity check: \(problem)")
-            }
-            images.append((name, image))
+            images.append((name, try SQLiteImage(checking: bytes, name: name, snapshot: snapshot, session: session)))
         }
         var credentialsBytes = credentials?.bytes
         var source = BaileysCredentials.fileName
@@ -406,32 +401,11 @@ public struct SessionRestorer: Sendable {
 
 /// A sink that keeps what a check needs of a restored file and passes everything on to `downstream`
 /// (nil in a dry run).
-private protocol CapturingSink: ByteSink, AnyObject {
+protocol CapturingSink: ByteSink, AnyObject {
     var downstream: ByteSink? { get set }
 }
 
-/// Keeps a restored file whole when it is a SQLite database (its first 16 bytes are the header),
-/// for the integrity check; anything else only passes through.
-private final class DatabaseCapture: CapturingSink {
-    var downstream: ByteSink?
-    private var bytes: [UInt8] = []
-    private var isDatabase = true
-
-    /// The whole file, when it is a database.
-    var database: [UInt8]? { isDatabase && SQLiteDatabase.startsWithHeader(bytes) ? bytes : nil }
-
-    func write(_ chunk: UnsafeRawBufferPointer) throws {
-        if isDatabase {
-            bytes += chunk
-            let checked = min(bytes.count, SQLiteDatabase.header.count)
-            if !SQLiteDatabase.header.starts(with: bytes[0..<checked]) {
-                isDatabase = false
-                bytes = []
-            }
-        }
-        try downstream?.write(chunk)
-    }
-}
+extension DatabaseCapture: CapturingSink {}
 
 /// Keeps the first bytes of the credentials file as it is restored, up to one byte past what the
 /// format reads (so a larger file is known to be), and passes everything on to `downstream`.

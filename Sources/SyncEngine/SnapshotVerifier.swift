@@ -143,7 +143,7 @@ private struct ManifestCache {
         if let known = read[entry.id] { return known }
         let result: Result<SnapshotManifest, SnapshotDefect>
         do {
-            if let manifest = try await sessionStore.manifest(session, entry) {
+            if let manifest = try await sessionStore.manifest(session, entry, checkingDatabases: true) {
                 result = .success(manifest)
             } else {
                 result = .failure(.missing("snapshot \(entry.id.tagged) was listed but is not in the store"))

@@ -85,6 +85,7 @@ struct SQLiteSessionTests {
         let restored = "\(root)/\(session.rawValue)"
         #expect(try FileManager.default.contentsOfDirectory(atPath: restored).sorted() == ["app-state.json", "auth.db"])
         #expect(try await rowCount("\(restored)/auth.db") == "ok 200")
+        #expect(try await SnapshotVerifier(sessionStore: sessionStore).verify(session).allSatisfy(\.isOK))
         let mode = try FileManager.default.attributesOfItem(atPath: "\(restored)/auth.db")[.posixPermissions] as? Int
         #expect(mode == 0o600)
     }
@@ -149,6 +150,11 @@ struct SQLiteSessionTests {
         #expect(reason.contains("integrity check"))
         #expect(try FileManager.default.contentsOfDirectory(atPath: root) == [session.rawValue])
         #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(session.rawValue)") == ["keep"])
+
+        // `verify` runs the same check on the database the snapshot rebuilds.
+        let checks = try await SnapshotVerifier(sessionStore: sessionStore).verify(session)
+        guard case .corrupt(let defect) = checks.last?.defect else { throw ProgramFailure("verify found \(checks)") }
+        #expect(defect.contains("integrity check"))
     }
 
     @Test func brokenCredentialsInTheCredsRowFailTheAuthStateCheck() async throws {

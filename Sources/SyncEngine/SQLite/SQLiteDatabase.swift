@@ -150,6 +150,16 @@ final class SQLiteImage {
         }
     }
 
+    /// The image of the database `name` in `snapshot`, which must pass `PRAGMA integrity_check`
+    /// (`corrupt` when it does not).
+    convenience init(checking bytes: [UInt8], name: String, snapshot: SnapshotID, session: SessionID) throws(SnapshotError) {
+        try self.init(bytes)
+        if let problem = integrityProblem() {
+            throw .corrupt(
+                "the database \(FileName.displayed(name)) in snapshot \(snapshot) of session \(session) fails SQLite's integrity check: \(problem)")
+        }
+    }
+
     deinit { sqlite3_close_v2(connection) }
 
     /// What `PRAGMA integrity_check` finds first; nil when it says "ok".
@@ -205,5 +215,28 @@ final class SQLiteImage {
             default: return String(cString: sqlite3_errmsg(connection))
             }
         }
+    }
+}
+
+/// Keeps a file read from a snapshot whole when it is a SQLite database (its first 16 bytes are
+/// the header), for the integrity check; anything else only passes through to `downstream`.
+final class DatabaseCapture: ByteSink {
+    var downstream: ByteSink?
+    private var bytes: [UInt8] = []
+    private var isDatabase = true
+
+    /// The whole file, when it is a database.
+    var database: [UInt8]? { isDatabase && SQLiteDatabase.startsWithHeader(bytes) ? bytes : nil }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        if isDatabase {
+            bytes += chunk
+            let checked = min(bytes.count, SQLiteDatabase.header.count)
+            if !SQLiteDatabase.header.starts(with: bytes[0..<checked]) {
+                isDatabase = false
+                bytes = []
+            }
+        }
+        try downstream?.write(chunk)
     }
 }
