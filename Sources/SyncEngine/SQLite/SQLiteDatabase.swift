@@ -2,7 +2,6 @@ import CSQLite
 import FoundationEssentials
 import Glibc
 import SessionArchive
-import Synchronization
 import SystemSupport
 
 /// SQLite databases in a session directory (Baileys' `useSqliteAuthState`, the community
@@ -55,11 +54,6 @@ enum SQLiteDatabase {
         return isDatabase("\(directory)/\(name)") ? name : nil
     }
 
-    /// The longest time a capture held its read transaction since the process started, in
-    /// nanoseconds (also the metric `sync_agent_sqlite_read_transaction_seconds`).
-    static var longestReadTransaction: Int64 { longestHold.withLock { $0 } }
-    private static let longestHold = Mutex<Int64>(0)
-
     /// The database at `path` exactly as it is after its last committed transaction: the pages
     /// of the main file with the WAL's committed frames applied, as one image, read inside one
     /// read transaction of a read-only connection (a WAL reader does not block the writer; the
@@ -87,8 +81,6 @@ enum SQLiteDatabase {
         let held = started.duration(to: .now)
         defer { sqlite3_free(image) }
         EngineMetrics.sqliteReadTransaction(held)
-        let nanoseconds = held.components.seconds * 1_000_000_000 + held.components.attoseconds / 1_000_000_000
-        longestHold.withLock { $0 = max($0, nanoseconds) }
         guard let image else {
             switch sqlite3_errcode(connection) & 0xff {
             case SQLITE_BUSY, SQLITE_LOCKED: return .unstable
