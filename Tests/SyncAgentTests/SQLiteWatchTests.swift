@@ -10,7 +10,7 @@ import Testing
 /// agent is SIGKILLed at random moments; the writer's WAL stays bounded (its checkpoints are not
 /// starved by the agent's reads).
 ///
-/// Environment: SYNC_AGENT_SQLITE_KILLS (the kills of the crash loop; default 20),
+/// Environment: SYNC_AGENT_SQLITE_KILLS (the kills of the crash loop; default 50),
 /// SYNC_AGENT_CRASH_SEED (default 1).
 @Suite("watch: SQLite sessions", .serialized)
 struct SQLiteWatchTests {
@@ -116,7 +116,7 @@ struct SQLiteWatchTests {
     }
 
     @Test func theAgentKilledAtRandomMomentsOnlyEverCommitsStatesTheWriterCommitted() async throws {
-        let kills = ProcessInfo.processInfo.environment["SYNC_AGENT_SQLITE_KILLS"].flatMap(Int.init) ?? 20
+        let kills = ProcessInfo.processInfo.environment["SYNC_AGENT_SQLITE_KILLS"].flatMap(Int.init) ?? 50
         let workspace = try Workspace(sessions: [])
         let runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
         let writers = try Writers(workspace: workspace, rate: 100)
