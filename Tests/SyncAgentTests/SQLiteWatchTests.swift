@@ -17,22 +17,57 @@ struct SQLiteWatchTests {
     static let seed = ProcessInfo.processInfo.environment["SYNC_AGENT_CRASH_SEED"].flatMap(Int.init) ?? 1
     let watchOptions = ["--quiet-period", "50ms", "--max-delay", "300ms"]
 
-    /// A session holding a database and JSON files (`mixed`), and one holding two databases (`two`).
+    /// Writers of databases in sessions: by default a session holding a database and JSON files
+    /// (`mixed`), and one holding two databases (`two`).
     struct Writers {
         var all: [(session: String, name: String, writer: SQLiteWriterProcess)]
 
-        init(workspace: Workspace, rate: Int) throws {
-            try FileManager.default.createDirectory(atPath: workspace.session("mixed"), withIntermediateDirectories: true)
-            try FileManager.default.createDirectory(atPath: workspace.session("two"), withIntermediateDirectories: true)
-            for name in ["app-state-sync-version-regular.json", "pre-key-1.json"] {
-                try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small/\(name)"), toPath: workspace.session("mixed") + "/" + name)
+        init(
+            workspace: Workspace, rate: Int, journalMode: String = "wal",
+            databases: [(session: String, name: String, share: Int)] = [("mixed", "auth.db", 1), ("two", "a.db", 4), ("two", "b.db", 4)]
+        ) throws {
+            for session in Set(databases.map(\.session)) {
+                try FileManager.default.createDirectory(atPath: workspace.session(session), withIntermediateDirectories: true)
+            }
+            if databases.contains(where: { $0.session == "mixed" }) {
+                for name in ["app-state-sync-version-regular.json", "pre-key-1.json"] {
+                    try FileManager.default.copyItem(atPath: Fixtures.path("sessions/small/\(name)"), toPath: workspace.session("mixed") + "/" + name)
+                }
             }
             try FileManager.default.createDirectory(atPath: workspace.logs, withIntermediateDirectories: true)
-            all = try [("mixed", "auth.db", rate), ("two", "a.db", rate / 4), ("two", "b.db", rate / 4)].enumerated().map { index, database in
+            all = try databases.enumerated().map { index, database in
                 let writer = try SQLiteWriterProcess(
-                    database: workspace.session(database.0) + "/" + database.1, rate: database.2, seed: SQLiteWatchTests.seed * 10 + index,
-                    logs: workspace.logs)
-                return (database.0, database.1, writer)
+                    database: workspace.session(database.session) + "/" + database.name, rate: rate / database.share,
+                    seed: SQLiteWatchTests.seed * 10 + index, journalMode: journalMode, logs: workspace.logs)
+                return (database.session, database.name, writer)
+            }
+        }
+
+        /// Until the newest snapshots restore to every writer's final state (they stopped), or 90 s.
+        func waitForFinalStates(_ runner: SyncAgentRunner, workspace: Workspace) async throws {
+            let deadline = ContinuousClock.now + .seconds(90)
+            var remaining: [String] = []
+            repeat {
+                try await Task.sleep(for: .milliseconds(500))
+                let latest = try workspace.freshDirectory()
+                try await runner.restore(into: latest)
+                remaining = try await defects(restoredUnder: latest, final: true)
+            } while !remaining.isEmpty && ContinuousClock.now < deadline
+            #expect(remaining.isEmpty, "\(remaining)")
+        }
+
+        /// Restores each snapshot of `session` the agent logged and checks its databases.
+        func checkEverySnapshot(of session: String, agent: RunningAgent, runner: SyncAgentRunner, workspace: Workspace) async throws {
+            let snapshots = agent.uploads.filter { $0.session == session }.map(\.snapshot)
+            #expect(snapshots.count >= 5, "\(agent.log)")
+            for snapshot in Set(snapshots).sorted() {
+                let target = try workspace.freshDirectory()
+                try await runner.restore(into: target, ["--snapshot", snapshot, session])
+                let defects = try await defects(restoredUnder: target, sessions: [session])
+                #expect(defects.isEmpty, "snapshot \(snapshot) of \(session): \(defects)")
+                if session == "mixed" {
+                    #expect(try sortedFiles("\(target)/mixed").filter { $0.hasSuffix(".json") } == ["app-state-sync-version-regular.json", "pre-key-1.json"])
+                }
             }
         }
 
@@ -72,30 +107,9 @@ struct SQLiteWatchTests {
         try await Task.sleep(for: .seconds(12))
         let metrics = try await httpGet(try await agent.endpoint() + "/metrics").body
         try await writers.stop()
-
-        // The agent catches up with the writers' final states.
-        let deadline = ContinuousClock.now + .seconds(90)
-        var remaining: [String] = []
-        repeat {
-            try await Task.sleep(for: .milliseconds(500))
-            let latest = try workspace.freshDirectory()
-            try await runner.restore(into: latest)
-            remaining = try await writers.defects(restoredUnder: latest, final: true)
-        } while !remaining.isEmpty && ContinuousClock.now < deadline
-        #expect(remaining.isEmpty, "\(remaining)")
-
+        try await writers.waitForFinalStates(runner, workspace: workspace)
         for session in ["mixed", "two"] {
-            let snapshots = agent.uploads.filter { $0.session == session }.map(\.snapshot)
-            #expect(snapshots.count >= 5, "\(agent.log)")
-            for snapshot in Set(snapshots).sorted() {
-                let target = try workspace.freshDirectory()
-                try await runner.restore(into: target, ["--snapshot", snapshot, session])
-                let defects = try await writers.defects(restoredUnder: target, sessions: [session])
-                #expect(defects.isEmpty, "snapshot \(snapshot) of \(session): \(defects)")
-                if session == "mixed" {
-                    #expect(try sortedFiles("\(target)/mixed").filter { $0.hasSuffix(".json") } == ["app-state-sync-version-regular.json", "pre-key-1.json"])
-                }
-            }
+            try await writers.checkEverySnapshot(of: session, agent: agent, runner: runner, workspace: workspace)
         }
         #expect(try await agent.terminate() == .exited(0))
 
@@ -134,16 +148,22 @@ struct SQLiteWatchTests {
         }
         try await writers.stop()
         let agent = try runner.watch(workspace.sessions, watchOptions)
-        let deadline = ContinuousClock.now + .seconds(90)
-        var remaining: [String] = []
-        repeat {
-            try await Task.sleep(for: .milliseconds(500))
-            let latest = try workspace.freshDirectory()
-            try await runner.restore(into: latest)
-            remaining = try await writers.defects(restoredUnder: latest, final: true)
-        } while !remaining.isEmpty && ContinuousClock.now < deadline
-        #expect(remaining.isEmpty, "\(remaining)")
+        try await writers.waitForFinalStates(runner, workspace: workspace)
         #expect(try await agent.terminate() == .exited(0))
         print("SQLite crash loop: \(kills) kills (seed \(Self.seed))")
+    }
+
+    /// A rollback-journal database (`journal_mode = DELETE`): each commit writes the main file and
+    /// deletes its `-journal`, and the agent reads it under SQLite's shared lock.
+    @Test func aRollbackJournalDatabaseIsTakenAtItsCommits() async throws {
+        let workspace = try Workspace(sessions: [])
+        let runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
+        let writers = try Writers(workspace: workspace, rate: 50, journalMode: "delete", databases: [("journal", "auth.db", 1)])
+        let agent = try runner.watch(workspace.sessions, watchOptions + ["--keep-within", "1h"])
+        try await Task.sleep(for: .seconds(6))
+        try await writers.stop()
+        try await writers.waitForFinalStates(runner, workspace: workspace)
+        try await writers.checkEverySnapshot(of: "journal", agent: agent, runner: runner, workspace: workspace)
+        #expect(try await agent.terminate() == .exited(0))
     }
 }

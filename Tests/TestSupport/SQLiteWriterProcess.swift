@@ -11,7 +11,8 @@ public final class SQLiteWriterProcess: Sendable {
     public let logPath: String
     static let script = Fixtures.path("sqlite/auth_writer.py")
 
-    public init(database: String, rate: Int, seconds: Int = 3600, seed: Int, logs: String) throws {
+    /// `journalMode`: `wal`, or `delete` (a rollback journal).
+    public init(database: String, rate: Int, seconds: Int = 3600, seed: Int, journalMode: String = "wal", logs: String) throws {
         self.database = database
         let name = URL(fileURLWithPath: database).lastPathComponent
         logPath = "\(logs)/sqlite-writer-\(name)-\(seed).log"
@@ -20,7 +21,7 @@ public final class SQLiteWriterProcess: Sendable {
         let command = try AgentUser.command(
             "/usr/bin/python3",
             [Self.script, "write", "--db", database, "--creds", Fixtures.path("sessions/small/creds.json"), "--log", logPath,
-             "--rate", "\(rate)", "--seconds", "\(seconds)", "--seed", "\(seed)"])
+             "--rate", "\(rate)", "--seconds", "\(seconds)", "--seed", "\(seed)", "--journal-mode", journalMode])
         process = try ChildProcess(
             command.executable, command.arguments, environment: SyncAgentRunner.cleanEnvironment(),
             standardOutput: "\(logs)/sqlite-writer.out", standardError: "\(logs)/sqlite-writer.err")
