@@ -304,16 +304,9 @@ public struct SessionRestorer: Sendable {
                 name, data in
                 let nameBytes = Array(name.utf8)
                 if decided.contains(nameBytes) { return try data.drain() }
-                let capture: any CapturingSink
-                if name == format.credentialsFile {
-                    let credentialsCapture = CredentialsCapture()
-                    credentials = credentialsCapture
-                    capture = credentialsCapture
-                } else {
-                    let databaseCapture = DatabaseCapture()
-                    databases.append((name, databaseCapture))
-                    capture = databaseCapture
-                }
+                let databaseCapture = name == format.credentialsFile ? nil : DatabaseCapture()
+                let capture: any CapturingSink = databaseCapture ?? CredentialsCapture()
+                if databaseCapture == nil { credentials = capture as? CredentialsCapture }
                 // Its directories, at any depth, are created (0700) as the file is.
                 try staging?.writeFile(relativePath: name) { sink in
                     capture.downstream = sink
@@ -321,6 +314,7 @@ public struct SessionRestorer: Sendable {
                 }
                 written.insert(nameBytes)
                 if staging == nil { try data.copy(to: capture) }
+                if let databaseCapture, databaseCapture.database != nil { databases.append((name, databaseCapture)) }
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
@@ -338,8 +332,7 @@ public struct SessionRestorer: Sendable {
         // Each database as the snapshot holds it: whole, one file, checked before the swap.
         var images: [(name: String, image: SQLiteImage)] = []
         for (name, capture) in databases.sorted(by: { SessionState.precedes($0.name, $1.name) }) {
-            guard let bytes = capture.database else { continue }
-            images.append((name, try SQLiteImage(checking: bytes, name: name, snapshot: snapshot, session: session)))
+            images.append((name, try SQLiteImage(checking: capture.database!, name: name, snapshot: snapshot, session: session)))
         }
         var credentialsBytes = credentials?.bytes
         var source = BaileysCredentials.fileName
