@@ -112,6 +112,26 @@ struct SQLiteSessionTests {
         #expect(try await rowCount("\(root)/\(session.rawValue)/auth.db") == "ok 11")
     }
 
+    /// The identity comes from the creds row, and stays while only other files change.
+    @Test func theSessionsIdentityIsReadFromTheCredsRow() async throws {
+        try await writeBaileysDatabase(rows: 3)
+        let writer = replicator()
+        _ = try await writer.sync()
+        #expect(await writer.identity?.authState == .valid)
+        #expect(await writer.identity?.registered == true)
+        try Data(#"{"b":2}"#.utf8).write(to: URL(fileURLWithPath: "\(directory)/other.json"))
+        _ = try await writer.sync(changedPaths: ["other.json"])
+        #expect(await writer.identity?.registered == true)
+        // A creds row Baileys could not use replaces the registered identity, as a broken creds.json does.
+        try await python("""
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("UPDATE creds SET value = '{}' WHERE key = '__creds__'")
+            sys.stdout.flush(); os._exit(0)
+            """)
+        _ = try await writer.sync(changedPaths: ["auth.db-wal"])
+        #expect(await writer.identity?.authState == .incomplete)
+    }
+
     @Test func twoDatabasesAndACompanionWithoutItsDatabase() async throws {
         try await writeBaileysDatabase(rows: 5)
         try await python("""
