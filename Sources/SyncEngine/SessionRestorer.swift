@@ -275,6 +275,16 @@ public struct SessionRestorer: Sendable {
         return restored!
     }
 
+    /// Rebuilds the session `chain` ends in without writing it, with every check a restore runs
+    /// (`verify`: a database stored as pages passes `integrity_check` only once put together).
+    func checkRebuilt(_ session: SessionID, chain: [SnapshotEntry]) async throws {
+        let objects = try await chain.concurrentMap(limit: downloadConcurrency) { [sessionStore] entry in
+            try await sessionStore.downloadSnapshot(session, entry)
+        }
+        let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
+        _ = try await runBlocking { () throws in try apply(chain, objects: objects, session: session, into: nil, reader: reader) }
+    }
+
     /// A session rebuilt from its chain, checked: its newest manifest, and whether it is paired.
     struct Rebuilt {
         var manifest: SnapshotManifest
@@ -298,12 +308,22 @@ public struct SessionRestorer: Sendable {
         var manifests: [SnapshotManifest] = []
         var credentials: CredentialsCapture?
         var databases: [(name: String, capture: DatabaseCapture)] = []
+        /// The pages of databases stored as pages, by database and index (from 1).
+        var pages: [String: [Int: [UInt8]]] = [:]
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
                 let nameBytes = Array(name.utf8)
                 if decided.contains(nameBytes) { return try data.drain() }
+                if let page = SQLitePages.page(name) {
+                    // Put together into one file once every snapshot of the chain is read.
+                    let collected = BufferSink()
+                    try data.copy(to: collected)
+                    pages[page.database, default: [:]][page.index] = collected.bytes
+                    written.insert(nameBytes)
+                    return
+                }
                 let databaseCapture = name == format.credentialsFile ? nil : DatabaseCapture()
                 let capture: any CapturingSink = databaseCapture ?? CredentialsCapture()
                 if databaseCapture == nil { credentials = capture as? CredentialsCapture }
@@ -331,8 +351,23 @@ public struct SessionRestorer: Sendable {
         let snapshot = chain.last!.id
         // Each database as the snapshot holds it: whole, one file, checked before the swap.
         var images: [(name: String, image: SQLiteImage)] = []
-        for (name, capture) in databases.sorted(by: { SessionState.precedes($0.name, $1.name) }) {
-            images.append((name, try SQLiteImage(checking: capture.database!, name: name, snapshot: snapshot, session: session)))
+        var wholeDatabases = databases.map { ($0.name, $0.capture.database!) }
+        for (name, pagesByIndex) in pages {
+            guard !written.contains(Array(name.utf8)) else {
+                throw SnapshotError.corrupt("snapshot \(snapshot) holds the database \(FileName.displayed(name)) both whole and as pages")
+            }
+            var image: [UInt8] = []
+            for index in 1...pagesByIndex.count {
+                guard let page = pagesByIndex[index] else {
+                    throw SnapshotError.corrupt("the database \(FileName.displayed(name)) in snapshot \(snapshot) lacks its page \(index)")
+                }
+                image += page
+            }
+            try staging?.writeFile(relativePath: name) { sink in try image.withUnsafeBytes { try sink.write($0) } }
+            wholeDatabases.append((name, image))
+        }
+        for (name, bytes) in wholeDatabases.sorted(by: { SessionState.precedes($0.0, $1.0) }) {
+            images.append((name, try SQLiteImage(checking: bytes, name: name, snapshot: snapshot, session: session)))
         }
         var credentialsBytes = credentials?.bytes
         var source = BaileysCredentials.fileName

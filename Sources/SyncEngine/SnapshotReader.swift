@@ -17,7 +17,8 @@ struct SnapshotReader {
     {
         var databases: [(name: String, capture: DatabaseCapture)] = []
         let manifest = try read(object, session: session, entry: entry) { name, data in
-            guard checkingDatabases else { return try data.drain() }
+            // A page (its first one starts with the header) is checked once its database is put together.
+            guard checkingDatabases, SQLitePages.page(name) == nil else { return try data.drain() }
             let capture = DatabaseCapture()
             try data.copy(to: capture)
             if capture.database != nil { databases.append((name, capture)) }

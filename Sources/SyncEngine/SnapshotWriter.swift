@@ -121,6 +121,14 @@ struct SnapshotWriter: Sendable {
                 _ = scanned.add(name, record)
             }
         }
+        /// Databases whose pages this snapshot decided (captured, kept or gone): their page names
+        /// among the candidates are not read as files.
+        var decidedDatabases: Set<String> = []
+        /// The pages the previous state had for `name`, kept as they were (`keep`) or gone.
+        func settlePages(of name: String, keep: Bool) {
+            for page in previous.names(inDirectory: SQLitePages.directory(of: name)) { found(page, keep ? previous[page] : nil) }
+            decidedDatabases.insert(name)
+        }
         var unsettled: [String] = []
         /// The credentials file's bytes, when it was read and changed (or its identity is unknown).
         var credentials: [UInt8]?
@@ -143,6 +151,11 @@ struct SnapshotWriter: Sendable {
                 found(name, previousRecord)
                 continue
             }
+            // A database's pages come from its capture (it sorts before them), never from a read.
+            if let page = SQLitePages.page(name) {
+                if !decidedDatabases.contains(page.database) { found(name, previousRecord) }
+                continue
+            }
             // The credentials of a session whose identity is not known yet (a store written before
             // identities were, or in the opaque format) are read once, to learn it.
             if kind == .delta, let fingerprint, let previousRecord, previousRecord.fingerprint == fingerprint,
@@ -154,6 +167,7 @@ struct SnapshotWriter: Sendable {
             guard ArchiveWriter.accepts(relativePath: SnapshotManifest.filePrefix + name) else {
                 skipped[name] = SkippedFile(name: FileName.displayed(name), reason: SkippedFile.pathTooLong)
                 found(name, previousRecord)
+                settlePages(of: name, keep: true)
                 continue
             }
             let read: StableRead
@@ -163,11 +177,13 @@ struct SnapshotWriter: Sendable {
                 if let file = SkippedFile(name: name, error) {
                     skipped[name] = file
                     found(name, previousRecord)
+                    settlePages(of: name, keep: true)
                     continue
                 }
                 // Not a regular file (any more): no part of the session, as a scan would find.
                 guard error.reason != .notRegularFile else {
                     found(name, nil)
+                    settlePages(of: name, keep: false)
                     continue
                 }
                 throw error
@@ -175,17 +191,42 @@ struct SnapshotWriter: Sendable {
             switch read {
             case .stable(let file):
                 try expectPause(since: file.state.modificationTime)
+                if file.isDatabase, format.credentialsFile != nil, databaseCredentials == nil {
+                    readChangedDatabase = true
+                    databaseCredentials = try SQLiteImage(file.bytes).credentials(limit: BaileysCredentials.maximumByteCount + 1)
+                }
+                if file.isDatabase, let pageSize = SQLitePages.pageSize(of: file.bytes),
+                    ArchiveWriter.accepts(relativePath: SnapshotManifest.filePrefix + SQLitePages.name(of: name, page: 1))
+                {
+                    // Stored as pages: the whole-file record a snapshot before them had is gone.
+                    found(name, nil)
+                    let pageCount = file.bytes.count / pageSize
+                    for index in 1...pageCount {
+                        let pageName = SQLitePages.name(of: name, page: index)
+                        let page = Array(file.bytes[(index - 1) * pageSize..<index * pageSize])
+                        let record = FileRecord(size: Int64(pageSize), contentID: keyring.primary.contentID(of: page), fingerprint: nil)
+                        found(pageName, record)
+                        if kind == .delta, previous[pageName]?.contentID == record.contentID { continue }
+                        try archiveWriter().addFile(
+                            relativePath: SnapshotManifest.filePrefix + pageName, contents: page, modificationTime: 0)
+                        if kind == .delta { _ = included.add(pageName, record) }
+                    }
+                    // Pages past the end of a database that shrank.
+                    for page in previous.names(inDirectory: SQLitePages.directory(of: name))
+                    where (SQLitePages.page(page)?.index ?? 0) > pageCount {
+                        found(page, nil)
+                    }
+                    decidedDatabases.insert(name)
+                    continue
+                }
+                settlePages(of: name, keep: false)
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
                     fingerprint: settled && !file.isDatabase ? file.state : nil)
                 found(name, record)
-                let changed = previousIdentity == nil || previousRecord?.contentID != record.contentID
-                if name == format.credentialsFile, changed {
+                if name == format.credentialsFile, previousIdentity == nil || previousRecord?.contentID != record.contentID {
                     credentials = file.bytes
-                } else if file.isDatabase, changed, format.credentialsFile != nil, databaseCredentials == nil {
-                    readChangedDatabase = true
-                    databaseCredentials = try SQLiteImage(file.bytes).credentials(limit: BaileysCredentials.maximumByteCount + 1)
                 }
                 if kind == .delta, previousRecord?.contentID == record.contentID { continue }
                 try archiveWriter().addFile(
@@ -198,8 +239,10 @@ struct SnapshotWriter: Sendable {
                 try expectPause(since: modified)
                 unsettled.append(name)
                 found(name, previousRecord)
+                settlePages(of: name, keep: true)
             case .missing:
                 found(name, nil)
+                settlePages(of: name, keep: false)
             }
         }
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
@@ -221,7 +264,12 @@ struct SnapshotWriter: Sendable {
         // Renames and deletions move the directory's mtime, not a file's.
         if let modified = SessionFiles.modificationTime(directory) { try expectPause(since: modified) }
         // A base holds every file of its state: one with a good version it cannot read again cannot be one.
-        if kind == .base, keptBelowUnreadable || (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
+        if kind == .base,
+            keptBelowUnreadable
+                || (unsettled + skipped.keys).contains(where: {
+                    previous[$0] != nil || !previous.names(inDirectory: SQLitePages.directory(of: $0)).isEmpty
+                })
+        {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
         var sessionIdentity = previousIdentity
@@ -234,7 +282,8 @@ struct SnapshotWriter: Sendable {
         if let credentialsFile = format.credentialsFile,
             credentials != nil
                 || (state[credentialsFile] == nil && previousIdentity?.authState != .missing
-                    && (readChangedDatabase || !state.names.contains { SQLiteDatabase.isDatabase("\(directory)/\($0)") }))
+                    && (readChangedDatabase
+                        || !state.names.contains { SQLitePages.page($0) != nil || SQLiteDatabase.isDatabase("\(directory)/\($0)") }))
         {
             (sessionIdentity, replacesRegisteredIdentity) = format.identity(
                 ofCredentials: credentials, keyring: keyring, previous: previousIdentity)

@@ -39,7 +39,7 @@ struct SQLiteSessionTests {
             db.execute('CREATE TABLE IF NOT EXISTS creds (key TEXT PRIMARY KEY, value TEXT)')
             db.execute('CREATE TABLE IF NOT EXISTS signal_keys (type TEXT, id TEXT, value TEXT, PRIMARY KEY (type, id))')
             db.execute("INSERT OR REPLACE INTO creds VALUES ('__creds__', ?)", (\(quoted),))
-            for i in range(\(rows)): db.execute("INSERT OR REPLACE INTO signal_keys VALUES ('pre-key', ?, ?)", (str(i), 'k' * 300))
+            for i in range(\(rows)): db.execute("INSERT OR REPLACE INTO signal_keys VALUES ('pre-key', ?, ?)", (str(i), os.urandom(150).hex()))
             sys.stdout.flush(); os._exit(0)
             """)
     }
@@ -91,9 +91,9 @@ struct SQLiteSessionTests {
     }
 
     @Test func aWriteToTheWALIsAChangeOfTheDatabase() async throws {
-        try await writeBaileysDatabase(rows: 10)
+        try await writeBaileysDatabase(rows: 2000)
         let writer = replicator()
-        _ = try await writer.sync()
+        guard case .uploaded(_, .base, let baseBytes, _) = try await writer.sync() else { throw ProgramFailure("no base") }
         try await python("""
             db = sqlite3.connect(path, isolation_level=None)
             db.execute('PRAGMA wal_autocheckpoint = 0')
@@ -105,11 +105,13 @@ struct SQLiteSessionTests {
         #expect(SQLiteDatabase.changedDatabase("auth.db-journal", in: directory) == "auth.db")
         #expect(SQLiteDatabase.changedDatabase("other.json", in: directory) == nil)
         let result = try await writer.sync(changedPaths: ["auth.db-wal"])
-        guard case .uploaded = result else { throw ProgramFailure("the WAL's change was not uploaded: \(result)") }
+        guard case .uploaded(_, .delta, let deltaBytes, _) = result else { throw ProgramFailure("the WAL's change was not uploaded: \(result)") }
+        // One row: the pages it changed, not the database (about 700 kB here).
+        #expect(deltaBytes * 20 < baseBytes, "a delta of \(deltaBytes) bytes beside a base of \(baseBytes)")
         let root = try freshRoot()
-        let restored = try await restorer().restore(session, into: root)
-        #expect(restored.files == 1)
-        #expect(try await rowCount("\(root)/\(session.rawValue)/auth.db") == "ok 11")
+        _ = try await restorer().restore(session, into: root)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(session.rawValue)") == ["auth.db"])
+        #expect(try await rowCount("\(root)/\(session.rawValue)/auth.db") == "ok 2001")
     }
 
     /// The identity comes from the creds row, and stays while only other files change.

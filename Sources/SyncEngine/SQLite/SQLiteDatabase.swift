@@ -232,3 +232,44 @@ final class DatabaseCapture: ByteSink {
         try downstream?.write(chunk)
     }
 }
+
+/// A database stored as its pages (FORMAT.md, "SQLite databases"): page `i` (from 1) of the
+/// database `name` is the session file `name/.sqlite-page/<i as 10 digits>`, so a snapshot's
+/// delta carries the pages that changed, each with its own content id, and bases, compaction and
+/// `verify` treat pages as files. No real file can have such a name: dot-names are never part of
+/// a session, and `name` is a regular file.
+enum SQLitePages {
+    static let directoryName = ".sqlite-page"
+    static let digits = 10
+
+    /// Where the pages of `database` are named: `database/.sqlite-page`.
+    static func directory(of database: String) -> String { database + "/" + directoryName }
+
+    static func name(of database: String, page index: Int) -> String {
+        let number = String(index)
+        return directory(of: database) + "/" + String(repeating: "0", count: max(0, digits - number.utf8.count)) + number
+    }
+
+    /// The database and page index (from 1) a page's name names; nil for any other name.
+    static func page(_ name: String) -> (database: String, index: Int)? {
+        let marker = Array(("/" + directoryName + "/").utf8)
+        let bytes = Array(name.utf8)
+        guard bytes.count > marker.count + digits else { return nil }
+        let number = bytes.suffix(digits)
+        let databaseEnd = bytes.count - digits - marker.count
+        guard bytes[databaseEnd..<(bytes.count - digits)].elementsEqual(marker), number.allSatisfy({ (0x30...0x39).contains($0) }),
+            let index = Int(String(decoding: number, as: UTF8.self)), index >= 1
+        else { return nil }
+        return (String(decoding: bytes[..<databaseEnd], as: UTF8.self), index)
+    }
+
+    /// The page size an image's header gives (big-endian at offset 16; 1 means 65,536), when the
+    /// image is a whole number of such pages; nil otherwise (it is then stored as one file).
+    static func pageSize(of image: [UInt8]) -> Int? {
+        guard image.count >= 100 else { return nil }
+        let raw = Int(image[16]) << 8 | Int(image[17])
+        let size = raw == 1 ? 65536 : raw
+        guard size >= 512, size & (size - 1) == 0, image.count % size == 0 else { return nil }
+        return size
+    }
+}
