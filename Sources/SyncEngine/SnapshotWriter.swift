@@ -124,9 +124,29 @@ struct SnapshotWriter: Sendable {
         /// Databases whose pages this snapshot decided (captured, kept or gone): their page names
         /// among the candidates are not read as files.
         var decidedDatabases: Set<String> = []
+        /// A database's pages sort after names its own name is a prefix of ("auth.db.bak" before
+        /// "auth.db/.sqlite-page/…"): they wait here, with the bytes of those the archive takes, so
+        /// that the states and the archive are built in name order.
+        var pendingPages: [(name: String, record: FileRecord, page: [UInt8]?)] = []
+        /// Takes the pending pages that sort before `name` (all of them when nil).
+        func takePages(before name: String?) throws {
+            var taken = 0
+            for pending in pendingPages {
+                if let name, !SessionState.precedes(pending.name, name) { break }
+                found(pending.name, pending.record)
+                if let page = pending.page {
+                    try archiveWriter().addFile(relativePath: SnapshotManifest.filePrefix + pending.name, contents: page, modificationTime: 0)
+                    if kind == .delta { _ = included.add(pending.name, pending.record) }
+                }
+                taken += 1
+            }
+            pendingPages.removeFirst(taken)
+        }
         /// The pages the previous state had for `name`, kept as they were (`keep`) or gone.
         func settlePages(of name: String, keep: Bool) {
-            for page in previous.names(inDirectory: SQLitePages.directory(of: name)) { found(page, keep ? previous[page] : nil) }
+            for page in previous.names(inDirectory: SQLitePages.directory(of: name)) {
+                if keep, let record = previous[page] { pendingPages.append((page, record, nil)) } else { found(page, nil) }
+            }
             decidedDatabases.insert(name)
         }
         var unsettled: [String] = []
@@ -145,6 +165,7 @@ struct SnapshotWriter: Sendable {
             }
         }
         for (name, fingerprint) in candidates {
+            try takePages(before: name)
             let previousRecord = previous[name]
             if unreadableDirectories.contains(where: { name.utf8.starts(with: ($0 + "/").utf8) }) {
                 keptBelowUnreadable = true
@@ -205,11 +226,8 @@ struct SnapshotWriter: Sendable {
                         let pageName = SQLitePages.name(of: name, page: index)
                         let page = Array(file.bytes[(index - 1) * pageSize..<index * pageSize])
                         let record = FileRecord(size: Int64(pageSize), contentID: keyring.primary.contentID(of: page), fingerprint: nil)
-                        found(pageName, record)
-                        if kind == .delta, previous[pageName]?.contentID == record.contentID { continue }
-                        try archiveWriter().addFile(
-                            relativePath: SnapshotManifest.filePrefix + pageName, contents: page, modificationTime: 0)
-                        if kind == .delta { _ = included.add(pageName, record) }
+                        let unchanged = kind == .delta && previous[pageName]?.contentID == record.contentID
+                        pendingPages.append((pageName, record, unchanged ? nil : page))
                     }
                     // Pages past the end of a database that shrank.
                     for page in previous.names(inDirectory: SQLitePages.directory(of: name))
@@ -245,6 +263,7 @@ struct SnapshotWriter: Sendable {
                 settlePages(of: name, keep: false)
             }
         }
+        try takePages(before: nil)
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
         var state = readsReportedPaths ? previous.applying(reported) : scanned.build()
         // After reported paths, only a reported name can have gone (they come sorted, each once):
