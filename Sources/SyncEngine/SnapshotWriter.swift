@@ -152,9 +152,9 @@ struct SnapshotWriter: Sendable {
         var unsettled: [String] = []
         /// The credentials file's bytes, when it was read and changed (or its identity is unknown).
         var credentials: [UInt8]?
-        /// The creds row of the first database read and changed, for a session without the file.
+        /// The creds row of the first database read, for a session without the file.
         var databaseCredentials: [UInt8]?
-        var readChangedDatabase = false
+        var readDatabase = false
         var keptBelowUnreadable = false
         let now = Self.epochNanoseconds()
         /// Stops the snapshot when something modified then was written in the pause before the
@@ -213,7 +213,7 @@ struct SnapshotWriter: Sendable {
             case .stable(let file):
                 try expectPause(since: file.state.modificationTime)
                 if file.isDatabase, format.credentialsFile != nil, databaseCredentials == nil {
-                    readChangedDatabase = true
+                    readDatabase = true
                     databaseCredentials = try SQLiteImage(file.bytes).credentials(limit: BaileysCredentials.maximumByteCount + 1)
                 }
                 if file.isDatabase, let pageSize = SQLitePages.pageSize(of: file.bytes),
@@ -294,14 +294,14 @@ struct SnapshotWriter: Sendable {
         var sessionIdentity = previousIdentity
         var replacesRegisteredIdentity = false
         // A session that keeps its credentials in a database (`useSqliteAuthState`) has no file:
-        // its identity comes from the creds row, and stays as it was while no database changed.
+        // its identity comes from the creds row, and stays as it was while no database was read.
         if let credentialsFile = format.credentialsFile, state[credentialsFile] == nil {
             credentials = databaseCredentials
         }
         if let credentialsFile = format.credentialsFile,
             credentials != nil
                 || (state[credentialsFile] == nil && previousIdentity?.authState != .missing
-                    && (readChangedDatabase
+                    && (readDatabase
                         || !state.names.contains { SQLitePages.page($0) != nil || SQLiteDatabase.isDatabase("\(directory)/\($0)") }))
         {
             (sessionIdentity, replacesRegisteredIdentity) = format.identity(
