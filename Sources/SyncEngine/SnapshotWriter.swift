@@ -127,7 +127,8 @@ struct SnapshotWriter: Sendable {
         /// A database's pages sort after names its own name is a prefix of ("auth.db.bak" before
         /// "auth.db/.sqlite-page/…"): they wait here, with the bytes of those the archive takes, so
         /// that the states and the archive are built in name order.
-        var pendingPages: [(name: String, record: FileRecord, page: [UInt8]?)] = []
+        /// (A page is a slice of its database's image: the image is held once, not copied page by page.)
+        var pendingPages: [(name: String, record: FileRecord, page: ArraySlice<UInt8>?)] = []
         /// Takes the pending pages that sort before `name` (all of them when nil).
         func takePages(before name: String?) throws {
             var taken = 0
@@ -135,7 +136,8 @@ struct SnapshotWriter: Sendable {
                 if let name, !SessionState.precedes(pending.name, name) { break }
                 found(pending.name, pending.record)
                 if let page = pending.page {
-                    try archiveWriter().addFile(relativePath: SnapshotManifest.filePrefix + pending.name, contents: page, modificationTime: 0)
+                    try archiveWriter().addFile(
+                        relativePath: SnapshotManifest.filePrefix + pending.name, contents: Array(page), modificationTime: 0)
                     if kind == .delta { _ = included.add(pending.name, pending.record) }
                 }
                 taken += 1
@@ -224,8 +226,9 @@ struct SnapshotWriter: Sendable {
                     let pageCount = file.bytes.count / pageSize
                     for index in 1...pageCount {
                         let pageName = SQLitePages.name(of: name, page: index)
-                        let page = Array(file.bytes[(index - 1) * pageSize..<index * pageSize])
-                        let record = FileRecord(size: Int64(pageSize), contentID: keyring.primary.contentID(of: page), fingerprint: nil)
+                        let page = file.bytes[(index - 1) * pageSize..<index * pageSize]
+                        let record = FileRecord(
+                            size: Int64(pageSize), contentID: keyring.primary.contentID(of: Array(page)), fingerprint: nil)
                         let unchanged = kind == .delta && previous[pageName]?.contentID == record.contentID
                         pendingPages.append((pageName, record, unchanged ? nil : page))
                     }
