@@ -154,6 +154,27 @@ struct SQLiteSessionTests {
         #expect(try await rowCount("\(restored)/second.db") == "ok 1")
     }
 
+    /// A database whose page names would not fit an archive path is stored whole (as snapshots
+    /// written before pages hold every database), and restored and verified as such. (Closed: a
+    /// path this long is past SQLite's 512 bytes, so it is read as a plain file.)
+    @Test func aDatabaseWhosePagesCannotBeNamedIsStoredWhole() async throws {
+        try await python("""
+            db = sqlite3.connect(path); db.execute('PRAGMA journal_mode = WAL'); db.execute('CREATE TABLE signal_keys (id)')
+            db.executemany('INSERT INTO signal_keys VALUES (?)', [(i,) for i in range(50)]); db.commit(); db.close()
+            """, database: "short.db")
+        let deep = (1...3).map { String(repeating: "\($0)", count: 250) }.joined(separator: "/")
+        try FileManager.default.createDirectory(atPath: "\(directory)/\(deep)", withIntermediateDirectories: true)
+        let name = deep + "/" + String(repeating: "d", count: 240) + ".db"
+        try FileManager.default.moveItem(atPath: "\(directory)/short.db", toPath: "\(directory)/\(name)")
+        _ = try await replicator(format: .opaque).sync()
+        let root = try freshRoot()
+        let outcome = try await restorer(format: .opaque).restore(session, into: root)
+        #expect(outcome.files == 1)
+        let restored = "\(root)/\(session.rawValue)/\(name)"
+        #expect(try readBytes(restored) == readBytes("\(directory)/\(name)"))
+        #expect(try await SnapshotVerifier(sessionStore: sessionStore).verify(session).allSatisfy(\.isOK))
+    }
+
     @Test func aCorruptDatabaseIsNotSwappedIn() async throws {
         try await writeBaileysDatabase(rows: 400)
         // Checkpointed and closed, then a b-tree page overwritten: the header still says SQLite.
