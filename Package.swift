@@ -31,6 +31,7 @@ let package = Package(
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
         systemLibrary("CXML2", pkgConfig: "libxml-2.0", apt: "libxml2-dev"),
+        systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: "libsqlite3-dev"),
         .systemLibrary(name: "CMalloc"),
 
         // Byte streams, system errors, descriptors, directory listing, hex, digests, a bounded
@@ -45,7 +46,7 @@ let package = Package(
         .target(
             name: "SyncEngine",
             dependencies: [
-                "SystemSupport", "SessionCrypto", "SessionArchive",
+                "SystemSupport", "SessionCrypto", "SessionArchive", "CSQLite",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]

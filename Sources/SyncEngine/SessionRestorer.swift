@@ -277,6 +277,16 @@ public struct SessionRestorer: Sendable {
         return restored!
     }
 
+    /// Rebuilds the session `chain` ends in without writing it, with every check a restore runs
+    /// (`verify`: a database stored as pages passes `integrity_check` only once put together).
+    func checkRebuilt(_ session: SessionID, chain: [SnapshotEntry]) async throws {
+        let objects = try await chain.concurrentMap(limit: downloadConcurrency) { [sessionStore] entry in
+            try await sessionStore.downloadSnapshot(session, entry)
+        }
+        let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
+        _ = try await runBlocking { () throws in try apply(chain, objects: objects, session: session, into: nil, reader: reader) }
+    }
+
     /// A session rebuilt from its chain, checked: its newest manifest, and whether it is paired.
     struct Rebuilt {
         var manifest: SnapshotManifest
@@ -286,8 +296,9 @@ public struct SessionRestorer: Sendable {
 
     /// Newest snapshot first, so each file is written once, from the newest snapshot that
     /// holds it, and names a newer delta deleted are never taken from an older one. Without a
-    /// staging directory (a dry run) every check runs and the contents are only read. The
-    /// credentials are checked last (`SessionFormat.checkAuthState`).
+    /// staging directory (a dry run) every check runs and the contents are only read. SQLite
+    /// databases pass `PRAGMA integrity_check` (`corrupt`), then the credentials are checked last
+    /// (`SessionFormat.checkAuthState`): `creds.json`, or without it a database's creds row.
     private func apply(
         _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
@@ -298,23 +309,34 @@ public struct SessionRestorer: Sendable {
         var written = Set<[UInt8]>()
         var manifests: [SnapshotManifest] = []
         var credentials: CredentialsCapture?
+        var databases: [(name: String, capture: DatabaseCapture)] = []
+        /// The pages of databases stored as pages, by database and index (from 1).
+        var pages: [String: [Int: [UInt8]]] = [:]
         for index in chain.indices.reversed() {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
                 let nameBytes = Array(name.utf8)
                 if decided.contains(nameBytes) { return try data.drain() }
-                let capture = name == format.credentialsFile ? CredentialsCapture() : nil
-                credentials = capture ?? credentials
+                if let page = SQLitePages.page(name) {
+                    // Put together into one file once every snapshot of the chain is read.
+                    let collected = BufferSink()
+                    try data.copy(to: collected)
+                    pages[page.database, default: [:]][page.index] = collected.bytes
+                    written.insert(nameBytes)
+                    return
+                }
+                let databaseCapture = name == format.credentialsFile ? nil : DatabaseCapture()
+                let capture: any CapturingSink = databaseCapture ?? CredentialsCapture()
+                if databaseCapture == nil { credentials = capture as? CredentialsCapture }
                 // Its directories, at any depth, are created (0700) as the file is.
                 try staging?.writeFile(relativePath: name) { sink in
-                    capture?.downstream = sink
-                    try data.copy(to: capture ?? sink)
+                    capture.downstream = sink
+                    try data.copy(to: capture)
                 }
                 written.insert(nameBytes)
-                if staging == nil {
-                    if let capture { try data.copy(to: capture) } else { try data.drain() }
-                }
+                if staging == nil { try data.copy(to: capture) }
+                if let databaseCapture, databaseCapture.database != nil { databases.append((name, databaseCapture)) }
             }
             let expectedParent = index > 0 ? chain[index - 1].id : nil
             if !manifest.follows(expectedParent) {
@@ -328,7 +350,36 @@ public struct SessionRestorer: Sendable {
         guard written == Set(state.names.map { Array($0.utf8) }) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
-        let registered = try format.checkAuthState(credentials: credentials?.bytes, session: session, snapshot: chain.last!.id)
+        let snapshot = chain.last!.id
+        // Each database as the snapshot holds it: whole, one file, checked before the swap.
+        var images: [(name: String, image: SQLiteImage)] = []
+        var wholeDatabases = databases.map { ($0.name, $0.capture.database!) }
+        for (name, pagesByIndex) in pages {
+            guard !written.contains(Array(name.utf8)) else {
+                throw SnapshotError.corrupt("snapshot \(snapshot) holds the database \(FileName.displayed(name)) both whole and as pages")
+            }
+            var image: [UInt8] = []
+            for index in 1...pagesByIndex.count {
+                guard let page = pagesByIndex[index] else {
+                    throw SnapshotError.corrupt("the database \(FileName.displayed(name)) in snapshot \(snapshot) lacks its page \(index)")
+                }
+                image += page
+            }
+            try staging?.writeFile(relativePath: name) { sink in try image.withUnsafeBytes { try sink.write($0) } }
+            wholeDatabases.append((name, image))
+        }
+        for (name, bytes) in wholeDatabases.sorted(by: { SessionState.precedes($0.0, $1.0) }) {
+            images.append((name, try SQLiteImage(checking: bytes, name: name, snapshot: snapshot, session: session)))
+        }
+        var credentialsBytes = credentials?.bytes
+        var source = BaileysCredentials.fileName
+        if credentials == nil, format.credentialsFile != nil, !images.isEmpty {
+            let limit = BaileysCredentials.maximumByteCount + 1
+            let found = images.lazy.compactMap { database in database.image.credentials(limit: limit).map { (database.name, $0) } }.first
+            credentialsBytes = found?.1
+            source = "the creds row of \(found.map { FileName.displayed($0.0) } ?? images.map { FileName.displayed($0.name) }.joined(separator: ", "))"
+        }
+        let registered = try format.checkAuthState(credentials: credentialsBytes, source: source, session: session, snapshot: snapshot)
         return Rebuilt(manifest: manifests[0], registered: registered)
     }
 
@@ -378,9 +429,17 @@ public struct SessionRestorer: Sendable {
     }
 }
 
+/// A sink that keeps what a check needs of a restored file and passes everything on to `downstream`
+/// (nil in a dry run).
+protocol CapturingSink: ByteSink, AnyObject {
+    var downstream: ByteSink? { get set }
+}
+
+extension DatabaseCapture: CapturingSink {}
+
 /// Keeps the first bytes of the credentials file as it is restored, up to one byte past what the
 /// format reads (so a larger file is known to be), and passes everything on to `downstream`.
-private final class CredentialsCapture: ByteSink {
+private final class CredentialsCapture: CapturingSink {
     var downstream: ByteSink?
     private(set) var bytes: [UInt8] = []
 

@@ -494,14 +494,17 @@ public struct SessionStore: Sendable {
     }
 
     /// Downloads one snapshot and checks it whole (authenticated, every file against the
-    /// manifest), returning its manifest; nil when the object is not in the store.
-    public func manifest(_ session: SessionID, _ entry: SnapshotEntry) async throws -> SnapshotManifest? {
+    /// manifest, with `checkingDatabases` every SQLite database against `PRAGMA integrity_check`),
+    /// returning its manifest; nil when the object is not in the store.
+    public func manifest(_ session: SessionID, _ entry: SnapshotEntry, checkingDatabases: Bool = false) async throws
+        -> SnapshotManifest?
+    {
         guard let object = try await DownloadedSnapshot(try await place(session).snapshotKey(entry), size: entry.size, from: store)
         else { return nil }
         // Decrypting, decompressing and hashing a whole snapshot blocks its thread: off the pool.
         let reader = SnapshotReader(keyring: keyring, limits: .sessionDirectory)
         return try await runBlocking { () throws in
-            try reader.manifest(of: try object.source(), session: session, entry: entry)
+            try reader.manifest(of: try object.source(), session: session, entry: entry, checkingDatabases: checkingDatabases)
         }
     }
 }

@@ -9,11 +9,24 @@ struct SnapshotReader {
     let keyring: Keyring
     let limits: ExtractionLimits
 
-    /// Reads only the manifest (the last entry), checking every file entry against it.
-    func manifest(of object: ByteSource, session: SessionID, entry: SnapshotEntry) throws -> SnapshotManifest {
-        try read(object, session: session, entry: entry) { _, data in
-            try data.drain()
+    /// Reads only the manifest (the last entry), checking every file entry against it, and with
+    /// `checkingDatabases` every SQLite database in it against `PRAGMA integrity_check` (`verify`:
+    /// a database is stored whole, so the one a snapshot rebuilds is the newest object's that holds it).
+    func manifest(of object: ByteSource, session: SessionID, entry: SnapshotEntry, checkingDatabases: Bool = false) throws
+        -> SnapshotManifest
+    {
+        var databases: [(name: String, capture: DatabaseCapture)] = []
+        let manifest = try read(object, session: session, entry: entry) { name, data in
+            // A page (its first one starts with the header) is checked once its database is put together.
+            guard checkingDatabases, SQLitePages.page(name) == nil else { return try data.drain() }
+            let capture = DatabaseCapture()
+            try data.copy(to: capture)
+            if capture.database != nil { databases.append((name, capture)) }
         }
+        for (name, capture) in databases {
+            _ = try SQLiteImage(checking: capture.database!, name: name, snapshot: entry.id, session: session)
+        }
+        return manifest
     }
 
     /// Streams every file entry to `visit` (name and content) and returns the manifest once

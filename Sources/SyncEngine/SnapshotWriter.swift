@@ -121,9 +121,42 @@ struct SnapshotWriter: Sendable {
                 _ = scanned.add(name, record)
             }
         }
+        /// Databases whose pages this snapshot decided (captured, kept or gone): their page names
+        /// among the candidates are not read as files.
+        var decidedDatabases: Set<String> = []
+        /// A database's pages sort after names its own name is a prefix of ("auth.db.bak" before
+        /// "auth.db/.sqlite-page/…"): they wait here, with the bytes of those the archive takes, so
+        /// that the states and the archive are built in name order.
+        /// (A page is a slice of its database's image: the image is held once, not copied page by page.)
+        var pendingPages: [(name: String, record: FileRecord, page: ArraySlice<UInt8>?)] = []
+        /// Takes the pending pages that sort before `name` (all of them when nil).
+        func takePages(before name: String?) throws {
+            var taken = 0
+            for pending in pendingPages {
+                if let name, !SessionState.precedes(pending.name, name) { break }
+                found(pending.name, pending.record)
+                if let page = pending.page {
+                    try archiveWriter().addFile(
+                        relativePath: SnapshotManifest.filePrefix + pending.name, contents: Array(page), modificationTime: 0)
+                    if kind == .delta { _ = included.add(pending.name, pending.record) }
+                }
+                taken += 1
+            }
+            pendingPages.removeFirst(taken)
+        }
+        /// The pages the previous state had for `name`, kept as they were (`keep`) or gone.
+        func settlePages(of name: String, keep: Bool) {
+            for page in previous.names(inDirectory: SQLitePages.directory(of: name)) {
+                if keep, let record = previous[page] { pendingPages.append((page, record, nil)) } else { found(page, nil) }
+            }
+            decidedDatabases.insert(name)
+        }
         var unsettled: [String] = []
         /// The credentials file's bytes, when it was read and changed (or its identity is unknown).
         var credentials: [UInt8]?
+        /// The creds row of the first database read, for a session without the file.
+        var databaseCredentials: [UInt8]?
+        var readDatabase = false
         var keptBelowUnreadable = false
         let now = Self.epochNanoseconds()
         /// Stops the snapshot when something modified then was written in the pause before the
@@ -134,10 +167,16 @@ struct SnapshotWriter: Sendable {
             }
         }
         for (name, fingerprint) in candidates {
+            try takePages(before: name)
             let previousRecord = previous[name]
             if unreadableDirectories.contains(where: { name.utf8.starts(with: ($0 + "/").utf8) }) {
                 keptBelowUnreadable = true
                 found(name, previousRecord)
+                continue
+            }
+            // A database's pages come from its capture (it sorts before them), never from a read.
+            if let page = SQLitePages.page(name) {
+                if !decidedDatabases.contains(page.database) { found(name, previousRecord) }
                 continue
             }
             // The credentials of a session whose identity is not known yet (a store written before
@@ -151,6 +190,7 @@ struct SnapshotWriter: Sendable {
             guard ArchiveWriter.accepts(relativePath: SnapshotManifest.filePrefix + name) else {
                 skipped[name] = SkippedFile(name: FileName.displayed(name), reason: SkippedFile.pathTooLong)
                 found(name, previousRecord)
+                settlePages(of: name, keep: true)
                 continue
             }
             let read: StableRead
@@ -160,11 +200,13 @@ struct SnapshotWriter: Sendable {
                 if let file = SkippedFile(name: name, error) {
                     skipped[name] = file
                     found(name, previousRecord)
+                    settlePages(of: name, keep: true)
                     continue
                 }
                 // Not a regular file (any more): no part of the session, as a scan would find.
                 guard error.reason != .notRegularFile else {
                     found(name, nil)
+                    settlePages(of: name, keep: false)
                     continue
                 }
                 throw error
@@ -172,10 +214,37 @@ struct SnapshotWriter: Sendable {
             switch read {
             case .stable(let file):
                 try expectPause(since: file.state.modificationTime)
+                if file.isDatabase, format.credentialsFile != nil, databaseCredentials == nil {
+                    readDatabase = true
+                    databaseCredentials = try SQLiteImage(file.bytes).credentials(limit: BaileysCredentials.maximumByteCount + 1)
+                }
+                if file.isDatabase, let pageSize = SQLitePages.pageSize(of: file.bytes),
+                    ArchiveWriter.accepts(relativePath: SnapshotManifest.filePrefix + SQLitePages.name(of: name, page: 1))
+                {
+                    // Stored as pages: the whole-file record a snapshot before them had is gone.
+                    found(name, nil)
+                    let pageCount = file.bytes.count / pageSize
+                    for index in 1...pageCount {
+                        let pageName = SQLitePages.name(of: name, page: index)
+                        let page = file.bytes[(index - 1) * pageSize..<index * pageSize]
+                        let record = FileRecord(
+                            size: Int64(pageSize), contentID: keyring.primary.contentID(of: Array(page)), fingerprint: nil)
+                        let unchanged = kind == .delta && previous[pageName]?.contentID == record.contentID
+                        pendingPages.append((pageName, record, unchanged ? nil : page))
+                    }
+                    // Pages past the end of a database that shrank.
+                    for page in previous.names(inDirectory: SQLitePages.directory(of: name))
+                    where (SQLitePages.page(page)?.index ?? 0) > pageCount {
+                        found(page, nil)
+                    }
+                    decidedDatabases.insert(name)
+                    continue
+                }
+                settlePages(of: name, keep: false)
                 let settled = now - file.state.modificationTime > Self.fingerprintSettleTime
                 let record = FileRecord(
                     size: Int64(file.bytes.count), contentID: keyring.primary.contentID(of: file.bytes),
-                    fingerprint: settled ? file.state : nil)
+                    fingerprint: settled && !file.isDatabase ? file.state : nil)
                 found(name, record)
                 if name == format.credentialsFile, previousIdentity == nil || previousRecord?.contentID != record.contentID {
                     credentials = file.bytes
@@ -191,10 +260,13 @@ struct SnapshotWriter: Sendable {
                 try expectPause(since: modified)
                 unsettled.append(name)
                 found(name, previousRecord)
+                settlePages(of: name, keep: true)
             case .missing:
                 found(name, nil)
+                settlePages(of: name, keep: false)
             }
         }
+        try takePages(before: nil)
         let examined = readsReportedPaths ? candidates.map(\.name) : nil
         var state = readsReportedPaths ? previous.applying(reported) : scanned.build()
         // After reported paths, only a reported name can have gone (they come sorted, each once):
@@ -219,13 +291,26 @@ struct SnapshotWriter: Sendable {
         // Renames and deletions move the directory's mtime, not a file's.
         if let modified = SessionFiles.modificationTime(directory) { try expectPause(since: modified) }
         // A base holds every file of its state: one with a good version it cannot read again cannot be one.
-        if kind == .base, keptBelowUnreadable || (unsettled + skipped.keys).contains(where: { previous[$0] != nil }) {
+        if kind == .base,
+            keptBelowUnreadable
+                || (unsettled + skipped.keys).contains(where: {
+                    previous[$0] != nil || !previous.names(inDirectory: SQLitePages.directory(of: $0)).isEmpty
+                })
+        {
             throw Failure.baseIncomplete(unsettled: unsettled)
         }
         var sessionIdentity = previousIdentity
         var replacesRegisteredIdentity = false
+        // A session that keeps its credentials in a database (`useSqliteAuthState`) has no file:
+        // its identity comes from the creds row, and stays as it was while no database was read.
+        if let credentialsFile = format.credentialsFile, state[credentialsFile] == nil {
+            credentials = databaseCredentials
+        }
         if let credentialsFile = format.credentialsFile,
-            credentials != nil || (state[credentialsFile] == nil && previousIdentity?.authState != .missing)
+            credentials != nil
+                || (state[credentialsFile] == nil && previousIdentity?.authState != .missing
+                    && (readDatabase
+                        || !state.names.contains { SQLitePages.page($0) != nil || SQLiteDatabase.isDatabase("\(directory)/\($0)") }))
         {
             (sessionIdentity, replacesRegisteredIdentity) = format.identity(
                 ofCredentials: credentials, keyring: keyring, previous: previousIdentity)
@@ -297,6 +382,11 @@ struct SnapshotWriter: Sendable {
                     unreadable = true
                 }
                 if unreadable { return nil }
+            } else if let database = SQLiteDatabase.database(ofCompanion: path),
+                SQLiteDatabase.isDatabase("\(directory)/\(database)")
+            {
+                // A write to a database's WAL or journal is a change of the database.
+                names.append(database)
             } else {
                 names.append(path)
             }

@@ -660,10 +660,27 @@ def check_identity(recorded, state, keys, what):
             raise FormatError(f"{what}: the identity's fingerprint is not creds.json's")
 
 
+def put_databases_together(state):
+    """"SQLite databases": the pages `<name>/.sqlite-page/<10 digits>` of a database become the one
+    file `<name>`, pages 1 to n without a gap."""
+    files, pages = {}, {}
+    for name, value in state.items():
+        head, _, number = name.rpartition("/.sqlite-page/")
+        if head and len(number) == 10 and number.isdigit() and int(number) >= 1:
+            pages.setdefault(head, {})[int(number)] = value[0]
+        else:
+            files[name] = value
+    for name, numbered in pages.items():
+        if name in files or sorted(numbered) != list(range(1, len(numbered) + 1)):
+            raise FormatError(f"the database {name}'s pages are not 1 to {len(numbered)}, or it is also a file")
+        files[name] = (b"".join(numbered[index] for index in sorted(numbered)), None, None)
+    return files
+
+
 def write_tree(state, out):
     """"Restoring": files 0600, directories 0700."""
     os.makedirs(out, mode=0o700, exist_ok=False)
-    for name, (content, _, _) in sorted(state.items()):
+    for name, (content, _, _) in sorted(put_databases_together(state).items()):
         path = os.path.join(out, *name.split("/"))
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

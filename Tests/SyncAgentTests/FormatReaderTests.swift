@@ -69,6 +69,44 @@ struct FormatReaderTests {
         }
     }
 
+    /// "SQLite databases": a database stored as pages, a base and then a delta of the pages a
+    /// changed row wrote, put together by the reader written from FORMAT.md alone; a file whose
+    /// name sorts between the database and its pages (`auth.db.bak`) keeps its place.
+    @Test func anIndependentReaderPutsADatabaseTogetherFromItsPages() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let store = try workspace.freshDirectory()
+        let runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        let reader = FormatReader(store: store, keyFile: store + "/.sync-agent-key")
+        let session = workspace.session("small")
+        func sql(_ statement: String) async throws {
+            // Closed at the end: checkpointed into the file, no -wal left.
+            try await runProgram("/usr/bin/python3", [
+                "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); db.execute('PRAGMA journal_mode = WAL'); db.executescript(sys.argv[2]); db.close()",
+                "\(session)/auth.db", statement])
+        }
+        try await sql("CREATE TABLE signal_keys (type TEXT, id TEXT, value TEXT, PRIMARY KEY (type, id)); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) INSERT INTO signal_keys SELECT 'pre-key', i, hex(randomblob(200)) FROM n;")
+        try write(#"{"backup":true}"#, to: "\(session)/auth.db.bak")
+        try AgentUser.handOver(session)
+        func expectReaderMatches() async throws {
+            try await waitUntil(timeout: .seconds(60), every: .milliseconds(300), "the reader never matched the directory") {
+                let directory = try workspace.freshDirectory() + "/small"
+                guard try await reader.read("small", into: directory, snapshot: nil).state == "restored" else { return false }
+                return try directoryTree(directory) == directoryTree(session)
+            }
+        }
+        let backup = try await runner.run("backup", ["--sessions-dir", workspace.sessions])
+        #expect(backup.termination == .exited(0), "\(backup.standardError)")
+        try await expectReaderMatches()
+
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching()
+        try await sql("UPDATE signal_keys SET value = 'changed' WHERE id = '7';")
+        try await expectReaderMatches()
+        #expect(try await agent.terminate() == .exited(0))
+        let delta = try #require(agent.uploads.last { $0.session == "small" })
+        #expect(delta.kind == "delta" && delta.bytes < 20_000, "\(agent.log)")
+    }
+
     /// "The committed history" across a snapshot deleted by hand, as a prune deletes one: the walk
     /// goes on from the newest object below it listed as written no later than the snapshot naming
     /// it, so a copy at that sequence uploaded later (whose tag would win on its own) is not taken.

@@ -241,6 +241,29 @@ struct WatcherTests {
         #expect(recorder.events.changedPaths(of: sessionID("baileys")) == ["creds.json", "creds.json.bak", "pre-key-1.json"])
     }
 
+    /// A SQLite writer keeps its files open: a write to a database's WAL (IN_MODIFY, no close) is a
+    /// change of the database, never of the WAL; a write to a file that is no database's companion
+    /// is reported when it is closed, as always.
+    @Test func aWriteToADatabasesWALIsAChangeOfTheDatabase() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "sqlite", files: [])
+        try write("SQLite format 3\u{0}" + String(repeating: "x", count: 100), to: root.file("sqlite/auth.db"))
+        try write("", to: root.file("sqlite/auth.db-wal"))
+        try write("", to: root.file("sqlite/notes-wal"))
+        let watcher = try SessionWatcher(root: root.path, configuration: .init(quietPeriod: .milliseconds(100)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+
+        let wal = try #require(FileHandle(forWritingAtPath: root.file("sqlite/auth.db-wal")))
+        defer { try? wal.close() }
+        try wal.write(contentsOf: Data("a committed frame".utf8))
+        let other = try #require(FileHandle(forWritingAtPath: root.file("sqlite/notes-wal")))
+        defer { try? other.close() }
+        try other.write(contentsOf: Data("not SQLite's".utf8))
+        await recorder.wait { $0.changedPaths(of: sessionID("sqlite")).contains("auth.db") }
+        #expect(recorder.events.changedPaths(of: sessionID("sqlite")) == ["auth.db"])
+    }
+
     /// Written every 50 ms for 2 s, the session never falls quiet for its 250 ms; only the maximum
     /// delay of 500 ms reports it before the writing ends, about four times.
     @Test func aSessionWrittenContinuouslyIsReportedEveryMaxDelay() async throws {

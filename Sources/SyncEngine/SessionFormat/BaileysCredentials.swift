@@ -39,7 +39,9 @@ struct BaileysCredentials: Sendable {
 
     /// Parses `bytes` (nil: the file is absent). Throws a `Defect` naming the first field that is
     /// missing or malformed, never a value.
-    static func parse(_ bytes: [UInt8]?) throws(Defect) -> BaileysCredentials {
+    /// `source` names where they were read in messages: the file, or a database's creds row.
+    static func parse(_ bytes: [UInt8]?, source: String = fileName) throws(Defect) -> BaileysCredentials {
+        let fileName = source
         guard let bytes else { throw Defect(reason: .missing, description: "\(fileName) is missing") }
         guard bytes.count <= maximumByteCount else {
             throw Defect(reason: .tooLarge, description: "\(fileName) is larger than \(maximumByteCount >> 20) MiB, so not Baileys' credentials")
@@ -49,14 +51,14 @@ struct BaileysCredentials: Sendable {
         do {
             document = try JSONDecoder().decode(Document.self, from: Data(bytes))
         } catch let error as DecodingError {
-            throw Self.defect(error)
+            throw Self.defect(error, source: source)
         } catch {
             throw Defect(reason: .unparsable, description: "\(fileName) does not parse as JSON")
         }
-        return try document.credentials()
+        return try document.credentials(source: source)
     }
 
-    private static func defect(_ error: DecodingError) -> Defect {
+    private static func defect(_ error: DecodingError, source fileName: String) -> Defect {
         func path(_ context: DecodingError.Context) -> String {
             context.codingPath.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
         }
@@ -108,7 +110,7 @@ struct BaileysCredentials: Sendable {
             var deviceSignature: Buffer
         }
 
-        func credentials() throws(Defect) -> BaileysCredentials {
+        func credentials(source fileName: String) throws(Defect) -> BaileysCredentials {
             func check(_ valid: Bool, _ field: String) throws(Defect) {
                 if !valid { throw Defect(reason: .incomplete, description: "\(fileName) has a malformed \(field)") }
             }

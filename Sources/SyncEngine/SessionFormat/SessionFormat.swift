@@ -39,13 +39,16 @@ public enum SessionFormat: String, Sendable, CaseIterable {
     /// Checks a rebuilt session's credentials before it is swapped in: whether its client can
     /// reconnect without a QR code. Returns whether it is paired (nil: the format has no
     /// credentials to check); throws `AuthStateError` when the client could not use them.
-    func checkAuthState(credentials bytes: [UInt8]?, session: SessionID, snapshot: SnapshotID) throws -> Bool? {
+    /// `source` names where they were read (`creds.json`, or a database's creds row).
+    func checkAuthState(
+        credentials bytes: [UInt8]?, source: String = BaileysCredentials.fileName, session: SessionID, snapshot: SnapshotID
+    ) throws -> Bool? {
         switch self {
         case .opaque:
             return nil
         case .baileys:
             do {
-                return try BaileysCredentials.parse(bytes).isPaired
+                return try BaileysCredentials.parse(bytes, source: source).isPaired
             } catch {
                 throw AuthStateError(session: session, snapshot: snapshot, defect: error.description)
             }

@@ -88,6 +88,11 @@ public enum EngineMetrics {
     }
 
     /// A session's registered identity replaced (by none, an unregistered or another one).
+    /// How long a SQLite capture held its read transaction (a WAL checkpoint cannot pass it meanwhile).
+    static func sqliteReadTransaction(_ duration: Duration) {
+        Timer(label: "sync_agent_sqlite_read_transaction_seconds").record(duration: duration)
+    }
+
     static func identityChanged() {
         Counter(label: "sync_agent_identity_changes_total").increment()
     }

@@ -27,6 +27,8 @@ public struct SkippedFile: Codable, Sendable, Hashable {
             self.init(name: FileName.displayed(name), reason: "larger than the \(limit >> 20) MiB limit")
         case .system(let call, let code) where ["open", "opendir"].contains(call) && (code == EACCES || code == EPERM):
             self.init(name: FileName.displayed(name), reason: "cannot be read: \(String(cString: strerror(code)))")
+        case .database(let message):
+            self.init(name: FileName.displayed(name), reason: "SQLite cannot read the database: \(message)")
         default:
             return nil
         }

@@ -70,10 +70,13 @@ public enum SessionFiles {
         in directory: String, prefix: String, into files: inout [(name: String, state: FileState)],
         unreadable: ((String, WatcherError) -> Void)?
     ) throws(WatcherError) {
-        for entry in try entries(of: directory) where !isIgnoredName(entry.name) {
+        let listed = try entries(of: directory)
+        let fileNames = Set(listed.compactMap { $0.kind == .file ? $0.name : nil })
+        for entry in listed where !isIgnoredName(entry.name) {
             let path = directory + "/" + entry.name
             switch entry.kind {
             case .file:
+                if isDatabaseCompanion(entry.name, in: directory, among: fileNames) { continue }
                 if let state = fileState(path) { files.append((prefix + entry.name, state)) }
             case .directory:
                 do {
@@ -90,6 +93,14 @@ public enum SessionFiles {
                 continue
             }
         }
+    }
+
+    /// Whether `name` is the `-wal`, `-shm` or `-journal` of a SQLite database in `directory`
+    /// (`names`: the directory's files): never part of a session as a file, its content is captured
+    /// with the database's. A companion without its database is an ordinary file.
+    static func isDatabaseCompanion(_ name: String, in directory: String, among names: Set<String>) -> Bool {
+        guard let database = SQLiteDatabase.database(ofCompanion: name), names.contains(database) else { return false }
+        return SQLiteDatabase.isDatabase(directory + "/" + database)
     }
 
     struct Entry: Equatable {

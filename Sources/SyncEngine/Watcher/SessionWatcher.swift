@@ -176,7 +176,7 @@ final class WatchLoop {
         .create, .delete, .movedFrom, .movedTo, .attributes, .deleteSelf, .moveSelf, .onlyDirectory,
     ]
     static let sessionMask: InotifyMask = [
-        .closeWrite, .movedTo, .movedFrom, .delete, .create, .attributes, .deleteSelf, .moveSelf,
+        .closeWrite, .movedTo, .movedFrom, .delete, .create, .attributes, .deleteSelf, .moveSelf, .modify,
         .onlyDirectory, .dontFollow, .excludeUnlinked,
     ]
 
@@ -322,8 +322,16 @@ final class WatchLoop {
             reconcile(directory.child(name), at: now)
             return
         }
-        // IN_CREATE alone is a file being written: it is reported when closed.
-        guard !event.mask.isDisjoint(with: [.closeWrite, .movedTo, .movedFrom, .delete, .attributes]) else { return }
+        // IN_CREATE alone is a file being written: it is reported when closed. A SQLite database's
+        // writer keeps it open: a write to its WAL or journal, or to the main file in rollback
+        // mode, is a commit (IN_MODIFY), and reports the database.
+        if event.mask.isDisjoint(with: [.closeWrite, .movedTo, .movedFrom, .delete, .attributes]) {
+            guard event.mask.contains(.modify),
+                let database = SQLiteDatabase.changedDatabase(name, in: path(of: directory))
+            else { return }
+            debouncer.record(directory.session, paths: [directory.path(of: database)], at: now)
+            return
+        }
         debouncer.record(directory.session, paths: [directory.path(of: name)], at: now)
     }
 

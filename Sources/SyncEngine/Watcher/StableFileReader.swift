@@ -7,6 +7,9 @@ import SystemSupport
 public struct StableFile: Sendable, Equatable {
     public var bytes: [UInt8]
     public var state: FileState
+    /// A SQLite database, captured as one image (`SQLiteDatabase.capture`): its main file's state
+    /// does not follow its content (a commit writes the `-wal`), so it is no fingerprint.
+    public var isDatabase = false
 }
 
 /// The outcome of a read that can be told apart from a failure: every case but `.stable` means
@@ -55,6 +58,31 @@ public struct StableFileReader: Sendable {
         let before = try status(of: file)
         guard before.st_mode & S_IFMT == S_IFREG else { throw WatcherError(.notRegularFile, path: path) }
         guard before.st_size <= maxFileSize else { throw WatcherError(.fileTooLarge(limit: maxFileSize), path: path) }
+        let state = FileState(before)
+
+        // A SQLite database is read through libsqlite3, unless it is closed (see `capture`).
+        var start = [UInt8](repeating: 0, count: 20)
+        let startRead = start.withUnsafeMutableBytes { buffer in
+            Result { () throws(SystemError) in try file.readFully(into: buffer, at: 0) }
+        }
+        let startCount: Int
+        do {
+            startCount = try startRead.get()
+        } catch {
+            throw WatcherError(.system(operation: "read", errno: error.errno), path: path)
+        }
+        let isDatabase = SQLiteDatabase.startsWithHeader(start[0..<startCount])
+        if isDatabase, !SQLiteDatabase.isClosedWALDatabase(start, path: path) {
+            let read = try SQLiteDatabase.capture(path, maxSize: maxFileSize)
+            guard case .stable(var captured) = read else { return read }
+            // The path must still name the file that was opened: a database replaced meanwhile is read again.
+            var current = stat()
+            guard FileName.withPlatformPath(path, { lstat($0, &current) }) == 0, FileState(current).inode == state.inode,
+                FileState(current).device == state.device
+            else { return .unstable }
+            captured.state = state
+            return .stable(captured)
+        }
 
         // One byte past the limit tells a file that grew past it during the read.
         guard let bytes = try readAll(file, expected: Int(before.st_size), limit: maxFileSize + 1) else {
@@ -68,12 +96,13 @@ public struct StableFileReader: Sendable {
             if errno == ENOENT { return .unstable }
             throw .lastSystemError("stat", path: path)
         }
-        let state = FileState(before)
         guard bytes.count == before.st_size, FileState(after) == state, FileState(current) == state else {
             return .unstable
         }
         if path.hasSuffix(".json") && !StableFileReader.isValidJSON(bytes) { return .invalidJSON(state) }
-        return .stable(StableFile(bytes: bytes, state: state))
+        // A closed WAL database opened by its writer during the read: its content may be in the `-wal` now.
+        if isDatabase, SQLiteDatabase.fileExists(path + "-wal") { return .unstable }
+        return .stable(StableFile(bytes: bytes, state: state, isDatabase: isDatabase))
     }
 
     /// Whether `bytes` are one complete JSON value (a top-level scalar is allowed, trailing bytes are not).

@@ -15,6 +15,8 @@ public struct WatcherError: Error, CustomStringConvertible, Equatable, Sendable 
         case fileTooLarge(limit: Int)
         /// A system call failed; `errno` says why.
         case system(operation: String, errno: Int32)
+        /// libsqlite3 could not read the database (corrupt, or its `-shm` unusable); SQLite's message.
+        case database(String)
     }
 
     public let reason: Reason
@@ -48,6 +50,8 @@ public struct WatcherError: Error, CustomStringConvertible, Equatable, Sendable 
         case .fileTooLarge(let limit): return "\(quoted) is larger than the limit of \(limit) bytes"
         case .system(let operation, let code):
             return "\(operation) \(quoted) failed: \(String(cString: strerror(code)))"
+        case .database(let message):
+            return "SQLite cannot read the database \(quoted): \(message)"
         }
     }
 }
