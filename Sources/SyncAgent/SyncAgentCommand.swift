@@ -9,7 +9,8 @@ struct SyncAgentCommand: AsyncParsableCommand {
         abstract: "Keeps WhatsApp gateway session directories safe across worker restarts.",
         subcommands: [
             WatchCommand.self, RestoreCommand.self, BackupCommand.self, PruneCommand.self, SnapshotsCommand.self,
-            VerifyCommand.self, StatusCommand.self, KeygenCommand.self,
+            VerifyCommand.self, StatusCommand.self, KeygenCommand.self, FlushCommand.self, ReleaseCommand.self,
+            AcquireCommand.self, LogoutCommand.self,
         ])
 
     /// ArgumentParser's `main`, but for one thing: the parser echoes a value it refuses as it
