@@ -62,7 +62,7 @@ struct ControlRoutes: Sendable {
                     reason: "control_off")
             }
             guard token.authorizes(request.headers) else {
-                var answer = Self.error(.unauthorized, "a control route needs \"Authorization: Bearer\" and the agent's token", reason: "unauthorized")
+                var answer = Self.error(.unauthorized, "a control route over TCP needs the agent's token as a bearer token (the Authorization header)", reason: "unauthorized")
                 answer.headers.append((name: "WWW-Authenticate", value: "Bearer"))
                 return answer
             }
