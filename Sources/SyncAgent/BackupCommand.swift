@@ -16,9 +16,14 @@ struct BackupCommand: AsyncParsableCommand {
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var agent: AgentOptions
     @OptionGroup(title: "Retention") var retention: RetentionOptions
     @Flag(help: "Print the summary as JSON.") var json = false
     @Argument(help: "Session ids (default: every session directory).", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
+
+    func validate() throws {
+        try rejectingUsageErrors { _ = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir) }
+    }
 
     func run() async throws {
         let logger = logging.makeLogger("sync-agent.backup")
@@ -38,12 +43,12 @@ struct BackupCommand: AsyncParsableCommand {
         } else {
             ids = sessions
         }
-        let owner = agentIdentity()
+        let identity = try agent.identity(sessionsDirectory: root)
         var policy = CompactionPolicy()
         policy.retention = try retention.compactionRetention()
         for id in ids {
             let replicator = SessionReplicator(
-                session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: owner,
+                session: id, directory: "\(root)/\(id.rawValue)", sessionStore: opened.primary, owner: identity.instance, agent: identity.id,
                 conditionalWrites: opened.conditionalWrites, claimsOwnership: false,
                 largeBasesOnWorkerThread: true, format: try storage.resolvedSessionFormat, policy: policy, logger: logger)
             do {

@@ -13,6 +13,12 @@ struct RestoreCommand: AsyncParsableCommand {
         discussion: """
             Run before the worker recovers its sessions. A directory is only ever replaced by a
             complete, verified snapshot; when the store cannot answer, it is left as it is.
+            By default each session is acquired for this agent (--agent-id) before its directory
+            is touched: taken at once when it is unclaimed, released, already this agent's or its
+            holder's lease expired; a live holder is waited for (--wait-release), then the
+            session fails with held_elsewhere (directory untouched) or, with --take-over, the
+            holder is fenced. --no-acquire restores without claiming (a copy for inspection);
+            --dry-run never acquires.
             Bad input (a malformed --sessions-from list, a snapshot or time a session does not
             have) stops the command before any directory is touched.
             Exit codes: 0 every session restored or up to date, 3 some failed, 4 all failed,
@@ -21,6 +27,8 @@ struct RestoreCommand: AsyncParsableCommand {
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var agent: AgentOptions
+    @OptionGroup var lease: LeaseOptions
     @Flag(help: "Restore every session the store has, except those that logged out.") var all = false
     @Option(help: ArgumentHelp(
         "Restore the sessions listed in FILE (- for standard input): one id per line, or a gateway's JSON, an array of objects with an \"id\" or {\"data\":{\"sessions\":[…]}}.",
@@ -41,6 +49,13 @@ struct RestoreCommand: AsyncParsableCommand {
     /// so this bounds the restore's threads.
     static let parallelRange = 1...64
     @Option(help: "Sessions restored at once, 1 to 64 (default 8).") var parallel = 8
+    @Option(
+        help: "How long to wait for a live holder to release a session or its lease to expire; 0 does not wait (default 30s).",
+        transform: DurationSetting.nonNegative)
+    var waitRelease: Duration = .seconds(30)
+    @Flag(help: "After the wait, take sessions a live holder still has: it is fenced (its next commit fails).") var takeOver = false
+    @Flag(help: "Restore without acquiring: no claim, the holder keeps writing (a copy for inspection, into another directory).")
+    var noAcquire = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Argument(help: "Session ids.", transform: SessionID.init(parsing:)) var sessions: [SessionID] = []
 
@@ -48,11 +63,16 @@ struct RestoreCommand: AsyncParsableCommand {
         guard [all, sessionsFrom != nil, !sessions.isEmpty].filter({ $0 }).count == 1 else {
             throw ValidationError("name session ids, pass --all or pass --sessions-from (one of them)")
         }
+        if noAcquire || dryRun {
+            guard !takeOver else { throw ValidationError("--take-over acquires: not with --no-acquire or --dry-run") }
+        }
         if snapshot != nil {
             guard sessions.count == 1 else { throw ValidationError("--snapshot restores one session: name exactly one") }
             guard at == nil else { throw ValidationError("--snapshot and --at both choose the snapshot: pass one of them") }
         }
         try rejectingUsageErrors {
+            _ = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir)
+            _ = try lease.resolvedLeaseTTL
             if let at, Self.parseTime(at) == nil {
                 throw UsageError(.notATime, "--at \(FileName.displayed(at)): expected a time from 1970 to 9999 in ISO 8601 (2026-11-22T10:00:00Z) or @UNIX-SECONDS")
             }
@@ -110,12 +130,22 @@ struct RestoreCommand: AsyncParsableCommand {
         let restore: SessionsRestore
         let plan: SessionsRestore.Plan
         do {
-            let opened = try await OpenedStorage.open(storage, logger: logger, access: .read)
+            let acquires = !noAcquire && !dryRun
+            // Acquiring writes heads and the lease: an existing store, written.
+            let opened = try await OpenedStorage.open(storage, logger: logger, access: acquires ? .write : .read)
+            var acquiring: RestoreRequest.Acquiring?
+            if acquires {
+                let identity = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir)
+                acquiring = RestoreRequest.Acquiring(
+                    lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary)),
+                    options: AcquireOptions(waitRelease: waitRelease, takeOver: takeOver),
+                    conditionalWrites: try await opened.primary.store.probeConditionalWrites())
+            }
             restore = SessionsRestore(
                 sources: opened.sources, root: storage.resolvedSessionsDir,
                 request: RestoreRequest(
                     sessions: requested.map { .named($0) } ?? .all, point: restorePoint, onlyIfMissing: ifMissing,
-                    dryRun: dryRun, parallel: parallel, format: try storage.resolvedSessionFormat))
+                    dryRun: dryRun, parallel: parallel, format: try storage.resolvedSessionFormat, acquiring: acquiring))
             plan = try await restore.plan()
         } catch StoreError.unavailable(let reason) {
             // The worker still gets a report to post, naming every session it asked for.
@@ -139,6 +169,7 @@ struct RestoreCommand: AsyncParsableCommand {
                     "session": "\(finished.session)", "status": "\(outcome.status.rawValue)",
                     "snapshot": "\(outcome.snapshot.map(String.init(describing:)) ?? "-")",
                     "files": "\(outcome.files)", "bytes": "\(outcome.bytes)", "duration": "\(finished.duration)",
+                    "acquired": "\(outcome.acquired?.rawValue ?? "-")",
                 ])
             case .failure(let error):
                 failed = true

@@ -33,6 +33,8 @@ struct WatchCommand: AsyncParsableCommand {
 
     @OptionGroup var storage: StorageOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var agent: AgentOptions
+    @OptionGroup var lease: LeaseOptions
 
     @Option(help: "Quiet time after the last write before a session is uploaded (default 250ms).", transform: DurationSetting.nonNegative)
     var quietPeriod: Duration?
@@ -74,7 +76,11 @@ struct WatchCommand: AsyncParsableCommand {
         if noListen && controlTokenFile != nil {
             throw ValidationError("--control-token-file opens the control routes on --listen: not with --no-listen")
         }
-        try rejectingUsageErrors { _ = try settings() }
+        try rejectingUsageErrors {
+            _ = try settings()
+            _ = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir)
+            _ = try lease.resolvedLeaseTTL
+        }
         _ = try listenAddress()
     }
 
@@ -114,22 +120,25 @@ struct WatchCommand: AsyncParsableCommand {
         let token = try (controlTokenFile ?? environment("SYNC_AGENT_CONTROL_TOKEN_FILE")).map(ControlToken.read(from:))
         var endpoints: [HTTPEndpoint] = []
         let opened: OpenedStorage
+        let registry: PrometheusCollectorRegistry?
         do {
             if let address = try listenAddress() { endpoints.append(try await HTTPEndpoint.bind(address)) }
             if let path = controlSocket ?? environment("SYNC_AGENT_CONTROL_SOCKET") {
                 endpoints.append(try await HTTPEndpoint.bind(ControlSocket(path: path, access: controlSocketAccess)))
             }
+            registry = endpoints.isEmpty ? nil : bootstrapPrometheus()
             opened = try await OpenedStorage.open(storage, logger: logger, access: .create)
         } catch {
             for endpoint in endpoints { await endpoint.close() }
             throw error
         }
-        let registry = endpoints.isEmpty ? nil : bootstrapPrometheus()
+        let identity = try agent.identity(sessionsDirectory: root)
         let sync = SyncService(
-            root: root, sessionStore: opened.primary, owner: agentIdentity(), mode: opened.configuration.mode,
-            conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror, logger: logger)
+            root: root, sessionStore: opened.primary, owner: identity.instance, mode: opened.configuration.mode,
+            conditionalWrites: opened.conditionalWrites, settings: settings, mirror: opened.mirror,
+            lease: LeaseHolder(agent: identity, ttl: try lease.resolvedLeaseTTL, leases: LeaseStore(opened.primary)), logger: logger)
         logger.info("watching", metadata: [
-            "sessions_dir": "\(root)", "mode": "\(opened.configuration.mode.rawValue)",
+            "sessions_dir": "\(root)", "agent": "\(identity.id)", "mode": "\(opened.configuration.mode.rawValue)",
             "store": "\(opened.primary.store.location)",
             "mirror": "\(opened.mirror.map { $0.remote.store.location } ?? "-")",
             "endpoint": "\(endpoints.first { $0.transport == .tcp }.map { "http://\($0.boundAddress)" } ?? "-")",
@@ -142,10 +151,7 @@ struct WatchCommand: AsyncParsableCommand {
         // Shut down in reverse order: the endpoint answers while the sidecar flushes.
         var services: [any Service] = []
         if let registry {
-            // FIXME(issue 14): `sync` itself once the engine half (wip/lease) is merged, with
-            // `EngineHalfMissing` deleted: until then SyncService does not implement SessionControl.
-            let engine = (sync as any Sendable) as? any SessionControl ?? EngineHalfMissing()
-            let control = ControlRoutes(control: engine, token: token, logger: logger)
+            let control = ControlRoutes(control: sync, token: token, logger: logger)
             let routes = AgentRoutes(sync: sync, registry: registry, control: control)
             services += endpoints.map { EndpointService(endpoint: $0, routes: routes) } as [any Service]
         }
@@ -155,6 +161,9 @@ struct WatchCommand: AsyncParsableCommand {
         guard let report = await sidecar.outcome.report else {
             logger.error("stopped before the engine said what it uploaded")
             throw ExitCode(1)
+        }
+        if !report.released.isEmpty {
+            logger.info("released", metadata: ["sessions": "\(report.released.map(\.description))"])
         }
         guard report.isComplete else {
             if !report.unflushed.isEmpty {
@@ -194,14 +203,4 @@ struct SidecarService: Service {
             await outcome.set(try await sync.run(shutdownTimeout: shutdownTimeout))
         }
     }
-}
-
-/// FIXME(issue 14): stands in for SyncService's SessionControl (wip/lease) until it is merged.
-private struct EngineHalfMissing: SessionControl {
-    private var missing: SessionControlError { SessionControlError(.notCommitted, "this build has no control routes' engine yet") }
-    func flush(_ session: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot { throw missing }
-    func release(_ session: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot { throw missing }
-    func releaseAll(timeout: Duration) async -> ReleaseReport { ReleaseReport() }
-    func acquire(_ session: SessionID, options: AcquireOptions) async throws(SessionControlError) -> RestoreReport { throw missing }
-    func logout(_ session: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot { throw missing }
 }

@@ -129,8 +129,14 @@ public struct SessionHead: Codable, Sendable, Equatable {
 
     public var formatVersion = SessionHead.currentFormatVersion
     public var generation: UInt64
-    /// Who claimed the session: "host/pid/random", for the message a fenced agent prints.
+    /// Which process claimed the session: "host/pid/random", for the message a fenced agent
+    /// prints, and to tell two processes of one agent apart.
     public var owner: String
+    /// The agent holding the session (`AgentIdentity.id`, stable across its restarts), whose
+    /// lease says whether it is alive; nil in heads written before leases (nobody holds them).
+    public var agent: String?
+    /// Set by the holder's release, naming its final snapshot; cleared by the next claim.
+    public var released: Release?
     public var latest: SnapshotID?
     public var latestKind: SnapshotKind?
     /// The base the latest snapshot's chain starts from.
@@ -153,6 +159,18 @@ public struct SessionHead: Codable, Sendable, Equatable {
     }
 
     public var isTombstoned: Bool { latestKind == .tombstone }
+
+    /// A holder's release of the session (FORMAT.md, "Leases and handoff").
+    public struct Release: Codable, Sendable, Equatable {
+        /// The final snapshot the holder committed; nil when the session never had one.
+        public var snapshot: SnapshotID?
+        public var at: Date
+
+        public init(snapshot: SnapshotID?, at: Date) {
+            self.snapshot = snapshot
+            self.at = at
+        }
+    }
 
     package func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
 

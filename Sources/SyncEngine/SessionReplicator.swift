@@ -34,6 +34,9 @@ public actor SessionReplicator {
     private let sessionStore: SessionStore
     private let writer: SnapshotWriter
     private let owner: String
+    /// The agent this process is (`AgentIdentity.id`): its claims name it as the holder, and it
+    /// claims no session another agent holds. Nil: claims name no holder and take any session.
+    private let agent: String?
     private let policy: CompactionPolicy
     private let conditionalWrites: Bool
     private let claimsOwnership: Bool
@@ -79,7 +82,7 @@ public actor SessionReplicator {
     /// two cooperate through the head's conditional writes rather than fence each other.
     /// `largeBasesOnWorkerThread`: speed over memory for large bases (`backup`; see SnapshotWriter).
     public init(
-        session: SessionID, directory: String, sessionStore: SessionStore, owner: String,
+        session: SessionID, directory: String, sessionStore: SessionStore, owner: String, agent: String? = nil,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
         largeBasesOnWorkerThread: Bool = false, format: SessionFormat = .opaque,
         policy: CompactionPolicy = CompactionPolicy(),
@@ -93,6 +96,7 @@ public actor SessionReplicator {
             keyring: sessionStore.keyring, compressionLevel: compressionLevel,
             largeBasesOnWorkerThread: largeBasesOnWorkerThread, format: format)
         self.owner = owner
+        self.agent = agent
         self.format = format
         self.policy = policy
         self.conditionalWrites = conditionalWrites
@@ -126,15 +130,25 @@ public actor SessionReplicator {
     private func claimSession() async throws {
         while true {
             let current = try await sessionStore.head(session)
+            if let agent, let current, let holder = current.head.agent, !current.head.isTombstoned,
+                holder != agent || (!claimsOwnership && current.head.released != nil)
+            {
+                // Another agent holds it, or released it to be acquired: only an acquire (a restore
+                // before the worker runs the session) takes it, never a directory found here (by
+                // `watch` or `backup`), which may be older than what that agent committed. A `backup`
+                // joins only a session its agent holds, not one it released.
+                fencedBy = "agent \(holder)"
+                logger.error("session held by another agent; not writing it (an acquire takes it over)", metadata: [
+                    "session": "\(session)", "holder": "\(holder)",
+                ])
+                throw SnapshotError.fenced(session: session.rawValue, by: "agent \(holder)")
+            }
             if let current, !claimsOwnership {
                 try await load(current)
                 return
             }
-            var claimed = current?.head ?? SessionHead(
-                generation: 0, owner: owner, latest: nil, latestKind: nil, base: nil, updatedAt: Date())
-            claimed.generation = max(claimed.generation, try await generationElsewhere()) + 1
-            claimed.owner = owner
-            claimed.updatedAt = Date()
+            let claimed = (current?.head ?? .unclaimed(at: Date())).claimed(
+                owner: owner, agent: agent, above: try await generationElsewhere(), at: Date())
             let condition: WriteCondition? =
                 conditionalWrites ? (current.map { .ifMatch(etag: $0.etag) } ?? .ifAbsent) : nil
             do {
@@ -368,6 +382,31 @@ public actor SessionReplicator {
                 return
             } catch StoreError.preconditionFailed {
                 try await headMoved()
+            }
+        }
+    }
+
+    /// Marks the head released, naming the latest committed snapshot, by a conditional write like a
+    /// commit: the session is then another agent's to acquire. The caller commits everything first
+    /// and uploads nothing after. Releasing a released head writes nothing. Returns the released head.
+    public func release() async throws -> SessionHead {
+        try await oneAtATime {
+            if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
+            if head == nil { try await claimSession() }
+            while true {
+                let current = head!
+                if current.head.released != nil { return current.head }
+                var next = current.head
+                next.released = SessionHead.Release(snapshot: current.head.latest, at: Date())
+                next.updatedAt = next.released!.at
+                do {
+                    let etag = try await sessionStore.writeHead(
+                        next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
+                    head = (next, etag)
+                    return next
+                } catch StoreError.preconditionFailed {
+                    try await headMoved()
+                }
             }
         }
     }

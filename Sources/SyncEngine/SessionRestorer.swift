@@ -28,6 +28,8 @@ public struct RestoreOutcome: Sendable, Equatable {
     /// Whether the restored session is paired with an account (false: its client will need a QR
     /// code); nil for a session format without credentials, or a snapshot that does not record it.
     public var registered: Bool? = nil
+    /// How an acquiring restore obtained the session; nil when it did not acquire.
+    public var acquired: Acquisition? = nil
 }
 
 /// Which snapshot a restore brings back.

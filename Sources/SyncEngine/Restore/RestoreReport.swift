@@ -13,6 +13,9 @@ public struct RestoreReport: Encodable, Sendable {
         /// False: the session was never paired, and its client will need a QR code. Absent with
         /// `--session-format opaque`.
         public var registered: Bool?
+        /// How an acquiring restore obtained the session (`unclaimed`, `released`, `same_holder`,
+        /// `lease_expired`, `taken_over`); absent when it did not acquire (`--no-acquire`, `--dry-run`).
+        public var acquired: String? = nil
     }
 
     public struct Failed: Encodable, Sendable {
@@ -32,7 +35,7 @@ public struct RestoreReport: Encodable, Sendable {
             recoveredSessions.append(.init(
                 sessionId: outcome.session.description, status: outcome.status.rawValue,
                 snapshot: outcome.snapshot.map(String.init(describing:)), files: outcome.files, bytes: outcome.bytes,
-                registered: outcome.registered))
+                registered: outcome.registered, acquired: outcome.acquired?.rawValue))
         case .notFound, .loggedOut:
             failedSessions.append(.init(
                 sessionId: outcome.session.description,
@@ -59,6 +62,7 @@ public struct RestoreReport: Encodable, Sendable {
         // The staging directory, a download's temporary file: the disk, not the store.
         case SnapshotError.io, StoreError.io, is SystemError: "local_io"
         case let error as SessionDirectoryError: error.reason.rawValue
+        case let error as SessionControlError: error.reason.rawValue
         case is AuthStateError: AuthStateError.reason
         default: "failed"
         }

@@ -50,11 +50,29 @@ public struct RestoreRequest: Sendable {
     public var parallel: Int
     /// What each rebuilt session's credentials are checked against before it is swapped in.
     public var format: SessionFormat
+    /// Take each session over for this agent before its directory is touched (a restore the
+    /// worker's running the sessions follows); nil restores without claiming (inspection). A dry
+    /// run never acquires.
+    public var acquiring: Acquiring?
+
+    /// What an acquiring restore needs: this agent's lease and how to treat a live holder.
+    public struct Acquiring: Sendable {
+        public var lease: LeaseHolder
+        public var options: AcquireOptions
+        public var conditionalWrites: Bool
+
+        public init(lease: LeaseHolder, options: AcquireOptions, conditionalWrites: Bool) {
+            self.lease = lease
+            self.options = options
+            self.conditionalWrites = conditionalWrites
+        }
+    }
 
     public init(
         sessions: Sessions, point: RestorePoint = .newest, onlyIfMissing: Bool = false, dryRun: Bool = false, parallel: Int = 8,
-        format: SessionFormat = .opaque
+        format: SessionFormat = .opaque, acquiring: Acquiring? = nil
     ) {
+        self.acquiring = acquiring
         self.sessions = sessions
         self.point = point
         self.onlyIfMissing = onlyIfMissing
@@ -143,11 +161,23 @@ public struct SessionsRestore: Sendable {
             try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try DirectorySwap.recoverLeftovers(in: root)
         }
-        let outcomes = try await Array(zip(plan.sessions, plan.plans)).concurrentMap(limit: request.parallel) { [root, request] id, plan in
+        let outcomes = try await Array(zip(plan.sessions, plan.plans)).concurrentMap(limit: request.parallel) { [sources, root, request] id, plan in
             let started = ContinuousClock.now
             let outcome = await Result { () async throws -> RestoreOutcome in
                 let (restorer, plan) = try plan.get()
-                return try await restorer.restore(plan, into: root, dryRun: request.dryRun)
+                guard let acquiring = request.acquiring, !request.dryRun,
+                    ![.loggedOut, .notFound].contains(plan.decided?.status)
+                else { return try await restorer.restore(plan, into: root, dryRun: request.dryRun) }
+                let acquirer = SessionAcquirer(
+                    sessionStore: sources.primary, lease: acquiring.lease, options: acquiring.options,
+                    conditionalWrites: acquiring.conditionalWrites)
+                let acquisition = try await acquirer.acquire(id)
+                // Claimed before the directory is touched; the head may have moved meanwhile (the
+                // holder's last commit, its release): plan again from what is committed now.
+                let current = try await restorer.plan(id, into: root, at: request.point, onlyIfMissing: request.onlyIfMissing)
+                var outcome = try await restorer.restore(current, into: root)
+                outcome.acquired = acquisition
+                return outcome
             }
             await finished(FinishedRestore(session: id, outcome: outcome, duration: ContinuousClock.now - started))
             return outcome

@@ -10,6 +10,17 @@ struct SessionRecord {
     /// next upload compares the whole directory (first upload, rescans, after a failure).
     var changedPaths: Set<String>?
     var fenced = false
+    /// A release is under way: changes from now on are not this agent's to upload.
+    var releasing = false
+    /// This agent released the session (its head says so), naming the final snapshot; until it
+    /// is acquired again nothing of it is uploaded.
+    var released: SessionHead.Release?
+    /// How many uploads started, and the number of the last one that committed everything it
+    /// read (nothing mid-write): a flush waits for an upload started after its call.
+    var uploadsStarted = 0
+    var lastCompleteUpload = 0
+    /// The running upload's number.
+    var runningUpload = 0
     /// Changes no upload has taken yet, and those the running (or last failed) upload took.
     var waitingChanges = ChangeBacklog()
     var uploadingChanges = ChangeBacklog()
@@ -50,6 +61,8 @@ struct SessionRecord {
         uploadingChanges.absorb(waitingChanges)
         waitingChanges = ChangeBacklog()
         schedule.started()
+        uploadsStarted += 1
+        runningUpload = uploadsStarted
         return paths
     }
 
@@ -67,6 +80,7 @@ struct SessionRecord {
     mutating func synced(unsettled: [String]) {
         uploadingChanges.keepOnly(unsettled)
         tombstoned = false
+        if unsettled.isEmpty { lastCompleteUpload = runningUpload }
     }
 
     /// The logout is recorded: nothing of the directory that went away is pending any more.
@@ -146,6 +160,7 @@ struct SessionRecord {
 
     private func state(backlog: ChangeBacklog) -> SessionStatus.State {
         if fenced { return .fenced }
+        if released != nil { return .released }
         if tombstoned && schedule.isSettled { return .tombstoned }
         // A retry in flight is still failing until it succeeds: a heartbeat should not flicker.
         if schedule.failures > 0 { return .failing }

@@ -32,6 +32,9 @@ public actor SyncService {
     public nonisolated let root: String
     private let sessionStore: SessionStore
     private let owner: String
+    /// This agent's lease, renewed every TTL/3 while it runs; its id names the holder of every
+    /// session it claims. Nil: no lease, and claims name no holder.
+    private let lease: LeaseHolder?
     private let mode: StorageMode
     private let conditionalWrites: Bool
     private let settings: WatchSettings
@@ -58,15 +61,18 @@ public actor SyncService {
     /// Sessions with a directory the watcher could not watch (the inotify watch limit): it
     /// compares them every `maxDelay` instead.
     private var unwatched: Set<SessionID> = []
+    /// Sessions an acquire is restoring: the directory swap is not a change to upload.
+    private var acquiring: Set<SessionID> = []
 
     /// `mode` labels the upload metrics.
     public init(
         root: String, sessionStore: SessionStore, owner: String, mode: StorageMode, conditionalWrites: Bool,
-        settings: WatchSettings = WatchSettings(), mirror: SessionMirror? = nil, logger: Logger
+        settings: WatchSettings = WatchSettings(), mirror: SessionMirror? = nil, lease: LeaseHolder? = nil, logger: Logger
     ) {
         self.root = root
         self.sessionStore = sessionStore
         self.owner = owner
+        self.lease = lease
         self.mode = mode
         self.conditionalWrites = conditionalWrites
         self.settings = settings
@@ -80,6 +86,7 @@ public actor SyncService {
     public func run(shutdownTimeout: Duration) async throws -> ShutdownReport {
         // A restore killed mid-swap leaves working directories; finish or undo them first.
         try DirectorySwap.recoverLeftovers(in: root)
+        let renewing = lease.map { lease in Task { await renewPeriodically(lease) } }
         // The watcher's first event is a rescan once every watch is in place, so changes
         // made while no agent ran are uploaded and none made during the scan is missed.
         let watcher = try SessionWatcher(root: root, configuration: settings.watcher)
@@ -103,8 +110,12 @@ public actor SyncService {
         surveyor.cancel()
         pruning?.cancel()
         let unflushed = await flush(timeout: shutdownTimeout)
+        // Every session in the store as it is on disk is handed over, so the next acquire need not
+        // wait; one not flushed stays held, and its lease expires.
+        let released = lease == nil ? [] : await releaseFlushed(except: Set(unflushed))
+        renewing?.cancel()
         return ShutdownReport(
-            unflushed: unflushed,
+            unflushed: unflushed, released: released,
             refused: refused.map { ShutdownReport.Refused(name: $0.key.description, refusal: $0.value) }.sorted { $0.name < $1.name },
             skippedFiles: sessions.filter { !$0.value.skippedFiles.isEmpty }.mapValues(\.skippedFiles))
     }
@@ -243,7 +254,7 @@ public actor SyncService {
             remoteGeneration = { try await mirror.remoteGeneration(id) }
         }
         replicators[id] = SessionReplicator(
-            session: id, directory: directory(of: id), sessionStore: sessionStore, owner: owner,
+            session: id, directory: directory(of: id), sessionStore: sessionStore, owner: owner, agent: lease?.agent.id,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
             format: settings.sessionFormat, policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger)
         sessions[id] = SessionRecord()
@@ -268,8 +279,9 @@ public actor SyncService {
     /// under a 403, FaultInjectionTests).
     private func schedule(_ id: SessionID, changedPaths: Set<String>? = nil, since: ContinuousClock.Instant = .now) {
         guard refused[id] == nil else { return }
+        guard !acquiring.contains(id) else { return }
         var entry = session(id)
-        guard !entry.fenced else { return }
+        guard !entry.fenced, entry.released == nil, !entry.releasing else { return }
         let startNow = entry.changed(changedPaths, since: since)
         if entry.schedule.retryAt == nil {
             cancelRetryTimer(id)
@@ -426,6 +438,8 @@ public actor SyncService {
     }
 
     private func removed(_ id: SessionID) {
+        // A session handed over is the other agent's: its local copy going away says nothing.
+        guard !acquiring.contains(id), sessions[id]?.released == nil else { return }
         var entry = session(id)
         let uploads = entry.directoryRemoved(policy: settings.onDelete)
         sessions[id] = entry
@@ -454,7 +468,7 @@ public actor SyncService {
         let pruning = PeriodicPruning(
             pruner: SnapshotPruner(sessionStore: sessionStore, mirror: mirror), policy: settings.compaction.retention, logger: logger)
         while (try? await Task.sleep(for: interval)) != nil {
-            await pruning.prune(sessions.filter { !$0.value.fenced }.keys.sorted())
+            await pruning.prune(sessions.filter { !$0.value.fenced && $0.value.released == nil }.keys.sorted())
         }
     }
 
@@ -485,6 +499,246 @@ public actor SyncService {
     private func waitUntilIdle() async {
         if queue.isIdle { return }
         await withCheckedContinuation { idleWaiters.append($0) }
+    }
+}
+
+// MARK: - Control (moves between agents)
+
+extension SyncService: SessionControl {
+    /// How often a flush looks whether its upload finished.
+    private static let flushPollInterval: Duration = .milliseconds(10)
+
+    public func flush(_ id: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+        try heldSession(id)
+        return try await flushSession(id, deadline: .now + timeout)
+    }
+
+    public func release(_ id: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+        if let released = sessions[id]?.released { return answer(id, released) }
+        try heldSession(id)
+        let deadline = ContinuousClock.now + timeout
+        // The flush's upload is the last this session gets: changes after the call are not ours.
+        let flushing = startFlush(id)
+        sessions[id]?.releasing = true
+        do throws(SessionControlError) {
+            try await waitForUpload(flushing, of: id, deadline: deadline)
+            guard let replicator = replicators[id] else { throw SessionControlError(.released, "session \(id) was released meanwhile") }
+            let head = try await controlStep(id, "release") { try await replicator.release() }
+            let release = head.released!
+            cancelRetryTimer(id)
+            sessions[id]?.releasing = false
+            sessions[id]?.released = release
+            sessions[id]?.lastCommit = head.latest.map { ($0, head.updatedAt) }
+            replicators[id] = nil
+            logger.info("session released", metadata: ["session": "\(id)", "snapshot": "\(release.snapshot.map { "\($0)" } ?? "-")"])
+            return answer(id, release)
+        } catch {
+            // Still held: what was written meanwhile goes in the next upload, which compares everything.
+            sessions[id]?.releasing = false
+            schedule(id)
+            throw error
+        }
+    }
+
+    public func releaseAll(timeout: Duration) async -> ReleaseReport {
+        let held = sessions.filter { $0.value.released == nil && !$0.value.fenced && refused[$0.key] == nil && replicators[$0.key] != nil }
+        let ids = held.keys.sorted()
+        // Every release at once: each waits for its own upload, which the upload limit bounds.
+        let outcomes = (try? await ids.concurrentMap(limit: max(ids.count, 1)) { id -> (SessionID, Result<CommittedSnapshot, SessionControlError>) in
+            do throws(SessionControlError) {
+                return (id, .success(try await self.release(id, timeout: timeout)))
+            } catch {
+                return (id, .failure(error))
+            }
+        }) ?? []
+        var report = ReleaseReport()
+        for (id, outcome) in outcomes {
+            switch outcome {
+            case .success(let snapshot): report.preservedSessions.append(snapshot)
+            case .failure(let error):
+                report.failedSessions.append(.init(sessionId: id.description, error: error.message, reason: error.reason.rawValue))
+            }
+        }
+        return report
+    }
+
+    public func acquire(_ id: SessionID, options: AcquireOptions) async throws(SessionControlError) -> RestoreReport {
+        guard let lease else { throw SessionControlError(.restoreFailed, "this agent runs without a lease: it cannot acquire sessions") }
+        if let record = sessions[id], !record.fenced, record.released == nil, replicators[id] != nil, SessionFiles.isDirectory(directory(of: id)) {
+            // Held and watched here already: restoring would replace the directory the worker runs.
+            var report = RestoreReport()
+            report.recoveredSessions.append(.init(
+                sessionId: id.description, status: RestoreOutcome.Status.present.rawValue,
+                snapshot: record.lastCommit.map { "\($0.snapshot)" }, files: record.health?.files ?? 0, bytes: record.health?.bytes ?? 0,
+                registered: record.health?.identity?.registered, acquired: Acquisition.sameHolder.rawValue))
+            return report
+        }
+        acquiring.insert(id)
+        defer { acquiring.remove(id) }
+        let restore = SessionsRestore(
+            sources: RestoreSources(primary: sessionStore, mirror: mirror), root: root,
+            request: RestoreRequest(
+                sessions: .named([id]), format: settings.sessionFormat,
+                acquiring: RestoreRequest.Acquiring(lease: lease, options: options, conditionalWrites: conditionalWrites)))
+        let result: RestoreResult
+        do {
+            result = try await restore.run(try await restore.plan()) { _ in }
+        } catch {
+            throw SessionControlError(.restoreFailed, "session \(id): \(error)")
+        }
+        if let failed = result.report.failedSessions.first {
+            let reason: SessionControlError.Reason =
+                switch failed.reason {
+                case SessionControlError.Reason.heldElsewhere.rawValue: .heldElsewhere
+                case RestoreOutcome.Status.notFound.rawValue: .unknownSession
+                default: .restoreFailed
+                }
+            throw SessionControlError(reason, failed.error)
+        }
+        // A new record and replicator: the replicator claims again (this agent holds it) and loads
+        // the restored snapshot's state, so comparing the directory finds nothing to upload.
+        cancelRetryTimer(id)
+        sessions[id] = nil
+        replicators[id] = nil
+        acquiring.remove(id)
+        schedule(id)
+        logger.info("session acquired", metadata: [
+            "session": "\(id)", "acquired": "\(result.report.recoveredSessions.first?.acquired ?? "-")",
+        ])
+        return result.report
+    }
+
+    public func logout(_ id: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+        guard sessions[id] != nil || SessionFiles.isDirectory(directory(of: id)) else {
+            throw SessionControlError(.unknownSession, "no session \(id) in \(root)")
+        }
+        if sessions[id]?.fenced == true { throw fencedError(id) }
+        if sessions[id]?.released != nil || replicators[id] == nil {
+            // Released here before, or not seen yet: a replicator of its own claims it for the logout.
+            sessions[id] = nil
+            replicators[id] = nil
+        }
+        _ = session(id)
+        let replicator = replicators[id]!
+        acquiring.insert(id)
+        defer { acquiring.remove(id) }
+        try await controlStep(id, "logout") { try await replicator.tombstone() }
+        sessions[id]?.tombstoneWritten()
+        let lastCommit = await replicator.lastCommit
+        sessions[id]?.lastCommit = lastCommit
+        do {
+            let directory = directory(of: id)
+            if SessionFiles.isDirectory(directory) { try FileManager.default.removeItem(atPath: directory) }
+        } catch {
+            throw SessionControlError(.notCommitted, "session \(id): the logout is recorded, but its directory could not be removed: \(error)")
+        }
+        logger.info("session logged out", metadata: ["session": "\(id)"])
+        return CommittedSnapshot(sessionId: id.description, snapshot: lastCommit.map { "\($0.snapshot)" }, committedAt: lastCommit?.at)
+    }
+
+    /// Throws unless this agent writes the session: it is under the root or known, not fenced, not released.
+    private func heldSession(_ id: SessionID) throws(SessionControlError) {
+        guard sessions[id] != nil || SessionFiles.isDirectory(directory(of: id)) else {
+            throw SessionControlError(.unknownSession, "no session \(id) in \(root)")
+        }
+        if sessions[id]?.fenced == true { throw fencedError(id) }
+        if sessions[id]?.released != nil {
+            throw SessionControlError(.released, "session \(id) was released by this agent and not acquired again")
+        }
+    }
+
+    private func fencedError(_ id: SessionID) -> SessionControlError {
+        SessionControlError(.fenced, "session \(id) was claimed by another agent; this agent no longer writes it (\(sessions[id]?.lastError ?? "fenced"))")
+    }
+
+    /// Commits everything written to the session before the call, or throws `notCommitted` at the deadline.
+    private func flushSession(_ id: SessionID, deadline: ContinuousClock.Instant) async throws(SessionControlError) -> CommittedSnapshot {
+        let flushing = startFlush(id)
+        try await waitForUpload(flushing, of: id, deadline: deadline)
+        let lastCommit = sessions[id]?.lastCommit
+        return CommittedSnapshot(sessionId: id.description, snapshot: lastCommit.map { "\($0.snapshot)" }, committedAt: lastCommit?.at)
+    }
+
+    /// Schedules a comparison of the whole directory (what the watcher has not reported yet is in
+    /// it too) and returns the number of the upload that will carry it.
+    private func startFlush(_ id: SessionID) -> Int {
+        let upload = (sessions[id]?.uploadsStarted ?? 0) + 1
+        if sessions[id]?.schedule.retryAt != nil, sessions[id]?.schedule.failures == 0 {
+            // Files mid-write waiting for a look: look now.
+            cancelRetryTimer(id)
+        }
+        schedule(id)
+        return upload
+    }
+
+    /// Waits until upload `number` (or a later one) of the session committed everything it read.
+    private func waitForUpload(_ number: Int, of id: SessionID, deadline: ContinuousClock.Instant) async throws(SessionControlError) {
+        while (sessions[id]?.lastCompleteUpload ?? 0) < number {
+            if sessions[id]?.fenced == true { throw fencedError(id) }
+            guard ContinuousClock.now < deadline else {
+                let cause = sessions[id]?.lastError.map { ": \($0)" } ?? ""
+                throw SessionControlError(.notCommitted, "session \(id): not committed within the timeout\(cause); still held")
+            }
+            do {
+                try await Task.sleep(for: Self.flushPollInterval)
+            } catch {
+                throw SessionControlError(.notCommitted, "session \(id): cancelled before it was committed; still held")
+            }
+        }
+    }
+
+    /// A replicator call of a control route, its failure said as the route's.
+    private func controlStep<Value: Sendable>(
+        _ id: SessionID, _ what: String, _ body: () async throws -> Value
+    ) async throws(SessionControlError) -> Value {
+        do {
+            return try await body()
+        } catch SnapshotError.fenced(let session, let by) {
+            fence(id, SnapshotError.fenced(session: session, by: by))
+            throw fencedError(id)
+        } catch {
+            throw SessionControlError(.notCommitted, "session \(id): the \(what) was not committed: \(error)")
+        }
+    }
+
+    private func answer(_ id: SessionID, _ release: SessionHead.Release) -> CommittedSnapshot {
+        CommittedSnapshot(sessionId: id.description, snapshot: release.snapshot.map { "\($0)" }, committedAt: sessions[id]?.lastCommit?.at)
+    }
+
+    /// At shutdown, after the final flush: releases every held session but those in `unflushed`.
+    private func releaseFlushed(except unflushed: Set<SessionID>) async -> [SessionID] {
+        var released: [SessionID] = []
+        for (id, replicator) in replicators.sorted(by: { $0.key < $1.key })
+        where !unflushed.contains(id) && sessions[id]?.fenced == false && sessions[id]?.released == nil && refused[id] == nil {
+            do {
+                let head = try await replicator.release()
+                sessions[id]?.released = head.released
+                released.append(id)
+            } catch {
+                logger.warning("could not release a session at shutdown; it stays held until its lease expires", metadata: [
+                    "session": "\(id)", "error": "\(error)",
+                ])
+            }
+        }
+        return released
+    }
+
+    /// Rewrites the lease every TTL/3: one request per interval, whatever the number of sessions.
+    private func renewPeriodically(_ lease: LeaseHolder) async {
+        var failing = false
+        while !Task.isCancelled {
+            do {
+                try await lease.renew()
+                if failing { logger.notice("lease renewed again") }
+                failing = false
+            } catch {
+                // The sessions stay this agent's to write; an acquirer that sees the lease unchanged
+                // for a TTL claims them, and the next commit here is fenced by the condition.
+                if !failing { logger.warning("could not renew the lease", metadata: ["error": "\(error)"]) }
+                failing = true
+            }
+            try? await Task.sleep(for: lease.interval)
+        }
     }
 }
 
@@ -521,6 +775,7 @@ extension SyncService {
         EngineMetrics.sessions(
             pending: pending.count, oldestPendingChangeAge: pending.map(\.lagSeconds).max() ?? 0,
             fenced: statuses.filter { $0.state == .fenced }.count,
+            released: statuses.filter { $0.state == .released }.count,
             failing: statuses.filter { $0.state == .failing }.count,
             skippedFiles: statuses.map(\.skippedFiles.count).reduce(0, +),
             refused: Dictionary(grouping: refused.values, by: { $0 }).mapValues(\.count))

@@ -54,11 +54,13 @@ public enum EngineMetrics {
 
     /// The gauges that describe the sessions as a whole, refreshed from the engine's state.
     static func sessions(
-        pending: Int, oldestPendingChangeAge: Double, fenced: Int, failing: Int, skippedFiles: Int, refused: [Refusal: Int]
+        pending: Int, oldestPendingChangeAge: Double, fenced: Int, released: Int, failing: Int, skippedFiles: Int,
+        refused: [Refusal: Int]
     ) {
         Gauge(label: "sync_agent_pending_sessions").record(pending)
         Gauge(label: "sync_agent_oldest_pending_change_age_seconds").record(oldestPendingChangeAge)
         Gauge(label: "sync_agent_fenced_sessions").record(fenced)
+        Gauge(label: "sync_agent_released_sessions").record(released)
         Gauge(label: "sync_agent_failing_sessions").record(failing)
         Gauge(label: "sync_agent_skipped_files").record(skippedFiles)
         // Every reason, zeros included, so an alert on the series sees it return to 0.

@@ -78,6 +78,8 @@ public struct ShutdownReport: Sendable, Equatable {
     /// Sessions with changes not in the store: uploads failing, files still mid-write, or the
     /// shutdown timeout passed.
     public var unflushed: [SessionID]
+    /// Sessions released at the stop (handed over: the next acquire need not wait).
+    public var released: [SessionID] = []
     /// Names under the root not backed up at all, as a session's `description` prints them.
     public var refused: [Refused]
     /// Files the sessions' snapshots leave out.

@@ -15,6 +15,9 @@ public struct SessionStatus: Codable, Sendable, Equatable {
         case failing
         /// Another agent claimed the session: this one no longer writes it, for good.
         case fenced
+        /// This agent released the session (a move): its head names the final snapshot, and
+        /// another agent may acquire it. Handed over, not a failure; nothing of it is uploaded.
+        case released
         /// The directory was removed and the logout recorded (`--on-delete tombstone`).
         case tombstoned
         /// Backed up, but without some files the agent cannot take (`skippedFiles` names them):
