@@ -17,20 +17,25 @@ struct ControlRoutesTests {
         private(set) var calls: [String] = []
         var failure: SessionControlError?
 
-        func fail(with failure: SessionControlError?) { self.failure = failure }
+        /// How long a flush takes.
+        var delay = Duration.zero
 
-        private func answer(_ call: String, _ session: SessionID) throws(SessionControlError) -> CommittedSnapshot {
+        func fail(with failure: SessionControlError?) { self.failure = failure }
+        func take(_ delay: Duration) { self.delay = delay }
+
+        private func answer(_ call: String, _ session: SessionID) async throws(SessionControlError) -> CommittedSnapshot {
             calls.append(call)
+            try? await Task.sleep(for: delay)
             if let failure { throw failure }
             return CommittedSnapshot(sessionId: session.description, snapshot: "7.1", committedAt: Date(timeIntervalSince1970: 1_800_000_000))
         }
 
-        func flush(_ session: SessionID, timeout: Duration) throws(SessionControlError) -> CommittedSnapshot {
-            try answer("flush \(session) \(timeout)", session)
+        func flush(_ session: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+            try await answer("flush \(session) \(timeout)", session)
         }
 
-        func release(_ session: SessionID, timeout: Duration) throws(SessionControlError) -> CommittedSnapshot {
-            try answer("release \(session) \(timeout)", session)
+        func release(_ session: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+            try await answer("release \(session) \(timeout)", session)
         }
 
         func releaseAll(timeout: Duration) -> ReleaseReport {
@@ -48,8 +53,8 @@ struct ControlRoutesTests {
             return report
         }
 
-        func logout(_ session: SessionID, timeout: Duration) throws(SessionControlError) -> CommittedSnapshot {
-            try answer("logout \(session) \(timeout)", session)
+        func logout(_ session: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+            try await answer("logout \(session) \(timeout)", session)
         }
     }
 
@@ -67,7 +72,7 @@ struct ControlRoutesTests {
     /// An agent's endpoint on TCP (with `token`, or none) and on a control socket, serving the
     /// stub, for the time `body` runs.
     static func withEndpoints(
-        token: String? = nil, _ body: (_ control: RecordingControl, _ tcp: EndpointClient, _ socket: EndpointClient) async throws -> Void
+        token: String? = nil, limits: HTTPEndpoint.Limits = HTTPEndpoint.Limits(), _ body: (_ control: RecordingControl, _ tcp: EndpointClient, _ socket: EndpointClient) async throws -> Void
     ) async throws {
         let directory = try TemporaryDirectory()
         let control = RecordingControl()
@@ -75,7 +80,7 @@ struct ControlRoutesTests {
             control: control, token: token.map { ControlToken(bytes: Array($0.utf8)) },
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })))
         let tcp = try await HTTPEndpoint.bind(try ListenAddress(parsing: "127.0.0.1:0"))
-        let socket = try await HTTPEndpoint.bind(ControlSocket(path: directory.file("control.sock"), access: .owner))
+        let socket = try await HTTPEndpoint.bind(ControlSocket(path: directory.file("control.sock"), access: .owner), limits: limits)
         let serving = Task(executorPreference: DedicatedExecutor(label: "control-endpoint")) {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await tcp.serve(routes) }
@@ -123,6 +128,20 @@ struct ControlRoutesTests {
                 "flush alice 30.0 seconds", "release alice 5.0 seconds", "logout alice 1.5 seconds",
                 "acquire bob@x 0.0 seconds true", "acquire carol 2.0 seconds false", "releaseAll 30.0 seconds",
             ])
+        }
+    }
+
+    /// A control call waits on purpose (for the store, for a holder): its connection outlives
+    /// the lifetime of a read route's by the call's own bound, and the answer arrives.
+    @Test func aCallLongerThanAConnectionsLifetimeIsAnsweredWithinItsTimeout() async throws {
+        var limits = HTTPEndpoint.Limits()
+        limits.connectionLifetime = .seconds(1)
+        limits.responseGrace = .seconds(1)
+        try await Self.withEndpoints(limits: limits) { control, _, socket in
+            await control.take(.seconds(4))
+            let answer = try Answer(await socket.send(.POST, "/sessions/alice/flush?timeout=20s"))
+            #expect(answer.status == .ok)
+            #expect(await control.calls == ["flush alice 20.0 seconds"])
         }
     }
 
