@@ -120,4 +120,58 @@ struct ControlIntegrationTests {
             #expect(try String(contentsOfFile: workspace.directory.file("control.sock"), encoding: .utf8) == "not a socket")
         }
     }
+
+    /// The commands against the real engine: what each answers and exits with, a refused
+    /// request changing nothing, and a release that holds.
+    @Test func theCommandsDriveTheEngineAndARefusedRequestChangesNothing() async throws {
+        let workspace = try Workspace(sessions: ["small"])
+        let runner = SyncAgentRunner.local(store: workspace.directory.file("store"), logDirectory: workspace.logs)
+        let socket = workspace.directory.file("control.sock")
+        let agent = try runner.watch(workspace.sessions, ["--control-socket", socket, "--agent-id", "worker-1"])
+        try await agent.waitUntilWatching(uploadedAtStart: 1)
+        let commands = Self.commands(of: runner)
+        func call(_ arguments: String...) async throws -> (code: Termination, json: [String: Any]?, error: String) {
+            let result = try await commands.run(arguments[0], Array(arguments.dropFirst()) + ["--control-socket", socket])
+            let json = try? JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+            return (result.termination, json, result.standardError)
+        }
+
+        let flushed = try await call("flush", "small")
+        #expect(flushed.code == .exited(0), "\(flushed.error)")
+        #expect(flushed.json?["sessionId"] as? String == "small")
+        let snapshot = try #require(flushed.json?["snapshot"] as? String)
+        #expect(flushed.json?["committedAt"] is String)
+
+        // Refused: nothing reaches the engine, nothing changes in the store or the directory.
+        let storeBefore = try directoryTree(workspace.directory.file("store"))
+        let sessionBefore = try directoryTree(workspace.session("small"))
+        #expect(try await call("flush", "nosuch").code == .exited(9))
+        #expect(try await call("flush", ".hidden").code == .exited(64))
+        #expect(try await call("acquire", "small", "--wait-release", "11m").code == .exited(64))
+        let client = EndpointClient(.socket(socket))
+        #expect(try await client.send(.POST, "/sessions/small/release?timeout=forever").status == .badRequest)
+        #expect(try await client.send(.GET, "/sessions/small/logout").status == .methodNotAllowed)
+        #expect(try await client.send(.POST, "/sessions/small/logout", body: Array(repeating: UInt8(ascii: "x"), count: 4096)).status == .payloadTooLarge)
+        #expect(try await client.send(.POST, "/sessions/sm%zzall/logout").status == .badRequest)
+        #expect(try directoryTree(workspace.directory.file("store")) == storeBefore)
+        #expect(try directoryTree(workspace.session("small")) == sessionBefore)
+
+        let released = try await call("release", "small")
+        #expect(released.code == .exited(0), "\(released.error)")
+        #expect(released.json?["snapshot"] as? String == snapshot)
+        #expect(try await call("release", "small").json?["snapshot"] as? String == snapshot, "a second release answers the same")
+        let afterRelease = try await call("flush", "small")
+        #expect(afterRelease.code == .exited(8), "\(afterRelease.error)")
+        #expect(afterRelease.error.contains("(released)"))
+
+        let acquired = try await call("acquire", "small", "--wait-release", "0")
+        #expect(acquired.code == .exited(0), "\(acquired.error)")
+        let entry = (acquired.json?["recoveredSessions"] as? [[String: Any]])?.first
+        #expect(entry?["sessionId"] as? String == "small", "\(acquired.json ?? [:])")
+
+        let loggedOut = try await call("logout", "small")
+        #expect(loggedOut.code == .exited(0), "\(loggedOut.error)")
+        #expect(!FileManager.default.fileExists(atPath: workspace.session("small")))
+        #expect(try await agent.terminate() == .exited(0), "\(agent.log)")
+    }
 }
