@@ -7,7 +7,7 @@ import Testing
 
 /// The control routes of the real binary: the socket and the token as `watch` sets them up, and
 /// the commands that call them. What the engine does with a call is the engine's tests' (and
-/// `SessionMoveTests`'); these check who can reach it and how a refusal ends.
+/// `PlannedMoveTests`'); these check who can reach it and how a refusal ends.
 @Suite("watch: the control socket and token")
 struct ControlIntegrationTests {
     /// A private token file, the agent's as an operator would make it.

@@ -11,8 +11,8 @@ import Testing
 /// the move a worker makes through the control socket: the writer stops, `release` on the
 /// holder, `acquire` on the other, the writer goes on in the other's root. In the same run, the
 /// naive move (no release: a restore right after the writer's last write) is counted.
-@Suite("Moving sessions between two agents")
-struct SessionMoveTests {
+@Suite("Planned moves through the control socket")
+struct PlannedMoveTests {
     static let sessionNames = ["m1", "m2", "m3", "m4"]
     static let filesPerSession = 20
     static let plannedMoves = 100
@@ -49,7 +49,7 @@ struct SessionMoveTests {
                 // The pause goes before a write, never after the last: the move follows it at once.
                 let pause = Int.random(in: 0...20, using: &random)
                 if index > 0 && pause > 10 { try await Task.sleep(for: .milliseconds(pause - 10)) }
-                let name = String(format: "f%02d", Int.random(in: 0..<SessionMoveTests.filesPerSession, using: &random))
+                let name = String(format: "f%02d", Int.random(in: 0..<PlannedMoveTests.filesPerSession, using: &random))
                 let content = Array("\(session) write \(written) \(randomHex(Int.random(in: 4...200, using: &random)))".utf8)
                 try write(bytes: content, to: "\(directory)/\(name)")
                 last = .now
