@@ -131,12 +131,11 @@ public actor SessionReplicator {
         while true {
             let current = try await sessionStore.head(session)
             if let agent, let current, let holder = current.head.agent, !current.head.isTombstoned,
-                holder != agent || (!claimsOwnership && current.head.released != nil)
+                holder != agent
             {
                 // Another agent holds it, or released it to be acquired: only an acquire (a restore
                 // before the worker runs the session) takes it, never a directory found here (by
-                // `watch` or `backup`), which may be older than what that agent committed. A `backup`
-                // joins only a session its agent holds, not one it released.
+                // `watch` or `backup`), which may be older than what that agent committed.
                 fencedBy = "agent \(holder)"
                 logger.error("session held by another agent; not writing it (an acquire takes it over)", metadata: [
                     "session": "\(session)", "holder": "\(holder)",
@@ -278,6 +277,8 @@ public actor SessionReplicator {
             let entry = SnapshotEntry(id: id, kind: kind, parentTag: previous?.tag, size: spool.size, lastModified: nil)
             try await sessionStore.putSnapshot(session, entry, spool: spool)
             var next = current.head
+            // A commit is the holder writing the session again: it is no longer released.
+            next.released = nil
             next.latest = id
             next.latestKind = kind
             next.base = kind == .base ? id : current.head.base
@@ -368,6 +369,8 @@ public actor SessionReplicator {
             let entry = SnapshotEntry(id: id, kind: .tombstone, parentTag: previous?.tag, size: spool.size, lastModified: nil)
             try await sessionStore.putSnapshot(session, entry, spool: spool)
             var next = current.head
+            // A commit is the holder writing the session again: it is no longer released.
+            next.released = nil
             next.latest = id
             next.latestKind = .tombstone
             next.updatedAt = Date()

@@ -419,8 +419,14 @@ def read_head(store, keys, session_id):
     fields = {"formatVersion", "generation", "owner", "updatedAt"}
     if "latest" in head:
         fields |= {"latest", "latestKind"} | ({"base", "identityHold"} & head.keys())
+    fields |= {"agent", "released"} & head.keys()  # "Leases and handoff"
     if set(head) != fields or not SECOND_DATE.fullmatch(head["updatedAt"]):
         raise FormatError(f"the head's fields are not FORMAT.md's: {sorted(head)}")
+    if "agent" in head and not (isinstance(head["agent"], str) and 1 <= len(head["agent"].encode()) <= 256):
+        raise FormatError(f"the head's agent {head['agent']!r} is not an agent id")
+    released = head.get("released")
+    if released is not None and not ({"at"} <= set(released) <= {"at", "snapshot"} and SECOND_DATE.fullmatch(released["at"])):
+        raise FormatError(f"the head's released {released!r} is not as FORMAT.md describes it")
     hold = head.get("identityHold")
     if hold is not None and (set(hold) != {"since", "snapshot"} or not SECOND_DATE.fullmatch(hold["since"])):
         raise FormatError(f"the head's identityHold {hold!r} is not as FORMAT.md describes it")

@@ -100,13 +100,14 @@ struct EndpointIntegrationTests {
         let server = try await PrivateSeaweedFS()
         let workspace = try Workspace(sessions: ["small", "medium"])
         let runner = try await workspace.cloudRunner(on: try await server.freshBucket(), server: server)
-        let first = try runner.watch(workspace.sessions)
+        let first = try runner.watch(workspace.sessions, ["--agent-id", "agent-a"])
         try await first.waitUntilWatching(uploadedAtStart: 2)
         let endpoint = try await first.endpoint()
 
-        // A second agent, on a copy of "small" only, claims it; the first finds out at its next upload.
+        // A second process, on a copy of "small" only, claims it (the same agent id: a process of
+        // another agent would wait for an acquire); the first finds out at its next upload.
         let other = try Workspace(sessions: ["small"])
-        let second = try runner.watch(other.sessions)
+        let second = try runner.watch(other.sessions, ["--agent-id", "agent-a"])
         let secondEndpoint = try await second.endpoint()
         try await waitUntil("the second agent never claimed small") {
             try await sessionStatuses(secondEndpoint)["small"]?["state"] as? String == "synced"

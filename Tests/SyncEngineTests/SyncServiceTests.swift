@@ -22,15 +22,15 @@ struct SyncServiceTests {
         sessionStore = SessionStore(store: store, keyring: Keyring(primary: .generate()))
     }
 
-    func service(_ configure: (inout WatchSettings) -> Void = { _ in }) -> SyncService {
+    func service(lease: LeaseHolder? = nil, _ configure: (inout WatchSettings) -> Void = { _ in }) -> SyncService {
         var settings = WatchSettings()
         settings.watcher.quietPeriod = .milliseconds(50)
         settings.watcher.maxDelay = .milliseconds(500)
         settings.storeProbeInterval = .milliseconds(100)
         configure(&settings)
         return SyncService(
-            root: sessionsRoot, sessionStore: sessionStore, owner: "agent-test", mode: .local, conditionalWrites: true,
-            settings: settings, logger: Logger(label: "test"))
+            root: sessionsRoot, sessionStore: sessionStore, owner: lease?.agent.instance ?? "agent-test", mode: .local,
+            conditionalWrites: true, settings: settings, lease: lease, logger: Logger(label: "test"))
     }
 
     func makeSession(_ name: String, files: [String: String]) throws {
@@ -245,6 +245,10 @@ struct SyncServiceTests {
 final class SwitchableStore: ObjectStore {
     let store: any ObjectStore
     private let down = Mutex(false)
+    private let writes = Mutex<[String]>([])
+
+    /// The key of every put, in order.
+    var keysWritten: [String] { writes.withLock { $0 } }
 
     init(store: any ObjectStore) { self.store = store }
 
@@ -261,6 +265,7 @@ final class SwitchableStore: ObjectStore {
 
     func put(_ key: String, body: ObjectBody, condition: WriteCondition?) async throws(StoreError) -> String {
         try answer()
+        writes.withLock { $0.append(key) }
         return try await store.put(key, body: body, condition: condition)
     }
 

@@ -102,10 +102,14 @@ public struct SyncAgentRunner: Sendable {
         return (termination, standardOutput, standardError)
     }
 
-    /// Starts another subcommand, for a test that kills it or waits for it itself.
+    /// Starts another subcommand, for a test that kills it or waits for it itself. A `restore`
+    /// acquires only when the test names the agent it restores for (`--agent-id`): the suite's
+    /// other restores look at what the store holds, into directories of their own, beside a
+    /// `watch` running or killed, as an operator restores with `--no-acquire`.
     public func start(_ subcommand: String, _ arguments: [String], standardInput: String = "/dev/null") throws -> ChildProcess {
         let name = "\(subcommand)-\(randomHex(4))"
-        var (executable, programArguments) = (try Self.binaryPath, [subcommand] + storeArguments + arguments)
+        let acquiring = subcommand != "restore" || arguments.contains("--agent-id") ? [] : ["--no-acquire"]
+        var (executable, programArguments) = (try Self.binaryPath, [subcommand] + storeArguments + acquiring + arguments)
         if let umask {
             (executable, programArguments) = ("/bin/sh", ["-c", #"umask "$0" && exec "$@""#, String(umask, radix: 8), executable] + programArguments)
         }

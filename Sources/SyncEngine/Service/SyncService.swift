@@ -507,6 +507,8 @@ public actor SyncService {
 extension SyncService: SessionControl {
     /// How often a flush looks whether its upload finished.
     private static let flushPollInterval: Duration = .milliseconds(10)
+    /// Releases of `releaseAll` waiting at once (each polls its upload).
+    private static let releasesAtOnce = 64
 
     public func flush(_ id: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
         try heldSession(id)
@@ -514,9 +516,12 @@ extension SyncService: SessionControl {
     }
 
     public func release(_ id: SessionID, timeout: Duration) async throws(SessionControlError) -> CommittedSnapshot {
+        try await release(id, deadline: .now + timeout)
+    }
+
+    private func release(_ id: SessionID, deadline: ContinuousClock.Instant) async throws(SessionControlError) -> CommittedSnapshot {
         if let released = sessions[id]?.released { return answer(id, released) }
         try heldSession(id)
-        let deadline = ContinuousClock.now + timeout
         // The flush's upload is the last this session gets: changes after the call are not ours.
         let flushing = startFlush(id)
         sessions[id]?.releasing = true
@@ -543,10 +548,11 @@ extension SyncService: SessionControl {
     public func releaseAll(timeout: Duration) async -> ReleaseReport {
         let held = sessions.filter { $0.value.released == nil && !$0.value.fenced && refused[$0.key] == nil && replicators[$0.key] != nil }
         let ids = held.keys.sorted()
-        // Every release at once: each waits for its own upload, which the upload limit bounds.
-        let outcomes = (try? await ids.concurrentMap(limit: max(ids.count, 1)) { id -> (SessionID, Result<CommittedSnapshot, SessionControlError>) in
+        let deadline = ContinuousClock.now + timeout
+        // One deadline for all; the uploads they wait for take turns under the upload limit anyway.
+        let outcomes = (try? await ids.concurrentMap(limit: Self.releasesAtOnce) { id -> (SessionID, Result<CommittedSnapshot, SessionControlError>) in
             do throws(SessionControlError) {
-                return (id, .success(try await self.release(id, timeout: timeout)))
+                return (id, .success(try await self.release(id, deadline: deadline)))
             } catch {
                 return (id, .failure(error))
             }
