@@ -35,7 +35,8 @@ struct ControlClientOptions: ParsableArguments {
             case SessionControlError.Reason.unknownSession.rawValue, RestoreOutcome.Status.notFound.rawValue,
                 RestoreOutcome.Status.loggedOut.rawValue:
                 9
-            case "invalid_session_id", "bad_parameter": ExitCode.validationFailure.rawValue
+            case ControlRoutes.RefusalReason.invalidSessionID.rawValue, ControlRoutes.RefusalReason.badParameter.rawValue:
+                ExitCode.validationFailure.rawValue
             // The restore of an acquire failed: a reason of restore's table.
             case SessionControlError.Reason.restoreFailed.rawValue: 4
             // The agent refused the caller (control_off, unauthorized) or the request.

@@ -59,16 +59,16 @@ struct ControlRoutes: Sendable {
             guard let token else {
                 return Self.error(
                     .forbidden, "the control routes are off on TCP: use the control socket (--control-socket) or start the agent with --control-token-file",
-                    reason: "control_off")
+                    reason: RefusalReason.controlOff.rawValue)
             }
             guard token.authorizes(request.headers) else {
-                var answer = Self.error(.unauthorized, "a control route over TCP needs the agent's token as a bearer token (the Authorization header)", reason: "unauthorized")
+                var answer = Self.error(.unauthorized, "a control route over TCP needs the agent's token as a bearer token (the Authorization header)", reason: RefusalReason.unauthorized.rawValue)
                 answer.headers.append((name: "WWW-Authenticate", value: "Bearer"))
                 return answer
             }
         }
         guard request.method == .POST else {
-            var answer = Self.error(.methodNotAllowed, "\(request.path) takes POST", reason: "method_not_allowed")
+            var answer = Self.error(.methodNotAllowed, "\(request.path) takes POST", reason: RefusalReason.methodNotAllowed.rawValue)
             answer.headers.append((name: "Allow", value: "POST"))
             return answer
         }
@@ -78,7 +78,7 @@ struct ControlRoutes: Sendable {
             session = try idSegment.map(Self.sessionID)
             parameters = try Parameters(request, for: action)
         } catch {
-            return Self.error(.badRequest, error.description, reason: error.reason)
+            return Self.error(.badRequest, error.description, reason: error.reason.rawValue)
         }
         let answer = await call(action, session, parameters)
         logger.info("control", metadata: [
@@ -112,7 +112,7 @@ struct ControlRoutes: Sendable {
                 }
                 return Self.json(.ok, report)
             case (_, nil):
-                return Self.error(.notFound, "no session named", reason: "unknown_session")
+                return Self.error(.notFound, "no session named", reason: SessionControlError.Reason.unknownSession.rawValue)
             }
         } catch {
             return Self.error(Self.status(of: error.reason), error.message, reason: error.reason.rawValue)
@@ -128,27 +128,38 @@ struct ControlRoutes: Sendable {
         }
     }
 
+    /// The stable words of the routes' own refusals, beside the engine's
+    /// (`SessionControlError.Reason`).
+    enum RefusalReason: String {
+        case invalidSessionID = "invalid_session_id"
+        case badParameter = "bad_parameter"
+        case controlOff = "control_off"
+        case unauthorized
+        case methodNotAllowed = "method_not_allowed"
+        case bodyTooLarge = "body_too_large"
+    }
+
     /// A request the routes refuse: its message and the stable word clients branch on.
     struct Refusal: Error, CustomStringConvertible {
         let description: String
-        let reason: String
+        let reason: RefusalReason
     }
 
     /// The id in a path segment: its percent-encoded bytes, which must be UTF-8 and the id as
     /// `SessionID.description` prints it (a name that is not UTF-8 is "~" and its bytes' hex).
     static func sessionID(_ segment: Substring) throws(Refusal) -> SessionID {
         guard let bytes = percentDecoded(segment) else {
-            throw Refusal(description: "the session id in the path is not percent-encoded properly", reason: "invalid_session_id")
+            throw Refusal(description: "the session id in the path is not percent-encoded properly", reason: .invalidSessionID)
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw Refusal(
                 description: "the session id in the path is not UTF-8: address such a name as \"~\" and the lowercase hex of its bytes, as /sessions prints it",
-                reason: "invalid_session_id")
+                reason: .invalidSessionID)
         }
         do {
             return try SessionID(parsing: text)
         } catch {
-            throw Refusal(description: "\(FileName.displayed(text)): \(error.description)", reason: "invalid_session_id")
+            throw Refusal(description: "\(FileName.displayed(text)): \(error.description)", reason: .invalidSessionID)
         }
     }
 
@@ -188,7 +199,7 @@ struct ControlRoutes: Sendable {
                 for pair in query.split(separator: "&") {
                     let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                     guard let name = Self.text(parts[0]), let value = parts.count == 2 ? Self.text(parts[1]) : "" else {
-                        throw Refusal(description: "the query is not percent-encoded properly", reason: "bad_parameter")
+                        throw Refusal(description: "the query is not percent-encoded properly", reason: .badParameter)
                     }
                     given.append((name, .text(value)))
                 }
@@ -197,19 +208,19 @@ struct ControlRoutes: Sendable {
                     given = try JSONDecoder().decode(JSONParameters.self, from: Data(body)).values
                 } catch {
                     throw Refusal(
-                        description: "the body is not a JSON object of parameters (strings, numbers, booleans)", reason: "bad_parameter")
+                        description: "the body is not a JSON object of parameters (strings, numbers, booleans)", reason: .badParameter)
                 }
             case (nil, nil):
                 break
             case (_?, _?):
-                throw Refusal(description: "parameters in both the query and the body: pass them in one", reason: "bad_parameter")
+                throw Refusal(description: "parameters in both the query and the body: pass them in one", reason: .badParameter)
             }
             let accepted = action == .acquire ? ["waitRelease", "takeOver"] : ["timeout"]
             for (name, value) in given {
                 guard accepted.contains(name) else {
                     throw Refusal(
                         description: "\(FileName.displayed(name)): not a parameter of \(action.rawValue) (it takes \(accepted.joined(separator: ", ")))",
-                        reason: "bad_parameter")
+                        reason: .badParameter)
                 }
                 switch name {
                 case "takeOver": takeOver = try value.bool(name)
@@ -233,7 +244,7 @@ struct ControlRoutes: Sendable {
                 case .bool(let value): return value
                 case .text("true"), .text(""): return true
                 case .text("false"): return false
-                default: throw Refusal(description: "\(name): expected true or false", reason: "bad_parameter")
+                default: throw Refusal(description: "\(name): expected true or false", reason: .badParameter)
                 }
             }
 
@@ -247,13 +258,13 @@ struct ControlRoutes: Sendable {
                     default: throw UsageError(.notADuration, "expected a duration such as 500ms or 5s, or a number of milliseconds")
                     }
                 } catch {
-                    throw Refusal(description: "\(name): \(error.description)", reason: "bad_parameter")
+                    throw Refusal(description: "\(name): \(error.description)", reason: .badParameter)
                 }
                 guard allowsZero || duration > .zero else {
-                    throw Refusal(description: "\(name): must be longer than 0", reason: "bad_parameter")
+                    throw Refusal(description: "\(name): must be longer than 0", reason: .badParameter)
                 }
                 guard duration <= ControlRoutes.longestWait else {
-                    throw Refusal(description: "\(name): at most \(ControlRoutes.longestWait)", reason: "bad_parameter")
+                    throw Refusal(description: "\(name): at most \(ControlRoutes.longestWait)", reason: .badParameter)
                 }
                 return duration
             }

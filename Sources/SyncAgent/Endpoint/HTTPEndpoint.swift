@@ -287,7 +287,7 @@ final class HTTPEndpoint: Sendable {
         try await write(
             EndpointResponse(
                 status: .payloadTooLarge, contentType: "application/json",
-                body: ControlRoutes.errorBody(text, reason: "body_too_large")),
+                body: ControlRoutes.errorBody(text, reason: ControlRoutes.RefusalReason.bodyTooLarge.rawValue)),
             for: closing, to: responses)
         _ = lifetime.endResponse()
     }
