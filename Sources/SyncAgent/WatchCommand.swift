@@ -14,7 +14,8 @@ struct WatchCommand: AsyncParsableCommand {
         discussion: """
             Durations take a unit (250ms, 5s, 1m); a bare number is milliseconds, as in the
             environment variables. On SIGTERM or SIGINT the agent stops taking events, flushes
-            every pending change within --shutdown-timeout, and exits 0 when all were flushed,
+            every pending change within --shutdown-timeout, releases every session it flushed
+            (the next acquire need not wait for its lease), and exits 0 when all were flushed,
             otherwise 1 naming the sessions left; also 1 when sessions were refused (symbolic
             links, names that cannot be session ids, unreadable directories) or files left out
             (over 64 MiB, unreadable), naming them.

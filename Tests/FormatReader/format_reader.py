@@ -459,16 +459,38 @@ def check_head_against_history(head, latest, history):
 STORE_OWN_NAMES = {".lock", ".tmp", ".sync-agent-key"}
 
 
-def check_store_root(store):
-    """A local store's root holds `sessions/` and only the store's own names besides."""
-    unexpected = set(os.listdir(store)) - STORE_OWN_NAMES - {"sessions"}
+def check_store_root(store, keys):
+    """A local store's root holds `sessions/`, `agents/` and only the store's own names besides."""
+    unexpected = set(os.listdir(store)) - STORE_OWN_NAMES - {"sessions", "agents"}
     if unexpected:
         raise FormatError(f"the store root holds {sorted(unexpected)}, which FORMAT.md does not name")
+    agents = os.path.join(store, "agents")
+    for lease_id in sorted(os.listdir(agents)) if os.path.isdir(agents) else []:
+        read_lease(store, keys, lease_id)
+
+
+def read_lease(store, keys, lease_id):
+    """"Leases and handoff": the lease's key is the keyed hash of the agent id it holds."""
+    name = f"agents/{lease_id}/lease"
+    if os.listdir(os.path.join(store, "agents", lease_id)) != ["lease"]:
+        raise FormatError(f"agents/{lease_id} holds more than its lease")
+    with open(os.path.join(store, name), "rb") as file:
+        plaintext, key = decrypt(file.read(), keys, "", name)
+    lease = json.loads(plaintext)
+    check_spelling(plaintext, lease, "the lease")
+    if set(lease) != {"formatVersion", "agent", "instance", "renewal", "ttlMilliseconds", "renewedAt"} or lease["formatVersion"] != 1:
+        raise FormatError(f"the lease's fields are not FORMAT.md's: {sorted(lease)}")
+    if not SECOND_DATE.fullmatch(lease["renewedAt"]) or lease["renewal"] < 1 or lease["ttlMilliseconds"] < 1:
+        raise FormatError(f"the lease {lease!r} is not as FORMAT.md describes it")
+    expected = hashlib.blake2b(b"sync-agent lease 1\n" + lease["agent"].encode(), digest_size=32, key=key.content_id_key).digest()[:16]
+    if expected.hex() != lease_id:
+        raise FormatError(f"the lease of {lease['agent']!r} is at agents/{lease_id}, not agents/{expected.hex()}")
+    return lease
 
 
 def rebuild(store, keys, session_id, label=None):
     """The session as of the head's latest (or the committed snapshot SEQ.GEN): (result, state)."""
-    check_store_root(store)
+    check_store_root(store, keys)
     head = read_head(store, keys, session_id)
     if "latest" not in head:
         return {"state": "no-snapshot", "chain": []}, {}

@@ -138,4 +138,22 @@ struct SessionMoveTests {
         #expect(after.termination == .exited(0), "\(after.standardError)")
         #expect(try directoryTree(check) == takenTree, "none of A's later snapshots is committed")
     }
+
+    /// rclone's server ignores conditional writes: the lease and release still work (best effort),
+    /// and a released session is acquired at once.
+    @Test(.needsTestServers) func onAStoreWithoutConditionalWritesAReleasedSessionIsStillAcquiredAtOnce() async throws {
+        let a = try Workspace(sessions: ["small"])
+        let bucket = try await TestS3Server.rclone.freshBucket()
+        let runner = try await SyncAgentRunner.cloud(
+            endpoint: try TestS3Server.rclone.endpoint, bucket: bucket.configuration.bucket,
+            accessKey: try TestS3Server.rclone.accessKey, secretKey: try TestS3Server.rclone.secretKey, logDirectory: a.logs)
+        let agentA = try watch(runner, a.sessions, agent: "agent-a")
+        try await agentA.waitUntilWatching(uploadedAtStart: 1)
+        #expect(try await agentA.terminate() == .exited(0), "\(agentA.log)")
+        let b = try a.freshDirectory()
+        let (result, acquired) = try await acquire(runner, "agent-b", into: b, ["small", "--wait-release", "100s"])
+        #expect(result.termination == .exited(0), "\(result.standardError)")
+        #expect(acquired == ["small": "released"])
+        try expectSameTree(b, a.sessions)
+    }
 }

@@ -46,6 +46,16 @@ struct LeaseExpiryTests {
         #expect(expiry.observe(lease(renewal: 3), at: start + .seconds(2)) == .alive(expiresAt: start + .seconds(32)))
     }
 
+    /// The store's own times (the holder's lease against the acquirer's write of its own) show a
+    /// lease long dead at the first look, past the TTL and the margin for their precision.
+    @Test func aLeaseTheStoreWroteLongBeforeTheAcquirersOwnIsExpiredAtOnce() {
+        var expiry = LeaseExpiry()
+        #expect(expiry.observe(lease(renewal: 4), staleBy: .seconds(31), at: start) == .alive(expiresAt: start + .seconds(30)))
+        #expect(expiry.observe(lease(renewal: 4), staleBy: .seconds(32), at: start) == .expired)
+        // A holder's clock, or the acquirer's wall clock, plays no part: only the store's two times.
+        #expect(expiry.observe(lease(renewal: 5), staleBy: .seconds(-3600), at: start) == .alive(expiresAt: start + .seconds(30)))
+    }
+
     @Test func anOverlongTTLIsCapped() {
         var expiry = LeaseExpiry()
         #expect(expiry.observe(lease(renewal: 1, ttl: .seconds(86_400)), at: start) == .alive(expiresAt: start + LeaseExpiry.maxTTL))
@@ -307,5 +317,24 @@ extension SyncServiceTests {
         runningB.cancel()
         _ = try await runningA.value
         _ = try await runningB.value
+    }
+}
+
+extension SyncServiceTests {
+    /// A holder dead long ago (its lease file written an hour before, as the store lists it) is
+    /// taken at the first look, not a TTL later.
+    @Test func aLeaseTheStoreListsAsLongStaleIsExpiredWithoutWaitingATTL() async throws {
+        let dead = leaseHolder("a", ttl: .seconds(60))
+        try await dead.renew()
+        try await sessionStore.writeHead(
+            SessionHead(generation: 1, owner: dead.agent.instance, latest: nil, latestKind: nil, base: nil, updatedAt: Date())
+                .claimed(owner: dead.agent.instance, agent: "a", at: Date()),
+            session: SessionID("s1")!, condition: nil)
+        let leaseFile = workspace.file("store/" + LeaseStore.key(agent: "a", key: sessionStore.keyring.primary))
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: leaseFile)
+
+        let started = ContinuousClock.now
+        #expect(try await acquirer(leaseHolder("b"), wait: .seconds(120)).acquire(SessionID("s1")!) == .leaseExpired)
+        #expect(ContinuousClock.now - started < .seconds(60), "decided from the store's times, not after a TTL")
     }
 }

@@ -64,16 +64,28 @@ public struct LeaseStore: Sendable {
         try await store.put(key, body: .bytes(bytes), condition: nil)
     }
 
+    /// When the store says `agent`'s lease (under the primary key) was written: after a write of
+    /// it, the store's own "now", comparable with another lease's time from the same store.
+    func written(agent: String) async throws -> Date? {
+        try await store.head(Self.key(agent: agent, key: keyring.primary))?.lastModified
+    }
+
+    /// A lease as read, with when the store says it was written (its own clock).
+    public struct Read: Sendable {
+        public var lease: AgentLease
+        public var written: Date?
+    }
+
     /// The agent's lease, nil when it has none: looked for under each key's name, primary first
     /// (the holder may write under another primary during a key rotation).
-    public func read(agent: String) async throws -> AgentLease? {
+    public func read(agent: String) async throws -> Read? {
         for encryptionKey in keyring.keys {
             let key = Self.key(agent: agent, key: encryptionKey)
             guard let object = try await store.get(key, maxSize: Self.maxLeaseSize) else { continue }
             do {
                 let lease = try AgentLease.decode(try decrypt(object.bytes, keyring: keyring, identity: Self.identity(key: key)))
                 guard lease.agent == agent else { throw SnapshotError.corrupt("the lease at \(key) names another agent") }
-                return lease
+                return Read(lease: lease, written: object.info.lastModified)
             } catch let error as CryptoError {
                 throw SnapshotError.corrupt("the lease at \(key): \(error)")
             }
@@ -110,6 +122,13 @@ public actor LeaseHolder {
         let started = ContinuousClock.now
         try await leases.write(lease)
         lastWritten = started
+    }
+
+    /// Renews now and returns when the store says it wrote the lease: the store's clock, to
+    /// compare with the time it gives another agent's lease.
+    public func renewReadingStoreTime() async throws -> Date? {
+        try await renew()
+        return try await leases.written(agent: agent.id)
     }
 
     /// Renews unless a renewal was written within the last interval.

@@ -74,6 +74,8 @@ public struct SessionAcquirer: Sendable {
         let leases = LeaseStore(sessionStore)
         var expiry = LeaseExpiry()
         var watchedHolder: String?
+        // When the store wrote this agent's lease, read once: the store's "now" at the first look.
+        var storeNow: Date?
         while true {
             let current = try await sessionStore.head(session)
             let head = current?.head ?? .unclaimed(at: Date())
@@ -83,8 +85,11 @@ public struct SessionAcquirer: Sendable {
                 acquisition = how
             case .heldBy(let holder):
                 if holder != watchedHolder { (expiry, watchedHolder) = (LeaseExpiry(), holder) }
+                let read = try await leases.read(agent: holder)
+                if storeNow == nil, read != nil { storeNow = try await lease.renewReadingStoreTime() }
+                let staleBy = storeNow.flatMap { now in read?.written.map { Duration.seconds(now.timeIntervalSince($0)) } }
                 let now = ContinuousClock.now
-                if case .expired = expiry.observe(try await leases.read(agent: holder), at: now) {
+                if case .expired = expiry.observe(read?.lease, staleBy: staleBy, at: now) {
                     acquisition = .leaseExpired
                 } else if now - started < options.waitRelease {
                     try await Task.sleep(for: min(pollInterval, options.waitRelease - (now - started)))
