@@ -27,6 +27,8 @@ struct ConfigurationError: Error, CustomStringConvertible {
         case unreadableSessionsDirectory
         case badListenAddress
         case cannotListen
+        case badControlSocket
+        case badControlToken
     }
 
     let reason: Reason

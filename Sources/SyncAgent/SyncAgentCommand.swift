@@ -10,6 +10,7 @@ struct SyncAgentCommand: AsyncParsableCommand {
         subcommands: [
             WatchCommand.self, RestoreCommand.self, BackupCommand.self, PruneCommand.self, SnapshotsCommand.self,
             VerifyCommand.self, StatusCommand.self, KeygenCommand.self, MigrateCommand.self, LocateCommand.self,
+            FlushCommand.self, ReleaseCommand.self, AcquireCommand.self, LogoutCommand.self,
         ])
 
     /// ArgumentParser's `main`, but for one thing: the parser echoes a value it refuses as it

@@ -25,6 +25,11 @@ struct WatchCommand: AsyncParsableCommand {
             otherwise), /metrics (Prometheus) and /sessions (JSON, one entry per session, refused
             ones included). It binds before anything else happens:
             a bad address or a port in use stops the agent at once.
+
+            The worker's control routes (POST /sessions/ID/flush, /release, /acquire, /logout,
+            POST /sessions/release) answer on --control-socket, whose file permissions decide who
+            may call them, and on --listen only with --control-token-file (Authorization: Bearer
+            TOKEN); without a token they answer 403 there.
             """)
 
     @OptionGroup var storage: StorageOptions
@@ -48,6 +53,16 @@ struct WatchCommand: AsyncParsableCommand {
     var listen: String?
     @Flag(help: "Serve no endpoint.")
     var noListen = false
+    @Option(help: ArgumentHelp(
+        "Also serve the endpoint on a Unix socket at PATH, the worker's control routes included (env SYNC_AGENT_CONTROL_SOCKET).",
+        valueName: "path"))
+    var controlSocket: String?
+    @Option(help: "Who may connect to the control socket: owner (mode 0600) or group (0660, the agent's group) (default owner).")
+    var controlSocketAccess: ControlSocket.Access = .owner
+    @Option(help: ArgumentHelp(
+        "Open the control routes on --listen to requests bearing the token in FILE (0600 or stricter, not a symlink; env SYNC_AGENT_CONTROL_TOKEN_FILE).",
+        valueName: "file"))
+    var controlTokenFile: String?
     @Option(help: "How often /readyz asks the store whether it answers (default 10s).", transform: DurationSetting.positive)
     var storeProbeInterval: Duration?
     @OptionGroup(title: "Retention (also applied after each new base)") var retention: RetentionOptions
@@ -59,6 +74,9 @@ struct WatchCommand: AsyncParsableCommand {
     func validate() throws {
         guard concurrency > 0 else { throw ValidationError("--concurrency must be at least 1") }
         if noListen && listen != nil { throw ValidationError("--listen and --no-listen: pass one") }
+        if noListen && controlTokenFile != nil {
+            throw ValidationError("--control-token-file opens the control routes on --listen: not with --no-listen")
+        }
         try rejectingUsageErrors {
             _ = try settings()
             _ = try agent.identity(sessionsDirectory: storage.resolvedSessionsDir)
@@ -98,18 +116,21 @@ struct WatchCommand: AsyncParsableCommand {
         guard FileManager.default.isReadableFile(atPath: root), (try? sessionDirectories(in: root)) != nil else {
             throw ConfigurationError(.unreadableSessionsDirectory, "cannot read the sessions directory \(root)")
         }
-        // Before the stores: a port in use must stop the agent before it writes anything.
-        var endpoint: HTTPEndpoint?
-        var registry: PrometheusCollectorRegistry?
-        if let address = try listenAddress() {
-            endpoint = try await HTTPEndpoint.bind(address)
-            registry = bootstrapPrometheus()
-        }
+        // Before the stores: a port in use, a bad token file or a path that is not a socket must
+        // stop the agent before it writes anything.
+        let token = try (controlTokenFile ?? environment("SYNC_AGENT_CONTROL_TOKEN_FILE")).map(ControlToken.read(from:))
+        var endpoints: [HTTPEndpoint] = []
         let opened: OpenedStorage
+        let registry: PrometheusCollectorRegistry?
         do {
+            if let address = try listenAddress() { endpoints.append(try await HTTPEndpoint.bind(address)) }
+            if let path = controlSocket ?? environment("SYNC_AGENT_CONTROL_SOCKET") {
+                endpoints.append(try await HTTPEndpoint.bind(ControlSocket(path: path, access: controlSocketAccess)))
+            }
+            registry = endpoints.isEmpty ? nil : bootstrapPrometheus()
             opened = try await OpenedStorage.open(storage, logger: logger, access: .create)
         } catch {
-            await endpoint?.close()
+            for endpoint in endpoints { await endpoint.close() }
             throw error
         }
         let identity = try agent.identity(sessionsDirectory: root)
@@ -121,13 +142,19 @@ struct WatchCommand: AsyncParsableCommand {
             "sessions_dir": "\(root)", "agent": "\(identity.id)", "mode": "\(opened.configuration.mode.rawValue)",
             "store": "\(opened.primary.store.location)",
             "mirror": "\(opened.mirror.map { $0.remote.store.location } ?? "-")",
-            "endpoint": "\(endpoint.map { "http://\($0.boundAddress)" } ?? "-")",
+            "endpoint": "\(endpoints.first { $0.transport == .tcp }.map { "http://\($0.boundAddress)" } ?? "-")",
+            "control_socket": "\(endpoints.first { $0.transport == .unixSocket }?.boundAddress ?? "-")",
         ])
+        if token == nil, endpoints.contains(where: { $0.transport == .tcp }) {
+            logger.info("control routes off on TCP: pass --control-token-file to open them there, or use --control-socket")
+        }
         let sidecar = SidecarService(sync: sync, shutdownTimeout: shutdownTimeout)
         // Shut down in reverse order: the endpoint answers while the sidecar flushes.
         var services: [any Service] = []
-        if let endpoint, let registry {
-            services.append(EndpointService(endpoint: endpoint, routes: AgentRoutes(sync: sync, registry: registry)))
+        if let registry {
+            let control = ControlRoutes(control: sync, token: token, logger: logger)
+            let routes = AgentRoutes(sync: sync, registry: registry, control: control)
+            services += endpoints.map { EndpointService(endpoint: $0, routes: routes) } as [any Service]
         }
         services.append(sidecar)
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

@@ -11,7 +11,7 @@ struct HTTPEndpointTests {
         let delay: Duration
         let body: [UInt8]
 
-        func respond(to method: HTTPMethod, path: String) async -> EndpointResponse {
+        func respond(to request: EndpointRequest) async -> EndpointResponse {
             try? await Task.sleep(for: delay)
             return EndpointResponse(status: .ok, contentType: "text/plain", body: body)
         }

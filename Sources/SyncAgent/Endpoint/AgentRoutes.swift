@@ -1,18 +1,29 @@
 import FoundationEssentials
 import Glibc
 import Metrics
+import NIOCore
 import NIOHTTP1
 import Prometheus
 import ServiceLifecycle
 import SyncEngine
 
-/// The routes of `watch --listen`.
+/// The routes of `watch --listen` and `--control-socket`: the read routes, and the worker's
+/// control routes (`ControlRoutes`, which decide who may call them).
 struct AgentRoutes: EndpointRoutes {
     let sync: SyncService
     let registry: PrometheusCollectorRegistry
+    let control: ControlRoutes
 
-    func respond(to method: HTTPMethod, path: String) async -> EndpointResponse {
-        guard method == .GET || method == .HEAD else { return .text(.methodNotAllowed, "only GET and HEAD") }
+    func allowance(for request: EndpointRequest) -> TimeAmount { control.allowance(for: request) }
+
+    func respond(to request: EndpointRequest) async -> EndpointResponse {
+        if let answer = await control.respond(to: request) { return answer }
+        guard request.method == .GET || request.method == .HEAD else {
+            var answer = EndpointResponse.text(.methodNotAllowed, "only GET and HEAD")
+            answer.headers.append((name: "Allow", value: "GET, HEAD"))
+            return answer
+        }
+        let path = request.path
         switch path {
         case "/healthz":
             return .text(.ok, "ok")
@@ -30,7 +41,7 @@ struct AgentRoutes: EndpointRoutes {
             }
             return EndpointResponse(status: .ok, contentType: "application/json", body: Array(body))
         default:
-            return .text(.notFound, "no route \(path): use /healthz, /readyz, /metrics or /sessions")
+            return .text(.notFound, "no route \(path): use /healthz, /readyz, /metrics or /sessions (POST /sessions/ID/flush, /release, /acquire, /logout, POST /sessions/release)")
         }
     }
 }

@@ -25,11 +25,42 @@ struct ListenAddress: Sendable, CustomStringConvertible {
     var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
+/// Which kind of socket a request came in on: who can reach a Unix socket is decided by its
+/// file's permissions, who can reach a TCP port is not.
+enum EndpointTransport: Sendable {
+    case tcp
+    case unixSocket
+}
+
+/// A request as the routes see it: whole, its body already bounded by `Limits.bodyBytes`.
+struct EndpointRequest: Sendable {
+    var method: HTTPMethod
+    /// The target's path, still percent-encoded.
+    var path: String
+    /// What follows "?" in the target, nil without one.
+    var query: String?
+    var headers: HTTPHeaders
+    var body: [UInt8]
+    var transport: EndpointTransport
+
+    init(method: HTTPMethod, target: String, headers: HTTPHeaders = [:], body: [UInt8] = [], transport: EndpointTransport) {
+        self.method = method
+        let question = target.firstIndex(of: "?")
+        path = String(target[..<(question ?? target.endIndex)])
+        query = question.map { String(target[target.index(after: $0)...]) }
+        self.headers = headers
+        self.body = body
+        self.transport = transport
+    }
+}
+
 /// What the endpoint answers; `HTTPEndpoint` knows nothing of the routes.
 struct EndpointResponse: Sendable {
     var status: HTTPResponseStatus
     var contentType: String
     var body: [UInt8]
+    /// Beyond those every answer has (`Allow` for a 405, `WWW-Authenticate` for a 401).
+    var headers: [(name: String, value: String)] = []
 
     static func text(_ status: HTTPResponseStatus, _ text: String) -> EndpointResponse {
         EndpointResponse(status: status, contentType: "text/plain; charset=utf-8", body: Array((text + "\n").utf8))
@@ -37,7 +68,14 @@ struct EndpointResponse: Sendable {
 }
 
 protocol EndpointRoutes: Sendable {
-    func respond(to method: HTTPMethod, path: String) async -> EndpointResponse
+    func respond(to request: EndpointRequest) async -> EndpointResponse
+    /// How long answering `request` may take beyond the connection's lifetime: a route that
+    /// waits on purpose (a control call bounded by its timeout) says so; others take none.
+    func allowance(for request: EndpointRequest) -> TimeAmount
+}
+
+extension EndpointRoutes {
+    func allowance(for request: EndpointRequest) -> TimeAmount { .zero }
 }
 
 /// The agent's HTTP/1.1 endpoint on swift-nio: NIO's parser and encoder, on NIO's event loop
@@ -52,63 +90,89 @@ final class HTTPEndpoint: Sendable {
         /// A connection is closed this long after it was accepted: a client that trickles a
         /// request holds its slot no longer. A response being written then is finished first
         /// (a keep-alive client such as a Prometheus scraper must not get half an answer),
-        /// within `responseGrace`: a client that never reads its response is cut off then.
+        /// within `responseGrace` (plus the route's allowance, for a control call that waits on
+        /// purpose): a client that never reads its response is cut off then.
         var connectionLifetime: TimeAmount = .seconds(10)
         var responseGrace: TimeAmount = .seconds(5)
         /// Request line and headers; a larger head is refused by the parser.
         var headerBytes = 8 * 1024
-        /// Every route is a GET: a request body is not read past this.
+        /// The read routes take no body and the control routes' parameters are a few words: a
+        /// larger body is answered 413 and not read further.
         var bodyBytes = 1024
     }
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
-    /// Where it listens, with the port the kernel chose for port 0.
+    /// Where it listens, with the port the kernel chose for port 0, or the socket's path.
     let boundAddress: String
+    let transport: EndpointTransport
     private let limits: Limits
     private let server: NIOAsyncChannel<Connection, Never>
     private let openConnections = Mutex(0)
+    /// The socket file `bind(_: ControlSocket)` made, removed when the endpoint stops.
+    private let socketFile: (socket: ControlSocket, identity: (device: UInt64, inode: UInt64)?)?
 
-    private init(boundAddress: String, limits: Limits, server: NIOAsyncChannel<Connection, Never>) {
+    private init(
+        boundAddress: String, transport: EndpointTransport, limits: Limits, server: NIOAsyncChannel<Connection, Never>,
+        socketFile: (socket: ControlSocket, identity: (device: UInt64, inode: UInt64)?)? = nil
+    ) {
         self.boundAddress = boundAddress
+        self.transport = transport
         self.limits = limits
         self.server = server
+        self.socketFile = socketFile
+    }
+
+    private static func httpPipeline(_ limits: Limits) -> @Sendable (Channel) -> EventLoopFuture<Connection> {
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderFieldSize = limits.headerBytes
+        decoderLimits.maxHeaderListSize = limits.headerBytes
+        decoderLimits.maxHeaderFieldCount = 64
+        return { [decoderLimits] channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                    withErrorHandling: true, withEncoderConfiguration: .init(),
+                    withDecoderLimitConfiguration: decoderLimits)
+                return try Connection(wrappingChannelSynchronously: channel)
+            }
+        }
+    }
+
+    /// Binds a Unix socket at `socket.path` (see `ControlSocket`: created with its mode, moved
+    /// into place over a stale socket, never over anything else).
+    static func bind(_ socket: ControlSocket, limits: Limits = Limits()) async throws -> HTTPEndpoint {
+        let server = try await socket.bind { path in
+            try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.backlog, value: 64)
+                .bind(unixDomainSocketPath: path, childChannelInitializer: httpPipeline(limits))
+        } close: { server in
+            try? await server.executeThenClose { _ in }
+        }
+        return HTTPEndpoint(
+            boundAddress: socket.path, transport: .unixSocket, limits: limits, server: server,
+            socketFile: (socket, ControlSocket.identity(of: socket.path)))
     }
 
     /// Binds now, so a bad address or a port in use stops the agent before it touches anything;
     /// connections wait in the backlog until `serve`.
     static func bind(_ address: ListenAddress, limits: Limits = Limits()) async throws -> HTTPEndpoint {
         do {
-            let decoderLimits = {
-                var decoderLimits = NIOHTTPDecoderLimitConfiguration()
-                decoderLimits.maxHeaderFieldSize = limits.headerBytes
-                decoderLimits.maxHeaderListSize = limits.headerBytes
-                decoderLimits.maxHeaderFieldCount = 64
-                return decoderLimits
-            }()
             let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 64)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 // At IPPROTO_TCP: `.socketOption` sets SOL_SOCKET, where this number is SO_DEBUG,
                 // which only CAP_NET_ADMIN may set (it ended an unprivileged agent on its first request).
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .bind(host: address.host, port: address.port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                            withErrorHandling: true, withEncoderConfiguration: .init(),
-                            withDecoderLimitConfiguration: decoderLimits)
-                        return try Connection(wrappingChannelSynchronously: channel)
-                    }
-                }
+                .bind(host: address.host, port: address.port, childChannelInitializer: httpPipeline(limits))
             var bound = address
             bound.port = server.channel.localAddress?.port ?? address.port
-            return HTTPEndpoint(boundAddress: bound.description, limits: limits, server: server)
+            return HTTPEndpoint(boundAddress: bound.description, transport: .tcp, limits: limits, server: server)
         } catch {
             throw ConfigurationError(.cannotListen, "cannot listen on \(address): \(Self.reason(error))")
         }
     }
 
-    private static func reason(_ error: any Error) -> String {
+    static func reason(_ error: any Error) -> String {
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
         if let error = error as? SocketAddressError.UnknownHost { return "cannot resolve \"\(error.host)\": \(error.errorDescription.lowercased())" }
         if error is SocketAddressError { return "not an address this host can listen on" }
@@ -137,12 +201,18 @@ final class HTTPEndpoint: Sendable {
         } catch is CancellationError {
             // The agent is stopping.
         }
+        removeSocketFile()
     }
 
     /// Releases the socket of an endpoint that never served (start-up failed).
     func close() async {
         // Through the async channel, so its stream is finished before the event loop stops.
         try? await server.executeThenClose { _ in }
+        removeSocketFile()
+    }
+
+    private func removeSocketFile() {
+        if let socketFile { socketFile.socket.remove(ifStill: socketFile.identity) }
     }
 
     private func admit() -> Bool {
@@ -158,10 +228,10 @@ final class HTTPEndpoint: Sendable {
         let lifetime = ConnectionLifetime()
         let grace = limits.responseGrace
         let deadline = channel.eventLoop.scheduleTask(in: limits.connectionLifetime) {
-            if lifetime.expire() {
-                channel.close(promise: nil)
+            if let allowance = lifetime.expire() {
+                channel.eventLoop.scheduleTask(in: grace + allowance) { channel.close(promise: nil) }
             } else {
-                channel.eventLoop.scheduleTask(in: grace) { channel.close(promise: nil) }
+                channel.close(promise: nil)
             }
         }
         defer { deadline.cancel() }
@@ -169,26 +239,57 @@ final class HTTPEndpoint: Sendable {
         // connection ends and nothing else is affected.
         try? await connection.executeThenClose { requests, responses in
             var head: HTTPRequestHead?
-            var bodyBytes = 0
+            var body: [UInt8] = []
+            // After a 413, the rest of the body is read and dropped (within the connection's
+            // lifetime), so the client reads the answer rather than a reset; then it closes.
+            var refused = false
             for try await part in requests {
                 switch part {
                 case .head(let requestHead):
                     head = requestHead
-                    bodyBytes = 0
+                    body = []
+                    let declared = requestHead.headers.first(name: "content-length").flatMap { Int($0) } ?? 0
+                    if declared > limits.bodyBytes {
+                        refused = true
+                        try await refuseBody(of: requestHead, lifetime: lifetime, responses: responses)
+                    }
                 case .body(let buffer):
-                    bodyBytes += buffer.readableBytes
-                    if bodyBytes > limits.bodyBytes { return }
+                    guard let request = head, !refused else { continue }
+                    guard body.count + buffer.readableBytes <= limits.bodyBytes else {
+                        refused = true
+                        try await refuseBody(of: request, lifetime: lifetime, responses: responses)
+                        continue
+                    }
+                    body += buffer.readableBytesView
                 case .end:
-                    guard let request = head else { return }
+                    guard let requestHead = head, !refused else { return }
                     head = nil
-                    let path = String(request.uri.prefix { $0 != "?" })
-                    guard lifetime.beginResponse() else { return }
-                    let response = await routes.respond(to: request.method, path: path)
-                    try await write(response, for: request, to: responses)
-                    guard lifetime.endResponse(), request.isKeepAlive else { return }
+                    let request = EndpointRequest(
+                        method: requestHead.method, target: requestHead.uri, headers: requestHead.headers, body: body,
+                        transport: transport)
+                    guard lifetime.beginResponse(allowance: routes.allowance(for: request)) else { return }
+                    let response = await routes.respond(to: request)
+                    try await write(response, for: requestHead, to: responses)
+                    guard lifetime.endResponse(), requestHead.isKeepAlive else { return }
                 }
             }
         }
+    }
+
+    /// A body over the limit: 413, and the connection ends once the request does.
+    private func refuseBody(
+        of request: HTTPRequestHead, lifetime: ConnectionLifetime, responses: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    ) async throws {
+        guard lifetime.beginResponse(allowance: .zero) else { return }
+        var closing = request
+        closing.headers.replaceOrAdd(name: "connection", value: "close")
+        let text = "request body over \(limits.bodyBytes) bytes"
+        try await write(
+            EndpointResponse(
+                status: .payloadTooLarge, contentType: "application/json",
+                body: ControlRoutes.errorBody(text, reason: ControlRoutes.RefusalReason.bodyTooLarge.rawValue)),
+            for: closing, to: responses)
+        _ = lifetime.endResponse()
     }
 
     private func write(
@@ -198,6 +299,7 @@ final class HTTPEndpoint: Sendable {
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: "\(response.body.count)")
         headers.add(name: "Cache-Control", value: "no-store")
+        for header in response.headers { headers.add(name: header.name, value: header.value) }
         if !request.isKeepAlive { headers.add(name: "Connection", value: "close") }
         try await responses.write(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers)))
         if request.method != .HEAD { try await responses.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
@@ -205,36 +307,38 @@ final class HTTPEndpoint: Sendable {
     }
 }
 
-/// Whether a connection's lifetime ran out, and whether a response was being written then.
+/// Whether a connection's lifetime ran out, and whether a response was being made then.
 private final class ConnectionLifetime: Sendable {
     private struct State {
-        var responding = false
+        /// The allowance of the response being made; nil between responses.
+        var responding: TimeAmount?
         var expired = false
     }
 
     private let state = Mutex(State())
 
-    /// The lifetime ran out: true when the connection can close now, false when a response is
-    /// being written (the connection ends once it is).
-    func expire() -> Bool {
+    /// The lifetime ran out: nil when the connection can close now, else the allowance of the
+    /// response being made (the connection ends once it is written, or after the grace and
+    /// that allowance).
+    func expire() -> TimeAmount? {
         state.withLock { state in
             state.expired = true
-            return !state.responding
+            return state.responding
         }
     }
 
     /// False when the lifetime already ran out: answer no more requests.
-    func beginResponse() -> Bool {
+    func beginResponse(allowance: TimeAmount) -> Bool {
         state.withLock { state in
-            state.responding = !state.expired
-            return state.responding
+            state.responding = state.expired ? nil : allowance
+            return !state.expired
         }
     }
 
     /// False when the lifetime ran out while the response was written.
     func endResponse() -> Bool {
         state.withLock { state in
-            state.responding = false
+            state.responding = nil
             return !state.expired
         }
     }
