@@ -44,14 +44,15 @@ enum SQLiteDatabase {
         return nil
     }
 
-    /// The database whose content a write to `name` in `directory` changes: a database itself
-    /// (rollback mode writes the main file), or the database of a WAL or journal; nil for any
-    /// other file. `name` is relative to `directory`.
+    /// The database whose content a write to `name` in `directory` commits to: the database of a
+    /// WAL or a journal (a WAL commit appends to `-wal`; a rollback-mode commit ends by deleting,
+    /// truncating or zeroing its `-journal`); nil for any other file. An in-place write to any
+    /// other file, a database's main file included, is not looked at: it is seen when the file is
+    /// closed or renamed, and checking a header at every write(2) of every file would cost the
+    /// watcher a read per write. `name` is relative to `directory`.
     static func changedDatabase(_ name: String, in directory: String) -> String? {
-        if let database = database(ofCompanion: name, suffixes: commitSuffixes), isDatabase("\(directory)/\(database)") {
-            return database
-        }
-        return isDatabase("\(directory)/\(name)") ? name : nil
+        guard let database = database(ofCompanion: name, suffixes: commitSuffixes) else { return nil }
+        return isDatabase("\(directory)/\(database)") ? database : nil
     }
 
     /// The database at `path` exactly as it is after its last committed transaction: the pages

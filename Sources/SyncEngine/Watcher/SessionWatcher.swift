@@ -323,8 +323,8 @@ final class WatchLoop {
             return
         }
         // IN_CREATE alone is a file being written: it is reported when closed. A SQLite database's
-        // writer keeps it open: a write to its WAL or journal, or to the main file in rollback
-        // mode, is a commit (IN_MODIFY), and reports the database.
+        // writer keeps it open: a write to its WAL or journal is a commit (IN_MODIFY), and
+        // reports the database.
         if event.mask.isDisjoint(with: [.closeWrite, .movedTo, .movedFrom, .delete, .attributes]) {
             guard event.mask.contains(.modify),
                 let database = SQLiteDatabase.changedDatabase(name, in: path(of: directory))
