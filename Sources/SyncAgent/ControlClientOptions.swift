@@ -118,3 +118,17 @@ struct ControlClientOptions: ParsableArguments {
 private extension String {
     func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }
+
+/// The `--timeout` of a call that commits (flush, release, logout), and the call.
+struct CommitCallOptions: ParsableArguments {
+    @Option(help: "How long the agent waits for the store (default the agent's, 30s).", transform: DurationSetting.positive)
+    var timeout: Duration?
+
+    /// POSTs `path` through `connection` with this timeout; returns the answer's body.
+    @discardableResult
+    func post(_ path: String, via connection: ControlClientOptions) async throws -> [UInt8] {
+        try await connection.post(
+            path, parameters: timeout.map { ["timeout": ControlClientOptions.parameter($0)] } ?? [:],
+            allowance: timeout ?? ControlRoutes.defaultCallTimeout)
+    }
+}

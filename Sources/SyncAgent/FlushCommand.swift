@@ -15,13 +15,10 @@ struct FlushCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var connection: ControlClientOptions
-    @Option(help: "How long the agent waits for the store (default the agent's, 30s).", transform: DurationSetting.positive)
-    var timeout: Duration?
+    @OptionGroup var call: CommitCallOptions
     @Argument(help: "The session id.", transform: SessionID.init(parsing:)) var session: SessionID
 
     func run() async throws {
-        try await connection.post(
-            ControlClientOptions.path(session, "flush"), parameters: timeout.map { ["timeout": ControlClientOptions.parameter($0)] } ?? [:],
-            allowance: timeout ?? ControlRoutes.defaultCallTimeout)
+        try await call.post(ControlClientOptions.path(session, "flush"), via: connection)
     }
 }

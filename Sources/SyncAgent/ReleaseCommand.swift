@@ -19,8 +19,7 @@ struct ReleaseCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: ControlClientOptions
     @Flag(help: "Release every session the agent holds.") var all = false
-    @Option(help: "How long the agent waits for the store (default the agent's, 30s).", transform: DurationSetting.positive)
-    var timeout: Duration?
+    @OptionGroup var call: CommitCallOptions
     @Argument(help: "The session id.", transform: SessionID.init(parsing:)) var session: SessionID?
 
     func validate() throws {
@@ -28,14 +27,12 @@ struct ReleaseCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let parameters = timeout.map { ["timeout": ControlClientOptions.parameter($0)] } ?? [:]
-        let allowance = timeout ?? ControlRoutes.defaultCallTimeout
         guard let session else {
             struct Report: Decodable {
                 struct Failed: Decodable {}
                 var failedSessions: [Failed]
             }
-            let body = try await connection.post("/sessions/release", parameters: parameters, allowance: allowance)
+            let body = try await call.post("/sessions/release", via: connection)
             let report = try? JSONDecoder().decode(Report.self, from: Data(body))
             guard let report else {
                 writeStandardError("Error: the agent's answer is not a release report\n")
@@ -44,6 +41,6 @@ struct ReleaseCommand: AsyncParsableCommand {
             if !report.failedSessions.isEmpty { throw ExitCode(ControlClientOptions.Exit.someFailed) }
             return
         }
-        try await connection.post(ControlClientOptions.path(session, "release"), parameters: parameters, allowance: allowance)
+        try await call.post(ControlClientOptions.path(session, "release"), via: connection)
     }
 }
