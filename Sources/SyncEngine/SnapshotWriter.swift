@@ -157,6 +157,10 @@ struct SnapshotWriter: Sendable {
         /// The creds row of the first database read, for a session without the file.
         var databaseCredentials: [UInt8]?
         var readDatabase = false
+        /// The databases read in this snapshot: their companions are never part of the session.
+        var databases: [String] = []
+        /// Databases stored as pages in this snapshot: a whole-file record of theirs is dropped.
+        var databasesAsPages: Set<String> = []
         var keptBelowUnreadable = false
         let now = Self.epochNanoseconds()
         /// Stops the snapshot when something modified then was written in the pause before the
@@ -214,6 +218,7 @@ struct SnapshotWriter: Sendable {
             switch read {
             case .stable(let file):
                 try expectPause(since: file.state.modificationTime)
+                if file.isDatabase { databases.append(name) }
                 if file.isDatabase, format.credentialsFile != nil, databaseCredentials == nil {
                     readDatabase = true
                     databaseCredentials = try SQLiteImage(file.bytes).credentials(limit: BaileysCredentials.maximumByteCount + 1)
@@ -223,6 +228,7 @@ struct SnapshotWriter: Sendable {
                 {
                     // Stored as pages: the whole-file record a snapshot before them had is gone.
                     found(name, nil)
+                    databasesAsPages.insert(name)
                     let pageCount = file.bytes.count / pageSize
                     for index in 1...pageCount {
                         let pageName = SQLitePages.name(of: name, page: index)
@@ -275,11 +281,23 @@ struct SnapshotWriter: Sendable {
             readsReportedPaths
             ? reported.compactMap { $0.record == nil && previous[$0.name] != nil ? $0.name : nil }
             : previous.names(absentFrom: state)
+        // The companions of a database are never files of the session. A snapshot taken before
+        // the agent knew databases (or while `name` was not one yet) may have stored them: they go,
+        // even when only the database was reported (a WAL write reports its database).
+        let companions = databases.flatMap { database in SQLiteDatabase.companionSuffixes.map { database + $0 } }
+        let staleCompanions = companions.filter { state[$0] != nil }.sorted(by: SessionState.precedes)
+        if !staleCompanions.isEmpty {
+            state = state.applying(staleCompanions.map { ($0, nil) })
+            deleted = Array(Set(deleted + staleCompanions.filter { previous[$0] != nil })).sorted(by: SessionState.precedes)
+        }
+        // Dropped on purpose (a database's whole-file record now that it is stored as pages, its
+        // companions): deletions, never a replacement in progress, although the files are there.
+        let dropped = databasesAsPages.union(companions)
         // A file missing between the two renames of a replacement was not deleted: it keeps its
         // last good version until the replacement is done.
         // (`previous` has every deleted name: a backup missing too holds nothing.)
         let beingReplaced = deleted.filter { name in
-            SessionFiles.missingFile(
+            !dropped.contains(name) && SessionFiles.missingFile(
                 "\(directory)/\(name)", backupHoldsItsLastVersion: state[name + ".bak"]?.contentID == previous[name]?.contentID
             ).isBeingReplaced(now: now)
         }

@@ -90,6 +90,37 @@ struct SQLiteSessionTests {
         #expect(mode == 0o600)
     }
 
+    /// A session backed up before its database was one (an agent before SQLite support, or a file
+    /// that became a database): the whole-file records of the database and of its companions go
+    /// at once, by a delta that only saw the database reported and by a base alike, and every
+    /// snapshot restores one database with no stale WAL beside it.
+    @Test func wholeFileRecordsOfADatabaseAndItsCompanionsGoOnceItIsStoredAsPages() async throws {
+        for forceBase in [false, true] {
+            try? FileManager.default.removeItem(atPath: directory)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let writer = replicator()
+            // Before: `auth.db` an empty file, `auth.db-wal` an ordinary file beside it.
+            try Data().write(to: URL(fileURLWithPath: "\(directory)/auth.db"))
+            try Data("old wal".utf8).write(to: URL(fileURLWithPath: "\(directory)/auth.db-wal"))
+            _ = try await writer.sync()
+            try FileManager.default.removeItem(atPath: "\(directory)/auth.db")
+            try FileManager.default.removeItem(atPath: "\(directory)/auth.db-wal")
+            try await writeBaileysDatabase()
+
+            let result = try await writer.sync(forceBase: forceBase, changedPaths: forceBase ? nil : ["auth.db"])
+            guard case .uploaded(_, _, _, let unsettled) = result else { throw ProgramFailure("not uploaded (base: \(forceBase)): \(result)") }
+            #expect(unsettled.isEmpty, "base: \(forceBase)")
+            let root = try freshRoot()
+            #expect(try await restorer().restore(session, into: root).status == .restored)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: "\(root)/\(session.rawValue)").sorted() == ["auth.db"])
+            #expect(try await rowCount("\(root)/\(session.rawValue)/auth.db") == "ok 200")
+            // Nothing left waiting: the session settles (after a compaction's base, maybe).
+            var next = try await writer.sync()
+            if case .uploaded(_, .base, _, []) = next { next = try await writer.sync() }
+            #expect(next == .unchanged(unsettled: []), "base: \(forceBase): \(next)")
+        }
+    }
+
     @Test func aWriteToTheWALIsAChangeOfTheDatabase() async throws {
         try await writeBaileysDatabase(rows: 2000)
         let writer = replicator()
