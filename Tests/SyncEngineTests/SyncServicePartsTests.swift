@@ -219,13 +219,30 @@ struct SessionPurgeTests {
         let purge = SessionPurge(sessionStore: SessionStore(store: store, keyring: Keyring(primary: .generate())))
         let directory = workspace.file("sessions/gone")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        #expect(try await !purge.purge(gone, directory: directory), "back already: a restore's two renames")
+        #expect(try await !purge.purge(gone, directory: directory, agent: nil), "back already: a restore's two renames")
         #expect(try await store.list(prefix: SessionPlace.plain(gone).prefix).count == 2)
 
         try FileManager.default.removeItem(atPath: directory)
-        #expect(try await purge.purge(gone, directory: directory))
+        #expect(try await purge.purge(gone, directory: directory, agent: nil))
         #expect(try await store.list(prefix: SessionPlace.plain(gone).prefix).isEmpty)
         #expect(try await store.list(prefix: SessionPlace.plain(other).prefix).count == 2)
+    }
+
+    /// A fenced copy of a session (its head names another holder) going away deletes nothing of
+    /// what that holder writes.
+    @Test func aSessionAnotherAgentHoldsIsNotPurged() async throws {
+        let workspace = try TemporaryDirectory()
+        let sessionStore = SessionStore(store: try FileSystemStore(root: workspace.file("store")), keyring: Keyring(primary: .generate()))
+        let id = SessionID("held")!
+        let head = SessionHead(generation: 1, owner: "b/1/1", latest: nil, latestKind: nil, base: nil, updatedAt: Date())
+            .claimed(owner: "b/1/1", agent: "worker-b", at: Date())
+        try await sessionStore.writeHead(head, session: id, condition: nil)
+        let purge = SessionPurge(sessionStore: sessionStore)
+        let gone = workspace.file("sessions/held")
+        await #expect(throws: SnapshotError.self) { _ = try await purge.purge(id, directory: gone, agent: "worker-a") }
+        #expect(try await sessionStore.head(id)?.head.agent == "worker-b")
+        #expect(try await purge.purge(id, directory: gone, agent: "worker-b"))
+        #expect(try await sessionStore.head(id) == nil)
     }
 }
 

@@ -76,6 +76,9 @@ public struct SessionAcquirer: Sendable {
         var watchedHolder: String?
         // When the store wrote this agent's lease, read once: the store's "now" at the first look.
         var storeNow: Date?
+        // Like every writer of the head: a session of format version 2 moves to its keyed place
+        // first, so this claim is never written at a place a concurrent move deletes.
+        try await sessionStore.prepareForWriting(session, conditionalWrites: conditionalWrites)
         while true {
             let current = try await sessionStore.head(session)
             let head = current?.head ?? .unclaimed(at: Date())

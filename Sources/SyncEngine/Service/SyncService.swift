@@ -438,8 +438,9 @@ public actor SyncService {
     }
 
     private func removed(_ id: SessionID) {
-        // A session handed over is the other agent's: its local copy going away says nothing.
-        guard !acquiring.contains(id), sessions[id]?.released == nil else { return }
+        // A session handed over, or held by another agent (fenced), is that agent's: its local
+        // copy going away says nothing, and must never tombstone or purge what that agent writes.
+        guard !acquiring.contains(id), sessions[id]?.released == nil, sessions[id]?.fenced != true else { return }
         var entry = session(id)
         let uploads = entry.directoryRemoved(policy: settings.onDelete)
         sessions[id] = entry
@@ -454,7 +455,7 @@ public actor SyncService {
         let directory = directory(of: id)
         Task {
             do {
-                guard try await purge.purge(id, directory: directory) else { return }
+                guard try await purge.purge(id, directory: directory, agent: lease?.agent.id) else { return }
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "purge"])
             } catch {
                 self.sessions[id]?.lastError = "\(error)"
