@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import Logging
 import SessionCrypto
 import SystemSupport
 
@@ -88,6 +89,8 @@ public struct SessionRestorer: Sendable {
     public var downloadConcurrency = 8
     /// What a rebuilt session's credentials are checked against before it is swapped in.
     public var format = SessionFormat.opaque
+    /// Hears, at debug level, where a restore's time went (download, unpack and swap).
+    public var logger: Logger?
 
     public init(sessionStore: SessionStore) {
         self.sessionStore = sessionStore
@@ -219,11 +222,18 @@ public struct SessionRestorer: Sendable {
         if let decided = plan.decided { return decided }
         let session = plan.session
         let directory = "\(sessionsRoot)/\(session.rawValue)"
+        let started = ContinuousClock.now
         let objects = try await plan.chain.concurrentMap(limit: downloadConcurrency) { [sessionStore] entry in
             try await sessionStore.downloadSnapshot(session, entry)
         }
+        let downloaded = ContinuousClock.now
         // Reading, extracting, fsync and syncfs block their thread for as long as the session is large.
-        return try await runBlocking { () throws in try restore(plan, from: objects, into: directory, dryRun: dryRun) }
+        let outcome = try await runBlocking { () throws in try restore(plan, from: objects, into: directory, dryRun: dryRun) }
+        logger?.debug("restore timing", metadata: [
+            "session": "\(session)", "objects": "\(objects.count)", "download": "\(downloaded - started)",
+            "unpack_sync_swap": "\(ContinuousClock.now - downloaded)",
+        ])
+        return outcome
     }
 
     /// The blocking half of `carryOut`, once the chain is downloaded.
