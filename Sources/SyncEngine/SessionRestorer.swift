@@ -228,12 +228,10 @@ public struct SessionRestorer: Sendable {
         }
         let downloaded = ContinuousClock.now
         // Reading, extracting, fsync and syncfs block their thread for as long as the session is large.
-        let outcome = try await runBlocking { () throws in try restore(plan, from: objects, into: directory, dryRun: dryRun) }
-        logger?.debug("restore timing", metadata: [
+        logger?.debug("restore download timing", metadata: [
             "session": "\(session)", "objects": "\(objects.count)", "download": "\(downloaded - started)",
-            "unpack_sync_swap": "\(ContinuousClock.now - downloaded)",
         ])
-        return outcome
+        return try await runBlocking { () throws in try restore(plan, from: objects, into: directory, dryRun: dryRun) }
     }
 
     /// The blocking half of `carryOut`, once the chain is downloaded.
@@ -281,9 +279,15 @@ public struct SessionRestorer: Sendable {
     {
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
         var restored: Rebuilt?
+        let started = ContinuousClock.now
+        var unpacked = started
         try DirectorySwap.replace(directory) { staging in
             restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
+            unpacked = ContinuousClock.now
         }
+        logger?.debug("restore unpack timing", metadata: [
+            "session": "\(session)", "unpack": "\(unpacked - started)", "sync_swap": "\(ContinuousClock.now - unpacked)",
+        ])
         return restored!
     }
 
