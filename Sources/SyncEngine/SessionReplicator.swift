@@ -11,9 +11,10 @@ public struct CompactionPolicy: Sendable {
     /// A new base after this many deltas whatever their size, to bound restore work.
     public var maxChainLength = 500
     /// An acquired session (a move) whose chain holds this many deltas gets a base as its new
-    /// holder's first snapshot, written at once after the acquire, changed or not. Every move restores the whole chain, and the holder changing did
-    /// not shorten it: moved back and forth, a session reached a base and a hundred deltas
-    /// (`maxChainLength` is for a session that stays), and the next acquire downloaded them all.
+    /// holder's first snapshot, written at once after the acquire, changed or not. Every move
+    /// restores the whole chain, and the holder changing did not shorten it: moved back and forth,
+    /// a session reached a base and a hundred deltas (`maxChainLength` is for a session that
+    /// stays), and the next acquire downloaded them all.
     public var maxChainLengthAfterAcquire = 8
     /// Applied after each new base: what stays of the session's history. A configured policy
     /// (`--keep-*`) replaces the default, so the replicator and `prune` keep the same snapshots.

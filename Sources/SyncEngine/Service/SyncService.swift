@@ -322,7 +322,9 @@ public actor SyncService {
                 sessions[id]?.loggedOut = false
                 // A release commits now: the worker stopped writing the session before it asked,
                 // and waiting out a pause after its last write would only hold the move up.
-                let pause = sessions[id]?.releasing == true ? nil : WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay)
+                let pause =
+                    sessions[id]?.releasing == true
+                    ? nil : WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay)
                 let result = try await replicator.sync(changedPaths: changedPaths, pause: pause)
                 committed = true
                 switch result {
