@@ -10,6 +10,12 @@ public struct CompactionPolicy: Sendable {
     public var deltaToBaseRatio = 1.0
     /// A new base after this many deltas whatever their size, to bound restore work.
     public var maxChainLength = 500
+    /// An acquired session (a move) whose chain holds this many deltas gets a base as its new
+    /// holder's first snapshot, written at once after the acquire, changed or not. Every move
+    /// restores the whole chain, and the holder changing did not shorten it: moved back and forth,
+    /// a session reached a base and a hundred deltas (`maxChainLength` is for a session that
+    /// stays), and the next acquire downloaded them all.
+    public var maxChainLengthAfterAcquire = 8
     /// Applied after each new base: what stays of the session's history. A configured policy
     /// (`--keep-*`) replaces the default, so the replicator and `prune` keep the same snapshots.
     public var retention = RetentionPolicy.compactionDefault
@@ -44,6 +50,9 @@ public actor SessionReplicator {
     private let remoteGeneration: (@Sendable () async throws -> UInt64?)?
     /// Shared by the replicators of one agent: how many bases are built at once (see `sync`).
     private let baseBuilds: ConcurrencyLimit?
+    /// The session was just acquired and not synced since: the first sync writes a base when the
+    /// chain is `policy.maxChainLengthAfterAcquire` deltas long (see `compactionDue`).
+    private var acquired: Bool
     /// One operation (`claim`, `sync`, `tombstone`) at a time: each reads the head and state, awaits
     /// (the snapshot build, the store) and writes them back, and the actor lets other calls in at
     /// every await. Two syncs interleaved there would both write the sequence after the same head.
@@ -81,13 +90,14 @@ public actor SessionReplicator {
     /// scheduled `backup` beside it joins the current owner's generation instead, so the
     /// two cooperate through the head's conditional writes rather than fence each other.
     /// `largeBasesOnWorkerThread`: speed over memory for large bases (`backup`; see SnapshotWriter).
+    /// `acquired`: the session was acquired from another holder (or a released head) just now.
     public init(
         session: SessionID, directory: String, sessionStore: SessionStore, owner: String, agent: String? = nil,
         conditionalWrites: Bool, claimsOwnership: Bool = true, compressionLevel: Int = 3,
         largeBasesOnWorkerThread: Bool = false, format: SessionFormat = .opaque,
         policy: CompactionPolicy = CompactionPolicy(),
         remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
-        logger: Logger
+        acquired: Bool = false, logger: Logger
     ) {
         self.session = session
         self.directory = directory
@@ -103,6 +113,7 @@ public actor SessionReplicator {
         self.claimsOwnership = claimsOwnership
         self.remoteGeneration = remoteGeneration
         self.baseBuilds = baseBuilds
+        self.acquired = acquired
         self.logger = logger
     }
 
@@ -273,6 +284,7 @@ public actor SessionReplicator {
                 // The same files: an identity learnt from them (the first look at a session whose
                 // snapshots record none) describes the state, and the next snapshot records it.
                 identity = outcome.identity
+                acquired = false
                 return .unchanged(unsettled: outcome.unsettled)
             }
 
@@ -315,6 +327,7 @@ public actor SessionReplicator {
                 deltaBytes += size
                 deltaCount += 1
             }
+            acquired = false
             return .uploaded(id, kind, bytes: size, unsettled: outcome.unsettled)
         }
     }
@@ -452,7 +465,8 @@ public actor SessionReplicator {
     /// and compress the whole session only to fall back to a delta. The chain grows until it can be read.
     private var compactionDue: Bool {
         guard !skipped.keys.contains(where: { state[$0] != nil || !state.names(inDirectory: $0).isEmpty }) else { return false }
-        return deltaCount >= policy.maxChainLength || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
+        return deltaCount >= (acquired ? min(policy.maxChainLength, policy.maxChainLengthAfterAcquire) : policy.maxChainLength)
+            || Double(deltaBytes) >= Double(max(baseBytes, 1)) * policy.deltaToBaseRatio
     }
 
     /// Deletes what the retention policy no longer keeps. Best effort: a failure leaves extra

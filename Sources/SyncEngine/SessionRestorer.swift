@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import SessionArchive
+import Logging
 import SessionCrypto
 import SystemSupport
 
@@ -88,6 +89,8 @@ public struct SessionRestorer: Sendable {
     public var downloadConcurrency = 8
     /// What a rebuilt session's credentials are checked against before it is swapped in.
     public var format = SessionFormat.opaque
+    /// Hears, at debug level, where a restore's time went (download, unpack and swap).
+    public var logger: Logger?
 
     public init(sessionStore: SessionStore) {
         self.sessionStore = sessionStore
@@ -219,10 +222,15 @@ public struct SessionRestorer: Sendable {
         if let decided = plan.decided { return decided }
         let session = plan.session
         let directory = "\(sessionsRoot)/\(session.rawValue)"
+        let started = ContinuousClock.now
         let objects = try await plan.chain.concurrentMap(limit: downloadConcurrency) { [sessionStore] entry in
             try await sessionStore.downloadSnapshot(session, entry)
         }
+        let downloaded = ContinuousClock.now
         // Reading, extracting, fsync and syncfs block their thread for as long as the session is large.
+        logger?.debug("restore download timing", metadata: [
+            "session": "\(session)", "objects": "\(objects.count)", "download": "\(downloaded - started)",
+        ])
         return try await runBlocking { () throws in try restore(plan, from: objects, into: directory, dryRun: dryRun) }
     }
 
@@ -271,9 +279,15 @@ public struct SessionRestorer: Sendable {
     {
         let reader = SnapshotReader(keyring: sessionStore.keyring, limits: limits)
         var restored: Rebuilt?
+        let started = ContinuousClock.now
+        var unpacked = started
         try DirectorySwap.replace(directory) { staging in
             restored = try apply(chain, objects: objects, session: session, into: staging, reader: reader)
+            unpacked = ContinuousClock.now
         }
+        logger?.debug("restore unpack timing", metadata: [
+            "session": "\(session)", "unpack": "\(unpacked - started)", "sync_swap": "\(ContinuousClock.now - unpacked)",
+        ])
         return restored!
     }
 

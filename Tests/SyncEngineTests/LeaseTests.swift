@@ -338,3 +338,85 @@ extension SyncServiceTests {
         #expect(ContinuousClock.now - started < .seconds(60), "decided from the store's times, not after a TTL")
     }
 }
+
+/// What keeps a planned move short: a release that commits at once, and chains kept short across holders.
+extension SyncServiceTests {
+    /// The write pause (half the quiet period after a file's last write) holds a snapshot back so it
+    /// does not take half of a writer's transaction; a release is asked once the worker stopped
+    /// writing, so it commits what is there at once. Here the pause is 30 s: the release comes well
+    /// before it is over, and still names the last write.
+    @Test func aReleaseCommitsAtOnceWithoutWaitingOutTheWritePause() async throws {
+        let sync = service(lease: leaseHolder("a")) { $0.watcher.quietPeriod = .seconds(60); $0.watcher.maxDelay = .seconds(300) }
+        try makeSession("s1", files: ["creds.json": "{\"v\":1}"])
+        // Written long ago: the first upload has no pause to wait for.
+        for path in ["\(sessionsRoot)/s1/creds.json", "\(sessionsRoot)/s1"] {
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: path)
+        }
+        let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
+        defer { running.cancel() }
+        try await waitFor(sync, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        try makeSession("s1", files: ["creds.json": "{\"v\":2}"])
+        let started = ContinuousClock.now
+        _ = try await sync.release(SessionID("s1")!, timeout: .seconds(120))
+        #expect(ContinuousClock.now - started < .seconds(30), "the release waited out the write pause")
+        #expect(try await restored("s1") == "{\"v\":2}")
+        running.cancel()
+        _ = try await running.value
+    }
+
+    /// A session moved back and forth never reaches `maxChainLength` (500) by one holder's deltas,
+    /// yet each acquire downloads its whole chain: the agent that acquires a chain of
+    /// `maxChainLengthAfterAcquire` deltas or more writes a base at once, so the next move
+    /// restores a short one. A shorter chain is left as it is.
+    @Test func anAcquiredLongChainGetsABaseAtOnceAndAShortOneDoesNot() async throws {
+        let a = service(lease: leaseHolder("a"))
+        // A large file no delta rewrites: the deltas never add up to the base (deltaToBaseRatio).
+        let large = (0..<4000).map { "\"k\($0)\":\($0 * 7919 % 104_729)" }.joined(separator: ",")
+        try makeSession("s1", files: ["creds.json": "{\"v\":0}", "app-state-sync-key-1.json": "{\(large)}"])
+        let runningA = Task { try await a.run(shutdownTimeout: .seconds(60)) }
+        defer { runningA.cancel() }
+        try await waitFor(a, "s1", "synced") { $0.state == .synced && $0.lastSnapshot != nil }
+        let session = SessionID("s1")!
+        func chainLength() async throws -> Int {
+            try await sessionStore.chain(session, head: try #require(try await sessionStore.head(session)?.head)).count
+        }
+        for version in 1...3 {
+            try makeSession("s1", files: ["creds.json": "{\"v\":\(version)}"])
+            _ = try await a.flush(session, timeout: .seconds(120))
+        }
+        _ = try await a.release(session, timeout: .seconds(120))
+        #expect(try await chainLength() == 4)
+
+        let (b, rootB) = try otherAgent("b")
+        let runningB = Task { try await b.run(shutdownTimeout: .seconds(60)) }
+        defer { runningB.cancel() }
+        _ = try await b.acquire(session, options: AcquireOptions(waitRelease: .seconds(60)))
+        try await waitFor(b, "s1", "synced") { $0.state == .synced }
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await chainLength() == 4, "a chain of 3 deltas is restored as it is")
+
+        for version in 4...11 {
+            try Data("{\"v\":\(version)}".utf8).write(to: URL(fileURLWithPath: "\(rootB)/s1/creds.json"))
+            _ = try await b.flush(session, timeout: .seconds(120))
+        }
+        #expect(try await chainLength() == 12)
+        _ = try await b.release(session, timeout: .seconds(120))
+
+        // Back to A, which acquires the 11 deltas and writes a base without a change to upload.
+        _ = try await a.acquire(session, options: AcquireOptions(waitRelease: .seconds(60)))
+        let deadline = ContinuousClock.now + .seconds(180)
+        while try await chainLength() != 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        let head = try #require(try await sessionStore.head(session)?.head)
+        #expect(head.latestKind == .base && head.agent == "a" && head.released == nil)
+        #expect(try await restored("s1") == "{\"v\":11}")
+        // Then A's changes are deltas again, against the new base.
+        try makeSession("s1", files: ["creds.json": "{\"v\":12}"])
+        _ = try await a.flush(session, timeout: .seconds(120))
+        #expect(try await sessionStore.head(session)?.head.latestKind == .delta)
+        #expect(try await chainLength() == 2)
+        runningA.cancel()
+        runningB.cancel()
+        _ = try await runningA.value
+        _ = try await runningB.value
+    }
+}

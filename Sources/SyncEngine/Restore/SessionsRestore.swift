@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Logging
 import SessionArchive
 import SystemSupport
 
@@ -118,11 +119,14 @@ public struct SessionsRestore: Sendable {
     /// The directory holding one directory per session.
     public let root: String
     public let request: RestoreRequest
+    /// Hears, at debug level, where each session's time went (acquire, plan, restore).
+    public var logger: Logger?
 
-    public init(sources: RestoreSources, root: String, request: RestoreRequest) {
+    public init(sources: RestoreSources, root: String, request: RestoreRequest, logger: Logger? = nil) {
         self.sources = sources
         self.root = root
         self.request = request
+        self.logger = logger
     }
 
     /// Each session with how it will be restored, or why it cannot be.
@@ -140,10 +144,11 @@ public struct SessionsRestore: Sendable {
         case .named(let named): sessions = named
         case .all: sessions = try await sources.sessions()
         }
-        let plans = try await sessions.concurrentMap(limit: request.parallel) { [sources, root, request] id in
+        let plans = try await sessions.concurrentMap(limit: request.parallel) { [sources, root, request, logger] id in
             await Result { () async throws -> (SessionRestorer, RestorePlan) in
                 var restorer = SessionRestorer(sessionStore: try await sources.store(for: id))
                 restorer.format = request.format
+                restorer.logger = logger
                 return (restorer, try await restorer.plan(id, into: root, at: request.point, onlyIfMissing: request.onlyIfMissing))
             }
         }
@@ -161,7 +166,7 @@ public struct SessionsRestore: Sendable {
             try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try DirectorySwap.recoverLeftovers(in: root)
         }
-        let outcomes = try await Array(zip(plan.sessions, plan.plans)).concurrentMap(limit: request.parallel) { [sources, root, request] id, plan in
+        let outcomes = try await Array(zip(plan.sessions, plan.plans)).concurrentMap(limit: request.parallel) { [sources, root, request, logger] id, plan in
             let started = ContinuousClock.now
             let outcome = await Result { () async throws -> RestoreOutcome in
                 let (restorer, plan) = try plan.get()
@@ -172,11 +177,17 @@ public struct SessionsRestore: Sendable {
                     sessionStore: sources.primary, lease: acquiring.lease, options: acquiring.options,
                     conditionalWrites: acquiring.conditionalWrites)
                 let acquisition = try await acquirer.acquire(id)
+                let claimed = ContinuousClock.now
                 // Claimed before the directory is touched; the head may have moved meanwhile (the
                 // holder's last commit, its release): plan again from what is committed now.
                 let current = try await restorer.plan(id, into: root, at: request.point, onlyIfMissing: request.onlyIfMissing)
+                let planned = ContinuousClock.now
                 var outcome = try await restorer.restore(current, into: root)
                 outcome.acquired = acquisition
+                logger?.debug("acquire timing", metadata: [
+                    "session": "\(id)", "claim": "\(claimed - started)", "plan": "\(planned - claimed)",
+                    "restore": "\(ContinuousClock.now - planned)", "chain": "\(current.chain.count)",
+                ])
                 return outcome
             }
             await finished(FinishedRestore(session: id, outcome: outcome, duration: ContinuousClock.now - started))

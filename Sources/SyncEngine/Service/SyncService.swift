@@ -246,8 +246,9 @@ public actor SyncService {
         return found
     }
 
-    /// The session's record, created with its replicator when the session is new.
-    private func session(_ id: SessionID) -> SessionRecord {
+    /// The session's record, created with its replicator when the session is new; `acquired`:
+    /// the session was just acquired (its replicator shortens a long chain at once).
+    private func session(_ id: SessionID, acquired: Bool = false) -> SessionRecord {
         if let existing = sessions[id] { return existing }
         var remoteGeneration: (@Sendable () async throws -> UInt64?)?
         if let mirror {
@@ -256,7 +257,8 @@ public actor SyncService {
         replicators[id] = SessionReplicator(
             session: id, directory: directory(of: id), sessionStore: sessionStore, owner: owner, agent: lease?.agent.id,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
-            format: settings.sessionFormat, policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds, logger: logger)
+            format: settings.sessionFormat, policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds,
+            acquired: acquired, logger: logger)
         sessions[id] = SessionRecord()
         return SessionRecord()
     }
@@ -318,8 +320,12 @@ public actor SyncService {
             // out; what the local store already holds is still mirrored.
             if SessionFiles.isDirectory(replicator.directory) {
                 sessions[id]?.loggedOut = false
-                let result = try await replicator.sync(
-                    changedPaths: changedPaths, pause: WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay))
+                // A release commits now: the worker stopped writing the session before it asked,
+                // and waiting out a pause after its last write would only hold the move up.
+                let pause =
+                    sessions[id]?.releasing == true
+                    ? nil : WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay)
+                let result = try await replicator.sync(changedPaths: changedPaths, pause: pause)
                 committed = true
                 switch result {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
@@ -524,12 +530,17 @@ extension SyncService: SessionControl {
         if let released = sessions[id]?.released { return answer(id, released) }
         try heldSession(id)
         // The flush's upload is the last this session gets: changes after the call are not ours.
+        let started = ContinuousClock.now
         let flushing = startFlush(id)
         sessions[id]?.releasing = true
         do throws(SessionControlError) {
             try await waitForUpload(flushing, of: id, deadline: deadline)
+            let flushed = ContinuousClock.now
             guard let replicator = replicators[id] else { throw SessionControlError(.released, "session \(id) was released meanwhile") }
             let head = try await controlStep(id, "release") { try await replicator.release() }
+            logger.debug("release timing", metadata: [
+                "session": "\(id)", "flush": "\(flushed - started)", "head": "\(ContinuousClock.now - flushed)",
+            ])
             let release = head.released!
             cancelRetryTimer(id)
             sessions[id]?.releasing = false
@@ -586,7 +597,8 @@ extension SyncService: SessionControl {
             sources: RestoreSources(primary: sessionStore, mirror: mirror), root: root,
             request: RestoreRequest(
                 sessions: .named([id]), format: settings.sessionFormat,
-                acquiring: RestoreRequest.Acquiring(lease: lease, options: options, conditionalWrites: conditionalWrites)))
+                acquiring: RestoreRequest.Acquiring(lease: lease, options: options, conditionalWrites: conditionalWrites)),
+            logger: logger)
         let result: RestoreResult
         do {
             result = try await restore.run(try await restore.plan()) { _ in }
@@ -603,11 +615,13 @@ extension SyncService: SessionControl {
             throw SessionControlError(reason, failed.error)
         }
         // A new record and replicator: the replicator claims again (this agent holds it) and loads
-        // the restored snapshot's state, so comparing the directory finds nothing to upload.
+        // the restored snapshot's state, so comparing the directory finds nothing to upload; but
+        // a long chain gets a base now, while nothing waits for it, so the next move's is short.
         cancelRetryTimer(id)
         sessions[id] = nil
         replicators[id] = nil
         acquiring.remove(id)
+        _ = session(id, acquired: true)
         schedule(id)
         logger.info("session acquired", metadata: [
             "session": "\(id)", "acquired": "\(result.report.recoveredSessions.first?.acquired ?? "-")",
