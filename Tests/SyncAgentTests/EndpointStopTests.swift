@@ -48,8 +48,14 @@ struct EndpointStopTests {
             var answers: [Task<[UInt8]?, Never>] = []
             for index in 0..<40 {
                 if index == 20 {
-                    servingTCP.cancel()
-                    servingSocket.cancel()
+                    // As the agent stops (graceful shutdown), or cancelled (the service group failed).
+                    if round.isMultiple(of: 2) {
+                        tcp.stop()
+                        socket.stop()
+                    } else {
+                        servingTCP.cancel()
+                        servingSocket.cancel()
+                    }
                 }
                 if let connection = try? LoopbackConnection(port: port) {
                     connection.send(Self.request)
@@ -81,7 +87,7 @@ struct EndpointStopTests {
         connection.send(Self.request)
         let answer = Task { await connection.receiveUntilClosed() }
         try await Task.sleep(for: .milliseconds(500))
-        serving.cancel()
+        endpoint.stop()
         let received = try #require(await answer.value, "the connection stayed open")
         #expect(received.starts(with: Array("HTTP/1.1 200 OK".utf8)), "\(String(decoding: received, as: UTF8.self))")
         #expect(Self.isWholeAnswerOrNothing(received, body: routes.body), "\(received.count) bytes received")
@@ -126,17 +132,19 @@ struct StoppingWhileCalledTests {
 
     /// Sends `call` over and over, each on a new connection, until the agent no longer accepts
     /// one; returns what each connection received (nil: it stayed open 15 s).
-    static func callRepeatedly(_ call: Call, port: Int, socket: String, agent: RunningAgent) async -> [[UInt8]?] {
-        var received: [[UInt8]?] = []
+    static func callRepeatedly(_ call: Call, port: Int, socket: String, agent: RunningAgent) async -> [(call: Call, sent: ContinuousClock.Instant, received: [UInt8]?)] {
+        var received: [(call: Call, sent: ContinuousClock.Instant, received: [UInt8]?)] = []
         while agent.process.exitStatus == nil {
             if call.onSocket {
                 guard let connection = UnixConnection(path: socket) else { break }
                 connection.send(call.request)
-                received.append(await connection.receiveUntilClosed())
+                let sent = ContinuousClock.now
+                received.append((call, sent, await connection.receiveUntilClosed()))
             } else {
                 guard let connection = try? LoopbackConnection(port: port) else { break }
                 connection.send(call.request)
-                received.append(await connection.receiveUntilClosed())
+                let sent = ContinuousClock.now
+                received.append((call, sent, await connection.receiveUntilClosed()))
             }
         }
         return received
@@ -152,16 +160,19 @@ struct StoppingWhileCalledTests {
             let endpoint = try await agent.endpoint()
             let port = try #require(endpoint.split(separator: ":").last.flatMap { Int($0) })
 
+            let start = ContinuousClock.now
             let callers = (0..<3).flatMap { _ in Call.allCases }.map { call in
                 Task { await Self.callRepeatedly(call, port: port, socket: socket, agent: agent) }
             }
             // Calls under way, some of them answered, when the agent is told to stop.
             try await Task.sleep(for: .milliseconds(Int.random(in: 100...600)))
+            let stopping = ContinuousClock.now
             let termination = try await agent.terminate()
+            print("round \(round): SIGTERM \(stopping - start) after the first call, exited \(ContinuousClock.now - start)")
             var answered = 0
             for caller in callers {
-                for received in await caller.value {
-                    let bytes = try #require(received, "round \(round): a connection stayed open\n\(agent.log)")
+                for (call, sent, received) in await caller.value {
+                    let bytes = try #require(received, "round \(round): a connection stayed open (\(call), sent \(sent - start) after the first)\n\(agent.log)")
                     #expect(Self.isWholeResponseOrNothing(bytes), "round \(round): \(String(decoding: bytes, as: UTF8.self))")
                     if !bytes.isEmpty { answered += 1 }
                 }
