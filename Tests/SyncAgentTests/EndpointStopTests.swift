@@ -166,9 +166,7 @@ struct StoppingWhileCalledTests {
             }
             // Calls under way, some of them answered, when the agent is told to stop.
             try await Task.sleep(for: .milliseconds(Int.random(in: 100...600)))
-            let stopping = ContinuousClock.now
             let termination = try await agent.terminate()
-            print("round \(round): SIGTERM \(stopping - start) after the first call, exited \(ContinuousClock.now - start)")
             var answered = 0
             for caller in callers {
                 for (call, sent, received) in await caller.value {
