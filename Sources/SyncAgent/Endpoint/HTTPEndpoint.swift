@@ -94,6 +94,8 @@ final class HTTPEndpoint: Sendable {
         /// within `responseGrace` (plus the route's allowance, for a control call that waits on
         /// purpose): a client that never reads its response is cut off then.
         var connectionLifetime: TimeAmount = .seconds(10)
+        /// Also what a response under way gets when the endpoint stops (no allowance then: the
+        /// engine a control call waits on has stopped).
         var responseGrace: TimeAmount = .seconds(5)
         /// Request line and headers; a larger head is refused by the parser.
         var headerBytes = 8 * 1024
