@@ -73,14 +73,17 @@ func bootstrapPrometheus() -> PrometheusCollectorRegistry {
 }
 
 /// Runs the endpoint under ServiceLifecycle beside the sidecar; it stops answering after the
-/// sidecar has flushed (services shut down in reverse order).
+/// sidecar has flushed (services shut down in reverse order), by `stop()` rather than by
+/// cancellation, so that a worker's call under way then still gets its answer.
 struct EndpointService: Service {
     let endpoint: HTTPEndpoint
     let routes: AgentRoutes
 
     func run() async throws {
-        try await cancelWhenGracefulShutdown { [endpoint, routes] in
+        try await withGracefulShutdownHandler {
             try await endpoint.serve(routes)
+        } onGracefulShutdown: { [endpoint] in
+            endpoint.stop()
         }
     }
 }

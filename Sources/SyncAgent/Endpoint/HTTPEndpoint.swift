@@ -82,7 +82,8 @@ extension EndpointRoutes {
 /// threads rather than Swift's cooperative pool where uploads run, with limits that keep a slow
 /// or hostile client from holding memory or connections for long. The loops are NIO's process
 /// singletons (nothing else in the agent uses NIO): never shut down, so no channel outlives its
-/// loop when the agent stops.
+/// loop when the agent stops. Every connection NIO accepts is closed through its async channel
+/// (`executeThenClose`), whenever the endpoint stops: one dropped unclosed traps the process.
 final class HTTPEndpoint: Sendable {
     struct Limits: Sendable {
         /// Connections beyond this are closed on accept.
@@ -93,6 +94,8 @@ final class HTTPEndpoint: Sendable {
         /// within `responseGrace` (plus the route's allowance, for a control call that waits on
         /// purpose): a client that never reads its response is cut off then.
         var connectionLifetime: TimeAmount = .seconds(10)
+        /// Also what a response under way gets when the endpoint stops (no allowance then: the
+        /// engine a control call waits on has stopped).
         var responseGrace: TimeAmount = .seconds(5)
         /// Request line and headers; a larger head is refused by the parser.
         var headerBytes = 8 * 1024
@@ -108,22 +111,23 @@ final class HTTPEndpoint: Sendable {
     let transport: EndpointTransport
     private let limits: Limits
     private let server: NIOAsyncChannel<Connection, Never>
-    private let openConnections = Mutex(0)
+    private let connections: ConnectionRegistry
     /// The socket file `bind(_: ControlSocket)` made, removed when the endpoint stops.
     private let socketFile: (socket: ControlSocket, identity: (device: UInt64, inode: UInt64)?)?
 
     private init(
         boundAddress: String, transport: EndpointTransport, limits: Limits, server: NIOAsyncChannel<Connection, Never>,
-        socketFile: (socket: ControlSocket, identity: (device: UInt64, inode: UInt64)?)? = nil
+        connections: ConnectionRegistry, socketFile: (socket: ControlSocket, identity: (device: UInt64, inode: UInt64)?)? = nil
     ) {
         self.boundAddress = boundAddress
         self.transport = transport
         self.limits = limits
         self.server = server
+        self.connections = connections
         self.socketFile = socketFile
     }
 
-    private static func httpPipeline(_ limits: Limits) -> @Sendable (Channel) -> EventLoopFuture<Connection> {
+    private static func httpPipeline(_ limits: Limits, _ connections: ConnectionRegistry) -> @Sendable (Channel) -> EventLoopFuture<Connection> {
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
         decoderLimits.maxHeaderFieldSize = limits.headerBytes
         decoderLimits.maxHeaderListSize = limits.headerBytes
@@ -133,7 +137,7 @@ final class HTTPEndpoint: Sendable {
                 try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                     withErrorHandling: true, withEncoderConfiguration: .init(),
                     withDecoderLimitConfiguration: decoderLimits)
-                return try Connection(wrappingChannelSynchronously: channel)
+                return try connections.wrap(channel)
             }
         }
     }
@@ -141,21 +145,23 @@ final class HTTPEndpoint: Sendable {
     /// Binds a Unix socket at `socket.path` (see `ControlSocket`: created with its mode, moved
     /// into place over a stale socket, never over anything else).
     static func bind(_ socket: ControlSocket, limits: Limits = Limits()) async throws -> HTTPEndpoint {
+        let connections = ConnectionRegistry(limit: limits.connections, grace: limits.responseGrace)
         let server = try await socket.bind { path in
             try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 64)
-                .bind(unixDomainSocketPath: path, childChannelInitializer: httpPipeline(limits))
+                .bind(unixDomainSocketPath: path, childChannelInitializer: httpPipeline(limits, connections))
         } close: { server in
-            try? await server.executeThenClose { _ in }
+            await HTTPEndpoint(boundAddress: socket.path, transport: .unixSocket, limits: limits, server: server, connections: connections).close()
         }
         return HTTPEndpoint(
-            boundAddress: socket.path, transport: .unixSocket, limits: limits, server: server,
+            boundAddress: socket.path, transport: .unixSocket, limits: limits, server: server, connections: connections,
             socketFile: (socket, ControlSocket.identity(of: socket.path)))
     }
 
     /// Binds now, so a bad address or a port in use stops the agent before it touches anything;
     /// connections wait in the backlog until `serve`.
     static func bind(_ address: ListenAddress, limits: Limits = Limits()) async throws -> HTTPEndpoint {
+        let connections = ConnectionRegistry(limit: limits.connections, grace: limits.responseGrace)
         do {
             let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 64)
@@ -163,10 +169,10 @@ final class HTTPEndpoint: Sendable {
                 // At IPPROTO_TCP: `.socketOption` sets SOL_SOCKET, where this number is SO_DEBUG,
                 // which only CAP_NET_ADMIN may set (it ended an unprivileged agent on its first request).
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .bind(host: address.host, port: address.port, childChannelInitializer: httpPipeline(limits))
+                .bind(host: address.host, port: address.port, childChannelInitializer: httpPipeline(limits, connections))
             var bound = address
             bound.port = server.channel.localAddress?.port ?? address.port
-            return HTTPEndpoint(boundAddress: bound.description, transport: .tcp, limits: limits, server: server)
+            return HTTPEndpoint(boundAddress: bound.description, transport: .tcp, limits: limits, server: server, connections: connections)
         } catch {
             throw ConfigurationError(.cannotListen, "cannot listen on \(address): \(Self.reason(error))")
         }
@@ -179,24 +185,16 @@ final class HTTPEndpoint: Sendable {
         return "\(error)"
     }
 
-    /// Answers requests until the task is cancelled, then closes every connection.
+    /// Answers requests until `stop()`, then returns once every connection is closed: those not
+    /// answered yet are closed unanswered, a response under way is finished first (within
+    /// `responseGrace`). Cancelling the task stops it at once: the connections close without
+    /// waiting for their answers.
     func serve(_ routes: some EndpointRoutes) async throws {
         do {
-            try await withThrowingDiscardingTaskGroup { tasks in
-                try await server.executeThenClose { connections in
-                    for try await connection in connections {
-                        guard admit() else {
-                            // Through the async channel, which must finish its writer (NIO traps otherwise).
-                            try? await connection.executeThenClose { _, _ in }
-                            continue
-                        }
-                        tasks.addTask {
-                            await self.handle(connection, routes)
-                            self.openConnections.withLock { $0 -= 1 }
-                        }
-                    }
-                }
-                tasks.cancelAll()
+            try await withTaskCancellationHandler {
+                try await acceptUntilStopped { connection, lifetime in await self.handle(connection, lifetime, routes) }
+            } onCancel: {
+                self.stop()
             }
         } catch is CancellationError {
             // The agent is stopping.
@@ -204,36 +202,67 @@ final class HTTPEndpoint: Sendable {
         removeSocketFile()
     }
 
-    /// Releases the socket of an endpoint that never served (start-up failed).
+    /// Stops taking connections and closes the listener, then the connections: see `serve`.
+    func stop() {
+        for lifetime in connections.stop() { lifetime.end() }
+        server.channel.close(promise: nil)
+    }
+
+    /// Releases the socket of an endpoint that never served (start-up failed), closing whatever
+    /// connections NIO accepted meanwhile.
     func close() async {
-        // Through the async channel, so its stream is finished before the event loop stops.
-        try? await server.executeThenClose { _ in }
+        stop()
+        try? await acceptUntilStopped { _, _ in }
         removeSocketFile()
+    }
+
+    /// Takes the connections NIO accepted, until the listener's stream ends (the listener closed)
+    /// and every connection taken ended; then closes those NIO made but never handed over.
+    private func acceptUntilStopped(_ answer: @escaping @Sendable (Connection, ConnectionLifetime) async -> Void) async throws {
+        do {
+            try await withThrowingDiscardingTaskGroup { tasks in
+                try await server.executeThenClose { accepted in
+                    for try await connection in accepted {
+                        guard let lifetime = connections.take(connection) else {
+                            // Over the limit, or the endpoint stopped.
+                            try? await connection.executeThenClose { _, _ in }
+                            continue
+                        }
+                        tasks.addTask {
+                            await answer(connection, lifetime)
+                            self.connections.ended(connection)
+                        }
+                    }
+                }
+                // The listener's stream ended (stopped, or the listener failed): the connections'
+                // time is up. An answer under way has the grace to be finished; past it, what
+                // still answers is cancelled (a control call waiting on the engine, which has
+                // stopped), so the agent's exit waits no longer.
+                self.stop()
+                let deadline = ContinuousClock.now + .nanoseconds(limits.responseGrace.nanoseconds)
+                while connections.isServing, ContinuousClock.now < deadline {
+                    do { try await Task.sleep(for: .milliseconds(20)) } catch { break }
+                }
+                tasks.cancelAll()
+            }
+        } catch {
+            await closeUntaken()
+            throw error
+        }
+        await closeUntaken()
+    }
+
+    private func closeUntaken() async {
+        stop()
+        for connection in connections.untaken() { try? await connection.executeThenClose { _, _ in } }
     }
 
     private func removeSocketFile() {
         if let socketFile { socketFile.socket.remove(ifStill: socketFile.identity) }
     }
 
-    private func admit() -> Bool {
-        openConnections.withLock { count in
-            guard count < limits.connections else { return false }
-            count += 1
-            return true
-        }
-    }
-
-    private func handle(_ connection: Connection, _ routes: some EndpointRoutes) async {
-        let channel = connection.channel
-        let lifetime = ConnectionLifetime()
-        let grace = limits.responseGrace
-        let deadline = channel.eventLoop.scheduleTask(in: limits.connectionLifetime) {
-            if let allowance = lifetime.expire() {
-                channel.eventLoop.scheduleTask(in: grace + allowance) { channel.close(promise: nil) }
-            } else {
-                channel.close(promise: nil)
-            }
-        }
+    private func handle(_ connection: Connection, _ lifetime: ConnectionLifetime, _ routes: some EndpointRoutes) async {
+        let deadline = connection.channel.eventLoop.scheduleTask(in: limits.connectionLifetime) { lifetime.end() }
         defer { deadline.cancel() }
         // Errors here are a client's (reset, malformed request, closed at the deadline): the
         // connection ends and nothing else is affected.
@@ -301,13 +330,92 @@ final class HTTPEndpoint: Sendable {
         headers.add(name: "Cache-Control", value: "no-store")
         for header in response.headers { headers.add(name: header.name, value: header.value) }
         if !request.isKeepAlive { headers.add(name: "Connection", value: "close") }
-        try await responses.write(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers)))
-        if request.method != .HEAD { try await responses.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
-        try await responses.write(.end(nil))
+        // One write, which reaches the event loop as one task: a close the connection's lifetime
+        // schedules can come before the response or after it, never between its head and body.
+        var parts: [HTTPServerResponsePart] = [.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))]
+        if request.method != .HEAD { parts.append(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
+        parts.append(.end(nil))
+        try await responses.write(contentsOf: parts)
     }
 }
 
-/// Whether a connection's lifetime ran out, and whether a response was being made then.
+/// The endpoint's connections, from the moment NIO makes one until it ends. NIO hands each to
+/// `serve` through the listener's stream, and drops one it can no longer hand over (made while
+/// the listener closed, or still buffered when a cancelled reader left the stream): a connection
+/// dropped before its writer was finished traps the process. So each is held here from the
+/// moment it is made until `serve` takes it, and those never taken are closed when it stops.
+private final class ConnectionRegistry: Sendable {
+    private struct State {
+        var stopped = false
+        /// Made by NIO, not taken by `serve` yet.
+        var untaken: [ObjectIdentifier: HTTPEndpoint.Connection] = [:]
+        /// Taken and being served.
+        var served: [ObjectIdentifier: ConnectionLifetime] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let limit: Int
+    private let grace: TimeAmount
+
+    init(limit: Int, grace: TimeAmount) {
+        self.limit = limit
+        self.grace = grace
+    }
+
+    /// On the connection's event loop, as NIO accepts it: wraps it, or closes it when the
+    /// endpoint stopped.
+    func wrap(_ channel: Channel) throws -> HTTPEndpoint.Connection {
+        try state.withLock { state in
+            guard !state.stopped else {
+                // NIO leaves a connection whose initializer failed open.
+                channel.close(promise: nil)
+                throw ChannelError.ioOnClosedChannel
+            }
+            let connection = try HTTPEndpoint.Connection(wrappingChannelSynchronously: channel)
+            state.untaken[ObjectIdentifier(channel)] = connection
+            return connection
+        }
+    }
+
+    /// The lifetime of a connection `serve` took, or nil when it is to be closed unanswered:
+    /// over the limit, or the endpoint stopped.
+    func take(_ connection: HTTPEndpoint.Connection) -> ConnectionLifetime? {
+        let id = ObjectIdentifier(connection.channel)
+        return state.withLock { state in
+            state.untaken[id] = nil
+            guard !state.stopped, state.served.count < limit else { return nil }
+            let lifetime = ConnectionLifetime(channel: connection.channel, grace: grace)
+            state.served[id] = lifetime
+            return lifetime
+        }
+    }
+
+    var isServing: Bool { state.withLock { !$0.served.isEmpty } }
+
+    func ended(_ connection: HTTPEndpoint.Connection) {
+        _ = state.withLock { $0.served.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+    }
+
+    /// Takes no more connections; returns the lifetimes of those being served, to end them.
+    func stop() -> [ConnectionLifetime] {
+        state.withLock { state in
+            state.stopped = true
+            return Array(state.served.values)
+        }
+    }
+
+    /// Once stopped and the listener's stream ended: those NIO made and never handed over.
+    func untaken() -> [HTTPEndpoint.Connection] {
+        state.withLock { state in
+            precondition(state.stopped)
+            defer { state.untaken = [:] }
+            return Array(state.untaken.values)
+        }
+    }
+}
+
+/// Whether a connection's time is up (its lifetime ran out or the endpoint stopped), and
+/// whether a response was being made then.
 private final class ConnectionLifetime: Sendable {
     private struct State {
         /// The allowance of the response being made; nil between responses.
@@ -316,18 +424,27 @@ private final class ConnectionLifetime: Sendable {
     }
 
     private let state = Mutex(State())
+    private let channel: any Channel
+    private let grace: TimeAmount
 
-    /// The lifetime ran out: nil when the connection can close now, else the allowance of the
-    /// response being made (the connection ends once it is written, or after the grace and
-    /// that allowance).
-    func expire() -> TimeAmount? {
-        state.withLock { state in
+    init(channel: any Channel, grace: TimeAmount) {
+        self.channel = channel
+        self.grace = grace
+    }
+
+    /// The connection's time is up: it closes now between responses, else once the response
+    /// being made is written (see `endResponse`), or after the grace and that response's
+    /// allowance: a client that never reads its response is cut off then.
+    func end() {
+        let responding = state.withLock { state in
             state.expired = true
             return state.responding
         }
+        guard let allowance = responding else { return channel.close(promise: nil) }
+        channel.eventLoop.scheduleTask(in: grace + allowance) { [channel] in channel.close(promise: nil) }
     }
 
-    /// False when the lifetime already ran out: answer no more requests.
+    /// False when the time is already up: answer no more requests.
     func beginResponse(allowance: TimeAmount) -> Bool {
         state.withLock { state in
             state.responding = state.expired ? nil : allowance
@@ -335,7 +452,7 @@ private final class ConnectionLifetime: Sendable {
         }
     }
 
-    /// False when the lifetime ran out while the response was written.
+    /// False when the time ran out while the response was written.
     func endResponse() -> Bool {
         state.withLock { state in
             state.responding = nil
