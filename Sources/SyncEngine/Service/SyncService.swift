@@ -696,6 +696,10 @@ extension SyncService: SessionControl {
     private func waitForUpload(_ number: Int, of id: SessionID, deadline: ContinuousClock.Instant) async throws(SessionControlError) {
         while (sessions[id]?.lastCompleteUpload ?? 0) < number {
             if sessions[id]?.fenced == true { throw fencedError(id) }
+            // Released meanwhile (a release that raced this flush): nothing more is uploaded.
+            if sessions[id]?.released != nil {
+                throw SessionControlError(.released, "session \(id) was released by this agent while the call waited")
+            }
             guard ContinuousClock.now < deadline else {
                 let cause = sessions[id]?.lastError.map { ": \($0)" } ?? ""
                 throw SessionControlError(.notCommitted, "session \(id): not committed within the timeout\(cause); still held")
