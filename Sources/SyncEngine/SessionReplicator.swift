@@ -77,6 +77,9 @@ public actor SessionReplicator {
     private var deltaBytes: Int64 = 0
     private var deltaCount = 0
     public private(set) var fencedBy: String?
+    /// Set by `release`: the session is another agent's to acquire, and this replicator commits
+    /// nothing more (an upload queued before the release that runs after it uploads nothing).
+    private var released = false
     /// What the retention policy deleted after the last base, for `backup`'s summary.
     public private(set) var lastPrune: PruneOutcome?
     /// Files the snapshots leave out (over the size limit, unreadable), by name: as the last sync
@@ -239,6 +242,7 @@ public actor SessionReplicator {
         var changedPaths = changedPaths
         let started = ContinuousClock.now
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
+        if released { return .unchanged(unsettled: []) }
         if head == nil { try await claimSession() }
         while true {
             let current = head!
@@ -368,6 +372,7 @@ public actor SessionReplicator {
 
     private func tombstoneSession() async throws {
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
+        if released { return }
         if head == nil { try await claimSession() }
         while true {
             let current = head!
@@ -413,7 +418,10 @@ public actor SessionReplicator {
             if head == nil { try await claimSession() }
             while true {
                 let current = head!
-                if current.head.released != nil { return current.head }
+                if current.head.released != nil {
+                    released = true
+                    return current.head
+                }
                 var next = current.head
                 next.released = SessionHead.Release(snapshot: current.head.latest, at: Date())
                 next.updatedAt = next.released!.at
@@ -421,6 +429,7 @@ public actor SessionReplicator {
                     let etag = try await sessionStore.writeHead(
                         next, session: session, condition: conditionalWrites ? .ifMatch(etag: current.etag) : nil)
                     head = (next, etag)
+                    released = true
                     return next
                 } catch StoreError.preconditionFailed {
                     try await headMoved()

@@ -105,6 +105,22 @@ extension SyncServiceTests {
             leases: LeaseStore(sessionStore, conditionalWrites: true))
     }
 
+    /// An upload queued before a release that runs after it commits nothing: the released head
+    /// stays as the release wrote it, naming the final snapshot.
+    @Test func aReleasedReplicatorCommitsNothingMore() async throws {
+        try makeSession("s1", files: ["creds.json": "{\"v\":1}"])
+        let replicator = SessionReplicator(
+            session: SessionID("s1")!, directory: "\(sessionsRoot)/s1", sessionStore: sessionStore, owner: "a/1/1", agent: "a",
+            conditionalWrites: true, logger: Logger(label: "test"))
+        _ = try await replicator.sync()
+        let released = try await replicator.release()
+        try makeSession("s1", files: ["creds.json": "{\"v\":2}"])
+        #expect(try await replicator.sync() == .unchanged(unsettled: []))
+        let head = try #require(try await sessionStore.head(SessionID("s1")!))
+        #expect(head.head.latest == released.latest)
+        #expect(head.head.released != nil && head.head.released?.snapshot == released.released?.snapshot)
+    }
+
     func acquirer(_ lease: LeaseHolder, wait: Duration, takeOver: Bool = false) -> SessionAcquirer {
         SessionAcquirer(
             sessionStore: sessionStore, lease: lease, options: AcquireOptions(waitRelease: wait, takeOver: takeOver), conditionalWrites: true)
