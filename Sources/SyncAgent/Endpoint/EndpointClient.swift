@@ -75,10 +75,32 @@ struct EndpointClient {
             }
         }
         // An agent that accepts and never answers must not hang the command.
+        let started = ContinuousClock.now
         let deadline = channel.channel.eventLoop.scheduleTask(in: timeout) { [channel = channel.channel] in
             channel.close(promise: nil)
         }
         defer { deadline.cancel() }
+        do {
+            return try await exchange(method, target, host: host, body: body, over: channel)
+        } catch {
+            // Our own deadline closed the connection, or the agent did: say which, not NIO's words.
+            let limit = Duration.nanoseconds(timeout.nanoseconds)
+            if ContinuousClock.now - started >= limit {
+                throw Failure(description: "\(name) did not answer \(path) within \(limit)")
+            }
+            if let closed = error as? ChannelError, closed == .ioOnClosedChannel || closed == .eof {
+                throw Failure(description: "\(name) closed the connection before answering \(path)")
+            }
+            throw error
+        }
+    }
+
+    /// Sends the request and reads the answer on `channel`, closing it after.
+    private func exchange(
+        _ method: HTTPMethod, _ target: String, host: String, body: [UInt8],
+        over channel: NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+    ) async throws -> (status: HTTPResponseStatus, body: [UInt8]) {
+        let path = target
         return try await channel.executeThenClose { responses, requests in
             var headers = HTTPHeaders()
             headers.add(name: "Host", value: host)
