@@ -8,7 +8,8 @@ import TestSupport
 /// Who can reach the control routes: the control socket's file and the token file.
 @Suite("Control socket")
 struct ControlSocketTests {
-    static func connect(_ descriptor: Int32, _ path: String) -> Bool {
+    /// The address of the Unix socket at `path` (shorter than `sun_path`).
+    static func address(_ path: String) -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { buffer in
@@ -16,6 +17,11 @@ struct ControlSocketTests {
             buffer.copyBytes(from: bytes)
             buffer[bytes.count] = 0
         }
+        return address
+    }
+
+    static func connect(_ descriptor: Int32, _ path: String) -> Bool {
+        var address = address(path)
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
@@ -26,13 +32,7 @@ struct ControlSocketTests {
     /// A socket file nothing accepts on: what a crashed agent leaves.
     static func makeStaleSocket(at path: String) throws {
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
-            let bytes = Array(path.utf8)
-            buffer.copyBytes(from: bytes)
-            buffer[bytes.count] = 0
-        }
+        var address = address(path)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
         }
