@@ -135,15 +135,24 @@ struct ControlRoutesTests {
     /// the lifetime of a read route's by the call's own bound, and the answer arrives.
     @Test func aCallLongerThanAConnectionsLifetimeIsAnsweredWithinItsTimeout() async throws {
         var limits = HTTPEndpoint.Limits()
-        limits.connectionLifetime = .seconds(1)
-        limits.responseGrace = .seconds(1)
+        limits.connectionLifetime = .seconds(2)
+        limits.responseGrace = .seconds(2)
         try await Self.withEndpoints(limits: limits) { control, _, socket in
-            await control.take(.seconds(4))
-            // The call's own bound is long: the suite's parallel tests can hold this process's
-            // threads for tens of seconds; the 1 s lifetime is what must not cut it.
-            let answer = try Answer(await socket.send(.POST, "/sessions/alice/flush?timeout=120s"))
-            #expect(answer.status == .ok)
-            #expect(await control.calls == ["flush alice 120.0 seconds"])
+            await control.take(.seconds(6))
+            // The call's own bound starts when the route has the request. A loaded suite can hold
+            // this process's threads past the lifetime before that, and the connection is then
+            // rightly closed as a read route's would be: such an attempt reached no route, and
+            // is made again (each time on a fresh connection).
+            for attempt in 1...3 {
+                do {
+                    let answer = try Answer(await socket.send(.POST, "/sessions/alice/flush?timeout=120s"))
+                    #expect(answer.status == .ok)
+                    #expect(await control.calls == ["flush alice 120.0 seconds"])
+                    return
+                } catch {
+                    guard await control.calls.isEmpty, attempt < 3 else { throw error }
+                }
+            }
         }
     }
 

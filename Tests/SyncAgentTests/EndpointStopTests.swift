@@ -49,6 +49,9 @@ struct EndpointStopTests {
             var answers: [Task<[UInt8]?, Never>] = []
             for index in 0..<40 {
                 if index == 20 {
+                    // In the first round the first request is answered before the stop, so the
+                    // answer path is exercised however loaded the machine is.
+                    if round == 0, let first = answers.first { _ = await first.value }
                     // As the agent stops (graceful shutdown), or cancelled (the service group failed).
                     if round.isMultiple(of: 2) {
                         tcp.stop()
