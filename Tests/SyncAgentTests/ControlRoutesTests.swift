@@ -135,10 +135,10 @@ struct ControlRoutesTests {
     /// the lifetime of a read route's by the call's own bound, and the answer arrives.
     @Test func aCallLongerThanAConnectionsLifetimeIsAnsweredWithinItsTimeout() async throws {
         var limits = HTTPEndpoint.Limits()
-        limits.connectionLifetime = .seconds(2)
-        limits.responseGrace = .seconds(2)
+        limits.connectionLifetime = .seconds(5)
+        limits.responseGrace = .seconds(5)
         try await Self.withEndpoints(limits: limits) { control, _, socket in
-            await control.take(.seconds(6))
+            await control.take(.seconds(15))
             // The call's own bound starts when the route has the request. A loaded suite can hold
             // this process's threads past the lifetime before that, and the connection is then
             // rightly closed as a read route's would be: such an attempt reached no route, and
