@@ -315,6 +315,13 @@ public actor SyncService {
         // Whether the primary store took the commit: a failure after it (the mirror's) says
         // nothing about the primary store's health.
         var committed = false
+        /// The session's record was replaced meanwhile (an acquire restored it anew, a release
+        /// dropped it): what this upload learned belongs to a record that is gone.
+        struct Superseded: Error {}
+        func stillCurrent() throws {
+            if replicators[id] !== replicator { throw Superseded() }
+        }
+        var superseded = false
         do {
             // A directory gone since it was scheduled is no upload's business unless it logged
             // out; what the local store already holds is still mirrored.
@@ -327,6 +334,7 @@ public actor SyncService {
                     ? nil : WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay)
                 let result = try await replicator.sync(changedPaths: changedPaths, pause: pause)
                 committed = true
+                try stillCurrent()
                 switch result {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
                     // Only a write proves the store answers: an unchanged directory may ask it nothing.
@@ -348,10 +356,13 @@ public actor SyncService {
                 // into storage that was no longer the dictionary's: memory corruption, seen as
                 // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
                 let lastCommit = await replicator.lastCommit
+                try stillCurrent()
                 sessions[id]?.lastCommit = lastCommit
                 let health = await replicator.health
+                try stillCurrent()
                 sessions[id]?.health = health
                 let skippedFiles = await replicator.skippedFiles
+                try stillCurrent()
                 recordSkippedFiles(id, skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
                 outcome = .succeeded(unsettled: !unsettled.isEmpty)
@@ -359,6 +370,7 @@ public actor SyncService {
                 // Checked now, not when the removal was seen: a restore falling back to two renames
                 // leaves the name missing for an instant, and only a directory still gone is a logout.
                 try await replicator.tombstone()
+                try stillCurrent()
                 sessions[id]?.tombstoneWritten()
                 logger.info("session directory removed", metadata: ["session": "\(id)", "on_delete": "tombstone"])
             } else {
@@ -368,8 +380,11 @@ public actor SyncService {
                 for entry in try await mirror.mirror(id) {
                     EngineMetrics.uploaded(mode: mode, store: mirror.remote.store, bytes: entry.size)
                 }
+                try stillCurrent()
             }
             sessions[id]?.lastError = nil
+        } catch where error is Superseded || replicators[id] !== replicator {
+            superseded = true
         } catch let error as SnapshotError {
             if case .fenced = error {
                 fence(id, error)
@@ -380,8 +395,10 @@ public actor SyncService {
         } catch {
             outcome = .failed(backoff: failed(id, error, committed: committed))
         }
-        startupComparison?.remove(id)
         queue.finished()
+        // The record that scheduled this upload is gone; the new one schedules its own.
+        if superseded { return }
+        startupComparison?.remove(id)
         if var entry = sessions[id] {
             let next = entry.uploadFinished(outcome, unsettled: unsettled, at: .now, unsettledRetryDelay: settings.watcher.quietPeriod)
             sessions[id] = entry
