@@ -315,11 +315,13 @@ public actor SyncService {
         // Whether the primary store took the commit: a failure after it (the mirror's) says
         // nothing about the primary store's health.
         var committed = false
-        /// The session's record was replaced meanwhile (an acquire restored it anew, a release
-        /// dropped it): what this upload learned belongs to a record that is gone.
+        /// The session's record was replaced meanwhile (an acquire restored it anew, with a
+        /// replicator of its own): what this upload learned belongs to a record that is gone. (A
+        /// release drops the replicator and keeps the record, which this upload still finishes.)
         struct Superseded: Error {}
+        func isSuperseded() -> Bool { replicators[id].map { $0 !== replicator } ?? false }
         func stillCurrent() throws {
-            if replicators[id] !== replicator { throw Superseded() }
+            if isSuperseded() { throw Superseded() }
         }
         var superseded = false
         do {
@@ -383,7 +385,7 @@ public actor SyncService {
                 try stillCurrent()
             }
             sessions[id]?.lastError = nil
-        } catch where error is Superseded || replicators[id] !== replicator {
+        } catch where error is Superseded || isSuperseded() {
             superseded = true
         } catch let error as SnapshotError {
             if case .fenced = error {
