@@ -523,15 +523,7 @@ struct SnapshotChainTests {
         let good = try directoryContents(directory)["creds.json"]
         try write("{\"next\":1}", to: "creds.json.tmp")
         try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
-        let result = try await writer.sync(forceBase: read == "base", changedPaths: read == "reported" ? ["creds.json", "creds.json.bak"] : nil)
-        guard case .uploaded(_, .delta, _, let unsettled) = result else {
-            Issue.record("the backup should upload, as a delta: \(result)")
-            return
-        }
-        #expect(unsettled == ["creds.json"])
-        var files = try await restored().1
-        #expect(files["creds.json"] == good)
-        #expect(files["creds.json.bak"] == good)
+        guard var files = try await syncBetweenTheRenames(writer, read, keeping: good) else { return }
         #expect(files["creds.json.tmp"] == nil)
 
         try FileManager.default.moveItem(atPath: "\(directory)/creds.json.tmp", toPath: "\(directory)/creds.json")
@@ -558,15 +550,7 @@ struct SnapshotChainTests {
         try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
         // A restarted agent knows only the store: a new replicator, comparing the whole directory.
         let writer = read == "restarted" ? replicator() : first
-        let result = try await writer.sync(forceBase: read == "base", changedPaths: read == "reported" ? ["creds.json", "creds.json.bak"] : nil)
-        guard case .uploaded(_, .delta, _, let unsettled) = result else {
-            Issue.record("the backup should upload, as a delta: \(result)")
-            return
-        }
-        #expect(unsettled == ["creds.json"])
-        var files = try await restored().1
-        #expect(files["creds.json"] == good)
-        #expect(files["creds.json.bak"] == good)
+        guard var files = try await syncBetweenTheRenames(writer, read, keeping: good) else { return }
 
         try write("{\"next\":2}", to: "creds.json.tmp")
         try FileManager.default.moveItem(atPath: "\(directory)/creds.json.tmp", toPath: "\(directory)/creds.json")
@@ -574,6 +558,22 @@ struct SnapshotChainTests {
         files = try await restored().1
         #expect(files["creds.json"] == Array("{\"next\":2}".utf8))
         #expect(files == (try directoryContents(directory)))
+    }
+
+    /// Syncs while `creds.json` is between the two renames of its replacement (`read`: reported,
+    /// scanned or in a base): a delta that keeps its last good version `good`, the name unsettled,
+    /// the backup holding that version. The restored files, or nil after recording an issue.
+    private func syncBetweenTheRenames(_ writer: SessionReplicator, _ read: String, keeping good: [UInt8]?) async throws -> [String: [UInt8]]? {
+        let result = try await writer.sync(forceBase: read == "base", changedPaths: read == "reported" ? ["creds.json", "creds.json.bak"] : nil)
+        guard case .uploaded(_, .delta, _, let unsettled) = result else {
+            Issue.record("the backup should upload, as a delta: \(result)")
+            return nil
+        }
+        #expect(unsettled == ["creds.json"])
+        let files = try await restored().1
+        #expect(files["creds.json"] == good)
+        #expect(files["creds.json.bak"] == good)
+        return files
     }
 
     /// A `null` write unlinks `name`, `name.tmp` and `name.bak`. Part way (`name` gone, the backup
