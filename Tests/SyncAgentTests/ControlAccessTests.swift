@@ -52,7 +52,7 @@ struct ControlSocketTests {
 
     /// Serves `endpoint` while `body` runs, then stops it as the agent does.
     static func serving(_ endpoint: HTTPEndpoint, _ body: () async throws -> Void) async throws {
-        let serving = Task(executorPreference: DedicatedExecutor(label: "control-socket")) { try await endpoint.serve(NoRoutes()) }
+        let serving = Task { try await endpoint.serve(NoRoutes()) }
         defer { serving.cancel() }
         try await body()
         endpoint.stop()

@@ -29,7 +29,7 @@ struct EndpointStopTests {
     }
 
     static func serve(_ endpoint: HTTPEndpoint, _ routes: Routes) -> Task<Void, any Error> {
-        Task(executorPreference: DedicatedExecutor(label: "endpoint-\(endpoint.transport)")) { try await endpoint.serve(routes) }
+        Task { try await endpoint.serve(routes) }
     }
 
     @Test func stoppingWhileClientsConnectClosesEveryConnectionCleanly() async throws {

@@ -27,11 +27,9 @@ struct HTTPEndpointTests {
         // The answer is still being made when the lifetime runs out (the request itself, sent
         // at once, is parsed well within it).
         let routes = SlowRoutes(delay: .milliseconds(2500), body: body)
-        // The endpoint's tasks (connections, the slow answer) on a thread of their own: the
-        // lifetime is timed, and other tests may hold the cooperative threads for seconds.
-        let serving = Task(executorPreference: DedicatedExecutor(label: "endpoint-under-test")) {
-            try await endpoint.serve(routes)
-        }
+        // The endpoint answers on a thread of its own (the lifetime is timed, and other tests may
+        // hold the cooperative threads for seconds).
+        let serving = Task { try await endpoint.serve(routes) }
         defer { serving.cancel() }
         let port = try #require(endpoint.boundAddress.split(separator: ":").last.flatMap { Int($0) })
 

@@ -180,7 +180,10 @@ extension SyncServiceTests {
     /// A live holder keeps the session past the wait (held_elsewhere, nothing changed); a take-over
     /// fences it: its next commit fails, it shows `fenced` and commits nothing more.
     @Test func aLiveHolderKeepsItsSessionUnlessTakenOverAndThenIsFenced() async throws {
-        let sync = service(lease: leaseHolder("a", ttl: .seconds(5)))
+        // A TTL longer than B's wait: a live holder whatever the machine's load (this process's
+        // pool, where A renews, can be held for seconds by other tests); that renewals keep a
+        // lease alive past its TTL is `LeaseExpiry`'s test.
+        let sync = service(lease: leaseHolder("a", ttl: .seconds(60)))
         try makeSession("s1", files: ["creds.json": "{\"v\":1}"])
         let running = Task { try await sync.run(shutdownTimeout: .seconds(60)) }
         defer { running.cancel() }
@@ -188,9 +191,8 @@ extension SyncServiceTests {
         let before = try await sessionStore.head(SessionID("s1")!)
 
         let b = leaseHolder("b")
-        // Longer than A's TTL: A renews meanwhile, so its lease never looks expired.
         let error = await #expect(throws: SessionControlError.self) {
-            _ = try await acquirer(b, wait: .seconds(10)).acquire(SessionID("s1")!)
+            _ = try await acquirer(b, wait: .seconds(3)).acquire(SessionID("s1")!)
         }
         #expect(error?.reason == .heldElsewhere)
         #expect(try await sessionStore.head(SessionID("s1")!)?.etag == before?.etag)

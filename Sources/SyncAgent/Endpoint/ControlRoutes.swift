@@ -80,7 +80,9 @@ struct ControlRoutes: Sendable {
         } catch {
             return Self.error(.badRequest, error.description, reason: error.reason.rawValue)
         }
-        let answer = await call(action, session, parameters)
+        // The engine's work (a flush's wait, an acquire's restore) runs on the pool, not on the
+        // endpoint's thread, which keeps answering the other requests meanwhile.
+        let answer = await withTaskExecutorPreference(globalConcurrentExecutor) { await call(action, session, parameters) }
         logger.info("control", metadata: [
             "route": "\(action.rawValue)", "session": "\(session?.description ?? "-")", "status": "\(answer.status.code)",
         ])

@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Synchronization
+import SystemSupport
 
 /// `HOST:PORT` as `--listen` takes it: an IPv4 address or name, or a bracketed IPv6 address.
 /// Port 0 asks the kernel for a free port (the agent logs the one it got).
@@ -189,15 +190,22 @@ final class HTTPEndpoint: Sendable {
     /// answered yet are closed unanswered, a response under way is finished first (within
     /// `responseGrace`). Cancelling the task stops it at once: the connections close without
     /// waiting for their answers.
+    ///
+    /// Requests are read and answered on a thread of the endpoint's own (`ThreadExecutor`): the
+    /// engine's blocking work can hold the cooperative pool for seconds on a busy disk, and a
+    /// liveness probe or a worker's call must not wait behind it (nor be cut off by its
+    /// connection's lifetime meanwhile).
     func serve(_ routes: some EndpointRoutes) async throws {
-        do {
-            try await withTaskCancellationHandler {
-                try await acceptUntilStopped { connection, lifetime in await self.handle(connection, lifetime, routes) }
-            } onCancel: {
-                self.stop()
+        try await withTaskExecutorPreference(ThreadExecutor(label: "sync-agent.endpoint.\(transport)")) {
+            do {
+                try await withTaskCancellationHandler {
+                    try await acceptUntilStopped { connection, lifetime in await self.handle(connection, lifetime, routes) }
+                } onCancel: {
+                    self.stop()
+                }
+            } catch is CancellationError {
+                // The agent is stopping.
             }
-        } catch is CancellationError {
-            // The agent is stopping.
         }
         removeSocketFile()
     }
