@@ -10,8 +10,6 @@ struct UsageError: Error, CustomStringConvertible {
         case negativeDuration
         case zeroDuration
         case durationTooLong
-        /// Shorter than another setting it must not be shorter than.
-        case durationTooShort
         case notATime
         case notACount
         /// A count outside the range a setting allows.

@@ -37,12 +37,20 @@ struct WatchCommand: AsyncParsableCommand {
     @OptionGroup var agent: AgentOptions
     @OptionGroup var lease: LeaseOptions
 
-    @Option(help: "Quiet time after the last write before a session is uploaded (default 250ms).", transform: DurationSetting.nonNegative)
+    @Option(help: "A session's snapshot starts once no write has come for this long (default 250ms)...", transform: DurationSetting.nonNegative)
     var quietPeriod: Duration?
     @Option(
-        help: "Longest a continuously written session waits for its upload (env SESSION_BACKUP_INTERVAL; default 5s).",
+        help: "...or this long after its first change, whichever is first (env SESSION_BACKUP_INTERVAL; default 250ms).",
         transform: DurationSetting.positive)
     var maxDelay: Duration?
+    @Option(
+        help: "Then it waits until its session has had no write for this long, so as not to hold part of a writer's transaction; at most 5s (default 75ms).",
+        transform: DurationSetting.nonNegative)
+    var writePause: Duration?
+    @Option(
+        help: "How often what inotify cannot report is looked at: sessions past the watch limit, refused sessions (default 5s).",
+        transform: DurationSetting.positive)
+    var rescanInterval: Duration?
     @Option(help: "Time to flush pending changes on SIGTERM (env GRACEFUL_SHUTDOWN_TIMEOUT; default 10s).", transform: DurationSetting.nonNegative)
     var shutdownTimeout: Duration?
     @Option(help: "What to do with the snapshots of a session whose directory disappears.")
@@ -97,9 +105,14 @@ struct WatchCommand: AsyncParsableCommand {
         settings.concurrency = concurrency
         settings.sessionFormat = try storage.resolvedSessionFormat
         settings.watcher.quietPeriod = quietPeriod ?? .milliseconds(250)
-        settings.watcher.maxDelay = try DurationSetting.resolve(maxDelay, variable: "SESSION_BACKUP_INTERVAL", allowsZero: false) ?? .seconds(5)
-        guard settings.watcher.maxDelay >= settings.watcher.quietPeriod else {
-            throw UsageError(.durationTooShort, "--max-delay must not be shorter than --quiet-period")
+        settings.watcher.maxDelay = try DurationSetting.resolve(maxDelay, variable: "SESSION_BACKUP_INTERVAL", allowsZero: false) ?? .milliseconds(250)
+        if let rescanInterval { settings.watcher.rescanInterval = rescanInterval }
+        if let writePause {
+            // Past its 5 s of patience a snapshot is taken without a pause: a longer one would never be waited for.
+            guard writePause < settings.writePause.patience else {
+                throw UsageError(.durationTooLong, "--write-pause \(writePause): expected less than \(settings.writePause.patience)")
+            }
+            settings.writePause.length = writePause
         }
         if let storeProbeInterval { settings.storeProbeInterval = storeProbeInterval }
         settings.compaction.retention = try retention.compactionRetention()

@@ -18,12 +18,13 @@ public struct WritePause: Sendable, Equatable {
         self.patience = patience
     }
 
-    /// Half the quiet period (125 ms by default: a transaction takes a few milliseconds, more on a
-    /// busy machine), awaited for at most `maxDelay` after the watcher reported the session, so a
-    /// session written without such a pause is still taken at least every twice `maxDelay`.
-    public init(quietPeriod: Duration, maxDelay: Duration) {
-        self.init(length: quietPeriod / 2, patience: maxDelay)
-    }
+    /// 75 ms (a transaction takes a few milliseconds, more on a busy machine), awaited for at most
+    /// 5 s after the watcher reported the session, so a session written without such a pause is
+    /// still taken at least every 5 s plus `--max-delay`. The pause is most of a change's wait
+    /// once `--max-delay` has passed: with Baileys-like writes (2 a second per session, 50
+    /// sessions), a pause of 125 ms (half the old quiet period) alone put the 99th percentile of
+    /// the replication lag past 0.4 s.
+    public static let standard = WritePause(length: .milliseconds(75), patience: .seconds(5))
 
     /// Whether something modified at `modification` was written in the pause before reads that
     /// began at `start`, or since (up to `now`). A modification time in the future (a clock set

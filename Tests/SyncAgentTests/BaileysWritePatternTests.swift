@@ -98,24 +98,52 @@ struct BaileysWritePatternTests {
         #expect(try await agent.terminate() == .exited(0))
     }
 
+    /// How `watch` is timed for `aSnapshotNeverHoldsPartOfATransaction`, and the gaps between
+    /// transactions: shorter than the quiet period (so every snapshot comes from `--max-delay`,
+    /// cut while the session is written) and longer than the pause a snapshot waits for
+    /// (`--write-pause`).
+    enum TransactionTiming: String, CaseIterable, CustomTestStringConvertible {
+        /// The agent's defaults (quiet period and max delay 250 ms, pause 75 ms).
+        case defaults
+        /// Three times what the agent needs: a transaction's own writes can be held up for a few
+        /// hundred milliseconds on a loaded machine, which the agent would rightly take for the
+        /// quiet after a transaction.
+        case stretched
+
+        var options: [String] {
+            switch self {
+            case .defaults: []
+            case .stretched: ["--quiet-period", "900ms", "--max-delay", "3s", "--write-pause", "450ms"]
+            }
+        }
+
+        var gapMilliseconds: ClosedRange<Int> {
+            switch self {
+            case .defaults: 120...220
+            case .stretched: 510...810
+            }
+        }
+
+        var testDescription: String { rawValue }
+    }
+
     /// One `keys.set` of a few dozen files (a transaction: every `.tmp` written, then the renames),
-    /// with `creds.json` written on its own between them, at gaps shorter than the quiet period
-    /// (so every snapshot comes from `--max-delay`, cut while the session is written) and longer
-    /// than the pause a snapshot waits for (`WritePause`, half the quiet period): no snapshot holds
-    /// part of a transaction.
-    @Test func aSnapshotNeverHoldsPartOfATransaction() async throws {
-        // Times three times what the agent needs: a transaction's own writes can be held up for
-        // a few hundred milliseconds on a loaded machine, which the agent would rightly take for
-        // the quiet after a transaction (half a quiet period without writes).
-        let (workspace, runner, agent) = try await watching(["--quiet-period", "900ms", "--max-delay", "3s"])
+    /// with `creds.json` written on its own between them: no snapshot holds part of a transaction.
+    @Test(arguments: TransactionTiming.allCases)
+    func aSnapshotNeverHoldsPartOfATransaction(_ timing: TransactionTiming) async throws {
+        let (workspace, runner, agent) = try await watching(timing.options)
         let baileys = BaileysDirectory(workspace.session("baileys-registered"))
         let names = (1...36).map { "sender-key-120363000000000001@g.us--1555010\(String(format: "%04d", $0)).0.json" }
         var random = SplitMix64(seed: 15)
         for transaction in 1...15 {
             let contents = #"{"type":"Buffer","data":"\#(Data("transaction \(transaction)".utf8).base64EncodedString())"}"#
-            try baileys.set(names.map { ($0, contents) })
-            if transaction.isMultiple(of: 3) { _ = try baileys.writeData(try baileys.creds(version: transaction), to: "creds.json") }
-            try await Task.sleep(for: .milliseconds(Int.random(in: 510...810, using: &random)))
+            // As Baileys, a process of its own, writes it: on a thread of its own, within milliseconds
+            // (the cooperative pool can be held by other tests for longer than the pause).
+            try await runBlocking { () throws -> Void in
+                try baileys.set(names.map { ($0, contents) })
+                if transaction.isMultiple(of: 3) { _ = try baileys.writeData(try baileys.creds(version: transaction), to: "creds.json") }
+            }
+            try await Task.sleep(for: .milliseconds(Int.random(in: timing.gapMilliseconds, using: &random)))
         }
         _ = try await workspace.waitUntilStoreMatches(runner, agent: agent)
 

@@ -94,7 +94,7 @@ struct NotBackedUpIntegrationTests {
         try AgentUser.handOver(workspace.directory.path)
         #expect(chmod(workspace.session("locked"), 0) == 0)
 
-        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s"])
+        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s", "--rescan-interval", "1s"])
         try await agent.waitUntilWatching(uploadedAtStart: 1)
         let endpoint = try await agent.endpoint()
         let sessions = try await httpGet("\(endpoint)/sessions").body
@@ -161,7 +161,7 @@ struct NotBackedUpIntegrationTests {
         runner.launcher = [
             "/usr/bin/unshare", "--user", "--map-root-user", "/bin/sh", "-c", #"echo 3 > /proc/sys/user/max_inotify_watches && exec "$@""#, "sh",
         ]
-        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s"])
+        let agent = try runner.watch(workspace.sessions, ["--quiet-period", "100ms", "--max-delay", "1s", "--rescan-interval", "1s"])
         try await agent.waitUntilWatching(uploadedAtStart: 4)
         let endpoint = try await agent.endpoint()
         let sessions = try await httpGet("\(endpoint)/sessions").body

@@ -359,12 +359,12 @@ extension SyncServiceTests {
 
 /// What keeps a planned move short: a release that commits at once, and chains kept short across holders.
 extension SyncServiceTests {
-    /// The write pause (half the quiet period after a file's last write) holds a snapshot back so it
+    /// The write pause (`WritePause`: a time without writes before a snapshot's reads) holds a snapshot back so it
     /// does not take half of a writer's transaction; a release is asked once the worker stopped
     /// writing, so it commits what is there at once. Here the pause is 30 s: the release comes well
     /// before it is over, and still names the last write.
     @Test func aReleaseCommitsAtOnceWithoutWaitingOutTheWritePause() async throws {
-        let sync = service(lease: leaseHolder("a")) { $0.watcher.quietPeriod = .seconds(60); $0.watcher.maxDelay = .seconds(300) }
+        let sync = service(lease: leaseHolder("a")) { $0.writePause = WritePause(length: .seconds(30), patience: .seconds(300)) }
         try makeSession("s1", files: ["creds.json": "{\"v\":1}"])
         // Written long ago: the first upload has no pause to wait for.
         for path in ["\(sessionsRoot)/s1/creds.json", "\(sessionsRoot)/s1"] {

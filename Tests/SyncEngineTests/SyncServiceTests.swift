@@ -26,6 +26,7 @@ struct SyncServiceTests {
         var settings = WatchSettings()
         settings.watcher.quietPeriod = .milliseconds(50)
         settings.watcher.maxDelay = .milliseconds(500)
+        settings.watcher.rescanInterval = .milliseconds(500)
         settings.storeProbeInterval = .milliseconds(100)
         configure(&settings)
         return SyncService(

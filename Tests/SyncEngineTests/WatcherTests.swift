@@ -327,10 +327,10 @@ struct WatcherTests {
         watcher.stop()
     }
 
-    @Test func sessionsPastTheWatchLimitAreComparedEveryMaxDelayAndWatchedOnceAWatchIsFree() async throws {
+    @Test func sessionsPastTheWatchLimitAreComparedEveryRescanIntervalAndWatchedOnceAWatchIsFree() async throws {
         let root = try TemporaryDirectory()
         for session in ["a", "b", "c"] { try makeSession(root, session, files: ["creds.json"]) }
-        var configuration = SessionWatcher.Configuration(quietPeriod: .milliseconds(50), maxDelay: .milliseconds(300))
+        var configuration = SessionWatcher.Configuration(quietPeriod: .milliseconds(50), maxDelay: .milliseconds(300), rescanInterval: .milliseconds(300))
         configuration.watchLimit = 3
         let watcher = try SessionWatcher(root: root.path, configuration: configuration)
         let recorder = EventRecorder(watcher)
@@ -454,7 +454,7 @@ struct WatcherEventHandlingTests {
         }
     }
 
-    @Test func theWatchLimitIsReportedOnceAndUnwatchedSessionsAreComparedEveryMaxDelay() throws {
+    @Test func theWatchLimitIsReportedOnceAndUnwatchedSessionsAreComparedEveryRescanInterval() throws {
         let root = try TemporaryDirectory()
         for session in ["a", "b", "c", "d"] { try makeSession(root, session, files: ["creds.json"]) }
         let recorded = Mutex<[WatchEvent]>([])

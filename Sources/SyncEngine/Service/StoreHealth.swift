@@ -40,7 +40,7 @@ extension Readiness {
     /// `skippedFiles`: the files left out, for each session backed up without some.
     static func notBackedUp(
         refused: [SessionID: Refusal], skippedFiles: [[SkippedFile]], identityChanged: Int, unwatched: Int,
-        comparedEvery maxDelay: Duration
+        comparedEvery interval: Duration
     ) -> [String] {
         var notes: [String] = []
         if !refused.isEmpty {
@@ -57,7 +57,7 @@ extension Readiness {
         }
         if unwatched > 0 {
             notes.append("\(unwatched) session(s) without an inotify watch (fs.inotify.max_user_watches reached), "
-                + "compared every \(maxDelay)")
+                + "compared every \(interval)")
         }
         return notes
     }

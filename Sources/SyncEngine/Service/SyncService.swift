@@ -5,6 +5,8 @@ import SessionArchive
 
 public struct WatchSettings: Sendable {
     public var watcher = SessionWatcher.Configuration()
+    /// A snapshot is cut between its writer's transactions, not through one.
+    public var writePause = WritePause.standard
     /// Sessions uploading at once.
     public var concurrency = 8
     public var onDelete = DeletePolicy.tombstone
@@ -59,7 +61,7 @@ public actor SyncService {
     /// Sessions under the root that are not backed up, with why.
     private var refused: [SessionID: Refusal] = [:]
     /// Sessions with a directory the watcher could not watch (the inotify watch limit): it
-    /// compares them every `maxDelay` instead.
+    /// compares them every `rescanInterval` instead.
     private var unwatched: Set<SessionID> = []
     /// Sessions an acquire is restoring: the directory swap is not a change to upload.
     private var acquiring: Set<SessionID> = []
@@ -148,7 +150,7 @@ public actor SyncService {
         case .unwatched(let sessions, let cause):
             // One line when the limit is first reached and one when it is no more, not one per directory.
             if unwatched.isEmpty, let cause {
-                logger.error("\(cause); until then the sessions without a watch are compared every \(settings.watcher.maxDelay)", metadata: [
+                logger.error("\(cause); until then the sessions without a watch are compared every \(settings.watcher.rescanInterval)", metadata: [
                     "unwatched_sessions": "\(sessions.count)",
                 ])
             } else if sessions.isEmpty, !unwatched.isEmpty {
@@ -208,7 +210,7 @@ public actor SyncService {
     }
 
     private func surveyPeriodically() async {
-        while (try? await Task.sleep(for: settings.watcher.maxDelay)) != nil {
+        while (try? await Task.sleep(for: settings.watcher.rescanInterval)) != nil {
             scheduleAcceptedBySurvey()
         }
     }
@@ -333,7 +335,7 @@ public actor SyncService {
                 // and waiting out a pause after its last write would only hold the move up.
                 let pause =
                     sessions[id]?.releasing == true
-                    ? nil : WritePause(quietPeriod: settings.watcher.quietPeriod, maxDelay: settings.watcher.maxDelay)
+                    ? nil : settings.writePause
                 let result = try await replicator.sync(changedPaths: changedPaths, pause: pause)
                 committed = true
                 try stillCurrent()
@@ -808,7 +810,7 @@ extension SyncService {
             store: storeHealth, startupComparison: startupComparison,
             notBackedUp: Readiness.notBackedUp(
                 refused: refused, skippedFiles: skippedFiles, identityChanged: identityChanged, unwatched: unwatched.count,
-                comparedEvery: settings.watcher.maxDelay))
+                comparedEvery: settings.watcher.rescanInterval))
     }
 
     /// Refreshes the gauges that summarise the sessions. Ages grow without any event, so an

@@ -47,7 +47,7 @@ public enum EngineMetrics {
         Gauge(label: "sync_agent_watched_directories").record(count)
     }
 
-    /// Directories the inotify watch limit left unwatched, compared every `maxDelay` instead.
+    /// Directories the inotify watch limit left unwatched, compared every `rescanInterval` instead.
     static func unwatchedDirectories(_ count: Int) {
         Gauge(label: "sync_agent_unwatched_directories").record(count)
     }

@@ -45,7 +45,7 @@ public struct SessionStatus: Codable, Sendable, Equatable {
     public var lastError: String?
     public var consecutiveFailures: Int
     /// False while a directory of the session has no inotify watch (the watch limit): its changes
-    /// are then found by comparing it every `--max-delay`.
+    /// are then found by comparing it every `--rescan-interval`.
     public var watched: Bool
     /// Files its snapshots leave out, and why.
     public var skippedFiles: [SkippedFile]

@@ -28,7 +28,7 @@ public enum WatchEvent: Sendable, Equatable {
     /// still reported when its directory changes, not when its files do; the next rescan tries again.
     case watchFailed(WatcherError)
     /// The sessions with a directory the watch limit left without a watch changed (empty: every
-    /// directory is watched again). Each is reported changed, as a whole (no paths), every `maxDelay`
+    /// directory is watched again). Each is reported changed, as a whole (no paths), every `rescanInterval`
     /// and at `stop()`, and its watches are tried again then. `cause` names the limit to raise.
     case unwatched(sessions: Set<SessionID>, cause: WatcherError?)
 }
@@ -52,14 +52,26 @@ public final class SessionWatcher: Sendable {
     public struct Configuration: Sendable {
         /// A session is reported once no event has come for this long...
         public var quietPeriod: Duration
-        /// ...or this long after its first unreported event, whichever is first.
+        /// ...or this long after its first unreported event, whichever is first: what bounds a
+        /// change's wait before its snapshot starts (then `WritePause`). The two are equal by
+        /// default, so every change is gathered with those of the next 250 ms: a few of
+        /// Baileys' writes a second per session then share a snapshot, and the replication lag
+        /// stays under 0.4 s (a `maxDelay` of 5 s let a session written every few hundred
+        /// milliseconds wait for seconds).
         public var maxDelay: Duration
+        /// What inotify cannot report is looked at this often: the sessions past the watch
+        /// limit are compared whole, the root surveyed for refused sessions that became
+        /// acceptable.
+        public var rescanInterval: Duration
         /// Tests only: a watch limit of the watcher's own (see `Inotify.init(watchLimit:)`).
         var watchLimit: Int?
 
-        public init(quietPeriod: Duration = .milliseconds(250), maxDelay: Duration = .seconds(5)) {
+        public init(
+            quietPeriod: Duration = .milliseconds(250), maxDelay: Duration = .milliseconds(250), rescanInterval: Duration = .seconds(5)
+        ) {
             self.quietPeriod = quietPeriod
             self.maxDelay = maxDelay
+            self.rescanInterval = rescanInterval
         }
     }
 
@@ -184,7 +196,7 @@ final class WatchLoop {
     let inotify: Inotify
     private let wakeUp: FileDescriptor?
     private var debouncer: ChangeDebouncer
-    /// Directories the watch limit left unwatched, compared every `maxDelay` instead.
+    /// Directories the watch limit left unwatched, compared every `rescanInterval` instead.
     private var unwatched: UnwatchedDirectories
     /// The `unwatched.version` last reported.
     private var reportedUnwatched = 0
@@ -205,7 +217,7 @@ final class WatchLoop {
         inotify = try Inotify(watchLimit: configuration.watchLimit)
         self.wakeUp = wakeUp
         debouncer = ChangeDebouncer(quietPeriod: configuration.quietPeriod, maxDelay: configuration.maxDelay)
-        unwatched = UnwatchedDirectories(interval: configuration.maxDelay)
+        unwatched = UnwatchedDirectories(interval: configuration.rescanInterval)
         self.emit = emit
         self.finish = finish
         rootWatch = try inotify.addWatch(root, mask: Self.rootMask)
@@ -393,7 +405,7 @@ final class WatchLoop {
         } catch {
             if case .system(_, let code) = error.reason, code == ENOENT || code == ENOTDIR { return false }
             if error.reason == .watchLimitReached {
-                // Compared every maxDelay instead; one line says so (the consumer's), not one per directory.
+                // Compared every rescanInterval instead; one line says so (the consumer's), not one per directory.
                 watchLimitError = watchLimitError ?? error
                 unwatched.failed(directory, at: .now)
             } else if let subdirectory = directory.subdirectory, case .system(_, let code) = error.reason,
