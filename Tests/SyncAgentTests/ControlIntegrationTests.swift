@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import SystemSupport
 import TestSupport
 import Testing
 
@@ -42,7 +41,9 @@ struct ControlIntegrationTests {
         #expect(agent.log.contains("control routes off on TCP"))
 
         // The read routes answer on the socket too.
-        #expect(try await EndpointClient(.socket(socket)).get("/healthz") == Array("ok\n".utf8))
+        var client = EndpointClient(.socket(socket))
+        client.timeout = .seconds(60)
+        #expect(try await client.get("/healthz") == Array("ok\n".utf8))
 
         // Refused before anything is sent: not a session id.
         let badID = try await Self.commands(of: runner).run("flush", ["--control-socket", socket, ".hidden"])
@@ -153,16 +154,12 @@ struct ControlIntegrationTests {
         #expect(try await call("flush", "nosuch").code == .exited(9))
         #expect(try await call("flush", ".hidden").code == .exited(64))
         #expect(try await call("acquire", "small", "--wait-release", "11m").code == .exited(64))
-        // On a thread of its own: the agent cuts a connection off 10 s after accepting it, and other
-        // tests of a full run can hold this process's cooperative pool that long before the request.
-        try await withTaskExecutorPreference(ThreadExecutor(label: "control-client")) { () async throws in
-            var client = EndpointClient(.socket(socket))
-            client.timeout = .seconds(60)
-            #expect(try await client.send(.POST, "/sessions/small/release?timeout=forever").status == .badRequest)
-            #expect(try await client.send(.GET, "/sessions/small/logout").status == .methodNotAllowed)
-            #expect(try await client.send(.POST, "/sessions/small/logout", body: Array(repeating: UInt8(ascii: "x"), count: 4096)).status == .payloadTooLarge)
-            #expect(try await client.send(.POST, "/sessions/sm%zzall/logout").status == .badRequest)
-        }
+        var client = EndpointClient(.socket(socket))
+        client.timeout = .seconds(60)
+        #expect(try await client.send(.POST, "/sessions/small/release?timeout=forever").status == .badRequest)
+        #expect(try await client.send(.GET, "/sessions/small/logout").status == .methodNotAllowed)
+        #expect(try await client.send(.POST, "/sessions/small/logout", body: Array(repeating: UInt8(ascii: "x"), count: 4096)).status == .payloadTooLarge)
+        #expect(try await client.send(.POST, "/sessions/sm%zzall/logout").status == .badRequest)
         #expect(try sessionObjects() == storeBefore)
         #expect(try directoryTree(workspace.session("small")) == sessionBefore)
 

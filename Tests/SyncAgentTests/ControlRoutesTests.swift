@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
-import SystemSupport
 import Testing
 import TestSupport
 
@@ -93,12 +92,7 @@ struct ControlRoutesTests {
         tcpClient.timeout = .seconds(150)
         var socketClient = EndpointClient(.socket(socket.boundAddress))
         socketClient.timeout = .seconds(150)
-        // The clients on a thread of their own too: the endpoint cuts a connection off 10 s after
-        // it was accepted, and other tests of a full run can hold the cooperative pool that long
-        // between a client's connect and its request.
-        try await withTaskExecutorPreference(ThreadExecutor(label: "control-clients")) {
-            try await body(control, tcpClient, socketClient)
-        }
+        try await body(control, tcpClient, socketClient)
     }
 
     struct Answer {

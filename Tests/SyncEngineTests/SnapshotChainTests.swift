@@ -547,9 +547,12 @@ struct SnapshotChainTests {
             try write("{\"next\":1}", to: "creds.json.tmp")
             try age("creds.json.tmp")
         }
-        try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
         // A restarted agent knows only the store: a new replicator, comparing the whole directory.
+        // It claims before the rename: its claim reads the store only, and a loaded machine can
+        // take longer than the 10 s a rename to the backup is counted as a replacement.
         let writer = read == "restarted" ? replicator() : first
+        if read == "restarted" { try await writer.claim() }
+        try FileManager.default.moveItem(atPath: "\(directory)/creds.json", toPath: "\(directory)/creds.json.bak")
         guard var files = try await syncBetweenTheRenames(writer, read, keeping: good) else { return }
 
         try write("{\"next\":2}", to: "creds.json.tmp")

@@ -3,6 +3,7 @@ import Glibc
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import SystemSupport
 
 /// A request to a running agent's endpoint, for `status` and the control commands: swift-nio's
 /// HTTP/1 client codec, plain HTTP over TCP (the endpoint listens on loopback or a pod
@@ -45,7 +46,17 @@ struct EndpointClient {
     }
 
     /// Any answer to `method` `path`: its status and body.
+    ///
+    /// Made on a thread of the client's own: the agent closes a connection whose request has not
+    /// come 10 s after it accepted it, and a process whose cooperative pool is held that long
+    /// (a test run, a busy worker) would lose the connection between its connect and its request.
     func send(_ method: HTTPMethod, _ path: String, body: [UInt8] = []) async throws -> (status: HTTPResponseStatus, body: [UInt8]) {
+        try await withTaskExecutorPreference(ThreadExecutor(label: "sync-agent.endpoint-client")) { () async throws in
+            try await sendNow(method, path, body: body)
+        }
+    }
+
+    private func sendNow(_ method: HTTPMethod, _ path: String, body: [UInt8]) async throws -> (status: HTTPResponseStatus, body: [UInt8]) {
         let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connectTimeout(timeout)
         let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>> = { channel in
             channel.eventLoop.makeCompletedFuture {
