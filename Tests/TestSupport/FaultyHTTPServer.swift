@@ -24,6 +24,8 @@ public final class FaultyHTTPServer: Sendable {
     public init(responses: [[UInt8]]) throws {
         precondition(!responses.isEmpty, "a server answers something")
         (listener, port) = try listenOnLoopback()
+        // The thread holds the server on purpose: it listens until the test process ends, so a
+        // test that only reads its port (ARC may release a value after its last use) still has it.
         let thread = Thread { [self] in serve(responses) }
         thread.start()
     }
