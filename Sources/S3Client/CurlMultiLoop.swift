@@ -1,5 +1,5 @@
 import CCurl
-import Dispatch
+import SystemSupport
 import Synchronization
 
 private let curlGlobalInit: Void = {
@@ -30,10 +30,12 @@ final class CurlMultiLoop: @unchecked Sendable {
         // The cache would otherwise shrink with the number of transfers in flight and close
         // connections that the next burst of requests has to open again.
         _ = sa_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, maxConnectionsPerHost)
-        // A serial queue of its own targets an overcommitting global queue, so the blocking loop
-        // gets a thread to itself and never takes one from Swift's task pool.
-        DispatchQueue(label: "sync-agent.curl").async { [self] in
-            run()
+        // A thread to itself: the loop blocks in curl_multi_poll, never on Swift's task pool. A
+        // process that cannot start one thread cannot do any of its work.
+        do {
+            try startLoopThread(named: "sync-agent-curl") { [self] in run() }
+        } catch {
+            fatalError("\(error)")
         }
     }
 

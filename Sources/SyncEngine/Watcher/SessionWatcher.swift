@@ -96,13 +96,16 @@ public final class SessionWatcher: Sendable {
         wakeUp = Mutex(sending)
         let owner = self.loop
         let finished = self.finished
-        // A serial queue of its own targets an overcommitting global queue, so the blocking loop
-        // gets a thread to itself and never takes one from Swift's task pool.
-        DispatchQueue(label: "sync-agent.inotify").async {
-            owner.loop?.run()
-            // Closes the inotify descriptor and the wake-up socket's receiving end.
-            owner.loop = nil
-            finished.signal()
+        // A thread to itself: the loop blocks in poll(2), never on Swift's task pool.
+        do {
+            try startLoopThread(named: "sync-agent-watch") {
+                owner.loop?.run()
+                // Closes the inotify descriptor and the wake-up socket's receiving end.
+                owner.loop = nil
+                finished.signal()
+            }
+        } catch {
+            throw WatcherError(.system(operation: "pthread_create", errno: error.errno), path: root)
         }
     }
 
