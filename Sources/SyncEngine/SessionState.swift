@@ -270,15 +270,18 @@ public struct SessionState: Sendable, Sequence {
 
     // MARK: - Storage
 
-    /// Appends a name after every name here (the caller keeps the order), filling the last run.
+    /// Appends a name after every name here (the caller keeps the order), filling the last run:
+    /// how a state is built, before it keeps a digest.
     private mutating func append(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord) {
+        precondition(keptDigest == nil, "a state is built before it keeps its digest")
         if runs.last.map({ $0.entries.count >= Self.runCapacity }) ?? true { runs.append(Run()) }
-        insert(name, record, at: Position(run: runs.count - 1, index: runs[runs.count - 1].entries.count), counted: true)
+        insert(name, record, at: Position(run: runs.count - 1, index: runs[runs.count - 1].entries.count))
+        byteCount += record.size
     }
 
     /// Inserts a name that is not here at `position` (where `lowerBound` puts it), splitting a
-    /// run grown past `runCapacity`. `counted`: `append` keeps `count` and `byteCount` itself.
-    private mutating func insert(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord, at position: Position, counted: Bool = false) {
+    /// run grown past `runCapacity`; `byteCount` and the digest are the caller's.
+    private mutating func insert(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord, at position: Position) {
         var position = position
         if runs.isEmpty { runs.append(Run()) }
         if position.run == runs.count {
@@ -294,10 +297,6 @@ public struct SessionState: Sendable, Sequence {
         }
         if name.contains(UInt8(ascii: "/")) { runs[position.run].nestedCount += 1 }
         count += 1
-        if counted {
-            byteCount += record.size
-            if keptDigest != nil { keptDigest!.add(LineHasher().hash(name, record)) }
-        }
         if runs[position.run].entries.count > Self.runCapacity { split(position.run) }
     }
 

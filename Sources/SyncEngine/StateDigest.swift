@@ -17,12 +17,10 @@ struct StateDigest: Equatable, Sendable {
     }
 
     /// A line's SHA-256 read as a little-endian integer.
-    init(hash: [UInt8]) {
-        precondition(hash.count == 32)
-        func word(_ index: Int) -> UInt64 {
-            (0..<8).reduce(0) { $0 | UInt64(hash[8 * index + $1]) << (8 * $1) }
-        }
-        words = (word(0), word(1), word(2), word(3))
+    init(hashOf line: [UInt8]) {
+        var words: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        line.withUnsafeBytes { line in withUnsafeMutableBytes(of: &words) { SHA256.hash(line, into: $0) } }
+        self.words = (UInt64(littleEndian: words.0), UInt64(littleEndian: words.1), UInt64(littleEndian: words.2), UInt64(littleEndian: words.3))
     }
 
     mutating func add(_ other: StateDigest) {
@@ -60,10 +58,8 @@ struct StateDigest: Equatable, Sendable {
 }
 
 /// Spells a file's line as FORMAT.md's state digests take it, `name ‖ 0x00 ‖ decimal size ‖ 0x00 ‖
-/// lowercase hex content id`, and hashes lines one after another through one digest context and
-/// one buffer.
+/// lowercase hex content id`, and hashes lines one after another through one buffer.
 final class LineHasher {
-    private let digest = StreamingDigest(.sha256)
     private var line: [UInt8] = []
 
     init() {
@@ -74,8 +70,7 @@ final class LineHasher {
     func hash(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord) -> StateDigest {
         line.removeAll(keepingCapacity: true)
         Self.appendLine(name, record, to: &line)
-        digest.update(line)
-        return StateDigest(hash: digest.finalize())
+        return StateDigest(hashOf: line)
     }
 
     static func appendLine(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord, to bytes: inout [UInt8]) {
