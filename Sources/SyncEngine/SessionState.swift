@@ -275,7 +275,12 @@ public struct SessionState: Sendable, Sequence {
     private mutating func append(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord) {
         precondition(keptDigest == nil, "a state is built before it keeps its digest")
         if runs.last.map({ $0.entries.count >= Self.runCapacity }) ?? true { runs.append(Run()) }
-        insert(name, record, at: Position(run: runs.count - 1, index: runs[runs.count - 1].entries.count))
+        // At the end of the last run: nothing after it to move (a restore builds every base this way).
+        let last = runs.count - 1
+        runs[last].nameBytes.append(contentsOf: name)
+        runs[last].entries.append(Entry(record: record, nameEnd: UInt32(runs[last].nameBytes.count)))
+        if name.contains(UInt8(ascii: "/")) { runs[last].nestedCount += 1 }
+        count += 1
         byteCount += record.size
     }
 
