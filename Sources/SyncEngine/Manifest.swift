@@ -17,10 +17,12 @@ public struct FileRecord: Codable, Hashable, Sendable {
 /// What one snapshot holds, stored encrypted as the last entry of its archive, as JSON Lines
 /// that `ManifestJSON` writes and reads a line at a time.
 public struct SnapshotManifest: Sendable {
-    /// 3: the store's keys name sessions by keyed ids (FORMAT.md); the manifest itself is as in 2.
-    public static let currentFormatVersion = 3
+    /// 4: `stateDigest` is a sum of the files' line hashes, which a change updates (FORMAT.md).
+    /// 3: the store's keys name sessions by keyed ids; the manifest itself is as in 2.
+    public static let currentFormatVersion = 4
     /// 2: snapshot ids carry their write attempt's tag. A session moved from version 2 keeps its
-    /// snapshots byte for byte, so both are read.
+    /// snapshots byte for byte, and a chain of version 3 goes on in version 4, so all are read,
+    /// each manifest's digest checked by its own version's rule.
     static let readableFormatVersions = 2...currentFormatVersion
     /// The archive entry that carries the manifest; file contents are under `filePrefix`.
     static let entryName = "manifest.jsonl"
@@ -40,6 +42,7 @@ public struct SnapshotManifest: Sendable {
     /// The whole session after this snapshot, so a restore can check what it rebuilt.
     public var stateFileCount: Int
     public var stateByteCount: Int64
+    /// FORMAT.md's digest of that state, by the rule of `formatVersion` (`SessionState.digest`).
     public var stateDigest: String
     /// The session's identity after this snapshot (`SessionFormat`): nil for a tombstone, a
     /// session format without one, a manifest written before identities were recorded, or a
@@ -67,7 +70,8 @@ public struct SnapshotManifest: Sendable {
     /// the last one records: what a restore of that snapshot must produce.
     static func rebuiltState(_ chain: [SnapshotManifest], session: SessionID) throws -> SessionState {
         let state = chain.reduce(into: SessionState()) { state, manifest in state = manifest.applied(to: state) }
-        guard let last = chain.last, state.digest == last.stateDigest, state.count == last.stateFileCount,
+        guard let last = chain.last, state.digest(formatVersion: last.formatVersion) == last.stateDigest,
+            state.count == last.stateFileCount,
             state.byteCount == last.stateByteCount
         else {
             throw SnapshotError.corrupt(
@@ -128,8 +132,9 @@ enum StoredJSON {
 /// `generation` is the ownership claim used for fencing: an agent that starts serving a
 /// session raises it, and a writer whose generation is no longer the head's has been fenced.
 public struct SessionHead: Codable, Sendable, Equatable {
+    /// 4: as 3; its manifests' state digests are sums (a reader of 3 must not write such a store).
     /// 3: the head names its session (`session`), which its key no longer does (FORMAT.md).
-    public static let currentFormatVersion = 3
+    public static let currentFormatVersion = 4
     /// 2: `latest` and `base` carry their write attempt's tag; the session is its key's.
     static let readableFormatVersions = 2...currentFormatVersion
 

@@ -218,6 +218,9 @@ public actor SessionReplicator {
                     }
                 }
             }
+            // Kept from now on, so that each upload's digest costs what changed (the load reads
+            // every file's line anyway).
+            state.keepDigest()
             head = loaded
             self.state = state
             self.identity = identity

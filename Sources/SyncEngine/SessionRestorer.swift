@@ -252,7 +252,7 @@ public struct SessionRestorer: Sendable {
         // empty disk) reads each object once: that pass is most of a restore's CPU.
         if !isMissingOrEmpty(directory) {
             let manifest = try reader.manifest(of: try objects.last!.source(), session: session, entry: newest)
-            if let local = try? localState(directory), local.digest == manifest.stateDigest,
+            if let local = try? localState(directory), local.digest(formatVersion: manifest.formatVersion) == manifest.stateDigest,
                 (try? entryCount(directory)) == local.count + Self.directories(holding: local.names).count
             {
                 return outcome(.upToDate, manifest, registered: format == .opaque ? nil : manifest.identity?.registered)

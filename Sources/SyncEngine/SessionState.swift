@@ -2,24 +2,61 @@ import Glibc
 import SystemSupport
 
 /// The full set of files of a session at one point: name → record, in the byte order of the
-/// names (FORMAT.md's order for the state digest).
+/// names (FORMAT.md's order of manifest lines).
 ///
 /// The sidecar keeps one per session it watches, between uploads: tens of thousands of files in
 /// all. As a `[String: FileRecord]` a file cost about 290 bytes (a hash table kept at most 3/4
 /// full, and a heap object for every name over 15 bytes); here it costs its record, the end of
-/// its name and the name's bytes, all in two arrays (about 120 bytes for Baileys' names). Kept
-/// sorted, the digest every upload records needs no sort, and a lookup is a binary search.
+/// its name and the name's bytes (about 120 bytes for Baileys' names), in runs of consecutive
+/// files of at most `runCapacity`, each run two arrays. A lookup is two binary searches (the run,
+/// then the file). A change moves the files of one run, and a copy of the state shares its runs:
+/// changing a copy (the writer's new state beside the replicator's previous one) copies the list
+/// of runs and the one run it changes. So an upload costs what changed, not the session's size,
+/// and so does the state digest of format version 4, which the state keeps once `keepDigest()`
+/// computed it.
 public struct SessionState: Sendable, Sequence {
     private struct Entry {
         var record: FileRecord
-        /// Where the name ends in `nameBytes`; it starts where the previous entry's ends.
+        /// Where the name ends in its run's `nameBytes`; it starts where the previous entry's ends.
         var nameEnd: UInt32
     }
 
-    private var entries: [Entry] = []
-    private var nameBytes: [UInt8] = []
+    private struct Run {
+        var entries: [Entry] = []
+        var nameBytes: [UInt8] = []
+        /// How many of its names are below a directory (hold a "/"): `topLevelCount` counts a
+        /// whole run without reading its names.
+        var nestedCount = 0
+
+        func countNested() -> Int {
+            var count = 0
+            var start = 0
+            for entry in entries {
+                if nameBytes[start..<Int(entry.nameEnd)].contains(UInt8(ascii: "/")) { count += 1 }
+                start = Int(entry.nameEnd)
+            }
+            return count
+        }
+    }
+
+    /// A run splits in two past this many files. Small enough that moving a run's files is cheap
+    /// next to an upload, large enough that a session of 100,000 files has a few hundred runs.
+    static let runCapacity = 512
+
+    private var runs: [Run] = []
+    public private(set) var count = 0
     /// The sum of the files' sizes.
     public private(set) var byteCount: Int64 = 0
+    /// The digest of format version 4, kept up to date by every change once `keepDigest()` set it.
+    private var keptDigest: StateDigest?
+
+    /// A file's place: its run, and its index in the run. The end is `(runs.count, 0)`.
+    fileprivate struct Position: Comparable {
+        var run: Int
+        var index: Int
+
+        static func < (lhs: Position, rhs: Position) -> Bool { (lhs.run, lhs.index) < (rhs.run, rhs.index) }
+    }
 
     public init() {}
 
@@ -30,24 +67,26 @@ public struct SessionState: Sendable, Sequence {
 
     /// A state of `files`, which must be sorted by `precedes` and name each file once.
     init(sortedFiles files: [(name: String, record: FileRecord)]) {
-        reserveCapacity(files.count, nameBytes: files.reduce(0) { $0 + $1.name.utf8.count })
-        for (name, record) in files { append(name.utf8, record) }
+        for (name, record) in files {
+            var name = name
+            name.withUTF8 { append($0, record) }
+        }
     }
 
-    public var count: Int { entries.count }
-    public var isEmpty: Bool { entries.isEmpty }
+    public var isEmpty: Bool { count == 0 }
 
     public subscript(name: String) -> FileRecord? {
         var name = name
-        return name.withUTF8 { key in index(of: key).map { entries[$0].record } }
+        return name.withUTF8 { key in position(of: key).map { runs[$0.run].entries[$0.index].record } }
     }
 
     /// Every name, in order.
-    public var names: [String] { entries.indices.map(name(at:)) }
+    public var names: [String] { map(\.name) }
 
     /// Whether `name` sorts after every name here, so that appending it keeps the order.
     private func isAfterLast(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
-        entries.isEmpty || nameBuffer(at: entries.count - 1) { Self.compare($0, name) < 0 }
+        guard let last = runs.indices.last else { return true }
+        return nameBuffer(at: Position(run: last, index: runs[last].entries.count - 1)) { Self.compare($0, name) < 0 }
     }
 
     /// The names below `directory` ("directory/…"), in order.
@@ -55,25 +94,32 @@ public struct SessionState: Sendable, Sequence {
         var prefix = directory + "/"
         return prefix.withUTF8 { prefix in
             var names: [String] = []
-            var index = lowerBound(prefix)
-            while index < entries.count, nameBuffer(at: index, { $0.starts(with: prefix) }) {
-                names.append(name(at: index))
-                index += 1
+            var position = lowerBound(prefix)
+            while position.run < runs.count, nameBuffer(at: position, { $0.starts(with: prefix) }) {
+                names.append(name(at: position))
+                position = after(position)
             }
             return names
         }
     }
 
     /// How many names at the top level (no "/") start with `prefix`: adjacent in name order, so
-    /// counted without building a name (a count at each commit of a session of 100,000 files).
+    /// counted by the runs between the first and the last of them, the names read only in the
+    /// runs at the two ends (a count at each commit of a session of 100,000 files).
     func topLevelCount(withPrefix prefix: String) -> Int {
         var prefix = prefix
         return prefix.withUTF8 { prefix in
+            var position = lowerBound(prefix)
+            let end = Self.successor(of: prefix).map { $0.withUnsafeBufferPointer { lowerBound($0) } } ?? endPosition
             var count = 0
-            var index = lowerBound(prefix)
-            while index < entries.count, nameBuffer(at: index, { $0.starts(with: prefix) }) {
-                if nameBuffer(at: index, { !$0.contains(UInt8(ascii: "/")) }) { count += 1 }
-                index += 1
+            while position < end {
+                if position.index == 0, position.run < end.run {
+                    count += runs[position.run].entries.count - runs[position.run].nestedCount
+                    position = Position(run: position.run + 1, index: 0)
+                } else {
+                    if nameBuffer(at: position, { !$0.contains(UInt8(ascii: "/")) }) { count += 1 }
+                    position = after(position)
+                }
             }
             return count
         }
@@ -82,103 +128,103 @@ public struct SessionState: Sendable, Sequence {
     /// The names this state has and `other` has not, in order.
     func names(absentFrom other: SessionState) -> [String] {
         var absent: [String] = []
-        var otherIndex = 0
-        for index in entries.indices {
-            let found = nameBuffer(at: index) { name in
-                while otherIndex < other.count, other.nameBuffer(at: otherIndex, { Self.compare($0, name) }) < 0 {
-                    otherIndex += 1
+        var otherPosition = Position(run: 0, index: 0)
+        var position = Position(run: 0, index: 0)
+        while position.run < runs.count {
+            let found = nameBuffer(at: position) { name in
+                while otherPosition.run < other.runs.count, other.nameBuffer(at: otherPosition, { Self.compare($0, name) }) < 0 {
+                    otherPosition = other.after(otherPosition)
                 }
-                return otherIndex < other.count && other.nameBuffer(at: otherIndex, { Self.compare($0, name) }) == 0
+                return otherPosition.run < other.runs.count && other.nameBuffer(at: otherPosition, { Self.compare($0, name) }) == 0
             }
-            if !found { absent.append(name(at: index)) }
+            if !found { absent.append(name(at: position)) }
+            position = after(position)
         }
         return absent
     }
 
-    /// This state with `changes` made: each name set to its record, or removed where it is nil;
-    /// of several changes to one name, the last. Names are told apart by their bytes (a
-    /// dictionary would take two canonically equivalent names, two files on Linux, for one).
+    /// This state with `changes` made, in order: each name set to its record, or removed where it
+    /// is nil (of several changes to one name, the last stands). Names are told apart by their
+    /// bytes (a dictionary would take two canonically equivalent names, two files on Linux, for one).
     public func applying(_ changes: [(name: String, record: FileRecord?)]) -> SessionState {
-        // By name, and a name's changes in the order given.
-        let order = changes.indices.sorted { first, second in
-            Self.precedes(changes[first].name, changes[second].name)
-                || (!Self.precedes(changes[second].name, changes[first].name) && first < second)
-        }
-        var result = SessionState()
-        result.reserveCapacity(count + changes.count, nameBytes: nameBytes.count + changes.reduce(0) { $0 + $1.name.utf8.count })
-        // The files between two changed names are copied a run at a time (one copy of their
-        // names' bytes, no comparison per file): an upload changing one file of 100,000 costs
-        // two binary searches and two copies, not 100,000 comparisons and appends.
-        var byteCount = byteCount
-        var index = 0
-        for (position, change) in order.enumerated() {
-            // A later change to the same name follows: it wins.
-            if position + 1 < order.count, !Self.precedes(changes[change].name, changes[order[position + 1]].name) { continue }
-            var name = changes[change].name
-            let record = changes[change].record
-            name.withUTF8 { key in
-                let found = lowerBound(key, from: index)
-                result.append(entriesIn: index..<found, of: self)
-                index = found
-                if index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) == 0 {
-                    byteCount -= entries[index].record.size
-                    index += 1
-                }
-                if let record {
-                    result.append(key, record)
-                    byteCount += record.size
-                }
-            }
-        }
-        result.append(entriesIn: index..<entries.count, of: self)
-        result.byteCount = byteCount
+        var result = self
+        for (name, record) in changes { result.set(name, record) }
         return result
     }
 
-    /// SHA-256 (hex) over every file's `name ‖ 0x00 ‖ decimal size ‖ 0x00 ‖ hex content id ‖ "\n"`,
-    /// in name order (FORMAT.md): two directories with the same names and contents have the same
-    /// digest, whatever their fingerprints.
-    public var digest: String {
+    /// Sets `name`'s record, or removes it (nil): two binary searches and a move within one run.
+    mutating func set(_ name: String, _ record: FileRecord?) {
+        var name = name
+        name.withUTF8 { key in
+            let position = lowerBound(key)
+            let found = position.run < runs.count && nameBuffer(at: position, { Self.compare($0, key) }) == 0
+            let hasher = keptDigest == nil ? nil : LineHasher()
+            if found {
+                let previous = runs[position.run].entries[position.index].record
+                byteCount -= previous.size
+                if let hasher { keptDigest!.subtract(hasher.hash(key, previous)) }
+                if let record {
+                    runs[position.run].entries[position.index].record = record
+                } else {
+                    remove(at: position, nameLength: key.count, nested: key.contains(UInt8(ascii: "/")))
+                }
+            } else if let record {
+                insert(key, record, at: position)
+            }
+            if let record {
+                byteCount += record.size
+                if let hasher { keptDigest!.add(hasher.hash(key, record)) }
+            }
+        }
+    }
+
+    /// Keeps the digest of format version 4 from now on: computed here once (every file's line
+    /// hashed), then updated by each change. A state that keeps it gives `digest(formatVersion: 4)`
+    /// at once; the writer's new state, made from its previous one, keeps it too.
+    public mutating func keepDigest() {
+        if keptDigest == nil { keptDigest = computedDigest() }
+    }
+
+    /// FORMAT.md's `stateDigest` of this state, by the rule of a manifest of `formatVersion`: two
+    /// directories with the same names, sizes and content ids have the same digest, whatever
+    /// their fingerprints.
+    public func digest(formatVersion: Int) -> String {
+        formatVersion >= 4 ? (keptDigest ?? computedDigest()).hex : hashOfLines()
+    }
+
+    private func computedDigest() -> StateDigest {
+        let hasher = LineHasher()
+        var digest = StateDigest.empty
+        var position = Position(run: 0, index: 0)
+        while position.run < runs.count {
+            let record = runs[position.run].entries[position.index].record
+            nameBuffer(at: position) { digest.add(hasher.hash($0, record)) }
+            position = after(position)
+        }
+        return digest
+    }
+
+    /// Versions 2 and 3: SHA-256 (hex) over every file's line and "\n", in name order.
+    private func hashOfLines() -> String {
         let digest = StreamingDigest(.sha256)
-        // Every upload digests every file of its session: the lines go into one reused buffer,
-        // hashed a chunk at a time (one call into OpenSSL per line cost as much as the hashing).
+        // Every line goes into one reused buffer, hashed a chunk at a time (one call into
+        // OpenSSL per line cost as much as the hashing).
         let chunkSize = 64 * 1024
         var chunk: [UInt8] = []
         chunk.reserveCapacity(chunkSize + 1024)
-        for index in entries.indices {
-            let record = entries[index].record
-            nameBuffer(at: index) { chunk.append(contentsOf: $0) }
-            chunk.append(0)
-            Self.appendDecimal(record.size, to: &chunk)
-            chunk.append(0)
-            record.contentID.appendHex(to: &chunk)
+        var position = Position(run: 0, index: 0)
+        while position.run < runs.count {
+            let record = runs[position.run].entries[position.index].record
+            nameBuffer(at: position) { LineHasher.appendLine($0, record, to: &chunk) }
             chunk.append(UInt8(ascii: "\n"))
             if chunk.count >= chunkSize {
                 digest.update(chunk)
                 chunk.removeAll(keepingCapacity: true)
             }
+            position = after(position)
         }
         digest.update(chunk)
         return digest.finalize().lowercaseHex
-    }
-
-    /// `value` in decimal ASCII digits, as `String(value)` spells it (a size read from a damaged
-    /// manifest may be negative), without the String.
-    private static func appendDecimal(_ value: Int64, to bytes: inout [UInt8]) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { digits in
-            if value < 0 { bytes.append(UInt8(ascii: "-")) }
-            var remaining = value.magnitude
-            var start = digits.count
-            repeat {
-                start -= 1
-                digits[start] = UInt8(ascii: "0") + UInt8(remaining % 10)
-                remaining /= 10
-            } while remaining > 0
-            bytes.append(contentsOf: digits[start...])
-        }
     }
 
     /// The order of names in a state: by their UTF-8 bytes.
@@ -224,55 +270,125 @@ public struct SessionState: Sendable, Sequence {
 
     // MARK: - Storage
 
-    private mutating func reserveCapacity(_ count: Int, nameBytes byteCount: Int) {
-        entries.reserveCapacity(count)
-        nameBytes.reserveCapacity(byteCount)
-    }
-
-    private mutating func append(_ name: some Collection<UInt8>, _ record: FileRecord) {
-        nameBytes.append(contentsOf: name)
-        entries.append(Entry(record: record, nameEnd: UInt32(nameBytes.count)))
+    /// Appends a name after every name here (the caller keeps the order), filling the last run:
+    /// how a state is built, before it keeps a digest.
+    private mutating func append(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord) {
+        precondition(keptDigest == nil, "a state is built before it keeps its digest")
+        if runs.last.map({ $0.entries.count >= Self.runCapacity }) ?? true { runs.append(Run()) }
+        // At the end of the last run: nothing after it to move (a restore builds every base this way).
+        let last = runs.count - 1
+        runs[last].nameBytes.append(contentsOf: name)
+        runs[last].entries.append(Entry(record: record, nameEnd: UInt32(runs[last].nameBytes.count)))
+        if name.contains(UInt8(ascii: "/")) { runs[last].nestedCount += 1 }
+        count += 1
         byteCount += record.size
     }
 
-    /// Appends `other`'s entries in `range`, leaving `byteCount` to the caller.
-    private mutating func append(entriesIn range: Range<Int>, of other: SessionState) {
-        guard !range.isEmpty else { return }
-        let start = range.lowerBound == 0 ? 0 : Int(other.entries[range.lowerBound - 1].nameEnd)
-        let end = Int(other.entries[range.upperBound - 1].nameEnd)
-        // Where the run's names start here, less where they started there.
-        let shift = Int64(nameBytes.count) - Int64(start)
-        nameBytes.append(contentsOf: other.nameBytes[start..<end])
-        entries.append(contentsOf: other.entries[range].lazy.map {
-            Entry(record: $0.record, nameEnd: UInt32(Int64($0.nameEnd) + shift))
-        })
+    /// Inserts a name that is not here at `position` (where `lowerBound` puts it), splitting a
+    /// run grown past `runCapacity`; `byteCount` and the digest are the caller's.
+    private mutating func insert(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord, at position: Position) {
+        var position = position
+        if runs.isEmpty { runs.append(Run()) }
+        if position.run == runs.count {
+            // After every name: at the end of the last run.
+            position = Position(run: runs.count - 1, index: runs[runs.count - 1].entries.count)
+        }
+        let start = nameStart(at: position)
+        let nameLength = UInt32(name.count)
+        runs[position.run].nameBytes.insert(contentsOf: name, at: start)
+        runs[position.run].entries.insert(Entry(record: record, nameEnd: UInt32(start) + nameLength), at: position.index)
+        runs[position.run].entries.withUnsafeMutableBufferPointer { entries in
+            for index in (position.index + 1)..<entries.count { entries[index].nameEnd += nameLength }
+        }
+        if name.contains(UInt8(ascii: "/")) { runs[position.run].nestedCount += 1 }
+        count += 1
+        if runs[position.run].entries.count > Self.runCapacity { split(position.run) }
     }
 
-    private func nameBuffer<Result>(at index: Int, _ body: (UnsafeBufferPointer<UInt8>) throws -> Result) rethrows -> Result {
-        let start = index == 0 ? 0 : Int(entries[index - 1].nameEnd)
-        return try nameBytes.withUnsafeBufferPointer { bytes in
-            try body(UnsafeBufferPointer(rebasing: bytes[start..<Int(entries[index].nameEnd)]))
+    private mutating func remove(at position: Position, nameLength: Int, nested: Bool) {
+        let start = nameStart(at: position)
+        runs[position.run].nameBytes.removeSubrange(start..<(start + nameLength))
+        runs[position.run].entries.remove(at: position.index)
+        runs[position.run].entries.withUnsafeMutableBufferPointer { entries in
+            for index in position.index..<entries.count { entries[index].nameEnd -= UInt32(nameLength) }
+        }
+        if nested { runs[position.run].nestedCount -= 1 }
+        count -= 1
+        if runs[position.run].entries.isEmpty { runs.remove(at: position.run) }
+    }
+
+    /// Moves the second half of a run into a new run after it.
+    private mutating func split(_ run: Int) {
+        let half = runs[run].entries.count / 2
+        let cut = Int(runs[run].entries[half - 1].nameEnd)
+        var second = Run()
+        second.nameBytes = Array(runs[run].nameBytes[cut...])
+        second.entries = runs[run].entries[half...].map { Entry(record: $0.record, nameEnd: $0.nameEnd - UInt32(cut)) }
+        runs[run].nameBytes.removeSubrange(cut...)
+        runs[run].entries.removeSubrange(half...)
+        runs.insert(second, at: run + 1)
+        for index in [run, run + 1] { runs[index].nestedCount = runs[index].countNested() }
+    }
+
+    private var endPosition: Position { Position(run: runs.count, index: 0) }
+
+    private func after(_ position: Position) -> Position {
+        position.index + 1 < runs[position.run].entries.count
+            ? Position(run: position.run, index: position.index + 1) : Position(run: position.run + 1, index: 0)
+    }
+
+    private func nameStart(at position: Position) -> Int {
+        position.index == 0 ? 0 : Int(runs[position.run].entries[position.index - 1].nameEnd)
+    }
+
+    private func nameBuffer<Result>(at position: Position, _ body: (UnsafeBufferPointer<UInt8>) throws -> Result) rethrows -> Result {
+        let start = nameStart(at: position)
+        let end = Int(runs[position.run].entries[position.index].nameEnd)
+        return try runs[position.run].nameBytes.withUnsafeBufferPointer { bytes in
+            try body(UnsafeBufferPointer(rebasing: bytes[start..<end]))
         }
     }
 
-    private func name(at index: Int) -> String {
-        nameBuffer(at: index) { String(decoding: $0, as: UTF8.self) }
+    private func name(at position: Position) -> String {
+        nameBuffer(at: position) { String(decoding: $0, as: UTF8.self) }
     }
 
-    private func index(of key: UnsafeBufferPointer<UInt8>) -> Int? {
-        let index = lowerBound(key)
-        guard index < entries.count, nameBuffer(at: index, { Self.compare($0, key) }) == 0 else { return nil }
-        return index
+    private func position(of key: UnsafeBufferPointer<UInt8>) -> Position? {
+        let position = lowerBound(key)
+        guard position.run < runs.count, nameBuffer(at: position, { Self.compare($0, key) }) == 0 else { return nil }
+        return position
     }
 
-    /// The first entry from `start` on whose name is not before `key`.
-    private func lowerBound(_ key: UnsafeBufferPointer<UInt8>, from start: Int = 0) -> Int {
-        var (low, high) = (start, entries.count)
+    /// The first file whose name is not before `key`: the first run whose last name is not
+    /// before it, then the file in that run.
+    private func lowerBound(_ key: UnsafeBufferPointer<UInt8>) -> Position {
+        var (low, high) = (0, runs.count)
         while low < high {
             let middle = (low + high) / 2
-            if nameBuffer(at: middle, { Self.compare($0, key) }) < 0 { low = middle + 1 } else { high = middle }
+            let last = Position(run: middle, index: runs[middle].entries.count - 1)
+            if nameBuffer(at: last, { Self.compare($0, key) }) < 0 { low = middle + 1 } else { high = middle }
         }
-        return low
+        guard low < runs.count else { return endPosition }
+        var (first, end) = (0, runs[low].entries.count)
+        while first < end {
+            let middle = (first + end) / 2
+            if nameBuffer(at: Position(run: low, index: middle), { Self.compare($0, key) }) < 0 { first = middle + 1 } else { end = middle }
+        }
+        return Position(run: low, index: first)
+    }
+
+    /// The least byte string after every string that starts with `prefix`; nil when there is none
+    /// (a prefix of 0xFF bytes only).
+    private static func successor(of prefix: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+        var bytes = Array(prefix)
+        while let last = bytes.last {
+            if last < 0xFF {
+                bytes[bytes.count - 1] = last + 1
+                return bytes
+            }
+            bytes.removeLast()
+        }
+        return nil
     }
 
     private static func compare(_ first: UnsafeBufferPointer<UInt8>, _ second: UnsafeBufferPointer<UInt8>) -> Int32 {
@@ -289,12 +405,12 @@ extension SessionState {
     /// The files in name order.
     public struct Iterator: IteratorProtocol {
         fileprivate let state: SessionState
-        fileprivate var index = 0
+        fileprivate var position = Position(run: 0, index: 0)
 
         public mutating func next() -> (name: String, record: FileRecord)? {
-            guard index < state.count else { return nil }
-            defer { index += 1 }
-            return (state.name(at: index), state.entries[index].record)
+            guard position.run < state.runs.count else { return nil }
+            defer { position = state.after(position) }
+            return (state.name(at: position), state.runs[position.run].entries[position.index].record)
         }
     }
 

@@ -338,12 +338,16 @@ struct SnapshotWriter: Sendable {
                 manifest: nil, state: state, unsettled: unsettled, skipped: skipped, examined: examined, identity: sessionIdentity)
         }
 
+        // The digest follows the changes from the previous state's (computed here once for a
+        // state that does not keep one yet: a first snapshot, a whole scan).
+        state.keepDigest()
         // A base's state is exactly its files: every file read whole went into the archive, and a
         // file mid-write that the previous state had stopped the base above.
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: kind, parent: parent, createdAt: Date(),
             files: kind == .base ? state : included.build(), deleted: kind == .delta ? deleted : [],
-            stateFileCount: state.count, stateByteCount: state.byteCount, stateDigest: state.digest, identity: sessionIdentity)
+            stateFileCount: state.count, stateByteCount: state.byteCount,
+            stateDigest: state.digest(formatVersion: SnapshotManifest.currentFormatVersion), identity: sessionIdentity)
         let writer = try archiveWriter()
         try add(manifest, to: writer)
         try writer.finish()
@@ -422,7 +426,8 @@ struct SnapshotWriter: Sendable {
             session, objectName: SessionLayout.snapshotName(id, kind: .tombstone, parentTag: parent?.tag))
         let manifest = SnapshotManifest(
             session: session.rawValue, id: id, kind: .tombstone, parent: parent, createdAt: Date(), files: SessionState(),
-            deleted: [], stateFileCount: 0, stateByteCount: 0, stateDigest: SessionState().digest)
+            deleted: [], stateFileCount: 0, stateByteCount: 0,
+            stateDigest: SessionState().digest(formatVersion: SnapshotManifest.currentFormatVersion))
         let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: sink)
         let writer = try ArchiveWriter(sink: encryption, compressionLevel: compressionLevel)
         try add(manifest, to: writer)

@@ -92,6 +92,16 @@ public enum SHA256 {
         digest.update(bytes)
         return digest.finalize()
     }
+
+    /// The SHA-256 of one short message into `digest` (32 bytes), without a digest context's
+    /// setup per call: for many small messages in a row (a state digest hashes a line per file).
+    public static func hash(_ bytes: UnsafeRawBufferPointer, into digest: UnsafeMutableRawBufferPointer) {
+        precondition(digest.count == DigestAlgorithm.sha256.length)
+        var placeholder: UInt8 = 0
+        withUnsafeMutablePointer(to: &placeholder) { empty in
+            sync_agent_sha256(bytes.baseAddress ?? UnsafeRawPointer(empty), bytes.count, digest.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+    }
 }
 
 public enum MD5 {

@@ -9,7 +9,7 @@ of the chain, checks every content id, the manifests against their keys and the 
 and writes the rebuilt session directory to --out (files 0600, directories 0700). Prints one
 JSON object: {"state": "restored" | "tombstone" | "no-snapshot", "chain": ["SEQ.GEN.kind", ...],
 "keyIDs": [the key id that opened each], "stateKeyIDs": [the key ids of the content ids of the
-rebuilt state], "files": N, "bytes": N, "stateDigest": "..."}. Any failure: one line on standard
+rebuilt state], "files": N, "bytes": N, "stateDigest": "...", "formatVersions": [each manifest's]}. Any failure: one line on standard
 error, exit status 1, and nothing written to --out.
 
 --self-test checks the key derivation and decrypts the worked example of FORMAT.md.
@@ -360,7 +360,7 @@ def chain_to(target, history):
 
 MAX_LINE = 65536
 SECOND_DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+FORMAT_VERSIONS = (2, 3, 4)
 
 
 def check_spelling(line, value, what):
@@ -384,7 +384,7 @@ def read_manifest(data, what):
     if not lines:
         raise FormatError(f"{what}: the manifest is empty")
     header = json.loads(lines[0])
-    if header.get("formatVersion") not in (2, 3):
+    if header.get("formatVersion") not in FORMAT_VERSIONS:
         raise FormatError(f"{what}: unsupported format version {header.get('formatVersion')}")
     if not SECOND_DATE.fullmatch(header["createdAt"]):
         raise FormatError(f"{what}: createdAt {header['createdAt']!r}")
@@ -438,17 +438,26 @@ def read_snapshot(store, keys, session_id, place, snapshot, previous_id):
     if snapshot.kind != "delta" and deleted:
         raise FormatError(f"{what}: a {snapshot.kind} with deleted lines")
     if snapshot.kind == "tombstone" and (len(entries) != 1 or (header["fileCount"], header["deletedCount"],
-            header["stateFileCount"], header["stateByteCount"], header["stateDigest"]) != (0, 0, 0, 0, EMPTY_DIGEST)):
+            header["stateFileCount"], header["stateByteCount"], header["stateDigest"])
+            != (0, 0, 0, 0, state_digest({}, header["formatVersion"]))):
         raise FormatError(f"{what}: a tombstone is not as FORMAT.md describes it: {header}")
     return header, contents, deleted, key.key_id.hex()
 
 
-def state_digest(state):
-    """"stateDigest": SHA-256 over name ‖ 0 ‖ decimal size ‖ 0 ‖ lowercase contentID ‖ "\\n", byte order."""
+def state_digest(state, format_version):
+    """"stateDigest" of {name: (contents, lowercase contentID, key id)} by the rule of a manifest of
+    format_version. Each file's line is name ‖ 0 ‖ decimal size ‖ 0 ‖ lowercase contentID.
+    Version 4: the sum modulo 2^256 of the lines' SHA-256 read as little-endian integers, written
+    as 32 bytes little-endian. Versions 2 and 3: SHA-256 over the lines, each followed by "\\n",
+    in byte order of the names."""
+    lines = {name: name.encode() + b"\0" + str(len(content)).encode() + b"\0" + content_id.encode()
+             for name, (content, content_id, _) in state.items()}
+    if format_version == 4:
+        total = sum(int.from_bytes(hashlib.sha256(line).digest(), "little") for line in lines.values())
+        return (total % 2**256).to_bytes(32, "little").hex()
     digest = hashlib.sha256()
-    for name in sorted(state, key=lambda n: n.encode()):
-        content, content_id, _ = state[name]
-        digest.update(name.encode() + b"\0" + str(len(content)).encode() + b"\0" + content_id.encode() + b"\n")
+    for name in sorted(lines, key=lambda n: n.encode()):
+        digest.update(lines[name] + b"\n")
     return digest.hexdigest()
 
 
@@ -456,12 +465,12 @@ def read_head(store, keys, session_id, place, bound):
     with open(os.path.join(store, "sessions", place, "head"), "rb") as file:
         plaintext, _ = decrypt(file.read(), keys, bound, "head")
     head = json.loads(plaintext)
-    if head.get("formatVersion") not in (2, 3):
+    if head.get("formatVersion") not in FORMAT_VERSIONS:
         raise FormatError(f"the head has unsupported format version {head.get('formatVersion')}")
-    if head["formatVersion"] == 3 and head.get("session") != session_id:
+    if head["formatVersion"] >= 3 and head.get("session") != session_id:
         raise FormatError(f"the head names session {head.get('session')!r}")
     check_spelling(plaintext, head, "the head")
-    fields = {"formatVersion", "generation", "owner", "updatedAt"} | ({"session"} if head["formatVersion"] == 3 else set())
+    fields = {"formatVersion", "generation", "owner", "updatedAt"} | ({"session"} if head["formatVersion"] >= 3 else set())
     if "latest" in head:
         fields |= {"latest", "latestKind"} | ({"base", "identityHold"} & head.keys())
     fields |= {"agent", "released"} & head.keys()  # "Leases and handoff"
@@ -548,10 +557,11 @@ def rebuild(store, keys, session_id, label=None):
         if target is None:
             raise FormatError(f"no committed snapshot {label}")
     chain = chain_to(target, history)
-    state, previous_id, last_header, key_ids = {}, None, None, []
+    state, previous_id, last_header, key_ids, versions = {}, None, None, [], []
     for snapshot in chain:
         header, contents, deleted, key_id = read_snapshot(store, keys, session_id, place, snapshot, previous_id)
         key_ids.append(key_id)
+        versions.append(header["formatVersion"])
         if snapshot.kind == "base":
             state = dict(contents)
         elif snapshot.kind == "tombstone":
@@ -560,13 +570,16 @@ def rebuild(store, keys, session_id, label=None):
             for name in deleted:
                 state.pop(name, None)
             state.update(contents)
+        # Stricter than FORMAT.md asks (it checks the last): every manifest of the chain describes
+        # the state rebuilt up to it, its digest by its own version's rule.
+        if (state_digest(state, header["formatVersion"]), len(state), sum(len(c) for c, _, _ in state.values())) != (
+                header["stateDigest"], header["stateFileCount"], header["stateByteCount"]):
+            raise FormatError(f"the rebuilt session does not match snapshot {snapshot.label}'s manifest")
         previous_id, last_header = snapshot.id(), header
     result = {"chain": [s.label + "." + s.kind for s in chain], "keyIDs": key_ids, "files": len(state),
               "stateKeyIDs": sorted({key_id for _, _, key_id in state.values()}),
-              "bytes": sum(len(content) for content, _, _ in state.values()), "stateDigest": state_digest(state)}
-    if (result["stateDigest"], result["files"], result["bytes"]) != (
-            last_header["stateDigest"], last_header["stateFileCount"], last_header["stateByteCount"]):
-        raise FormatError(f"the rebuilt session does not match snapshot {target.label}'s manifest")
+              "bytes": sum(len(content) for content, _, _ in state.values()),
+              "stateDigest": last_header["stateDigest"], "formatVersions": versions}
     if chain[-1].kind == "tombstone":
         if "identity" in last_header:
             raise FormatError(f"tombstone {target.label} records an identity")
@@ -706,6 +719,10 @@ def self_test():
     assert key.content_id(b"hi\n") == "36eb393892dfe0d7e4818586d5136d5c97a4db40bfac8a8451138b8bed7f33a5"
     assert keyed_id(bytes(range(32)), b"session", b"4915112345678") == "86f15cd681534aeea6b4d38cd5f0233e"
     assert keyed_id(bytes(range(32)), b"agent", b"worker-1") == "94622e189c9beebcb475084437afe39a"
+    example_state = {"creds.json": (b"abc", "ab" * 32, None), "keys/a\n.json": (b"", "0" * 64, None)}
+    assert state_digest(example_state, 4) == "ce0a9c3941b15bb874821266c3b7b12914a6db3a3a7a3c0511b2c5889bb65b32"
+    assert state_digest({}, 4) == "0" * 64
+    assert state_digest({}, 3) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     print(json.dumps({"selfTest": "passed"}))
 
 

@@ -9,6 +9,16 @@ struct HashingTests {
         #expect(SHA256.hash("abc".utf8).lowercaseHex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 
+    /// The short-message form (a state digest's line hashes) is the same SHA-256, empty input included.
+    @Test func sha256OfAShortMessageIsTheStreamingOnes() {
+        for length in [0, 1, 55, 56, 63, 64, 65, 200] {
+            let message = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            var digest = [UInt8](repeating: 0, count: 32)
+            message.withUnsafeBytes { message in digest.withUnsafeMutableBytes { SHA256.hash(message, into: $0) } }
+            #expect(digest == SHA256.hash(message), "\(length) bytes")
+        }
+    }
+
     @Test func md5KnownVectorsAndContentMD5Form() {
         #expect(MD5.hash([UInt8]()).lowercaseHex == "d41d8cd98f00b204e9800998ecf8427e")
         #expect(MD5.hash("abc".utf8).lowercaseHex == "900150983cd24fb0d6963f7d28e17f72")

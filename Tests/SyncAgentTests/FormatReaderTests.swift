@@ -174,4 +174,38 @@ struct FormatReaderTests {
         #expect(result.keyIDs.count >= 2 && result.keyIDs.first != result.keyIDs.last, "a base under the old key, deltas under the new: \(result)")
         #expect(result.stateKeyIDs.count == 2, "content ids under both keys: \(result)")
     }
+
+    /// A store of format version 3 (`fixtures/stores/version-3`, byte for byte) reads; `watch`
+    /// goes on with its chain in deltas of version 4; the reader checks every manifest of the
+    /// mixed chain, each digest by its own version's rule (FORMAT.md, `stateDigest`).
+    @Test func aChainOfVersion3ContinuedInVersion4Reads() async throws {
+        let workspace = try Workspace(sessions: [])
+        let store = workspace.directory.file("store")
+        let session = workspace.session("version-3")
+        try FileManager.default.copyItem(atPath: Fixtures.path("stores/version-3/store"), toPath: store)
+        try FileManager.default.copyItem(atPath: Fixtures.path("stores/version-3/sessions/version-3"), toPath: session)
+        try AgentUser.handOver(workspace.directory.path)
+        // bench/instructions' fixed key, which wrote the fixture.
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+        let reader = FormatReader(store: store, keys: key)
+        let before = try await reader.read("version-3", into: try workspace.freshDirectory() + "/version-3")
+        #expect(before.state == "restored" && before.formatVersions == [3, 3], "\(before)")
+
+        var runner = SyncAgentRunner.local(store: store, logDirectory: workspace.logs)
+        runner.environment["SESSION_ENCRYPTION_KEY"] = key
+        let agent = try runner.watch(workspace.sessions)
+        try await agent.waitUntilWatching()
+        try write(#"{"version":4}"#, to: "\(session)/creds.json")
+        try FileManager.default.removeItem(atPath: "\(session)/pre-key-1.json")
+        var last: FormatReader.Result?
+        try await waitUntil(timeout: .seconds(60), every: .milliseconds(300), "never matched: \(String(describing: last))\n\(agent.log)") {
+            let directory = try workspace.freshDirectory() + "/version-3"
+            last = try await reader.read("version-3", into: directory)
+            guard last?.state == "restored" else { return false }
+            return try directoryTree(directory) == directoryTree(session)
+        }
+        #expect(try await agent.terminate() == .exited(0))
+        let versions = try #require(last).formatVersions
+        #expect(versions.prefix(2) == [3, 3] && versions.count > 2 && versions.dropFirst(2).allSatisfy { $0 == 4 }, "\(versions)")
+    }
 }

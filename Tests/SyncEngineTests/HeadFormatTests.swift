@@ -26,7 +26,7 @@ struct HeadFormatTests {
             updatedAt: Date(timeIntervalSince1970: 1_763_633_760))
         head.session = "4915112345678"
         let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
-        let example = try #require(format.firstMatch(of: /`(\{"formatVersion":3,"generation"[^`]*)`/)?.output.1)
+        let example = try #require(format.firstMatch(of: /`(\{"formatVersion":4,"generation"[^`]*)`/)?.output.1)
         #expect(String(decoding: try head.encoded(), as: UTF8.self) == example)
     }
 

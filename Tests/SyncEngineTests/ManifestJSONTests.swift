@@ -40,7 +40,7 @@ struct ManifestJSONTests {
             parent: delta ? SnapshotID(sequence: 41, generation: 2, tag: .random()) : nil,
             createdAt: Date(timeIntervalSince1970: 1_763_000_000), files: state,
             deleted: delta ? ["\"odd\"/\u{2}", "gone.json", "line\nbreak-gone", "sub/gone"] : [], stateFileCount: state.count,
-            stateByteCount: state.byteCount, stateDigest: state.digest)
+            stateByteCount: state.byteCount, stateDigest: state.digest(formatVersion: SnapshotManifest.currentFormatVersion))
     }
 
     func encoded(_ manifest: SnapshotManifest) throws -> [UInt8] {
@@ -81,7 +81,7 @@ struct ManifestJSONTests {
         // Every line is a JSON object on its own, the header's formatVersion readable alone.
         for line in lines { #expect(try JSONSerialization.jsonObject(with: Data(line)) is [String: Any]) }
         let header = try #require(try JSONSerialization.jsonObject(with: Data(lines[0])) as? [String: Any])
-        #expect(header["formatVersion"] as? Int == 3)
+        #expect(header["formatVersion"] as? Int == 4)
         #expect(header["fileCount"] as? Int == expected.files.count)
         #expect(header["deletedCount"] as? Int == expected.deleted.count)
     }
@@ -154,7 +154,7 @@ struct ManifestJSONTests {
             text.replacingOccurrences(of: #""fileCount":18"#, with: #""fileCount":-1"#),
             text.replacingOccurrences(of: #""deletedCount":4"#, with: #""deletedCount":3"#),
             text.replacingOccurrences(of: #""deletedCount":4"#, with: #""deletedCount":5"#),
-            text.replacingOccurrences(of: #""formatVersion":3"#, with: #""formatVersion":2.5"#),
+            text.replacingOccurrences(of: #""formatVersion":4"#, with: #""formatVersion":2.5"#),
             text.replacingOccurrences(of: #""stateFileCount""#, with: #""stateFileCounts""#),
             text.replacingOccurrences(of: #""kind":"delta""#, with: #""kind":"other""#),
             text.replacingOccurrences(of: #""🙂""#, with: #""\ud83d""#),
@@ -177,11 +177,16 @@ struct ManifestJSONTests {
         #expect(throws: SnapshotError.corrupt("the manifest does not parse: line 1 is longer than 65536 bytes")) {
             try SnapshotManifest.decode([UInt8](repeating: UInt8(ascii: "["), count: 10 << 20))
         }
-        #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version 4 (this sync-agent reads versions 2 to 3)")) {
-            try SnapshotManifest.decode(Array(text.replacingOccurrences(of: #""formatVersion":3"#, with: #""formatVersion":4"#).utf8))
+        #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version 5 (this sync-agent reads versions 2 to 4)")) {
+            try SnapshotManifest.decode(Array(text.replacingOccurrences(of: #""formatVersion":4"#, with: #""formatVersion":5"#).utf8))
         }
-        // Version 2, as a session moved from a store of that version keeps its snapshots: read.
-        #expect(throws: Never.self) { try SnapshotManifest.decode(Array(text.replacingOccurrences(of: #""formatVersion":3"#, with: #""formatVersion":2"#).utf8)) }
+        // Versions 2 and 3, as a session moved from a store of version 2 keeps its snapshots and
+        // a chain of version 3 goes on in 4: read.
+        for version in [2, 3] {
+            #expect(throws: Never.self) {
+                try SnapshotManifest.decode(Array(text.replacingOccurrences(of: #""formatVersion":4"#, with: #""formatVersion":\#(version)"#).utf8))
+            }
+        }
     }
 
     /// The fuzzer's manifest corpus: each input is a manifest or an error, never a crash; the

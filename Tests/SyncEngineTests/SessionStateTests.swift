@@ -3,9 +3,10 @@ import SessionCrypto
 @testable import SyncEngine
 import SystemSupport
 import Testing
+import TestSupport
 
 /// The compact session state against the dictionary it replaced: same lookups, same changes,
-/// and FORMAT.md's digest.
+/// and FORMAT.md's digests.
 @Suite("SessionState")
 struct SessionStateTests {
     let key = EncryptionKey.generate()
@@ -26,7 +27,7 @@ struct SessionStateTests {
         #expect(SessionState()["a"] == nil)
     }
 
-    @Test func digestIsFormatsHashOfTheSortedLines() {
+    @Test func digestOfVersion3IsFormatsHashOfTheSortedLines() {
         // Sizes of one digit, of several, and 0 (spelled "0").
         let files = [
             "creds.json": record("{}"), "sub/x.json": record("[1]"), "pre-key-1.json": record(#"{"k":1}"#),
@@ -36,8 +37,75 @@ struct SessionStateTests {
         for name in files.keys.sorted() {
             digest.update(Array("\(name)\0\(files[name]!.size)\0\(files[name]!.contentID)\n".utf8))
         }
-        #expect(SessionState(files).digest == digest.finalize().lowercaseHex)
-        #expect(SessionState().digest == StreamingDigest(.sha256).finalize().lowercaseHex)
+        #expect(SessionState(files).digest(formatVersion: 3) == digest.finalize().lowercaseHex)
+        #expect(SessionState().digest(formatVersion: 3) == StreamingDigest(.sha256).finalize().lowercaseHex)
+        #expect(SessionState().digest(formatVersion: 2) == StreamingDigest(.sha256).finalize().lowercaseHex)
+    }
+
+    /// FORMAT.md's worked example of version 4: two lines' hashes added as little-endian
+    /// integers, with carries; no files is 64 zeros, kept or computed.
+    @Test func digestOfVersion4IsFormatsSumOfTheLinesHashes() {
+        let files = [
+            "creds.json": FileRecord(size: 3, contentID: ContentID(hex: String(repeating: "ab", count: 32))!, fingerprint: nil),
+            "keys/a\n.json": FileRecord(size: 0, contentID: ContentID(hex: String(repeating: "0", count: 64))!, fingerprint: nil),
+        ]
+        #expect(SessionState(files).digest(formatVersion: 4) == "ce0a9c3941b15bb874821266c3b7b12914a6db3a3a7a3c0511b2c5889bb65b32")
+        var kept = SessionState()
+        kept.keepDigest()
+        #expect(kept.digest(formatVersion: 4) == String(repeating: "0", count: 64))
+        for (name, record) in files { kept.set(name, record) }
+        #expect(kept.digest(formatVersion: 4) == "ce0a9c3941b15bb874821266c3b7b12914a6db3a3a7a3c0511b2c5889bb65b32")
+        for name in files.keys { kept.set(name, nil) }
+        #expect(kept.digest(formatVersion: 4) == String(repeating: "0", count: 64))
+        #expect(SessionState().digest(formatVersion: 4) == String(repeating: "0", count: 64))
+    }
+
+    /// The digest a state keeps, updated change by change, is the one computed from scratch for
+    /// the same files, after every step of a seeded random history of creations, rewrites and
+    /// deletions over enough files to split runs and empty some; lookups, counts and the pre-key
+    /// count (`topLevelCount`) follow too.
+    @Test(arguments: [1, 2, 3] as [UInt64])
+    func theKeptDigestIsTheDigestRecomputedAfterRandomChanges(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        func name() -> String {
+            let number = Int.random(in: 0..<3000, using: &random)
+            return switch number % 5 {
+            case 0: "pre-key-\(number).json"
+            case 1: "pre-key-\(number)/nested.json"
+            case 2: "session-\(number).json"
+            case 3: "é/\(number)"
+            default: "app-state-sync-key-\(number).json"
+            }
+        }
+        var model: [String: FileRecord] = [:]
+        for _ in 0..<1500 { model[name()] = record("\(random.next())") }
+        var state = SessionState(model)
+        state.keepDigest()
+        for step in 0..<2000 {
+            if Bool.random(using: &random) {
+                // One change at a time.
+                // Of 3,000 names, half are files: a name is created or rewritten or deleted as often.
+                let changed = name()
+                let change: FileRecord? = Int.random(in: 0..<3, using: &random) == 0 ? nil : record("\(random.next())")
+                model[changed] = change
+                state.set(changed, change)
+            } else {
+                // An upload's changes, a name possibly twice (the last stands).
+                let changes: [(name: String, record: FileRecord?)] = (0..<Int.random(in: 0..<40, using: &random)).map { _ in
+                    (name(), Bool.random(using: &random) ? nil : record("\(random.next())"))
+                }
+                for (name, record) in changes { model[name] = record }
+                state = state.applying(changes)
+            }
+            guard step % 50 == 0 || step == 1999 else { continue }
+            let recomputed = SessionState(model)
+            #expect(state.digest(formatVersion: 4) == recomputed.digest(formatVersion: 4), "seed \(seed), step \(step)")
+            #expect(state.digest(formatVersion: 3) == recomputed.digest(formatVersion: 3), "seed \(seed), step \(step)")
+            #expect(state.names == recomputed.names, "seed \(seed), step \(step)")
+            #expect((state.count, state.byteCount) == (model.count, model.values.reduce(0) { $0 + $1.size }))
+            #expect(state.topLevelCount(withPrefix: "pre-key-") == model.keys.filter { $0.hasPrefix("pre-key-") && !$0.contains("/") }.count)
+            for name in model.keys.prefix(20) { #expect(state[name] == model[name]) }
+        }
     }
 
     @Test func namesBelowADirectoryAndNamesAbsentFromAnother() {
@@ -67,7 +135,8 @@ struct SessionStateTests {
             #expect(applied.names == model.keys.sorted(by: SessionState.precedes), "round \(round)")
             for (name, record) in model { #expect(applied[name] == record) }
             #expect(applied.byteCount == model.values.reduce(0) { $0 + $1.size })
-            #expect(applied.digest == SessionState(model).digest)
+            #expect(applied.digest(formatVersion: 3) == SessionState(model).digest(formatVersion: 3))
+            #expect(applied.digest(formatVersion: 4) == SessionState(model).digest(formatVersion: 4))
         }
     }
 

@@ -422,16 +422,78 @@ struct SnapshotChainTests {
         #expect(SessionLayout.parseSnapshotKey(SessionPlace.plain(SessionID("other")!).snapshotsPrefix + "00000000000000000001-0000000003-\(tag).base", place: place) == nil)
     }
 
+    /// A store written by format version 3 (`fixtures/stores/version-3`, byte for byte) restores
+    /// and verifies; a writer of this version goes on with its chain in version 4 (the state
+    /// digest a sum) without a new base; then the head restores the session as it is, verify
+    /// passes on every snapshot, and a snapshot of version 3 in the mixed chain still restores,
+    /// its digest checked by the version-3 rule.
+    @Test func aChainOfVersion3ContinuedInVersion4RestoresAndVerifies() async throws {
+        let session = SessionID("version-3")!
+        let storeRoot = workspace.file("store-version-3")
+        try FileManager.default.copyItem(atPath: Fixtures.path("stores/version-3/store"), toPath: storeRoot)
+        let sessionStore = SessionStore(
+            store: try FileSystemStore(root: storeRoot),
+            keyring: Keyring(primary: try EncryptionKey(parsing: "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")))
+        let written = try directoryContents(Fixtures.path("stores/version-3/sessions/version-3"))
+        func restored(_ target: SnapshotLabel? = nil) async throws -> [String: [UInt8]] {
+            let root = workspace.file("restored-\(randomHex(4))")
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+            #expect(try await SessionRestorer(sessionStore: sessionStore).restore(session, into: root, target: target).status == .restored)
+            return try directoryContents("\(root)/\(session.rawValue)")
+        }
+        func versions() async throws -> [UInt64: Int] {
+            var versions: [UInt64: Int] = [:]
+            for entry in try await sessionStore.snapshots(session) {
+                versions[entry.id.sequence] = try #require(try await sessionStore.manifest(session, entry)).formatVersion
+            }
+            return versions
+        }
+        #expect(try await sessionStore.head(session)?.head.formatVersion == 3)
+        #expect(Set(try await versions().values) == [3])
+        #expect(try await restored() == written)
+        #expect(try await SnapshotVerifier(sessionStore: sessionStore).verify(session).allSatisfy(\.isOK))
+
+        // The session goes on where the store left it, in deltas of this version.
+        let directory = workspace.file("sessions-version-3/version-3")
+        try FileManager.default.createDirectory(atPath: workspace.file("sessions-version-3"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Fixtures.path("stores/version-3/sessions/version-3"), toPath: directory)
+        var policy = CompactionPolicy()
+        policy.deltaToBaseRatio = 1000
+        let writer = SessionReplicator(
+            session: session, directory: directory, sessionStore: sessionStore, owner: "agent-4", conditionalWrites: true,
+            policy: policy, logger: Logger(label: "test"))
+        func expectDelta(_ result: SyncResult) {
+            guard case .uploaded(_, .delta, _, _) = result else {
+                Issue.record("not a delta: \(result)")
+                return
+            }
+        }
+        try TestSupport.write(#"{"version":4}"#, to: "\(directory)/creds.json")
+        expectDelta(try await writer.sync(changedPaths: ["creds.json"]))
+        try TestSupport.write(#"{"new":true}"#, to: "\(directory)/keys/pre-key-4.json")
+        try FileManager.default.removeItem(atPath: "\(directory)/pre-key-1.json")
+        expectDelta(try await writer.sync(changedPaths: ["keys/pre-key-4.json", "pre-key-1.json"]))
+
+        let versionsAfter = try await versions()
+        #expect(versionsAfter[24] == 4 && versionsAfter[25] == 4 && versionsAfter[23] == 3, "\(versionsAfter)")
+        #expect(try await sessionStore.head(session)?.head.formatVersion == 4)
+        #expect(try await restored() == directoryContents(directory))
+        let checks = try await SnapshotVerifier(sessionStore: sessionStore).verify(session)
+        #expect(checks.count == versionsAfter.count && checks.allSatisfy(\.isOK), "\(checks)")
+        // Snapshot 23, the last of version 3, from its base 22 of version 3.
+        #expect(try await restored(SnapshotLabel(sequence: 23, generation: 2)) == written)
+    }
+
     /// Heads and manifests of format version 1 (untagged snapshot ids) or of a newer agent say
     /// which version they are, rather than failing on a field.
     @Test func aHeadOrManifestOfAnotherFormatVersionIsAClearError() throws {
-        for version in [1, 4] {
+        for version in [1, 5] {
             let head = Array(#"{"formatVersion":\#(version),"generation":1,"owner":"old","latest":{"generation":1,"sequence":1},"latestKind":"base","updatedAt":"2025-11-20T10:15:30Z"}"#.utf8)
-            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads versions 2 to 3)")) {
+            #expect(throws: SnapshotError.unsupportedFormat("the head has unsupported format version \(version) (this sync-agent reads versions 2 to 4)")) {
                 try SessionHead.decode(head)
             }
             let manifest = Array(#"{"formatVersion":\#(version),"session":"s"}"#.utf8)
-            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads versions 2 to 3)")) {
+            #expect(throws: SnapshotError.unsupportedFormat("the manifest has unsupported format version \(version) (this sync-agent reads versions 2 to 4)")) {
                 try SnapshotManifest.decode(manifest)
             }
         }

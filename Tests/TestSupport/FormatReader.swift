@@ -33,6 +33,8 @@ public struct FormatReader: Sendable {
         public var keyIDs: [String]
         /// The key ids of the content ids the rebuilt state records, sorted.
         public var stateKeyIDs: [String]
+        /// The `formatVersion` of each manifest of `chain`.
+        public var formatVersions: [Int]
         /// "SEQUENCE.GENERATION" of the snapshot read.
         public var snapshot: String { chain.last.map { $0.split(separator: ".").prefix(2).joined(separator: ".") } ?? "" }
     }
@@ -46,7 +48,8 @@ public struct FormatReader: Sendable {
         let json = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], "\(output)")
         return Result(
             state: json["state"] as? String ?? "", chain: json["chain"] as? [String] ?? [],
-            keyIDs: json["keyIDs"] as? [String] ?? [], stateKeyIDs: json["stateKeyIDs"] as? [String] ?? [])
+            keyIDs: json["keyIDs"] as? [String] ?? [], stateKeyIDs: json["stateKeyIDs"] as? [String] ?? [],
+            formatVersions: json["formatVersions"] as? [Int] ?? [])
     }
 
     /// The Python of the test venv: where `scripts/test` says (SYNC_AGENT_TEST_TOOLS), else the
