@@ -326,11 +326,16 @@ public struct SessionStore: Sendable {
         }
         if !known.isNamed(session) {
             let place = SessionPlace.keyed(session, naming: naming)
-            let bytes = encrypt(FileName.bytes(of: session.rawValue), key: keyring.primary, identity: place.nameIdentity)
-            do {
-                try await store.put(place.nameKey, body: .bytes(bytes), condition: conditionalWrites ? .ifAbsent : nil)
-            } catch StoreError.preconditionFailed {
-                // Named before: the name never changes.
+            // Named before (every start but the session's first): a look suffices. The conditional
+            // write alone wrote the object (fsynced, in the filesystem store) before it found
+            // the name there, at every claim of every session.
+            if try await store.head(place.nameKey) == nil {
+                let bytes = encrypt(FileName.bytes(of: session.rawValue), key: keyring.primary, identity: place.nameIdentity)
+                do {
+                    try await store.put(place.nameKey, body: .bytes(bytes), condition: conditionalWrites ? .ifAbsent : nil)
+                } catch StoreError.preconditionFailed {
+                    // Named meanwhile: the name never changes.
+                }
             }
             known.markNamed(session)
         }
