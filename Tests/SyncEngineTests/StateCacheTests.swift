@@ -123,7 +123,7 @@ struct StateCacheTests {
     }
 
     /// A cache moved to another session's name does not decrypt as that session's, nor does one
-    /// read with another key; an empty or foreign file is not a cache.
+    /// read with another key; a file of another kind is not a cache.
     @Test func aCacheOfAnotherSessionOrKeyIsRefused() async throws {
         let cache = try cache()
         let latest = try await commitBaseAndDelta(cache: cache)
@@ -143,7 +143,7 @@ struct StateCacheTests {
         }
         #expect(reason.contains("key"))
 
-        try Data().write(to: URL(fileURLWithPath: try await cacheFile(of: other)))
+        try Data("{\"files\":[]}".utf8).write(to: URL(fileURLWithPath: try await cacheFile(of: other)))
         #expect(miss(cache.read(other, place: otherPlace, snapshot: latest)) == .unreadable("\(CryptoError.notAnEncryptedObject)"))
         try FileManager.default.removeItem(atPath: try await cacheFile(of: other))
         #expect(miss(cache.read(other, place: otherPlace, snapshot: latest)) == .absent)
