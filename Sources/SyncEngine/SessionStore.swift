@@ -323,6 +323,9 @@ public struct SessionStore: Sendable {
         // Found at its keyed place: moved (leftovers of a move stopped halfway wait for the next start).
         if known.place(of: session)?.isKeyed != true {
             _ = try await move(session, naming: naming, conditionalWrites: conditionalWrites, dryRun: false)
+            // Nothing is left at the plain place: the session is at its keyed place from now on,
+            // and `place` need not look for its head again (a request per session at every start).
+            known.remember(SessionPlace.keyed(session, naming: naming), for: session)
         }
         if !known.isNamed(session) {
             let place = SessionPlace.keyed(session, naming: naming)

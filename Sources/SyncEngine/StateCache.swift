@@ -47,10 +47,10 @@ public struct StateCache: Sendable {
     static let formatVersion = 1
     /// The object name bound into the associated data, which no store object has.
     static let objectName = "cache/state"
-    /// The largest cache file read: a session's manifest of every file, 150 bytes a file or so,
-    /// for the largest sessions. Read as a stream (a chunk and a line at a time), never whole.
+    /// The largest cache file read: about 150 bytes a file, for the largest sessions. Read as a
+    /// stream (a 64 KiB chunk and a record at a time), never whole.
     static let maxByteCount: Int64 = 1 << 30
-    /// The header before the manifest lines: a few numbers and a snapshot id.
+    /// The header before the file table: a few numbers, a snapshot id, an identity.
     static let maxHeaderByteCount = 4 << 10
 
     public init(directory: String, keyring: Keyring) {
@@ -78,21 +78,32 @@ public struct StateCache: Sendable {
         guard fstat(raw, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { return .failure(.unreadable("not a regular file")) }
         guard Int64(status.st_size) <= Self.maxByteCount else { return .failure(.unreadable("larger than \(Self.maxByteCount) bytes")) }
         do {
-            let source = try DecryptingSource(keyring: keyring, identity: Self.identity(session), upstream: FileDescriptorSource(file))
-            let length = try Self.readExactly(4, from: source).reduce(0) { $0 << 8 | Int($1) }
+            let reader = RecordReader(try DecryptingSource(
+                keyring: keyring, identity: Self.identity(session), upstream: FileDescriptorSource(file)))
+            let length = Int(try reader.integer(UInt32.self))
             guard length <= Self.maxHeaderByteCount else { return .failure(.unreadable("a header of \(length) bytes")) }
             let header = try StoredJSON.decode(
-                Header.self, from: try Self.readExactly(length, from: source), formatVersions: Self.formatVersion...Self.formatVersion,
+                Header.self, from: Array(try reader.bytes(length)), formatVersions: Self.formatVersion...Self.formatVersion,
                 what: "the state cache")
             guard header.snapshot == snapshot else { return .failure(.otherSnapshot) }
-            // Read to its end: only then is the whole file authenticated.
-            let manifest = try ManifestJSON.read(from: source)
-            let state = manifest.files
-            guard manifest.session == session.rawValue, manifest.id == snapshot, state.count == manifest.stateFileCount,
-                state.byteCount == manifest.stateByteCount, state.digest == manifest.stateDigest
-            else { return .failure(.unreadable("its files do not match its own counts and digest")) }
+            guard header.session == session.rawValue, header.fileCount >= 0 else { return .failure(.unreadable("a header of another session")) }
+            var files = SessionState.Builder()
+            var previous: String?
+            for _ in 0..<header.fileCount {
+                let (name, record) = try reader.file()
+                guard previous.map({ SessionState.precedes($0, name) }) ?? true, files.add(name, record) else {
+                    return .failure(.unreadable("names out of order"))
+                }
+                previous = name
+            }
+            // Only a source read to its end is authenticated whole.
+            guard try reader.isAtEnd() else { return .failure(.unreadable("more bytes than its files")) }
+            let state = files.build()
+            guard state.byteCount == header.stateByteCount, state.digest == header.stateDigest else {
+                return .failure(.unreadable("its files do not match its own digest"))
+            }
             return .success(Entry(
-                snapshot: snapshot, state: state, identity: manifest.identity, baseBytes: header.baseBytes,
+                snapshot: snapshot, state: state, identity: header.identity, baseBytes: header.baseBytes,
                 deltaBytes: header.deltaBytes, deltaCount: header.deltaCount))
         } catch {
             return .failure(.unreadable("\(error)"))
@@ -112,15 +123,23 @@ public struct StateCache: Sendable {
         defer { if !renamed { unlink(temporaryPath) } }
         let sink = EncryptingSink(
             key: keyring.primary, identity: Self.identity(session), downstream: FileDescriptorSink(fileDescriptor: raw, path: temporaryPath))
-        let header = try StoredJSON.encode(Header(
-            formatVersion: Self.formatVersion, snapshot: entry.snapshot, baseBytes: entry.baseBytes, deltaBytes: entry.deltaBytes,
-            deltaCount: entry.deltaCount))
-        try (withUnsafeBytes(of: UInt32(header.count).bigEndian) { [UInt8]($0) } + header).withUnsafeBytes { try sink.write($0) }
         let state = entry.state
-        try ManifestJSON.write(SnapshotManifest(
-            session: session.rawValue, id: entry.snapshot, kind: .base, parent: nil, createdAt: Date(), files: state, deleted: [],
-            stateFileCount: state.count, stateByteCount: state.byteCount, stateDigest: state.digest, identity: entry.identity)
-        ) { try sink.write($0) }
+        let header = try StoredJSON.encode(Header(
+            formatVersion: Self.formatVersion, session: session.rawValue, snapshot: entry.snapshot, baseBytes: entry.baseBytes,
+            deltaBytes: entry.deltaBytes, deltaCount: entry.deltaCount, fileCount: state.count, stateByteCount: state.byteCount,
+            stateDigest: state.digest, identity: entry.identity))
+        var chunk: [UInt8] = []
+        chunk.reserveCapacity(Self.chunkByteCount + 1024)
+        Self.append(UInt32(header.count), to: &chunk)
+        chunk += header
+        for (name, record) in state {
+            Self.append(name, record, to: &chunk)
+            if chunk.count >= Self.chunkByteCount {
+                try chunk.withUnsafeBytes { try sink.write($0) }
+                chunk.removeAll(keepingCapacity: true)
+            }
+        }
+        try chunk.withUnsafeBytes { try sink.write($0) }
         try sink.finish()
         try file.sync()
         guard rename(temporaryPath, path) == 0 else { throw SystemError("rename", path: path) }
@@ -141,20 +160,103 @@ public struct StateCache: Sendable {
 
     private struct Header: Codable {
         var formatVersion: Int
+        var session: String
         var snapshot: SnapshotID
         var baseBytes: Int64
         var deltaBytes: Int64
         var deltaCount: Int
+        var fileCount: Int
+        var stateByteCount: Int64
+        var stateDigest: String
+        var identity: SessionIdentity?
     }
 
-    private static func readExactly(_ count: Int, from source: ByteSource) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        while filled < count {
-            let read = try bytes.withUnsafeMutableBytes { try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled...])) }
-            guard read > 0 else { throw SnapshotError.corrupt("the state cache ends inside its header") }
-            filled += read
+    /// How much of the file table is gathered before it goes to the encryption.
+    private static let chunkByteCount = 64 << 10
+
+    /// One file's record (FORMAT.md, "Local state cache"): name, size, content id, fingerprint.
+    private static func append(_ name: String, _ record: FileRecord, to bytes: inout [UInt8]) {
+        var name = name
+        name.withUTF8 { name in
+            append(UInt16(name.count), to: &bytes)
+            bytes.append(contentsOf: name)
         }
-        return bytes
+        append(UInt64(bitPattern: record.size), to: &bytes)
+        record.contentID.appendHex(to: &bytes)
+        guard let fingerprint = record.fingerprint else {
+            bytes.append(0)
+            return
+        }
+        bytes.append(1)
+        append(fingerprint.device, to: &bytes)
+        append(fingerprint.inode, to: &bytes)
+        append(fingerprint.mode, to: &bytes)
+        append(UInt64(bitPattern: fingerprint.modificationTime), to: &bytes)
+        append(UInt64(bitPattern: fingerprint.size), to: &bytes)
+    }
+
+    private static func append<Integer: FixedWidthInteger>(_ value: Integer, to bytes: inout [UInt8]) {
+        withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
+    }
+}
+
+/// Reads a cache's plaintext a buffer at a time: integers, byte strings, file records.
+private final class RecordReader {
+    private let source: ByteSource
+    private var buffer = [UInt8](repeating: 0, count: 16 << 10)
+    private var position = 0
+    private var filled = 0
+
+    init(_ source: ByteSource) {
+        self.source = source
+    }
+
+    /// The next `count` bytes; throws when the plaintext ends first.
+    func bytes(_ count: Int) throws -> ArraySlice<UInt8> {
+        if filled - position < count {
+            if count > buffer.count { buffer += [UInt8](repeating: 0, count: count - buffer.count) }
+            buffer.replaceSubrange(0..<filled - position, with: buffer[position..<filled])
+            (filled, position) = (filled - position, 0)
+            while filled < count {
+                let read = try buffer.withUnsafeMutableBytes { try source.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled...])) }
+                guard read > 0 else { throw SnapshotError.corrupt("the state cache ends inside a record") }
+                filled += read
+            }
+        }
+        defer { position += count }
+        return buffer[position..<position + count]
+    }
+
+    func integer<Integer: FixedWidthInteger>(_ type: Integer.Type) throws -> Integer {
+        try bytes(MemoryLayout<Integer>.size).reduce(0) { $0 << 8 | Integer($1) }
+    }
+
+    func file() throws -> (name: String, record: FileRecord) {
+        let nameCount = Int(try integer(UInt16.self))
+        guard let name = String(validating: try bytes(nameCount), as: UTF8.self), !name.isEmpty else {
+            throw SnapshotError.corrupt("the state cache holds a name that is not a string")
+        }
+        let size = Int64(bitPattern: try integer(UInt64.self))
+        guard let contentID = ContentID(hex: String(decoding: try bytes(2 * ContentID.byteCount), as: UTF8.self)) else {
+            throw SnapshotError.corrupt("the state cache holds a content id that is not hex")
+        }
+        var fingerprint: FileState?
+        switch try integer(UInt8.self) {
+        case 0: break
+        case 1:
+            let (device, inode, mode) = (try integer(UInt64.self), try integer(UInt64.self), try integer(UInt32.self))
+            let modificationTime = Int64(bitPattern: try integer(UInt64.self))
+            fingerprint = FileState(
+                size: Int64(bitPattern: try integer(UInt64.self)), mode: mode, modificationTime: modificationTime, inode: inode,
+                device: device)
+        default: throw SnapshotError.corrupt("the state cache holds a record of an unknown kind")
+        }
+        return (name, FileRecord(size: size, contentID: contentID, fingerprint: fingerprint))
+    }
+
+    /// Whether the plaintext ends here: reading on until the source says so authenticates its end.
+    func isAtEnd() throws -> Bool {
+        guard position == filled else { return false }
+        return try buffer.withUnsafeMutableBytes { try source.read(into: $0) } == 0
     }
 }
