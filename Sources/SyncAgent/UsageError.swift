@@ -16,6 +16,8 @@ struct UsageError: Error, CustomStringConvertible {
         case countOutOfRange
         /// Not one of a setting's values.
         case unknownValue
+        /// A directory of the agent's own where it would be taken for a session.
+        case insideSessionsDirectory
     }
 
     let reason: Reason

@@ -73,6 +73,10 @@ struct WatchCommand: AsyncParsableCommand {
     var controlTokenFile: String?
     @Option(help: "How often /readyz asks the store whether it answers (default 10s).", transform: DurationSetting.positive)
     var storeProbeInterval: Duration?
+    @Option(help: ArgumentHelp(
+        "Where each session's committed state is kept between runs, so a restart need not read every snapshot chain (env SYNC_AGENT_STATE_DIR; default .state in the local store in local and hybrid mode, otherwise $STATE_DIRECTORY/sync-agent or ~/.local/state/sync-agent/state).",
+        valueName: "dir"))
+    var stateDir: String?
     @OptionGroup(title: "Retention (also applied after each new base)") var retention: RetentionOptions
     @Option(
         help: "Also apply the retention policy to every session this often, e.g. 1h (env SYNC_AGENT_PRUNE_EVERY; default only after each new base).",
@@ -99,6 +103,39 @@ struct WatchCommand: AsyncParsableCommand {
         return try ListenAddress(parsing: listen ?? environment("SYNC_AGENT_LISTEN") ?? "127.0.0.1:9797")
     }
 
+    /// The state cache's directory: never in the sessions directory, where it would be a session.
+    func resolvedStateDirectory() throws -> String {
+        let mode = try storage.resolvedMode
+        let directory: String
+        if let given = stateDir ?? environment("SYNC_AGENT_STATE_DIR") {
+            directory = given
+        } else if mode != .cloud {
+            directory = storage.resolvedLocalStore + "/.state"
+        } else if let systemd = environment("STATE_DIRECTORY")?.split(separator: ":").first {
+            directory = "\(systemd)/sync-agent"
+        } else {
+            let home = FileManager.default.homeDirectoryForCurrentUser.path
+            directory = "\(environment("XDG_STATE_HOME") ?? "\(home)/.local/state")/sync-agent/state"
+        }
+        let (absolute, sessions) = (Self.absolutePath(directory), Self.absolutePath(storage.resolvedSessionsDir))
+        if absolute == sessions || absolute.hasPrefix(sessions == "/" ? "/" : sessions + "/") {
+            throw UsageError(
+                .insideSessionsDirectory,
+                "the state directory \(absolute) (--state-dir, SYNC_AGENT_STATE_DIR) is inside the sessions directory \(sessions): give it a directory outside it")
+        }
+        return absolute
+    }
+
+    /// `path` from the root, its `.` and `..` components resolved by name.
+    private static func absolutePath(_ path: String) -> String {
+        var components: [Substring] = []
+        let full = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        for component in full.split(separator: "/") where component != "." {
+            if component == ".." { _ = components.popLast() } else { components.append(component) }
+        }
+        return "/" + components.joined(separator: "/")
+    }
+
     func settings() throws -> (WatchSettings, shutdownTimeout: Duration) {
         var settings = WatchSettings()
         settings.onDelete = onDelete
@@ -116,6 +153,7 @@ struct WatchCommand: AsyncParsableCommand {
         }
         if let storeProbeInterval { settings.storeProbeInterval = storeProbeInterval }
         settings.compaction.retention = try retention.compactionRetention()
+        settings.stateDirectory = try resolvedStateDirectory()
         settings.pruneInterval = try DurationSetting.resolve(pruneEvery, variable: "SYNC_AGENT_PRUNE_EVERY", allowsZero: false)
         let timeout = try DurationSetting.resolve(shutdownTimeout, variable: "GRACEFUL_SHUTDOWN_TIMEOUT", allowsZero: true) ?? .seconds(10)
         return (settings, timeout)

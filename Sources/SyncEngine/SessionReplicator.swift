@@ -50,6 +50,14 @@ public actor SessionReplicator {
     private let remoteGeneration: (@Sendable () async throws -> UInt64?)?
     /// Shared by the replicators of one agent: how many bases are built at once (see `sync`).
     private let baseBuilds: ConcurrencyLimit?
+    /// Where the state of each commit and load is kept, so the next claim of the same snapshot
+    /// reads it instead of the chain (`StateCache`); nil: every claim reads the chain.
+    private let stateCache: StateCache?
+    /// The newest state not in the state cache yet, and the task writing it: written behind the
+    /// commits, one at a time, the newest winning, so a busy session's uploads never wait for its
+    /// cache (a whole manifest of the session, encoded and fsynced) and skip the states between.
+    private var unsavedState: StateCache.Entry?
+    private var savingState: Task<Void, Never>?
     /// The session was just acquired and not synced since: the first sync writes a base when the
     /// chain is `policy.maxChainLengthAfterAcquire` deltas long (see `compactionDue`).
     private var acquired: Bool
@@ -100,7 +108,7 @@ public actor SessionReplicator {
         largeBasesOnWorkerThread: Bool = false, format: SessionFormat = .opaque,
         policy: CompactionPolicy = CompactionPolicy(),
         remoteGeneration: (@Sendable () async throws -> UInt64?)? = nil, baseBuilds: ConcurrencyLimit? = nil,
-        acquired: Bool = false, logger: Logger
+        stateCache: StateCache? = nil, acquired: Bool = false, logger: Logger
     ) {
         self.session = session
         self.directory = directory
@@ -116,6 +124,7 @@ public actor SessionReplicator {
         self.claimsOwnership = claimsOwnership
         self.remoteGeneration = remoteGeneration
         self.baseBuilds = baseBuilds
+        self.stateCache = stateCache
         self.acquired = acquired
         self.logger = logger
     }
@@ -199,36 +208,95 @@ public actor SessionReplicator {
     /// than its manifest recorded (FaultInjectionTests, cut answers: verify's state_mismatch).
     private func load(_ loaded: (head: SessionHead, etag: String)) async throws {
         do {
-            var state = SessionState()
-            var identity: SessionIdentity?
-            var (baseBytes, deltaBytes, deltaCount): (Int64, Int64, Int) = (0, 0, 0)
-            if loaded.head.latest != nil, !loaded.head.isTombstoned {
-                let chain = try await sessionStore.chain(session, head: loaded.head)
-                for entry in chain {
-                    guard let manifest = try await sessionStore.manifest(session, entry) else {
-                        throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
-                    }
-                    state = manifest.applied(to: state)
-                    identity = manifest.identity
-                    if entry.kind == .base {
-                        baseBytes = entry.size
-                    } else {
-                        deltaBytes += entry.size
-                        deltaCount += 1
-                    }
+            var loadedState: StateCache.Entry?
+            if let latest = loaded.head.latest, !loaded.head.isTombstoned {
+                if let cached = await cachedState(of: latest) {
+                    loadedState = cached
+                } else {
+                    loadedState = try await chainState(of: loaded.head, latest: latest)
                 }
             }
             // Kept from now on, so that each upload's digest costs what changed (the load reads
             // every file's line anyway).
             state.keepDigest()
             head = loaded
-            self.state = state
-            self.identity = identity
-            (self.baseBytes, self.deltaBytes, self.deltaCount) = (baseBytes, deltaBytes, deltaCount)
+            state = loadedState?.state ?? SessionState()
+            identity = loadedState?.identity
+            (baseBytes, deltaBytes, deltaCount) = (loadedState?.baseBytes ?? 0, loadedState?.deltaBytes ?? 0, loadedState?.deltaCount ?? 0)
         } catch {
             head = nil
             throw error
         }
+    }
+
+    /// The state after `latest` as its chain rebuilds it, every snapshot downloaded and checked;
+    /// kept in the state cache for the next claim.
+    private func chainState(of head: SessionHead, latest: SnapshotID) async throws -> StateCache.Entry {
+        var loaded = StateCache.Entry(snapshot: latest, state: SessionState(), identity: nil, baseBytes: 0, deltaBytes: 0, deltaCount: 0)
+        for entry in try await sessionStore.chain(session, head: head) {
+            guard let manifest = try await sessionStore.manifest(session, entry) else {
+                throw SnapshotError.corrupt("snapshot \(entry.id) of session \(session) vanished from the store")
+            }
+            loaded.state = manifest.applied(to: loaded.state)
+            loaded.identity = manifest.identity
+            if entry.kind == .base {
+                loaded.baseBytes = entry.size
+            } else {
+                loaded.deltaBytes += entry.size
+                loaded.deltaCount += 1
+            }
+        }
+        keepInStateCache(loaded)
+        return loaded
+    }
+
+    /// The state cache's entry for `latest`, when it has exactly that snapshot's; nil (a miss,
+    /// counted and said at debug level) otherwise.
+    private func cachedState(of latest: SnapshotID) async -> StateCache.Entry? {
+        guard let stateCache, let place = try? await sessionStore.place(session), place.isKeyed else { return nil }
+        let session = session
+        let found = await runBlocking { stateCache.read(session, place: place, snapshot: latest) }
+        switch found {
+        case .success(let entry):
+            EngineMetrics.stateCacheRead(hit: true)
+            return entry
+        case .failure(let miss):
+            EngineMetrics.stateCacheRead(hit: false)
+            logger.debug("state cache not used; reading the session's chain from the store", metadata: [
+                "session": "\(session)", "reason": "\(miss)",
+            ])
+            return nil
+        }
+    }
+
+    /// Keeps `entry` in the state cache, behind the caller (`unsavedState`).
+    private func keepInStateCache(_ entry: StateCache.Entry) {
+        guard stateCache != nil else { return }
+        unsavedState = entry
+        if savingState == nil { savingState = Task { await saveStateCache() } }
+    }
+
+    /// Writes the newest unsaved state until there is none. A failure costs the next claim a read
+    /// of the chain, and is said at debug level and counted: the commit stands.
+    private func saveStateCache() async {
+        while let entry = unsavedState, let stateCache {
+            unsavedState = nil
+            let session = session
+            do {
+                let place = try await sessionStore.place(session)
+                guard place.isKeyed else { continue }
+                try await runBlocking { () throws in try stateCache.write(entry, session: session, place: place) }
+            } catch {
+                EngineMetrics.stateCacheWriteFailed()
+                logger.debug("state cache not written", metadata: ["session": "\(session)", "error": "\(error)"])
+            }
+        }
+        savingState = nil
+    }
+
+    /// Returns once the state of the last commit or load is in the state cache (or failed to be).
+    public func stateCacheSaved() async {
+        await savingState?.value
     }
 
     /// Uploads what changed since the last snapshot, if anything; a base when the chain
@@ -334,6 +402,8 @@ public actor SessionReplicator {
                 deltaBytes += size
                 deltaCount += 1
             }
+            keepInStateCache(StateCache.Entry(
+                snapshot: id, state: state, identity: identity, baseBytes: baseBytes, deltaBytes: deltaBytes, deltaCount: deltaCount))
             acquired = false
             return .uploaded(id, kind, bytes: size, unsettled: outcome.unsettled)
         }
@@ -405,6 +475,10 @@ public actor SessionReplicator {
                 head = (next, etag)
                 state = SessionState()
                 identity = nil
+                if let stateCache, let place = try? await sessionStore.place(session) {
+                    await stateCacheSaved()
+                    stateCache.remove(place: place)
+                }
                 return
             } catch StoreError.preconditionFailed {
                 try await headMoved()

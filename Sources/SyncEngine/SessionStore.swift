@@ -323,14 +323,22 @@ public struct SessionStore: Sendable {
         // Found at its keyed place: moved (leftovers of a move stopped halfway wait for the next start).
         if known.place(of: session)?.isKeyed != true {
             _ = try await move(session, naming: naming, conditionalWrites: conditionalWrites, dryRun: false)
+            // Nothing is left at the plain place: the session is at its keyed place from now on,
+            // and `place` need not look for its head again (a request per session at every start).
+            known.remember(SessionPlace.keyed(session, naming: naming), for: session)
         }
         if !known.isNamed(session) {
             let place = SessionPlace.keyed(session, naming: naming)
-            let bytes = encrypt(FileName.bytes(of: session.rawValue), key: keyring.primary, identity: place.nameIdentity)
-            do {
-                try await store.put(place.nameKey, body: .bytes(bytes), condition: conditionalWrites ? .ifAbsent : nil)
-            } catch StoreError.preconditionFailed {
-                // Named before: the name never changes.
+            // Named before (every start but the session's first): a look suffices. The conditional
+            // write alone wrote the object (fsynced, in the filesystem store) before it found
+            // the name there, at every claim of every session.
+            if try await store.head(place.nameKey) == nil {
+                let bytes = encrypt(FileName.bytes(of: session.rawValue), key: keyring.primary, identity: place.nameIdentity)
+                do {
+                    try await store.put(place.nameKey, body: .bytes(bytes), condition: conditionalWrites ? .ifAbsent : nil)
+                } catch StoreError.preconditionFailed {
+                    // Named meanwhile: the name never changes.
+                }
             }
             known.markNamed(session)
         }

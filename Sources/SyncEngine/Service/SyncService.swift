@@ -22,6 +22,9 @@ public struct WatchSettings: Sendable {
     public var sessionFormat = SessionFormat.opaque
     /// How often the store is asked whether it answers, for readiness, besides what uploads say.
     public var storeProbeInterval: Duration = .seconds(10)
+    /// Where each session's committed state is kept between runs (`StateCache`), so a restart
+    /// reads it rather than every chain; nil: no cache.
+    public var stateDirectory: String?
 
     public init() {}
 }
@@ -65,6 +68,8 @@ public actor SyncService {
     private var unwatched: Set<SessionID> = []
     /// Sessions an acquire is restoring: the directory swap is not a change to upload.
     private var acquiring: Set<SessionID> = []
+    /// Nil without `settings.stateDirectory`, or when it cannot be used.
+    private var stateCache: StateCache?
 
     /// `mode` labels the upload metrics.
     public init(
@@ -88,6 +93,7 @@ public actor SyncService {
     public func run(shutdownTimeout: Duration) async throws -> ShutdownReport {
         // A restore killed mid-swap leaves working directories; finish or undo them first.
         try DirectorySwap.recoverLeftovers(in: root)
+        stateCache = preparedStateCache()
         let renewing = lease.map { lease in Task { await renewPeriodically(lease) } }
         // The watcher's first event is a rescan once every watch is in place, so changes
         // made while no agent ran are uploaded and none made during the scan is missed.
@@ -115,6 +121,8 @@ public actor SyncService {
         // Every session in the store as it is on disk is handed over, so the next acquire need not
         // wait; one not flushed stays held, and its lease expires.
         let released = lease == nil ? [] : await releaseFlushed(except: Set(unflushed))
+        // The state of the last commits in the state cache, for the next start.
+        for replicator in replicators.values { await replicator.stateCacheSaved() }
         renewing?.cancel()
         return ShutdownReport(
             unflushed: unflushed, released: released,
@@ -260,9 +268,25 @@ public actor SyncService {
             session: id, directory: directory(of: id), sessionStore: sessionStore, owner: owner, agent: lease?.agent.id,
             conditionalWrites: conditionalWrites, compressionLevel: settings.compressionLevel,
             format: settings.sessionFormat, policy: settings.compaction, remoteGeneration: remoteGeneration, baseBuilds: baseBuilds,
-            acquired: acquired, logger: logger)
+            stateCache: stateCache, acquired: acquired, logger: logger)
         sessions[id] = SessionRecord()
         return SessionRecord()
+    }
+
+    /// The state cache, its directory made; nil, said once, when it cannot be: the agent works
+    /// as well without it, reading each session's chain from the store when it claims it.
+    private func preparedStateCache() -> StateCache? {
+        guard let directory = settings.stateDirectory else { return nil }
+        let cache = StateCache(directory: directory, keyring: sessionStore.keyring)
+        do {
+            try cache.prepare()
+            return cache
+        } catch {
+            logger.warning("no state cache: a restart reads every session's snapshots from the store (set --state-dir to a writable directory)", metadata: [
+                "state_dir": "\(directory)", "error": "\(error)",
+            ])
+            return nil
+        }
     }
 
     private func directory(of id: SessionID) -> String {

@@ -38,6 +38,16 @@ public enum EngineMetrics {
         Counter(label: "sync_agent_snapshots_taken_while_written_total").increment()
     }
 
+    /// A claim's look in the state cache (`StateCache`): a hit spared it reading the session's chain.
+    static func stateCacheRead(hit: Bool) {
+        Counter(label: "sync_agent_state_cache_reads_total", dimensions: [("result", hit ? "hit" : "miss")]).increment()
+    }
+
+    /// A state cache not written (the next claim of the session reads its chain).
+    static func stateCacheWriteFailed() {
+        Counter(label: "sync_agent_state_cache_write_failures_total").increment()
+    }
+
     static func rescan(_ reason: String) {
         Counter(label: "sync_agent_rescans_total", dimensions: [("reason", reason)]).increment()
         if reason == "queue_overflow" { Counter(label: "sync_agent_inotify_overflows_total").increment() }
