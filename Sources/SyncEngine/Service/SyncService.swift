@@ -170,11 +170,17 @@ public actor SyncService {
 
     /// Whether a session the watcher reported is backed up; false when it is refused (and recorded so).
     private func isAccepted(_ id: SessionID) -> Bool {
-        if let refusal = Refusal.of(id.rawValue, inRoot: root) {
-            refuse(id, refusal)
-            return false
-        }
+        if isRefusedNow(id) { return false }
         accept(id)
+        return true
+    }
+
+    /// Whether the session's name is now something the agent refuses (its directory replaced by
+    /// a link, made unreadable), recorded so: such a session is not backed up, and never taken
+    /// for one that logged out.
+    private func isRefusedNow(_ id: SessionID) -> Bool {
+        guard let refusal = Refusal.of(id.rawValue, inRoot: root) else { return false }
+        refuse(id, refusal)
         return true
     }
 
@@ -394,7 +400,7 @@ public actor SyncService {
                 recordSkippedFiles(id, skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
                 outcome = .succeeded(unsettled: !unsettled.isEmpty)
-            } else if sessions[id]?.loggedOut == true {
+            } else if sessions[id]?.loggedOut == true, !isRefusedNow(id) {
                 // Checked now, not when the removal was seen: a restore falling back to two renames
                 // leaves the name missing for an instant, and only a directory still gone is a logout.
                 try await replicator.tombstone()
