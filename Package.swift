@@ -30,7 +30,6 @@ let package = Package(
         systemLibrary("COpenSSL", pkgConfig: "openssl", apt: "libssl-dev"),
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
-        systemLibrary("CXML2", pkgConfig: "libxml-2.0", apt: "libxml2-dev"),
         systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: "libsqlite3-dev"),
         .systemLibrary(name: "CMalloc"),
 
@@ -39,7 +38,7 @@ let package = Package(
         .target(name: "SystemSupport", dependencies: ["COpenSSL"]),
         .target(
             name: "S3Client",
-            dependencies: ["SystemSupport", "CCurl", "CXML2", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["SystemSupport", "CCurl", .product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "SessionCrypto", dependencies: ["SystemSupport", "CSodium"], path: "Sources/Crypto"),
         .target(name: "SessionArchive", dependencies: ["SystemSupport", "CArchive"]),
