@@ -31,7 +31,8 @@ let package = Package(
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
         systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: "libsqlite3-dev"),
-        .systemLibrary(name: "CMalloc"),
+        // glibc's allocator tuning: mallopt for Swift, and one arena for `watch`, set before main.
+        .target(name: "CMalloc"),
 
         // Byte streams, system errors, descriptors, directory listing, hex, digests, a bounded
         // concurrent map and the thread for blocking work: what every other target shares.
