@@ -30,16 +30,16 @@ let package = Package(
         systemLibrary("COpenSSL", pkgConfig: "openssl", apt: "libssl-dev"),
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
-        systemLibrary("CXML2", pkgConfig: "libxml-2.0", apt: "libxml2-dev"),
         systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: "libsqlite3-dev"),
-        .systemLibrary(name: "CMalloc"),
+        // glibc's allocator tuning: mallopt for Swift, and one arena for `watch`, set before main.
+        .target(name: "CMalloc"),
 
         // Byte streams, system errors, descriptors, directory listing, hex, digests, a bounded
         // concurrent map and the thread for blocking work: what every other target shares.
         .target(name: "SystemSupport", dependencies: ["COpenSSL"]),
         .target(
             name: "S3Client",
-            dependencies: ["SystemSupport", "CCurl", "CXML2", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["SystemSupport", "CCurl", .product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "SessionCrypto", dependencies: ["SystemSupport", "CSodium"], path: "Sources/Crypto"),
         .target(name: "SessionArchive", dependencies: ["SystemSupport", "CArchive"]),
