@@ -99,7 +99,7 @@ public struct StateCache: Sendable {
             // Only a source read to its end is authenticated whole.
             guard try reader.isAtEnd() else { return .failure(.unreadable("more bytes than its files")) }
             let state = files.build()
-            guard state.byteCount == header.stateByteCount, state.digest == header.stateDigest else {
+            guard state.byteCount == header.stateByteCount, state.digest(formatVersion: SnapshotManifest.currentFormatVersion) == header.stateDigest else {
                 return .failure(.unreadable("its files do not match its own digest"))
             }
             return .success(Entry(
@@ -127,7 +127,7 @@ public struct StateCache: Sendable {
         let header = try StoredJSON.encode(Header(
             formatVersion: Self.formatVersion, session: session.rawValue, snapshot: entry.snapshot, baseBytes: entry.baseBytes,
             deltaBytes: entry.deltaBytes, deltaCount: entry.deltaCount, fileCount: state.count, stateByteCount: state.byteCount,
-            stateDigest: state.digest, identity: entry.identity))
+            stateDigest: state.digest(formatVersion: SnapshotManifest.currentFormatVersion), identity: entry.identity))
         var chunk: [UInt8] = []
         chunk.reserveCapacity(Self.chunkByteCount + 1024)
         Self.append(UInt32(header.count), to: &chunk)
