@@ -510,7 +510,7 @@ def check_head_against_history(head, latest, history):
             raise FormatError(f"{snapshot.label} follows a tombstone and is a {snapshot.kind}")
 
 
-STORE_OWN_NAMES = {".lock", ".tmp", ".sync-agent-key"}
+STORE_OWN_NAMES = {".lock", ".tmp", ".sync-agent-key", ".state"}
 
 
 def check_store_root(store, keys):

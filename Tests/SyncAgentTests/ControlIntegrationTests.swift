@@ -145,9 +145,10 @@ struct ControlIntegrationTests {
         #expect(flushed.json?["committedAt"] is String)
 
         // Refused: nothing reaches the engine, nothing changes in the store or the directory.
-        // The agent's lease (agents/) is renewed on its own clock meanwhile: the sessions' objects are compared.
+        // The agent's lease (agents/) is renewed on its own clock meanwhile, and its state cache
+        // (.state/) written after the flush's commit: the sessions' objects are compared.
         func sessionObjects() throws -> [String: [UInt8]] {
-            try directoryTree(workspace.directory.file("store")).filter { !$0.key.hasPrefix("agents/") }
+            try directoryTree(workspace.directory.file("store")).filter { !$0.key.hasPrefix("agents/") && !$0.key.hasPrefix(".state/") }
         }
         let storeBefore = try sessionObjects()
         let sessionBefore = try directoryTree(workspace.session("small"))
