@@ -217,7 +217,9 @@ struct SnapshotWriter: Sendable {
             }
             switch read {
             case .stable(let file):
-                try expectPause(since: file.state.modificationTime)
+                // A database is captured inside one of its read transactions: its own commits never
+                // tear it, and a pause between them is not waited for.
+                if !file.isDatabase { try expectPause(since: file.state.modificationTime) }
                 if file.isDatabase { databases.append(name) }
                 if file.isDatabase, format.credentialsFile != nil, databaseCredentials == nil {
                     readDatabase = true
