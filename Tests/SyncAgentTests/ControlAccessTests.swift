@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import Testing
+import SystemSupport
 import TestSupport
 
 @testable import SyncAgent
@@ -52,7 +53,9 @@ struct ControlSocketTests {
 
     /// Serves `endpoint` while `body` runs, then stops it as the agent does.
     static func serving(_ endpoint: HTTPEndpoint, _ body: () async throws -> Void) async throws {
-        let serving = Task { try await endpoint.serve(NoRoutes()) }
+        // Started on a thread of its own: the serving task's first steps would otherwise wait for the
+        // cooperative pool, which other tests of a full run can hold for longer than a test waits.
+        let serving = Task(executorPreference: try ThreadExecutor(label: "control-socket")) { try await endpoint.serve(NoRoutes()) }
         defer { serving.cancel() }
         try await body()
         endpoint.stop()

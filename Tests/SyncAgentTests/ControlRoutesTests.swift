@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Testing
+import SystemSupport
 import TestSupport
 
 @testable import SyncAgent
@@ -81,7 +82,9 @@ struct ControlRoutesTests {
             logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })))
         let tcp = try await HTTPEndpoint.bind(try ListenAddress(parsing: "127.0.0.1:0"))
         let socket = try await HTTPEndpoint.bind(ControlSocket(path: directory.file("control.sock"), access: .owner), limits: limits)
-        let serving = Task {
+        // Started on a thread of its own: the serving task's first steps would otherwise wait for the
+        // cooperative pool, which other tests of a full run can hold for longer than a test waits.
+        let serving = Task(executorPreference: try ThreadExecutor(label: "control-endpoint")) {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await tcp.serve(routes) }
                 group.addTask { try await socket.serve(routes) }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import Testing
+import SystemSupport
 import TestSupport
 
 @testable import SyncAgent
@@ -29,7 +30,9 @@ struct EndpointStopTests {
     }
 
     static func serve(_ endpoint: HTTPEndpoint, _ routes: Routes) -> Task<Void, any Error> {
-        Task { try await endpoint.serve(routes) }
+        // Started on a thread of its own: the serving task's first steps would otherwise wait for the
+        // cooperative pool, which other tests of a full run can hold for longer than a test waits.
+        Task(executorPreference: try! ThreadExecutor(label: "endpoint-\(endpoint.transport)")) { try await endpoint.serve(routes) }
     }
 
     @Test func stoppingWhileClientsConnectClosesEveryConnectionCleanly() async throws {

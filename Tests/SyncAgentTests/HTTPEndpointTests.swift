@@ -1,5 +1,6 @@
 import NIOHTTP1
 import Testing
+import SystemSupport
 import TestSupport
 
 @testable import SyncAgent
@@ -28,8 +29,8 @@ struct HTTPEndpointTests {
         // at once, is parsed well within it).
         let routes = SlowRoutes(delay: .milliseconds(2500), body: body)
         // The endpoint answers on a thread of its own (the lifetime is timed, and other tests may
-        // hold the cooperative threads for seconds).
-        let serving = Task { try await endpoint.serve(routes) }
+        // hold the cooperative threads for seconds), and its serving task starts on one too.
+        let serving = Task(executorPreference: try ThreadExecutor(label: "endpoint-under-test")) { try await endpoint.serve(routes) }
         defer { serving.cancel() }
         let port = try #require(endpoint.boundAddress.split(separator: ":").last.flatMap { Int($0) })
 
