@@ -30,6 +30,7 @@ let package = Package(
         systemLibrary("COpenSSL", pkgConfig: "openssl", apt: "libssl-dev"),
         systemLibrary("CSodium", pkgConfig: "libsodium", apt: "libsodium-dev"),
         systemLibrary("CArchive", pkgConfig: "libarchive", apt: "libarchive-dev"),
+        systemLibrary("CZstd", pkgConfig: "libzstd", apt: "libzstd-dev"),
         systemLibrary("CSQLite", pkgConfig: "sqlite3", apt: "libsqlite3-dev"),
         // glibc's allocator tuning: mallopt for Swift, and one arena for `watch`, set before main.
         .target(name: "CMalloc"),
@@ -42,7 +43,7 @@ let package = Package(
             dependencies: ["SystemSupport", "CCurl", .product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "SessionCrypto", dependencies: ["SystemSupport", "CSodium"], path: "Sources/Crypto"),
-        .target(name: "SessionArchive", dependencies: ["SystemSupport", "CArchive"]),
+        .target(name: "SessionArchive", dependencies: ["SystemSupport", "CArchive", "CZstd"]),
         .target(
             name: "SyncEngine",
             dependencies: [

@@ -17,6 +17,8 @@ public final class ArchiveWriter {
 
     private let archive: OpaquePointer
     private let output: WriterOutput
+    /// The compression layer: libarchive writes the tar, zstd here (contexts kept between archives).
+    private let compression: ZstdCompressingSink
     /// One header and one read buffer for every entry: a snapshot is mostly files of a few
     /// hundred bytes, where allocating either per file costs as much as the file. The buffer
     /// only when files are read from descriptors (the agent hands over contents it has read).
@@ -44,13 +46,11 @@ public final class ArchiveWriter {
         }
         self.archive = archive
         self.entry = entry
-        self.output = WriterOutput(sink: sink)
+        compression = try ZstdCompressingSink(
+            level: compressionLevel, workerThread: expectedFileBytes >= Self.workerThreadThreshold, downstream: sink)
+        self.output = WriterOutput(sink: compression)
         try check(archive_write_set_format_pax(archive))
-        try check(archive_write_add_filter_zstd(archive))
-        try check(archive_write_set_filter_option(archive, "zstd", "compression-level", String(compressionLevel)))
-        let threads = expectedFileBytes >= Self.workerThreadThreshold ? "1" : "0"
-        try check(archive_write_set_filter_option(archive, "zstd", "threads", threads))
-        // No zero padding after the last zstd frame: the tar layer already ends with its own marker.
+        // No zero padding after the tar's end marker, so nothing follows the zstd frame either.
         try check(archive_write_set_bytes_in_last_block(archive, 1))
         try check(archive_write_open(archive, Unmanaged.passUnretained(output).toOpaque(), nil, writeToSink, nil))
     }
@@ -115,6 +115,7 @@ public final class ArchiveWriter {
         guard !finished else { return }
         finished = true
         try check(archive_write_close(archive))
+        try compression.finish()
     }
 
     private func addEntry(relativePath: String, type: mode_t, permissions: mode_t, size: Int64, modificationTime: Int64) throws {
