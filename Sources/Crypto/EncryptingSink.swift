@@ -9,37 +9,52 @@ public final class EncryptingSink: ByteSink {
     private let downstream: ByteSink
     private let stream: SecretStream
     private let associatedData: [UInt8]
-    private let plaintext = WipedBuffer(count: ObjectFormat.plaintextChunkByteCount)
+    /// The object header (magic, version, key id, stream header: nothing secret), sent in front
+    /// of the first chunk.
+    private let header: [UInt8]
+    /// Plaintext waiting to be sealed. It grows to a whole chunk only as the stream does: most
+    /// objects (a delta, a head) are a few KiB, and zeroing, wiping and mapping two chunk-sized
+    /// buffers for each cost more than encrypting them.
+    private var plaintext = WipedBuffer(count: EncryptingSink.firstPlaintextByteCount)
     private var plaintextCount = 0
-    /// Object header, then one chunk's length and sealed bytes; the header goes out in
-    /// front of the first chunk only.
-    private let output = WipedBuffer(
-        count: ObjectFormat.headerByteCount + ObjectFormat.chunkLengthByteCount
-            + ObjectFormat.maximumSealedChunkByteCount)
+    /// One chunk's length and sealed bytes, after the header for the first chunk; sized to the
+    /// plaintext buffer.
+    private var output: WipedBuffer?
     private var headerWritten = false
     private var finished = false
+
+    static let firstPlaintextByteCount = 8 << 10
 
     /// Writes with `key`, normally `keyring.primary`.
     public init(key: EncryptionKey, identity: ObjectIdentity, downstream: ByteSink) {
         self.downstream = downstream
-        let header = output.slice(0..<ObjectFormat.headerByteCount)
-        header.copyBytes(from: ObjectFormat.magic)
-        header[ObjectFormat.versionOffset] = ObjectFormat.version
-        UnsafeMutableRawBufferPointer(rebasing: header[ObjectFormat.keyIDOffset..<ObjectFormat.streamHeaderOffset])
-            .copyBytes(from: key.id.bytes)
-        stream = SecretStream.push(
-            key: key.streamKey,
-            header: UnsafeMutableRawBufferPointer(rebasing: header[ObjectFormat.streamHeaderOffset...]))
-        associatedData = ObjectFormat.associatedData(header: UnsafeRawBufferPointer(header), identity: identity)
+        var header = [UInt8](repeating: 0, count: ObjectFormat.headerByteCount)
+        var stream: SecretStream?
+        header.withUnsafeMutableBytes { header in
+            header.copyBytes(from: ObjectFormat.magic)
+            header[ObjectFormat.versionOffset] = ObjectFormat.version
+            UnsafeMutableRawBufferPointer(rebasing: header[ObjectFormat.keyIDOffset..<ObjectFormat.streamHeaderOffset])
+                .copyBytes(from: key.id.bytes)
+            stream = SecretStream.push(
+                key: key.streamKey,
+                header: UnsafeMutableRawBufferPointer(rebasing: header[ObjectFormat.streamHeaderOffset...]))
+        }
+        self.stream = stream!
+        self.header = header
+        associatedData = header.withUnsafeBytes { ObjectFormat.associatedData(header: $0, identity: identity) }
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         precondition(!finished, "EncryptingSink.write after finish()")
         var remaining = bytes
         while !remaining.isEmpty {
-            // A full buffer is sealed only once more bytes arrive: if none do, it is the FINAL chunk.
             if plaintextCount == plaintext.bytes.count {
-                try sealChunk(tag: SecretStream.tagMessage)
+                if plaintextCount < ObjectFormat.plaintextChunkByteCount {
+                    growPlaintext()
+                } else {
+                    // A full chunk is sealed only once more bytes arrive: if none do, it is the FINAL chunk.
+                    try sealChunk(tag: SecretStream.tagMessage)
+                }
             }
             let count = min(remaining.count, plaintext.bytes.count - plaintextCount)
             plaintext.slice(plaintextCount..<plaintextCount + count)
@@ -56,9 +71,18 @@ public final class EncryptingSink: ByteSink {
         try sealChunk(tag: SecretStream.tagFinal)
     }
 
+    private func growPlaintext() {
+        let grown = WipedBuffer(count: min(2 * plaintext.bytes.count, ObjectFormat.plaintextChunkByteCount))
+        grown.slice(0..<plaintextCount).copyMemory(from: UnsafeRawBufferPointer(plaintext.slice(0..<plaintextCount)))
+        plaintext = grown
+    }
+
     private func sealChunk(tag: UInt8) throws {
         let lengthOffset = ObjectFormat.headerByteCount
         let sealedOffset = lengthOffset + ObjectFormat.chunkLengthByteCount
+        let outputByteCount = sealedOffset + plaintext.bytes.count + SecretStream.overheadByteCount
+        if output == nil || output!.bytes.count < outputByteCount { output = WipedBuffer(count: outputByteCount) }
+        let output = output!
         let sealedCount = associatedData.withUnsafeBytes { associatedData in
             stream.seal(
                 UnsafeRawBufferPointer(plaintext.slice(0..<plaintextCount)), tag: tag,
@@ -67,6 +91,7 @@ public final class EncryptingSink: ByteSink {
         output.slice(lengthOffset..<sealedOffset).copyBytes(from: ObjectFormat.bigEndianBytes(UInt32(sealedCount)))
         plaintextCount = 0
         let start = headerWritten ? lengthOffset : 0
+        if !headerWritten { output.slice(0..<lengthOffset).copyBytes(from: header) }
         headerWritten = true
         try downstream.write(UnsafeRawBufferPointer(output.slice(start..<sealedOffset + sealedCount)))
     }

@@ -73,7 +73,8 @@ public func encrypt(_ plaintext: [UInt8], key: EncryptionKey, identity: ObjectId
 public func decrypt(_ object: [UInt8], keyring: Keyring, identity: ObjectIdentity) throws -> [UInt8] {
     let source = try DecryptingSource(keyring: keyring, identity: identity, upstream: BufferSource(object))
     var plaintext: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: ObjectFormat.plaintextChunkByteCount)
+    // Sized to the object (a head is a few hundred bytes), up to one chunk.
+    var buffer = [UInt8](repeating: 0, count: max(1, min(object.count, ObjectFormat.plaintextChunkByteCount)))
     while true {
         let count = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
         if count == 0 { return plaintext }
