@@ -145,6 +145,33 @@ struct ArchiveRoundTripTests {
         expectArchiveError(.invalidCompressionLevel(0)) { try ArchiveWriter(sink: BufferSink(), compressionLevel: 0) }
     }
 
+    /// Compression contexts are kept between archives: one that was abandoned mid-frame, or
+    /// used at another level or for a large frame, leaves the next archive exactly what a fresh
+    /// context makes (zstd's output depends only on the input and the parameters).
+    @Test func aContextKeptBetweenArchivesWritesWhatAFreshOneWrites() throws {
+        let session = Fixtures.session("medium")
+        func archive(level: Int = 3) throws -> [UInt8] {
+            let sink = BufferSink()
+            try archiveDirectory(session, to: sink, compressionLevel: level)
+            return sink.bytes
+        }
+        let fresh = try archive()
+        for _ in 1...3 {
+            do {
+                let abandoned = try ArchiveWriter(sink: BufferSink())
+                try abandoned.addFile(relativePath: "creds.json", contents: randomBytes(300_000, seed: 1), modificationTime: 0)
+            }
+            _ = try archive(level: 9)
+            let large = try ArchiveWriter(sink: BufferSink())
+            try large.addFile(relativePath: "big", contents: randomBytes(ZstdContext.Pool.largestKeptFrame + 1, seed: 2), modificationTime: 0)
+            try large.finish()
+            #expect(try archive() == fresh)
+        }
+        let temporary = try TemporaryDirectory()
+        try unpack(BufferSource(fresh), replacing: temporary.path + "/target")
+        #expect(try TreeSnapshot(temporary.path + "/target") == #require(try TreeSnapshot(session)).normalized)
+    }
+
     @Test func abandonedWriterEmitsNoCompleteArchive() throws {
         let sink = BufferSink()
         do {
