@@ -318,11 +318,21 @@ public actor SessionReplicator {
     /// `changedPaths`: what the watcher reported since the last sync, so a delta reads only
     /// those; nil reads the whole directory. `pause`: a session being written is taken between
     /// two of its writer's transactions (see `WritePause`); nil takes it as it is.
-    public func sync(forceBase: Bool = false, changedPaths: Set<String>? = nil, pause: WritePause? = nil) async throws -> SyncResult {
-        try await oneAtATime { try await syncSession(forceBase: forceBase, changedPaths: changedPaths, pause: pause) }
+    /// `changesDuringSync`: when the writer deferred the snapshot, the paths changed since the
+    /// sync started (the watcher's), which it then reads too; nil there, or no function, and it
+    /// compares the whole directory.
+    public func sync(
+        forceBase: Bool = false, changedPaths: Set<String>? = nil, pause: WritePause? = nil,
+        changesDuringSync: (@Sendable () async -> Set<String>?)? = nil
+    ) async throws -> SyncResult {
+        try await oneAtATime {
+            try await syncSession(forceBase: forceBase, changedPaths: changedPaths, pause: pause, changesDuringSync: changesDuringSync)
+        }
     }
 
-    private func syncSession(forceBase: Bool, changedPaths: Set<String>?, pause: WritePause?) async throws -> SyncResult {
+    private func syncSession(
+        forceBase: Bool, changedPaths: Set<String>?, pause: WritePause?, changesDuringSync: (@Sendable () async -> Set<String>?)?
+    ) async throws -> SyncResult {
         var changedPaths = changedPaths
         let started = ContinuousClock.now
         if let fencedBy { throw SnapshotError.fenced(session: session.rawValue, by: fencedBy) }
@@ -357,9 +367,13 @@ public actor SessionReplicator {
                 let wait = awaitedPause!.remaining(afterWriteAt: lastWrite, now: SnapshotWriter.epochNanoseconds())
                 logger.trace("session being written; snapshot deferred", metadata: ["session": "\(session)", "wait": "\(wait)"])
                 try await Task.sleep(for: wait)
-                // What is written meanwhile is reported to the next upload, not this one: this one
-                // compares the whole directory, or it would take part of a transaction.
-                changedPaths = nil
+                // What was written meanwhile joins this snapshot: the paths it started with alone
+                // could take part of a transaction that began during its reads.
+                if let started = changedPaths, let meanwhile = await changesDuringSync?() {
+                    changedPaths = started.addingReportedPaths(meanwhile)
+                } else {
+                    changedPaths = nil
+                }
                 continue
             }
             if pause != nil, awaitedPause == nil {

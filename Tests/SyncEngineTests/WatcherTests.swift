@@ -129,6 +129,38 @@ struct WatcherTests {
         await recorder.wait { $0.changedPaths(of: sessionID("restored")).contains("written-after-restore.json") }
     }
 
+    /// An upload deferred by its session's writer asks for the changes made since it started:
+    /// they come at once, quiet period or not, and before the answer; other sessions wait theirs.
+    @Test func reportingPendingChangesNowComesBeforeItsAnswer() async throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "busy", files: [])
+        try makeSession(root, "other", files: [])
+        let watcher = try SessionWatcher(
+            root: root.path, configuration: .init(quietPeriod: .seconds(600), maxDelay: .seconds(600)))
+        let recorder = EventRecorder(watcher)
+        defer { watcher.stop() }
+        await recorder.wait { $0.first == .rescanNeeded(.started) }
+
+        try write("{}", to: root.file("other/creds.json"))
+        for round in 1...20 {
+            // Written, then asked at once: the answer must still follow the report of the write.
+            try write("{\"round\":\(round)}", to: root.file("busy/creds.json"))
+            try write("{}", to: root.file("busy/pre-key-\(round).json"))
+            #expect(watcher.reportPending(of: sessionID("busy"), then: UInt64(round)))
+            await recorder.wait { $0.contains(.caughtUp(token: UInt64(round))) }
+            let answer = recorder.events.firstIndex(of: .caughtUp(token: UInt64(round)))!
+            let before = Array(recorder.events[..<answer])
+            #expect(before.changedPaths(of: sessionID("busy")).isSuperset(of: ["creds.json", "pre-key-\(round).json"]))
+        }
+        #expect(recorder.events.changes(of: sessionID("other")).isEmpty)
+        // Nothing pending: the answer alone.
+        #expect(watcher.reportPending(of: sessionID("busy"), then: 99))
+        await recorder.wait { $0.contains(.caughtUp(token: 99)) }
+        #expect(recorder.events.suffix(1).map(\.reported) == [.caughtUp(99)])
+        watcher.stop()
+        #expect(!watcher.reportPending(of: sessionID("busy"), then: 100))
+    }
+
     @Test func temporariesAndDotDirectoriesAreIgnored() async throws {
         let root = try TemporaryDirectory()
         try makeSession(root, "quiet", files: [])
@@ -614,6 +646,7 @@ extension WatchEvent {
         case rescan(RescanReason)
         case watchFailed
         case unwatched(Set<SessionID>)
+        case caughtUp(UInt64)
     }
 
     var reported: Reported {
@@ -623,6 +656,7 @@ extension WatchEvent {
         case .rescanNeeded(let reason): .rescan(reason)
         case .watchFailed: .watchFailed
         case .unwatched(let sessions, _): .unwatched(sessions)
+        case .caughtUp(let token): .caughtUp(token)
         }
     }
 }

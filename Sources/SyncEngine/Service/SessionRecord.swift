@@ -66,6 +66,18 @@ struct SessionRecord {
         return paths
     }
 
+    /// The running upload, deferred while the session was written (`WritePause`), takes the
+    /// changes reported since it started and reads them too. Nil when those say "the whole
+    /// directory" (a flush, a rescan): they then go to the next upload, as usual.
+    mutating func joinRunningUpload() -> Set<String>? {
+        guard schedule.running, let paths = changedPaths else { return nil }
+        changedPaths = []
+        uploadingChanges.absorb(waitingChanges)
+        waitingChanges = ChangeBacklog()
+        schedule.changesJoinedRunningUpload()
+        return paths
+    }
+
     /// The upload ended; `unsettled`: the files it found mid-write, which go with the next upload,
     /// whatever starts it.
     mutating func uploadFinished(

@@ -70,6 +70,11 @@ public actor SyncService {
     private var acquiring: Set<SessionID> = []
     /// Nil without `settings.stateDirectory`, or when it cannot be used.
     private var stateCache: StateCache?
+    /// The running watcher (nil before and after `run`), and the uploads waiting for it to
+    /// catch up (`changesDuringUpload`), by token.
+    private var watcher: SessionWatcher?
+    private var catchUps: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    private var lastCatchUpToken: UInt64 = 0
 
     /// `mode` labels the upload metrics.
     public init(
@@ -98,6 +103,7 @@ public actor SyncService {
         // The watcher's first event is a rescan once every watch is in place, so changes
         // made while no agent ran are uploaded and none made during the scan is missed.
         let watcher = try SessionWatcher(root: root, configuration: settings.watcher)
+        self.watcher = watcher
         // Not a child task: iterating an AsyncStream in a cancelled task ends the stream at
         // once, dropping the pending changes `stop()` reports on its way out (SIGTERM exited
         // 0 "every change uploaded" without them). This task ends when the stream finishes.
@@ -105,6 +111,7 @@ public actor SyncService {
             for await event in watcher.events {
                 handle(event)
             }
+            watcherEnded()
         }
         let prober = Task { await probeStorePeriodically() }
         let surveyor = Task { await surveyPeriodically() }
@@ -165,7 +172,35 @@ public actor SyncService {
                 logger.notice("every session directory is watched again")
             }
             unwatched = sessions
+        case .caughtUp(let token):
+            catchUps.removeValue(forKey: token)?.resume()
         }
+    }
+
+    /// No more events: an upload waiting for the watcher to catch up compares the whole directory.
+    private func watcherEnded() {
+        watcher = nil
+        for waiting in catchUps.values { waiting.resume() }
+        catchUps = [:]
+    }
+
+    /// The changes made in `id` since its running upload started, which that upload takes: it
+    /// was deferred while the session was written, and reading only the paths it started with
+    /// could take part of a transaction that began during its reads (`WritePause`). The watcher
+    /// first reports every change made before this call. Nil: compare the whole directory.
+    private func changesDuringUpload(of id: SessionID, by replicator: SessionReplicator) async -> Set<String>? {
+        guard let watcher else { return nil }
+        lastCatchUpToken += 1
+        let token = lastCatchUpToken
+        await withCheckedContinuation { continuation in
+            catchUps[token] = continuation
+            if !watcher.reportPending(of: id, then: token) {
+                catchUps[token] = nil
+                continuation.resume()
+            }
+        }
+        guard self.watcher != nil, replicators[id] === replicator else { return nil }
+        return sessions[id]?.joinRunningUpload()
     }
 
     /// Whether a session the watcher reported is backed up; false when it is refused (and recorded so).
@@ -366,7 +401,9 @@ public actor SyncService {
                 let pause =
                     sessions[id]?.releasing == true
                     ? nil : settings.writePause
-                let result = try await replicator.sync(changedPaths: changedPaths, pause: pause)
+                let result = try await replicator.sync(changedPaths: changedPaths, pause: pause) {
+                    await self.changesDuringUpload(of: id, by: replicator)
+                }
                 committed = true
                 try stillCurrent()
                 switch result {

@@ -58,6 +58,12 @@ struct UploadSchedule: Equatable {
         dropRetry()
     }
 
+    /// The running upload took the changes that came while it ran (a snapshot its session's
+    /// writer deferred reads them too): nothing is left for another.
+    mutating func changesJoinedRunningUpload() {
+        if running { pending = false }
+    }
+
     mutating func finished(_ outcome: Outcome, at now: ContinuousClock.Instant, unsettledRetryDelay: Duration) -> Next {
         running = false
         switch outcome {

@@ -46,6 +46,12 @@ struct ChangeDebouncer {
         return Self.sorted(due)
     }
 
+    /// Removes and returns `session`'s pending changes, due or not (a caller catching up).
+    mutating func take(_ session: SessionID) -> Due? {
+        guard let taken = pending.removeValue(forKey: session) else { return nil }
+        return Self.sorted([session: taken]).first
+    }
+
     /// Removes and returns every pending session, due or not (at shutdown).
     mutating func takeAll() -> [Due] {
         defer { pending = [:] }

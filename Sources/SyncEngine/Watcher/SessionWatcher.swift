@@ -31,6 +31,8 @@ public enum WatchEvent: Sendable, Equatable {
     /// directory is watched again). Each is reported changed, as a whole (no paths), every `rescanInterval`
     /// and at `stop()`, and its watches are tried again then. `cause` names the limit to raise.
     case unwatched(sessions: Set<SessionID>, cause: WatcherError?)
+    /// Answers `reportPending(of:then:)`: every change made before that call is reported by now.
+    case caughtUp(token: UInt64)
 }
 
 public enum RescanReason: Sendable, Equatable {
@@ -79,6 +81,7 @@ public final class SessionWatcher: Sendable {
     public let events: AsyncStream<WatchEvent>
     /// The wake-up socket's sending end; nil once stopped.
     private let wakeUp: Mutex<FileDescriptor?>
+    private let requests = WatchRequests()
     private let finished = DispatchSemaphore(value: 0)
     private let loop: LoopOwner
 
@@ -90,7 +93,7 @@ public final class SessionWatcher: Sendable {
         self.events = events
         let (receiving, sending) = try FileDescriptor.wakeUpSocketPair()
         let loop = try WatchLoop(
-            root: root, configuration: configuration, wakeUp: receiving,
+            root: root, configuration: configuration, wakeUp: receiving, requests: requests,
             emit: { continuation.yield($0) }, finish: { continuation.finish() })
         self.loop = LoopOwner(loop)
         wakeUp = Mutex(sending)
@@ -117,12 +120,35 @@ public final class SessionWatcher: Sendable {
     /// ended and closed its descriptors. Idempotent.
     public func stop() {
         guard let sending = wakeUp.withLock({ $0.take() }) else { return }
+        requests.state.withLock { $0.stopping = true }
         sending.writeByte()
         finished.wait()
     }
 
+    /// Reports `session`'s pending changes now, quiet period or not, then `.caughtUp(token)`.
+    /// The watcher first reads every event queued, and inotify queues an event before the
+    /// write(2) or rename(2) behind it returns: every change made before this call is reported
+    /// before that answer. False once stopped: no answer comes (the stream ends instead).
+    public func reportPending(of session: SessionID, then token: UInt64) -> Bool {
+        wakeUp.withLock { sending in
+            guard let sending else { return false }
+            requests.state.withLock { $0.reportsDue.append((session, token)) }
+            sending.writeByte()
+            return true
+        }
+    }
+
     /// Whether the thread has ended and released the loop, for tests.
     var isLoopReleased: Bool { loop.loop == nil }
+}
+
+/// What callers ask of the watcher thread, which reads it when the wake-up socket says so.
+final class WatchRequests: Sendable {
+    struct State {
+        var stopping = false
+        var reportsDue: [(session: SessionID, token: UInt64)] = []
+    }
+    let state = Mutex(State())
 }
 
 /// Hands the loop to its thread. Only that thread touches the loop once it started, and `stop()`
@@ -144,6 +170,12 @@ extension FileDescriptor {
     func writeByte() {
         var byte: UInt8 = 1
         _ = write(raw, &byte, 1)
+    }
+
+    /// Reads every byte waiting (the socket never blocks).
+    func drain() {
+        var bytes = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        while withUnsafeMutableBytes(of: &bytes, { read(raw, $0.baseAddress, $0.count) }) > 0 {}
     }
 }
 
@@ -198,6 +230,7 @@ final class WatchLoop {
     let root: String
     let inotify: Inotify
     private let wakeUp: FileDescriptor?
+    private let requests: WatchRequests
     private var debouncer: ChangeDebouncer
     /// Directories the watch limit left unwatched, compared every `rescanInterval` instead.
     private var unwatched: UnwatchedDirectories
@@ -213,12 +246,13 @@ final class WatchLoop {
     private var knownSessions: Set<SessionID> = []
 
     init(
-        root: String, configuration: SessionWatcher.Configuration, wakeUp: FileDescriptor?,
+        root: String, configuration: SessionWatcher.Configuration, wakeUp: FileDescriptor?, requests: WatchRequests = WatchRequests(),
         emit: @escaping (WatchEvent) -> Void, finish: @escaping () -> Void = {}
     ) throws(WatcherError) {
         self.root = root
         inotify = try Inotify(watchLimit: configuration.watchLimit)
         self.wakeUp = wakeUp
+        self.requests = requests
         debouncer = ChangeDebouncer(quietPeriod: configuration.quietPeriod, maxDelay: configuration.maxDelay)
         unwatched = UnwatchedDirectories(interval: configuration.rescanInterval)
         self.emit = emit
@@ -240,20 +274,40 @@ final class WatchLoop {
             pollfd(fd: inotify.descriptor.raw, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeUp.raw, events: Int16(POLLIN), revents: 0),
         ]
-        while descriptors[1].revents == 0 {
+        running: while true {
             descriptors[0].revents = 0
+            descriptors[1].revents = 0
             let ready = poll(&descriptors, 2, pollTimeout(at: .now))
             if ready < 0 && errno != EINTR {
                 emit(.watchFailed(.lastSystemError("poll", path: root)))
                 break
             }
-            if ready > 0 && descriptors[0].revents != 0 {
+            var reportsDue: [(session: SessionID, token: UInt64)] = []
+            var stopping = false
+            if ready > 0 && descriptors[1].revents != 0 {
+                wakeUp.drain()
+                (stopping, reportsDue) = requests.state.withLock { state in
+                    defer { state.reportsDue = [] }
+                    return (state.stopping, state.reportsDue)
+                }
+            }
+            if ready > 0 && descriptors[0].revents != 0 || !reportsDue.isEmpty || stopping {
                 do {
-                    handle(try inotify.readEvents(), at: .now)
+                    // Everything queued when asked to catch up or stop: a read takes at most a buffer's worth.
+                    repeat {
+                        let events = try inotify.readEvents()
+                        if events.isEmpty { break }
+                        handle(events, at: .now)
+                    } while !reportsDue.isEmpty || stopping
                 } catch {
                     emit(.watchFailed(error))
-                    break
+                    break running
                 }
+            }
+            if stopping { break }
+            for (session, token) in reportsDue {
+                report(debouncer.take(session).map { [$0] } ?? [])
+                emit(.caughtUp(token: token))
             }
             report(debouncer.takeDue(at: .now))
             compare(unwatched.takeDue(at: .now), at: .now)
