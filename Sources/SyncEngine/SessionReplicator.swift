@@ -312,6 +312,10 @@ public actor SessionReplicator {
         await savingState?.value
     }
 
+    /// When the reads of the last snapshot written began, after any wait for a pause in its
+    /// writer's writes: whatever was written before then is in it (the log says it, for the lag).
+    public private(set) var lastSnapshotReadsStarted: ContinuousClock.Instant?
+
     /// Uploads what changed since the last snapshot, if anything; a base when the chain
     /// has grown past the compaction policy or `forceBase` is set.
     ///
@@ -352,6 +356,7 @@ public actor SessionReplicator {
             await turn?.acquire()
             // Past its patience, a snapshot takes the session as it is.
             let awaitedPause = pause.flatMap { $0.isPatient(after: .now - started) ? $0 : nil }
+            let readsStarted = ContinuousClock.now
             do {
                 do {
                     defer { turn?.release() }
@@ -381,6 +386,7 @@ public actor SessionReplicator {
                 EngineMetrics.takenWhileWritten()
             }
             let (outcome, spool) = written
+            lastSnapshotReadsStarted = readsStarted
             recordSkipped(outcome)
             guard outcome.manifest != nil else {
                 // The same files: an identity learnt from them (the first look at a session whose

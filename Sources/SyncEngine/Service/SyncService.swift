@@ -410,9 +410,13 @@ public actor SyncService {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
                     // Only a write proves the store answers: an unchanged directory may ask it nothing.
                     storeHealth = .answered
+                    let duration = ContinuousClock.now - started
+                    // `read_after`: the snapshot holds every write made before that point of the upload.
+                    let readsStarted = await replicator.lastSnapshotReadsStarted
+                    try stillCurrent()
                     logger.info("uploaded", metadata: [
                         "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
-                        "duration": "\(ContinuousClock.now - started)",
+                        "duration": "\(duration)", "read_after": "\(max((readsStarted ?? started) - started, .zero))",
                     ])
                     EngineMetrics.uploaded(mode: mode, store: sessionStore.store, bytes: bytes)
                     EngineMetrics.committed(lag: sessions[id]?.uploadingChanges.oldest.map { .now - $0 })
