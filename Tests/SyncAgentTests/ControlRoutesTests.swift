@@ -77,9 +77,13 @@ struct ControlRoutesTests {
     ) async throws {
         let directory = try TemporaryDirectory()
         let control = RecordingControl()
-        let routes = ControlOnly(routes: ControlRoutes(
+        var controlRoutes = ControlRoutes(
             control: control, token: token.map { ControlToken(bytes: Array($0.utf8)) },
-            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })))
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        // The recording engine on a thread of its own too: on Swift's pool, a full run's other tests
+        // held its calls past the requests' lifetime (CI: "closed the connection before answering").
+        controlRoutes.engineExecutor = try ThreadExecutor(label: "control-engine")
+        let routes = ControlOnly(routes: controlRoutes)
         let tcp = try await HTTPEndpoint.bind(try ListenAddress(parsing: "127.0.0.1:0"))
         let socket = try await HTTPEndpoint.bind(ControlSocket(path: directory.file("control.sock"), access: .owner), limits: limits)
         // Started on a thread of its own: the serving task's first steps would otherwise wait for the

@@ -24,6 +24,9 @@ struct ControlRoutes: Sendable {
     var callTimeout = Self.defaultCallTimeout
     static let defaultCallTimeout = Duration.seconds(30)
     let logger: Logger
+    /// Where the engine's work runs: Swift's pool, not the endpoint's thread (`respond`). Tests
+    /// give their fake engine a thread of its own, which their neighbours cannot hold up.
+    var engineExecutor: any TaskExecutor = globalConcurrentExecutor
 
     /// The longest `timeout` or `waitRelease` a request may ask for.
     static let longestWait = Duration.seconds(600)
@@ -82,7 +85,7 @@ struct ControlRoutes: Sendable {
         }
         // The engine's work (a flush's wait, an acquire's restore) runs on the pool, not on the
         // endpoint's thread, which keeps answering the other requests meanwhile.
-        let answer = await withTaskExecutorPreference(globalConcurrentExecutor) { await call(action, session, parameters) }
+        let answer = await withTaskExecutorPreference(engineExecutor) { await call(action, session, parameters) }
         logger.info("control", metadata: [
             "route": "\(action.rawValue)", "session": "\(session?.description ?? "-")", "status": "\(answer.status.code)",
         ])
