@@ -415,6 +415,24 @@ struct WatcherEventHandlingTests {
         #expect(bytes.dropLast(3).withUnsafeBytes { Inotify.decode($0) } == Array(events.dropLast()))
     }
 
+    /// A write in place matters only to a database's WAL or journal: any other is dropped as it
+    /// is decoded (the busiest event of all), and the close that follows it is what reports it.
+    @Test func writesInPlaceAreKeptOnlyForCommitFiles() {
+        let kept = [
+            InotifyEvent(watch: 1, mask: [.modify], cookie: 0, name: "auth.db-wal"),
+            InotifyEvent(watch: 1, mask: [.modify], cookie: 0, name: "auth.db-journal"),
+            InotifyEvent(watch: 1, mask: [.closeWrite], cookie: 0, name: "creds.json"),
+            InotifyEvent(watch: 1, mask: [.modify, .isDirectory], cookie: 0, name: "keys"),
+        ]
+        let dropped = [
+            InotifyEvent(watch: 1, mask: [.modify], cookie: 0, name: "creds.json"),
+            InotifyEvent(watch: 1, mask: [.modify], cookie: 0, name: "auth.db-shm"),
+            InotifyEvent(watch: 1, mask: [.modify], cookie: 0, name: "wal"),
+            InotifyEvent(watch: 1, mask: [.modify], cookie: 0, name: nil),
+        ]
+        #expect(Inotify.encode(dropped + kept + dropped).withUnsafeBytes { Inotify.decode($0) } == kept)
+    }
+
     @Test func aQueueOverflowDropsPendingChangesAndAsksForARescan() throws {
         let root = try TemporaryDirectory()
         try makeSession(root, "a", files: ["creds.json"])

@@ -36,12 +36,17 @@ struct ChangeDebouncer {
 
     /// When the earliest pending session falls due; nil when nothing is pending.
     var nextDeadline: ContinuousClock.Instant? {
-        pending.values.map { $0.deadline(quietPeriod: quietPeriod, maxDelay: maxDelay) }.min()
+        pending.values.lazy.map { $0.deadline(quietPeriod: self.quietPeriod, maxDelay: self.maxDelay) }.min()
     }
 
     /// Removes and returns the sessions due at `now`, sorted by session id.
     mutating func takeDue(at now: ContinuousClock.Instant) -> [Due] {
-        let due = pending.filter { $0.value.deadline(quietPeriod: quietPeriod, maxDelay: maxDelay) <= now }
+        // Called at every wake-up of the watcher: nothing is allocated when nothing is due.
+        var due: [SessionID: Pending] = [:]
+        for (session, entry) in pending where entry.deadline(quietPeriod: quietPeriod, maxDelay: maxDelay) <= now {
+            due[session] = entry
+        }
+        guard !due.isEmpty else { return [] }
         for session in due.keys { pending[session] = nil }
         return Self.sorted(due)
     }

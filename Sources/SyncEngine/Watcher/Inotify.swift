@@ -101,14 +101,21 @@ final class Inotify {
             let nameBytes = bytes[(offset + headerSize)..<(offset + headerSize + nameLength)]
             // The name is NUL-terminated and padded with further NULs.
             let name = nameBytes.prefix { $0 != 0 }
+            let mask = InotifyMask(rawValue: header.mask)
+            offset += headerSize + nameLength
+            // A write in place matters only to a SQLite database's WAL or journal (a commit, see
+            // `WatchLoop.handle`); it is the busiest event (every write(2) of every file), and is
+            // dropped here, before its name becomes a String.
+            if mask == .modify, !SQLiteDatabase.commitSuffixes.contains(where: { name.reversed().starts(with: $0.utf8.reversed()) }) {
+                continue
+            }
             events.append(
                 InotifyEvent(
                     watch: header.wd,
-                    mask: InotifyMask(rawValue: header.mask),
+                    mask: mask,
                     cookie: header.cookie,
                     name: name.isEmpty ? nil : FileName.decode(name)
                 ))
-            offset += headerSize + nameLength
         }
         return events
     }
