@@ -69,7 +69,9 @@ public struct SnapshotManifest: Sendable {
     /// The session state a chain's manifests (base first) rebuild, checked against the state
     /// the last one records: what a restore of that snapshot must produce.
     static func rebuiltState(_ chain: [SnapshotManifest], session: SessionID) throws -> SessionState {
-        let state = chain.reduce(into: SessionState()) { state, manifest in state = manifest.applied(to: state) }
+        var state = chain.reduce(into: SessionState()) { state, manifest in state = manifest.applied(to: state) }
+        // A digest of version 4 is computed once for the check and kept: a replicator's uploads update it.
+        if let last = chain.last, last.formatVersion >= 4 { state.keepDigest() }
         guard let last = chain.last, state.digest(formatVersion: last.formatVersion) == last.stateDigest,
             state.count == last.stateFileCount,
             state.byteCount == last.stateByteCount

@@ -74,6 +74,8 @@ public actor SessionReplicator {
             health.preKeys = format.preKeyCount(state)
         }
     }
+    /// Whether the state keeps its digest, so that an upload's costs what changed (tests).
+    var keepsStateDigest: Bool { state.keepsDigest }
     /// The session's identity after the latest snapshot, when known (`SessionFormat`).
     public private(set) var identity: SessionIdentity? {
         didSet { health.identity = identity }
@@ -216,11 +218,11 @@ public actor SessionReplicator {
                     loadedState = try await chainState(of: loaded.head, latest: latest)
                 }
             }
-            // Kept from now on, so that each upload's digest costs what changed (the load reads
-            // every file's line anyway).
-            state.keepDigest()
             head = loaded
             state = loadedState?.state ?? SessionState()
+            // Kept from now on, so that each upload's digest costs what changed (the load read
+            // every file's line anyway, and the cache's and the chain's checks keep it already).
+            state.keepDigest()
             identity = loadedState?.identity
             (baseBytes, deltaBytes, deltaCount) = (loadedState?.baseBytes ?? 0, loadedState?.deltaBytes ?? 0, loadedState?.deltaCount ?? 0)
         } catch {

@@ -185,6 +185,8 @@ public struct SessionState: Sendable, Sequence {
         if keptDigest == nil { keptDigest = computedDigest() }
     }
 
+    var keepsDigest: Bool { keptDigest != nil }
+
     /// FORMAT.md's `stateDigest` of this state, by the rule of a manifest of `formatVersion`: two
     /// directories with the same names, sizes and content ids have the same digest, whatever
     /// their fingerprints.

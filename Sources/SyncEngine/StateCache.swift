@@ -98,7 +98,9 @@ public struct StateCache: Sendable {
             }
             // Only a source read to its end is authenticated whole.
             guard try reader.isAtEnd() else { return .failure(.unreadable("more bytes than its files")) }
-            let state = files.build()
+            var state = files.build()
+            // Computed once for the check and kept: the replicator's uploads update it.
+            state.keepDigest()
             guard state.byteCount == header.stateByteCount, state.digest(formatVersion: SnapshotManifest.currentFormatVersion) == header.stateDigest else {
                 return .failure(.unreadable("its files do not match its own digest"))
             }

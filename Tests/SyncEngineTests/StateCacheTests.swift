@@ -73,6 +73,9 @@ struct StateCacheTests {
         try await restarted.claim()
         #expect(await restarted.latest == latest)
         #expect(await restarted.health.files == cached.state.count)
+        // Its digest is kept, so an upload costs what changed (a merge once set it on the state
+        // the load then replaced: every upload hashed every file's line again).
+        #expect(await restarted.keepsStateDigest)
         #expect(try await restarted.sync() == .unchanged(unsettled: []))
         // Without the cache, the same claim needs the chain.
         await #expect(throws: SnapshotError.self) { try await replicator(owner: "agent-b", cache: nil).claim() }
@@ -93,6 +96,7 @@ struct StateCacheTests {
         let restarted = replicator(owner: "agent-a-restarted", cache: cache)
         try await restarted.claim()
         #expect(await restarted.latest == newer)
+        #expect(await restarted.keepsStateDigest)
         // The directory is what `newer` holds: nothing to upload (the stale cache would have found a change).
         #expect(try await restarted.sync() == .unchanged(unsettled: []))
         // The claim's read of the chain replaced the cache.

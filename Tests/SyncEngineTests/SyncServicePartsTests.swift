@@ -67,6 +67,31 @@ struct SessionRecordTests {
         #expect(nextPaths == ["pre-key-1.json", "pre-key-2.json"])
     }
 
+    /// An upload its session's writer deferred takes what came meanwhile: nothing is left for
+    /// another upload, unless what came says "the whole directory" (a flush), which the next keeps.
+    @Test func aDeferredUploadJoinsWhatCameMeanwhileButNotAWholeComparison() {
+        var record = SessionRecord()
+        _ = record.changed(["creds.json"], since: at(0))
+        _ = record.startUpload()
+        _ = record.uploadFinished(.succeeded(unsettled: false), unsettled: [], at: at(5), unsettledRetryDelay: quiet)
+        #expect(record.joinRunningUpload() == nil, "no upload runs")
+
+        _ = record.changed(["creds.json"], since: at(10))
+        #expect(record.startUpload() == ["creds.json"])
+        _ = record.changed(["pre-key-1.json", "pre-key-2.json"], since: at(20))
+        #expect(record.joinRunningUpload() == ["pre-key-1.json", "pre-key-2.json"])
+        #expect(record.joinRunningUpload() == [], "taken once")
+        #expect(record.uploadFinished(.succeeded(unsettled: false), unsettled: [], at: at(40), unsettledRetryDelay: quiet) == .idle)
+        #expect(record.schedule.isSettled)
+
+        _ = record.changed(["creds.json"], since: at(50))
+        _ = record.startUpload()
+        _ = record.changed(nil, since: at(60))
+        #expect(record.joinRunningUpload() == nil)
+        #expect(record.uploadFinished(.succeeded(unsettled: false), unsettled: [], at: at(70), unsettledRetryDelay: quiet) == .queue)
+        #expect(record.startUpload() == nil)
+    }
+
     @Test func aChangeOfTheWholeDirectoryOrTwoCanonicallyEquivalentNamesCompareEverything() {
         var record = SessionRecord()
         _ = record.changed(nil, since: at(0))
