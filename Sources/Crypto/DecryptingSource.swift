@@ -14,8 +14,11 @@ public final class DecryptingSource: ByteSource {
     private let stream: SecretStream
     private let associatedData: [UInt8]
     /// Big enough for the object header, and for a chunk's length and sealed bytes.
-    private let input = WipedBuffer(count: max(ObjectFormat.headerByteCount, ObjectFormat.maximumSealedChunkByteCount))
-    private let plaintext = WipedBuffer(count: ObjectFormat.plaintextChunkByteCount)
+    /// The header, then one sealed chunk at a time; and that chunk opened. Both are sized to the
+    /// largest chunk read so far: a head or a state file is a few hundred bytes, and zeroing,
+    /// wiping and mapping two chunk-sized buffers for each cost more than opening it.
+    private var input = WipedBuffer(count: ObjectFormat.headerByteCount)
+    private var plaintext: WipedBuffer?
     private var unread = 0..<0
     private var verifiedEnd = false
 
@@ -50,7 +53,7 @@ public final class DecryptingSource: ByteSource {
             try openNextChunk()
         }
         let count = min(buffer.count, unread.count)
-        buffer.copyMemory(from: UnsafeRawBufferPointer(plaintext.slice(unread.lowerBound..<unread.lowerBound + count)))
+        buffer.copyMemory(from: UnsafeRawBufferPointer(plaintext!.slice(unread.lowerBound..<unread.lowerBound + count)))
         unread = unread.lowerBound + count..<unread.upperBound
         return count
     }
@@ -64,6 +67,10 @@ public final class DecryptingSource: ByteSource {
             .contains(sealedCount)
         else { throw CryptoError.tampered }
 
+        if input.bytes.count < sealedCount { input = WipedBuffer(count: sealedCount) }
+        let openedCount = sealedCount - SecretStream.overheadByteCount
+        if (plaintext?.bytes.count ?? 0) < max(1, openedCount) { plaintext = WipedBuffer(count: max(1, openedCount)) }
+        let plaintext = plaintext!
         let sealed = input.slice(0..<sealedCount)
         guard try upstream.readFully(into: sealed) == sealedCount else { throw CryptoError.truncated }
         let opened = associatedData.withUnsafeBytes { associatedData in
