@@ -74,7 +74,7 @@ public actor SessionReplicator {
             health.preKeys = format.preKeyCount(state)
         }
     }
-    /// Whether the state keeps its digest, so that an upload's costs what changed (tests).
+    /// Whether the state keeps its digest, so that an upload's digest costs what changed (tests).
     var keepsStateDigest: Bool { state.keepsDigest }
     /// The session's identity after the latest snapshot, when known (`SessionFormat`).
     public private(set) var identity: SessionIdentity? {
