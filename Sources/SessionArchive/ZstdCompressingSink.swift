@@ -45,7 +45,9 @@ final class ZstdCompressingSink: ByteSink {
     }
 }
 
-/// One zstd compression context and its output buffer: the owner of the C handle.
+/// One zstd compression context and its output buffer: the owner of the C handle. One user at
+/// a time (a sink, or the pool behind its lock), which is what makes it safe to hand between
+/// threads.
 final class ZstdContext: @unchecked Sendable {
     /// Contexts waiting for their next archive. A few are enough: the sidecar compresses one
     /// small archive per change, at most one per upload slot at a time.
