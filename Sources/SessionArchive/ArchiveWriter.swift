@@ -41,13 +41,14 @@ public final class ArchiveWriter {
         guard (1...22).contains(compressionLevel) else {
             throw ArchiveError(.invalidCompressionLevel(compressionLevel))
         }
+        // Before libarchive's handles, which nothing would free if this threw.
+        compression = try ZstdCompressingSink(
+            level: compressionLevel, workerThread: expectedFileBytes >= Self.workerThreadThreshold, downstream: sink)
         guard let archive = archive_write_new(), let entry = archive_entry_new2(archive) else {
             fatalError("libarchive: out of memory")
         }
         self.archive = archive
         self.entry = entry
-        compression = try ZstdCompressingSink(
-            level: compressionLevel, workerThread: expectedFileBytes >= Self.workerThreadThreshold, downstream: sink)
         self.output = WriterOutput(sink: compression)
         try check(archive_write_set_format_pax(archive))
         // No zero padding after the tar's end marker, so nothing follows the zstd frame either.

@@ -433,6 +433,24 @@ struct WatcherEventHandlingTests {
         #expect(Inotify.encode(dropped + kept + dropped).withUnsafeBytes { Inotify.decode($0) } == kept)
     }
 
+    /// Catching up reads everything queued when asked, by its bytes: a read whose every record is
+    /// a dropped write in place decodes to nothing, and is not the end of the queue (a close
+    /// behind 3,000 such records came after the answer, until this was counted in bytes).
+    @Test func catchingUpReadsPastReadsOfOnlyWritesInPlace() throws {
+        let root = try TemporaryDirectory()
+        try makeSession(root, "busy", files: ["a.json", "b.json"])
+        let inotify = try Inotify()
+        _ = try inotify.addWatch(root.file("busy"), mask: WatchLoop.sessionMask)
+        let files = try ["a.json", "b.json"].map { FileHandle(forWritingAtPath: root.file("busy/\($0)"))! }
+        // Alternating, so that the kernel cannot merge them: 3,000 records, more than one read.
+        for round in 0..<3_000 { try files[round % 2].write(contentsOf: Data("{}".utf8)) }
+        for file in files { try file.close() }
+        #expect(try inotify.readEvents().isEmpty, "a whole read of writes in place")
+        let events = try inotify.readQueued()
+        #expect(Set(events.filter { $0.mask.contains(.closeWrite) }.compactMap(\.name)) == ["a.json", "b.json"])
+        #expect(try inotify.readQueued().isEmpty)
+    }
+
     @Test func aQueueOverflowDropsPendingChangesAndAsksForARescan() throws {
         let root = try TemporaryDirectory()
         try makeSession(root, "a", files: ["creds.json"])

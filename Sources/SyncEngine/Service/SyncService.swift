@@ -189,7 +189,8 @@ public actor SyncService {
     /// could take part of a transaction that began during its reads (`WritePause`). The watcher
     /// first reports every change made before this call. Nil: compare the whole directory.
     private func changesDuringUpload(of id: SessionID, by replicator: SessionReplicator) async -> Set<String>? {
-        guard let watcher else { return nil }
+        // A session with a directory past the watch limit has changes the watcher cannot see.
+        guard let watcher, !unwatched.contains(id) else { return nil }
         lastCatchUpToken += 1
         let token = lastCatchUpToken
         await withCheckedContinuation { continuation in

@@ -78,12 +78,33 @@ final class Inotify {
     /// The events of one read(2), at most a buffer's worth, so that a flood of events cannot keep
     /// the caller from its other work; empty when none is queued (the descriptor never blocks).
     func readEvents() throws(WatcherError) -> [InotifyEvent] {
+        try readOnce()?.events ?? []
+    }
+
+    /// Every event queued when called, however many reads that takes, and none queued after:
+    /// a caller catching up reads to that point, and a writer going on cannot keep it reading.
+    /// (A read can decode to no event at all, every one dropped as a write in place: the count
+    /// of bytes, not the events, says when the queue is read.)
+    func readQueued() throws(WatcherError) -> [InotifyEvent] {
+        var queued: Int32 = 0
+        guard ioctl(descriptor.raw, UInt(FIONREAD), &queued) == 0 else { throw .lastSystemError("ioctl FIONREAD", path: "inotify") }
+        var events: [InotifyEvent] = []
+        var remaining = Int(queued)
+        while remaining > 0, let read = try readOnce(), read.byteCount > 0 {
+            events += read.events
+            remaining -= read.byteCount
+        }
+        return events
+    }
+
+    /// One read(2): its events and how many bytes it took; nil when nothing is queued.
+    private func readOnce() throws(WatcherError) -> (events: [InotifyEvent], byteCount: Int)? {
         while true {
             let count = buffer.withUnsafeMutableBytes { read(descriptor.raw, $0.baseAddress, $0.count) }
             if count >= 0 {
-                return buffer.withUnsafeBytes { Inotify.decode(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+                return (buffer.withUnsafeBytes { Inotify.decode(UnsafeRawBufferPointer(rebasing: $0[..<count])) }, count)
             }
-            if errno == EAGAIN || errno == EWOULDBLOCK { return [] }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
             if errno != EINTR { throw .lastSystemError("read", path: "inotify") }
         }
     }

@@ -293,12 +293,10 @@ final class WatchLoop {
             }
             if ready > 0 && descriptors[0].revents != 0 || !reportsDue.isEmpty || stopping {
                 do {
-                    // Everything queued when asked to catch up or stop: a read takes at most a buffer's worth.
-                    repeat {
-                        let events = try inotify.readEvents()
-                        if events.isEmpty { break }
-                        handle(events, at: .now)
-                    } while !reportsDue.isEmpty || stopping
+                    // Asked to catch up or to stop: everything queued until now. Otherwise one read,
+                    // so that a flood of events cannot keep the loop from its other work.
+                    let catchingUp = !reportsDue.isEmpty || stopping
+                    handle(try catchingUp ? inotify.readQueued() : inotify.readEvents(), at: .now)
                 } catch {
                     emit(.watchFailed(error))
                     break running
