@@ -99,6 +99,11 @@ public actor SyncService {
         // A restore killed mid-swap leaves working directories; finish or undo them first.
         try DirectorySwap.recoverLeftovers(in: root)
         stateCache = preparedStateCache()
+        // Written before anything can claim a session: a head naming this agent whose lease is not
+        // there yet looks expired, and an acquirer took a session from this live agent so (at its
+        // start, when its first uploads were quicker than the renewing task's first write). A
+        // failure here is the renewing task's to report.
+        if let lease { try? await lease.renew() }
         let renewing = lease.map { lease in Task { await renewPeriodically(lease) } }
         // The watcher's first event is a rescan once every watch is in place, so changes
         // made while no agent ran are uploaded and none made during the scan is missed.
@@ -425,20 +430,21 @@ public actor SyncService {
                 case .unchanged(let stillWriting):
                     unsettled = stillWriting
                 }
-                sessions[id]?.synced(unsettled: unsettled)
-                // Read before the assignment: `sessions[id]?.x = await …` opens its access to the
+                // Read before the assignments: `sessions[id]?.x = await …` opens its access to the
                 // dictionary entry first and holds it across the suspension, while other calls
                 // on this actor (new changes arriving) replace the entry. The access then wrote
                 // into storage that was no longer the dictionary's: memory corruption, seen as
                 // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
                 let lastCommit = await replicator.lastCommit
-                try stillCurrent()
-                sessions[id]?.lastCommit = lastCommit
                 let health = await replicator.health
-                try stillCurrent()
-                sessions[id]?.health = health
                 let skippedFiles = await replicator.skippedFiles
                 try stillCurrent()
+                // Then without a suspension: a flush waiting for this upload sees it complete and
+                // its commit at once. Marked complete first, with the commit read after an await,
+                // a flush could answer the snapshot before it (LeaseTests, once in a full run).
+                sessions[id]?.synced(unsettled: unsettled)
+                sessions[id]?.lastCommit = lastCommit
+                sessions[id]?.health = health
                 recordSkippedFiles(id, skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
                 outcome = .succeeded(unsettled: !unsettled.isEmpty)
