@@ -318,6 +318,19 @@ public actor SessionReplicator {
     /// writer's writes: whatever was written before then is in it (the log says it, for the lag).
     public private(set) var lastSnapshotReadsStarted: ContinuousClock.Instant?
 
+    /// What a sync leaves for its caller's records, read in one call (one hop to this actor
+    /// after every upload, not one per field).
+    public struct Aftermath: Sendable {
+        public var lastCommit: (snapshot: SnapshotID, at: Date)?
+        public var health: SessionHealth
+        public var skippedFiles: [SkippedFile]
+        public var snapshotReadsStarted: ContinuousClock.Instant?
+    }
+
+    public var aftermath: Aftermath {
+        Aftermath(lastCommit: lastCommit, health: health, skippedFiles: skippedFiles, snapshotReadsStarted: lastSnapshotReadsStarted)
+    }
+
     /// Uploads what changed since the last snapshot, if anything; a base when the chain
     /// has grown past the compaction policy or `forceBase` is set.
     ///

@@ -411,6 +411,12 @@ public actor SyncService {
                     await self.changesDuringUpload(of: id, by: replicator)
                 }
                 committed = true
+                // Read before the assignments: `sessions[id]?.x = await …` opens its access to the
+                // dictionary entry first and holds it across the suspension, while other calls
+                // on this actor (new changes arriving) replace the entry. The access then wrote
+                // into storage that was no longer the dictionary's: memory corruption, seen as
+                // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
+                let aftermath = await replicator.aftermath
                 try stillCurrent()
                 switch result {
                 case .uploaded(let snapshot, let kind, let bytes, let stillWriting):
@@ -418,11 +424,10 @@ public actor SyncService {
                     storeHealth = .answered
                     let duration = ContinuousClock.now - started
                     // `read_after`: the snapshot holds every write made before that point of the upload.
-                    let readsStarted = await replicator.lastSnapshotReadsStarted
-                    try stillCurrent()
+                    let readAfter = max((aftermath.snapshotReadsStarted ?? started) - started, .zero)
                     logger.info("uploaded", metadata: [
                         "session": "\(id)", "snapshot": "\(snapshot)", "kind": "\(kind.rawValue)", "bytes": "\(bytes)",
-                        "duration": "\(duration)", "read_after": "\(max((readsStarted ?? started) - started, .zero))",
+                        "duration": "\(duration)", "read_after": "\(readAfter)",
                     ])
                     EngineMetrics.uploaded(mode: mode, store: sessionStore.store, bytes: bytes)
                     EngineMetrics.committed(lag: sessions[id]?.uploadingChanges.oldest.map { .now - $0 })
@@ -430,22 +435,13 @@ public actor SyncService {
                 case .unchanged(let stillWriting):
                     unsettled = stillWriting
                 }
-                // Read before the assignments: `sessions[id]?.x = await …` opens its access to the
-                // dictionary entry first and holds it across the suspension, while other calls
-                // on this actor (new changes arriving) replace the entry. The access then wrote
-                // into storage that was no longer the dictionary's: memory corruption, seen as
-                // agents crashing (SIGSEGV) under `scripts/asan-kill-loop` and the crash loop.
-                let lastCommit = await replicator.lastCommit
-                let health = await replicator.health
-                let skippedFiles = await replicator.skippedFiles
-                try stillCurrent()
-                // Then without a suspension: a flush waiting for this upload sees it complete and
-                // its commit at once. Marked complete first, with the commit read after an await,
-                // a flush could answer the snapshot before it (LeaseTests, once in a full run).
+                // Without a suspension from here: a flush waiting for this upload sees it complete
+                // and its commit at once. Marked complete first, with the commit read after an
+                // await, a flush could answer the snapshot before it (LeaseTests, once in a full run).
                 sessions[id]?.synced(unsettled: unsettled)
-                sessions[id]?.lastCommit = lastCommit
-                sessions[id]?.health = health
-                recordSkippedFiles(id, skippedFiles)
+                sessions[id]?.lastCommit = aftermath.lastCommit
+                sessions[id]?.health = aftermath.health
+                recordSkippedFiles(id, aftermath.skippedFiles)
                 // Files caught mid-write kept their last good version; look at them again shortly.
                 outcome = .succeeded(unsettled: !unsettled.isEmpty)
             } else if sessions[id]?.loggedOut == true, !isRefusedNow(id) {
