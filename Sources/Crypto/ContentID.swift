@@ -19,11 +19,15 @@ public struct ContentID: Sendable, Hashable, Codable, CustomStringConvertible {
     /// Parses the lowercase or uppercase hex form that `description` prints.
     public init?(hex: String) {
         var hex = hex
-        guard hex.utf8.count == 2 * Self.byteCount else { return nil }
-        let decoded = hex.withUTF8 { text in
-            withUnsafeMutableBytes(of: &words) { Sodium.decodeHex(UnsafeRawBufferPointer(text), into: $0) }
-        }
-        guard decoded else { return nil }
+        guard let id = hex.withUTF8({ ContentID(hex: UnsafeRawBufferPointer($0)) }) else { return nil }
+        self = id
+    }
+
+    /// The same from the text's bytes (a manifest line's, read without a String).
+    public init?(hex: UnsafeRawBufferPointer) {
+        guard hex.count == 2 * Self.byteCount,
+              withUnsafeMutableBytes(of: &words, { Sodium.decodeHex(hex, into: $0) })
+        else { return nil }
     }
 
     public init(from decoder: any Decoder) throws {

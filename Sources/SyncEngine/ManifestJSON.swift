@@ -4,8 +4,9 @@ import SessionCrypto
 import SystemSupport
 
 /// The manifest as JSON Lines (FORMAT.md): a header, then one line per file in name order, then
-/// one line per deleted name, each line written by one JSONEncoder call and read by one
-/// JSONDecoder call.
+/// one line per deleted name. The header is written by JSONEncoder and read by JSONDecoder; the
+/// file and deleted lines by `ManifestLine`, which leaves to JSONDecoder any line not in the form
+/// it writes.
 ///
 /// JSONEncoder and JSONDecoder build a whole document as a tree first: a manifest of 100,000
 /// files as one document cost about 130 MB to write and 150 MB to read. A line at a time, neither
@@ -45,32 +46,34 @@ enum ManifestJSON {
         var deleted: String
     }
 
-    /// Writes `manifest` to `output` in chunks of about `chunkSize` bytes. JSONEncoder escapes
-    /// control characters in strings and adds no whitespace, so a line holds no raw newline.
+    /// Writes `manifest` to `output` in chunks of about `chunkSize` bytes. Both writers escape
+    /// control characters in strings and add no whitespace, so a line holds no raw newline.
     static func write(_ manifest: SnapshotManifest, to output: (UnsafeRawBufferPointer) throws -> Void) throws {
-        let encoder = StoredJSON.encoder()
         var chunk: [UInt8] = []
         chunk.reserveCapacity(chunkSize + maxLineLength)
-        func flush() throws {
-            try chunk.withUnsafeBytes(output)
-            chunk.removeAll(keepingCapacity: true)
-        }
-        func line(_ value: some Encodable) throws {
-            chunk += try encoder.encode(value)
+        func endLine() throws {
             chunk.append(UInt8(ascii: "\n"))
-            if chunk.count >= chunkSize { try flush() }
+            if chunk.count >= chunkSize {
+                try chunk.withUnsafeBytes(output)
+                chunk.removeAll(keepingCapacity: true)
+            }
         }
-        try line(
+        chunk += try StoredJSON.encoder().encode(
             Header(
                 formatVersion: manifest.formatVersion, session: manifest.session, id: manifest.id, kind: manifest.kind,
                 parent: manifest.parent, createdAt: manifest.createdAt, fileCount: manifest.files.count,
                 deletedCount: manifest.deleted.count, stateFileCount: manifest.stateFileCount,
                 stateByteCount: manifest.stateByteCount, stateDigest: manifest.stateDigest, identity: manifest.identity))
+        try endLine()
         for (name, record) in manifest.files {
-            try line(FileLine(name: name, size: record.size, contentID: record.contentID, fingerprint: record.fingerprint))
+            ManifestLine.appendFile(name: name, record: record, to: &chunk)
+            try endLine()
         }
-        for name in manifest.deleted { try line(DeletedLine(deleted: name)) }
-        if !chunk.isEmpty { try flush() }
+        for name in manifest.deleted {
+            ManifestLine.appendDeleted(name: name, to: &chunk)
+            try endLine()
+        }
+        if !chunk.isEmpty { try chunk.withUnsafeBytes(output) }
     }
 
     /// The size of `manifest`'s lines: a tar entry's header comes before its data.
@@ -94,14 +97,14 @@ enum ManifestJSON {
         var files = SessionState.Builder()
         var previous: String?
         for _ in 0..<header.fileCount {
-            let file = try lines.decode(FileLine.self, with: decoder)
+            let file = try lines.decode(FileLine.self, with: decoder, fastPath: ManifestLine.parseFile)
             try lines.checkOrder(file.name, after: &previous)
             _ = files.add(file.name, FileRecord(size: file.size, contentID: file.contentID, fingerprint: file.fingerprint))
         }
         var deleted: [String] = []
         previous = nil
         for _ in 0..<header.deletedCount {
-            let name = try lines.decode(DeletedLine.self, with: decoder).deleted
+            let name = try lines.decode(DeletedLine.self, with: decoder, fastPath: ManifestLine.parseDeleted).deleted
             try lines.checkOrder(name, after: &previous)
             deleted.append(name)
         }
@@ -158,10 +161,14 @@ enum ManifestJSON {
             }
         }
 
-        /// The next line, which must be there, end with a newline and decode as `type`.
-        mutating func decode<Line: Decodable>(_ type: Line.Type, with decoder: JSONDecoder) throws -> Line {
+        /// The next line, which must be there, end with a newline and decode as `type`: by
+        /// `fastPath` when it can, by `decoder` when `fastPath` gives up.
+        mutating func decode<Line: Decodable>(
+            _ type: Line.Type, with decoder: JSONDecoder, fastPath: (UnsafeRawBufferPointer) -> Line?
+        ) throws -> Line {
             let wanted = number + 1
             guard let next = try next(), next.terminated else { throw failure("it ends before line \(wanted) is complete") }
+            if let line = next.bytes.withUnsafeBytes(fastPath) { return line }
             do {
                 return try decoder.decode(type, from: Data(next.bytes))
             } catch {

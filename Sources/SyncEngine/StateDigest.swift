@@ -76,27 +76,8 @@ final class LineHasher {
     static func appendLine(_ name: UnsafeBufferPointer<UInt8>, _ record: FileRecord, to bytes: inout [UInt8]) {
         bytes.append(contentsOf: name)
         bytes.append(0)
-        appendDecimal(record.size, to: &bytes)
+        DecimalDigits.append(record.size, to: &bytes)  // a damaged manifest's size may be negative
         bytes.append(0)
         record.contentID.appendHex(to: &bytes)
-    }
-
-    /// `value` in decimal ASCII digits, as `String(value)` spells it (a size read from a damaged
-    /// manifest may be negative), without the String.
-    private static func appendDecimal(_ value: Int64, to bytes: inout [UInt8]) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { digits in
-            if value < 0 { bytes.append(UInt8(ascii: "-")) }
-            var remaining = value.magnitude
-            var start = digits.count
-            repeat {
-                start -= 1
-                digits[start] = UInt8(ascii: "0") + UInt8(remaining % 10)
-                remaining /= 10
-            } while remaining > 0
-            bytes.append(contentsOf: digits[start...])
-        }
     }
 }
