@@ -134,12 +134,10 @@ private struct EntryValidator {
     let limits: ExtractionLimits
     private var entryCount = 0
     private var totalBytes: Int64 = 0
-    /// Paths as their UTF-8, compared bytewise: String's == takes canonically equivalent names
-    /// ("é" and "e\u{301}", two files on Linux) for one.
-    private var seen: Set<[UInt8]> = []
-    private var files: Set<[UInt8]> = []
+    private var seen: Set<NameKey> = []
+    private var files: Set<NameKey> = []
     /// Directories implied by the paths seen so far: a file may not take one of these names.
-    private var parents: Set<[UInt8]> = []
+    private var parents: Set<NameKey> = []
 
     init(limits: ExtractionLimits) {
         self.limits = limits
@@ -158,8 +156,10 @@ private struct EntryValidator {
         let kind = try Self.kind(of: rawEntry, name: name)
         let path = components.joined(separator: "/")
 
-        let ancestors = (1..<components.count).map { Array(components[..<$0].joined(separator: "/").utf8) }
-        let pathBytes = Array(path.utf8)
+        let pathBytes = NameKey(path)
+        // Each directory the path goes through, as the path up to one of its slashes.
+        let ancestors = pathBytes.bytes.indices.filter { pathBytes.bytes[$0] == UInt8(ascii: "/") }
+            .map { NameKey(Array(pathBytes.bytes[..<$0])) }
         guard !ancestors.contains(where: files.contains), !(kind == .file && parents.contains(pathBytes)),
               seen.insert(pathBytes).inserted
         else {

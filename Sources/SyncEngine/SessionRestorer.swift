@@ -317,10 +317,8 @@ public struct SessionRestorer: Sendable {
         _ chain: [SnapshotEntry], objects: [DownloadedSnapshot], session: SessionID, into staging: StagingDirectory?,
         reader: SnapshotReader
     ) throws -> Rebuilt {
-        // Names as their UTF-8, compared bytewise: String's == takes canonically equivalent
-        // names ("é" and "e\u{301}", two files on Linux) for one.
-        var decided = Set<[UInt8]>()
-        var written = Set<[UInt8]>()
+        var decided = Set<NameKey>()
+        var written = Set<NameKey>()
         var manifests: [SnapshotManifest] = []
         var credentials: CredentialsCapture?
         var databases: [(name: String, capture: DatabaseCapture)] = []
@@ -330,7 +328,7 @@ public struct SessionRestorer: Sendable {
             let entry = chain[index]
             let manifest = try reader.read(try objects[index].source(), session: session, entry: entry) {
                 name, data in
-                let nameBytes = Array(name.utf8)
+                let nameBytes = NameKey(name)
                 if decided.contains(nameBytes) { return try data.drain() }
                 if let page = SQLitePages.page(name) {
                     // Put together into one file once every snapshot of the chain is read.
@@ -356,12 +354,12 @@ public struct SessionRestorer: Sendable {
             if !manifest.follows(expectedParent) {
                 throw SnapshotError.corrupt("snapshot \(entry.id.tagged) does not follow \(expectedParent?.tagged ?? "nothing")")
             }
-            decided.formUnion(manifest.files.names.map { Array($0.utf8) })
-            decided.formUnion(manifest.deleted.map { Array($0.utf8) })
+            decided.formUnion(manifest.files.names.map(NameKey.init))
+            decided.formUnion(manifest.deleted.map(NameKey.init))
             manifests.append(manifest)
         }
         let state = try SnapshotManifest.rebuiltState(manifests.reversed(), session: session)
-        guard written == Set(state.names.map { Array($0.utf8) }) else {
+        guard written == Set(state.names.map(NameKey.init)) else {
             throw SnapshotError.corrupt("the rebuilt session \(session) has other files than snapshot \(chain.last!.id) lists")
         }
         let snapshot = chain.last!.id
@@ -369,7 +367,7 @@ public struct SessionRestorer: Sendable {
         var images: [(name: String, image: SQLiteImage)] = []
         var wholeDatabases = databases.map { ($0.name, $0.capture.database!) }
         for (name, pagesByIndex) in pages {
-            guard !written.contains(Array(name.utf8)) else {
+            guard !written.contains(NameKey(name)) else {
                 throw SnapshotError.corrupt("snapshot \(snapshot) holds the database \(FileName.displayed(name)) both whole and as pages")
             }
             var image: [UInt8] = []

@@ -241,7 +241,7 @@ public struct SessionState: Sendable, Sequence {
     /// name's bytes: String keys would take two canonically equivalent names for one.
     struct Builder {
         private var state = SessionState()
-        private var unordered: [[UInt8]: (name: String, record: FileRecord)]?
+        private var unordered: [NameKey: (name: String, record: FileRecord)]?
 
         init() {}
 
@@ -255,11 +255,12 @@ public struct SessionState: Sendable, Sequence {
                     return true
                 }
                 if appended { return true }
-                unordered = Dictionary(uniqueKeysWithValues: state.lazy.map { (Array($0.name.utf8), ($0.name, $0.record)) })
+                unordered = Dictionary(uniqueKeysWithValues: state.lazy.map { (NameKey($0.name), ($0.name, $0.record)) })
                 state = SessionState()
             }
-            guard unordered![Array(name.utf8)] == nil else { return false }
-            unordered![Array(name.utf8)] = (name, record)
+            let key = NameKey(name)
+            guard unordered![key] == nil else { return false }
+            unordered![key] = (name, record)
             return true
         }
 

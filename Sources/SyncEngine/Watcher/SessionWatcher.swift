@@ -407,13 +407,13 @@ final class WatchLoop {
     /// existed are reported) if it is a directory, unwatched with everything below it if not.
     /// Records the session as changed either way.
     private func reconcile(_ directory: WatchedDirectory, at now: ContinuousClock.Instant) {
-        var present: Set<[UInt8]> = []
+        var present: Set<NameKey> = []
         if watchTree(directory, present: &present, at: now) {
             // Watches below it of directories that are gone (a missed or pending event). One pass
             // over the watches per reconciled tree, not per directory in it: a start-up reconciles
             // every session.
             for stale in watchByDirectory.keys where stale.isWithin(directory) && stale != directory {
-                if !present.contains(Array(stale.subdirectory!.utf8)) { unwatch(stale) }
+                if !present.contains(NameKey(stale.subdirectory!)) { unwatch(stale) }
             }
         } else if let subdirectory = directory.subdirectory {
             unwatchTree(directory)
@@ -431,7 +431,7 @@ final class WatchLoop {
     /// (listed after each watch is in place, so that nothing falls between the two); the paths
     /// of the subdirectories found go into `present`. False when `directory` is not a directory
     /// (any more).
-    private func watchTree(_ directory: WatchedDirectory, present: inout Set<[UInt8]>, at now: ContinuousClock.Instant) -> Bool {
+    private func watchTree(_ directory: WatchedDirectory, present: inout Set<NameKey>, at now: ContinuousClock.Instant) -> Bool {
         guard watch(directory) else { return false }
         if directory.subdirectory == nil { knownSessions.insert(directory.session) }
         var paths: [String] = []
@@ -441,7 +441,7 @@ final class WatchLoop {
                 paths.append(directory.path(of: entry.name))
             case .directory:
                 let child = directory.child(entry.name)
-                if watchTree(child, present: &present, at: now) { present.insert(Array(child.subdirectory!.utf8)) }
+                if watchTree(child, present: &present, at: now) { present.insert(NameKey(child.subdirectory!)) }
             case .other:
                 continue
             }
