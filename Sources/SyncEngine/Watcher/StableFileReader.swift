@@ -105,9 +105,11 @@ public struct StableFileReader: Sendable {
         return .stable(StableFile(bytes: bytes, state: state, isDatabase: isDatabase))
     }
 
-    /// Whether `bytes` are one complete JSON value (a top-level scalar is allowed, trailing bytes are not).
+    /// Whether `bytes` are one complete JSON value (a top-level scalar is allowed, trailing bytes
+    /// are not), as `JSONDecoder` decides: `JSONSyntax` accepts the usual file without it.
     static func isValidJSON(_ bytes: [UInt8]) -> Bool {
         guard !bytes.isEmpty else { return false }
+        if bytes.withUnsafeBytes(JSONSyntax.isValid) { return true }
         return (try? JSONDecoder().decode(AnyJSONValue.self, from: Data(bytes))) != nil
     }
 
