@@ -187,8 +187,6 @@ public struct SessionHead: Codable, Sendable, Equatable {
         }
     }
 
-    package func encoded() throws -> [UInt8] { try StoredJSON.encode(self) }
-
     package static func decode(_ bytes: [UInt8]) throws -> SessionHead {
         let head = try StoredJSON.decode(SessionHead.self, from: bytes, formatVersions: readableFormatVersions, what: "the head")
         guard head.formatVersion < 3 || head.session != nil else { throw SnapshotError.corrupt("the head has no session") }

@@ -4,9 +4,9 @@ import SessionCrypto
 import SystemSupport
 
 /// The manifest as JSON Lines (FORMAT.md): a header, then one line per file in name order, then
-/// one line per deleted name. The header is written by JSONEncoder and read by JSONDecoder; the
-/// file and deleted lines by `ManifestLine`, which leaves to JSONDecoder any line not in the form
-/// it writes.
+/// one line per deleted name. Written by `StoredJSONWriter`, in JSONEncoder's bytes. The header is
+/// read by JSONDecoder; the file and deleted lines by `ManifestLine`, which leaves to JSONDecoder
+/// any line not in the form it writes.
 ///
 /// JSONEncoder and JSONDecoder build a whole document as a tree first: a manifest of 100,000
 /// files as one document cost about 130 MB to write and 150 MB to read. A line at a time, neither
@@ -20,6 +20,8 @@ enum ManifestJSON {
     static let chunkSize = 64 << 10
 
     /// The first line. `fileCount` file lines follow it, then `deletedCount` deleted lines.
+    /// Read by JSONDecoder; written by `writeHeader`, whose bytes the tests compare with what
+    /// JSONEncoder makes of this type.
     struct Header: Codable {
         var formatVersion: Int
         var session: String
@@ -49,31 +51,59 @@ enum ManifestJSON {
     /// Writes `manifest` to `output` in chunks of about `chunkSize` bytes. Both writers escape
     /// control characters in strings and add no whitespace, so a line holds no raw newline.
     static func write(_ manifest: SnapshotManifest, to output: (UnsafeRawBufferPointer) throws -> Void) throws {
-        var chunk: [UInt8] = []
-        chunk.reserveCapacity(chunkSize + maxLineLength)
+        var json = StoredJSONWriter(reservingCapacity: chunkSize + maxLineLength)
         func endLine() throws {
-            chunk.append(UInt8(ascii: "\n"))
-            if chunk.count >= chunkSize {
-                try chunk.withUnsafeBytes(output)
-                chunk.removeAll(keepingCapacity: true)
+            json.endLine()
+            if json.bytes.count >= chunkSize {
+                try json.bytes.withUnsafeBytes(output)
+                json.removeAll()
             }
         }
-        chunk += try StoredJSON.encoder().encode(
-            Header(
-                formatVersion: manifest.formatVersion, session: manifest.session, id: manifest.id, kind: manifest.kind,
-                parent: manifest.parent, createdAt: manifest.createdAt, fileCount: manifest.files.count,
-                deletedCount: manifest.deleted.count, stateFileCount: manifest.stateFileCount,
-                stateByteCount: manifest.stateByteCount, stateDigest: manifest.stateDigest, identity: manifest.identity))
+        writeHeader(of: manifest, to: &json)
         try endLine()
         for (name, record) in manifest.files {
-            ManifestLine.appendFile(name: name, record: record, to: &chunk)
+            ManifestLine.writeFile(name: name, record: record, to: &json)
             try endLine()
         }
         for name in manifest.deleted {
-            ManifestLine.appendDeleted(name: name, to: &chunk)
+            ManifestLine.writeDeleted(name: name, to: &json)
             try endLine()
         }
-        if !chunk.isEmpty { try chunk.withUnsafeBytes(output) }
+        if !json.bytes.isEmpty { try json.bytes.withUnsafeBytes(output) }
+    }
+
+    /// `Header`'s fields, as JSONEncoder writes them.
+    static func writeHeader(of manifest: SnapshotManifest, to json: inout StoredJSONWriter) {
+        json.object { json in
+            json.key("createdAt")
+            json.date(manifest.createdAt)
+            json.key("deletedCount")
+            json.integer(manifest.deleted.count)
+            json.key("fileCount")
+            json.integer(manifest.files.count)
+            json.key("formatVersion")
+            json.integer(manifest.formatVersion)
+            json.key("id")
+            manifest.id.write(to: &json)
+            if let identity = manifest.identity {
+                json.key("identity")
+                identity.write(to: &json)
+            }
+            json.key("kind")
+            json.string(manifest.kind.rawValue)
+            if let parent = manifest.parent {
+                json.key("parent")
+                parent.write(to: &json)
+            }
+            json.key("session")
+            json.string(manifest.session)
+            json.key("stateByteCount")
+            json.integer(manifest.stateByteCount)
+            json.key("stateDigest")
+            json.string(manifest.stateDigest)
+            json.key("stateFileCount")
+            json.integer(manifest.stateFileCount)
+        }
     }
 
     /// The size of `manifest`'s lines: a tar entry's header comes before its data.

@@ -7,42 +7,45 @@ import SystemSupport
 /// CPU of restoring 50 sessions of 1,000 files (perf); every snapshot writes its lines twice
 /// (their size for the tar header, then their bytes).
 ///
-/// The writer writes what `JSONEncoder` with sorted keys writes, byte for byte: FORMAT.md's form
-/// (`ManifestLineTests` compares the two). The reader takes that form only. On any other line
+/// The writer is `StoredJSONWriter`: what `JSONEncoder` with sorted keys writes, byte for byte,
+/// FORMAT.md's form (`ManifestLineTests` compares the two). The reader takes that form only. On any other line
 /// (keys in another order, unknown keys, whitespace, a `\u` escape, a number `JSONEncoder` would
 /// not write) it returns nil and `ManifestJSON` hands the line to `JSONDecoder`, so what is read
 /// and what is refused stay what `JSONDecoder` reads and refuses.
 enum ManifestLine {
     /// `{"contentID":…,"fingerprint":{…}?,"name":…,"size":…}`, without the newline.
-    static func appendFile(name: String, record: FileRecord, to line: inout [UInt8]) {
-        append("{\"contentID\":\"", to: &line)
-        record.contentID.appendHex(to: &line)
-        if let fingerprint = record.fingerprint {
-            append("\",\"fingerprint\":{\"device\":", to: &line)
-            DecimalDigits.append(fingerprint.device, to: &line)
-            append(",\"inode\":", to: &line)
-            DecimalDigits.append(fingerprint.inode, to: &line)
-            append(",\"mode\":", to: &line)
-            DecimalDigits.append(UInt64(fingerprint.mode), to: &line)
-            append(",\"modificationTime\":", to: &line)
-            DecimalDigits.append(fingerprint.modificationTime, to: &line)
-            append(",\"size\":", to: &line)
-            DecimalDigits.append(fingerprint.size, to: &line)
-            append("},\"name\":", to: &line)
-        } else {
-            append("\",\"name\":", to: &line)
+    static func writeFile(name: String, record: FileRecord, to json: inout StoredJSONWriter) {
+        json.object { json in
+            json.key("contentID")
+            json.contentID(record.contentID)
+            if let fingerprint = record.fingerprint {
+                json.key("fingerprint")
+                json.object { json in
+                    json.key("device")
+                    json.integer(fingerprint.device)
+                    json.key("inode")
+                    json.integer(fingerprint.inode)
+                    json.key("mode")
+                    json.integer(UInt64(fingerprint.mode))
+                    json.key("modificationTime")
+                    json.integer(fingerprint.modificationTime)
+                    json.key("size")
+                    json.integer(fingerprint.size)
+                }
+            }
+            json.key("name")
+            json.string(name)
+            json.key("size")
+            json.integer(record.size)
         }
-        appendString(name, to: &line)
-        append(",\"size\":", to: &line)
-        DecimalDigits.append(record.size, to: &line)
-        line.append(UInt8(ascii: "}"))
     }
 
     /// `{"deleted":…}`, without the newline.
-    static func appendDeleted(name: String, to line: inout [UInt8]) {
-        append("{\"deleted\":", to: &line)
-        appendString(name, to: &line)
-        line.append(UInt8(ascii: "}"))
+    static func writeDeleted(name: String, to json: inout StoredJSONWriter) {
+        json.object { json in
+            json.key("deleted")
+            json.string(name)
+        }
     }
 
     /// A file line in the writer's form, or nil for any other line.
@@ -69,38 +72,6 @@ enum ManifestLine {
         var cursor = Cursor(line)
         guard cursor.take("{\"deleted\":"), let name = cursor.string(), cursor.take("}"), cursor.atEnd else { return nil }
         return ManifestJSON.DeletedLine(deleted: name)
-    }
-
-    private static func append(_ text: StaticString, to line: inout [UInt8]) {
-        text.withUTF8Buffer { line.append(contentsOf: $0) }
-    }
-
-    /// A JSON string as `JSONEncoder` escapes it: `"`, `\` and `/` with a backslash, the control
-    /// characters with a short escape where JSON has one and `\u00xx` (lowercase) otherwise,
-    /// everything else as its UTF-8.
-    private static func appendString(_ text: String, to line: inout [UInt8]) {
-        var text = text
-        line.append(UInt8(ascii: "\""))
-        text.withUTF8 { bytes in
-            for byte in bytes {
-                switch byte {
-                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"):
-                    line.append(UInt8(ascii: "\\"))
-                    line.append(byte)
-                case 0x08: append("\\b", to: &line)
-                case 0x09: append("\\t", to: &line)
-                case 0x0a: append("\\n", to: &line)
-                case 0x0c: append("\\f", to: &line)
-                case 0x0d: append("\\r", to: &line)
-                case ..<0x20:
-                    append("\\u00", to: &line)
-                    Hex.append(CollectionOfOne(byte), to: &line)
-                default:
-                    line.append(byte)
-                }
-            }
-        }
-        line.append(UInt8(ascii: "\""))
     }
 
     /// Reads the writer's form: each call takes its piece at the cursor or returns false or nil,

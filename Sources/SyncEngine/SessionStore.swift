@@ -275,7 +275,7 @@ public struct SessionStore: Sendable {
         var head = head
         head.formatVersion = SessionHead.currentFormatVersion
         head.session = session.rawValue
-        return encrypt(try head.encoded(), key: keyring.primary, identity: place.headIdentity(session))
+        return encrypt(head.encoded(), key: keyring.primary, identity: place.headIdentity(session))
     }
 
     /// Writes the head; with a condition, it is the fencing and commit step. A writer has called

@@ -47,11 +47,11 @@ struct ManifestLineTests {
     }
 
     func ourFileLine(_ line: ManifestJSON.FileLine) -> [UInt8] {
-        var bytes: [UInt8] = []
-        ManifestLine.appendFile(
+        var json = StoredJSONWriter()
+        ManifestLine.writeFile(
             name: line.name, record: FileRecord(size: line.size, contentID: line.contentID, fingerprint: line.fingerprint),
-            to: &bytes)
-        return bytes
+            to: &json)
+        return json.bytes
     }
 
     /// Equal field by field, names by their scalars (String's == would take canonically
@@ -68,9 +68,9 @@ struct ManifestLineTests {
             let expected = Array(try encoder.encode(line))
             #expect(ourFileLine(line) == expected, "\(String(decoding: expected, as: UTF8.self))")
 
-            var deleted: [UInt8] = []
-            ManifestLine.appendDeleted(name: line.name, to: &deleted)
-            #expect(deleted == Array(try encoder.encode(ManifestJSON.DeletedLine(deleted: line.name))))
+            var deleted = StoredJSONWriter()
+            ManifestLine.writeDeleted(name: line.name, to: &deleted)
+            #expect(deleted.bytes == Array(try encoder.encode(ManifestJSON.DeletedLine(deleted: line.name))))
         }
     }
 
