@@ -27,6 +27,9 @@ final class CurlEasyHandle: @unchecked Sendable {
         return status
     }
 
+    /// curl's default receive buffer, and the smallest upload buffer it takes.
+    private static let smallBufferSize = 16 * 1024
+
     /// Sets the handle up, from its defaults, to run `transfer`, whose callbacks it calls.
     func configure(for transfer: CurlTransfer) throws(TransportError) {
         let request = transfer.request
@@ -48,8 +51,12 @@ final class CurlEasyHandle: @unchecked Sendable {
         if let bundle = request.tls.caBundlePath {
             try set(CURLOPT_CAINFO, bundle)
         }
-        try set(CURLOPT_BUFFERSIZE, 256 * 1024)
-        try set(CURLOPT_UPLOAD_BUFFERSIZE, 512 * 1024)
+        // Large buffers move large objects faster (bench/s3-client), but curl allocates them for
+        // every transfer, and in `watch` a block of 64 KiB or more is a mapping of its own
+        // (`Allocator`): mapped, faulted in and unmapped twice per small PUT (strace). So only a
+        // download or an upload large enough to use them gets them; the rest take 16 KiB.
+        try set(CURLOPT_BUFFERSIZE, request.method == "GET" ? 256 * 1024 : Self.smallBufferSize)
+        try set(CURLOPT_UPLOAD_BUFFERSIZE, request.body.length >= 512 * 1024 ? 512 * 1024 : Self.smallBufferSize)
         try set(CURLOPT_TCP_NODELAY, 1)
 
         let userdata = Unmanaged.passUnretained(transfer).toOpaque()
