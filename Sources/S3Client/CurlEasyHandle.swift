@@ -54,8 +54,10 @@ final class CurlEasyHandle: @unchecked Sendable {
         // Large buffers move large objects faster (bench/s3-client), but curl allocates them for
         // every transfer, and in `watch` a block of 64 KiB or more is a mapping of its own
         // (`Allocator`): mapped, faulted in and unmapped twice per small PUT (strace). So only a
-        // download or an upload large enough to use them gets them; the rest take 16 KiB.
-        try set(CURLOPT_BUFFERSIZE, request.method == "GET" ? 256 * 1024 : Self.smallBufferSize)
+        // download into a file (a snapshot) or an upload of 512 KiB or more gets them; requests
+        // answered in memory (heads, leases, lists) and smaller uploads take 16 KiB.
+        let downloadsToFile = if case .file = request.destination { true } else { false }
+        try set(CURLOPT_BUFFERSIZE, downloadsToFile ? 256 * 1024 : Self.smallBufferSize)
         try set(CURLOPT_UPLOAD_BUFFERSIZE, request.body.length >= 512 * 1024 ? 512 * 1024 : Self.smallBufferSize)
         try set(CURLOPT_TCP_NODELAY, 1)
 

@@ -4,14 +4,14 @@ import SystemSupport
 
 /// A manifest's file and deleted lines, written and read without Foundation's JSON coders: a
 /// restore or a claim reads one line per file of a session, and `JSONDecoder` took 15% of the
-/// CPU of restoring 50 sessions of 1,000 files (perf); every snapshot writes its lines twice
-/// (their size for the tar header, then their bytes).
+/// CPU of restoring 50 sessions of 1,000 files (perf).
 ///
 /// The writer is `StoredJSONWriter`: what `JSONEncoder` with sorted keys writes, byte for byte,
-/// FORMAT.md's form (`ManifestLineTests` compares the two). The reader takes that form only. On any other line
-/// (keys in another order, unknown keys, whitespace, a `\u` escape, a number `JSONEncoder` would
-/// not write) it returns nil and `ManifestJSON` hands the line to `JSONDecoder`, so what is read
-/// and what is refused stay what `JSONDecoder` reads and refuses.
+/// FORMAT.md's form (`ManifestLineTests` compares the two). The reader takes that form, and
+/// within it what `JSONDecoder` reads the same way (a content id in uppercase hex, a `/` not
+/// escaped). On any other line (keys in another order, unknown keys, whitespace, a `\u` escape,
+/// a number `JSONEncoder` would not write) it returns nil and `ManifestJSON` hands the line to
+/// `JSONDecoder`, so what is read and what is refused stay what `JSONDecoder` reads and refuses.
 enum ManifestLine {
     /// `{"contentID":…,"fingerprint":{…}?,"name":…,"size":…}`, without the newline.
     static func writeFile(name: String, record: FileRecord, to json: inout StoredJSONWriter) {

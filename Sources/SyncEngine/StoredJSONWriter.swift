@@ -6,8 +6,9 @@ import SystemSupport
 /// Writes JSON as `StoredJSON.encoder()` writes it, byte for byte, without Foundation's encoder:
 /// every upload writes a manifest (a header, a line per file) and a head, and `JSONEncoder` was
 /// 6–8% of the sidecar's CPU for them (perf, bench/sidecar) after the manifest's file lines
-/// stopped using it. The caller writes an object's keys in sorted order, as `.sortedKeys` does;
-/// `StoredJSONWriterTests` compares every document written this way with `JSONEncoder`'s.
+/// stopped using it. The caller writes an object's keys in sorted order, as `.sortedKeys` does
+/// (by their UTF-8 bytes); `StoredJSONWriterTests` and `ManifestLineTests` compare every kind of
+/// document written this way with `JSONEncoder`'s, and check that each writes every field.
 ///
 /// The form: no whitespace; in strings `"`, `\` and `/` escaped with a backslash, the control
 /// characters with JSON's short escapes where there is one and `\u00xx` (lowercase) otherwise,
@@ -94,11 +95,20 @@ struct StoredJSONWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    /// `2025-11-20T10:16:02Z`: the second the date falls in (a fraction is dropped, before 1970 too).
+    /// `2025-11-20T10:16:02Z`: the second the date falls in, as Foundation takes it (the seconds
+    /// since 2001 rounded down: the seconds since 1970 as a Double can round a fraction just
+    /// below a second up to the next). Outside years 1583 to 9999 (Foundation's calendar is
+    /// Julian before 1583; a later year has more digits), `JSONEncoder` writes the date itself.
     mutating func date(_ date: Date) {
-        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
         var parts = tm()
-        gmtime_r(&seconds, &parts)
+        guard let sinceReference = time_t(exactly: date.timeIntervalSinceReferenceDate.rounded(.down)),
+              case var seconds = sinceReference &+ 978_307_200, gmtime_r(&seconds, &parts) != nil,
+              (1583 - 1900...9999 - 1900).contains(parts.tm_year)
+        else {
+            // JSONEncoder writes any date; were it to fail, "" is a date no reader takes.
+            bytes += (try? StoredJSON.encoder().encode(date)).map { Array($0) } ?? Array("\"\"".utf8)
+            return
+        }
         bytes.append(UInt8(ascii: "\""))
         digits(Int(parts.tm_year) + 1900, count: 4)
         bytes.append(UInt8(ascii: "-"))

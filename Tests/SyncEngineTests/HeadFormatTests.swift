@@ -27,7 +27,7 @@ struct HeadFormatTests {
         head.session = "4915112345678"
         let format = try String(contentsOfFile: Fixtures.path("../FORMAT.md"), encoding: .utf8)
         let example = try #require(format.firstMatch(of: /`(\{"formatVersion":4,"generation"[^`]*)`/)?.output.1)
-        #expect(String(decoding: try head.encoded(), as: UTF8.self) == example)
+        #expect(String(decoding: head.encoded(), as: UTF8.self) == example)
     }
 
     /// A claim writes the head before the session's first snapshot: no `latest`, `latestKind`

@@ -105,7 +105,7 @@ struct KeyedNamesTests {
             var head = try #require(try await sessionStore.head(session)).head
             (head.formatVersion, head.session) = (2, nil)
             let identity = ObjectIdentity(sessionID: session.rawValue, objectName: "head")
-            try await store.put(plain.headKey, body: .bytes(encrypt(try head.encoded(), key: sessionStore.keyring.primary, identity: identity)), condition: nil)
+            try await store.put(plain.headKey, body: .bytes(encrypt(head.encoded(), key: sessionStore.keyring.primary, identity: identity)), condition: nil)
             let keys = try await store.list(prefix: keyed.prefix).map(\.key)
             for key in keys where key != keyed.headKey {
                 let bytes = try #require(try await store.get(key, maxSize: 1 << 30)).bytes

@@ -83,11 +83,16 @@ struct ManifestLineTests {
             // A name with a control character JSON has no short escape for is written `\u00xx`,
             // which the reader leaves to JSONDecoder.
             let leftToJSONDecoder = line.name.unicodeScalars.contains { $0.value < 0x20 && ![8, 9, 10, 12, 13].contains($0.value) }
+            var deleted = StoredJSONWriter()
+            ManifestLine.writeDeleted(name: line.name, to: &deleted)
+            let parsedDeleted = deleted.bytes.withUnsafeBytes(ManifestLine.parseDeleted)
             if leftToJSONDecoder {
                 #expect(parsed == nil)
+                #expect(parsedDeleted == nil)
             } else {
                 let parsed = try #require(parsed, "\(String(decoding: bytes, as: UTF8.self))")
                 #expect(same(parsed, line))
+                #expect(parsedDeleted.map { Array($0.deleted.unicodeScalars) } == Array(line.name.unicodeScalars))
             }
         }
     }
@@ -101,8 +106,15 @@ struct ManifestLineTests {
             "A", "\u{1}", "\"x\":1,",
         ].map { Array($0.utf8) }
         var taken = 0
-        for _ in 0..<20_000 {
-            var bytes = ourFileLine(Self.fileLine(&random))
+        var takenDeleted = 0
+        for round in 0..<20_000 {
+            let line = Self.fileLine(&random)
+            var bytes = ourFileLine(line)
+            if round % 2 == 1 {
+                var deleted = StoredJSONWriter()
+                ManifestLine.writeDeleted(name: line.name, to: &deleted)
+                bytes = deleted.bytes
+            }
             for _ in 0..<Int.random(in: 1...3, using: &random) {
                 let at = Int.random(in: 0...bytes.count, using: &random)
                 switch Int.random(in: 0..<4, using: &random) {
@@ -112,13 +124,22 @@ struct ManifestLineTests {
                 default: bytes.insert(contentsOf: pieces.randomElement(using: &random)!, at: at)
                 }
             }
-            guard let parsed = bytes.withUnsafeBytes(ManifestLine.parseFile) else { continue }
-            taken += 1
-            let decoded = try? decoder.decode(ManifestJSON.FileLine.self, from: Data(bytes))
-            #expect(decoded.map { same($0, parsed) } == true, "\(String(decoding: bytes, as: UTF8.self))")
+            if let parsed = bytes.withUnsafeBytes(ManifestLine.parseFile) {
+                taken += 1
+                let decoded = try? decoder.decode(ManifestJSON.FileLine.self, from: Data(bytes))
+                #expect(decoded.map { same($0, parsed) } == true, "\(String(decoding: bytes, as: UTF8.self))")
+            }
+            if let parsed = bytes.withUnsafeBytes(ManifestLine.parseDeleted) {
+                takenDeleted += 1
+                let decoded = try? decoder.decode(ManifestJSON.DeletedLine.self, from: Data(bytes))
+                #expect(
+                    decoded.map { Array($0.deleted.unicodeScalars) == Array(parsed.deleted.unicodeScalars) } == true,
+                    "\(String(decoding: bytes, as: UTF8.self))")
+            }
         }
         // Enough of the changed lines were still taken for the comparison to mean something.
-        #expect(taken > 300)
+        #expect(taken > 150)
+        #expect(takenDeleted > 150)
 
         for text in [
             #"{"deleted":"a\/b"}"#, #"{"deleted":"a/b"}"#, #"{"deleted":"\""}"#, #"{"deleted":""}"#, #"{"deleted":"a" }"#,

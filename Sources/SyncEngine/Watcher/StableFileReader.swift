@@ -113,8 +113,11 @@ public struct StableFileReader: Sendable {
         return (try? JSONDecoder().decode(AnyJSONValue.self, from: Data(bytes))) != nil
     }
 
-    /// Decodes from any JSON value, keeping nothing: JSONDecoder scans and checks the whole
-    /// document (syntax, escapes, trailing bytes) before it asks the type for anything.
+    /// Decodes from any JSON value, keeping nothing: JSONDecoder scans the whole document's
+    /// structure (brackets, separators, trailing bytes) before it asks the type for anything; it
+    /// checks a string's escapes and a number's form only when it decodes them, which this never
+    /// asks. A torn file ends inside the structure and is refused. `JSONSyntax`, asked first,
+    /// checks strings and numbers too, so it accepts a part of what this accepts.
     private struct AnyJSONValue: Decodable {
         init(from decoder: any Decoder) throws {}
     }
