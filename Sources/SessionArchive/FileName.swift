@@ -21,6 +21,14 @@ public enum FileName {
 
     /// The name for the raw bytes of a directory entry (or a path).
     public static func decode(_ bytes: some Collection<UInt8>) -> String {
+        // Callers are in other modules, so this runs unspecialized: scanning the bytes here went
+        // through the collection's witnesses a byte at a time (15% of a restart's CPU on a
+        // session of 100,000 files, perf). Contiguous bytes (every caller's) are read directly.
+        bytes.withContiguousStorageIfAvailable { decode(contiguous: UnsafeRawBufferPointer($0)) }
+            ?? Array(bytes).withUnsafeBytes { decode(contiguous: $0) }
+    }
+
+    private static func decode(contiguous bytes: UnsafeRawBufferPointer) -> String {
         // Fast path: valid UTF-8 without the lead byte 0xF4 (which every escape scalar's
         // UTF-8 starts with) is its own name.
         if !bytes.contains(0xF4), let name = String(validating: bytes, as: UTF8.self) { return name }
