@@ -4,7 +4,11 @@ extension Sequence<UInt8> {
     public var lowercaseHex: String {
         var text: [UInt8] = []
         text.reserveCapacity(underestimatedCount * 2)
-        Hex.append(self, to: &text)
+        // Callers in other modules run this unspecialized: contiguous bytes (arrays, buffers)
+        // are read directly rather than through the sequence's witnesses a byte at a time.
+        if withContiguousStorageIfAvailable({ Hex.append(UnsafeRawBufferPointer($0), to: &text) }) == nil {
+            Hex.append(self, to: &text)
+        }
         return String(decoding: text, as: UTF8.self)
     }
 }
