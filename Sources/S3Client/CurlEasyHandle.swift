@@ -156,7 +156,7 @@ private let writeCallback: sa_curl_data_callback = { buffer, size, count, userda
 private let headerCallback: sa_curl_data_callback = { buffer, size, count, userdata in
     let length = size * count
     let bytes = UnsafeRawBufferPointer(start: buffer, count: length)
-    transfer(from: userdata).headerLine(String(decoding: bytes, as: UTF8.self))
+    transfer(from: userdata).headerLine(bytes)
     return length
 }
 
