@@ -94,19 +94,53 @@ public struct CanonicalHeaders: Sendable, Equatable {
     public let signedHeaders: String
 
     public init(_ headers: [(name: String, value: String)]) {
-        let byName = Dictionary(grouping: headers.map { (name: $0.name.lowercased(), value: Self.trimAll($0.value)) }) {
-            $0.name
+        // A stable sort keeps repeated names in their order; every request is signed, so this
+        // builds the two strings in one pass over bytes rather than through a dictionary of
+        // arrays of Strings (about 90,000 instructions a request, callgrind).
+        let sorted = headers.map { (name: Self.lowercased($0.name), value: $0.value) }.enumerated()
+            .sorted { ($0.element.name, $0.offset) < ($1.element.name, $1.offset) }.map(\.element)
+        var canonical: [UInt8] = []
+        var signed: [UInt8] = []
+        for (index, header) in sorted.enumerated() {
+            let continuesName = index > 0 && sorted[index - 1].name == header.name
+            if continuesName {
+                canonical.removeLast()  // the previous value's newline
+                canonical.append(UInt8(ascii: ","))
+            } else {
+                if !signed.isEmpty { signed.append(UInt8(ascii: ";")) }
+                signed.append(contentsOf: header.name.utf8)
+                canonical.append(contentsOf: header.name.utf8)
+                canonical.append(UInt8(ascii: ":"))
+            }
+            Self.appendTrimmingAll(header.value, to: &canonical)
+            canonical.append(UInt8(ascii: "\n"))
         }
-        let names = byName.keys.sorted()
-        canonicalHeaders = names.map { name in
-            let values = byName[name, default: []].map(\.value)
-            return "\(name):\(values.joined(separator: ","))\n"
-        }.joined()
-        signedHeaders = names.joined(separator: ";")
+        canonicalHeaders = String(decoding: canonical, as: UTF8.self)
+        signedHeaders = String(decoding: signed, as: UTF8.self)
     }
 
-    private static func trimAll(_ value: String) -> String {
-        value.split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ")
+    /// ASCII names (HTTP's) lowercased; any other name as `lowercased()` has it.
+    private static func lowercased(_ name: String) -> String {
+        guard name.utf8.contains(where: { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) || $0 >= 0x80 }) else {
+            return name
+        }
+        return name.lowercased()
+    }
+
+    /// The value without leading and trailing spaces and tabs, each inner run of them one space.
+    private static func appendTrimmingAll(_ value: String, to bytes: inout [UInt8]) {
+        var pendingSpace = false
+        var wroteAny = false
+        for byte in value.utf8 {
+            if byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
+                pendingSpace = wroteAny
+                continue
+            }
+            if pendingSpace { bytes.append(UInt8(ascii: " ")) }
+            pendingSpace = false
+            wroteAny = true
+            bytes.append(byte)
+        }
     }
 }
 
