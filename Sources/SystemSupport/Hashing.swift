@@ -88,9 +88,9 @@ public final class StreamingDigest {
 
 public enum SHA256 {
     public static func hash(_ bytes: some Collection<UInt8>) -> [UInt8] {
-        let digest = StreamingDigest(.sha256)
-        digest.update(bytes)
-        return digest.finalize()
+        var digest = [UInt8](repeating: 0, count: DigestAlgorithm.sha256.length)
+        withContiguousBytes(of: bytes) { bytes in digest.withUnsafeMutableBytes { hash(bytes, into: $0) } }
+        return digest
     }
 
     /// The SHA-256 of one short message into `digest` (32 bytes), without a digest context's
@@ -105,10 +105,13 @@ public enum SHA256 {
 }
 
 public enum MD5 {
+    /// One message without a digest context's setup, as `SHA256.hash(_:into:)`.
     public static func hash(_ bytes: some Collection<UInt8>) -> [UInt8] {
-        let digest = StreamingDigest(.md5)
-        digest.update(bytes)
-        return digest.finalize()
+        var digest = [UInt8](repeating: 0, count: DigestAlgorithm.md5.length)
+        withContiguousBytes(of: bytes) { bytes in
+            digest.withUnsafeMutableBufferPointer { sync_agent_md5(bytes.baseAddress!, bytes.count, $0.baseAddress!) }
+        }
+        return digest
     }
 }
 
