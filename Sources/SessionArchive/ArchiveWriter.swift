@@ -35,15 +35,19 @@ public final class ArchiveWriter {
     public static let workerThreadThreshold: Int64 = 32 << 20
 
     /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest). `expectedFileBytes`:
-    /// roughly how much file data the archive will hold; it only picks the compression mode.
-    /// The output is one zstd frame either way, which any zstd decoder reads.
-    public init(sink: ByteSink, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws {
+    /// roughly how much file data the archive will hold (0: unknown); it sizes zstd's tables
+    /// and, where `workerThreadAllowed`, picks the compression mode. The output is one zstd
+    /// frame either way, which any zstd decoder reads.
+    public init(
+        sink: ByteSink, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0, workerThreadAllowed: Bool = true
+    ) throws {
         guard (1...22).contains(compressionLevel) else {
             throw ArchiveError(.invalidCompressionLevel(compressionLevel))
         }
         // Before libarchive's handles, which nothing would free if this threw.
         compression = try ZstdCompressingSink(
-            level: compressionLevel, workerThread: expectedFileBytes >= Self.workerThreadThreshold, downstream: sink)
+            level: compressionLevel, workerThread: workerThreadAllowed && expectedFileBytes >= Self.workerThreadThreshold,
+            sizeHint: expectedFileBytes, downstream: sink)
         guard let archive = archive_write_new(), let entry = archive_entry_new2(archive) else {
             fatalError("libarchive: out of memory")
         }

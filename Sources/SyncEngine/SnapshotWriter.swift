@@ -96,14 +96,19 @@ struct SnapshotWriter: Sendable {
             }
             candidates = scanned
         }
-        let expectedFileBytes =
-            largeBasesOnWorkerThread && kind == .base ? candidates.reduce(0) { $0 + ($1.fingerprint?.size ?? 0) } : 0
+        // What the files come to, for zstd's tables (a reported path's size from a stat of its
+        // own: a delta holds a few).
+        let expectedFileBytes = candidates.reduce(Int64(0)) { sum, candidate in
+            let state = candidate.fingerprint ?? SessionFiles.fileState(directory + "/" + candidate.name)
+            return sum + (state?.size ?? 0)
+        }
         var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
         func archiveWriter() throws -> ArchiveWriter {
             if let archive { return archive.writer }
             let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
             let writer = try ArchiveWriter(
-                sink: encryption, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)
+                sink: encryption, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes,
+                workerThreadAllowed: largeBasesOnWorkerThread && kind == .base)
             archive = (writer, encryption)
             return writer
         }

@@ -158,7 +158,8 @@ struct ArchiveRoundTripTests {
         let fresh = try archive()
         for _ in 1...3 {
             do {
-                let abandoned = try ArchiveWriter(sink: BufferSink())
+                // With a size hint of its own, which the next frame must not inherit.
+                let abandoned = try ArchiveWriter(sink: BufferSink(), expectedFileBytes: 2_000, workerThreadAllowed: false)
                 try abandoned.addFile(relativePath: "creds.json", contents: randomBytes(300_000, seed: 1), modificationTime: 0)
             }
             _ = try archive(level: 9)
