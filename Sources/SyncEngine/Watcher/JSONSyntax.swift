@@ -45,50 +45,38 @@ enum JSONSyntax {
         }
 
         private mutating func object(depth: Int) -> Bool {
-            guard depth <= JSONSyntax.maxDepth else { return false }
-            index += 1
-            skipWhitespace()
-            if current == UInt8(ascii: "}") {
-                index += 1
-                return true
-            }
-            while true {
-                guard current == UInt8(ascii: "\""), string() else { return false }
-                skipWhitespace()
-                guard current == UInt8(ascii: ":") else { return false }
-                index += 1
-                skipWhitespace()
-                guard value(depth: depth) else { return false }
-                skipWhitespace()
-                switch current {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipWhitespace()
-                case UInt8(ascii: "}"):
-                    index += 1
-                    return true
-                default:
-                    return false
-                }
+            container(depth: depth, closedBy: UInt8(ascii: "}")) { scanner in
+                guard scanner.current == UInt8(ascii: "\""), scanner.string() else { return false }
+                scanner.skipWhitespace()
+                guard scanner.current == UInt8(ascii: ":") else { return false }
+                scanner.index += 1
+                scanner.skipWhitespace()
+                return scanner.value(depth: depth)
             }
         }
 
         private mutating func array(depth: Int) -> Bool {
+            container(depth: depth, closedBy: UInt8(ascii: "]")) { $0.value(depth: depth) }
+        }
+
+        /// An object or an array from its opening bracket: members read by `member`, separated
+        /// by commas, until `closing`.
+        private mutating func container(depth: Int, closedBy closing: UInt8, member: (inout Scanner) -> Bool) -> Bool {
             guard depth <= JSONSyntax.maxDepth else { return false }
             index += 1
             skipWhitespace()
-            if current == UInt8(ascii: "]") {
+            if current == closing {
                 index += 1
                 return true
             }
             while true {
-                guard value(depth: depth) else { return false }
+                guard member(&self) else { return false }
                 skipWhitespace()
                 switch current {
                 case UInt8(ascii: ","):
                     index += 1
                     skipWhitespace()
-                case UInt8(ascii: "]"):
+                case closing:
                     index += 1
                     return true
                 default:
