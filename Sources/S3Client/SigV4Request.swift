@@ -107,7 +107,7 @@ public struct CanonicalHeaders: Sendable, Equatable {
                 canonical.removeLast()  // the previous value's newline
                 canonical.append(UInt8(ascii: ","))
             } else {
-                if !signed.isEmpty { signed.append(UInt8(ascii: ";")) }
+                if index > 0 { signed.append(UInt8(ascii: ";")) }
                 signed.append(contentsOf: header.name.utf8)
                 canonical.append(contentsOf: header.name.utf8)
                 canonical.append(UInt8(ascii: ":"))

@@ -291,8 +291,9 @@ struct SigV4Timestamp {
         gmtime_r(&seconds, &utc)
         var text: [UInt8] = []
         text.reserveCapacity(16)
-        // At least `width` digits, zero-padded.
+        // At least `width` digits, zero-padded (a year before 1 is written as 0000: no clock says it).
         func digits(_ value: Int32, _ width: Int32) {
+            let value = max(value, 0)
             var divisor: Int32 = 1
             var places: Int32 = 1
             while places < width || value / divisor >= 10 {

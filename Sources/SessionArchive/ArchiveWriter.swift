@@ -7,8 +7,8 @@ import SystemSupport
 ///
 /// Entries carry no owner, group or host permissions: files are stored as 0600 and directories as
 /// 0700 with uid/gid 0 and empty user/group names, so an archive reveals nothing about the host and
-/// the same files and times always give the same bytes. The caller chooses the entry order (sorted,
-/// for reproducibility).
+/// the same files and times, with the same expected size, always give the same bytes. The caller
+/// chooses the entry order (sorted, for reproducibility).
 public final class ArchiveWriter {
     /// Whether the archive can hold an entry at `relativePath` (the reader's path rules: at most
     /// 1,024 bytes, components of 1 to 255). A caller that would rather leave one file out than
@@ -34,20 +34,20 @@ public final class ArchiveWriter {
     /// which holds many sessions, does not ask for it; a one-shot `backup` does).
     public static let workerThreadThreshold: Int64 = 32 << 20
 
-    /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest). `expectedFileBytes`:
-    /// roughly how much file data the archive will hold (0: unknown); it sizes zstd's tables
-    /// and, where `workerThreadAllowed`, picks the compression mode. The output is one zstd
-    /// frame either way, which any zstd decoder reads.
+    /// `compressionLevel` is a zstd level, 1 (fastest) to 22 (smallest). `expectedSize`: roughly
+    /// how many bytes the tar will be (0: unknown); it sizes zstd's window and tables and, where
+    /// `workerThreadAllowed`, picks the compression mode. The output is one zstd frame either
+    /// way, which any zstd decoder reads.
     public init(
-        sink: ByteSink, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0, workerThreadAllowed: Bool = true
+        sink: ByteSink, compressionLevel: Int = 3, expectedSize: Int64 = 0, workerThreadAllowed: Bool = false
     ) throws {
         guard (1...22).contains(compressionLevel) else {
             throw ArchiveError(.invalidCompressionLevel(compressionLevel))
         }
         // Before libarchive's handles, which nothing would free if this threw.
         compression = try ZstdCompressingSink(
-            level: compressionLevel, workerThread: workerThreadAllowed && expectedFileBytes >= Self.workerThreadThreshold,
-            sizeHint: expectedFileBytes, downstream: sink)
+            level: compressionLevel, workerThread: workerThreadAllowed && expectedSize >= Self.workerThreadThreshold,
+            sizeHint: expectedSize, downstream: sink)
         guard let archive = archive_write_new(), let entry = archive_entry_new2(archive) else {
             fatalError("libarchive: out of memory")
         }

@@ -12,10 +12,11 @@ import SystemSupport
 /// context starts its next frame without clearing its tables.
 ///
 /// Each frame is told roughly how large its input will be (`sizeHint`, zstd's source size
-/// hint, which the frame does not record), so zstd sizes its tables to it: at level 3 without
-/// a hint they are about 768 KiB, and each byte of a delta of a few KiB hashed into them at
-/// random, cold in the cache (perf: zstd was 8% of the sidecar's CPU for 75,000 instructions
-/// an upload, callgrind).
+/// hint), so zstd sizes its tables and window to it: at level 3 without a hint the tables are
+/// about 768 KiB, and each byte of a delta of a few KiB was hashed into them at random, cold in
+/// the cache (perf: zstd was 8% of the sidecar's CPU for 75,000 instructions an upload,
+/// callgrind). The frame records the smaller window in its header (never more than FORMAT.md's
+/// 8 MiB), not a content size.
 final class ZstdCompressingSink: ByteSink {
     private let context: ZstdContext
     private let downstream: ByteSink
@@ -26,7 +27,7 @@ final class ZstdCompressingSink: ByteSink {
     init(level: Int, workerThread: Bool, sizeHint: Int64, downstream: ByteSink) throws {
         context = try workerThread ? ZstdContext(level: level, workerThreads: 1) : ZstdContext.pool.take(level: level)
         self.downstream = downstream
-        try context.setSizeHint(sizeHint)
+        context.setSizeHint(sizeHint)
     }
 
     deinit {
@@ -98,10 +99,10 @@ final class ZstdContext: @unchecked Sendable {
         return remaining
     }
 
-    /// zstd's source size hint for the next frame (0: none); it chooses the tables' sizes, not
-    /// what the frame says.
-    func setSizeHint(_ bytes: Int64) throws {
-        try check(ZSTD_CCtx_setParameter(handle, sync_agent_zstd_srcSizeHint, Int32(clamping: bytes)))
+    /// zstd's source size hint for the next frame (0: none), set for every frame so none inherits
+    /// another's. Only a hint: a libzstd that refuses it compresses with its defaults.
+    func setSizeHint(_ bytes: Int64) {
+        _ = ZSTD_CCtx_setParameter(handle, sync_agent_zstd_srcSizeHint, Int32(clamping: bytes))
     }
 
     /// Drops whatever frame was under way; the parameters stay.

@@ -50,7 +50,8 @@ struct ArchivePack: ParsableCommand {
         // As for a base `backup` writes, the sizes come from a scan before the first file is
         // read, and a large archive compresses on zstd's worker thread.
         let tree = try DirectoryTree(root: directory)
-        let writer = try ArchiveWriter(sink: encryption, compressionLevel: level, expectedFileBytes: tree.fileBytes)
+        let writer = try ArchiveWriter(
+            sink: encryption, compressionLevel: level, expectedSize: tree.fileBytes, workerThreadAllowed: true)
         for directory in tree.directories {
             let parent = try FileDescriptor.opening(directory.path, flags: O_RDONLY | O_DIRECTORY)
             for entry in directory.entries {

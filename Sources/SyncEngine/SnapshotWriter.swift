@@ -96,18 +96,21 @@ struct SnapshotWriter: Sendable {
             }
             candidates = scanned
         }
-        // What the files come to, for zstd's tables (a reported path's size from a stat of its
-        // own: a delta holds a few).
-        let expectedFileBytes = candidates.reduce(Int64(0)) { sum, candidate in
-            let state = candidate.fingerprint ?? SessionFiles.fileState(directory + "/" + candidate.name)
-            return sum + (state?.size ?? 0)
+        // About what the tar will be, for zstd's window and tables: each file (a reported path's
+        // size from a stat of its own: a delta holds a few; a database's page is no file to stat),
+        // a 512-byte header and half a block of padding each, a manifest line of about 150 bytes
+        // each, the end marker.
+        let expectedSize = candidates.reduce(Int64(1024)) { sum, candidate in
+            let state = SQLitePages.page(candidate.name) != nil
+                ? nil : candidate.fingerprint ?? SessionFiles.fileState(directory + "/" + candidate.name)
+            return sum + (state?.size ?? 0) + 512 + 256 + 150
         }
         var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
         func archiveWriter() throws -> ArchiveWriter {
             if let archive { return archive.writer }
             let encryption = EncryptingSink(key: keyring.primary, identity: identity, downstream: try openSink())
             let writer = try ArchiveWriter(
-                sink: encryption, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes,
+                sink: encryption, compressionLevel: compressionLevel, expectedSize: expectedSize,
                 workerThreadAllowed: largeBasesOnWorkerThread && kind == .base)
             archive = (writer, encryption)
             return writer

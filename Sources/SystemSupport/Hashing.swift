@@ -108,6 +108,7 @@ public enum MD5 {
     /// One message without a digest context's setup, as `SHA256.hash(_:into:)`.
     public static func hash(_ bytes: some Collection<UInt8>) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: DigestAlgorithm.md5.length)
+        // `withContiguousBytes` gives empty input a base address too.
         withContiguousBytes(of: bytes) { bytes in
             digest.withUnsafeMutableBufferPointer { sync_agent_md5(bytes.baseAddress!, bytes.count, $0.baseAddress!) }
         }

@@ -9,13 +9,21 @@ struct HashingTests {
         #expect(SHA256.hash("abc".utf8).lowercaseHex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 
-    /// The short-message form (a state digest's line hashes) is the same SHA-256, empty input included.
-    @Test func sha256OfAShortMessageIsTheStreamingOnes() {
+    /// The one-shot forms (a state digest's line hashes, a request's canonical request and body)
+    /// are the same SHA-256 and MD5 as a streaming digest's, empty input and block edges included.
+    @Test func oneShotDigestsAreTheStreamingOnes() {
         for length in [0, 1, 55, 56, 63, 64, 65, 200] {
             let message = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let sha256 = StreamingDigest(.sha256)
+            sha256.update(message)
+            let expected = sha256.finalize()
             var digest = [UInt8](repeating: 0, count: 32)
             message.withUnsafeBytes { message in digest.withUnsafeMutableBytes { SHA256.hash(message, into: $0) } }
-            #expect(digest == SHA256.hash(message), "\(length) bytes")
+            #expect(digest == expected, "\(length) bytes")
+            #expect(SHA256.hash(message) == expected, "\(length) bytes")
+            let md5 = StreamingDigest(.md5)
+            md5.update(message)
+            #expect(MD5.hash(message) == md5.finalize(), "\(length) bytes")
         }
     }
 

@@ -12,6 +12,19 @@ struct SigV4SignerTests {
     /// 2013-05-24T00:00:00Z
     private let date = Date(timeIntervalSince1970: 1_369_353_600)
 
+    /// A signer keeps the day's signing key: signing on the next day, the key is that day's,
+    /// as a new signer's (and back again).
+    @Test func aSignerUsedOverSeveralDaysSignsAsANewOneEachDay() {
+        let request = SigV4Request(method: "GET", host: "example.amazonaws.com", path: "/k")
+        let signer = SigV4Signer(credentials: credentials, region: "us-east-1")
+        for date in [date, date + 86_400, date + 86_400 + 3_600, date] {
+            let fresh = SigV4Signer(credentials: credentials, region: "us-east-1")
+            #expect(
+                signer.signHeaders(request, payload: .empty, date: date).calculation
+                    == fresh.signHeaders(request, payload: .empty, date: date).calculation)
+        }
+    }
+
     // MARK: - URI encoding
 
     @Test func unreservedCharactersStayAsTheyAre() {

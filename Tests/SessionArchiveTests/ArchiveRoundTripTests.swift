@@ -31,7 +31,7 @@ struct ArchiveRoundTripTests {
         let temporary = try TemporaryDirectory()
         let root = temporary.path
         let session = Fixtures.session("medium")
-        let archive = try archiveBytes(of: session, expectedFileBytes: ArchiveWriter.workerThreadThreshold)
+        let archive = try archiveBytes(of: session, expectedSize: ArchiveWriter.workerThreadThreshold)
         try unpack(BufferSource(archive), replacing: root + "/target")
         #expect(try TreeSnapshot(root + "/target") == #require(try TreeSnapshot(session)).normalized)
     }
@@ -159,9 +159,11 @@ struct ArchiveRoundTripTests {
         for _ in 1...3 {
             do {
                 // With a size hint of its own, which the next frame must not inherit.
-                let abandoned = try ArchiveWriter(sink: BufferSink(), expectedFileBytes: 2_000, workerThreadAllowed: false)
+                let abandoned = try ArchiveWriter(sink: BufferSink(), expectedSize: 2_000)
                 try abandoned.addFile(relativePath: "creds.json", contents: randomBytes(300_000, seed: 1), modificationTime: 0)
             }
+            // The same level-3 context, reused at once.
+            #expect(try archive() == fresh)
             _ = try archive(level: 9)
             let large = try ArchiveWriter(sink: BufferSink())
             try large.addFile(relativePath: "big", contents: randomBytes(ZstdContext.Pool.largestKeptFrame + 1, seed: 2), modificationTime: 0)

@@ -60,9 +60,10 @@ struct TreeSnapshot: Equatable, CustomStringConvertible {
 }
 
 /// Archives a directory tree in sorted order the way the sync engine does: file contents streamed
-/// from open descriptors. `expectedFileBytes` picks the compression mode (ArchiveWriter).
-func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws {
-    let writer = try ArchiveWriter(sink: sink, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)
+/// from open descriptors. `expectedSize` picks the compression mode (ArchiveWriter).
+func archiveDirectory(_ directory: String, to sink: ByteSink, compressionLevel: Int = 3, expectedSize: Int64 = 0) throws {
+    let writer = try ArchiveWriter(
+        sink: sink, compressionLevel: compressionLevel, expectedSize: expectedSize, workerThreadAllowed: true)
     let paths = try FileManager.default.subpathsOfDirectory(atPath: directory).sorted()
     for relativePath in paths {
         let path = directory + "/" + relativePath
@@ -94,9 +95,9 @@ func unpack(_ source: ByteSource, replacing target: String, limits: ExtractionLi
     }
 }
 
-func archiveBytes(of directory: String, compressionLevel: Int = 3, expectedFileBytes: Int64 = 0) throws -> [UInt8] {
+func archiveBytes(of directory: String, compressionLevel: Int = 3, expectedSize: Int64 = 0) throws -> [UInt8] {
     let sink = BufferSink()
-    try archiveDirectory(directory, to: sink, compressionLevel: compressionLevel, expectedFileBytes: expectedFileBytes)
+    try archiveDirectory(directory, to: sink, compressionLevel: compressionLevel, expectedSize: expectedSize)
     return sink.bytes
 }
 
