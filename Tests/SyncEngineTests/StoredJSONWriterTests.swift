@@ -50,7 +50,7 @@ struct StoredJSONWriterTests {
 
     @Test func writesHeadsAsJSONEncoder() throws {
         var random = SplitMix64(seed: 0x4EAD)
-        for _ in 0..<3_000 {
+        for _ in 0..<1_000 {
             var head = SessionHead(
                 generation: ManifestLineTests.integer(UInt64.self, &random), owner: ManifestLineTests.name(&random),
                 latest: Self.maybe(&random, Self.snapshotID), latestKind: Self.maybe(&random) { SnapshotKind.allCases.randomElement(using: &$0)! },
@@ -124,7 +124,7 @@ struct StoredJSONWriterTests {
     @Test func writesManifestHeadersAsJSONEncoder() throws {
         var random = SplitMix64(seed: 0x4EAE)
         let key = EncryptionKey.generate()
-        for _ in 0..<3_000 {
+        for _ in 0..<1_000 {
             let files = SessionState(
                 Dictionary(uniqueKeysWithValues: (0..<Int.random(in: 0...3, using: &random)).map {
                     ("f\($0)", FileRecord(size: Int64($0), contentID: key.contentID(of: [UInt8($0)]), fingerprint: nil))
