@@ -96,14 +96,12 @@ struct SnapshotWriter: Sendable {
             }
             candidates = scanned
         }
-        // About what the tar will be, for zstd's window and tables: each file (a reported path's
-        // size from a stat of its own: a delta holds a few; a database's page is no file to stat),
-        // a 512-byte header and half a block of padding each, a manifest line of about 150 bytes
-        // each, the end marker.
+        // About what the tar will be, for zstd's window and tables: each file (a reported path
+        // at the size the previous snapshot had it: an estimate, which spares a stat of every
+        // changed file before the read that stats it anyway), a 512-byte header and half a block
+        // of padding each, a manifest line of about 150 bytes each, the end marker.
         let expectedSize = candidates.reduce(Int64(1024)) { sum, candidate in
-            let state = SQLitePages.page(candidate.name) != nil
-                ? nil : candidate.fingerprint ?? SessionFiles.fileState(directory + "/" + candidate.name)
-            return sum + (state?.size ?? 0) + 512 + 256 + 150
+            sum + (candidate.fingerprint?.size ?? previous[candidate.name]?.size ?? 0) + 512 + 256 + 150
         }
         var archive: (writer: ArchiveWriter, encryption: EncryptingSink)?
         func archiveWriter() throws -> ArchiveWriter {
